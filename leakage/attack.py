@@ -1,0 +1,258 @@
+"""The gradient-inversion attack as a LightningModule.
+
+Dummy images and dummy labels are ``nn.Parameter``s with a leading problem dimension
+``P = victims x restarts``; ``training_step`` returns the summed gradient-matching loss, so one
+optimizer step is one attack iteration for every problem at once and each dummy's gradient stays
+its own. The module reads only the observation (model, shared gradient, public metadata).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Sequence
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .client import per_problem_gradients
+from .data import Observation
+from .labels import idlg_labels
+from .losses import DISTANCES, gradient_distance, total_variation
+from .models import build_model
+from .optim import BatchedLBFGS, SignedAdam
+
+OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
+INITS = ("randn", "uniform", "constant")
+LABELS = ("joint", "idlg")
+
+
+def _last_linear(model: nn.Module) -> tuple[str, Optional[str]]:
+    """Names of the last linear layer's weight and bias (the classifier)."""
+    name = None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            name, mod = n, m
+    if name is None:
+        raise ValueError("label strategy 'idlg' needs a model whose last layer is nn.Linear")
+    return f"{name}.weight", (f"{name}.bias" if mod.bias is not None else None)
+
+
+class GradientInversion(pl.LightningModule):
+    """Reconstruct client data from shared gradients (DLG, iDLG, Inverting Gradients).
+
+    Args:
+        model: target model: ``lenet`` (DLG's), ``simple_cnn`` or ``mlp``.
+        input_shape: ``[C, H, W]``; linked from the data by the CLI.
+        num_classes: linked from the data by the CLI.
+        model_seed: seed of the target model's weights.
+        model_weights: optional state_dict file (read with ``weights_only=True``).
+        distance: ``l2`` (DLG) or ``cosine`` (Inverting Gradients).
+        tv_weight: weight of the total-variation prior (0 disables it).
+        optimizer: ``lbfgs`` (batched, as DLG), ``adam`` or ``signed_adam``.
+        lr: learning rate.
+        lbfgs_max_iter: L-BFGS inner iterations per step (torch's default 20, as DLG).
+        lbfgs_history_size: L-BFGS curvature pairs kept per problem (torch's default 100).
+        init: dummy image init: ``randn`` (DLG), ``uniform`` (in the data range) or ``constant``
+            (the middle of the data range).
+        init_seed: seed of the dummy init.
+        box_constraint: clamp dummy images to the data range after every step.
+        labels: ``joint`` (DLG: soft labels optimized with the images) or ``idlg`` (analytic, from
+            the last layer's gradient; batch size 1).
+        restarts: independent dummies per victim; the one with the lowest final matching loss
+            is kept.
+        lr_decay: for Adam, divide the lr by 10 at 3/8, 5/8 and 7/8 of ``max_steps`` (as
+            Inverting Gradients does).
+    """
+
+    def __init__(
+        self,
+        model: str = "lenet",
+        input_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 10,
+        model_seed: int = 1234,
+        model_weights: Optional[str] = None,
+        distance: Literal["l2", "cosine"] = "l2",
+        tv_weight: float = 0.0,
+        optimizer: Literal["lbfgs", "adam", "signed_adam"] = "lbfgs",
+        lr: float = 1.0,
+        lbfgs_max_iter: int = 20,
+        lbfgs_history_size: int = 100,
+        init: Literal["randn", "uniform", "constant"] = "randn",
+        init_seed: int = 0,
+        box_constraint: bool = False,
+        labels: Literal["joint", "idlg"] = "joint",
+        restarts: int = 1,
+        lr_decay: bool = False,
+    ) -> None:
+        super().__init__()
+        for value, allowed, what in (
+            (distance, DISTANCES, "distance"),
+            (optimizer, OPTIMIZERS, "optimizer"),
+            (init, INITS, "init"),
+            (labels, LABELS, "label strategy"),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+        if restarts < 1:
+            raise ValueError(f"restarts must be >= 1, got {restarts}")
+        if lr <= 0 or tv_weight < 0:
+            raise ValueError(f"lr must be > 0 and tv_weight >= 0, got lr={lr}, tv_weight={tv_weight}")
+        self.save_hyperparameters()
+        self.target = build_model(model, input_shape, num_classes, seed=model_seed, weights=model_weights)
+        for p in self.target.parameters():
+            p.requires_grad_(False)
+        self.param_names = [n for n, _ in self.target.named_parameters()]
+        self.observation: Optional[Observation] = None
+        self.problem_losses: Optional[Tensor] = None  # [P], from the last evaluation
+        self._evaluating: Optional[Tensor] = None  # problems the optimizer asks to evaluate
+        self.register_buffer("failed", torch.zeros(0, dtype=torch.bool), persistent=False)
+
+    # -------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        if self.observation is None:
+            self.attach(self.trainer.datamodule.observation)
+
+    def attach(self, observation: Observation) -> None:
+        """Create the dummies for an observation: ``restarts`` problems per victim."""
+        hp = self.hparams
+        if observation is None:
+            raise RuntimeError("no observation: the data module has not been set up")
+        if tuple(observation.input_shape) != tuple(hp.input_shape) or observation.num_classes != hp.num_classes:
+            raise ValueError(
+                f"the data has input shape {tuple(observation.input_shape)} and {observation.num_classes} classes, "
+                f"the model was built for {tuple(hp.input_shape)} and {hp.num_classes}"
+            )
+        self.observation = observation
+        V, B, R = observation.num_victims, observation.batch_size, hp.restarts
+        P = V * R
+        for i, name in enumerate(self.param_names):
+            g = observation.gradients[name].repeat_interleave(R, dim=0)
+            self.register_buffer(f"observed_{i}", g, persistent=False)
+        lo, hi = observation.data_range
+        gen = torch.Generator().manual_seed(hp.init_seed)
+        shape = (P, B, *observation.input_shape)
+        if hp.init == "randn":
+            x = torch.randn(shape, generator=gen)
+        elif hp.init == "uniform":
+            x = lo + (hi - lo) * torch.rand(shape, generator=gen)
+        else:
+            x = torch.full(shape, (lo + hi) / 2)
+        self.dummy_data = nn.Parameter(x)
+        if hp.labels == "joint":
+            self.dummy_labels = nn.Parameter(torch.randn((P, B, hp.num_classes), generator=gen))
+        else:
+            if B != 1:
+                raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1 or labels 'joint'")
+            w, b = _last_linear(self.target)
+            grads = observation.gradients
+            y = idlg_labels(grads[w], grads[b] if b else None)  # [V]
+            self.register_buffer("fixed_labels", y.repeat_interleave(R).view(P, 1), persistent=False)
+        self.failed = torch.zeros(P, dtype=torch.bool)
+
+    @property
+    def num_problems(self) -> int:
+        return self.dummy_data.shape[0]
+
+    def observed(self) -> list[Tensor]:
+        return [getattr(self, f"observed_{i}") for i in range(len(self.param_names))]
+
+    def targets(self) -> Tensor:
+        """The labels the dummies are matched with: soft ``[P, B, K]`` (joint) or hard ``[P, B]``."""
+        if self.hparams.labels == "joint":
+            return F.softmax(self.dummy_labels, dim=-1)
+        return self.fixed_labels
+
+    def recovered_labels(self) -> Tensor:
+        """Hard labels ``[P, B]`` of every problem."""
+        if self.hparams.labels == "joint":
+            return self.dummy_labels.detach().argmax(dim=-1)
+        return self.fixed_labels
+
+    # -------------------------------------------------------------- objective
+    def matching_loss(self, distance: Optional[str] = None, prior: bool = True, subset: Optional[Tensor] = None) -> Tensor:
+        """Per-problem objective ``[P]``: gradient distance (plus TV prior).
+
+        With a boolean ``subset`` mask only those problems are evaluated (the others' rows of the
+        result are NaN and receive no gradient).
+        """
+        x, targets, observed = self.dummy_data, self.targets(), self.observed()
+        if subset is not None and not bool(subset.all()):
+            idx = subset.nonzero().squeeze(1)
+            x, targets, observed = x[idx], targets[idx], [o[idx] for o in observed]
+        grads = per_problem_gradients(self.target, x, targets)
+        loss = gradient_distance([grads[n] for n in self.param_names], observed, distance or self.hparams.distance)
+        if prior and self.hparams.tv_weight > 0:
+            loss = loss + self.hparams.tv_weight * total_variation(x)
+        if x is not self.dummy_data:
+            loss = torch.full((self.num_problems,), float("nan"), device=loss.device, dtype=loss.dtype).index_put((idx,), loss)
+        return loss
+
+    def on_fit_start(self) -> None:
+        if self.trainer.max_steps is None or self.trainer.max_steps < 1:
+            raise ValueError("set the attack budget with --trainer.max_steps N (one step is one attack iteration)")
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        subset = self._evaluating
+        losses = self.matching_loss(subset=subset)
+        detached = losses.detach()
+        evaluated = torch.ones_like(self.failed) if subset is None else subset
+        self.failed |= evaluated & ~torch.isfinite(detached)
+        if self.problem_losses is None or subset is None:
+            self.problem_losses = detached
+        else:
+            self.problem_losses = torch.where(evaluated, detached, self.problem_losses)
+        ok = torch.isfinite(self.problem_losses)
+        if bool(ok.any()):
+            self.log("attack/loss", self.problem_losses[ok].mean(), prog_bar=True, on_step=True, logger=True)
+        return losses.nansum()
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        # the batched optimizers take per-problem losses from the closure; Lightning's closure runs
+        # training_step, zero_grad and backward and returns the summed loss
+        opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+
+        def closure() -> Tensor:
+            # BatchedLBFGS says which problems it still needs; the others are not evaluated
+            self._evaluating = getattr(opt, "evaluating", None)
+            optimizer_closure()
+            return self.problem_losses
+
+        optimizer.step(closure=closure)
+        self._evaluating = None
+        if isinstance(opt, BatchedLBFGS):
+            self.failed |= opt.failed.to(self.failed.device)
+        if self.hparams.box_constraint:
+            lo, hi = self.observation.data_range
+            with torch.no_grad():
+                self.dummy_data.clamp_(lo, hi)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [self.dummy_data] + ([self.dummy_labels] if hp.labels == "joint" else [])
+        if hp.optimizer == "lbfgs":
+            return BatchedLBFGS(params, lr=hp.lr, max_iter=hp.lbfgs_max_iter, history_size=hp.lbfgs_history_size)
+        opt = (SignedAdam if hp.optimizer == "signed_adam" else torch.optim.Adam)(params, lr=hp.lr)
+        if not hp.lr_decay:
+            return opt
+        n = self.trainer.max_steps
+        milestones = [int(n * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------- results
+    @torch.no_grad()
+    def final_evaluation(self) -> dict[str, Tensor]:
+        """Per-problem objective, gradient L2 and cosine distances at the current dummies."""
+        out = {"loss": self.matching_loss(), "grad_l2": self.matching_loss("l2", prior=False),
+               "grad_cosine": self.matching_loss("cosine", prior=False)}
+        return {k: v.detach() for k, v in out.items()}
+
+    def best_restarts(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """Index of the best restart per victim ``[V]`` and whether every restart failed ``[V]``."""
+        R = self.hparams.restarts
+        ok = torch.isfinite(losses) & ~self.failed.to(losses.device)
+        scored = torch.where(ok, losses, torch.full_like(losses, float("inf"))).view(-1, R)
+        best = scored.argmin(dim=1)
+        failed = ~ok.view(-1, R).any(dim=1)
+        return torch.arange(scored.shape[0], device=losses.device) * R + best, failed

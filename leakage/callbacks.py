@@ -1,0 +1,273 @@
+"""Callbacks that are not the attack itself: metrics, TensorBoard logging and run artifacts.
+
+:class:`LeakageReport` is the only code besides the data module that reads the secret victim data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from .metrics import label_accuracy, reconstruction_metrics
+
+COLUMNS = (
+    "victim", "indices", "true_labels", "recovered_labels", "label_acc", "ssim", "psnr", "mse",
+    "grad_l2", "grad_cosine", "final_loss", "best_restart", "status",
+)
+
+
+def _tb(trainer: pl.Trainer) -> Optional[Any]:
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of the per-victim results."""
+    shown = ("victim", "indices", "true_labels", "recovered_labels", "ssim", "psnr", "mse", "grad_l2", "status")
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else (f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:.3f}")
+        if isinstance(v, list):
+            return ",".join(str(i) for i in v)
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in shown] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(shown)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(shown, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
+    """Aggregate numbers over victims: success count, means of the metrics, label accuracy."""
+    n = len(rows)
+    ok = [r for r in rows if r["status"] != "failed"]
+    have_images = any(not math.isnan(r["ssim"]) for r in rows)
+
+    def mean(key: str) -> float:
+        vals = [r[key] for r in ok if not math.isnan(r[key])]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    out = {"victims": n, "failed": n - len(ok), "grad_l2_mean": mean("grad_l2")}
+    if have_images:
+        out.update(
+            success=sum(r["ssim"] >= success_ssim for r in ok),
+            ssim_mean=sum((0.0 if math.isnan(r["ssim"]) else r["ssim"]) for r in rows) / n,
+            psnr_mean=mean("psnr"),
+            mse_mean=mean("mse"),
+            label_acc=sum(r["label_acc"] for r in rows) / n,
+        )
+    return out
+
+
+class LeakageReport(pl.Callback):
+    """Log the attack's progress and write the run's results.
+
+    During the attack: the matching loss and, for every victim's currently best restart, SSIM,
+    PSNR and MSE as TensorBoard scalars (``victim_NN/...``) every ``log_every_n_steps`` steps, and
+    an image grid (victims above, reconstructions below) every ``image_every_n_steps``.
+
+    At the end: a per-victim table printed and saved as ``metrics.csv`` and ``metrics.json``, a
+    ``gallery.png`` and a ``history.png`` in the run's log folder, and ``final/...`` scalars.
+
+    Args:
+        success_ssim: a victim counts as reconstructed at SSIM >= this.
+        log_every_n_steps: interval of the per-victim scalars.
+        image_every_n_steps: interval of the image grids (0: only at the end).
+        save_artifacts: write the table, gallery and history plot.
+    """
+
+    def __init__(
+        self,
+        success_ssim: float = 0.9,
+        log_every_n_steps: int = 10,
+        image_every_n_steps: int = 50,
+        save_artifacts: bool = True,
+    ) -> None:
+        if log_every_n_steps < 1 or image_every_n_steps < 0:
+            raise ValueError("log_every_n_steps must be >= 1 and image_every_n_steps >= 0")
+        self.success_ssim = success_ssim
+        self.log_every_n_steps = log_every_n_steps
+        self.image_every_n_steps = image_every_n_steps
+        self.save_artifacts = save_artifacts
+        self.history: list[Tensor] = []  # best matching loss per victim, every step
+        self.rows: list[dict] = []
+        self.summary: dict[str, float] = {}
+        self.run_dir: Optional[Path] = None
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _secret(trainer: pl.Trainer):
+        dm = trainer.datamodule
+        return getattr(dm, "secret", None) if dm is not None else None
+
+    def _current_best(self, pl_module) -> tuple[Tensor, Tensor]:
+        losses = pl_module.problem_losses
+        best, _ = pl_module.best_restarts(losses)
+        return best, losses.view(-1, pl_module.hparams.restarts).gather(
+            1, (best % pl_module.hparams.restarts).view(-1, 1)).squeeze(1)
+
+    def _grid(self, truth: Tensor, recon: Tensor, perm: Tensor) -> Tensor:
+        recon = torch.stack([recon[v][perm[v]] for v in range(recon.shape[0])])
+        images = torch.cat([truth.flatten(0, 1), recon.detach().cpu().clamp(0, 1).flatten(0, 1)])
+        return make_grid(images, nrow=truth.shape[0] * truth.shape[1], padding=1, pad_value=1.0)
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.problem_losses is None:
+            return
+        best, best_loss = self._current_best(pl_module)
+        self.history.append(best_loss.detach().cpu())
+        step = trainer.global_step
+        tb = _tb(trainer)
+        if tb is None or (step % self.log_every_n_steps and step != 1):
+            return
+        scalars = {f"victim_{v:02d}/loss": float(best_loss[v]) for v in range(best.numel())}
+        secret = self._secret(trainer)
+        if secret is not None:
+            recon = pl_module.dummy_data.detach()[best].cpu()
+            m = reconstruction_metrics(recon, secret.images)
+            for v in range(best.numel()):
+                for key in ("ssim", "psnr", "mse"):
+                    scalars[f"victim_{v:02d}/{key}"] = float(m[key][v])
+            for key in ("ssim", "psnr", "mse"):
+                scalars[f"attack/{key}_mean"] = float(torch.nan_to_num(m[key]).mean())
+            if self.image_every_n_steps and step % self.image_every_n_steps == 0:
+                tb.add_image("reconstruction", self._grid(secret.images, recon, m["perm"]), step)
+        for name, value in scalars.items():
+            tb.add_scalar(name, value, step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        evaluation = pl_module.final_evaluation()
+        best, victim_failed = pl_module.best_restarts(evaluation["loss"])
+        best_cpu = best.cpu()
+        recon = pl_module.dummy_data.detach()[best].cpu()
+        labels = pl_module.recovered_labels()[best].cpu()
+        secret = self._secret(trainer)
+        V = best.numel()
+        R = pl_module.hparams.restarts
+        metrics = reconstruction_metrics(recon, secret.images) if secret is not None else None
+        acc = label_accuracy(labels, secret.labels) if secret is not None else None
+        self.rows = []
+        for v in range(V):
+            p = int(best_cpu[v])
+            failed = bool(victim_failed[v]) or not bool(torch.isfinite(recon[v]).all())
+            row = {
+                "victim": v,
+                "indices": secret.indices[v] if secret is not None else [],
+                "true_labels": secret.labels[v].tolist() if secret is not None else [],
+                "recovered_labels": labels[v].tolist(),
+                "label_acc": float(acc[v]) if acc is not None else float("nan"),
+                "ssim": float(metrics["ssim"][v]) if metrics is not None else float("nan"),
+                "psnr": float(metrics["psnr"][v]) if metrics is not None else float("nan"),
+                "mse": float(metrics["mse"][v]) if metrics is not None else float("nan"),
+                "grad_l2": float(evaluation["grad_l2"][p]),
+                "grad_cosine": float(evaluation["grad_cosine"][p]),
+                "final_loss": float(evaluation["loss"][p]),
+                "best_restart": p % R,
+                "status": "failed" if failed else "ok",
+            }
+            self.rows.append(row)
+        self.summary = summarize(self.rows, self.success_ssim)
+        self._report(trainer, pl_module, recon, labels, metrics)
+
+    # --------------------------------------------------------------- outputs
+    def _report(self, trainer, pl_module, recon, labels, metrics) -> None:
+        s = self.summary
+        text = format_table(self.rows)
+        if "success" in s:
+            text += (
+                f"\nreconstructed (SSIM >= {self.success_ssim}): {s['success']}/{s['victims']}  "
+                f"mean SSIM {s['ssim_mean']:.3f}  mean PSNR {s['psnr_mean']:.2f} dB  "
+                f"label accuracy {100 * s['label_acc']:.1f}%  failed {s['failed']}"
+            )
+        else:
+            text += f"\nno victim images (attacking captured gradients): mean gradient L2 {s['grad_l2_mean']:.3g}"
+        if trainer.is_global_zero:
+            print("\n" + text, flush=True)
+        tb = _tb(trainer)
+        step = trainer.global_step
+        if tb is not None:
+            for key, value in s.items():
+                if isinstance(value, (int, float)) and not math.isnan(float(value)):
+                    tb.add_scalar(f"final/{key}", float(value), step)
+            secret = self._secret(trainer)
+            if secret is not None and metrics is not None:
+                tb.add_image("reconstruction", self._grid(secret.images, recon, metrics["perm"]), step)
+            tb.flush()
+        if not self.save_artifacts or not trainer.is_global_zero:
+            return
+        self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            for r in self.rows:
+                w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
+        with open(self.run_dir / "metrics.json", "w") as f:
+            json.dump({"summary": s, "success_ssim": self.success_ssim, "victims": self.rows}, f, indent=2,
+                      default=float)
+        (self.run_dir / "metrics.txt").write_text(text + "\n")
+        self._plots(trainer, recon, labels, metrics)
+
+    def _plots(self, trainer, recon, labels, metrics) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        secret = self._secret(trainer)
+        V, B = recon.shape[:2]
+        n = V * B
+        cols = min(n, 10)
+        blocks = math.ceil(n / cols)
+        rows = 2 if secret is not None else 1
+        fig, axes = plt.subplots(rows * blocks, cols, figsize=(1.3 * cols, 1.55 * rows * blocks), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for i in range(n):
+            v, b = divmod(i, B)
+            blk, c = divmod(i, cols)
+            rb = metrics["perm"][v][b] if metrics is not None else b
+            img = recon[v, rb].clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+            ax_r = axes[rows * blk + rows - 1, c]
+            ax_r.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+            title = f"rec {int(labels[v, rb])}"
+            if metrics is not None:
+                title += f" {float(metrics['ssim_images'][v, b]):.2f}"
+            ax_r.set_title(title, fontsize=7)
+            if secret is not None:
+                truth = secret.images[v, b].permute(1, 2, 0).squeeze(-1).numpy()
+                ax_t = axes[rows * blk, c]
+                ax_t.imshow(truth, cmap="gray" if truth.ndim == 2 else None, vmin=0, vmax=1)
+                ax_t.set_title(f"#{secret.indices[v][b]} label {int(secret.labels[v, b])}", fontsize=7)
+        fig.suptitle("victims (top) and reconstructions (below): label, SSIM", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(self.run_dir / "gallery.png", dpi=120)
+        plt.close(fig)
+
+        if self.history:
+            hist = torch.stack(self.history).numpy()
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for v in range(hist.shape[1]):
+                ax.plot(range(1, len(hist) + 1), hist[:, v], lw=0.8, label=f"victim {v}" if hist.shape[1] <= 10 else None)
+            ax.set_yscale("log")
+            ax.set_xlabel("attack step")
+            ax.set_ylabel("gradient-matching loss (best restart)")
+            if hist.shape[1] <= 10:
+                ax.legend(fontsize=6)
+            fig.tight_layout()
+            fig.savefig(self.run_dir / "history.png", dpi=120)
+            plt.close(fig)

@@ -1,0 +1,274 @@
+"""Victim data and the client's shared gradients, as a LightningDataModule.
+
+The module keeps two things apart:
+
+- :class:`Observation`: what the attacker sees (the shared gradients and public metadata);
+- :class:`Secret`: the victims' images and labels, read only by metrics and galleries.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Iterator, Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, IterableDataset
+from torchvision import datasets, transforms
+
+from .client import client_gradients, load_gradients
+
+#: name -> (input shape, classes, torchvision class, shipped in the package)
+DATASETS: dict[str, tuple[tuple[int, int, int], int, str]] = {
+    "cifar10": ((3, 32, 32), 10, "CIFAR10"),
+    "cifar100": ((3, 32, 32), 100, "CIFAR100"),
+    "mnist": ((1, 28, 28), 10, "MNIST"),
+    "fashion_mnist": ((1, 28, 28), 10, "FashionMNIST"),
+}
+BUNDLED = ("cifar10", "mnist")
+SOURCES = ("bundled", "torchvision", "folder", "gradients")
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_LABELLED_NAME = re.compile(r"_(\d+)$")
+
+
+@dataclass
+class Observation:
+    """Everything the attacker may use besides the model: shared gradients and public metadata."""
+
+    gradients: dict[str, Tensor]  # {parameter name: [V, *shape]}
+    batch_size: int
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    data_range: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def num_victims(self) -> int:
+        return next(iter(self.gradients.values())).shape[0]
+
+
+@dataclass
+class Secret:
+    """The victims' private batches. Attack code never reads this."""
+
+    images: Tensor  # [V, B, C, H, W] in [0, 1]
+    labels: Tensor  # [V, B]
+    indices: list[list[int]]  # dataset index of every image, per victim
+
+
+class _Steps(IterableDataset):
+    """One item per attack iteration: the attack's data is the observation, not a stream."""
+
+    def __iter__(self) -> Iterator[int]:
+        step = 0
+        while True:
+            yield step
+            step += 1
+
+
+def _dataset_key(name: str) -> str:
+    key = name.lower().replace("-", "_")
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return key
+
+
+def _read_image(path: Path, channels: int, size: Optional[tuple[int, int]]) -> Tensor:
+    with Image.open(path) as img:
+        img = img.convert("L" if channels == 1 else "RGB")
+        if size is not None and img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), Image.BILINEAR)
+        return transforms.functional.to_tensor(img)
+
+
+def read_labelled_folder(folder: Path, channels: int, size: Optional[tuple[int, int]]) -> tuple[list[Tensor], list[int]]:
+    """Images and labels from a folder, in sorted order.
+
+    Two layouts: class sub-folders (torchvision's ``ImageFolder``: ``folder/<class>/*.png``, labels
+    by sorted class name) or flat files whose name ends in ``_<label>`` (``cat_3.png``, the bundled
+    images' ``cifar10_00_3.png``).
+    """
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    images: list[Tensor] = []
+    labels: list[int] = []
+    if subdirs:
+        for label, sub in enumerate(subdirs):
+            for f in sorted(sub.iterdir()):
+                if f.suffix.lower() in _IMAGE_SUFFIXES:
+                    images.append(_read_image(f, channels, size))
+                    labels.append(label)
+    else:
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() not in _IMAGE_SUFFIXES:
+                continue
+            m = _LABELLED_NAME.search(f.stem)
+            if m is None:
+                raise ValueError(
+                    f"cannot tell the label of {f.name}: use class sub-folders (folder/<class>/image.png) "
+                    "or end each file name in _<label> (image_3.png)"
+                )
+            images.append(_read_image(f, channels, size))
+            labels.append(int(m.group(1)))
+    if not images:
+        raise ValueError(f"no images found in {folder}")
+    return images, labels
+
+
+class VictimDataModule(pl.LightningDataModule):
+    """Victims and the gradients their client shares.
+
+    Args:
+        source: ``bundled`` (the 20 CIFAR-10 and 20 MNIST test images shipped in the package),
+            ``torchvision`` (a full dataset under ``root``), ``folder`` (your own images) or
+            ``gradients`` (updates you captured, from ``gradient_file``; no victim images).
+        dataset: ``cifar10``, ``cifar100``, ``mnist`` or ``fashion_mnist``; sets the input shape and
+            class count (for ``folder`` and ``gradients`` too, unless overridden below).
+        root: where torchvision datasets live.
+        download: let torchvision download the dataset into ``root`` (needs the internet).
+        folder: the image folder for ``source=folder``.
+        image_size: resize folder images to this square size (default: the dataset's).
+        channels: 1 or 3 channels for folder images (default: the dataset's).
+        num_classes: override the class count (folder images, custom gradient files).
+        indices: test-split indices of the victims' images, grouped into batches of
+            ``batch_size``; when unset, the first ``num_victims * batch_size`` images.
+        num_victims: how many victims (client updates) when ``indices`` is unset.
+        batch_size: images in one client update.
+        gradient_file: ``.safetensors`` or ``.pt`` file of captured gradients for ``source=gradients``.
+    """
+
+    def __init__(
+        self,
+        source: Literal["bundled", "torchvision", "folder", "gradients"] = "bundled",
+        dataset: str = "cifar10",
+        root: str = "data",
+        download: bool = False,
+        folder: Optional[str] = None,
+        image_size: Optional[int] = None,
+        channels: Optional[int] = None,
+        num_classes: Optional[int] = None,
+        indices: Optional[list[int]] = None,
+        num_victims: int = 1,
+        batch_size: int = 1,
+        gradient_file: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if source not in SOURCES:
+            raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
+        self.dataset = _dataset_key(dataset)
+        if source == "bundled" and self.dataset not in BUNDLED:
+            raise ValueError(
+                f"the package bundles {' and '.join(BUNDLED)} images only; for {self.dataset} use "
+                f"--data.source torchvision --data.root PATH (add --data.download true to fetch it)"
+            )
+        if source == "folder" and not folder:
+            raise ValueError("source=folder needs --data.folder PATH")
+        if source == "gradients" and not gradient_file:
+            raise ValueError("source=gradients needs --data.gradient_file PATH (.safetensors or .pt)")
+        if batch_size < 1 or num_victims < 1:
+            raise ValueError(f"batch_size and num_victims must be >= 1, got {batch_size} and {num_victims}")
+        if channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if indices is not None:
+            if len(indices) == 0 or len(indices) % batch_size:
+                raise ValueError(
+                    f"{len(indices)} indices do not split into victims of batch_size {batch_size}"
+                )
+            if any(i < 0 for i in indices):
+                raise ValueError(f"indices must be >= 0, got {indices}")
+        self.source = source
+        self.root = root
+        self.download = download
+        self.folder = folder
+        self.indices = list(indices) if indices is not None else None
+        self.num_victims = num_victims
+        self.batch_size = batch_size
+        self.gradient_file = gradient_file
+        shape, classes, _ = DATASETS[self.dataset]
+        c = channels or shape[0]
+        hw = (image_size, image_size) if image_size else shape[1:]
+        self.input_shape: tuple[int, int, int] = (c, *hw)
+        self.num_classes: int = num_classes or classes
+        self.observation: Optional[Observation] = None
+        self.secret: Optional[Secret] = None
+
+    # ------------------------------------------------------------------ victims
+    def _selected(self, available: int) -> list[int]:
+        wanted = self.indices if self.indices is not None else list(range(self.num_victims * self.batch_size))
+        bad = [i for i in wanted if i >= available]
+        if bad and self.source == "bundled":
+            raise ValueError(
+                f"the bundled {self.dataset} images are test-split indices 0-{available - 1}; index {bad[0]} is "
+                f"not shipped. For the full test split use --data.source torchvision --data.root PATH "
+                "(and --data.download true if it is not there yet)"
+            )
+        if bad:
+            raise ValueError(f"index {bad[0]} is out of range: the {self.source} data has {available} images")
+        return wanted
+
+    def load_victims(self) -> Secret:
+        """Read the selected images and labels (the secret)."""
+        size = self.input_shape[1:]
+        if self.source in ("bundled", "folder"):
+            if self.source == "bundled":
+                folder = Path(str(resources.files("leakage") / "assets" / self.dataset))
+            else:
+                folder = Path(self.folder)  # type: ignore[arg-type]
+            images, labels = read_labelled_folder(folder, self.input_shape[0], size)
+            chosen = self._selected(len(images))
+            x = torch.stack([images[i] for i in chosen])
+            y = torch.tensor([labels[i] for i in chosen])
+        elif self.source == "torchvision":
+            cls = getattr(datasets, DATASETS[self.dataset][2])
+            try:
+                ds = cls(self.root, train=False, download=self.download)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"{self.dataset} not found under {self.root!r} ({str(err).splitlines()[0]}); "
+                    "pass --data.download true to fetch it, or --data.root to where it is"
+                ) from None
+            chosen = self._selected(len(ds))
+            mode = "L" if self.input_shape[0] == 1 else "RGB"
+            tf = transforms.Compose([transforms.Lambda(lambda im: im.convert(mode)), transforms.Resize(size), transforms.ToTensor()])
+            pairs = [ds[i] for i in chosen]
+            x = torch.stack([tf(img) for img, _ in pairs])
+            y = torch.tensor([int(label) for _, label in pairs])
+        else:
+            raise ValueError("source=gradients has no victim images")
+        if int(y.max()) >= self.num_classes:
+            raise ValueError(f"label {int(y.max())} does not fit num_classes={self.num_classes}")
+        B = self.batch_size
+        return Secret(
+            images=x.view(-1, B, *x.shape[1:]),
+            labels=y.view(-1, B),
+            indices=[chosen[i : i + B] for i in range(0, len(chosen), B)],
+        )
+
+    # -------------------------------------------------------------------- setup
+    def prepare(self, model: nn.Module) -> Observation:
+        """Build the observation (and, for image sources, the secret) for a target model."""
+        if self.source == "gradients":
+            grads = load_gradients(self.gradient_file, model)  # type: ignore[arg-type]
+            self.secret = None
+        else:
+            self.secret = self.load_victims()
+            grads = client_gradients(model, self.secret.images, self.secret.labels)
+        self.observation = Observation(grads, self.batch_size, self.input_shape, self.num_classes)
+        return self.observation
+
+    def setup(self, stage: str) -> None:
+        if self.observation is not None:
+            return
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        model = getattr(module, "target", None)
+        if model is None:
+            raise RuntimeError("VictimDataModule needs a LightningModule with a `target` model")
+        self.prepare(model)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Steps(), batch_size=None)

@@ -1,0 +1,39 @@
+"""Gradient-matching distances and image priors, batched over a leading problem dimension."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+DISTANCES = ("l2", "cosine")
+
+
+def gradient_distance(dummy: Sequence[Tensor], observed: Sequence[Tensor], kind: str = "l2") -> Tensor:
+    """Distance between per-problem gradients, one value per problem.
+
+    Every tensor has a leading problem dimension ``P``; the result has shape ``[P]``.
+
+    - ``l2``: sum of squared differences over every parameter (DLG, Zhu et al. 2019).
+    - ``cosine``: ``1 - <g, g_obs> / (|g| |g_obs|)`` over all parameters together
+      (Inverting Gradients, Geiping et al. 2020).
+    """
+    if kind == "l2":
+        return sum(((g - o) ** 2).flatten(1).sum(1) for g, o in zip(dummy, observed))
+    if kind == "cosine":
+        dot = sum((g * o).flatten(1).sum(1) for g, o in zip(dummy, observed))
+        gn = sum((g * g).flatten(1).sum(1) for g in dummy)
+        on = sum((o * o).flatten(1).sum(1) for o in observed)
+        return 1 - dot / (gn.sqrt() * on.sqrt()).clamp_min(1e-12)
+    raise ValueError(f"unknown distance {kind!r}; choose one of {', '.join(DISTANCES)}")
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """Anisotropic total variation (mean absolute neighbour difference) per problem.
+
+    ``x`` is ``[P, B, C, H, W]``; the result has shape ``[P]``.
+    """
+    dh = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+    dw = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+    return dh + dw

@@ -1,0 +1,107 @@
+"""Target models: the FL global model whose gradients the client shares."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+MODELS = ("lenet", "simple_cnn", "mlp")
+
+
+class LeNet(nn.Module):
+    """The LeNet variant of the DLG paper (Zhu et al., 2019): three 5x5 convolutions with sigmoid
+    activations and one linear layer. Works for any input size (the strides halve it twice)."""
+
+    def __init__(self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.body = nn.Sequential(
+            nn.Conv2d(c, 12, kernel_size=5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=1),
+            nn.Sigmoid(),
+        )
+        h, w = math.ceil(h / 4), math.ceil(w / 4)
+        self.fc = nn.Linear(12 * h * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))
+
+
+class SimpleCNN(nn.Module):
+    """A small ReLU CNN: two 3x3 convolutions with max pooling, then two linear layers."""
+
+    def __init__(self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.body = nn.Sequential(
+            nn.Conv2d(c, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Linear(width * (h // 4) * (w // 4), 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).flatten(1))
+
+
+class MLP(nn.Module):
+    """A fully connected ReLU network on the flattened input."""
+
+    def __init__(self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, hidden: int = 256) -> None:
+        super().__init__()
+        n = math.prod(input_shape)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _dlg_init(module: nn.Module) -> None:
+    """DLG's weight init: every weight and bias drawn from U(-0.5, 0.5)."""
+    for name, p in module.named_parameters():
+        nn.init.uniform_(p, -0.5, 0.5)
+
+
+def build_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    seed: int = 1234,
+    weights: str | None = None,
+) -> nn.Module:
+    """Build a target model by name, its weights drawn from ``seed`` or read from a state_dict file.
+
+    ``lenet`` uses DLG's U(-0.5, 0.5) init; the others PyTorch's default init.
+    """
+    key = name.lower().replace("-", "_")
+    classes = {"lenet": LeNet, "simple_cnn": SimpleCNN, "mlp": MLP}
+    if key not in classes:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = classes[key](tuple(input_shape), num_classes)
+        if key == "lenet":
+            _dlg_init(model)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"model weights file not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()
+            raise ValueError(f"weights file {path} does not fit model {name!r}: {' '.join(first[:3])}") from None
+    return model.eval()
