@@ -64,7 +64,9 @@ def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
     if have_images:
         out.update(
             success=sum(r["ssim"] >= success_ssim for r in ok),
-            ssim_mean=sum((0.0 if math.isnan(r["ssim"]) else r["ssim"]) for r in rows) / n,
+            # a failed victim counts as SSIM 0 (nothing reliably recovered); PSNR and MSE have no
+            # such value, so their means are over the victims that did not fail
+            ssim_mean=sum(r["ssim"] for r in ok if not math.isnan(r["ssim"])) / n,
             psnr_mean=mean("psnr"),
             mse_mean=mean("mse"),
             label_acc=sum(r["label_acc"] for r in rows) / n,

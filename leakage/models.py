@@ -96,12 +96,18 @@ def build_model(
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"model weights file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # corrupted, truncated or hostile (non-tensor pickle) files
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"cannot read model weights file {path}: {first[:200]}") from None
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ValueError(f"model weights file {path} must hold a state_dict, got {type(state).__name__}")
         try:
             model.load_state_dict(state)
-        except RuntimeError as err:
+        except (RuntimeError, TypeError) as err:
             first = str(err).strip().splitlines()
             raise ValueError(f"weights file {path} does not fit model {name!r}: {' '.join(first[:3])}") from None
     return model.eval()

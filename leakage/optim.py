@@ -199,6 +199,7 @@ class BatchedLBFGS(Optimizer):
                 break
 
             move = d * (t * active.to(dtype))[:, None]
+            before = [p.detach().clone() for p in self._params]  # the last finite point
             self._add(move)
 
             if n_iter != max_iter:
@@ -210,7 +211,8 @@ class BatchedLBFGS(Optimizer):
                 newly_bad = active & ~(torch.isfinite(loss) & torch.isfinite(flat_grad).all(dim=1))
                 if bool(newly_bad.any()):
                     # back to the last finite point, frozen for good
-                    self._add(-move * newly_bad.to(dtype)[:, None])
+                    for p, b in zip(self._params, before):
+                        p[newly_bad] = b[newly_bad]
                     failed |= newly_bad
                     active &= ~newly_bad
                 opt_cond = flat_grad.abs().amax(dim=1) <= tol_grad

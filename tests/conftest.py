@@ -1,0 +1,130 @@
+"""Shared fixtures and helpers for the leakage test suite.
+
+Everything runs on CPU with two threads; every output goes under pytest's tmp_path.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+ASSETS = REPO / "leakage" / "assets"
+
+_NAME = re.compile(r"^(?P<ds>[a-z0-9]+)_(?P<idx>\d+)_(?P<label>\d+)$")
+
+
+def bundled_labels(dataset: str) -> list[int]:
+    """Labels of the bundled images, read from their file names (``{dataset}_{index}_{label}.png``)."""
+    files = sorted((ASSETS / dataset).glob("*.png"))
+    out = {}
+    for f in files:
+        m = _NAME.match(f.stem)
+        assert m is not None, f.name
+        out[int(m["idx"])] = int(m["label"])
+    return [out[i] for i in range(len(out))]
+
+
+_NOISE = (
+    "LightningCLI's args parameter is intended",
+    "`isinstance.treespec, LeafSpec.` is deprecated",
+    "Found .* module\\(s\\) in eval mode",
+    "The '.*_dataloader' does not have many workers",
+    "`training_step` returned `None`",
+    "GPU available but not used",
+    "No seed found, seed set to",
+    "`max_epochs` was not set",
+    "Detected pickle protocol",
+    "You called `self.log\\('attack/loss'",
+)
+
+
+def pytest_configure(config):
+    # Lightning's hints that do not apply to an attack whose "data" is one observation
+    for msg in _NOISE:
+        config.addinivalue_line("filterwarnings", f"ignore:{msg}")
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    """Keep Lightning's chatter out of the captured output (the tests read stderr)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    yield
+
+
+def cli_args(save_dir: Path, *extra: str) -> list[str]:
+    """``leakage fit`` arguments that keep every output under ``save_dir`` and stay quiet."""
+    return [
+        "fit",
+        *extra,
+        "--trainer.logger.init_args.save_dir", str(save_dir),
+        "--trainer.default_root_dir", str(save_dir),
+        "--trainer.enable_progress_bar", "false",
+    ]
+
+
+def run_dirs(save_dir: Path) -> list[Path]:
+    """Every TensorBoard run folder (``save_dir/<name>/version_N``) under ``save_dir``."""
+    return sorted(p for p in save_dir.glob("*/version_*") if p.is_dir())
+
+
+def cli_error(capsys, args: list[str]) -> str:
+    """Run the CLI in-process on bad input; return its one ``leakage: error:`` line."""
+    from leakage.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("leakage: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def lenet_cifar():
+    from leakage.models import build_model
+
+    return build_model("lenet", (3, 32, 32), 10)
+
+
+@pytest.fixture(scope="session")
+def lenet_mnist():
+    from leakage.models import build_model
+
+    return build_model("lenet", (1, 28, 28), 10)
+
+
+@pytest.fixture(scope="session")
+def mlp_mnist():
+    from leakage.models import build_model
+
+    return build_model("mlp", (1, 28, 28), 10)
+
+
+def quiet_trainer(max_steps: int, callbacks=(), root: Path | None = None, logger=False):
+    """A CPU Lightning Trainer for the attack, without progress bars or checkpoints."""
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        max_steps=max_steps,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        accelerator="cpu",
+        callbacks=list(callbacks),
+        default_root_dir=str(root) if root is not None else None,
+    )

@@ -1,0 +1,227 @@
+"""The attack as a LightningModule: real reconstructions, failures, and the threat-model boundary."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+import leakage.attack
+from leakage.attack import GradientInversion
+from leakage.callbacks import LeakageReport
+from leakage.client import save_gradients
+from leakage.data import VictimDataModule
+from leakage.optim import BatchedLBFGS
+
+from conftest import quiet_trainer
+
+
+class LossRecorder(pl.Callback):
+    """Per-problem losses after every closure evaluation (the attack's own bookkeeping)."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self.losses.append(pl_module.problem_losses.detach().clone())
+
+
+def attack(tmp_path, dm, steps, save=False, callbacks=(), **hparams):
+    module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **hparams)
+    report = LeakageReport(save_artifacts=save)
+    trainer = quiet_trainer(steps, [report, *callbacks], root=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    return module, report, trainer
+
+
+# ------------------------------------------------------------------------ real reconstruction
+def test_idlg_lbfgs_reconstructs_an_mnist_digit(tmp_path):
+    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[3])
+    module, report, trainer = attack(
+        tmp_path, dm, 10, model="lenet", labels="idlg", optimizer="lbfgs", distance="l2"
+    )
+    assert trainer.global_step == 10
+    (row,) = report.rows
+    assert row["status"] == "ok"
+    assert row["indices"] == [3] and row["true_labels"] == [0] and row["recovered_labels"] == [0]
+    assert row["ssim"] > 0.9, row
+    assert row["psnr"] > 25 and row["mse"] < 5e-3
+    assert row["grad_l2"] < 1e-2
+    assert report.summary["success"] == 1 and report.summary["label_acc"] == 1.0
+    assert report.summary["ssim_mean"] == pytest.approx(row["ssim"])
+    # the matching loss went down by orders of magnitude over the run
+    assert report.history[-1][0] < 1e-3 * report.history[0][0]
+
+
+def test_joint_labels_with_restarts_keep_the_best(tmp_path):
+    """DLG's joint soft labels; with 3 restarts the reported one has the lowest final loss."""
+    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1])
+    module, report, _ = attack(
+        tmp_path, dm, 3, model="mlp", labels="joint", restarts=3, init="uniform", lbfgs_max_iter=10
+    )
+    assert module.num_problems == 6
+    final = module.final_evaluation()["loss"].view(2, 3)
+    for v, row in enumerate(report.rows):
+        assert row["best_restart"] == int(final[v].argmin())
+        assert row["final_loss"] == pytest.approx(float(final[v].min()))
+    assert module.dummy_labels.shape == (6, 1, 10)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "signed_adam"])
+def test_adam_variants_reduce_the_loss(tmp_path, optimizer):
+    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1])
+    rec = LossRecorder()
+    module, report, trainer = attack(
+        tmp_path, dm, 15, model="mlp", labels="idlg", optimizer=optimizer, lr=0.05, distance="cosine",
+        tv_weight=0.01, box_constraint=True, lr_decay=True, init="uniform", callbacks=[rec],
+    )
+    first, last = rec.losses[0], rec.losses[-1]
+    assert bool((last < first).all())
+    assert all(r["status"] == "ok" for r in report.rows)
+    # the box constraint keeps the dummies in the data range
+    dummies = module.dummy_data.detach()
+    assert float(dummies.min()) >= 0.0 and float(dummies.max()) <= 1.0
+    # step decay at 3/8, 5/8, 7/8 of 15 steps: lr / 1000 at the end
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert sched.milestones == {5: 1, 9: 1, 13: 1}
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05e-3)
+
+
+# ------------------------------------------------------------------------------ NaN mid-attack
+def test_a_victim_that_goes_nan_mid_attack_is_reported_failed(tmp_path):
+    # MLP target, constant init, L-BFGS with lr 10: the problems of some victims (#1 and #2 here)
+    # overflow after a few finite iterations, the others' do not
+    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1, 2, 4])
+    rec = LossRecorder()
+    module, report, _ = attack(
+        tmp_path, dm, 3, model="mlp", labels="idlg", init="constant", lr=10.0, callbacks=[rec]
+    )
+    losses = torch.stack(rec.losses)  # [evaluations, victims]
+    failed = module.failed.tolist()
+    assert any(failed) and not all(failed)
+    assert [r["status"] for r in report.rows] == ["failed" if f else "ok" for f in failed]
+    assert report.summary["failed"] == sum(failed) and report.summary["victims"] == 4
+    for v, row in enumerate(report.rows):
+        if failed[v]:
+            # it really goes non-finite mid-attack: finite for a while, then not
+            assert bool(torch.isfinite(losses[:3, v]).all())
+            assert not bool(torch.isfinite(losses[:, v]).all())
+        else:
+            assert bool(torch.isfinite(losses[:, v]).all())
+            for key in ("ssim", "psnr", "mse", "grad_l2", "grad_cosine", "final_loss", "label_acc"):
+                assert math.isfinite(row[key]), key
+    # the failed problems were frozen at a finite point
+    assert bool(torch.isfinite(module.dummy_data.detach()).all())
+
+
+def test_victim_with_overflowing_gradient_fails_alone(tmp_path, mlp_mnist):
+    """A captured update so large that the l2 distance overflows fails; the other is unaffected."""
+    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1])
+    module = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", init="constant")
+    obs = dm.prepare(module.target)
+    clean = {k: v.clone() for k, v in obs.gradients.items()}
+    for v in obs.gradients.values():
+        v[1] *= 1e30
+    report = LeakageReport(save_artifacts=False)
+    quiet_trainer(3, [report], root=tmp_path).fit(module, datamodule=dm)
+    assert [r["status"] for r in report.rows] == ["ok", "failed"]
+    assert report.rows[0]["ssim"] > 0.9  # the healthy victim is still reconstructed
+    assert not math.isfinite(report.rows[1]["grad_l2"])
+
+    # and victim 0 ends where it ends without the broken neighbour
+    dm0 = VictimDataModule(source="bundled", dataset="mnist", indices=[0])
+    solo = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", init="constant")
+    dm0.prepare(solo.target)
+    assert torch.equal(dm0.observation.gradients["net.1.weight"][0], clean["net.1.weight"][0])
+    report0 = LeakageReport(save_artifacts=False)
+    quiet_trainer(3, [report0], root=tmp_path).fit(solo, datamodule=dm0)
+    assert report0.rows[0]["ssim"] == pytest.approx(report.rows[0]["ssim"], abs=1e-3)
+
+
+# ----------------------------------------------------------------------- threat-model boundary
+def test_attack_source_never_mentions_the_secret():
+    for mod in (leakage.attack, leakage.optim, leakage.losses, leakage.labels):
+        assert not re.search("secret", inspect.getsource(mod), re.IGNORECASE), mod.__name__
+
+
+def test_attack_on_captured_gradients_without_victim_data(tmp_path):
+    kw = dict(model="lenet", labels="idlg", lbfgs_max_iter=5)
+    # the client side: compute and save the shared updates
+    bundled = VictimDataModule(source="bundled", dataset="mnist", indices=[2, 3])
+    ref_module, ref_report, _ = attack(tmp_path / "a", bundled, 2, **kw)
+    path = tmp_path / "captured.safetensors"
+    save_gradients(bundled.observation.gradients, path)
+
+    # the attacker's side: only the gradient file
+    dm = VictimDataModule(source="gradients", dataset="mnist", gradient_file=str(path))
+    module, report, trainer = attack(tmp_path / "b", dm, 2, save=True, **kw)
+    assert dm.secret is None
+    assert len(report.rows) == 2
+    for row, ref in zip(report.rows, ref_report.rows):
+        assert math.isnan(row["ssim"]) and math.isnan(row["psnr"]) and math.isnan(row["mse"])
+        assert math.isfinite(row["grad_l2"]) and row["grad_l2"] == pytest.approx(ref["grad_l2"])
+        assert row["indices"] == [] and row["true_labels"] == []
+        assert row["recovered_labels"] == ref["true_labels"]  # iDLG needs no secret
+        assert row["status"] == "ok"
+    assert "ssim_mean" not in report.summary and math.isfinite(report.summary["grad_l2_mean"])
+    # the secret has no influence on the attack: the same dummies as with the images present
+    assert torch.equal(module.dummy_data, ref_module.dummy_data)
+    run = report.run_dir
+    assert (run / "metrics.json").is_file() and (run / "gallery.png").is_file()
+    assert str(run).startswith(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------ bad settings
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(distance="l1"), "unknown distance 'l1'; choose one of l2, cosine"),
+        (dict(optimizer="sgd"), "unknown optimizer 'sgd'; choose one of lbfgs, adam, signed_adam"),
+        (dict(labels="oracle"), "unknown label strategy 'oracle'; choose one of joint, idlg"),
+        (dict(init="zeros"), "unknown init 'zeros'"),
+        (dict(restarts=0), "restarts must be >= 1"),
+        (dict(lr=0.0), "lr must be > 0"),
+        (dict(model="vgg"), "unknown model 'vgg'"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GradientInversion(**kwargs)
+
+
+def test_idlg_needs_batch_size_one(tmp_path):
+    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1], batch_size=2)
+    module = GradientInversion(model="mlp", input_shape=dm.input_shape, num_classes=10, labels="idlg")
+    with pytest.raises(ValueError, match="single image: use batch_size 1 or labels 'joint'"):
+        quiet_trainer(1, root=tmp_path).fit(module, datamodule=dm)
+
+
+def test_observation_must_fit_the_model(lenet_cifar):
+    dm = VictimDataModule(source="bundled", dataset="cifar10")
+    obs = dm.prepare(lenet_cifar)
+    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), num_classes=10)
+    with pytest.raises(ValueError, match=r"input shape \(3, 32, 32\) and 10 classes, the model was built for \(1, 28, 28\)"):
+        module.attach(obs)
+
+
+def test_missing_step_budget(tmp_path):
+    dm = VictimDataModule(source="bundled", dataset="mnist")
+    module = GradientInversion(model="mlp", input_shape=dm.input_shape, num_classes=10)
+    trainer = pl.Trainer(max_steps=-1, max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="--trainer.max_steps N"):
+        trainer.fit(module, datamodule=dm)
+
+
+def test_batched_lbfgs_is_configured_from_hparams(tmp_path):
+    dm = VictimDataModule(source="bundled", dataset="mnist")
+    module, _, trainer = attack(tmp_path, dm, 1, model="mlp", lr=0.5, lbfgs_max_iter=7, lbfgs_history_size=3)
+    opt = trainer.optimizers[0]
+    assert isinstance(opt, BatchedLBFGS)
+    group = opt.param_groups[0]
+    assert (group["lr"], group["max_iter"], group["history_size"]) == (0.5, 7, 3)
+    assert int(opt.state["problems"]["n_iter"][0]) == 7

@@ -1,0 +1,222 @@
+"""The ``leakage`` command end to end: overrides, run artifacts, TensorBoard, captured gradients."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from leakage.cli import main
+from leakage.client import client_gradients, save_gradients
+from leakage.data import VictimDataModule
+from leakage.models import build_model
+
+from conftest import CONFIGS, REPO, bundled_labels, cli_args, run_dirs
+
+
+def _repo_logs():
+    logs = REPO / "logs"
+    return sorted(p.relative_to(logs) for p in logs.rglob("*")) if logs.exists() else []
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory):
+    """One short DLG run from the shipped config, with command-line overrides."""
+    save_dir = tmp_path_factory.mktemp("cli_run")
+    before = _repo_logs()
+    args = cli_args(
+        save_dir,
+        "--config", str(CONFIGS / "cifar_dlg.yaml"),
+        "--trainer.max_steps", "3",
+        "--data.indices", "[0,3]",
+        "--model.lbfgs_max_iter", "2",
+        "--trainer.log_every_n_steps", "1",
+        "--report.log_every_n_steps", "1",
+        "--report.image_every_n_steps", "2",
+    )
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(args)
+    assert _repo_logs() == before  # nothing written into the repository's logs/
+    dirs = run_dirs(save_dir)
+    assert [d.relative_to(save_dir).as_posix() for d in dirs] == ["cifar_dlg/version_0"]
+    return dirs[0], out.getvalue(), save_dir
+
+
+def test_cli_run_writes_the_artifacts(cifar_run):
+    run, stdout, _ = cifar_run
+    for name in ("metrics.csv", "metrics.json", "metrics.txt", "gallery.png", "history.png", "config.yaml"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    for name in ("gallery.png", "history.png"):
+        with Image.open(run / name) as img:
+            assert img.size[0] > 100 and img.size[1] > 100
+
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    labels = bundled_labels("cifar10")
+    assert len(rows) == 2  # one row per victim
+    assert [r["indices"] for r in rows] == ["0", "3"]
+    assert [int(r["true_labels"]) for r in rows] == [labels[0], labels[3]]
+    for r in rows:
+        assert r["status"] == "ok"
+        assert -1 <= float(r["ssim"]) <= 1 and math.isfinite(float(r["grad_l2"]))
+
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["summary"]["victims"] == 2 and report["success_ssim"] == 0.9
+    assert [v["indices"] for v in report["victims"]] == [[0], [3]]
+    assert float(rows[1]["ssim"]) == pytest.approx(report["victims"][1]["ssim"])
+
+    # the printed table and its summary line
+    assert "victim  indices  true_labels" in stdout
+    assert "reconstructed (SSIM >= 0.9): " in stdout and "/2" in stdout
+    assert (run / "metrics.txt").read_text().strip() in stdout
+
+
+def test_cli_saved_config_holds_the_overrides(cifar_run):
+    run, _, save_dir = cifar_run
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["trainer"]["max_steps"] == 3
+    assert cfg["data"]["indices"] == [0, 3]
+    assert cfg["model"]["lbfgs_max_iter"] == 2
+    assert cfg["model"]["labels"] == "joint" and cfg["model"]["optimizer"] == "lbfgs"  # from the yaml
+    assert cfg["trainer"]["logger"]["init_args"]["save_dir"] == str(save_dir)
+
+
+def test_tensorboard_scalars_and_images(cifar_run):
+    run, _, _ = cifar_run
+    events = list(run.glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(events[0]), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in ("attack/loss", "victim_00/ssim", "victim_00/psnr", "victim_00/mse", "victim_01/ssim",
+                "victim_00/loss", "attack/ssim_mean", "final/ssim_mean", "final/psnr_mean", "final/victims"):
+        assert tag in tags["scalars"], tag
+    loss = acc.Scalars("attack/loss")
+    assert len(loss) == 3 and all(math.isfinite(e.value) and e.value > 0 for e in loss)
+    ssim = acc.Scalars("victim_00/ssim")
+    assert [e.step for e in ssim] == [1, 2, 3]
+    assert all(-1 <= e.value <= 1 for e in ssim)
+    assert all(e.value > 0 for e in acc.Scalars("victim_00/mse"))
+    assert acc.Scalars("final/victims")[-1].value == 2
+
+    report = json.loads((run / "metrics.json").read_text())
+    assert acc.Scalars("final/ssim_mean")[-1].value == pytest.approx(report["summary"]["ssim_mean"], abs=1e-6)
+    assert acc.Scalars("final/ssim_mean")[-1].step == 3
+
+    assert "reconstruction" in tags["images"]
+    images = acc.Images("reconstruction")
+    assert [e.step for e in images] == [2, 3]  # every 2 steps, and at the end
+    # victims above, reconstructions below: a 2 x 2 grid of 32-pixel images, 1-pixel padding
+    assert (images[-1].width, images[-1].height) == (67, 67)
+    with Image.open(io.BytesIO(images[-1].encoded_image_string)) as img:
+        assert img.size == (67, 67)
+
+
+def test_cli_rerun_from_saved_config_reproduces(cifar_run, tmp_path):
+    run, _, _ = cifar_run
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(cli_args(tmp_path, "--config", str(run / "config.yaml")))
+    (again,) = run_dirs(tmp_path)
+    first = json.loads((run / "metrics.json").read_text())["victims"]
+    second = json.loads((again / "metrics.json").read_text())["victims"]
+    for a, b in zip(first, second):
+        assert a["ssim"] == pytest.approx(b["ssim"], abs=1e-6)
+        assert a["grad_l2"] == pytest.approx(b["grad_l2"], rel=1e-5)
+
+
+def _leakage_exe():
+    exe = shutil.which("leakage") or os.path.join(os.path.dirname(sys.executable), "leakage")
+    assert os.path.exists(exe), "the leakage console script is not installed"
+    return exe
+
+
+def test_console_script_end_to_end(tmp_path):
+    before = _repo_logs()
+    proc = subprocess.run(
+        [_leakage_exe(), *cli_args(
+            tmp_path,
+            "--config", "configs/mnist_dlg.yaml",
+            "--trainer.max_steps", "3",
+            "--data.num_victims", "2",
+            "--model.model", "mlp",
+            "--model.labels", "idlg",
+            "--model.init", "constant",
+        )],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _repo_logs() == before
+    (run,) = run_dirs(tmp_path)
+    assert run.parent.name == "mnist_dlg"
+    report = json.loads((run / "metrics.json").read_text())
+    labels = bundled_labels("mnist")
+    assert [v["true_labels"] for v in report["victims"]] == [[labels[0]], [labels[1]]]
+    assert [v["recovered_labels"] for v in report["victims"]] == [[labels[0]], [labels[1]]]
+    # an MLP target with analytic labels leaks both digits within three L-BFGS steps
+    assert report["summary"]["success"] == 2, report
+    assert "reconstructed (SSIM >= 0.9): 2/2" in proc.stdout
+    for name in ("metrics.csv", "gallery.png", "history.png", "config.yaml"):
+        assert (run / name).is_file()
+
+
+def test_console_script_bad_input(tmp_path):
+    proc = subprocess.run(
+        [_leakage_exe(), *cli_args(tmp_path, "--data.dataset", "svhn")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "leakage: error: unknown dataset 'svhn'; choose one of cifar10, cifar100, mnist, fashion_mnist"
+    )
+    assert run_dirs(tmp_path) == []
+
+
+# ----------------------------------------------------------------------- captured gradients
+@pytest.fixture
+def mnist_gradient_file(tmp_path):
+    model = build_model("mlp", (1, 28, 28), 10)
+    secret = VictimDataModule(source="bundled", dataset="mnist", indices=[4, 5]).load_victims()
+    path = tmp_path / "captured.safetensors"
+    save_gradients(client_gradients(model, secret.images, secret.labels), path)
+    return path, secret.labels[:, 0].tolist()
+
+
+def test_cli_attack_on_a_gradient_file(tmp_path, mnist_gradient_file):
+    path, labels = mnist_gradient_file
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(cli_args(
+            tmp_path / "logs",
+            "--data.source", "gradients",
+            "--data.gradient_file", str(path),
+            "--data.dataset", "mnist",
+            "--model.model", "mlp",
+            "--model.labels", "idlg",
+            "--trainer.max_steps", "2",
+        ))
+    (run,) = run_dirs(tmp_path / "logs")
+    report = json.loads((run / "metrics.json").read_text())
+    assert len(report["victims"]) == 2
+    for v, label in zip(report["victims"], labels):
+        assert math.isnan(v["ssim"]) and math.isnan(v["psnr"])
+        assert math.isfinite(v["grad_l2"]) and v["grad_l2"] >= 0
+        assert v["indices"] == [] and v["true_labels"] == []
+        assert v["recovered_labels"] == [label]
+    assert "no victim images (attacking captured gradients)" in out.getvalue()
+    assert (run / "gallery.png").is_file()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["data"]["source"] == "gradients"

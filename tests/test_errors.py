@@ -1,0 +1,194 @@
+"""Bad input through the CLI: exit status 2 and one clear ``leakage: error:`` line, no traceback."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from leakage.cli import main
+from leakage.client import client_gradients, save_gradients
+from leakage.models import build_model
+
+from conftest import cli_args, cli_error, run_dirs
+
+
+def _err(capsys, tmp_path, *args):
+    return cli_error(capsys, cli_args(tmp_path / "logs", *args))
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--data.dataset", "svhn"], "unknown dataset 'svhn'; choose one of cifar10, cifar100, mnist, fashion_mnist"),
+        (["--model.model", "resnet"], "unknown model 'resnet'; choose one of lenet, simple_cnn, mlp"),
+        (["--data.indices", "[0,1,2]", "--data.batch_size", "2"], "3 indices do not split into victims of batch_size 2"),
+        (["--data.dataset", "cifar100"], "the package bundles cifar10 and mnist images only"),
+        (["--data.source", "gradients"], "source=gradients needs --data.gradient_file PATH"),
+        (["--model.restarts", "0"], "restarts must be >= 1"),
+        (["--model.lr", "-1"], "lr must be > 0"),
+    ],
+)
+def test_bad_settings_fail_before_the_run(capsys, tmp_path, args, expected):
+    line = _err(capsys, tmp_path, *args)
+    assert line.startswith(f"leakage: error: {expected}")
+    assert run_dirs(tmp_path / "logs") == []
+
+
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("model.distance", "manhattan", "l2"),
+        ("model.optimizer", "sgd", "lbfgs"),
+        ("model.labels", "oracle", "idlg"),
+        ("model.init", "zeros", "randn"),
+        ("data.source", "hub", "bundled"),
+    ],
+)
+def test_unknown_choice_is_rejected_by_the_parser(capsys, tmp_path, key, value, allowed):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(cli_args(tmp_path / "logs", f"--{key}", value))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f'error: Parser key "{key}"' in err
+    assert value in err and allowed in err
+    assert run_dirs(tmp_path / "logs") == []
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def test_bundled_index_out_of_range(capsys, tmp_path, dataset):
+    line = _err(capsys, tmp_path, "--data.dataset", dataset, "--data.indices", "[0,25]", "--trainer.max_steps", "1")
+    assert line.startswith(f"leakage: error: the bundled {dataset} images are test-split indices 0-19; index 25 is not shipped")
+    assert "--data.source torchvision" in line and "--data.root PATH" in line
+
+
+def test_idlg_with_batches_of_two(capsys, tmp_path):
+    line = _err(capsys, tmp_path, "--model.labels", "idlg", "--data.batch_size", "2", "--data.indices", "[0,1]")
+    assert line == (
+        "leakage: error: label strategy 'idlg' recovers the label of a single image: "
+        "use batch_size 1 or labels 'joint'"
+    )
+
+
+def test_missing_step_budget(capsys, tmp_path):
+    line = _err(capsys, tmp_path, "--data.dataset", "mnist", "--model.model", "mlp", "--trainer.max_steps", "-1")
+    assert line == "leakage: error: set the attack budget with --trainer.max_steps N (one step is one attack iteration)"
+
+
+def test_torchvision_without_dataset_root(capsys, tmp_path):
+    root = tmp_path / "datasets"
+    line = _err(capsys, tmp_path, "--data.source", "torchvision", "--data.dataset", "mnist", "--data.root", str(root))
+    assert line.startswith(f"leakage: error: mnist not found under {str(root)!r}")
+    assert "--data.download true" in line
+    assert not root.exists() or not any(p.is_file() for p in root.rglob("*"))
+
+
+# --------------------------------------------------------------------------- gradient files
+GRAD_ARGS = ("--data.source", "gradients", "--data.dataset", "mnist", "--model.model", "lenet", "--trainer.max_steps", "1")
+
+
+@pytest.fixture(scope="module")
+def mnist_grads():
+    model = build_model("lenet", (1, 28, 28), 10)
+    x = torch.rand(2, 1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    return client_gradients(model, x, torch.tensor([[1], [2]]))
+
+
+def _grad_err(capsys, tmp_path, path):
+    return _err(capsys, tmp_path, *GRAD_ARGS, "--data.gradient_file", str(path))
+
+
+def test_gradient_file_with_wrong_shape(capsys, tmp_path, mnist_grads):
+    grads = dict(mnist_grads, **{"fc.weight": torch.zeros(2, 10, 100)})
+    path = tmp_path / "g.safetensors"
+    save_gradients(grads, path)
+    line = _grad_err(capsys, tmp_path, path)
+    assert line == (
+        f"leakage: error: gradient file {path}: 'fc.weight' has shape (2, 10, 100), "
+        "the model needs (10, 588) (or [V, *(10, 588)])"
+    )
+
+
+def test_gradient_file_with_missing_key(capsys, tmp_path, mnist_grads):
+    grads = {k: v for k, v in mnist_grads.items() if k != "body.2.bias"}
+    path = tmp_path / "g.safetensors"
+    save_gradients(grads, path)
+    line = _grad_err(capsys, tmp_path, path)
+    assert line == f"leakage: error: gradient file {path} does not fit the model: missing ['body.2.bias'], unexpected nothing"
+
+
+def test_gradient_file_with_nan(capsys, tmp_path, mnist_grads):
+    grads = {k: v.clone() for k, v in mnist_grads.items()}
+    grads["fc.bias"][0, 3] = float("nan")
+    path = tmp_path / "g.pt"
+    save_gradients(grads, path)
+    line = _grad_err(capsys, tmp_path, path)
+    assert line == f"leakage: error: gradient file {path}: 'fc.bias' holds NaN or infinite values"
+
+
+def test_gradient_file_for_another_model(capsys, tmp_path, mnist_grads):
+    path = tmp_path / "g.safetensors"
+    save_gradients(mnist_grads, path)
+    line = _err(capsys, tmp_path, *GRAD_ARGS[:-2], "--model.model", "mlp", "--trainer.max_steps", "1",
+                "--data.gradient_file", str(path))
+    assert line.startswith(f"leakage: error: gradient file {path} does not fit the model: missing ['net.1.weight'")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_corrupted_gradient_file(capsys, tmp_path, suffix):
+    path = tmp_path / f"g{suffix}"
+    path.write_bytes(b"\x89garbage" + os.urandom(200))
+    line = _grad_err(capsys, tmp_path, path)
+    assert line.startswith(f"leakage: error: cannot read gradient file {path}: ")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_with_arbitrary_object_is_refused(capsys, tmp_path):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "g.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"fc.bias": _Payload(marker)}, f)
+    line = _grad_err(capsys, tmp_path, path)
+    assert line.startswith(f"leakage: error: cannot read gradient file {path}: ")
+    assert "Weights only load failed" in line
+    assert not marker.exists()
+
+
+def test_missing_gradient_file(capsys, tmp_path):
+    path = tmp_path / "nowhere.safetensors"
+    line = _grad_err(capsys, tmp_path, path)
+    assert line == f"leakage: error: gradient file not found: {path}"
+
+
+# ----------------------------------------------------------------------------- model weights
+def test_model_weights_that_do_not_fit(capsys, tmp_path):
+    path = tmp_path / "mlp.pt"
+    torch.save(build_model("mlp", (3, 32, 32), 10).state_dict(), path)
+    line = _err(capsys, tmp_path, "--model.model_weights", str(path))
+    assert line.startswith(f"leakage: error: weights file {path} does not fit model 'lenet': ")
+    assert "Missing key(s) in state_dict" in line
+
+
+def test_model_weights_for_other_input_size(capsys, tmp_path):
+    path = tmp_path / "lenet_mnist.pt"
+    torch.save(build_model("lenet", (1, 28, 28), 10).state_dict(), path)
+    line = _err(capsys, tmp_path, "--model.model_weights", str(path))  # cifar10 by default
+    assert line.startswith(f"leakage: error: weights file {path} does not fit model 'lenet': ")
+    assert "size mismatch" in line
+
+
+def test_missing_model_weights(capsys, tmp_path):
+    path = tmp_path / "none.pt"
+    line = _err(capsys, tmp_path, "--model.model_weights", str(path))
+    assert line == f"leakage: error: model weights file not found: {path}"
