@@ -63,6 +63,8 @@ class GradientInversion(pl.LightningModule):
             is kept.
         lr_decay: for Adam, divide the lr by 10 at 3/8, 5/8 and 7/8 of ``max_steps`` (as
             Inverting Gradients does).
+        problems_per_chunk: evaluate at most this many problems at once (bounds the memory of
+            the model's double backward; the result is the same). None: all at once.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class GradientInversion(pl.LightningModule):
         labels: Literal["joint", "idlg"] = "joint",
         restarts: int = 1,
         lr_decay: bool = False,
+        problems_per_chunk: Optional[int] = None,
     ) -> None:
         super().__init__()
         for value, allowed, what in (
@@ -94,6 +97,8 @@ class GradientInversion(pl.LightningModule):
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+        if problems_per_chunk is not None and problems_per_chunk < 1:
+            raise ValueError(f"problems_per_chunk must be >= 1, got {problems_per_chunk}")
         if restarts < 1:
             raise ValueError(f"restarts must be >= 1, got {restarts}")
         if lr <= 0 or tv_weight < 0:
@@ -157,12 +162,6 @@ class GradientInversion(pl.LightningModule):
     def observed(self) -> list[Tensor]:
         return [getattr(self, f"observed_{i}") for i in range(len(self.param_names))]
 
-    def targets(self) -> Tensor:
-        """The labels the dummies are matched with: soft ``[P, B, K]`` (joint) or hard ``[P, B]``."""
-        if self.hparams.labels == "joint":
-            return F.softmax(self.dummy_labels, dim=-1)
-        return self.fixed_labels
-
     def recovered_labels(self) -> Tensor:
         """Hard labels ``[P, B]`` of every problem."""
         if self.hparams.labels == "joint":
@@ -170,23 +169,56 @@ class GradientInversion(pl.LightningModule):
         return self.fixed_labels
 
     # -------------------------------------------------------------- objective
-    def matching_loss(self, distance: Optional[str] = None, prior: bool = True, subset: Optional[Tensor] = None) -> Tensor:
-        """Per-problem objective ``[P]``: gradient distance (plus TV prior).
-
-        With a boolean ``subset`` mask only those problems are evaluated (the others' rows of the
-        result are NaN and receive no gradient).
-        """
-        x, targets, observed = self.dummy_data, self.targets(), self.observed()
-        if subset is not None and not bool(subset.all()):
-            idx = subset.nonzero().squeeze(1)
-            x, targets, observed = x[idx], targets[idx], [o[idx] for o in observed]
+    def _objective(self, x: Tensor, label_logits: Optional[Tensor], idx: Optional[Tensor],
+                   distance: Optional[str] = None, prior: bool = True) -> Tensor:
+        """Objective of the problems ``idx`` (all when None) at dummies ``x`` and label logits."""
+        observed = self.observed()
+        if label_logits is not None:
+            targets = F.softmax(label_logits, dim=-1)
+        else:
+            targets = self.fixed_labels
+        if idx is not None:
+            observed = [o[idx] for o in observed]
+            targets = targets if label_logits is not None else targets[idx]
         grads = per_problem_gradients(self.target, x, targets)
         loss = gradient_distance([grads[n] for n in self.param_names], observed, distance or self.hparams.distance)
         if prior and self.hparams.tv_weight > 0:
             loss = loss + self.hparams.tv_weight * total_variation(x)
-        if x is not self.dummy_data:
-            loss = torch.full((self.num_problems,), float("nan"), device=loss.device, dtype=loss.dtype).index_put((idx,), loss)
         return loss
+
+    def matching_loss(self, distance: Optional[str] = None, prior: bool = True, subset: Optional[Tensor] = None) -> Tensor:
+        """Per-problem objective ``[P]``: gradient distance (plus TV prior).
+
+        With a boolean ``subset`` mask only those problems are evaluated (the others' rows of the
+        result are NaN and receive no gradient). With ``problems_per_chunk`` set, problems are
+        evaluated chunk by chunk and each chunk's graph is freed at once; the result's backward
+        gives the same gradients as the unchunked one.
+        """
+        joint = self.hparams.labels == "joint"
+        labels = self.dummy_labels if joint else None
+        P = self.num_problems
+        idx = None if subset is None or bool(subset.all()) else subset.nonzero().squeeze(1)
+        chunk = self.hparams.problems_per_chunk
+        n = P if idx is None else idx.numel()
+        if chunk is None or n <= chunk or not torch.is_grad_enabled():
+            if idx is None:
+                return self._objective(self.dummy_data, labels, None, distance, prior)
+            loss = self._objective(self.dummy_data[idx], labels[idx] if joint else None, idx, distance, prior)
+            return torch.full((P,), float("nan"), device=loss.device, dtype=loss.dtype).index_put((idx,), loss)
+        # chunked: gradients per chunk now, a surrogate carries them to Lightning's backward
+        params = [self.dummy_data] + ([self.dummy_labels] if joint else [])
+        total = [torch.zeros_like(p) for p in params]
+        losses = torch.full((P,), float("nan"), device=self.dummy_data.device)
+        rows = torch.arange(P, device=self.dummy_data.device) if idx is None else idx
+        for c in rows.split(chunk):
+            leaves = [p.detach()[c].requires_grad_() for p in params]
+            loss = self._objective(leaves[0], leaves[1] if joint else None, c, distance, prior)
+            for t, g in zip(total, torch.autograd.grad(loss.nansum(), leaves)):
+                t[c] = g
+            losses[c] = loss.detach()
+        # per problem, so each row's value is its loss and its gradient is its chunk's gradient
+        surrogate = sum((p * t).flatten(1).sum(1) for p, t in zip(params, total))
+        return losses + (surrogate - surrogate.detach())
 
     def on_fit_start(self) -> None:
         if self.trainer.max_steps is None or self.trainer.max_steps < 1:

@@ -225,3 +225,38 @@ def test_batched_lbfgs_is_configured_from_hparams(tmp_path):
     group = opt.param_groups[0]
     assert (group["lr"], group["max_iter"], group["history_size"]) == (0.5, 7, 3)
     assert int(opt.state["problems"]["n_iter"][0]) == 7
+
+
+# ------------------------------------------------------------------------ problems_per_chunk
+@pytest.mark.parametrize("labels", ["joint", "idlg"])
+def test_chunked_evaluation_gives_the_same_losses_and_gradients(labels):
+    dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=3)
+    results = []
+    for chunk in (None, 2):
+        module = GradientInversion(input_shape=dm.input_shape, labels=labels, restarts=2, problems_per_chunk=chunk)
+        module.attach(dm.prepare(module.target))
+        subset = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool)  # problem 2 is not evaluated
+        losses = module.matching_loss(subset=subset)
+        losses.nansum().backward()
+        grads = [module.dummy_data.grad.clone()] + ([module.dummy_labels.grad.clone()] if labels == "joint" else [])
+        results.append((losses.detach(), grads))
+    (l0, g0), (l1, g1) = results
+    assert torch.isnan(l1[2]) and torch.isfinite(l1[subset]).all()
+    torch.testing.assert_close(l1, l0, equal_nan=True)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert a[2].abs().max() == 0  # the problem that was not evaluated gets no gradient
+
+
+def test_chunked_attack_follows_the_unchunked_one(tmp_path):
+    dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=3)
+    runs = [attack(tmp_path / str(c), dm, 4, labels="idlg", restarts=1, problems_per_chunk=c, lbfgs_max_iter=5)[1]
+            for c in (None, 1)]
+    for a, b in zip(runs[0].rows, runs[1].rows):
+        assert a["ssim"] == pytest.approx(b["ssim"], abs=1e-3)
+        assert a["final_loss"] == pytest.approx(b["final_loss"], rel=1e-2, abs=1e-6)
+
+
+def test_problems_per_chunk_must_be_positive():
+    with pytest.raises(ValueError, match="problems_per_chunk"):
+        GradientInversion(problems_per_chunk=0)
