@@ -186,9 +186,16 @@ class LeakageReport(pl.Callback):
         self._report(trainer, pl_module, recon, labels, metrics)
 
     # --------------------------------------------------------------- outputs
+    @staticmethod
+    def _defenses(trainer) -> list[dict]:
+        """The client-side defenses applied to the observation, in order."""
+        return [d.describe() for d in getattr(trainer.datamodule, "defenses_applied", [])]
+
     def _report(self, trainer, pl_module, recon, labels, metrics) -> None:
         s = self.summary
-        text = format_table(self.rows)
+        lines = [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
+                 for i, d in enumerate(self._defenses(trainer))]
+        text = "\n".join(lines + [format_table(self.rows)])
         if "success" in s:
             text += (
                 f"\nreconstructed (SSIM >= {self.success_ssim}): {s['success']}/{s['victims']}  "
@@ -219,8 +226,8 @@ class LeakageReport(pl.Callback):
             for r in self.rows:
                 w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
         with open(self.run_dir / "metrics.json", "w") as f:
-            json.dump({"summary": s, "success_ssim": self.success_ssim, "victims": self.rows}, f, indent=2,
-                      default=float)
+            json.dump({"summary": s, "success_ssim": self.success_ssim, "defenses": self._defenses(trainer),
+                       "victims": self.rows}, f, indent=2, default=float)
         (self.run_dir / "metrics.txt").write_text(text + "\n")
         self._plots(trainer, recon, labels, metrics)
 

@@ -1,0 +1,296 @@
+"""Client-side defenses: transformations of the shared gradient before the attacker observes it.
+
+A functional core works on ``{parameter name: [V, *shape]}`` gradients (one row per client
+update); each defense is also a Lightning callback that applies it to the data module's observation
+in ``setup``, which Lightning runs after the data module's and before the attack's. Several defenses
+compose in the order the config lists them:
+
+.. code-block:: yaml
+
+    trainer:
+      callbacks:
+        - class_path: leakage.defenses.NormClip
+          init_args: {max_norm: 1.0}
+        - class_path: leakage.defenses.GaussianNoise
+          init_args: {sigma: 0.01}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from .data import Observation, Secret
+
+Grads = dict[str, Tensor]
+
+
+# ----------------------------------------------------------------------------- functional core
+def _update_norms(grads: Grads) -> Tensor:
+    """L2 norm of every update over all its parameters: ``[V]``."""
+    return torch.sqrt(sum((g.double() ** 2).flatten(1).sum(1) for g in grads.values())).float()
+
+
+def gaussian_noise(grads: Grads, sigma: float, relative: bool = False, seed: int = 0) -> Grads:
+    """Add N(0, std^2) noise to every entry.
+
+    ``relative=False``: ``std = sigma``. ``relative=True``: ``std = sigma * rms(layer)`` for each
+    layer of each update, ``rms = ||g_layer|| / sqrt(numel)``, so ``sigma`` is a noise-to-signal ratio.
+    """
+    if sigma < 0:
+        raise ValueError(f"noise sigma must be >= 0, got {sigma}")
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, g in grads.items():
+        noise = torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)
+        if relative:
+            rms = g.flatten(1).norm(dim=1) / math.sqrt(g[0].numel())
+            noise = noise * rms.view(-1, *[1] * (g.dim() - 1))
+        out[name] = g + sigma * noise
+    return out
+
+
+def clip_updates(grads: Grads, max_norm: float) -> Grads:
+    """Scale each update to an L2 norm of at most ``max_norm`` (over all its parameters)."""
+    if not max_norm > 0:
+        raise ValueError(f"clipping max_norm must be > 0, got {max_norm}")
+    scale = (max_norm / _update_norms(grads).clamp_min(1e-12)).clamp(max=1.0)
+    return {k: g * scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype) for k, g in grads.items()}
+
+
+def top_k(grads: Grads, keep_ratio: float, scope: Literal["global", "layer"] = "global") -> Grads:
+    """Keep the ``ceil(keep_ratio * n)`` entries of largest magnitude of each update, zero the rest.
+
+    ``scope="global"``: ``n`` counts every entry of the update; ``"layer"``: each layer on its own.
+    Exactly that many entries are kept (ties broken by position).
+    """
+    if not 0 < keep_ratio <= 1:
+        raise ValueError(f"top-k keep_ratio must be in (0, 1], got {keep_ratio}")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"top-k scope must be 'global' or 'layer', got {scope!r}")
+
+    def keep(flat: Tensor) -> Tensor:  # flat: [V, n]
+        k = math.ceil(keep_ratio * flat.shape[1])
+        idx = flat.abs().topk(k, dim=1).indices
+        return torch.zeros_like(flat).scatter_(1, idx, flat.gather(1, idx))
+
+    if scope == "layer":
+        return {name: keep(g.flatten(1)).view_as(g) for name, g in grads.items()}
+    names = list(grads)
+    sizes = [grads[n][0].numel() for n in names]
+    kept = keep(torch.cat([grads[n].flatten(1) for n in names], dim=1)).split(sizes, dim=1)
+    return {n: part.view_as(grads[n]) for n, part in zip(names, kept)}
+
+
+def pairwise_masks(clients: int, shapes: dict[str, torch.Size], seed: int, scale: float) -> list[Grads]:
+    """Each client's total mask under pairwise additive masking (Bonawitz et al., 2017).
+
+    Clients ``i < j`` share a mask ``m_ij`` (here drawn from a generator seeded by the pair, standing
+    in for their key agreement); client ``i`` adds it and client ``j`` subtracts it, so the masks
+    cancel in the sum over all clients. Returned in float64 so that the cancellation is exact up
+    to float64 rounding.
+    """
+    total = [{n: torch.zeros(s, dtype=torch.float64) for n, s in shapes.items()} for _ in range(clients)]
+    for i in range(clients):
+        for j in range(i + 1, clients):
+            gen = torch.Generator().manual_seed((seed * 1_000_003 + i) * 1_000_003 + j)
+            for n, s in shapes.items():
+                m = (torch.rand(s, generator=gen, dtype=torch.float64) * 2 - 1) * scale
+                total[i][n] += m
+                total[j][n] -= m
+    return total
+
+
+def secure_aggregation(grads: Grads, clients: int, seed: int = 0, mask_scale: float = 100.0) -> tuple[Grads, Grads]:
+    """Mask groups of ``clients`` consecutive updates; return (masked updates, aggregates).
+
+    Masked updates have the input's ``[V, ...]`` shape; aggregates are ``[V / clients, ...]``: the
+    mean of each group's updates, which is what the server learns (the sum of the masked updates,
+    divided by the number of clients), i.e. the gradient of the mean loss over the group's images.
+    """
+    if clients < 2:
+        raise ValueError(f"secure aggregation needs at least 2 clients, got {clients}")
+    V = next(iter(grads.values())).shape[0]
+    if V % clients:
+        raise ValueError(f"{V} client updates do not split into groups of {clients} clients")
+    shapes = {n: g.shape[1:] for n, g in grads.items()}
+    masked: Grads = {}
+    aggregate: Grads = {}
+    for n, g in grads.items():
+        masked[n] = torch.empty(g.shape, dtype=torch.float64)
+    for group in range(V // clients):
+        masks = pairwise_masks(clients, shapes, seed + group, mask_scale)
+        for c in range(clients):
+            v = group * clients + c
+            for n, g in grads.items():
+                masked[n][v] = g[v].double().cpu() + masks[c][n]
+    for n, g in grads.items():
+        sums = masked[n].view(V // clients, clients, *g.shape[1:]).sum(dim=1)
+        aggregate[n] = (sums / clients).to(g.dtype)
+        masked[n] = masked[n].to(g.dtype)
+    return masked, aggregate
+
+
+def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """(epsilon, delta)-DP of the subsampled Gaussian mechanism over ``steps`` rounds, from Opacus'
+    RDP accountant."""
+    from opacus.accountants import RDPAccountant
+
+    if not (0 < sample_rate <= 1 and steps >= 1 and 0 < delta < 1 and noise_multiplier > 0):
+        raise ValueError("DP accounting needs 0 < sample_rate <= 1, steps >= 1, 0 < delta < 1 and noise > 0")
+    accountant = RDPAccountant()
+    accountant.history = [(noise_multiplier, sample_rate, steps)]
+    return float(accountant.get_epsilon(delta))
+
+
+# ----------------------------------------------------------------------------- callbacks
+class Defense(pl.Callback):
+    """A client-side transformation of the shared gradients, applied once in ``setup``."""
+
+    name = "defense"
+
+    def transform(self, observation: Observation, secret: Optional[Secret]) -> tuple[Observation, Optional[Secret]]:
+        return replace(observation, gradients=self.apply(observation.gradients)), secret
+
+    def apply(self, grads: Grads) -> Grads:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """The settings, for result tables."""
+        return {"defense": self.name}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        if dm is None or getattr(dm, "observation", None) is None:
+            raise RuntimeError(f"{type(self).__name__} needs a VictimDataModule that is set up before it")
+        applied = dm.__dict__.setdefault("defenses_applied", [])
+        if any(d is self for d in applied):
+            return
+        dm.observation, dm.secret = self.transform(dm.observation, dm.secret)
+        applied.append(self)
+
+
+class GaussianNoise(Defense):
+    """Gaussian noise on every gradient entry: ``sigma`` absolute, or relative to each layer's RMS."""
+
+    name = "gaussian_noise"
+
+    def __init__(self, sigma: float, relative: bool = False, seed: int = 0) -> None:
+        if sigma < 0:
+            raise ValueError(f"noise sigma must be >= 0, got {sigma}")
+        self.sigma, self.relative, self.seed = sigma, relative, seed
+
+    def apply(self, grads: Grads) -> Grads:
+        return gaussian_noise(grads, self.sigma, self.relative, self.seed)
+
+    def describe(self) -> dict:
+        return {"defense": self.name, "sigma": self.sigma, "noise": "relative to layer RMS" if self.relative else "absolute"}
+
+
+class NormClip(Defense):
+    """Clip each update to L2 norm ``max_norm`` (over all parameters)."""
+
+    name = "norm_clip"
+
+    def __init__(self, max_norm: float) -> None:
+        if not max_norm > 0:
+            raise ValueError(f"clipping max_norm must be > 0, got {max_norm}")
+        self.max_norm = max_norm
+
+    def apply(self, grads: Grads) -> Grads:
+        return clip_updates(grads, self.max_norm)
+
+    def describe(self) -> dict:
+        return {"defense": self.name, "max_norm": self.max_norm}
+
+
+class DPGaussian(Defense):
+    """The Gaussian mechanism of DP-SGD on each update: clip to ``max_norm``, add noise of std
+    ``noise_multiplier * max_norm``. With ``sample_rate``, ``steps`` and ``delta`` it reports the
+    (epsilon, delta) this achieves over that many rounds (Opacus' RDP accountant)."""
+
+    name = "dp_gaussian"
+
+    def __init__(self, max_norm: float, noise_multiplier: float, sample_rate: Optional[float] = None,
+                 steps: Optional[int] = None, delta: Optional[float] = None, seed: int = 0) -> None:
+        if not max_norm > 0 or noise_multiplier < 0:
+            raise ValueError("DPGaussian needs max_norm > 0 and noise_multiplier >= 0")
+        given = [x is not None for x in (sample_rate, steps, delta)]
+        if any(given) and not all(given):
+            raise ValueError("DP accounting needs all of sample_rate, steps and delta")
+        self.max_norm, self.noise_multiplier, self.seed = max_norm, noise_multiplier, seed
+        self.epsilon: Optional[float] = None
+        self.delta = delta
+        if all(given):
+            self.epsilon = dp_epsilon(noise_multiplier, sample_rate, steps, delta) if noise_multiplier > 0 else math.inf
+        self.accounting = (sample_rate, steps, delta)
+
+    def apply(self, grads: Grads) -> Grads:
+        return gaussian_noise(clip_updates(grads, self.max_norm), self.noise_multiplier * self.max_norm, seed=self.seed)
+
+    def describe(self) -> dict:
+        out = {"defense": self.name, "max_norm": self.max_norm, "noise_multiplier": self.noise_multiplier}
+        if self.epsilon is not None:
+            out.update(epsilon=self.epsilon, delta=self.delta, sample_rate=self.accounting[0], steps=self.accounting[1])
+        return out
+
+
+class TopK(Defense):
+    """Top-k sparsification by magnitude: keep ``keep_ratio`` of the entries (global or per layer)."""
+
+    name = "top_k"
+
+    def __init__(self, keep_ratio: float, scope: Literal["global", "layer"] = "global") -> None:
+        if not 0 < keep_ratio <= 1:
+            raise ValueError(f"top-k keep_ratio must be in (0, 1], got {keep_ratio}")
+        if scope not in ("global", "layer"):
+            raise ValueError(f"top-k scope must be 'global' or 'layer', got {scope!r}")
+        self.keep_ratio, self.scope = keep_ratio, scope
+
+    def apply(self, grads: Grads) -> Grads:
+        return top_k(grads, self.keep_ratio, self.scope)
+
+    def describe(self) -> dict:
+        return {"defense": self.name, "keep_ratio": self.keep_ratio, "scope": self.scope}
+
+
+class SecureAggregation(Defense):
+    """Secure aggregation of ``clients`` clients with pairwise additive masks (Bonawitz et al. 2017).
+
+    Consecutive victims form the clients of one aggregation round. ``target="masked"``: the attack
+    sees each client's masked update. ``target="aggregate"``: it sees the round's aggregate, i.e.
+    one update of ``clients x batch_size`` images (the secret is regrouped to match).
+    """
+
+    name = "secure_aggregation"
+
+    def __init__(self, clients: int, target: Literal["masked", "aggregate"] = "aggregate", seed: int = 0,
+                 mask_scale: float = 100.0) -> None:
+        if clients < 2:
+            raise ValueError(f"secure aggregation needs at least 2 clients, got {clients}")
+        if target not in ("masked", "aggregate"):
+            raise ValueError(f"secure aggregation target must be 'masked' or 'aggregate', got {target!r}")
+        self.clients, self.target, self.seed, self.mask_scale = clients, target, seed, mask_scale
+
+    def transform(self, observation: Observation, secret: Optional[Secret]) -> tuple[Observation, Optional[Secret]]:
+        masked, aggregate = secure_aggregation(observation.gradients, self.clients, self.seed, self.mask_scale)
+        if self.target == "masked":
+            return replace(observation, gradients=masked), secret
+        K = self.clients
+        obs = replace(observation, gradients=aggregate, batch_size=observation.batch_size * K)
+        if secret is not None:
+            V, B = secret.labels.shape
+            secret = Secret(
+                images=secret.images.reshape(V // K, K * B, *secret.images.shape[2:]),
+                labels=secret.labels.reshape(V // K, K * B),
+                indices=[sum(secret.indices[g * K:(g + 1) * K], []) for g in range(V // K)],
+            )
+        return obs, secret
+
+    def describe(self) -> dict:
+        return {"defense": self.name, "clients": self.clients, "target": self.target}

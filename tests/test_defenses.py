@@ -1,0 +1,169 @@
+"""Client-side defenses: each changes the shared gradient as specified, and composes in a run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from leakage.data import VictimDataModule
+from leakage.defenses import (
+    DPGaussian, GaussianNoise, NormClip, SecureAggregation, TopK, clip_updates, dp_epsilon, gaussian_noise,
+    secure_aggregation, top_k,
+)
+from leakage.models import build_model
+
+from conftest import CONFIGS, run_dirs
+
+
+@pytest.fixture(scope="module")
+def grads():
+    """Real LeNet updates of 4 bundled CIFAR-10 victims: {name: [4, *shape]}."""
+    model = build_model("lenet", (3, 32, 32), 10)
+    return VictimDataModule(num_victims=4).prepare(model).gradients
+
+
+def _flat(g):
+    return torch.cat([v.flatten(1) for v in g.values()], dim=1)
+
+
+def test_zero_noise_and_full_keep_ratio_change_nothing(grads):
+    for out in (gaussian_noise(grads, 0.0), gaussian_noise(grads, 0.0, relative=True), top_k(grads, 1.0),
+                top_k(grads, 1.0, scope="layer")):
+        for k in grads:
+            assert torch.equal(out[k], grads[k])
+
+
+def test_absolute_noise_has_the_requested_statistics(grads):
+    noise = _flat(gaussian_noise(grads, 0.5, seed=3)) - _flat(grads)
+    assert noise.numel() > 60_000
+    assert abs(float(noise.mean())) < 0.01
+    assert float(noise.std()) == pytest.approx(0.5, rel=0.02)
+    # a different seed gives different noise, the same seed the same
+    assert torch.equal(_flat(gaussian_noise(grads, 0.5, seed=3)), _flat(gaussian_noise(grads, 0.5, seed=3)))
+    assert not torch.equal(_flat(gaussian_noise(grads, 0.5, seed=4)), _flat(gaussian_noise(grads, 0.5, seed=3)))
+
+
+def test_relative_noise_scales_with_each_layer(grads):
+    out = gaussian_noise(grads, 0.1, relative=True, seed=0)
+    for k, g in grads.items():
+        rms = g.flatten(1).norm(dim=1) / math.sqrt(g[0].numel())
+        noise = (out[k] - g).flatten(1)
+        if g[0].numel() >= 1000:  # enough entries for a tight estimate
+            torch.testing.assert_close(noise.std(dim=1), 0.1 * rms, rtol=0.1, atol=0)
+
+
+def test_clipping_bounds_each_update_norm(grads):
+    norms = _flat(grads).norm(dim=1)
+    bound = float(norms.median())
+    clipped = _flat(clip_updates(grads, bound)).norm(dim=1)
+    assert (clipped <= bound * (1 + 1e-5)).all()
+    small = norms <= bound
+    torch.testing.assert_close(clipped[small], norms[small])  # updates under the bound are unchanged
+    torch.testing.assert_close(clipped[~small], torch.full_like(clipped[~small], bound))
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.1, 0.01, 0.0003])
+def test_top_k_keeps_exactly_k_largest_entries(grads, ratio):
+    flat = _flat(grads)
+    out = _flat(top_k(grads, ratio))
+    k = math.ceil(ratio * flat.shape[1])
+    assert ((out != 0).sum(dim=1) == k).all()
+    kept = out != 0
+    torch.testing.assert_close(out[kept], flat[kept])  # kept entries are unchanged
+    for v in range(flat.shape[0]):  # and they are the largest in magnitude
+        assert float(flat[v][kept[v]].abs().min()) >= float(flat[v][~kept[v]].abs().max())
+
+
+def test_top_k_per_layer_keeps_k_in_every_layer(grads):
+    out = top_k(grads, 0.1, scope="layer")
+    for k, g in out.items():
+        n = g[0].numel()
+        assert ((g.flatten(1) != 0).sum(dim=1) == math.ceil(0.1 * n)).all()
+
+
+def test_secure_aggregation_masks_cancel_in_the_sum(grads):
+    masked, aggregate = secure_aggregation(grads, clients=2, seed=1)
+    for k, g in grads.items():
+        true_mean = g.double().view(2, 2, *g.shape[1:]).mean(dim=1)
+        torch.testing.assert_close(aggregate[k].double(), true_mean, rtol=0, atol=1e-6)
+    # a single masked update looks nothing like its client's gradient
+    m, t = _flat(masked), _flat(grads)
+    cos = torch.nn.functional.cosine_similarity(m, t, dim=1)
+    assert (cos.abs() < 0.05).all(), cos
+    assert ((m - t).norm(dim=1) > 10 * t.norm(dim=1)).all()
+
+
+def test_secure_aggregation_sum_is_exact_to_float_precision(grads):
+    # the server's view: the float64 sum of masked updates equals the sum of the true updates
+    from leakage.defenses import pairwise_masks
+
+    shapes = {k: g.shape[1:] for k, g in grads.items()}
+    masks = pairwise_masks(4, shapes, seed=0, scale=100.0)
+    for k, g in grads.items():
+        total = sum(g[c].double() + masks[c][k] for c in range(4))
+        torch.testing.assert_close(total, g.double().sum(0), rtol=0, atol=1e-10)
+
+
+def test_dp_epsilon_comes_from_opacus_and_shrinks_with_noise():
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    for _ in range(100):
+        acc.step(noise_multiplier=1.0, sample_rate=0.01)
+    assert dp_epsilon(1.0, 0.01, 100, 1e-5) == pytest.approx(acc.get_epsilon(1e-5))
+    assert dp_epsilon(2.0, 0.01, 100, 1e-5) < dp_epsilon(1.0, 0.01, 100, 1e-5)
+    d = DPGaussian(max_norm=1.0, noise_multiplier=1.0, sample_rate=0.01, steps=100, delta=1e-5)
+    assert d.describe()["epsilon"] == pytest.approx(acc.get_epsilon(1e-5))
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: GaussianNoise(sigma=-0.1), "sigma"),
+        (lambda: TopK(keep_ratio=0.0), "keep_ratio"),
+        (lambda: TopK(keep_ratio=1.5), "keep_ratio"),
+        (lambda: TopK(keep_ratio=0.5, scope="row"), "scope"),
+        (lambda: NormClip(max_norm=0.0), "max_norm"),
+        (lambda: SecureAggregation(clients=1), "at least 2"),
+        (lambda: SecureAggregation(clients=2, target="sum"), "target"),
+        (lambda: DPGaussian(max_norm=1.0, noise_multiplier=1.0, sample_rate=0.01), "all of"),
+    ],
+)
+def test_invalid_defense_settings_are_clear_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_defenses_compose_in_a_cli_run(tmp_path, capsys):
+    from leakage.cli import main
+
+    cfg = tmp_path / "defense.yaml"
+    cfg.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: leakage.defenses.SecureAggregation\n      init_args: {clients: 2, target: aggregate}\n"
+        "    - class_path: leakage.defenses.GaussianNoise\n      init_args: {sigma: 0.0}\n"
+    )
+    logs = tmp_path / "logs"
+    main(["fit", "--config", str(CONFIGS / "cifar_dlg.yaml"), "--config", str(cfg),
+          "--trainer.max_steps", "2", "--model.lbfgs_max_iter", "2", "--data.num_victims", "4",
+          "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(logs)])
+    (run,) = run_dirs(logs)
+    report = json.loads((run / "metrics.json").read_text())
+    assert [d["defense"] for d in report["defenses"]] == ["secure_aggregation", "gaussian_noise"]
+    # the aggregate of 2 clients is one update of 2 images: 2 victims of 2 images each
+    assert len(report["victims"]) == 2
+    assert report["victims"][0]["indices"] == [0, 1] and report["victims"][1]["indices"] == [2, 3]
+    out = capsys.readouterr().out
+    assert "defense 1: secure_aggregation" in out and "defense 2: gaussian_noise" in out
+
+
+def test_secure_aggregation_aggregate_is_the_gradient_of_the_joint_batch():
+    model = build_model("lenet", (3, 32, 32), 10)
+    separate = VictimDataModule(num_victims=2).prepare(model).gradients
+    joint = VictimDataModule(num_victims=1, batch_size=2).prepare(model).gradients
+    _, aggregate = secure_aggregation(separate, clients=2)
+    for k in joint:
+        torch.testing.assert_close(aggregate[k], joint[k], rtol=1e-4, atol=1e-6)
