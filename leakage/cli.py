@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 
@@ -41,17 +42,36 @@ def _quiet() -> None:
 
 def main(args: list[str] | None = None) -> None:
     _quiet()
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] == ["sweep"]:
+            from .sweep import main as sweep_main
+
+            sweep_main(argv[1:])
+            return
         LeakageCLI(
             GradientInversion,
             VictimDataModule,
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
-            args=args,
+            args=argv,
         )
     except (ValueError, FileNotFoundError) as err:
-        print(f"leakage: error: {err}", file=sys.stderr)
+        print(f"leakage: error: {_reason(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+_OWN_PHRASES = re.compile(r"must be|must hold|unknown |needs |need |not found|does not fit|cannot |do not split")
+
+
+def _reason(err: Exception) -> str:
+    """One line: jsonargparse nests a class's own ValueError deep in a multi-line message (e.g. a bad
+    defense setting inside ``trainer.callbacks``); surface that line instead of the wrapper's."""
+    lines = [ln.strip().lstrip("- ").strip() for ln in str(err).splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(err).__name__
+    own = [ln for ln in lines[1:] if _OWN_PHRASES.search(ln)]
+    return own[-1] if own else lines[0]
 
 
 if __name__ == "__main__":

@@ -167,3 +167,16 @@ def test_secure_aggregation_aggregate_is_the_gradient_of_the_joint_batch():
     _, aggregate = secure_aggregation(separate, clients=2)
     for k in joint:
         torch.testing.assert_close(aggregate[k], joint[k], rtol=1e-4, atol=1e-6)
+
+
+def test_bad_defense_setting_in_a_fit_config_is_one_clear_line(tmp_path, capsys):
+    from leakage.cli import main
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("trainer:\n  callbacks:\n    - class_path: leakage.defenses.TopK\n      init_args: {keep_ratio: 2.0}\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS / "cifar_fast.yaml"), "--config", str(cfg),
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    assert exc.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("leakage: error:")]
+    assert err == ["leakage: error: top-k keep_ratio must be in (0, 1], got 2.0"]
