@@ -17,14 +17,14 @@ from torch import Tensor, nn
 
 from .client import per_problem_gradients
 from .data import Observation
-from .labels import idlg_labels
+from .labels import BATCH_STRATEGIES, idlg_labels, restore_batch_labels
 from .losses import DISTANCES, gradient_distance, total_variation
 from .models import build_model
 from .optim import BatchedLBFGS, SignedAdam
 
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
 INITS = ("randn", "uniform", "constant")
-LABELS = ("joint", "idlg")
+LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin")
 
 
 def _last_linear(model: nn.Module) -> tuple[str, Optional[str]]:
@@ -57,8 +57,9 @@ class GradientInversion(pl.LightningModule):
             (the middle of the data range).
         init_seed: seed of the dummy init.
         box_constraint: clamp dummy images to the data range after every step.
-        labels: ``joint`` (DLG: soft labels optimized with the images) or ``idlg`` (analytic, from
-            the last layer's gradient; batch size 1).
+        labels: ``joint`` (DLG: soft labels optimized with the images), ``idlg`` (analytic, from
+            the last layer's gradient; batch size 1), or a batch label restoration fixed before the
+            attack: ``bias_count``, ``weight_count``, ``yin`` (see :mod:`leakage.labels`).
         restarts: independent dummies per victim; the one with the lowest final matching loss
             is kept.
         lr_decay: for Adam, divide the lr by 10 at 3/8, 5/8 and 7/8 of ``max_steps`` (as
@@ -83,7 +84,7 @@ class GradientInversion(pl.LightningModule):
         init: Literal["randn", "uniform", "constant"] = "randn",
         init_seed: int = 0,
         box_constraint: bool = False,
-        labels: Literal["joint", "idlg"] = "joint",
+        labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin"] = "joint",
         restarts: int = 1,
         lr_decay: bool = False,
         problems_per_chunk: Optional[int] = None,
@@ -146,13 +147,18 @@ class GradientInversion(pl.LightningModule):
         self.dummy_data = nn.Parameter(x)
         if hp.labels == "joint":
             self.dummy_labels = nn.Parameter(torch.randn((P, B, hp.num_classes), generator=gen))
-        else:
+        elif hp.labels == "idlg":
             if B != 1:
-                raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1 or labels 'joint'")
+                raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
+                                 "labels 'joint' or a batch strategy (bias_count, weight_count, yin)")
             w, b = _last_linear(self.target)
             grads = observation.gradients
             y = idlg_labels(grads[w], grads[b] if b else None)  # [V]
             self.register_buffer("fixed_labels", y.repeat_interleave(R).view(P, 1), persistent=False)
+        else:
+            y = restore_batch_labels(self.target, observation.gradients, B, observation.input_shape, hp.labels,
+                                     observation.data_range)  # [V, B]
+            self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
 
     @property

@@ -20,3 +20,104 @@ def idlg_labels(last_weight_grad: Tensor, last_bias_grad: Tensor | None = None) 
     if last_bias_grad is not None:
         return last_bias_grad.argmin(dim=-1)
     return last_weight_grad.sum(dim=-1).argmin(dim=-1)
+
+
+BATCH_STRATEGIES = ("bias_count", "weight_count", "yin")
+
+
+def _last_linear_layer(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
+    found = None
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            found = (name, m)
+    if found is None:
+        raise ValueError("batch label restoration needs a model whose last layer is nn.Linear")
+    return found
+
+
+@torch.no_grad()
+def probe_statistics(model: torch.nn.Module, input_shape, data_range=(0.0, 1.0), probes: int = 256, seed: int = 0):
+    """The model's mean softmax output and mean summed last-layer input over random inputs.
+
+    Inputs are drawn uniformly in the data range (public metadata), so the attack needs no data.
+    Returns ``(p_bar [K], s_bar)``.
+    """
+    _, layer = _last_linear_layer(model)
+    feats = []
+    hook = layer.register_forward_hook(lambda m, inp, out: feats.append(inp[0].flatten(1).sum(1)))
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = data_range
+    device = next(model.parameters()).device
+    x = (lo + (hi - lo) * torch.rand((probes, *input_shape), generator=gen)).to(device)
+    try:
+        p_bar = torch.softmax(model(x), dim=-1).mean(0)
+    finally:
+        hook.remove()
+    return p_bar.cpu(), float(torch.cat(feats).mean())
+
+
+def _round_to_total(estimate: Tensor, total: int) -> Tensor:
+    """Non-negative integer counts close to ``estimate`` ``[V, K]`` that sum to ``total`` (largest remainders)."""
+    est = estimate.clamp(min=0)
+    counts = est.floor()
+    for v in range(est.shape[0]):
+        missing = int(total - counts[v].sum())
+        if missing > 0:
+            order = (est[v] - counts[v]).argsort(descending=True)
+            counts[v, order[:missing]] += 1
+        elif missing < 0:  # too many: take from the smallest remainders among non-zero counts
+            frac = torch.where(counts[v] > 0, est[v] - counts[v], torch.full_like(est[v], float("inf")))
+            for _ in range(-missing):
+                c = int(frac.argmin())
+                counts[v, c] -= 1
+                frac[c] = float("inf") if counts[v, c] == 0 else frac[c] + 1
+    return counts.long()
+
+
+def _counts_to_labels(counts: Tensor) -> Tensor:
+    """``[V, K]`` class counts -> ``[V, B]`` sorted labels."""
+    return torch.stack([torch.repeat_interleave(torch.arange(c.numel()), c) for c in counts])
+
+
+def restore_batch_labels(
+    model: torch.nn.Module,
+    gradients: dict[str, Tensor],
+    batch_size: int,
+    input_shape,
+    strategy: str = "bias_count",
+    data_range=(0.0, 1.0),
+    probes: int = 256,
+    seed: int = 0,
+) -> Tensor:
+    """The multiset of labels of each update's batch, from its shared gradient: ``[V, B]`` sorted.
+
+    - ``bias_count`` (the count estimate of Geiping et al. 2020 / LLG, Wainakh et al. 2022): with
+      cross-entropy averaged over ``B`` images the last layer's bias gradient is
+      ``mean_i(p_i) - counts / B``, so ``counts = B * (p_bar - g_bias)``, with ``p_bar`` the model's
+      mean prediction, estimated on random inputs (:func:`probe_statistics`).
+    - ``weight_count``: the same from the last layer's weight gradient, for models without a bias:
+      its row sums are ``(p_bar - counts / B) * s_bar`` with ``s_bar`` the mean summed feature.
+    - ``yin`` (GradInversion, Yin et al. 2021): the ``B`` classes whose weight-gradient rows have
+      the most negative minimum; assumes the batch's labels are all different (``B <= K``).
+
+    The estimates are exact when the model's predictions hardly depend on the input (an untrained
+    network); on a trained model they degrade, which the label-restoration benchmark measures.
+    """
+    if strategy not in BATCH_STRATEGIES:
+        raise ValueError(f"unknown label restoration strategy {strategy!r}; choose one of {', '.join(BATCH_STRATEGIES)}")
+    name, layer = _last_linear_layer(model)
+    gw = gradients[f"{name}.weight"].float().cpu()  # [V, K, F]
+    K = gw.shape[1]
+    if strategy == "yin":
+        if batch_size > K:
+            raise ValueError(f"strategy 'yin' assumes distinct labels: batch_size {batch_size} > {K} classes")
+        picked = gw.amin(dim=2).topk(batch_size, dim=1, largest=False).indices
+        return picked.sort(dim=1).values
+    p_bar, s_bar = probe_statistics(model, input_shape, data_range, probes, seed)
+    if strategy == "bias_count":
+        if layer.bias is None:
+            raise ValueError("strategy 'bias_count' needs a last layer with a bias; use 'weight_count'")
+        estimate = batch_size * (p_bar[None] - gradients[f"{name}.bias"].float().cpu())
+    else:
+        estimate = batch_size * (p_bar[None] - gw.sum(dim=2) / s_bar)
+    return _counts_to_labels(_round_to_total(estimate, batch_size))
