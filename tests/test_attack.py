@@ -196,7 +196,7 @@ def test_bad_hyperparameters(kwargs, match):
 def test_idlg_needs_batch_size_one(tmp_path):
     dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1], batch_size=2)
     module = GradientInversion(model="mlp", input_shape=dm.input_shape, num_classes=10, labels="idlg")
-    with pytest.raises(ValueError, match="single image: use batch_size 1 or labels 'joint'"):
+    with pytest.raises(ValueError, match="single image: use batch_size 1, labels 'joint' or a batch strategy"):
         quiet_trainer(1, root=tmp_path).fit(module, datamodule=dm)
 
 

@@ -70,7 +70,7 @@ def test_idlg_with_batches_of_two(capsys, tmp_path):
     line = _err(capsys, tmp_path, "--model.labels", "idlg", "--data.batch_size", "2", "--data.indices", "[0,1]")
     assert line == (
         "leakage: error: label strategy 'idlg' recovers the label of a single image: "
-        "use batch_size 1 or labels 'joint'"
+        "use batch_size 1, labels 'joint' or a batch strategy (bias_count, weight_count, yin)"
     )
 
 
