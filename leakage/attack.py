@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .client import per_problem_gradients
 from .data import Observation
-from .labels import BATCH_STRATEGIES, idlg_labels, restore_batch_labels
+from .labels import idlg_labels, last_linear, restore_batch_labels
 from .losses import DISTANCES, gradient_distance, total_variation
 from .models import build_model
 from .optim import BatchedLBFGS, SignedAdam
@@ -25,17 +25,6 @@ from .optim import BatchedLBFGS, SignedAdam
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
 INITS = ("randn", "uniform", "constant")
 LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin")
-
-
-def _last_linear(model: nn.Module) -> tuple[str, Optional[str]]:
-    """Names of the last linear layer's weight and bias (the classifier)."""
-    name = None
-    for n, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            name, mod = n, m
-    if name is None:
-        raise ValueError("label strategy 'idlg' needs a model whose last layer is nn.Linear")
-    return f"{name}.weight", (f"{name}.bias" if mod.bias is not None else None)
 
 
 class GradientInversion(pl.LightningModule):
@@ -151,9 +140,9 @@ class GradientInversion(pl.LightningModule):
             if B != 1:
                 raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
                                  "labels 'joint' or a batch strategy (bias_count, weight_count, yin)")
-            w, b = _last_linear(self.target)
+            name, layer = last_linear(self.target)
             grads = observation.gradients
-            y = idlg_labels(grads[w], grads[b] if b else None)  # [V]
+            y = idlg_labels(grads[f"{name}.weight"], grads[f"{name}.bias"] if layer.bias is not None else None)  # [V]
             self.register_buffer("fixed_labels", y.repeat_interleave(R).view(P, 1), persistent=False)
         else:
             y = restore_batch_labels(self.target, observation.gradients, B, observation.input_shape, hp.labels,

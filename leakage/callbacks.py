@@ -187,14 +187,14 @@ class LeakageReport(pl.Callback):
 
     # --------------------------------------------------------------- outputs
     @staticmethod
-    def _defenses(trainer) -> list[dict]:
+    def defenses_of(trainer) -> list[dict]:
         """The client-side defenses applied to the observation, in order."""
         return [d.describe() for d in getattr(trainer.datamodule, "defenses_applied", [])]
 
     def _report(self, trainer, pl_module, recon, labels, metrics) -> None:
         s = self.summary
         lines = [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
-                 for i, d in enumerate(self._defenses(trainer))]
+                 for i, d in enumerate(self.defenses_of(trainer))]
         text = "\n".join(lines + [format_table(self.rows)])
         if "success" in s:
             text += (
@@ -226,7 +226,7 @@ class LeakageReport(pl.Callback):
             for r in self.rows:
                 w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
         with open(self.run_dir / "metrics.json", "w") as f:
-            json.dump({"summary": s, "success_ssim": self.success_ssim, "defenses": self._defenses(trainer),
+            json.dump({"summary": s, "success_ssim": self.success_ssim, "defenses": self.defenses_of(trainer),
                        "victims": self.rows}, f, indent=2, default=float)
         (self.run_dir / "metrics.txt").write_text(text + "\n")
         self._plots(trainer, recon, labels, metrics)

@@ -54,7 +54,7 @@ def main(args: list[str] | None = None) -> None:
             VictimDataModule,
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
-            args=argv,
+            args=args,  # None from the console: LightningCLI reads sys.argv itself
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"leakage: error: {_reason(err)}", file=sys.stderr)

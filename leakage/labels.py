@@ -25,13 +25,14 @@ def idlg_labels(last_weight_grad: Tensor, last_bias_grad: Tensor | None = None) 
 BATCH_STRATEGIES = ("bias_count", "weight_count", "yin")
 
 
-def _last_linear_layer(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
+def last_linear(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
+    """Name and module of the model's last ``nn.Linear`` (the classifier)."""
     found = None
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Linear):
             found = (name, m)
     if found is None:
-        raise ValueError("batch label restoration needs a model whose last layer is nn.Linear")
+        raise ValueError("analytic label recovery needs a model whose last layer is nn.Linear")
     return found
 
 
@@ -42,7 +43,7 @@ def probe_statistics(model: torch.nn.Module, input_shape, data_range=(0.0, 1.0),
     Inputs are drawn uniformly in the data range (public metadata), so the attack needs no data.
     Returns ``(p_bar [K], s_bar)``.
     """
-    _, layer = _last_linear_layer(model)
+    _, layer = last_linear(model)
     feats = []
     hook = layer.register_forward_hook(lambda m, inp, out: feats.append(inp[0].flatten(1).sum(1)))
     gen = torch.Generator().manual_seed(seed)
@@ -105,7 +106,7 @@ def restore_batch_labels(
     """
     if strategy not in BATCH_STRATEGIES:
         raise ValueError(f"unknown label restoration strategy {strategy!r}; choose one of {', '.join(BATCH_STRATEGIES)}")
-    name, layer = _last_linear_layer(model)
+    name, layer = last_linear(model)
     gw = gradients[f"{name}.weight"].float().cpu()  # [V, K, F]
     K = gw.shape[1]
     if strategy == "yin":

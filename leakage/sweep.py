@@ -115,8 +115,9 @@ class Sweep:
         return row
 
     def _run(self, defense: dict, value: float, cid: str) -> dict:
-        from .cli import LeakageCLI, TRAINER_DEFAULTS
         from .attack import GradientInversion
+        from .callbacks import summarize
+        from .cli import TRAINER_DEFAULTS, LeakageCLI
         from .data import VictimDataModule
 
         run_dir = self.out / "runs" / cid
@@ -143,18 +144,10 @@ class Sweep:
             report = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "LeakageReport")
         except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
             return {**row, "status": "failed", "error": str(err).splitlines()[0][:300]}
-        rows = report.rows
-        ok = [r for r in rows if r["status"] == "ok"]
-        success = sum(1 for r in ok if r["ssim"] >= float(self.cfg["success_ssim"]))
-
-        def mean(key: str) -> float:
-            vals = [r[key] for r in ok if not math.isnan(r[key])]
-            return sum(vals) / len(vals) if vals else float("nan")
-
-        defense_info = report._defenses(cli.trainer)
-        row.update(status="ok", victims=len(rows), failed=len(rows) - len(ok), success=success,
-                   success_rate=success / len(rows), label_acc=mean("label_acc"), mse=mean("mse"),
-                   ssim=mean("ssim"), psnr=mean("psnr"), defenses=defense_info)
+        s = summarize(report.rows, float(self.cfg["success_ssim"]))
+        row.update(status="ok", victims=s["victims"], failed=s["failed"], success=s["success"],
+                   success_rate=s["success"] / s["victims"], label_acc=s["label_acc"], mse=s["mse_mean"],
+                   ssim=s["ssim_mean"], psnr=s["psnr_mean"], defenses=report.defenses_of(cli.trainer))
         return row
 
     # ---------------------------------------------------------------- search

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leakage.attack import GradientInversion, _last_linear
+from leakage.attack import GradientInversion
+from leakage.labels import last_linear
 from leakage.data import VictimDataModule
 from leakage.labels import idlg_labels
 from leakage.models import build_model
@@ -22,7 +23,8 @@ def test_idlg_recovers_every_bundled_label(dataset, shape):
     assert truth.tolist() == bundled_labels(dataset)
     assert len(set(truth.tolist())) >= 7  # a real mix of classes, not one label repeated
 
-    w, b = _last_linear(model)
+    name, layer = last_linear(model)
+    w, b = f"{name}.weight", (f"{name}.bias" if layer.bias is not None else None)
     assert (w, b) == ("fc.weight", "fc.bias")
     with_bias = idlg_labels(obs.gradients[w], obs.gradients[b])
     weight_only = idlg_labels(obs.gradients[w])
