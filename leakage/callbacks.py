@@ -21,7 +21,7 @@ from .metrics import label_accuracy, reconstruction_metrics
 
 COLUMNS = (
     "victim", "indices", "true_labels", "recovered_labels", "label_acc", "ssim", "psnr", "mse",
-    "grad_l2", "grad_cosine", "final_loss", "best_restart", "status",
+    "grad_l2", "grad_cosine", "final_loss", "best_restart", "status", "ssim_images",
 )
 
 
@@ -180,6 +180,8 @@ class LeakageReport(pl.Callback):
                 "final_loss": float(evaluation["loss"][p]),
                 "best_restart": p % R,
                 "status": "failed" if failed else "ok",
+                # each victim image's SSIM against its matched reconstruction (B > 1: after assignment)
+                "ssim_images": [float(x) for x in metrics["ssim_images"][v]] if metrics is not None else [],
             }
             self.rows.append(row)
         self.summary = summarize(self.rows, self.success_ssim)

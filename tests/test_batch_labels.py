@@ -92,3 +92,4 @@ def test_batch_attack_recovers_two_images_with_restored_labels(tmp_path):
     (row,) = report.rows
     assert sorted(row["recovered_labels"]) == sorted(row["true_labels"]) == [2, 7]
     assert row["ssim"] > 0.95, row  # both images, after the optimal assignment
+    assert len(row["ssim_images"]) == 2 and min(row["ssim_images"]) > 0.9
