@@ -185,6 +185,7 @@ class LeakageReport(pl.Callback):
             }
             self.rows.append(row)
         self.summary = summarize(self.rows, self.success_ssim)
+        self.summary["entries_per_unknown"] = pl_module.observation.entries_per_unknown
         self._report(trainer, pl_module, recon, labels, metrics)
 
     # --------------------------------------------------------------- outputs
@@ -206,6 +207,7 @@ class LeakageReport(pl.Callback):
             )
         else:
             text += f"\nno victim images (attacking captured gradients): mean gradient L2 {s['grad_l2_mean']:.3g}"
+        text += f"\ngradient entries per unknown input value: {s['entries_per_unknown']:.2f}"
         if trainer.is_global_zero:
             print("\n" + text, flush=True)
         tb = _tb(trainer)

@@ -50,6 +50,14 @@ class Observation:
     def num_victims(self) -> int:
         return next(iter(self.gradients.values())).shape[0]
 
+    @property
+    def entries_per_unknown(self) -> float:
+        """Gradient entries of one update per unknown input value (``B x C x H x W``): below 1 the
+        matching problem is underdetermined."""
+        entries = sum(g[0].numel() for g in self.gradients.values())
+        unknowns = self.batch_size * self.input_shape[0] * self.input_shape[1] * self.input_shape[2]
+        return entries / unknowns
+
 
 @dataclass
 class Secret:

@@ -93,3 +93,13 @@ def test_batch_attack_recovers_two_images_with_restored_labels(tmp_path):
     assert sorted(row["recovered_labels"]) == sorted(row["true_labels"]) == [2, 7]
     assert row["ssim"] > 0.95, row  # both images, after the optimal assignment
     assert len(row["ssim_images"]) == 2 and min(row["ssim_images"]) > 0.9
+
+
+def test_entries_per_unknown_input_value():
+    # LeNet with 10 classes on CIFAR-10 has 15,826 gradient entries; a batch of 8 has 24,576 unknowns
+    model = build_model("lenet", (3, 32, 32), 10)
+    assert sum(p.numel() for p in model.parameters()) == 15826
+    obs = VictimDataModule(dataset="cifar10", num_victims=1, batch_size=8).prepare(model)
+    assert obs.entries_per_unknown == pytest.approx(15826 / 24576)
+    obs1 = VictimDataModule(dataset="cifar10", num_victims=1).prepare(model)
+    assert obs1.entries_per_unknown == pytest.approx(15826 / 3072)
