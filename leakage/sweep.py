@@ -305,7 +305,7 @@ def parse(args: list[str]) -> Sweep:
 
 def main(args: list[str]) -> None:
     sweep = parse(args)
-    points = sweep.run()
+    sweep.run()
     print("\n" + (sweep.out / "results.md").read_text())
     print(f"sweep results in {sweep.out}/ (results.csv, results.md, breaking_points.json, plots; "
           f"tensorboard --logdir {sweep.out})", file=sys.stderr)

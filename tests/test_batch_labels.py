@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leakage.client import client_gradients
 from leakage.data import VictimDataModule
 from leakage.labels import restore_batch_labels
 from leakage.metrics import match_batch, reconstruction_metrics

@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from leakage.cli import main
-from leakage.sweep import Sweep, parse
+from leakage.sweep import parse
 
 from conftest import CONFIGS
 
