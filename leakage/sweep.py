@@ -1,7 +1,8 @@
-"""``leakage sweep``: the attack over a grid of defense strengths, and each defense's breaking point.
+"""``leakage sweep``: the attack over a grid of defense strengths (with each defense's breaking
+point), and studies over any ``fit`` config key (batch size, dataset, model, steps, ...).
 
 A sweep config is a ``fit`` config (trainer, model, data: the attack and its victims) plus a
-``sweep`` section::
+``sweep`` section with ``defenses``, ``studies`` or both::
 
     sweep:
       output: logs/defense_sweep      # everything lands here
@@ -15,12 +16,31 @@ A sweep config is a ``fit`` config (trainer, model, data: the attack and its vic
           values: [0, 0.01, 0.1, 0.5, 1.0]
           stronger: larger            # larger values defend more ("smaller" for top-k keep ratios)
           init_args: {relative: false}
+      studies:
+        - name: cifar10               # names the cells (cifar10.batch_size=4), the table and the plot
+          key: data.batch_size        # a dotted path into the fit config, swept over `values`
+          values: [1, 2, 4, 8, 16]    # run in this order; YAML types are kept (ints stay ints)
+          set: {data.dataset: cifar10}          # optional: fixed dotted-key settings of this study
+          per_value:                  # optional: extra dotted-key settings for single values
+            2: {data.num_victims: 10}
+          label: B                    # optional: the value column's header (default: B for a
+                                      # batch size, else the key)
 
-Every grid cell is one ``fit`` run in ``output/runs/<cell>/`` (TensorBoard events, metrics,
-gallery); its summary is written atomically to ``output/cells/<cell>.json`` when it completes. A
-sweep started again skips completed cells and redoes interrupted ones, so it never loses or
-corrupts what it wrote. Tables (CSV, Markdown), plots and TensorBoard hparams are rebuilt from the
-cell files after every cell.
+A defense cell adds the defense as the last of ``trainer.callbacks``; the sweep searches each
+defense's breaking point. A study cell is the base config with, in this order, the study's ``set``,
+``key: value`` and ``per_value[value]`` applied (setting a dotted key creates the sections it
+needs; the value replaces what was there); studies run their grid only (no search). Fit options
+given on the command line apply to every cell and take precedence over all of these (one that
+sets a study's swept key is refused).
+
+Every cell is one ``fit`` run in ``output/runs/<cell>/`` (TensorBoard events, metrics, gallery);
+its summary (metrics, ``time_s``: the fit's wall time, ``entries_per_unknown``: gradient entries
+per unknown input value) is written atomically to ``output/cells/<cell>.json`` when it completes.
+A cell that cannot run (a bad setting, an unknown config key) is recorded as failed with a
+one-line error. A sweep started again skips completed cells and redoes interrupted ones, so it
+never loses or corrupts what it wrote. Tables (``results.csv``, ``results.md``), one plot per
+defense and per study (``<name>.png``) and the TensorBoard hparams view are rebuilt from the cell
+files after every cell.
 """
 
 from __future__ import annotations
@@ -30,8 +50,12 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import sys
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +64,15 @@ import yaml
 SWEEP_DEFAULTS = {"output": "logs/defense_sweep", "success_ssim": 0.6, "target_success": 0.1, "refine": 3}
 METRICS = ("label_acc", "mse", "ssim", "psnr", "success_rate")
 HEADERS = {"label_acc": "label accuracy", "mse": "MSE", "ssim": "SSIM", "psnr": "PSNR", "success_rate": "attack success rate"}
+#: what a study's table and plot show, after the swept value
+STUDY_METRICS = ("label_acc", "ssim", "psnr", "success_rate", "time_s", "entries_per_unknown")
+STUDY_HEADERS = {"label_acc": "label accuracy", "ssim": "mean SSIM", "psnr": "PSNR", "success_rate": "success rate",
+                 "time_s": "time (s)", "entries_per_unknown": "gradient entries per unknown"}
+STUDY_FIELDS = ("name", "key", "values", "set", "per_value", "label")
+CSV_FIELDS = ("defense", "param", "study", "key", "value", "status", "victims", "failed", "success", *METRICS,
+              "time_s", "entries_per_unknown", "cell", "error")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+_UNKNOWN_KEY = re.compile(r"does not accept option '([^']+)'")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -48,8 +81,52 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _fmt(value: Any) -> str:
+    """A value as it appears in cell ids and tables: 0.01, 4, true, cifar10."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
 def _cell_id(defense: str, value: float) -> str:
     return f"{defense}={value:.6g}"
+
+
+def _study_cell_id(study: dict, value: Any) -> str:
+    return _UNSAFE.sub("_", f"{study['name']}.{study['key'].rsplit('.', 1)[-1]}={_fmt(value)}")
+
+
+def _set_key(cfg: dict, dotted: str, value: Any) -> None:
+    """``cfg[a][b][c] = value`` for ``a.b.c``, creating the sections on the way."""
+    parts = dotted.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ValueError(f"cannot set {dotted!r}: {'.'.join(parts[:i + 1])!r} is {node!r}, not a section")
+    node[parts[-1]] = value
+
+
+def _check_dotted(key: Any, where: str) -> str:
+    if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+        raise ValueError(f"{where}: a config key must be a dotted path like data.batch_size, got {key!r}")
+    if key.split(".")[0] == "sweep":
+        raise ValueError(f"{where}: {key!r} is a sweep setting, not a fit config key")
+    return key
+
+
+def _check_settings(settings: Any, where: str) -> dict:
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"{where} must map dotted config keys to values, got {settings!r}")
+    for k in settings:
+        _check_dotted(k, where)
+    return dict(settings)
 
 
 def _check_defense(d: dict) -> dict:
@@ -65,6 +142,37 @@ def _check_defense(d: dict) -> dict:
             "values": sorted({float(v) for v in d["values"]}, reverse=stronger == "smaller")}
 
 
+def _check_study(s: Any) -> dict:
+    if not isinstance(s, dict):
+        raise ValueError(f"a sweep study must be a mapping with name, key and values, got {s!r}")
+    for field in ("name", "key", "values"):
+        if field not in s:
+            raise ValueError(f"sweep study entry {s.get('name', s)!r} needs '{field}'")
+    name = str(s["name"])
+    where = f"sweep study {name!r}"
+    unknown = sorted(set(s) - set(STUDY_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown field {unknown[0]!r}; a study has {', '.join(STUDY_FIELDS)}")
+    if not isinstance(s["values"], list) or not s["values"]:
+        raise ValueError(f"{where}: values must be a non-empty list, got {s['values']!r}")
+    study = {"name": name, "key": _check_dotted(s["key"], where), "values": list(s["values"]),
+             "set": _check_settings(s.get("set"), f"{where}: set")}
+    leaf = study["key"].rsplit(".", 1)[-1]
+    study["label"] = str(s.get("label") or ("B" if leaf == "batch_size" else study["key"]))
+    per_value = s.get("per_value") or {}
+    if not isinstance(per_value, dict):
+        raise ValueError(f"{where}: per_value must map values to settings, got {per_value!r}")
+    study["per_value"] = []  # [(value, settings)], matched by value or by its text
+    for v, settings in per_value.items():
+        if not any(v == x or _fmt(v) == _fmt(x) for x in study["values"]):
+            raise ValueError(f"{where}: per_value {v!r} is not one of its values {study['values']}")
+        study["per_value"].append((v, _check_settings(settings, f"{where}: per_value {v!r}")))
+    cells = [_study_cell_id(study, v) for v in study["values"]]
+    if len(set(cells)) != len(cells):
+        raise ValueError(f"{where}: values must be distinct, got {study['values']}")
+    return study
+
+
 def _defense_class(class_path: str):
     import importlib
 
@@ -75,22 +183,45 @@ def _defense_class(class_path: str):
         raise ValueError(f"unknown defense class {class_path!r}") from None
 
 
+def _cell_error(err: Exception) -> str:
+    """One line that says why a cell could not run."""
+    from .cli import _OWN_PHRASES, _reason
+
+    text = str(err)
+    if isinstance(err, argparse.ArgumentError):  # the fit parser (exit_on_error=False) rejected the config
+        m = _UNKNOWN_KEY.search(text)
+        if m:
+            return f"unknown config key {m.group(1)!r}: `leakage fit` has no such option (see `leakage fit --help`)"
+        lines = [ln.strip().lstrip("- ").strip() for ln in text.splitlines() if ln.strip()]
+        own = [ln for ln in lines[1:] if _OWN_PHRASES.search(ln)]
+        line = own[-1] if own else " ".join(lines[:2])
+        return re.sub(r'^Parser key "([^"]+)":', r"invalid value for \1:", line)[:300]
+    return _reason(err)[:300]
+
+
 class Sweep:
-    """Run the grid, resume it, and summarize it."""
+    """Run the grids, resume them, and summarize them."""
 
     def __init__(self, base: dict, sweep: dict, overrides: list[str]) -> None:
         self.base = base
         self.cfg = {**SWEEP_DEFAULTS, **sweep}
-        if not self.cfg.get("defenses"):
-            raise ValueError("the sweep section needs a list of defenses")
+        defenses, studies = self.cfg.get("defenses") or [], self.cfg.get("studies") or []
+        if not isinstance(defenses, list) or not isinstance(studies, list) or not (defenses or studies):
+            raise ValueError("the sweep section needs a list of defenses or a list of studies (or both)")
         if not 0 <= float(self.cfg["target_success"]) < 1:
             raise ValueError(f"sweep target_success must be in [0, 1), got {self.cfg['target_success']}")
-        self.defenses = [_check_defense(d) for d in self.cfg["defenses"]]
+        self.defenses = [_check_defense(d) for d in defenses]
         for d in self.defenses:
             _defense_class(d["class_path"])
-        names = [d["name"] for d in self.defenses]
+        self.studies = [_check_study(s) for s in studies]
+        names = [d["name"] for d in self.defenses] + [s["name"] for s in self.studies]
         if len(set(names)) != len(names):
-            raise ValueError(f"sweep defense names must be unique, got {names}")
+            raise ValueError(f"sweep defense and study names must be unique, got {names}")
+        for s in self.studies:
+            for o in overrides:
+                if o == f"--{s['key']}" or o.startswith(f"--{s['key']}="):
+                    raise ValueError(f"the fit option {o.split('=')[0]} would override the key that study "
+                                     f"{s['name']!r} sweeps")
         self.overrides = overrides
         self.out = Path(self.cfg["output"])
         (self.out / "cells").mkdir(parents=True, exist_ok=True)
@@ -100,21 +231,66 @@ class Sweep:
     def cell_path(self, cid: str) -> Path:
         return self.out / "cells" / f"{cid}.json"
 
-    def result(self, defense: dict, value: float) -> dict:
-        """The cell's summary, running it unless a completed result is on disk."""
-        cid = _cell_id(defense["name"], value)
+    def cell(self, cid: str, row: dict, make_config: Callable[[], dict]) -> dict:
+        """The cell's summary, running it unless a completed result is on disk.
+
+        ``make_config`` builds the cell's fit config; an error there fails the cell like an error
+        in the fit does.
+        """
         path = self.cell_path(cid)
         if path.exists():
             try:
                 return json.loads(path.read_text())
             except json.JSONDecodeError:
                 path.unlink()  # cannot happen with atomic writes, but never trust a broken file
-        row = self._run(defense, value, cid)
+        row = {**row, "cell": cid}
+        try:
+            cfg = make_config()
+        except (ValueError, TypeError) as err:
+            row.update(status="failed", error=_cell_error(err))
+        else:
+            row = self._run(cid, cfg, row)
         _atomic_write(path, json.dumps(row, indent=2))
         self.write_tables()
         return row
 
-    def _run(self, defense: dict, value: float, cid: str) -> dict:
+    def result(self, defense: dict, value: float) -> dict:
+        """A defense cell: the base config with the defense appended to the trainer's callbacks."""
+
+        def make_config() -> dict:
+            init_args = {**defense["init_args"], defense["param"]: value}
+            _defense_class(defense["class_path"])(**init_args)  # a clear error for a bad setting
+            cfg = json.loads(json.dumps(self.base))
+            trainer = cfg.setdefault("trainer", {})
+            trainer["callbacks"] = [*(trainer.get("callbacks") or []),
+                                    {"class_path": defense["class_path"], "init_args": init_args}]
+            return cfg
+
+        return self.cell(_cell_id(defense["name"], value),
+                         {"defense": defense["name"], "param": defense["param"], "value": value}, make_config)
+
+    def study_config(self, study: dict, value: Any) -> dict:
+        """The base config with the study's ``set``, ``key: value`` and ``per_value[value]`` applied."""
+        cfg = json.loads(json.dumps(self.base))
+        for k, v in study["set"].items():
+            _set_key(cfg, k, v)
+        _set_key(cfg, study["key"], value)
+        for v, settings in study["per_value"]:
+            if v == value or _fmt(v) == _fmt(value):
+                for k, x in settings.items():
+                    _set_key(cfg, k, x)
+        return cfg
+
+    def study_result(self, study: dict, value: Any) -> dict:
+        return self.cell(_study_cell_id(study, value), {"study": study["name"], "key": study["key"], "value": value},
+                         lambda: self.study_config(study, value))
+
+    def _run(self, cid: str, cfg: dict, row: dict) -> dict:
+        """One full in-process ``fit`` of ``cfg`` as cell ``cid``; its summary added to ``row``."""
+        from argparse import ArgumentError
+
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
         from .attack import GradientInversion
         from .callbacks import summarize
         from .cli import TRAINER_DEFAULTS, LeakageCLI
@@ -123,31 +299,41 @@ class Sweep:
         run_dir = self.out / "runs" / cid
         if run_dir.exists():  # an interrupted run of this cell: start it again from scratch
             shutil.rmtree(run_dir)
-        cfg = json.loads(json.dumps(self.base))
-        trainer = cfg.setdefault("trainer", {})
-        callbacks = list(trainer.get("callbacks") or [])
-        callbacks.append({"class_path": defense["class_path"],
-                          "init_args": {**defense["init_args"], defense["param"]: value}})
-        trainer["callbacks"] = callbacks
+        cfg = json.loads(json.dumps(cfg))
+        trainer = cfg.get("trainer")
+        if not isinstance(trainer, dict):
+            trainer = cfg["trainer"] = {}
         trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                              "init_args": {"save_dir": str(self.out), "name": "runs", "version": cid}}
         trainer.setdefault("enable_progress_bar", False)
-        cfg.setdefault("report", {})["success_ssim"] = float(self.cfg["success_ssim"])
+        report_cfg = cfg.get("report")
+        if not isinstance(report_cfg, dict):
+            report_cfg = cfg["report"] = {}
+        report_cfg["success_ssim"] = float(self.cfg["success_ssim"])
         cfg_path = self.out / "cells" / f"{cid}.config.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
-        row: dict[str, Any] = {"defense": defense["name"], "param": defense["param"], "value": value, "cell": cid}
         try:
-            _defense_class(defense["class_path"])(**callbacks[-1]["init_args"])  # a clear error for a bad setting
-            cli = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS,
-                             save_config_kwargs={"overwrite": True},
-                             args=["fit", "--config", str(cfg_path), *self.overrides])
+            with warnings.catch_warnings():  # the sweep passes its cells' args on purpose
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                start = time.perf_counter()
+                cli = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS,
+                                 save_config_kwargs={"overwrite": True},
+                                 parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+                                 args=["fit", "--config", str(cfg_path), *self.overrides])
+                elapsed = time.perf_counter() - start
             report = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "LeakageReport")
-        except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
-            return {**row, "status": "failed", "error": str(err).splitlines()[0][:300]}
+        except (ValueError, TypeError, FileNotFoundError, RuntimeError, ArgumentError,
+                MisconfigurationException) as err:
+            return {**row, "status": "failed", "error": _cell_error(err)}
         s = summarize(report.rows, float(self.cfg["success_ssim"]))
+        if "success" not in s:
+            return {**row, "status": "failed", "error": "a sweep needs victim images (not source=gradients)"}
         row.update(status="ok", victims=s["victims"], failed=s["failed"], success=s["success"],
                    success_rate=s["success"] / s["victims"], label_acc=s["label_acc"], mse=s["mse_mean"],
-                   ssim=s["ssim_mean"], psnr=s["psnr_mean"], defenses=report.defenses_of(cli.trainer))
+                   ssim=s["ssim_mean"], psnr=s["psnr_mean"], time_s=elapsed,
+                   entries_per_unknown=float(report.summary["entries_per_unknown"]),
+                   dataset=cli.datamodule.dataset, model=cli.model.hparams.model,
+                   defenses=report.defenses_of(cli.trainer))
         return row
 
     # ---------------------------------------------------------------- search
@@ -179,8 +365,13 @@ class Sweep:
                 "note": f"holds at {defense['param']} = {hold:.4g}, leaks at {leak:.4g}"}
 
     def run(self) -> list[dict]:
+        """Every defense's breaking point (returned), then every study's grid."""
         points = [self.breaking_point(d) for d in self.defenses]
-        _atomic_write(self.out / "breaking_points.json", json.dumps(points, indent=2))
+        if self.defenses:
+            _atomic_write(self.out / "breaking_points.json", json.dumps(points, indent=2))
+        for s in self.studies:
+            for v in s["values"]:
+                self.study_result(s, v)
         self.write_tables(points)
         return points
 
@@ -194,19 +385,29 @@ class Sweep:
                 continue
         return out
 
+    def _study_rows(self, rows: list[dict], study: dict) -> list[dict]:
+        """The study's cells in the order of its values."""
+        cells = {_study_cell_id(study, v): i for i, v in enumerate(study["values"])}
+        return sorted((r for r in rows if r.get("study") == study["name"] and r.get("cell") in cells),
+                      key=lambda r: cells[r["cell"]])
+
     def write_tables(self, points: list[dict] | None = None) -> str:
         rows = self.rows()
+        defense_rows = sorted((r for r in rows if "defense" in r), key=lambda r: (r["defense"], r["value"]))
+        order = {_study_cell_id(s, v): (i, j) for i, s in enumerate(self.studies) for j, v in enumerate(s["values"])}
+        study_rows = sorted((r for r in rows if "study" in r),
+                            key=lambda r: (*order.get(r["cell"], (len(order), 0)), r["cell"]))
         with open(self.out / "results.csv.tmp", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["defense", "param", "value", "status", "victims", "failed", "success",
-                                              *METRICS, "cell", "error"], extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
             w.writeheader()
-            for r in sorted(rows, key=lambda r: (r["defense"], r["value"])):
+            for r in defense_rows + study_rows:
                 w.writerow(r)
         os.replace(self.out / "results.csv.tmp", self.out / "results.csv")
-        md = [f"Attack success: SSIM >= {self.cfg['success_ssim']}; a defense holds at a success rate <= "
-              f"{float(self.cfg['target_success']):.0%}.", ""]
+        md = [f"Attack success: SSIM >= {self.cfg['success_ssim']}" +
+              (f"; a defense holds at a success rate <= {float(self.cfg['target_success']):.0%}." if self.defenses
+               else "."), ""]
         for d in self.defenses:
-            mine = sorted((r for r in rows if r["defense"] == d["name"]), key=lambda r: r["value"],
+            mine = sorted((r for r in rows if r.get("defense") == d["name"]), key=lambda r: r["value"],
                           reverse=d["stronger"] == "smaller")
             if not mine:
                 continue
@@ -222,6 +423,28 @@ class Sweep:
                 md.append(f"| {r['value']:g} | {100 * r['label_acc']:.0f}% | {r['mse']:.4f} | {r['ssim']:.3f} | "
                           f"{r['psnr']:.2f} | {100 * r['success_rate']:.0f}% ({r['success']}/{r['victims']}) |")
             md.append("")
+        for s in self.studies:
+            mine = self._study_rows(rows, s)
+            if not mine:
+                continue
+            md.append(f"### {s['name']} ({s['key']})")
+            md.append("")
+            md.append(f"| {s['label']} | " + " | ".join(STUDY_HEADERS[m] for m in STUDY_METRICS) + " |")
+            md.append("|---" * (len(STUDY_METRICS) + 1) + "|")
+            for r in mine:
+                if r.get("status") != "ok":
+                    md.append(f"| {_fmt(r['value'])} | failed: {r.get('error', '')} |" + " |" * (len(STUDY_METRICS) - 1))
+                    continue
+                md.append(f"| {_fmt(r['value'])} | {100 * r['label_acc']:.0f}% | {r['ssim']:.3f} | {r['psnr']:.2f} | "
+                          f"{100 * r['success_rate']:.0f}% ({r['success']}/{r['victims']}) | {r['time_s']:.1f} | "
+                          f"{r['entries_per_unknown']:.2f} |")
+            md.append("")
+            ok = [r for r in mine if r.get("status") == "ok"]
+            setup = [f"{what}: {', '.join(dict.fromkeys(str(r[what]) for r in ok))}"
+                     for what in ("dataset", "model") if any(what in r for r in ok)]
+            if setup:
+                md.append("; ".join(setup) + f"; success: SSIM >= {self.cfg['success_ssim']}.")
+                md.append("")
         if points:
             md.append("### Breaking points")
             md.append("")
@@ -242,7 +465,7 @@ class Sweep:
         import matplotlib.pyplot as plt
 
         for d in self.defenses:
-            mine = sorted((r for r in rows if r["defense"] == d["name"] and r.get("status") == "ok"),
+            mine = sorted((r for r in rows if r.get("defense") == d["name"] and r.get("status") == "ok"),
                           key=lambda r: r["value"])
             if not mine:
                 continue
@@ -265,6 +488,33 @@ class Sweep:
             fig.savefig(self.out / f"{d['name']}.png", dpi=110)
             plt.close(fig)
 
+        for s in self.studies:
+            mine = [r for r in self._study_rows(rows, s) if r.get("status") == "ok"]
+            if not mine:
+                continue
+            values = [r["value"] for r in mine]
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            xs = values if numeric else list(range(len(values)))
+            fig, axes = plt.subplots(2, 3, figsize=(10, 6))
+            for ax, m in zip(axes.flat, STUDY_METRICS):
+                ax.plot(xs, [r.get(m, float("nan")) for r in mine], "o-")
+                ax.set_title(STUDY_HEADERS[m], fontsize=9)
+                ax.set_xlabel(s["label"])
+                if m in ("label_acc", "success_rate"):
+                    ax.set_ylim(-0.05, 1.05)
+                if numeric and all(v > 0 for v in values):
+                    ints = all(isinstance(v, int) for v in values)
+                    ax.set_xscale("log", base=2 if ints else 10)
+                    if ints:
+                        ax.set_xticks(values, [str(v) for v in values])
+                        ax.minorticks_off()
+                elif not numeric:
+                    ax.set_xticks(xs, [_fmt(v) for v in values])
+            fig.suptitle(f"{s['name']}: attack against {s['key']}", fontsize=9)
+            fig.tight_layout()
+            fig.savefig(self.out / f"{s['name']}.png", dpi=110)
+            plt.close(fig)
+
     def _hparams(self, rows: list[dict]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -275,8 +525,14 @@ class Sweep:
             for r in rows:
                 if r.get("status") != "ok":
                     continue
-                w.add_hparams({"defense": r["defense"], "strength": r["value"]},
-                              {f"hparam/{m}": r[m] for m in METRICS}, run_name=r["cell"])
+                if "study" in r:
+                    v = r["value"]
+                    hparams = {"study": r["study"], "value": v if isinstance(v, (bool, int, float, str)) else str(v)}
+                else:
+                    hparams = {"defense": r["defense"], "strength": r["value"]}
+                metrics = {f"hparam/{m}": r[m] for m in (*METRICS, "time_s", "entries_per_unknown")
+                           if isinstance(r.get(m), (int, float))}
+                w.add_hparams(hparams, metrics, run_name=r["cell"])
 
 
 def parse(args: list[str]) -> Sweep:
@@ -307,5 +563,5 @@ def main(args: list[str]) -> None:
     sweep = parse(args)
     sweep.run()
     print("\n" + (sweep.out / "results.md").read_text())
-    print(f"sweep results in {sweep.out}/ (results.csv, results.md, breaking_points.json, plots; "
-          f"tensorboard --logdir {sweep.out})", file=sys.stderr)
+    made = "results.csv, results.md" + (", breaking_points.json" if sweep.defenses else "")
+    print(f"sweep results in {sweep.out}/ ({made}, plots; tensorboard --logdir {sweep.out})", file=sys.stderr)

@@ -1,10 +1,12 @@
-"""`leakage sweep`: the grid, breaking points, outputs, and resuming an interrupted sweep."""
+"""`leakage sweep`: the grid, breaking points, studies over config keys, outputs, and resuming an
+interrupted sweep."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,6 +47,7 @@ def test_sweep_writes_tables_plots_and_hparams(tmp_path, capsys):
     assert sorted((r["defense"], float(r["value"])) for r in rows) == [
         ("noise", 0.0), ("noise", 1.0), ("topk", 0.01), ("topk", 1.0)]
     assert all(r["status"] == "ok" and r["victims"] == "2" for r in rows)
+    assert all(float(r["time_s"]) > 0 and float(r["entries_per_unknown"]) > 0 for r in rows)
     md = (out / "results.md").read_text()
     assert "| sigma | label accuracy | MSE | SSIM | PSNR | attack success rate |" in md
     assert "| keep_ratio |" in md and "### Breaking points" in md
@@ -124,6 +127,16 @@ def test_interrupted_sweep_resumes_without_redoing_or_losing_cells(tmp_path):
         (lambda c: c["sweep"]["defenses"][0].update(stronger="up"), "stronger"),
         (lambda c: c["sweep"].update(target_success=1.5), "target_success"),
         (lambda c: c["sweep"]["defenses"][0].update(class_path="leakage.defenses.Nope"), "unknown defense class"),
+        (lambda c: c["sweep"].update(studies=[{"name": "b", "values": [1, 2]}]), "study entry 'b' needs 'key'"),
+        (lambda c: c["sweep"].update(studies=[{"name": "b", "key": "data.batch_size"}]), "needs 'values'"),
+        (lambda c: c["sweep"].update(studies=[{"name": "b", "key": "data.batch_size", "values": []}]),
+         "values must be a non-empty list"),
+        (lambda c: c["sweep"].update(studies=[{"name": "b", "key": "data.batch_size", "values": [1, 2],
+                                               "per_value": {4: {"data.num_victims": 1}}}]), "per_value 4 is not one"),
+        (lambda c: c["sweep"].update(studies=[{"name": "b", "key": "data..batch_size", "values": [1]}]),
+         "dotted path"),
+        (lambda c: c["sweep"].update(studies=[{"name": "noise", "key": "data.batch_size", "values": [1]}]),
+         "names must be unique"),
     ],
 )
 def test_bad_sweep_configs_are_clear_errors(tmp_path, capsys, edit, match):
@@ -152,3 +165,116 @@ def test_a_cell_with_a_bad_defense_setting_is_marked_failed_not_lost(tmp_path):
     points = json.loads((tmp_path / "sweep" / "breaking_points.json").read_text())
     assert points[0]["breaking_point"] is None or points[0]["breaking_point"] == 1.0
     assert "leaks at 2" not in (tmp_path / "sweep" / "results.md").read_text()
+
+
+# --------------------------------------------------------------------------- studies over config keys
+def _study_config(tmp_path: Path, studies: list[dict], **sweep) -> Path:
+    cfg = yaml.safe_load((CONFIGS / "defense_sweep.yaml").read_text())
+    cfg["data"]["dataset"] = "mnist"
+    cfg["model"]["labels"] = "bias_count"  # iDLG's labels need B = 1
+    del cfg["sweep"]["defenses"]
+    cfg["sweep"].update(output=str(tmp_path / "sweep"), studies=studies, **sweep)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+BATCH_STUDY = {"name": "mnist", "key": "data.batch_size", "values": [1, 2], "set": {"data.dataset": "mnist"}}
+
+
+def test_study_over_batch_size_writes_rows_tables_plot_and_hparams(tmp_path, capsys):
+    cfg = _study_config(tmp_path, [BATCH_STUDY], success_ssim=0.9)
+    main(["sweep", "--config", str(cfg), *TINY])
+    out = tmp_path / "sweep"
+    cells = {b: json.loads((out / "cells" / f"mnist.batch_size={b}.json").read_text()) for b in (1, 2)}
+    for b, row in cells.items():
+        assert row["status"] == "ok" and row["study"] == "mnist" and row["key"] == "data.batch_size"
+        assert row["value"] == b and type(row["value"]) is int
+        assert type(row["victims"]) is int and row["victims"] == 2
+        assert isinstance(row["time_s"], float) and row["time_s"] > 0
+        assert 0 <= row["success_rate"] <= 1 and 0 <= row["label_acc"] <= 1
+        # the value reached the fit as an int: the run's own saved config holds it
+        run_cfg = yaml.safe_load((out / "runs" / row["cell"] / "config.yaml").read_text())
+        assert run_cfg["data"]["batch_size"] == b and type(run_cfg["data"]["batch_size"]) is int
+        assert run_cfg["data"]["dataset"] == "mnist"
+        metrics = json.loads((out / "runs" / row["cell"] / "metrics.json").read_text())
+        assert all(len(v["indices"]) == b for v in metrics["victims"])
+        assert row["entries_per_unknown"] == pytest.approx(metrics["summary"]["entries_per_unknown"])
+    # LeNet on MNIST: 13,426 gradient entries per update, 784 unknown values per image
+    assert cells[1]["entries_per_unknown"] == pytest.approx(13426 / 784)
+    assert cells[2]["entries_per_unknown"] == pytest.approx(cells[1]["entries_per_unknown"] / 2)
+
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["study"], r["key"], r["value"], r["status"]) for r in rows] == [
+        ("mnist", "data.batch_size", "1", "ok"), ("mnist", "data.batch_size", "2", "ok")]
+    assert all(r["defense"] == "" and float(r["time_s"]) > 0 for r in rows)
+    assert float(rows[1]["entries_per_unknown"]) == pytest.approx(float(rows[0]["entries_per_unknown"]) / 2)
+    md = (out / "results.md").read_text()
+    assert "### mnist (data.batch_size)" in md
+    assert ("| B | label accuracy | mean SSIM | PSNR | success rate | time (s) | gradient entries per unknown |"
+            in md)
+    assert re.search(r"^\| 1 \| \d+% \| -?[\d.]+ \| [\d.]+ \| \d+% \([0-2]/2\) \| [\d.]+ \| 17\.12 \|$", md, re.M), md
+    assert "| 17.12 |" in md and "| 8.56 |" in md
+    assert "dataset: mnist; model: lenet" in md
+    assert "breaking" not in md.lower() and not (out / "breaking_points.json").exists()
+    assert (out / "mnist.png").stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = sorted(p for p in (out / "hparams").iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["mnist.batch_size=1", "mnist.batch_size=2"]
+    acc = EventAccumulator(str(runs[0]))
+    acc.Reload()
+    assert {"hparam/ssim", "hparam/time_s", "hparam/entries_per_unknown"} <= set(acc.Tags()["scalars"])
+    assert "gradient entries per unknown" in capsys.readouterr().out
+
+
+def test_study_config_applies_set_value_and_per_value_in_order(tmp_path):
+    study = {"name": "s", "key": "model.restarts", "values": [1, 3],
+             "set": {"data.num_victims": 5, "new_section.deep.key": "x"},
+             "per_value": {3: {"data.num_victims": 1, "model.restarts": 2}}}
+    sweep = parse(["--config", str(_study_config(tmp_path, [study]))])
+    s = sweep.studies[0]
+    one, three = sweep.study_config(s, 1), sweep.study_config(s, 3)
+    assert one["data"]["num_victims"] == 5 and one["model"]["restarts"] == 1
+    assert one["new_section"] == {"deep": {"key": "x"}}  # sections are created on the way
+    assert three["data"]["num_victims"] == 1 and three["model"]["restarts"] == 2  # per_value wins
+    assert sweep.base["data"]["num_victims"] == 20 and "new_section" not in sweep.base  # the base is untouched
+    assert sweep.studies[0]["label"] == "model.restarts"
+
+
+def test_study_resumes_skipping_completed_cells_and_redoing_interrupted_ones(tmp_path):
+    out = tmp_path / "sweep"
+    main(["sweep", "--config", str(_study_config(tmp_path, [{**BATCH_STUDY, "values": [1]}])), *TINY])
+    done = out / "cells" / "mnist.batch_size=1.json"
+    before = (done.stat().st_mtime_ns, done.read_text())
+    # an interrupted cell leaves a partial run folder and no cell file
+    partial = out / "runs" / "mnist.batch_size=2"
+    partial.mkdir(parents=True)
+    (partial / "leftover").write_text("partial")
+    main(["sweep", "--config", str(_study_config(tmp_path, [BATCH_STUDY])), *TINY])
+    assert (done.stat().st_mtime_ns, done.read_text()) == before
+    assert not (partial / "leftover").exists() and (partial / "metrics.json").exists()
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["value"], r["status"]) for r in rows] == [("1", "ok"), ("2", "ok")]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_a_study_cell_with_a_bad_key_is_marked_failed_with_a_clear_error(tmp_path):
+    studies = [{"name": "bad", "key": "data.no_such_key", "values": [3]},
+               {"name": "nosection", "key": "nowhere.x", "values": [1]},
+               {"name": "badtype", "key": "data.batch_size", "values": ["two"]},
+               {"name": "scalar", "key": "seed_everything.x", "values": [1]}]
+    main(["sweep", "--config", str(_study_config(tmp_path, studies)), *TINY])
+    rows = {r["study"]: r for r in csv.DictReader(open(tmp_path / "sweep" / "results.csv"))}
+    assert all(r["status"] == "failed" and "\n" not in r["error"] for r in rows.values())
+    assert rows["bad"]["error"].startswith("unknown config key 'data.no_such_key'")
+    assert rows["nosection"]["error"].startswith("unknown config key 'nowhere.x'")
+    assert rows["badtype"]["error"].startswith("invalid value for data.batch_size:") and "two" in rows["badtype"]["error"]
+    assert rows["scalar"]["error"].startswith("cannot set 'seed_everything.x': 'seed_everything' is 0")
+    assert "| 3 | failed: unknown config key 'data.no_such_key'" in (tmp_path / "sweep" / "results.md").read_text()
+
+
+def test_a_fit_option_that_overrides_the_swept_key_is_refused(tmp_path):
+    cfg = _study_config(tmp_path, [BATCH_STUDY])
+    with pytest.raises(ValueError, match="would override the key that study 'mnist' sweeps"):
+        parse(["--config", str(cfg), "--data.batch_size", "4"])
