@@ -248,13 +248,12 @@ class BatchedLBFGS(Optimizer):
                     return old_stps[k], old_dirs[k]
                 return old_stps[k].index_select(0, idx), old_dirs[k].index_select(0, idx)
         else:
-            # one gather puts every problem's pairs in age order: [n_max, n, D]
-            rows = (slots * P + idx).flatten()  # row of (slot, problem) in the flattened [H * P, D] buffers
-            stps = old_stps.view(H * P, D).index_select(0, rows).view(n_max, -1, D)
-            dirs = old_dirs.view(H * P, D).index_select(0, rows).view(n_max, -1, D)
+            # each age's pairs gathered when needed: small [n, D] copies that stay in cache
+            rows = slots * P + idx  # [n_max, n]: row of (slot, problem) in the flattened [H * P, D] buffers
+            flat_stps, flat_dirs = old_stps.view(H * P, D), old_dirs.view(H * P, D)
 
             def pair(age: int) -> tuple[Tensor, Tensor]:
-                return stps[age], dirs[age]
+                return flat_stps.index_select(0, rows[age]), flat_dirs.index_select(0, rows[age])
 
         q = flat_grad.index_select(0, idx).neg_()
         al = []
