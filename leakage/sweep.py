@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -238,36 +239,67 @@ class Sweep:
         in the fit does.
         """
         path = self.cell_path(cid)
+        try:
+            cfg, error = make_config(), None
+        except (ValueError, TypeError) as err:
+            cfg, error = None, err
+        fingerprint = self.fingerprint(cfg)
         if path.exists():
             try:
-                return json.loads(path.read_text())
+                done = json.loads(path.read_text())
             except json.JSONDecodeError:
-                path.unlink()  # cannot happen with atomic writes, but never trust a broken file
-        row = {**row, "cell": cid}
-        try:
-            cfg = make_config()
-        except (ValueError, TypeError) as err:
-            row.update(status="failed", error=_cell_error(err))
+                done = None  # cannot happen with atomic writes, but never trust a broken file
+            if done is not None and done.get("fingerprint") == fingerprint:
+                return done
+            if done is not None:  # a result of another attack or victim set: never reuse it
+                print(f"leakage sweep: cell {cid} was run with another configuration; running it again",
+                      file=sys.stderr)
+            path.unlink()
+        row = {**row, "cell": cid, "fingerprint": fingerprint}
+        if error is not None:
+            row.update(status="failed", error=_cell_error(error))
         else:
             row = self._run(cid, cfg, row)
         _atomic_write(path, json.dumps(row, indent=2))
         self.write_tables()
         return row
 
+    def fingerprint(self, cfg: dict | None) -> str:
+        """What a cell's result depends on: its fit config, the command-line overrides, the success bar."""
+        text = json.dumps({"config": cfg, "overrides": self.overrides, "success_ssim": float(self.cfg["success_ssim"])},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def defense_config(self, defense: dict, value: float) -> dict:
+        """The base config with the defense appended to the trainer's callbacks."""
+        init_args = {**defense["init_args"], defense["param"]: value}
+        _defense_class(defense["class_path"])(**init_args)  # a clear error for a bad setting
+        cfg = json.loads(json.dumps(self.base))
+        trainer = cfg.setdefault("trainer", {})
+        trainer["callbacks"] = [*(trainer.get("callbacks") or []),
+                                {"class_path": defense["class_path"], "init_args": init_args}]
+        return cfg
+
     def result(self, defense: dict, value: float) -> dict:
-        """A defense cell: the base config with the defense appended to the trainer's callbacks."""
-
-        def make_config() -> dict:
-            init_args = {**defense["init_args"], defense["param"]: value}
-            _defense_class(defense["class_path"])(**init_args)  # a clear error for a bad setting
-            cfg = json.loads(json.dumps(self.base))
-            trainer = cfg.setdefault("trainer", {})
-            trainer["callbacks"] = [*(trainer.get("callbacks") or []),
-                                    {"class_path": defense["class_path"], "init_args": init_args}]
-            return cfg
-
+        """A defense cell."""
         return self.cell(_cell_id(defense["name"], value),
-                         {"defense": defense["name"], "param": defense["param"], "value": value}, make_config)
+                         {"defense": defense["name"], "param": defense["param"], "value": value},
+                         lambda: self.defense_config(defense, value))
+
+    def current(self, row: dict) -> bool:
+        """Whether a cell file on disk was computed with this sweep's configuration."""
+        try:
+            if "study" in row:
+                study = next(s for s in self.studies if s["name"] == row["study"])
+                cfg = self.study_config(study, row["value"])
+            else:
+                defense = next(d for d in self.defenses if d["name"] == row["defense"])
+                cfg = self.defense_config(defense, row["value"])
+        except StopIteration:
+            return False  # a defense or study this sweep no longer has
+        except (ValueError, TypeError, KeyError):
+            cfg = None
+        return row.get("fingerprint") == self.fingerprint(cfg)
 
     def study_config(self, study: dict, value: Any) -> dict:
         """The base config with the study's ``set``, ``key: value`` and ``per_value[value]`` applied."""
@@ -380,9 +412,11 @@ class Sweep:
         out = []
         for f in sorted((self.out / "cells").glob("*.json")):
             try:
-                out.append(json.loads(f.read_text()))
+                row = json.loads(f.read_text())
             except json.JSONDecodeError:
                 continue
+            if self.current(row):  # cells left by another configuration in the same folder are not shown
+                out.append(row)
         return out
 
     def _study_rows(self, rows: list[dict], study: dict) -> list[dict]:

@@ -278,3 +278,24 @@ def test_a_fit_option_that_overrides_the_swept_key_is_refused(tmp_path):
     cfg = _study_config(tmp_path, [BATCH_STUDY])
     with pytest.raises(ValueError, match="would override the key that study 'mnist' sweeps"):
         parse(["--config", str(cfg), "--data.batch_size", "4"])
+
+
+def test_a_cell_computed_with_another_configuration_is_run_again_not_reused(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    cfg = _study_config(tmp_path, [{**BATCH_STUDY, "values": [1]}])
+    main(["sweep", "--config", str(cfg), *TINY])
+    done = out / "cells" / "mnist.batch_size=1.json"
+    first = json.loads(done.read_text())
+    # the same cell id with another attack budget: its old result must not be reported as this one
+    changed = [a if a != "2" else "3" for a in TINY]
+    assert changed != TINY
+    main(["sweep", "--config", str(cfg), *changed])
+    assert "was run with another configuration; running it again" in capsys.readouterr().err
+    second = json.loads(done.read_text())
+    assert second["fingerprint"] != first["fingerprint"] and second["status"] == "ok"
+    # a cell left in the folder by a study this sweep no longer has is not in the tables
+    stale = out / "cells" / "gone.batch_size=1.json"
+    stale.write_text(json.dumps({**first, "study": "gone", "cell": "gone.batch_size=1"}))
+    main(["sweep", "--config", str(cfg), *changed])
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["study"] for r in rows] == ["mnist"]
