@@ -42,6 +42,11 @@ class GradientInversion(pl.LightningModule):
         lr: learning rate.
         lbfgs_max_iter: L-BFGS inner iterations per step (torch's default 20, as DLG).
         lbfgs_history_size: L-BFGS curvature pairs kept per problem (torch's default 100).
+        lbfgs_tolerance_grad: L-BFGS stops a problem whose largest gradient entry is at most this
+            (torch's default 1e-7).
+        lbfgs_tolerance_change: L-BFGS ends a step for a problem whose loss or step changes by less
+            than this (torch's default 1e-9). Batch objectives reach losses near 1e-5 where this
+            test ends every step after a few iterations; a smaller value lets L-BFGS go on.
         init: dummy image init: ``randn`` (DLG), ``uniform`` (in the data range) or ``constant``
             (the middle of the data range).
         init_seed: seed of the dummy init.
@@ -70,6 +75,8 @@ class GradientInversion(pl.LightningModule):
         lr: float = 1.0,
         lbfgs_max_iter: int = 20,
         lbfgs_history_size: int = 100,
+        lbfgs_tolerance_grad: float = 1e-7,
+        lbfgs_tolerance_change: float = 1e-9,
         init: Literal["randn", "uniform", "constant"] = "randn",
         init_seed: int = 0,
         box_constraint: bool = False,
@@ -91,6 +98,8 @@ class GradientInversion(pl.LightningModule):
             raise ValueError(f"problems_per_chunk must be >= 1, got {problems_per_chunk}")
         if restarts < 1:
             raise ValueError(f"restarts must be >= 1, got {restarts}")
+        if lbfgs_tolerance_grad < 0 or lbfgs_tolerance_change < 0:
+            raise ValueError("lbfgs_tolerance_grad and lbfgs_tolerance_change must be >= 0")
         if lr <= 0 or tv_weight < 0:
             raise ValueError(f"lr must be > 0 and tv_weight >= 0, got lr={lr}, tv_weight={tv_weight}")
         self.save_hyperparameters()
@@ -258,7 +267,8 @@ class GradientInversion(pl.LightningModule):
         hp = self.hparams
         params = [self.dummy_data] + ([self.dummy_labels] if hp.labels == "joint" else [])
         if hp.optimizer == "lbfgs":
-            return BatchedLBFGS(params, lr=hp.lr, max_iter=hp.lbfgs_max_iter, history_size=hp.lbfgs_history_size)
+            return BatchedLBFGS(params, lr=hp.lr, max_iter=hp.lbfgs_max_iter, history_size=hp.lbfgs_history_size,
+                                tolerance_grad=hp.lbfgs_tolerance_grad, tolerance_change=hp.lbfgs_tolerance_change)
         opt = (SignedAdam if hp.optimizer == "signed_adam" else torch.optim.Adam)(params, lr=hp.lr)
         if not hp.lr_decay:
             return opt

@@ -185,6 +185,7 @@ def test_attack_on_captured_gradients_without_victim_data(tmp_path):
         (dict(init="zeros"), "unknown init 'zeros'"),
         (dict(restarts=0), "restarts must be >= 1"),
         (dict(lr=0.0), "lr must be > 0"),
+        (dict(lbfgs_tolerance_change=-1.0), "lbfgs_tolerance_grad and lbfgs_tolerance_change must be >= 0"),
         (dict(model="vgg"), "unknown model 'vgg'"),
     ],
 )
@@ -219,11 +220,13 @@ def test_missing_step_budget(tmp_path):
 
 def test_batched_lbfgs_is_configured_from_hparams(tmp_path):
     dm = VictimDataModule(source="bundled", dataset="mnist")
-    module, _, trainer = attack(tmp_path, dm, 1, model="mlp", lr=0.5, lbfgs_max_iter=7, lbfgs_history_size=3)
+    module, _, trainer = attack(tmp_path, dm, 1, model="mlp", lr=0.5, lbfgs_max_iter=7, lbfgs_history_size=3,
+                                lbfgs_tolerance_grad=1e-12, lbfgs_tolerance_change=0.0)
     opt = trainer.optimizers[0]
     assert isinstance(opt, BatchedLBFGS)
     group = opt.param_groups[0]
     assert (group["lr"], group["max_iter"], group["history_size"]) == (0.5, 7, 3)
+    assert (group["tolerance_grad"], group["tolerance_change"]) == (1e-12, 0.0)
     assert int(opt.state["problems"]["n_iter"][0]) == 7
 
 
