@@ -13,6 +13,7 @@ from typing import Literal, Optional, Sequence
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from .client import per_problem_gradients
@@ -56,6 +57,11 @@ class GradientInversion(pl.LightningModule):
             attack: ``bias_count``, ``weight_count``, ``yin`` (see :mod:`leakage.labels`).
         restarts: independent dummies per victim; the one with the lowest final matching loss
             is kept.
+        group_weight: weight of group consistency (GradInversion, Yin et al., 2021): before every
+            step the restarts of a victim are aligned to its first restart (an optimal assignment
+            of batch slots with equal labels on pixel MSE) and averaged, and each restart is
+            pulled towards that consensus by ``group_weight`` x its mean squared distance. Needs
+            ``restarts >= 2``; 0 disables it.
         lr_decay: for Adam, divide the lr by 10 at 3/8, 5/8 and 7/8 of ``max_steps`` (as
             Inverting Gradients does).
         problems_per_chunk: evaluate at most this many problems at once (bounds the memory of
@@ -82,6 +88,7 @@ class GradientInversion(pl.LightningModule):
         box_constraint: bool = False,
         labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin"] = "joint",
         restarts: int = 1,
+        group_weight: float = 0.0,
         lr_decay: bool = False,
         problems_per_chunk: Optional[int] = None,
     ) -> None:
@@ -98,6 +105,10 @@ class GradientInversion(pl.LightningModule):
             raise ValueError(f"problems_per_chunk must be >= 1, got {problems_per_chunk}")
         if restarts < 1:
             raise ValueError(f"restarts must be >= 1, got {restarts}")
+        if group_weight < 0:
+            raise ValueError(f"group_weight must be >= 0, got {group_weight}")
+        if group_weight > 0 and restarts < 2:
+            raise ValueError("group consistency (group_weight > 0) needs restarts >= 2: it pulls a victim's restarts together")
         if lbfgs_tolerance_grad < 0 or lbfgs_tolerance_change < 0:
             raise ValueError("lbfgs_tolerance_grad and lbfgs_tolerance_change must be >= 0")
         if lr <= 0 or tv_weight < 0:
@@ -109,6 +120,7 @@ class GradientInversion(pl.LightningModule):
         self.param_names = [n for n, _ in self.target.named_parameters()]
         self.observation: Optional[Observation] = None
         self.problem_losses: Optional[Tensor] = None  # [P], from the last evaluation
+        self.consensus: Optional[Tensor] = None  # group consistency targets [P, B, ...]
         self._evaluating: Optional[Tensor] = None  # problems the optimizer asks to evaluate
         self.register_buffer("failed", torch.zeros(0, dtype=torch.bool), persistent=False)
 
@@ -188,7 +200,31 @@ class GradientInversion(pl.LightningModule):
         loss = gradient_distance([grads[n] for n in self.param_names], observed, distance or self.hparams.distance)
         if prior and self.hparams.tv_weight > 0:
             loss = loss + self.hparams.tv_weight * total_variation(x)
+        if prior and self.hparams.group_weight > 0 and self.consensus is not None:
+            target = self.consensus if idx is None else self.consensus[idx]
+            loss = loss + self.hparams.group_weight * (x - target).pow(2).flatten(1).mean(1)
         return loss
+
+    @torch.no_grad()
+    def update_consensus(self) -> None:
+        """Group consistency: each restart's target is the mean of its victim's aligned restarts."""
+        R = self.hparams.restarts
+        x = self.dummy_data.detach()
+        P, B = x.shape[:2]
+        groups = x.view(P // R, R, B, -1)
+        labels = self.recovered_labels().view(P // R, R, B).cpu()
+        perms = torch.empty(P // R, R, B, dtype=torch.long)  # restart r's slot for the first restart's slot i
+        for v in range(P // R):
+            for r in range(R):
+                cost = torch.cdist(groups[v, 0], groups[v, r]).pow(2).cpu()
+                cost = cost + 1e6 * (labels[v, 0][:, None] != labels[v, r][None, :])  # equal labels first
+                rows, cols = linear_sum_assignment(cost.double().numpy())
+                perms[v, r, torch.as_tensor(rows)] = torch.as_tensor(cols)
+        perms = perms.to(x.device)
+        aligned = torch.gather(groups, 2, perms[..., None].expand_as(groups))  # [V, R, B, D] in restart 0's order
+        mean = aligned.mean(1, keepdim=True).expand_as(groups)
+        target = torch.empty_like(groups).scatter_(2, perms[..., None].expand_as(groups), mean)
+        self.consensus = target.view_as(x)
 
     def matching_loss(self, distance: Optional[str] = None, prior: bool = True, subset: Optional[Tensor] = None) -> Tensor:
         """Per-problem objective ``[P]``: gradient distance (plus TV prior).
@@ -227,6 +263,10 @@ class GradientInversion(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self.trainer.max_steps is None or self.trainer.max_steps < 1:
             raise ValueError("set the attack budget with --trainer.max_steps N (one step is one attack iteration)")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.hparams.group_weight > 0:
+            self.update_consensus()
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         subset = self._evaluating

@@ -263,3 +263,47 @@ def test_chunked_attack_follows_the_unchunked_one(tmp_path):
 def test_problems_per_chunk_must_be_positive():
     with pytest.raises(ValueError, match="problems_per_chunk"):
         GradientInversion(problems_per_chunk=0)
+
+
+# ------------------------------------------------------------------------ group consistency
+def test_group_consistency_needs_restarts():
+    with pytest.raises(ValueError, match="needs restarts >= 2"):
+        GradientInversion(group_weight=0.1, restarts=1)
+
+
+def test_consensus_aligns_restarts_by_label_before_averaging():
+    # two victims' updates (batches of 3 MNIST digits, labels with a repeat), 3 restarts each
+    dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=2, batch_size=3)
+    module = GradientInversion(model="mlp", input_shape=dm.input_shape, num_classes=10, labels="bias_count",
+                               restarts=3, group_weight=1.0)
+    module.attach(dm.prepare(module.target))
+    labels = module.recovered_labels().view(2, 3, 3)
+    assert torch.equal(labels[:, 0], labels[:, 1])  # restored labels are the same for every restart
+    base = torch.rand(2, 3, 1, 28, 28)  # what each victim's restarts should agree on, in slot order
+    noise = [torch.randn(2, 3, 1, 28, 28) * 0.01 for _ in range(3)]
+    x = torch.stack([base + noise[0], base.flip(1) + noise[1], base + noise[2]], dim=1)  # restart 1: slots reversed
+    # slots may only be swapped between equal labels: give each victim's batch one label three times
+    module.fixed_labels = torch.zeros_like(module.fixed_labels)
+    with torch.no_grad():
+        module.dummy_data.copy_(x.flatten(0, 1))
+    module.update_consensus()
+    target = module.consensus.view(2, 3, 3, 1, 28, 28)
+    mean = (noise[0] + noise[1].flip(1) + noise[2]) / 3 + base
+    torch.testing.assert_close(target[:, 0], mean)
+    torch.testing.assert_close(target[:, 1], mean.flip(1))  # back in restart 1's own slot order
+    torch.testing.assert_close(target[:, 2], mean)
+    # with distinct labels per slot, reversed slots are not matched across labels
+    module.fixed_labels = torch.arange(3).repeat(6, 1)
+    module.update_consensus()
+    torch.testing.assert_close(module.consensus.view(2, 3, 3, 1, 28, 28)[:, 1], (x[:, 0] + x[:, 1] + x[:, 2]) / 3)
+
+
+def test_group_consistency_pulls_restarts_together(tmp_path):
+    def spread(weight):
+        dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=1, batch_size=2)
+        module, _, _ = attack(tmp_path, dm, 10, model="mlp", labels="bias_count", restarts=3, init="uniform",
+                              optimizer="adam", lr=0.05, group_weight=weight)
+        x = module.dummy_data.detach()
+        return float((x - x.mean(0, keepdim=True)).pow(2).mean())
+
+    assert spread(200.0) < 0.5 * spread(0.0)
