@@ -70,6 +70,9 @@ def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
             psnr_mean=mean("psnr"),
             mse_mean=mean("mse"),
             label_acc=sum(r["label_acc"] for r in rows) / n,
+            # batches: every image counts; the images of a failed victim count as not reconstructed
+            images=sum(len(r.get("ssim_images") or [0]) for r in rows),
+            image_success=sum(sum(x >= success_ssim for x in (r.get("ssim_images") or [r["ssim"]])) for r in ok),
         )
     return out
 
@@ -205,6 +208,8 @@ class LeakageReport(pl.Callback):
                 f"mean SSIM {s['ssim_mean']:.3f}  mean PSNR {s['psnr_mean']:.2f} dB  "
                 f"label accuracy {100 * s['label_acc']:.1f}%  failed {s['failed']}"
             )
+            if s["images"] > s["victims"]:
+                text += f"\nimages reconstructed (SSIM >= {self.success_ssim}): {s['image_success']}/{s['images']}"
         else:
             text += f"\nno victim images (attacking captured gradients): mean gradient L2 {s['grad_l2_mean']:.3g}"
         text += f"\ngradient entries per unknown input value: {s['entries_per_unknown']:.2f}"

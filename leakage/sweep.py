@@ -66,12 +66,13 @@ SWEEP_DEFAULTS = {"output": "logs/defense_sweep", "success_ssim": 0.6, "target_s
 METRICS = ("label_acc", "mse", "ssim", "psnr", "success_rate")
 HEADERS = {"label_acc": "label accuracy", "mse": "MSE", "ssim": "SSIM", "psnr": "PSNR", "success_rate": "attack success rate"}
 #: what a study's table and plot show, after the swept value
-STUDY_METRICS = ("label_acc", "ssim", "psnr", "success_rate", "time_s", "entries_per_unknown")
-STUDY_HEADERS = {"label_acc": "label accuracy", "ssim": "mean SSIM", "psnr": "PSNR", "success_rate": "success rate",
+STUDY_METRICS = ("label_acc", "ssim", "psnr", "image_success_rate", "time_s", "entries_per_unknown")
+STUDY_HEADERS = {"label_acc": "label accuracy", "ssim": "mean SSIM", "psnr": "PSNR",
+                 "image_success_rate": "images reconstructed",
                  "time_s": "time (s)", "entries_per_unknown": "gradient entries per unknown"}
 STUDY_FIELDS = ("name", "key", "values", "set", "per_value", "label")
 CSV_FIELDS = ("defense", "param", "study", "key", "value", "status", "victims", "failed", "success", *METRICS,
-              "time_s", "entries_per_unknown", "cell", "error")
+              "images", "image_success", "image_success_rate", "time_s", "entries_per_unknown", "cell", "error")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 _UNKNOWN_KEY = re.compile(r"does not accept option '([^']+)'")
 
@@ -361,7 +362,8 @@ class Sweep:
         if "success" not in s:
             return {**row, "status": "failed", "error": "a sweep needs victim images (not source=gradients)"}
         row.update(status="ok", victims=s["victims"], failed=s["failed"], success=s["success"],
-                   success_rate=s["success"] / s["victims"], label_acc=s["label_acc"], mse=s["mse_mean"],
+                   success_rate=s["success"] / s["victims"], images=s["images"], image_success=s["image_success"],
+                   image_success_rate=s["image_success"] / s["images"], label_acc=s["label_acc"], mse=s["mse_mean"],
                    ssim=s["ssim_mean"], psnr=s["psnr_mean"], time_s=elapsed,
                    entries_per_unknown=float(report.summary["entries_per_unknown"]),
                    dataset=cli.datamodule.dataset, model=cli.model.hparams.model,
@@ -463,14 +465,17 @@ class Sweep:
                 continue
             md.append(f"### {s['name']} ({s['key']})")
             md.append("")
-            md.append(f"| {s['label']} | " + " | ".join(STUDY_HEADERS[m] for m in STUDY_METRICS) + " |")
-            md.append("|---" * (len(STUDY_METRICS) + 1) + "|")
+            columns = ["label accuracy", "mean SSIM", "PSNR", f"images with SSIM >= {self.cfg['success_ssim']}",
+                       "client updates", "time (s)", "gradient entries per unknown"]
+            md.append(f"| {s['label']} | " + " | ".join(columns) + " |")
+            md.append("|---" * (len(columns) + 1) + "|")
             for r in mine:
                 if r.get("status") != "ok":
-                    md.append(f"| {_fmt(r['value'])} | failed: {r.get('error', '')} |" + " |" * (len(STUDY_METRICS) - 1))
+                    md.append(f"| {_fmt(r['value'])} | failed: {r.get('error', '')} |" + " |" * (len(columns) - 1))
                     continue
                 md.append(f"| {_fmt(r['value'])} | {100 * r['label_acc']:.0f}% | {r['ssim']:.3f} | {r['psnr']:.2f} | "
-                          f"{100 * r['success_rate']:.0f}% ({r['success']}/{r['victims']}) | {r['time_s']:.1f} | "
+                          f"{100 * r['image_success_rate']:.0f}% ({r['image_success']}/{r['images']}) | "
+                          f"{r['victims']} | {r['time_s']:.1f} | "
                           f"{r['entries_per_unknown']:.2f} |")
             md.append("")
             ok = [r for r in mine if r.get("status") == "ok"]
@@ -534,7 +539,7 @@ class Sweep:
                 ax.plot(xs, [r.get(m, float("nan")) for r in mine], "o-")
                 ax.set_title(STUDY_HEADERS[m], fontsize=9)
                 ax.set_xlabel(s["label"])
-                if m in ("label_acc", "success_rate"):
+                if m in ("label_acc", "image_success_rate"):
                     ax.set_ylim(-0.05, 1.05)
                 if numeric and all(v > 0 for v in values):
                     ints = all(isinstance(v, int) for v in values)
@@ -564,7 +569,7 @@ class Sweep:
                     hparams = {"study": r["study"], "value": v if isinstance(v, (bool, int, float, str)) else str(v)}
                 else:
                     hparams = {"defense": r["defense"], "strength": r["value"]}
-                metrics = {f"hparam/{m}": r[m] for m in (*METRICS, "time_s", "entries_per_unknown")
+                metrics = {f"hparam/{m}": r[m] for m in (*METRICS, "image_success_rate", "time_s", "entries_per_unknown")
                            if isinstance(r.get(m), (int, float))}
                 w.add_hparams(hparams, metrics, run_name=r["cell"])
 

@@ -193,6 +193,9 @@ def test_study_over_batch_size_writes_rows_tables_plot_and_hparams(tmp_path, cap
         assert type(row["victims"]) is int and row["victims"] == 2
         assert isinstance(row["time_s"], float) and row["time_s"] > 0
         assert 0 <= row["success_rate"] <= 1 and 0 <= row["label_acc"] <= 1
+        # batches are scored image by image: 2 updates of b images each
+        assert row["images"] == 2 * b and 0 <= row["image_success"] <= row["images"]
+        assert row["image_success_rate"] == row["image_success"] / row["images"]
         # the value reached the fit as an int: the run's own saved config holds it
         run_cfg = yaml.safe_load((out / "runs" / row["cell"] / "config.yaml").read_text())
         assert run_cfg["data"]["batch_size"] == b and type(run_cfg["data"]["batch_size"]) is int
@@ -200,6 +203,8 @@ def test_study_over_batch_size_writes_rows_tables_plot_and_hparams(tmp_path, cap
         metrics = json.loads((out / "runs" / row["cell"] / "metrics.json").read_text())
         assert all(len(v["indices"]) == b for v in metrics["victims"])
         assert row["entries_per_unknown"] == pytest.approx(metrics["summary"]["entries_per_unknown"])
+        per_image = [x for v in metrics["victims"] for x in v["ssim_images"]]
+        assert row["image_success"] == sum(x >= 0.9 for x in per_image)
     # LeNet on MNIST: 13,426 gradient entries per update, 784 unknown values per image
     assert cells[1]["entries_per_unknown"] == pytest.approx(13426 / 784)
     assert cells[2]["entries_per_unknown"] == pytest.approx(cells[1]["entries_per_unknown"] / 2)
@@ -211,9 +216,10 @@ def test_study_over_batch_size_writes_rows_tables_plot_and_hparams(tmp_path, cap
     assert float(rows[1]["entries_per_unknown"]) == pytest.approx(float(rows[0]["entries_per_unknown"]) / 2)
     md = (out / "results.md").read_text()
     assert "### mnist (data.batch_size)" in md
-    assert ("| B | label accuracy | mean SSIM | PSNR | success rate | time (s) | gradient entries per unknown |"
-            in md)
-    assert re.search(r"^\| 1 \| \d+% \| -?[\d.]+ \| [\d.]+ \| \d+% \([0-2]/2\) \| [\d.]+ \| 17\.12 \|$", md, re.M), md
+    assert ("| B | label accuracy | mean SSIM | PSNR | images with SSIM >= 0.9 | client updates | time (s) | "
+            "gradient entries per unknown |" in md)
+    assert re.search(r"^\| 1 \| \d+% \| -?[\d.]+ \| [\d.]+ \| \d+% \([0-2]/2\) \| 2 \| [\d.]+ \| 17\.12 \|$", md, re.M), md
+    assert re.search(r"^\| 2 \| \d+% \| -?[\d.]+ \| [\d.]+ \| \d+% \([0-4]/4\) \| 2 \| [\d.]+ \| 8\.56 \|$", md, re.M), md
     assert "| 17.12 |" in md and "| 8.56 |" in md
     assert "dataset: mnist; model: lenet" in md
     assert "breaking" not in md.lower() and not (out / "breaking_points.json").exists()
