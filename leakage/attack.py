@@ -46,8 +46,7 @@ class GradientInversion(pl.LightningModule):
         lbfgs_tolerance_grad: L-BFGS stops a problem whose largest gradient entry is at most this
             (torch's default 1e-7).
         lbfgs_tolerance_change: L-BFGS ends a step for a problem whose loss or step changes by less
-            than this (torch's default 1e-9). Batch objectives reach losses near 1e-5 where this
-            test ends every step after a few iterations; a smaller value lets L-BFGS go on.
+            than this (torch's default 1e-9).
         init: dummy image init: ``randn`` (DLG), ``uniform`` (in the data range) or ``constant``
             (the middle of the data range).
         init_seed: seed of the dummy init.
@@ -227,7 +226,7 @@ class GradientInversion(pl.LightningModule):
         self.consensus = target.view_as(x)
 
     def matching_loss(self, distance: Optional[str] = None, prior: bool = True, subset: Optional[Tensor] = None) -> Tensor:
-        """Per-problem objective ``[P]``: gradient distance (plus TV prior).
+        """Per-problem objective ``[P]``: gradient distance (plus the TV and group-consistency priors).
 
         With a boolean ``subset`` mask only those problems are evaluated (the others' rows of the
         result are NaN and receive no gradient). With ``problems_per_chunk`` set, problems are
