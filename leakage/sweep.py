@@ -92,6 +92,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _md_table(label: str, columns: list[str], rows: list[dict], cells: Callable[[dict], list[str]]) -> list[str]:
+    """Markdown lines of a table: the swept value, then ``cells(row)``; a failed cell says why."""
+    lines = [f"| {label} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for r in rows:
+        body = cells(r) if r.get("status") == "ok" else [f"failed: {r.get('error', '')}"] + [""] * (len(columns) - 1)
+        lines.append(f"| {_fmt(r['value'])} | " + " | ".join(body) + " |")
+    return lines + [""]
+
+
 def _cell_id(defense: str, value: float) -> str:
     return f"{defense}={value:.6g}"
 
@@ -450,15 +459,9 @@ class Sweep:
             desc = ", ".join(f"{k}={v}" for k, v in d["init_args"].items())
             md.append(f"### {d['name']} ({d['class_path'].rsplit('.', 1)[-1]}{', ' + desc if desc else ''})")
             md.append("")
-            md.append(f"| {d['param']} | " + " | ".join(HEADERS[m] for m in METRICS) + " |")
-            md.append("|---" * (len(METRICS) + 1) + "|")
-            for r in mine:
-                if r.get("status") != "ok":
-                    md.append(f"| {r['value']:g} | failed: {r.get('error', '')} |" + " |" * (len(METRICS) - 1))
-                    continue
-                md.append(f"| {r['value']:g} | {100 * r['label_acc']:.0f}% | {r['mse']:.4f} | {r['ssim']:.3f} | "
-                          f"{r['psnr']:.2f} | {100 * r['success_rate']:.0f}% ({r['success']}/{r['victims']}) |")
-            md.append("")
+            md += _md_table(d["param"], [HEADERS[m] for m in METRICS], mine, lambda r: [
+                f"{100 * r['label_acc']:.0f}%", f"{r['mse']:.4f}", f"{r['ssim']:.3f}", f"{r['psnr']:.2f}",
+                f"{100 * r['success_rate']:.0f}% ({r['success']}/{r['victims']})"])
         for s in self.studies:
             mine = self._study_rows(rows, s)
             if not mine:
@@ -467,17 +470,10 @@ class Sweep:
             md.append("")
             columns = ["label accuracy", "mean SSIM", "PSNR", f"images with SSIM >= {self.cfg['success_ssim']}",
                        "client updates", "time (s)", "gradient entries per unknown"]
-            md.append(f"| {s['label']} | " + " | ".join(columns) + " |")
-            md.append("|---" * (len(columns) + 1) + "|")
-            for r in mine:
-                if r.get("status") != "ok":
-                    md.append(f"| {_fmt(r['value'])} | failed: {r.get('error', '')} |" + " |" * (len(columns) - 1))
-                    continue
-                md.append(f"| {_fmt(r['value'])} | {100 * r['label_acc']:.0f}% | {r['ssim']:.3f} | {r['psnr']:.2f} | "
-                          f"{100 * r['image_success_rate']:.0f}% ({r['image_success']}/{r['images']}) | "
-                          f"{r['victims']} | {r['time_s']:.1f} | "
-                          f"{r['entries_per_unknown']:.2f} |")
-            md.append("")
+            md += _md_table(s["label"], columns, mine, lambda r: [
+                f"{100 * r['label_acc']:.0f}%", f"{r['ssim']:.3f}", f"{r['psnr']:.2f}",
+                f"{100 * r['image_success_rate']:.0f}% ({r['image_success']}/{r['images']})", str(r["victims"]),
+                f"{r['time_s']:.1f}", f"{r['entries_per_unknown']:.2f}"])
             ok = [r for r in mine if r.get("status") == "ok"]
             setup = [f"{what}: {', '.join(dict.fromkeys(str(r[what]) for r in ok))}"
                      for what in ("dataset", "model") if any(what in r for r in ok)]
