@@ -52,8 +52,10 @@ class Observation:
 
     @property
     def entries_per_unknown(self) -> float:
-        """Gradient entries of one update per unknown input value (``B x C x H x W``): below 1 the
-        matching problem is underdetermined."""
+        """Gradient entries of one update per unknown input value (``B x C x H x W``).
+
+        Below 1 the matching problem is underdetermined; above 1 it may still be, since entries are
+        not independent equations: :mod:`leakage.identifiability` measures the Jacobian rank."""
         entries = sum(g[0].numel() for g in self.gradients.values())
         unknowns = self.batch_size * self.input_shape[0] * self.input_shape[1] * self.input_shape[2]
         return entries / unknowns
