@@ -18,9 +18,10 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import jvp, vmap
+
+from .client import per_problem_gradients
 
 
 @dataclass
@@ -49,16 +50,15 @@ def gradient_jacobian(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 256) 
     """``[entries, unknowns]`` Jacobian of the shared gradient (mean cross-entropy over the batch
     ``x`` ``[B, C, H, W]`` with labels ``y`` ``[B]``) with respect to the batch, in float64.
 
-    Columns come from forward-over-reverse products (``torch.func.jvp`` of ``torch.func.grad``),
-    ``chunk`` at a time under ``vmap``.
+    Columns come from forward-over-reverse products (``torch.func.jvp`` of the client's
+    :func:`~leakage.client.per_problem_gradients`), ``chunk`` at a time under ``vmap``
+    (``torch.func.jacfwd`` would build all ``unknowns`` columns at once).
     """
     model = copy.deepcopy(model).double()  # the caller's model keeps its dtype
-    params = {k: p.detach() for k, p in model.named_parameters()}
-    buffers = {k: b.detach() for k, b in model.named_buffers()}
     x = x.detach().double()
 
-    def update(flat: Tensor) -> Tensor:
-        g = grad(lambda p: F.cross_entropy(functional_call(model, (p, buffers), (flat.view_as(x),)), y))(params)
+    def update(flat: Tensor) -> Tensor:  # the client's update, as one problem of one batch
+        g = per_problem_gradients(model, flat.view(1, *x.shape), y[None])
         return torch.cat([t.flatten() for t in g.values()])
 
     flat = x.flatten()
