@@ -136,7 +136,10 @@ def test_victim_with_overflowing_gradient_fails_alone(tmp_path, mlp_mnist):
     dm0 = VictimDataModule(source="bundled", dataset="mnist", indices=[0])
     solo = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", init="constant")
     dm0.prepare(solo.target)
-    assert torch.equal(dm0.observation.gradients["net.1.weight"][0], clean["net.1.weight"][0])
+    # computed alone or beside another victim: the same update to float32 rounding (not bit for bit:
+    # floating point promises no more across batch sizes or library versions)
+    for name, g in dm0.observation.gradients.items():
+        torch.testing.assert_close(g[0], clean[name][0], rtol=1e-5, atol=1e-7)
     report0 = LeakageReport(save_artifacts=False)
     quiet_trainer(3, [report0], root=tmp_path).fit(solo, datamodule=dm0)
     assert report0.rows[0]["ssim"] == pytest.approx(report.rows[0]["ssim"], abs=1e-3)
