@@ -22,6 +22,7 @@ from .labels import idlg_labels, last_linear, restore_batch_labels
 from .losses import DISTANCES, gradient_distance, total_variation
 from .models import build_model
 from .optim import BatchedLBFGS, SignedAdam
+from .seeding import generator
 
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
 INITS = ("randn", "uniform", "constant")
@@ -49,7 +50,8 @@ class GradientInversion(pl.LightningModule):
             than this (torch's default 1e-9).
         init: dummy image init: ``randn`` (DLG), ``uniform`` (in the data range) or ``constant``
             (the middle of the data range).
-        init_seed: seed of the dummy init.
+        init_seed: seed of the dummy init; each problem draws from its own generator, seeded by
+            ``(init_seed, its update's key, its restart)``.
         box_constraint: clamp dummy images to the data range after every step.
         labels: ``joint`` (DLG: soft labels optimized with the images), ``idlg`` (analytic, from
             the last layer's gradient; batch size 1), or a batch label restoration fixed before the
@@ -144,18 +146,10 @@ class GradientInversion(pl.LightningModule):
         for i, name in enumerate(self.param_names):
             g = observation.gradients[name].repeat_interleave(R, dim=0)
             self.register_buffer(f"observed_{i}", g, persistent=False)
-        lo, hi = observation.data_range
-        gen = torch.Generator().manual_seed(hp.init_seed)
-        shape = (P, B, *observation.input_shape)
-        if hp.init == "randn":
-            x = torch.randn(shape, generator=gen)
-        elif hp.init == "uniform":
-            x = lo + (hi - lo) * torch.rand(shape, generator=gen)
-        else:
-            x = torch.full(shape, (lo + hi) / 2)
+        x, label_logits = self.initial_dummies(observation)
         self.dummy_data = nn.Parameter(x)
         if hp.labels == "joint":
-            self.dummy_labels = nn.Parameter(torch.randn((P, B, hp.num_classes), generator=gen))
+            self.dummy_labels = nn.Parameter(label_logits)
         elif hp.labels == "idlg":
             if B != 1:
                 raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
@@ -169,6 +163,29 @@ class GradientInversion(pl.LightningModule):
                                      observation.data_range)  # [V, B]
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
+
+    def initial_dummies(self, observation: Observation) -> tuple[Tensor, Tensor]:
+        """Every problem's initial dummy images ``[P, B, C, H, W]`` and soft-label logits ``[P, B, K]``.
+
+        Problem ``(victim v, restart r)`` draws from its own generator, seeded by ``(init_seed, the
+        update's key, r)``: its start, and so its result, do not depend on the other problems of the
+        run, their order, the chunking or the number of processes.
+        """
+        hp = self.hparams
+        lo, hi = observation.data_range
+        shape = (observation.batch_size, *observation.input_shape)
+        xs, logits = [], []
+        for key in observation.update_keys:
+            for r in range(hp.restarts):
+                gen = generator("dummy", hp.init_seed, key, r)
+                if hp.init == "randn":
+                    xs.append(torch.randn(shape, generator=gen))
+                elif hp.init == "uniform":
+                    xs.append(lo + (hi - lo) * torch.rand(shape, generator=gen))
+                else:
+                    xs.append(torch.full(shape, (lo + hi) / 2))
+                logits.append(torch.randn((observation.batch_size, hp.num_classes), generator=gen))
+        return torch.stack(xs), torch.stack(logits)
 
     @property
     def num_problems(self) -> int:

@@ -1,36 +1,14 @@
-"""The ``leakage`` command: a LightningCLI over the attack, the victim data and the report."""
+"""The ``leakage`` command: ``leakage fit`` (the LightningCLI of :mod:`leakage.fit`) and ``leakage sweep``."""
 
 from __future__ import annotations
 
-import re
 import sys
 import warnings
 
-from lightning.pytorch.cli import LightningCLI
-
 from .attack import GradientInversion
-from .callbacks import LeakageReport
 from .data import VictimDataModule
-
-TRAINER_DEFAULTS = {
-    "max_steps": 300,
-    "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "logs", "name": "leakage"},
-    },
-    "enable_checkpointing": False,
-    "enable_model_summary": False,
-    "num_sanity_val_steps": 0,
-    "limit_val_batches": 0,
-    "log_every_n_steps": 10,
-}
-
-
-class LeakageCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(LeakageReport, "report")
-        parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+from .errors import one_line
+from .fit import TRAINER_DEFAULTS, LeakageCLI
 
 
 def _quiet() -> None:
@@ -57,21 +35,8 @@ def main(args: list[str] | None = None) -> None:
             args=args,  # None from the console: LightningCLI reads sys.argv itself
         )
     except (ValueError, FileNotFoundError) as err:
-        print(f"leakage: error: {_reason(err)}", file=sys.stderr)
+        print(f"leakage: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
-
-
-_OWN_PHRASES = re.compile(r"must be|must hold|unknown |needs |need |not found|does not fit|cannot |do not split")
-
-
-def _reason(err: Exception) -> str:
-    """One line: jsonargparse nests a class's own ValueError deep in a multi-line message (e.g. a bad
-    defense setting inside ``trainer.callbacks``); surface that line instead of the wrapper's."""
-    lines = [ln.strip().lstrip("- ").strip() for ln in str(err).splitlines() if ln.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else type(err).__name__
-    own = [ln for ln in lines[1:] if _OWN_PHRASES.search(ln)]
-    return own[-1] if own else lines[0]
 
 
 if __name__ == "__main__":

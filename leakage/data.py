@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchvision import datasets, transforms
 
 from .client import client_gradients, load_gradients
+from .seeding import position_key, update_key
 
 #: name -> (input shape, classes, torchvision class, shipped in the package)
 DATASETS: dict[str, tuple[tuple[int, int, int], int, str]] = {
@@ -45,6 +46,17 @@ class Observation:
     input_shape: tuple[int, int, int]
     num_classes: int
     data_range: tuple[float, float] = (0.0, 1.0)
+    #: one public key per update, as a server names what it receives (round, client): every random
+    #: draw of the attack on that update is seeded by it (:mod:`leakage.seeding`). Image sources key
+    #: an update by its images' dataset indices, captured files by its position; None: by position.
+    update_keys: Optional[tuple[int, ...]] = None
+
+    def __post_init__(self) -> None:
+        if self.update_keys is None:
+            self.update_keys = tuple(position_key(i) for i in range(self.num_victims))
+        self.update_keys = tuple(int(k) for k in self.update_keys)
+        if len(self.update_keys) != self.num_victims:
+            raise ValueError(f"{len(self.update_keys)} update keys for {self.num_victims} updates")
 
     @property
     def num_victims(self) -> int:
@@ -265,10 +277,12 @@ class VictimDataModule(pl.LightningDataModule):
         if self.source == "gradients":
             grads = load_gradients(self.gradient_file, model)  # type: ignore[arg-type]
             self.secret = None
+            keys = None  # by position in the file
         else:
             self.secret = self.load_victims()
             grads = client_gradients(model, self.secret.images, self.secret.labels)
-        self.observation = Observation(grads, self.batch_size, self.input_shape, self.num_classes)
+            keys = tuple(update_key(ix) for ix in self.secret.indices)
+        self.observation = Observation(grads, self.batch_size, self.input_shape, self.num_classes, update_keys=keys)
         return self.observation
 
     def setup(self, stage: str) -> None:

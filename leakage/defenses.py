@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
 from .data import Observation, Secret
+from .seeding import generator, group_key
 
 Grads = dict[str, Tensor]
 
@@ -36,22 +37,35 @@ def _update_norms(grads: Grads) -> Tensor:
     return torch.sqrt(sum((g.double() ** 2).flatten(1).sum(1) for g in grads.values())).float()
 
 
-def gaussian_noise(grads: Grads, sigma: float, relative: bool = False, seed: int = 0) -> Grads:
+def gaussian_noise(grads: Grads, sigma: float, relative: bool = False, seed: int = 0,
+                   keys: Optional[Sequence[int]] = None) -> Grads:
     """Add N(0, std^2) noise to every entry.
 
     ``relative=False``: ``std = sigma``. ``relative=True``: ``std = sigma * rms(layer)`` for each
     layer of each update, ``rms = ||g_layer|| / sqrt(numel)``, so ``sigma`` is a noise-to-signal ratio.
+
+    Each update's noise comes from a generator seeded by ``seed`` and the update's key (its
+    :attr:`Observation.update_keys` entry; by default its position), so an update receives the same
+    noise whatever other updates are transformed with it.
     """
-    if sigma < 0:
-        raise ValueError(f"noise sigma must be >= 0, got {sigma}")
-    gen = torch.Generator().manual_seed(seed)
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        raise ValueError(f"noise sigma must be a finite number >= 0, got {sigma}")
+    V = next(iter(grads.values())).shape[0]
+    keys = list(range(V)) if keys is None else list(keys)
+    if len(keys) != V:
+        raise ValueError(f"{len(keys)} update keys for {V} updates")
+    noise = {name: torch.empty(g.shape, dtype=g.dtype) for name, g in grads.items()}
+    for v, key in enumerate(keys):
+        gen = generator("gaussian_noise", seed, key)
+        for name, g in grads.items():
+            noise[name][v] = torch.randn(g.shape[1:], generator=gen, dtype=g.dtype)
     out = {}
     for name, g in grads.items():
-        noise = torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)
+        n = noise[name].to(g.device)
         if relative:
             rms = g.flatten(1).norm(dim=1) / math.sqrt(g[0].numel())
-            noise = noise * rms.view(-1, *[1] * (g.dim() - 1))
-        out[name] = g + sigma * noise
+            n = n * rms.view(-1, *[1] * (g.dim() - 1))
+        out[name] = g + sigma * n
     return out
 
 
@@ -155,9 +169,10 @@ class Defense(pl.Callback):
     name = "defense"
 
     def transform(self, observation: Observation, secret: Optional[Secret]) -> tuple[Observation, Optional[Secret]]:
-        return replace(observation, gradients=self.apply(observation.gradients)), secret
+        return replace(observation, gradients=self.apply(observation.gradients, observation.update_keys)), secret
 
-    def apply(self, grads: Grads) -> Grads:
+    def apply(self, grads: Grads, keys: Optional[Sequence[int]] = None) -> Grads:
+        """The defended updates; ``keys`` (one per update) seed any randomness per update."""
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -185,8 +200,8 @@ class GaussianNoise(Defense):
             raise ValueError(f"noise sigma must be >= 0, got {sigma}")
         self.sigma, self.relative, self.seed = sigma, relative, seed
 
-    def apply(self, grads: Grads) -> Grads:
-        return gaussian_noise(grads, self.sigma, self.relative, self.seed)
+    def apply(self, grads: Grads, keys: Optional[Sequence[int]] = None) -> Grads:
+        return gaussian_noise(grads, self.sigma, self.relative, self.seed, keys)
 
     def describe(self) -> dict:
         return {"defense": self.name, "sigma": self.sigma, "noise": "relative to layer RMS" if self.relative else "absolute"}
@@ -202,7 +217,7 @@ class NormClip(Defense):
             raise ValueError(f"clipping max_norm must be > 0, got {max_norm}")
         self.max_norm = max_norm
 
-    def apply(self, grads: Grads) -> Grads:
+    def apply(self, grads: Grads, keys: Optional[Sequence[int]] = None) -> Grads:
         return clip_updates(grads, self.max_norm)
 
     def describe(self) -> dict:
@@ -230,8 +245,9 @@ class DPGaussian(Defense):
             self.epsilon = dp_epsilon(noise_multiplier, sample_rate, steps, delta) if noise_multiplier > 0 else math.inf
         self.accounting = (sample_rate, steps, delta)
 
-    def apply(self, grads: Grads) -> Grads:
-        return gaussian_noise(clip_updates(grads, self.max_norm), self.noise_multiplier * self.max_norm, seed=self.seed)
+    def apply(self, grads: Grads, keys: Optional[Sequence[int]] = None) -> Grads:
+        return gaussian_noise(clip_updates(grads, self.max_norm), self.noise_multiplier * self.max_norm, seed=self.seed,
+                              keys=keys)
 
     def describe(self) -> dict:
         out = {"defense": self.name, "max_norm": self.max_norm, "noise_multiplier": self.noise_multiplier}
@@ -252,7 +268,7 @@ class TopK(Defense):
             raise ValueError(f"top-k scope must be 'global' or 'layer', got {scope!r}")
         self.keep_ratio, self.scope = keep_ratio, scope
 
-    def apply(self, grads: Grads) -> Grads:
+    def apply(self, grads: Grads, keys: Optional[Sequence[int]] = None) -> Grads:
         return top_k(grads, self.keep_ratio, self.scope)
 
     def describe(self) -> dict:
@@ -282,7 +298,9 @@ class SecureAggregation(Defense):
         if self.target == "masked":
             return replace(observation, gradients=masked), secret
         K = self.clients
-        obs = replace(observation, gradients=aggregate, batch_size=observation.batch_size * K)
+        keys = observation.update_keys
+        obs = replace(observation, gradients=aggregate, batch_size=observation.batch_size * K,
+                      update_keys=tuple(group_key(keys[g * K:(g + 1) * K]) for g in range(len(keys) // K)))
         if secret is not None:
             V, B = secret.labels.shape
             secret = Secret(

@@ -196,7 +196,7 @@ def _defense_class(class_path: str):
 
 def _cell_error(err: Exception) -> str:
     """One line that says why a cell could not run."""
-    from .cli import _OWN_PHRASES, _reason
+    from .errors import OWN_PHRASES, one_line
 
     text = str(err)
     if isinstance(err, argparse.ArgumentError):  # the fit parser (exit_on_error=False) rejected the config
@@ -204,10 +204,10 @@ def _cell_error(err: Exception) -> str:
         if m:
             return f"unknown config key {m.group(1)!r}: `leakage fit` has no such option (see `leakage fit --help`)"
         lines = [ln.strip().lstrip("- ").strip() for ln in text.splitlines() if ln.strip()]
-        own = [ln for ln in lines[1:] if _OWN_PHRASES.search(ln)]
+        own = [ln for ln in lines[1:] if OWN_PHRASES.search(ln)]
         line = own[-1] if own else " ".join(lines[:2])
         return re.sub(r'^Parser key "([^"]+)":', r"invalid value for \1:", line)[:300]
-    return _reason(err)[:300]
+    return one_line(err)[:300]
 
 
 class Sweep:
@@ -335,7 +335,7 @@ class Sweep:
 
         from .attack import GradientInversion
         from .callbacks import summarize
-        from .cli import TRAINER_DEFAULTS, LeakageCLI
+        from .fit import TRAINER_DEFAULTS, LeakageCLI
         from .data import VictimDataModule
 
         run_dir = self.out / "runs" / cid
