@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from .precision import full_precision
+
 
 def per_problem_gradients(model: nn.Module, x: Tensor, targets: Tensor) -> dict[str, Tensor]:
     """The gradient of the model's cross-entropy (mean over each batch) for many batches at once.
@@ -33,7 +35,8 @@ def client_gradients(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor
 
     ``x`` is ``[V, B, C, H, W]``, ``y`` is ``[V, B]``; returns ``{name: [V, *shape]}``, detached.
     """
-    grads = per_problem_gradients(model, x, y)
+    with full_precision():  # as the attack: no TF32 or bf16 shortcut in the client's float32 math
+        grads = per_problem_gradients(model, x, y)
     return {k: v.detach() for k, v in grads.items()}
 
 

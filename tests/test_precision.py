@@ -1,0 +1,86 @@
+"""The client and the attack run in full float32: no TF32 or bf16 shortcut, the user's settings restored."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+import leakage.attack
+import leakage.client
+from leakage.attack import GradientInversion
+from leakage.callbacks import LeakageReport
+from leakage.data import VictimDataModule
+from leakage.precision import full_precision, is_full_precision, precision_flags
+
+from conftest import quiet_trainer
+
+
+@pytest.fixture
+def user_allows_tf32():
+    """A user who turned every reduced-precision float32 mode on (as cuDNN's default already does)."""
+    saved = precision_flags()
+    if "torch.backends.fp32_precision" in saved:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("medium")
+    user = precision_flags()
+    assert not is_full_precision()
+    yield user
+    for key, value in saved.items():
+        if key.endswith(".fp32_precision"):
+            obj = torch
+            for part in key.split(".")[1:-1]:
+                obj = getattr(obj, part)
+            obj.fp32_precision = value
+    if "torch.backends.fp32_precision" not in saved:
+        torch.backends.cuda.matmul.allow_tf32 = saved["torch.backends.cuda.matmul.allow_tf32"]
+        torch.backends.cudnn.allow_tf32 = saved["torch.backends.cudnn.allow_tf32"]
+        torch.set_float32_matmul_precision(saved["float32_matmul_precision"])
+    assert precision_flags() == saved
+
+
+class BackwardPrecision(pl.Callback):
+    """Whether full precision held at every backward of the attack (the outer backward's convolutions)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self.seen.append(is_full_precision())
+
+
+def test_attack_objective_and_client_run_in_full_precision(monkeypatch, tmp_path, user_allows_tf32):
+    seen = {"client": [], "objective": []}
+    real = leakage.client.per_problem_gradients
+
+    def client_spy(model, x, targets):
+        seen["client"].append(is_full_precision())
+        return real(model, x, targets)
+
+    def objective_spy(model, x, targets):
+        seen["objective"].append(is_full_precision())
+        return real(model, x, targets)
+
+    monkeypatch.setattr(leakage.client, "per_problem_gradients", client_spy)
+    monkeypatch.setattr(leakage.attack, "per_problem_gradients", objective_spy)
+    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[3])
+    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", lbfgs_max_iter=3)
+    backward = BackwardPrecision()
+    quiet_trainer(2, [LeakageReport(save_artifacts=False), backward], root=tmp_path).fit(module, datamodule=dm)
+    assert seen["client"] == [True]  # the victim's update
+    assert len(seen["objective"]) >= 4 and all(seen["objective"])  # every evaluation, the final ones too
+    assert backward.seen and all(backward.seen)
+    assert precision_flags() == user_allows_tf32  # the user's settings are back
+
+
+def test_settings_are_restored_when_the_block_raises(user_allows_tf32):
+    with pytest.raises(RuntimeError):
+        with full_precision():
+            assert is_full_precision()
+            raise RuntimeError("boom")
+    assert precision_flags() == user_allows_tf32
