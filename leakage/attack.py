@@ -22,6 +22,7 @@ from .labels import idlg_labels, last_linear, restore_batch_labels
 from .losses import DISTANCES, gradient_distance, total_variation
 from .models import build_model
 from .optim import BatchedLBFGS, SignedAdam
+from .precision import full_precision
 from .seeding import generator
 
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
@@ -132,6 +133,10 @@ class GradientInversion(pl.LightningModule):
 
     def attach(self, observation: Observation) -> None:
         """Create the dummies for an observation: ``restarts`` problems per victim."""
+        with full_precision():
+            self._attach(observation)
+
+    def _attach(self, observation: Observation) -> None:
         hp = self.hparams
         if observation is None:
             raise RuntimeError("no observation: the data module has not been set up")
@@ -256,6 +261,8 @@ class GradientInversion(pl.LightningModule):
         idx = None if subset is None or bool(subset.all()) else subset.nonzero().squeeze(1)
         chunk = self.hparams.problems_per_chunk
         n = P if idx is None else idx.numel()
+        if n == 0:  # nothing left to evaluate (every problem failed): NaN rows, zero gradients
+            return torch.full((P,), float("nan"), device=self.dummy_data.device) + self.dummy_data.flatten()[:0].sum()
         if chunk is None or n <= chunk or not torch.is_grad_enabled():
             if idx is None:
                 return self._objective(self.dummy_data, labels, None, distance, prior)
@@ -282,7 +289,8 @@ class GradientInversion(pl.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self.hparams.group_weight > 0:
-            self.update_consensus()
+            with full_precision():
+                self.update_consensus()
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         subset = self._evaluating
@@ -300,6 +308,11 @@ class GradientInversion(pl.LightningModule):
         return losses.nansum()
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        # one attack iteration, objective and backward included, in full float32 (no TF32)
+        with full_precision():
+            self._optimizer_step(optimizer, optimizer_closure)
+
+    def _optimizer_step(self, optimizer, optimizer_closure) -> None:
         # the batched optimizers take per-problem losses from the closure; Lightning's closure runs
         # training_step, zero_grad and backward and returns the summed loss
         opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
@@ -314,6 +327,8 @@ class GradientInversion(pl.LightningModule):
         self._evaluating = None
         if isinstance(opt, BatchedLBFGS):
             self.failed |= opt.failed.to(self.failed.device)
+        if self._trainer is not None and bool(self.failed.all()):
+            self.trainer.should_stop = True  # every problem failed: nothing is left to attack
         if self.hparams.box_constraint:
             lo, hi = self.observation.data_range
             with torch.no_grad():
@@ -337,8 +352,9 @@ class GradientInversion(pl.LightningModule):
     @torch.no_grad()
     def final_evaluation(self) -> dict[str, Tensor]:
         """Per-problem objective, gradient L2 and cosine distances at the current dummies."""
-        out = {"loss": self.matching_loss(), "grad_l2": self.matching_loss("l2", prior=False),
-               "grad_cosine": self.matching_loss("cosine", prior=False)}
+        with full_precision():
+            out = {"loss": self.matching_loss(), "grad_l2": self.matching_loss("l2", prior=False),
+                   "grad_cosine": self.matching_loss("cosine", prior=False)}
         return {k: v.detach() for k, v in out.items()}
 
     def best_restarts(self, losses: Tensor) -> tuple[Tensor, Tensor]:

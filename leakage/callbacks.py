@@ -32,6 +32,21 @@ def _tb(trainer: pl.Trainer) -> Optional[Any]:
     return None
 
 
+def fresh_run_dir(base: Path, name: str = "leakage") -> Path:
+    """A new, empty ``base/name/version_N`` folder (the next free N, created atomically)."""
+    parent = base / name
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[len("version_"):]) for p in parent.glob("version_*") if p.name[len("version_"):].isdigit()]
+    n = max(taken, default=-1) + 1
+    while True:
+        run = parent / f"version_{n}"
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:  # another run took it meanwhile
+            n += 1
+
+
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of the per-victim results."""
     shown = ("victim", "indices", "true_labels", "recovered_labels", "ssim", "psnr", "mse", "grad_l2", "status")
@@ -92,6 +107,10 @@ class LeakageReport(pl.Callback):
         log_every_n_steps: interval of the per-victim scalars.
         image_every_n_steps: interval of the image grids (0: only at the end).
         save_artifacts: write the table, gallery and history plot.
+
+    The artifacts go to the logger's run folder (``logs/<name>/version_N``); without a logger to a
+    fresh ``version_N`` folder under ``default_root_dir/logs/leakage`` (the CLI makes that folder
+    at start-up, so that ``config.yaml`` lands there too), never over existing files.
     """
 
     def __init__(
@@ -203,9 +222,10 @@ class LeakageReport(pl.Callback):
                  for i, d in enumerate(self.defenses_of(trainer))]
         text = "\n".join(lines + [format_table(self.rows)])
         if "success" in s:
+            psnr = "n/a" if math.isnan(s["psnr_mean"]) else f"{s['psnr_mean']:.2f} dB"
             text += (
                 f"\nreconstructed (SSIM >= {self.success_ssim}): {s['success']}/{s['victims']}  "
-                f"mean SSIM {s['ssim_mean']:.3f}  mean PSNR {s['psnr_mean']:.2f} dB  "
+                f"mean SSIM {s['ssim_mean']:.3f}  mean PSNR {psnr}  "
                 f"label accuracy {100 * s['label_acc']:.1f}%  failed {s['failed']}"
             )
             if s["images"] > s["victims"]:
@@ -213,6 +233,16 @@ class LeakageReport(pl.Callback):
         else:
             text += f"\nno victim images (attacking captured gradients): mean gradient L2 {s['grad_l2_mean']:.3g}"
         text += f"\ngradient entries per unknown input value: {s['entries_per_unknown']:.2f}"
+        if s["failed"]:
+            text += (f"\n{s['failed']} of {s['victims']} victims failed numerically: every restart's matching loss "
+                     "or gradient became NaN or infinite (status 'failed')")
+        if self.save_artifacts and trainer.is_global_zero:
+            if self.run_dir is None:
+                # the logger's version folder; without a logger a fresh one under default_root_dir/logs,
+                # never the current folder itself (its files would be overwritten)
+                self.run_dir = (Path(trainer.log_dir) if trainer.loggers and trainer.log_dir
+                                else fresh_run_dir(Path(trainer.default_root_dir) / "logs"))
+            text += f"\nrun folder: {self.run_dir}"
         if trainer.is_global_zero:
             print("\n" + text, flush=True)
         tb = _tb(trainer)
@@ -227,7 +257,6 @@ class LeakageReport(pl.Callback):
             tb.flush()
         if not self.save_artifacts or not trainer.is_global_zero:
             return
-        self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
