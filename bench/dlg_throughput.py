@@ -39,7 +39,7 @@ def _victims(n: int):
     from leakage.data import VictimDataModule
 
     dm = VictimDataModule(source="bundled", dataset="cifar10", num_victims=n)
-    module = GradientInversion(model="lenet", model_seed=1234, init_seed=0)
+    module = GradientInversion(model="lenet", model_seed=1234, init="randn", labels="joint", init_seed=0, restarts=1)
     obs = dm.prepare(module.target)
     return dm, module, obs
 
@@ -72,10 +72,9 @@ def reference(n: int, steps: int, device: str) -> dict:
     params = list(net.parameters())
     for p in params:
         p.requires_grad_(True)
-    # the same dummy init the engine draws for these problems (init_seed 0, restarts 1)
-    gen = torch.Generator().manual_seed(0)
-    all_x = torch.randn((n, 1, 3, 32, 32), generator=gen)
-    all_y = torch.randn((n, 1, 10), generator=gen)
+    # the same dummy init the engine draws for these problems (randn, init_seed 0, restarts 1: each
+    # problem from its own generator)
+    all_x, all_y = module.initial_dummies(obs)
     recons, labels = [], []
     t0 = time.perf_counter()
     for v in range(n):
