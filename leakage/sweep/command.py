@@ -1,0 +1,36 @@
+"""``leakage sweep``'s command line: the configs to read, ``--sweep.*`` settings, fit options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cells import Sweep
+from .config import SWEEP_DEFAULTS, read_configs
+
+
+def parse(args: list[str]) -> Sweep:
+    """The sweep that ``leakage sweep ARGS`` runs: ``--config`` files, ``--sweep.*`` settings, and
+    fit options that apply to every cell."""
+    description = sys.modules[__package__].__doc__
+    ap = argparse.ArgumentParser(prog="leakage sweep", description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", action="append", required=True, help="sweep config(s), merged in order")
+    for key, default in SWEEP_DEFAULTS.items():
+        ap.add_argument(f"--sweep.{key}", dest=key, default=None, help=f"override sweep.{key} (default {default})")
+    known, overrides = ap.parse_known_args(args)
+    base, sweep = read_configs(known.config)
+    if not sweep:
+        raise ValueError("a sweep config needs a 'sweep' section (see `leakage sweep --help`)")
+    for key in SWEEP_DEFAULTS:
+        if getattr(known, key) is not None:
+            sweep[key] = type(SWEEP_DEFAULTS[key])(getattr(known, key))
+    return Sweep(base, sweep, overrides)
+
+
+def main(args: list[str]) -> None:
+    sweep = parse(args)
+    sweep.run()
+    print("\n" + (sweep.out / "results.md").read_text())
+    made = "results.csv, results.md" + (", breaking_points.json" if sweep.defenses else "")
+    print(f"sweep results in {sweep.out}/ ({made}, plots; tensorboard --logdir {sweep.out})", file=sys.stderr)
