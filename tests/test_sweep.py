@@ -408,6 +408,18 @@ def test_a_name_that_is_not_a_plain_file_name_is_refused_and_nothing_outside_is_
     assert _outside(tmp_path) == before and not (tmp_path / "sweep").exists()
 
 
+def test_a_cell_folder_that_resolves_outside_the_output_is_never_deleted(tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "noise=0").mkdir(parents=True)
+    (elsewhere / "noise=0" / "precious.txt").write_text("keep me")
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "runs").symlink_to(elsewhere, target_is_directory=True)
+    line = cli_error(capsys, ["sweep", "--config", str(_one_defense(tmp_path, NOISE)), *TINY])
+    assert "outside the sweep output" in line
+    assert (elsewhere / "noise=0" / "precious.txt").read_text() == "keep me"
+    assert [p.name for p in elsewhere.iterdir()] == ["noise=0"]
+
+
 def test_unknown_sweep_keys_name_the_key_and_the_allowed_ones(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a misspelt output must not put a sweep into the working directory either
     cfg = _one_defense(tmp_path, NOISE)

@@ -19,7 +19,7 @@ import yaml
 
 from .config import check_sweep, defense_class, set_key
 from .hparams import write_hparams
-from .paths import atomic_write, cell_id, fmt, study_cell_id
+from .paths import atomic_write, cell_id, confined, fmt, study_cell_id
 from .plots import write_plots
 from .search import breaking_point
 from .tables import write_tables
@@ -51,12 +51,15 @@ class Sweep:
         self.cfg, self.defenses, self.studies = check_sweep(sweep, overrides)
         self.overrides = overrides
         self.out = Path(self.cfg["output"])
-        (self.out / "cells").mkdir(parents=True, exist_ok=True)
-        (self.out / "runs").mkdir(parents=True, exist_ok=True)
+        try:
+            for folder in ("cells", "runs"):
+                confined(self.out, folder).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"cannot use the sweep output {self.out}: {err.strerror or err}") from None
 
     # ------------------------------------------------------------------ cells
     def cell_path(self, cid: str) -> Path:
-        return self.out / "cells" / f"{cid}.json"
+        return confined(self.out, "cells", f"{cid}.json")
 
     def cell(self, cid: str, row: dict, make_config: Callable[[], dict]) -> dict:
         """The cell's summary, running it unless a completed result is on disk.
@@ -73,8 +76,10 @@ class Sweep:
         if path.exists():
             try:
                 done = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                done = None  # cannot happen with atomic writes, but never trust a broken file
+            except ValueError:  # cannot happen with atomic writes, but never trust a broken file
+                done = None
+            if not isinstance(done, dict):
+                done = None
             if done is not None and done.get("fingerprint") == fingerprint:
                 return done
             if done is not None:  # a result of another attack or victim set: never reuse it
@@ -113,16 +118,22 @@ class Sweep:
                          lambda: self.defense_config(defense, value))
 
     def current(self, row: dict) -> bool:
-        """Whether a cell file on disk was computed with this sweep's configuration."""
+        """Whether a cell file on disk is a cell of this sweep, computed with its configuration."""
         try:
             if "study" in row:
                 study = next(s for s in self.studies if s["name"] == row["study"])
-                cfg = self.study_config(study, row["value"])
+                cid, make = study_cell_id(study, row["value"]), lambda: self.study_config(study, row["value"])
             else:
                 defense = next(d for d in self.defenses if d["name"] == row["defense"])
-                cfg = self.defense_config(defense, row["value"])
+                cid, make = cell_id(defense["name"], row["value"]), lambda: self.defense_config(defense, row["value"])
         except StopIteration:
             return False  # a defense or study this sweep no longer has
+        except (ValueError, TypeError, KeyError):
+            return False  # not a row this sweep writes
+        if row.get("cell") != cid:
+            return False
+        try:
+            cfg = make()
         except (ValueError, TypeError, KeyError):
             cfg = None
         return row.get("fingerprint") == self.fingerprint(cfg)
@@ -154,7 +165,7 @@ class Sweep:
         from ..data import VictimDataModule
         from ..fit import TRAINER_DEFAULTS, LeakageCLI
 
-        run_dir = self.out / "runs" / cid
+        run_dir = confined(self.out, "runs", cid)
         if run_dir.exists():  # an interrupted run of this cell: start it again from scratch
             shutil.rmtree(run_dir)
         cfg = json.loads(json.dumps(cfg))
@@ -168,7 +179,7 @@ class Sweep:
         if not isinstance(report_cfg, dict):
             report_cfg = cfg["report"] = {}
         report_cfg["success_ssim"] = float(self.cfg["success_ssim"])
-        cfg_path = self.out / "cells" / f"{cid}.config.yaml"
+        cfg_path = confined(self.out, "cells", f"{cid}.config.yaml")
         cfg_path.write_text(yaml.safe_dump(cfg))
         try:
             with warnings.catch_warnings():  # the sweep passes its cells' args on purpose
@@ -207,7 +218,7 @@ class Sweep:
         """Every defense's breaking point (returned), then every study's grid."""
         points = [self.breaking_point(d) for d in self.defenses]
         if self.defenses:
-            atomic_write(self.out / "breaking_points.json", json.dumps(points, indent=2))
+            atomic_write(confined(self.out, "breaking_points.json"), json.dumps(points, indent=2))
         for s in self.studies:
             for v in s["values"]:
                 self.study_result(s, v)
@@ -216,13 +227,15 @@ class Sweep:
 
     # ---------------------------------------------------------------- output
     def rows(self) -> list[dict]:
+        """The cell files computed with this sweep's configuration (cells left in the folder by
+        another configuration, and files that are not a cell of their own name, are not shown)."""
         out = []
-        for f in sorted((self.out / "cells").glob("*.json")):
+        for f in sorted(confined(self.out, "cells").glob("*.json")):
             try:
                 row = json.loads(f.read_text())
-            except json.JSONDecodeError:
+            except (OSError, ValueError):
                 continue
-            if self.current(row):  # cells left by another configuration in the same folder are not shown
+            if isinstance(row, dict) and row.get("cell") == f.name[:-len(".json")] and self.current(row):
                 out.append(row)
         return out
 

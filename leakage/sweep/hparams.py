@@ -5,13 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from .paths import confined
 from .tables import METRICS
 
 
 def write_hparams(out: Path, rows: list[dict]) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    tb_dir = out / "hparams"
+    tb_dir = confined(out, "hparams")
     if tb_dir.exists():
         shutil.rmtree(tb_dir)
     with SummaryWriter(str(tb_dir)) as w:
@@ -25,4 +26,5 @@ def write_hparams(out: Path, rows: list[dict]) -> None:
                 hparams = {"defense": r["defense"], "strength": r["value"]}
             metrics = {f"hparam/{m}": r[m] for m in (*METRICS, "image_success_rate", "time_s", "entries_per_unknown")
                        if isinstance(r.get(m), (int, float))}
+            confined(out, "hparams", r["cell"])  # the run's folder: a plain name inside the output
             w.add_hparams(hparams, metrics, run_name=r["cell"])

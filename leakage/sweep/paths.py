@@ -1,7 +1,8 @@
 """Names of a sweep's cells and the files written under its output folder.
 
-Defense and study names are checked by :func:`check_name` (refused, never rewritten); cell ids are
-built from those names and the cell's value.
+Every path the sweep writes or deletes is built by :func:`confined` from names checked here:
+defense and study names by :func:`check_name` (refused, never rewritten), cell ids from those
+names and the cell's value. A path that would leave the output folder is an error.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 #: what a defense or study name may be (it names files: ``runs/<name>=<value>``, ``<name>.png``)
 NAME_RULE = "letters, digits, '_' and '-' only, starting with a letter or digit, at most 64 characters"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: one file or folder name under the output: a checked name, '.', '=', '+' (cell ids, suffixes)
+_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 
 
@@ -43,6 +46,19 @@ def study_cell_id(study: dict, value: Any) -> str:
     """A study cell: ``cifar10.batch_size=4`` (the study's name is checked; the key's last part and
     the value are made safe: any other character becomes '_')."""
     return _UNSAFE.sub("_", f"{study['name']}.{study['key'].rsplit('.', 1)[-1]}={fmt(value)}")
+
+
+def confined(out: Path, *parts: str) -> Path:
+    """``out/part/...``, each part one plain file name, and the result inside ``out`` once links are
+    resolved: the only way the sweep builds a path it writes or deletes."""
+    for part in parts:
+        if not isinstance(part, str) or not _PART.fullmatch(part):
+            raise ValueError(f"refusing to write {part!r} under the sweep output {out}: not a plain file name")
+    path = out.joinpath(*parts)
+    root = out.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise ValueError(f"refusing to write {path}: it resolves to {path.resolve()}, outside the sweep output {root}")
+    return path
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .paths import atomic_write, fmt, study_cell_id
+from .paths import atomic_write, confined, fmt, study_cell_id
 
 METRICS = ("label_acc", "mse", "ssim", "psnr", "success_rate")
 HEADERS = {"label_acc": "label accuracy", "mse": "MSE", "ssim": "SSIM", "psnr": "PSNR", "success_rate": "attack success rate"}
@@ -43,12 +43,13 @@ def write_tables(out: Path, cfg: dict, defenses: list[dict], studies: list[dict]
     order = {study_cell_id(s, v): (i, j) for i, s in enumerate(studies) for j, v in enumerate(s["values"])}
     by_study = sorted((r for r in rows if "study" in r),
                       key=lambda r: (*order.get(r["cell"], (len(order), 0)), r["cell"]))
-    with open(out / "results.csv.tmp", "w", newline="") as f:
+    tmp, csv_path = confined(out, "results.csv.tmp"), confined(out, "results.csv")
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
         w.writeheader()
         for r in defense_rows + by_study:
             w.writerow(r)
-    os.replace(out / "results.csv.tmp", out / "results.csv")
+    os.replace(tmp, csv_path)
     md = [f"Attack success: SSIM >= {cfg['success_ssim']}" +
           (f"; a defense holds at a success rate <= {float(cfg['target_success']):.0%}." if defenses
            else "."), ""]
@@ -89,5 +90,5 @@ def write_tables(out: Path, cfg: dict, defenses: list[dict], studies: list[dict]
                       (f" (resolution {p['resolution']:.3g})" if p.get("resolution") is not None else ""))
         md.append("")
     text = "\n".join(md)
-    atomic_write(out / "results.md", text)
+    atomic_write(confined(out, "results.md"), text)
     return text
