@@ -474,3 +474,56 @@ def test_a_corrupt_sweep_config_is_one_line(tmp_path, capsys, text, reason):
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     line = cli_error(capsys, ["sweep", "--config", str(path)])
     assert line.startswith(f"leakage: error: cannot read sweep config {path}: ") and reason in line, line
+
+
+# --------------------------------------------------------------------------- one sweep per output folder
+def _lock(out: Path, pid: int) -> Path:
+    """A lock in ``out`` held by process ``pid`` of this host, written by hand."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / "sweep.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+    return lock
+
+
+def test_a_sweep_into_an_output_in_use_by_a_live_process_is_refused(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    lock = _lock(out, os.getpid())  # a process that runs: this one
+    held = lock.read_text()
+    line = cli_error(capsys, ["sweep", "--config", str(_one_defense(tmp_path, NOISE)), *TINY])
+    assert line.startswith(f"leakage: error: the sweep output {out} is in use by another sweep (pid {os.getpid()});")
+    assert lock.read_text() == held  # still the other sweep's
+    assert not list((out / "cells").glob("*")) and not (out / "results.csv").exists()
+
+
+def test_a_lock_of_a_dead_process_is_taken_over_held_while_running_and_released(tmp_path, capsys, monkeypatch):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "sweep"
+    lock = _lock(out, gone.pid)
+    held, run = [], Sweep._run
+
+    def spy(self, *args):
+        held.append(json.loads(lock.read_text())["pid"])
+        return run(self, *args)
+
+    monkeypatch.setattr(Sweep, "_run", spy)
+    main(["sweep", "--config", str(_one_defense(tmp_path, NOISE)), *TINY])
+    assert held == [os.getpid()]
+    assert f"from pid {gone.pid}, which is no longer running" in capsys.readouterr().err
+    assert not lock.exists()
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["defense"], r["value"], r["status"]) for r in rows] == [("noise", "0.0", "ok")]
+
+
+def test_the_lock_is_released_when_a_sweep_fails(tmp_path, monkeypatch):
+    lock = tmp_path / "sweep" / "sweep.lock"
+    held = []
+
+    def interrupted(self, *args):
+        held.append(json.loads(lock.read_text())["pid"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Sweep, "_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["sweep", "--config", str(_one_defense(tmp_path, NOISE)), *TINY])
+    assert held == [os.getpid()] and not lock.exists()

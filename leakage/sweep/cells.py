@@ -19,6 +19,7 @@ import yaml
 
 from .config import check_sweep, defense_class, set_key
 from .hparams import write_hparams
+from .lock import SweepLock
 from .paths import atomic_write, cell_id, confined, fmt, study_cell_id
 from .plots import write_plots
 from .search import breaking_point
@@ -215,14 +216,16 @@ class Sweep:
         return breaking_point(defense, self.result, self.holds, int(self.cfg["refine"]))
 
     def run(self) -> list[dict]:
-        """Every defense's breaking point (returned), then every study's grid."""
-        points = [self.breaking_point(d) for d in self.defenses]
-        if self.defenses:
-            atomic_write(confined(self.out, "breaking_points.json"), json.dumps(points, indent=2))
-        for s in self.studies:
-            for v in s["values"]:
-                self.study_result(s, v)
-        self.write_tables(points)
+        """Every defense's breaking point (returned), then every study's grid; the output folder is
+        locked for this sweep meanwhile."""
+        with SweepLock(self.out):
+            points = [self.breaking_point(d) for d in self.defenses]
+            if self.defenses:
+                atomic_write(confined(self.out, "breaking_points.json"), json.dumps(points, indent=2))
+            for s in self.studies:
+                for v in s["values"]:
+                    self.study_result(s, v)
+            self.write_tables(points)
         return points
 
     # ---------------------------------------------------------------- output
