@@ -41,10 +41,28 @@ one-line error. A sweep started again skips completed cells and redoes interrupt
 never loses or corrupts what it wrote. Tables (``results.csv``, ``results.md``), one plot per
 defense and per study (``<name>.png``) and the TensorBoard hparams view are rebuilt from the cell
 files after every cell.
+
+A sweep config is data, checked before anything runs:
+
+- only the keys above: a misspelt one (``outptu``, ``strongr``) is an error that lists the allowed keys;
+- a defense's ``class_path`` is one of the package's defenses, by short name (``GaussianNoise``,
+  ``NormClip``, ``DPGaussian``, ``TopK``, ``SecureAggregation``) or by its path inside the package
+  (``leakage.defenses.TopK``); nothing else is imported or run, and ``init_args`` holds arguments
+  of that class only;
+- ``values`` are finite numbers; ``success_ssim`` is in [0, 1], ``target_success`` in [0, 1),
+  ``refine`` a whole number >= 0;
+- defense and study names use letters, digits, '_' and '-' only (starting with a letter or digit,
+  at most 64 characters, unique ignoring case): they name files, and nothing is written or deleted
+  outside ``output``.
+
+One sweep at a time writes to an output folder: it holds ``output/sweep.lock`` (its pid and host)
+while it runs and removes it when it ends; a second sweep there is refused. A lock left by a process
+that no longer runs on this host is taken over.
 """
 
 # The package's parts: config (reading and checking the sweep section), cells (running and
-# resuming cells), search (breaking points), tables, plots, hparams, paths (cell names and files)
+# resuming cells), search (breaking points), tables, plots, hparams, paths (cell names and the
+# only way to build a path under the output), lock (one sweep per output folder)
 # and command (`leakage sweep`'s arguments). They use the engine (leakage.fit, leakage.errors,
 # leakage.callbacks, leakage.defenses), never leakage.cli, which imports this package.
 from .cells import Sweep
