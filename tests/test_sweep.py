@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,9 +18,9 @@ import pytest
 import yaml
 
 from leakage.cli import main
-from leakage.sweep import parse
+from leakage.sweep import Sweep, parse
 
-from conftest import CONFIGS
+from conftest import CONFIGS, cli_error
 
 TINY = ["--trainer.max_steps", "2", "--model.lbfgs_max_iter", "2", "--data.num_victims", "2"]
 
@@ -137,6 +138,17 @@ def test_interrupted_sweep_resumes_without_redoing_or_losing_cells(tmp_path):
          "dotted path"),
         (lambda c: c["sweep"].update(studies=[{"name": "noise", "key": "data.batch_size", "values": [1]}]),
          "names must be unique"),
+        (lambda c: c["sweep"].update(studies=[{"name": "Noise", "key": "data.batch_size", "values": [1]}]),
+         "names must be unique (ignoring case"),
+        (lambda c: c["sweep"]["defenses"][0]["init_args"].update(sigmaa=1),
+         "sweep defense 'noise': GaussianNoise has no argument 'sigmaa'; its arguments: sigma, relative, seed"),
+        (lambda c: c["sweep"]["defenses"][0].update(param="sigmaa"),
+         "param 'sigmaa' is not an argument of GaussianNoise; its arguments: sigma, relative, seed"),
+        (lambda c: c["sweep"]["defenses"][0]["init_args"].update(sigma=1), "init_args sets 'sigma', the param"),
+        (lambda c: c["sweep"]["defenses"][0].update(class_path="DPGaussian", param="noise_multiplier", init_args={}),
+         "DPGaussian needs max_norm in init_args"),
+        (lambda c: c["sweep"]["defenses"][0].update(values=[0, "lots"]), "each of values must be a number, got 'lots'"),
+        (lambda c: c["sweep"]["defenses"].append("topk"), "a sweep defense must be a mapping"),
     ],
 )
 def test_bad_sweep_configs_are_clear_errors(tmp_path, capsys, edit, match):
@@ -305,3 +317,213 @@ def test_a_cell_computed_with_another_configuration_is_run_again_not_reused(tmp_
     main(["sweep", "--config", str(cfg), *changed])
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["study"] for r in rows] == ["mnist"]
+
+
+# --------------------------------------------------------------------------- hostile or mistyped configs
+NOISE = {"name": "noise", "class_path": "leakage.defenses.GaussianNoise", "param": "sigma", "values": [0.0]}
+
+
+def _one_defense(tmp_path: Path, defense: dict, **sweep) -> Path:
+    """A sweep config of one defense (one tiny cell per value) into ``tmp_path/sweep``."""
+    cfg = yaml.safe_load((CONFIGS / "defense_sweep.yaml").read_text())
+    cfg["data"]["dataset"] = "mnist"
+    cfg["sweep"].update({"output": str(tmp_path / "sweep"), "refine": 0, **sweep})
+    cfg["sweep"]["defenses"] = [defense]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _outside(tmp_path: Path) -> dict:
+    """Every file and folder under ``tmp_path`` but the sweep output, with its contents."""
+    return {str(p.relative_to(tmp_path)): p.read_bytes() if p.is_file() else None
+            for p in tmp_path.rglob("*") if p.relative_to(tmp_path).parts[0] != "sweep"}
+
+
+ALLOWED_DEFENSES = "DPGaussian, GaussianNoise, NormClip, SecureAggregation, TopK"
+
+
+def test_a_defense_class_outside_the_package_is_refused_and_never_run(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    cfg = _one_defense(tmp_path, {"name": "evil", "class_path": "subprocess.run", "param": "timeout", "values": [10],
+                                  "init_args": {"args": ["touch", str(marker)]}})
+    line = cli_error(capsys, ["sweep", "--config", str(cfg), *TINY])
+    assert line.startswith("leakage: error: unknown defense class 'subprocess.run'") and ALLOWED_DEFENSES in line
+    assert not marker.exists() and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("class_path, param", [
+    ("evil_defense.Evil", "sigma"),  # a Defense subclass, but in the user's module: never imported
+    ("os.system", "command"),
+    ("builtins.eval", "source"),
+    ("leakage.cli.main", "args"),  # inside the package, but not a defense
+    ("leakage.defenses.Defense", "sigma"),  # the base class, not a defense
+    ("leakage.defenses.gaussian_noise", "sigma"),
+])
+def test_only_the_package_s_defense_classes_are_accepted_and_nothing_else_is_imported(
+        tmp_path, capsys, monkeypatch, class_path, param):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_defense.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n"
+        "from leakage.defenses import GaussianNoise\n\n\nclass Evil(GaussianNoise):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = _one_defense(tmp_path, {"name": "evil", "class_path": class_path, "param": param, "values": [0]})
+    try:
+        line = cli_error(capsys, ["sweep", "--config", str(cfg), *TINY])
+        assert line.startswith(f"leakage: error: unknown defense class '{class_path}'") and ALLOWED_DEFENSES in line
+        assert not marker.exists() and "evil_defense" not in sys.modules
+        assert not (tmp_path / "sweep").exists()
+    finally:
+        sys.modules.pop("evil_defense", None)
+
+
+def test_a_defense_named_by_its_short_name_is_the_package_s_class(tmp_path):
+    sweep = parse(["--config", str(_one_defense(tmp_path, {**NOISE, "class_path": "GaussianNoise",
+                                                           "init_args": {"relative": True}}))])
+    d = sweep.defenses[0]
+    assert d["class_path"] == "leakage.defenses.GaussianNoise"
+    assert sweep.defense_config(d, 0.5)["trainer"]["callbacks"][-1] == {
+        "class_path": "leakage.defenses.GaussianNoise", "init_args": {"relative": True, "sigma": 0.5}}
+
+
+@pytest.mark.parametrize("kind", ["defense", "study"])
+@pytest.mark.parametrize("name", ["../../victim", "ABSOLUTE", "a/b", "", ".."])
+def test_a_name_that_is_not_a_plain_file_name_is_refused_and_nothing_outside_is_touched(
+        tmp_path, capsys, monkeypatch, kind, name):
+    monkeypatch.chdir(tmp_path)
+    if name == "ABSOLUTE":
+        name = str(tmp_path / "victim")
+    # where a cell folder (runs/<name>=0) and a plot (<name>.png) of these names land: both exist
+    (tmp_path / "victim=0").mkdir()
+    (tmp_path / "victim=0" / "precious.txt").write_text("keep me")
+    (tmp_path / "victim.png").write_text("keep me too")
+    if kind == "defense":
+        cfg = _one_defense(tmp_path, {**NOISE, "name": name})
+    else:
+        cfg = _study_config(tmp_path, [{**BATCH_STUDY, "name": name, "values": [1]}])
+    before = _outside(tmp_path)
+    line = cli_error(capsys, ["sweep", "--config", str(cfg), *TINY])
+    assert line.startswith(f"leakage: error: sweep {kind} name {name!r} is not allowed")
+    assert "letters, digits, '_' and '-' only" in line
+    assert _outside(tmp_path) == before and not (tmp_path / "sweep").exists()
+
+
+def test_a_cell_folder_that_resolves_outside_the_output_is_never_deleted(tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "noise=0").mkdir(parents=True)
+    (elsewhere / "noise=0" / "precious.txt").write_text("keep me")
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "runs").symlink_to(elsewhere, target_is_directory=True)
+    line = cli_error(capsys, ["sweep", "--config", str(_one_defense(tmp_path, NOISE)), *TINY])
+    assert "outside the sweep output" in line
+    assert (elsewhere / "noise=0" / "precious.txt").read_text() == "keep me"
+    assert [p.name for p in elsewhere.iterdir()] == ["noise=0"]
+
+
+def test_unknown_sweep_keys_name_the_key_and_the_allowed_ones(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a misspelt output must not put a sweep into the working directory either
+    cfg = _one_defense(tmp_path, NOISE)
+    data = yaml.safe_load(cfg.read_text())
+    data["sweep"]["outptu"] = data["sweep"].pop("output")
+    cfg.write_text(yaml.safe_dump(data))
+    assert cli_error(capsys, ["sweep", "--config", str(cfg), *TINY]) == (
+        "leakage: error: unknown sweep key 'outptu'; allowed: output, success_ssim, target_success, refine, "
+        "defenses, studies")
+    cfg = _one_defense(tmp_path, {**NOISE, "strongr": "larger"})
+    assert cli_error(capsys, ["sweep", "--config", str(cfg), *TINY]) == (
+        "leakage: error: sweep defense 'noise': unknown key 'strongr'; allowed: name, class_path, param, values, "
+        "stronger, init_args")
+    cfg = _one_defense(tmp_path, NOISE)
+    assert cli_error(capsys, ["sweep", "--config", str(cfg), "--sweep.outptu", "x", *TINY]) == (
+        "leakage: error: unknown sweep option '--sweep.outptu'; allowed: --sweep.output, --sweep.success_ssim, "
+        "--sweep.target_success, --sweep.refine")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]
+
+
+@pytest.mark.parametrize("sweep, values, args, match", [
+    ({}, [0.0, float("nan")], [], "sweep defense 'noise': each of values must be a finite number, got nan"),
+    ({}, [float("inf")], [], "sweep defense 'noise': each of values must be a finite number, got inf"),
+    ({}, ["-inf"], [], "sweep defense 'noise': each of values must be a finite number, got '-inf'"),
+    ({"success_ssim": float("nan")}, [0.0], [], "sweep success_ssim must be a finite number, got nan"),
+    ({"success_ssim": 1.5}, [0.0], [], "sweep success_ssim must be in [0, 1], got 1.5"),
+    ({}, [0.0], ["--sweep.success_ssim", "nan"], "sweep success_ssim must be a finite number, got 'nan'"),
+    ({"target_success": float("-inf")}, [0.0], [], "sweep target_success must be a finite number, got -inf"),
+    ({"refine": -1}, [0.0], [], "sweep refine must be a whole number >= 0, got -1"),
+    ({"refine": 2.5}, [0.0], [], "sweep refine must be a whole number >= 0, got 2.5"),
+    ({}, [0.0], ["--sweep.refine", "two"], "sweep refine must be a whole number >= 0, got 'two'"),
+    ({"output": ""}, [0.0], [], "sweep output must be a folder name, got ''"),
+])
+def test_sweep_values_out_of_range_or_not_finite_are_refused(tmp_path, capsys, monkeypatch, sweep, values, args,
+                                                            match):
+    monkeypatch.chdir(tmp_path)
+    cfg = _one_defense(tmp_path, {**NOISE, "values": values}, **sweep)
+    line = cli_error(capsys, ["sweep", "--config", str(cfg), *args, *TINY])
+    assert line == f"leakage: error: {match}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("sweep: [unclosed\n", "expected ',' or ']'"),
+    ("- a list\n- of things\n", "the top level must be a mapping of sections"),
+    ("sweep: 3\n", "section 'sweep' must be a mapping, got 3"),
+    ("data: [1, 2]\nsweep: {output: x}\n", "section 'data' must be a mapping, got [1, 2]"),
+    (b"sweep:\n  output: \xff\xfe\n", "can't decode byte 0xff"),
+])
+def test_a_corrupt_sweep_config_is_one_line(tmp_path, capsys, text, reason):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    line = cli_error(capsys, ["sweep", "--config", str(path)])
+    assert line.startswith(f"leakage: error: cannot read sweep config {path}: ") and reason in line, line
+
+
+# --------------------------------------------------------------------------- one sweep per output folder
+def _lock(out: Path, pid: int) -> Path:
+    """A lock in ``out`` held by process ``pid`` of this host, written by hand."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / "sweep.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+    return lock
+
+
+def test_a_sweep_into_an_output_in_use_by_a_live_process_is_refused(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    lock = _lock(out, os.getpid())  # a process that runs: this one
+    held = lock.read_text()
+    line = cli_error(capsys, ["sweep", "--config", str(_one_defense(tmp_path, NOISE)), *TINY])
+    assert line.startswith(f"leakage: error: the sweep output {out} is in use by another sweep (pid {os.getpid()});")
+    assert lock.read_text() == held  # still the other sweep's
+    assert not list((out / "cells").glob("*")) and not (out / "results.csv").exists()
+
+
+def test_a_lock_of_a_dead_process_is_taken_over_held_while_running_and_released(tmp_path, capsys, monkeypatch):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "sweep"
+    lock = _lock(out, gone.pid)
+    held, run = [], Sweep._run
+
+    def spy(self, *args):
+        held.append(json.loads(lock.read_text())["pid"])
+        return run(self, *args)
+
+    monkeypatch.setattr(Sweep, "_run", spy)
+    main(["sweep", "--config", str(_one_defense(tmp_path, NOISE)), *TINY])
+    assert held == [os.getpid()]
+    assert f"from pid {gone.pid}, which is no longer running" in capsys.readouterr().err
+    assert not lock.exists()
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["defense"], r["value"], r["status"]) for r in rows] == [("noise", "0.0", "ok")]
+
+
+def test_the_lock_is_released_when_a_sweep_fails(tmp_path, monkeypatch):
+    lock = tmp_path / "sweep" / "sweep.lock"
+    held = []
+
+    def interrupted(self, *args):
+        held.append(json.loads(lock.read_text())["pid"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Sweep, "_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["sweep", "--config", str(_one_defense(tmp_path, NOISE)), *TINY])
+    assert held == [os.getpid()] and not lock.exists()

@@ -1,0 +1,71 @@
+"""``leakage sweep``: the attack over a grid of defense strengths (with each defense's breaking
+point), and studies over any ``fit`` config key (batch size, dataset, model, steps, ...).
+
+A sweep config is a ``fit`` config (trainer, model, data: the attack and its victims) plus a
+``sweep`` section with ``defenses``, ``studies`` or both::
+
+    sweep:
+      output: logs/defense_sweep      # everything lands here
+      success_ssim: 0.6               # a victim is reconstructed at SSIM >= this
+      target_success: 0.1             # a defense holds when the success rate is <= this
+      refine: 3                       # bisection steps between the last leaking and first holding value
+      defenses:
+        - name: noise
+          class_path: leakage.defenses.GaussianNoise
+          param: sigma                # the strength parameter, swept over `values`
+          values: [0, 0.01, 0.1, 0.5, 1.0]
+          stronger: larger            # larger values defend more ("smaller" for top-k keep ratios)
+          init_args: {relative: false}
+      studies:
+        - name: cifar10               # names the cells (cifar10.batch_size=4), the table and the plot
+          key: data.batch_size        # a dotted path into the fit config, swept over `values`
+          values: [1, 2, 4, 8, 16]    # run in this order; YAML types are kept (ints stay ints)
+          set: {data.dataset: cifar10}          # optional: fixed dotted-key settings of this study
+          per_value:                  # optional: extra dotted-key settings for single values
+            2: {data.num_victims: 10}
+          label: B                    # optional: the value column's header (default: B for a
+                                      # batch size, else the key)
+
+A defense cell adds the defense as the last of ``trainer.callbacks``; the sweep searches each
+defense's breaking point. A study cell is the base config with, in this order, the study's ``set``,
+``key: value`` and ``per_value[value]`` applied (setting a dotted key creates the sections it
+needs; the value replaces what was there); studies run their grid only (no search). Fit options
+given on the command line apply to every cell and take precedence over all of these (one that
+sets a study's swept key is refused).
+
+Every cell is one ``fit`` run in ``output/runs/<cell>/`` (TensorBoard events, metrics, gallery);
+its summary (metrics, ``time_s``: the fit's wall time, ``entries_per_unknown``: gradient entries
+per unknown input value) is written atomically to ``output/cells/<cell>.json`` when it completes.
+A cell that cannot run (a bad setting, an unknown config key) is recorded as failed with a
+one-line error. A sweep started again skips completed cells and redoes interrupted ones, so it
+never loses or corrupts what it wrote. Tables (``results.csv``, ``results.md``), one plot per
+defense and per study (``<name>.png``) and the TensorBoard hparams view are rebuilt from the cell
+files after every cell.
+
+A sweep config is data, checked before anything runs:
+
+- only the keys above: a misspelt one (``outptu``, ``strongr``) is an error that lists the allowed keys;
+- a defense's ``class_path`` is one of the package's defenses, by short name (``GaussianNoise``,
+  ``NormClip``, ``DPGaussian``, ``TopK``, ``SecureAggregation``) or by its path inside the package
+  (``leakage.defenses.TopK``); nothing else is imported or run, and ``init_args`` holds arguments
+  of that class only;
+- ``values`` are finite numbers; ``success_ssim`` is in [0, 1], ``target_success`` in [0, 1),
+  ``refine`` a whole number >= 0;
+- defense and study names use letters, digits, '_' and '-' only (starting with a letter or digit,
+  at most 64 characters, unique ignoring case): they name files, and nothing is written or deleted
+  outside ``output``.
+
+One sweep at a time writes to an output folder: it holds ``output/sweep.lock`` (its pid and host)
+while it runs and removes it when it ends; a second sweep there is refused. A lock left by a process
+that no longer runs on this host is taken over.
+"""
+
+# The package's parts: config (reading and checking the sweep section), cells (running and
+# resuming cells), search (breaking points), tables, plots, hparams, paths (cell names and the
+# only way to build a path under the output), lock (one sweep per output folder)
+# and command (`leakage sweep`'s arguments). They use the engine (leakage.fit, leakage.errors,
+# leakage.callbacks, leakage.defenses), never leakage.cli, which imports this package.
+from .cells import Sweep
+from .command import main, parse
+
+__all__ = ["Sweep", "main", "parse"]

@@ -1,0 +1,251 @@
+"""Running a sweep's cells: each one a full ``fit`` run, saved atomically, resumed, never reused
+when its configuration changed."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import check_sweep, defense_class, set_key
+from .hparams import write_hparams
+from .lock import SweepLock
+from .paths import atomic_write, cell_id, confined, fmt, study_cell_id
+from .plots import write_plots
+from .search import breaking_point
+from .tables import write_tables
+
+_UNKNOWN_KEY = re.compile(r"does not accept option '([^']+)'")
+
+
+def cell_error(err: Exception) -> str:
+    """One line that says why a cell could not run."""
+    from ..errors import OWN_PHRASES, one_line
+
+    text = str(err)
+    if isinstance(err, argparse.ArgumentError):  # the fit parser (exit_on_error=False) rejected the config
+        m = _UNKNOWN_KEY.search(text)
+        if m:
+            return f"unknown config key {m.group(1)!r}: `leakage fit` has no such option (see `leakage fit --help`)"
+        lines = [ln.strip().lstrip("- ").strip() for ln in text.splitlines() if ln.strip()]
+        own = [ln for ln in lines[1:] if OWN_PHRASES.search(ln)]
+        line = own[-1] if own else " ".join(lines[:2])
+        return re.sub(r'^Parser key "([^"]+)":', r"invalid value for \1:", line)[:300]
+    return one_line(err)[:300]
+
+
+class Sweep:
+    """Run the grids, resume them, and summarize them."""
+
+    def __init__(self, base: dict, sweep: dict, overrides: list[str]) -> None:
+        self.base = base
+        self.cfg, self.defenses, self.studies = check_sweep(sweep, overrides)
+        self.overrides = overrides
+        self.out = Path(self.cfg["output"])
+        try:
+            for folder in ("cells", "runs"):
+                confined(self.out, folder).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"cannot use the sweep output {self.out}: {err.strerror or err}") from None
+
+    # ------------------------------------------------------------------ cells
+    def cell_path(self, cid: str) -> Path:
+        return confined(self.out, "cells", f"{cid}.json")
+
+    def cell(self, cid: str, row: dict, make_config: Callable[[], dict]) -> dict:
+        """The cell's summary, running it unless a completed result is on disk.
+
+        ``make_config`` builds the cell's fit config; an error there fails the cell like an error
+        in the fit does.
+        """
+        path = self.cell_path(cid)
+        try:
+            cfg, error = make_config(), None
+        except (ValueError, TypeError) as err:
+            cfg, error = None, err
+        fingerprint = self.fingerprint(cfg)
+        if path.exists():
+            try:
+                done = json.loads(path.read_text())
+            except ValueError:  # cannot happen with atomic writes, but never trust a broken file
+                done = None
+            if not isinstance(done, dict):
+                done = None
+            if done is not None and done.get("fingerprint") == fingerprint:
+                return done
+            if done is not None:  # a result of another attack or victim set: never reuse it
+                print(f"leakage sweep: cell {cid} was run with another configuration; running it again",
+                      file=sys.stderr)
+            path.unlink()
+        row = {**row, "cell": cid, "fingerprint": fingerprint}
+        if error is not None:
+            row.update(status="failed", error=cell_error(error))
+        else:
+            row = self._run(cid, cfg, row)
+        atomic_write(path, json.dumps(row, indent=2))
+        self.write_tables()
+        return row
+
+    def fingerprint(self, cfg: dict | None) -> str:
+        """What a cell's result depends on: its fit config, the command-line overrides, the success bar."""
+        text = json.dumps({"config": cfg, "overrides": self.overrides, "success_ssim": float(self.cfg["success_ssim"])},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def defense_config(self, defense: dict, value: float) -> dict:
+        """The base config with the defense appended to the trainer's callbacks."""
+        init_args = {**defense["init_args"], defense["param"]: value}
+        defense_class(defense["class_path"])(**init_args)  # a clear error for a bad setting
+        cfg = json.loads(json.dumps(self.base))
+        trainer = cfg.setdefault("trainer", {})
+        trainer["callbacks"] = [*(trainer.get("callbacks") or []),
+                                {"class_path": defense["class_path"], "init_args": init_args}]
+        return cfg
+
+    def result(self, defense: dict, value: float) -> dict:
+        """A defense cell."""
+        return self.cell(cell_id(defense["name"], value),
+                         {"defense": defense["name"], "param": defense["param"], "value": value},
+                         lambda: self.defense_config(defense, value))
+
+    def current(self, row: dict) -> bool:
+        """Whether a cell file on disk is a cell of this sweep, computed with its configuration."""
+        try:
+            if "study" in row:
+                study = next(s for s in self.studies if s["name"] == row["study"])
+                cid, make = study_cell_id(study, row["value"]), lambda: self.study_config(study, row["value"])
+            else:
+                defense = next(d for d in self.defenses if d["name"] == row["defense"])
+                cid, make = cell_id(defense["name"], row["value"]), lambda: self.defense_config(defense, row["value"])
+        except StopIteration:
+            return False  # a defense or study this sweep no longer has
+        except (ValueError, TypeError, KeyError):
+            return False  # not a row this sweep writes
+        if row.get("cell") != cid:
+            return False
+        try:
+            cfg = make()
+        except (ValueError, TypeError, KeyError):
+            cfg = None
+        return row.get("fingerprint") == self.fingerprint(cfg)
+
+    def study_config(self, study: dict, value: Any) -> dict:
+        """The base config with the study's ``set``, ``key: value`` and ``per_value[value]`` applied."""
+        cfg = json.loads(json.dumps(self.base))
+        for k, v in study["set"].items():
+            set_key(cfg, k, v)
+        set_key(cfg, study["key"], value)
+        for v, settings in study["per_value"]:
+            if v == value or fmt(v) == fmt(value):
+                for k, x in settings.items():
+                    set_key(cfg, k, x)
+        return cfg
+
+    def study_result(self, study: dict, value: Any) -> dict:
+        return self.cell(study_cell_id(study, value), {"study": study["name"], "key": study["key"], "value": value},
+                         lambda: self.study_config(study, value))
+
+    def _run(self, cid: str, cfg: dict, row: dict) -> dict:
+        """One full in-process ``fit`` of ``cfg`` as cell ``cid``; its summary added to ``row``."""
+        from argparse import ArgumentError
+
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        from ..attack import GradientInversion
+        from ..callbacks import summarize
+        from ..data import VictimDataModule
+        from ..fit import TRAINER_DEFAULTS, LeakageCLI
+
+        run_dir = confined(self.out, "runs", cid)
+        if run_dir.exists():  # an interrupted run of this cell: start it again from scratch
+            shutil.rmtree(run_dir)
+        cfg = json.loads(json.dumps(cfg))
+        trainer = cfg.get("trainer")
+        if not isinstance(trainer, dict):
+            trainer = cfg["trainer"] = {}
+        trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                             "init_args": {"save_dir": str(self.out), "name": "runs", "version": cid}}
+        trainer.setdefault("enable_progress_bar", False)
+        report_cfg = cfg.get("report")
+        if not isinstance(report_cfg, dict):
+            report_cfg = cfg["report"] = {}
+        report_cfg["success_ssim"] = float(self.cfg["success_ssim"])
+        cfg_path = confined(self.out, "cells", f"{cid}.config.yaml")
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        try:
+            with warnings.catch_warnings():  # the sweep passes its cells' args on purpose
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                start = time.perf_counter()
+                cli = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS,
+                                 save_config_kwargs={"overwrite": True},
+                                 parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+                                 args=["fit", "--config", str(cfg_path), *self.overrides])
+                elapsed = time.perf_counter() - start
+            report = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "LeakageReport")
+        except (ValueError, TypeError, FileNotFoundError, RuntimeError, ArgumentError,
+                MisconfigurationException) as err:
+            return {**row, "status": "failed", "error": cell_error(err)}
+        s = summarize(report.rows, float(self.cfg["success_ssim"]))
+        if "success" not in s:
+            return {**row, "status": "failed", "error": "a sweep needs victim images (not source=gradients)"}
+        row.update(status="ok", victims=s["victims"], failed=s["failed"], success=s["success"],
+                   success_rate=s["success"] / s["victims"], images=s["images"], image_success=s["image_success"],
+                   image_success_rate=s["image_success"] / s["images"], label_acc=s["label_acc"], mse=s["mse_mean"],
+                   ssim=s["ssim_mean"], psnr=s["psnr_mean"], time_s=elapsed,
+                   entries_per_unknown=float(report.summary["entries_per_unknown"]),
+                   dataset=cli.datamodule.dataset, model=cli.model.hparams.model,
+                   defenses=report.defenses_of(cli.trainer))
+        return row
+
+    # ---------------------------------------------------------------- search
+    def holds(self, row: dict) -> bool:
+        return row.get("status") == "ok" and row["success_rate"] <= float(self.cfg["target_success"])
+
+    def breaking_point(self, defense: dict) -> dict:
+        """Weakest setting that holds, refined by bisection between the last leaking and first holding value."""
+        return breaking_point(defense, self.result, self.holds, int(self.cfg["refine"]))
+
+    def run(self) -> list[dict]:
+        """Every defense's breaking point (returned), then every study's grid; the output folder is
+        locked for this sweep meanwhile."""
+        with SweepLock(self.out):
+            points = [self.breaking_point(d) for d in self.defenses]
+            if self.defenses:
+                atomic_write(confined(self.out, "breaking_points.json"), json.dumps(points, indent=2))
+            for s in self.studies:
+                for v in s["values"]:
+                    self.study_result(s, v)
+            self.write_tables(points)
+        return points
+
+    # ---------------------------------------------------------------- output
+    def rows(self) -> list[dict]:
+        """The cell files computed with this sweep's configuration (cells left in the folder by
+        another configuration, and files that are not a cell of their own name, are not shown)."""
+        out = []
+        for f in sorted(confined(self.out, "cells").glob("*.json")):
+            try:
+                row = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(row, dict) and row.get("cell") == f.name[:-len(".json")] and self.current(row):
+                out.append(row)
+        return out
+
+    def write_tables(self, points: list[dict] | None = None) -> str:
+        """Rebuild the tables, plots and hparams view from the cell files; return the markdown table."""
+        rows = self.rows()
+        text = write_tables(self.out, self.cfg, self.defenses, self.studies, rows, points)
+        write_plots(self.out, self.defenses, self.studies, rows, points or [])
+        write_hparams(self.out, rows)
+        return text

@@ -1,0 +1,66 @@
+"""The sweep's plots: one ``<name>.png`` per defense (metrics against strength) and per study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .paths import confined, fmt
+from .tables import HEADERS, METRICS, STUDY_HEADERS, STUDY_METRICS, study_rows
+
+
+def write_plots(out: Path, defenses: list[dict], studies: list[dict], rows: list[dict], points: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for d in defenses:
+        mine = sorted((r for r in rows if r.get("defense") == d["name"] and r.get("status") == "ok"),
+                      key=lambda r: r["value"])
+        if not mine:
+            continue
+        xs = [r["value"] for r in mine]
+        fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3))
+        positive = [x for x in xs if x > 0]
+        for ax, m in zip(axes, METRICS):
+            ax.plot(xs, [r[m] for r in mine], "o-")
+            ax.set_title(HEADERS[m], fontsize=9)
+            ax.set_xlabel(d["param"])
+            if positive and len(positive) == len(xs):
+                ax.set_xscale("log")
+            elif positive:  # a zero setting (no defense) on a log-like axis
+                ax.set_xscale("symlog", linthresh=min(positive))
+            for p in points:
+                if p["defense"] == d["name"] and p.get("breaking_point") is not None:
+                    ax.axvline(p["breaking_point"], color="red", ls="--", lw=0.8)
+        fig.suptitle(f"{d['name']}: attack against defense strength (red: breaking point)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(confined(out, f"{d['name']}.png"), dpi=110)
+        plt.close(fig)
+
+    for s in studies:
+        mine = [r for r in study_rows(rows, s) if r.get("status") == "ok"]
+        if not mine:
+            continue
+        values = [r["value"] for r in mine]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        xs = values if numeric else list(range(len(values)))
+        fig, axes = plt.subplots(2, 3, figsize=(10, 6))
+        for ax, m in zip(axes.flat, STUDY_METRICS):
+            ax.plot(xs, [r.get(m, float("nan")) for r in mine], "o-")
+            ax.set_title(STUDY_HEADERS[m], fontsize=9)
+            ax.set_xlabel(s["label"])
+            if m in ("label_acc", "image_success_rate"):
+                ax.set_ylim(-0.05, 1.05)
+            if numeric and all(v > 0 for v in values):
+                ints = all(isinstance(v, int) for v in values)
+                ax.set_xscale("log", base=2 if ints else 10)
+                if ints:
+                    ax.set_xticks(values, [str(v) for v in values])
+                    ax.minorticks_off()
+            elif not numeric:
+                ax.set_xticks(xs, [fmt(v) for v in values])
+        fig.suptitle(f"{s['name']}: attack against {s['key']}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(confined(out, f"{s['name']}.png"), dpi=110)
+        plt.close(fig)

@@ -1,0 +1,94 @@
+"""The sweep's tables, rebuilt from its cell files: ``results.csv`` and ``results.md``."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .paths import atomic_write, confined, fmt, study_cell_id
+
+METRICS = ("label_acc", "mse", "ssim", "psnr", "success_rate")
+HEADERS = {"label_acc": "label accuracy", "mse": "MSE", "ssim": "SSIM", "psnr": "PSNR", "success_rate": "attack success rate"}
+#: what a study's table and plot show, after the swept value
+STUDY_METRICS = ("label_acc", "ssim", "psnr", "image_success_rate", "time_s", "entries_per_unknown")
+STUDY_HEADERS = {"label_acc": "label accuracy", "ssim": "mean SSIM", "psnr": "PSNR",
+                 "image_success_rate": "images reconstructed",
+                 "time_s": "time (s)", "entries_per_unknown": "gradient entries per unknown"}
+CSV_FIELDS = ("defense", "param", "study", "key", "value", "status", "victims", "failed", "success", *METRICS,
+              "images", "image_success", "image_success_rate", "time_s", "entries_per_unknown", "cell", "error")
+
+
+def md_table(label: str, columns: list[str], rows: list[dict], cells: Callable[[dict], list[str]]) -> list[str]:
+    """Markdown lines of a table: the swept value, then ``cells(row)``; a failed cell says why."""
+    lines = [f"| {label} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for r in rows:
+        body = cells(r) if r.get("status") == "ok" else [f"failed: {r.get('error', '')}"] + [""] * (len(columns) - 1)
+        lines.append(f"| {fmt(r['value'])} | " + " | ".join(body) + " |")
+    return lines + [""]
+
+
+def study_rows(rows: list[dict], study: dict) -> list[dict]:
+    """The study's cells in the order of its values."""
+    cells = {study_cell_id(study, v): i for i, v in enumerate(study["values"])}
+    return sorted((r for r in rows if r.get("study") == study["name"] and r.get("cell") in cells),
+                  key=lambda r: cells[r["cell"]])
+
+
+def write_tables(out: Path, cfg: dict, defenses: list[dict], studies: list[dict], rows: list[dict],
+                 points: list[dict] | None) -> str:
+    """Write ``results.csv`` and ``results.md`` under ``out``; return the markdown."""
+    defense_rows = sorted((r for r in rows if "defense" in r), key=lambda r: (r["defense"], r["value"]))
+    order = {study_cell_id(s, v): (i, j) for i, s in enumerate(studies) for j, v in enumerate(s["values"])}
+    by_study = sorted((r for r in rows if "study" in r),
+                      key=lambda r: (*order.get(r["cell"], (len(order), 0)), r["cell"]))
+    tmp, csv_path = confined(out, "results.csv.tmp"), confined(out, "results.csv")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
+        w.writeheader()
+        for r in defense_rows + by_study:
+            w.writerow(r)
+    os.replace(tmp, csv_path)
+    md = [f"Attack success: SSIM >= {cfg['success_ssim']}" +
+          (f"; a defense holds at a success rate <= {float(cfg['target_success']):.0%}." if defenses
+           else "."), ""]
+    for d in defenses:
+        mine = sorted((r for r in rows if r.get("defense") == d["name"]), key=lambda r: r["value"],
+                      reverse=d["stronger"] == "smaller")
+        if not mine:
+            continue
+        desc = ", ".join(f"{k}={v}" for k, v in d["init_args"].items())
+        md.append(f"### {d['name']} ({d['class_path'].rsplit('.', 1)[-1]}{', ' + desc if desc else ''})")
+        md.append("")
+        md += md_table(d["param"], [HEADERS[m] for m in METRICS], mine, lambda r: [
+            f"{100 * r['label_acc']:.0f}%", f"{r['mse']:.4f}", f"{r['ssim']:.3f}", f"{r['psnr']:.2f}",
+            f"{100 * r['success_rate']:.0f}% ({r['success']}/{r['victims']})"])
+    for s in studies:
+        mine = study_rows(rows, s)
+        if not mine:
+            continue
+        md.append(f"### {s['name']} ({s['key']})")
+        md.append("")
+        columns = ["label accuracy", "mean SSIM", "PSNR", f"images with SSIM >= {cfg['success_ssim']}",
+                   "client updates", "time (s)", "gradient entries per unknown"]
+        md += md_table(s["label"], columns, mine, lambda r: [
+            f"{100 * r['label_acc']:.0f}%", f"{r['ssim']:.3f}", f"{r['psnr']:.2f}",
+            f"{100 * r['image_success_rate']:.0f}% ({r['image_success']}/{r['images']})", str(r["victims"]),
+            f"{r['time_s']:.1f}", f"{r['entries_per_unknown']:.2f}"])
+        ok = [r for r in mine if r.get("status") == "ok"]
+        setup = [f"{what}: {', '.join(dict.fromkeys(str(r[what]) for r in ok))}"
+                 for what in ("dataset", "model") if any(what in r for r in ok)]
+        if setup:
+            md.append("; ".join(setup) + f"; success: SSIM >= {cfg['success_ssim']}.")
+            md.append("")
+    if points:
+        md.append("### Breaking points")
+        md.append("")
+        for p in points:
+            md.append(f"- {p['defense']}: {p['note']}" +
+                      (f" (resolution {p['resolution']:.3g})" if p.get("resolution") is not None else ""))
+        md.append("")
+    text = "\n".join(md)
+    atomic_write(confined(out, "results.md"), text)
+    return text
