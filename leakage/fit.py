@@ -2,13 +2,21 @@
 
 Both doors use it: the ``leakage`` console script (:mod:`leakage.cli`) and the sweep's cells
 (:mod:`leakage.sweep`).
+
+Config files are read first, so that a broken one is named in the error.
 """
 
 from __future__ import annotations
 
+from argparse import ArgumentError
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from .callbacks import LeakageReport
+from .errors import one_line, parser_error_line
 
 TRAINER_DEFAULTS = {
     "max_steps": 300,
@@ -23,9 +31,85 @@ TRAINER_DEFAULTS = {
     "log_every_n_steps": 10,
 }
 
+FIT_DESCRIPTION = (
+    "Run one gradient-inversion attack: reconstruct the victims' images and labels from the gradients "
+    "their client shares. Every setting below can be given in a --config file or on the command line."
+)
+
+_CONFIG_FLAGS = ("--config", "-c")
+
+
+def _config_paths(args: list[str]) -> Iterator[str]:
+    """The values of every ``--config``/``-c`` in a command line."""
+    for i, a in enumerate(args):
+        if a in _CONFIG_FLAGS and i + 1 < len(args):
+            yield args[i + 1]
+        elif a.startswith("--config="):
+            yield a.split("=", 1)[1]
+
+
+def check_config_file(value: str) -> None:
+    """Refuse a ``--config`` file that is a folder, unreadable, not YAML or not a mapping, naming it.
+
+    A value that is no existing path is left to the parser (it also takes inline YAML, and says
+    when a file does not exist)."""
+    path = Path(value)
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise ValueError(f"config {path} is a directory, not a config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or one_line(err)
+        raise ValueError(f"cannot parse config file {path}: {problem}{where}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read config file {path}: {one_line(err)}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(
+            f"config file {path} must hold a mapping of settings (trainer:, model:, data:, ...), "
+            f"got a {type(data).__name__}"
+        )
+
 
 class LeakageCLI(LightningCLI):
+    """The LightningCLI of ``leakage fit``: ``fit`` is its only command (an attack has nothing to
+    validate, test or predict)."""
+
+    def __init__(self, *args: Any, parser_kwargs: dict | None = None, **kwargs: Any) -> None:
+        parser_kwargs = dict(parser_kwargs or {})
+        parser_kwargs.setdefault("prog", "leakage")
+        fit_kwargs = dict(parser_kwargs.get("fit") or {})
+        fit_kwargs.setdefault("description", FIT_DESCRIPTION)
+        parser_kwargs["fit"] = fit_kwargs
+        super().__init__(*args, parser_kwargs=parser_kwargs, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"fit": LightningCLI.subcommands()["fit"]}
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(LeakageReport, "report")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    def option_strings(self) -> list[str]:
+        """Every option ``leakage fit`` takes (for "did you mean" hints)."""
+        parser = self._subcommand_parsers.get("fit") if hasattr(self, "_subcommand_parsers") else None
+        actions = getattr(parser or self.parser, "_actions", [])
+        return [s for a in actions for s in a.option_strings]
+
+    def parse_arguments(self, parser, args) -> None:
+        if isinstance(args, (list, tuple)) or args is None:
+            import sys
+
+            for value in _config_paths(list(sys.argv[1:] if args is None else args)):
+                check_config_file(value)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            # the message stays jsonargparse's (the sweep reads it); the one line rides along
+            err.leakage_line = parser_error_line(str(err), self.option_strings())  # type: ignore[attr-defined]
+            raise

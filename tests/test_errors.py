@@ -48,15 +48,132 @@ def test_bad_settings_fail_before_the_run(capsys, tmp_path, args, expected):
     ],
 )
 def test_unknown_choice_is_rejected_by_the_parser(capsys, tmp_path, key, value, allowed):
+    line = _sole_line(capsys, tmp_path, f"--{key}", value)
+    assert line.startswith(f"leakage: error: {key}: '{value}' is not one of ")
+    assert allowed in line.split("is not one of ", 1)[1]
+
+
+def _sole_line(capsys, tmp_path, *args):
+    """Run ``leakage fit`` on bad input: its whole stderr must be one ``leakage: error:`` line
+    (no 100-line usage, no traceback) and no run folder may be left behind."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        main(cli_args(tmp_path / "logs", f"--{key}", value))
+        main(cli_args(tmp_path / "logs", *args))
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert f'error: Parser key "{key}"' in err
-    assert value in err and allowed in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("leakage: error: "), err
     assert run_dirs(tmp_path / "logs") == []
+    return err.strip()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model.lrr", "0.1"],
+         "unknown option --model.lrr (did you mean --model.lr? `leakage fit --help` lists every option)"),
+        (["--model.no_such_option", "1"], "unknown option --model.no_such_option (`leakage fit --help` lists every option)"),
+        (["--data.batch_size", "two"], "data.batch_size: expected an int, got 'two'"),
+        (["--data.indices", "[0,a]"], "data.indices: expected an int, got 'a'"),
+        (["--trainer.callbacks+=no.such.Class"], "trainer.callbacks: cannot import 'no.such.Class': No module named 'no'"),
+        (["--trainer.callbacks+=torch.nn.Linear"], "trainer.callbacks: torch.nn.Linear is not a Callback"),
+        (["--trainer.callbacks+=leakage.defenses.GaussianNoise", "--trainer.callbacks.sigmaa", "1"],
+         "trainer.callbacks: leakage.defenses.GaussianNoise: no option 'sigmaa'"),
+        (["--trainer.callbacks+=leakage.defenses.GaussianNoise"],
+         "trainer.callbacks: leakage.defenses.GaussianNoise: sigma must be given"),
+        (["--trainer.callbacks+=leakage.defenses.GaussianNoise", "--trainer.callbacks.sigma", "lots"],
+         "trainer.callbacks: leakage.defenses.GaussianNoise: sigma: expected a float, got 'lots'"),
+        (["--trainer.logger", "nowhere.Logger"], "trainer.logger: cannot import 'nowhere.Logger': No module named 'nowhere'"),
+        (["stray"], "unexpected argument 'stray': settings take the form --section.option VALUE"),
+    ],
+)
+def test_parser_errors_are_one_line(capsys, tmp_path, args, expected):
+    assert _sole_line(capsys, tmp_path, *args).startswith(f"leakage: error: {expected}")
+
+
+# ------------------------------------------------------------------------------- config files
+def test_corrupt_config_file(capsys, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: [lenet\n  distance: l2\n")
+    line = _sole_line(capsys, tmp_path, "--config", str(path))
+    assert line == f"leakage: error: cannot parse config file {path}: expected ',' or ']', but got ':' (line 2, column 11)"
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda p: None, "config file not found: {p}"),
+        (lambda p: p.mkdir(), "config {p} is a directory, not a config file"),
+        (lambda p: p.write_text("- fit\n- data\n"),
+         "config file {p} must hold a mapping of settings (trainer:, model:, data:, ...), got a list"),
+        (lambda p: p.write_bytes(b"model: \xff\xfe\n"), "cannot read config file {p}: "),
+        (lambda p: p.write_text("data:\n  no_such_key: 1\n"),
+         "unknown config key 'data.no_such_key' (`leakage fit --help` lists every option)"),
+    ],
+    ids=["missing", "directory", "list", "binary", "unknown-key"],
+)
+def test_bad_config_files(capsys, tmp_path, make, expected):
+    path = tmp_path / "config.yaml"
+    make(path)
+    line = _sole_line(capsys, tmp_path, "--config", str(path))
+    assert line.startswith("leakage: error: " + expected.format(p=path))
+
+
+# ---------------------------------------------------------------------------------- commands
+@pytest.mark.parametrize("command", ["validate", "test", "predict", "train"])
+def test_only_fit_and_sweep_are_commands(capsys, command):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([command])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == f"leakage: error: unknown command {command!r}: use `leakage fit` or `leakage sweep`\n"
+
+
+def test_fit_is_the_only_lightning_command():
+    from leakage.fit import LeakageCLI
+
+    assert list(LeakageCLI.subcommands()) == ["fit"]
+
+
+def test_no_command_prints_a_short_usage(capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: leakage fit ") and "leakage sweep" in err
+    assert err.splitlines()[-1] == "leakage: error: choose a command: `leakage fit` or `leakage sweep` (`leakage --help` says more)"
+    assert len(err.splitlines()) <= 4
+
+
+def test_option_before_the_command(capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["--model.lr", "1", "fit"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == "leakage: error: start with a command: `leakage fit --model.lr ...` or `leakage sweep ...`\n"
+
+
+def test_top_level_help_lists_fit_and_sweep(capsys):
+    capsys.readouterr()
+    main(["--help"])
+    out = capsys.readouterr().out
+    commands = out.split("commands:", 1)[1].split()
+    assert "fit" in commands and "sweep" in commands
+    assert "validate" not in out and "predict" not in out
+
+
+def test_fit_help_still_prints_the_full_documentation(capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: leakage [options] fit ")
+    assert "Run one gradient-inversion attack" in out
+    for option in ("--model.distance {l2,cosine}", "--data.source", "--trainer.max_steps", "--report.success_ssim"):
+        assert option in out, option
+    assert len(out.splitlines()) > 300
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
