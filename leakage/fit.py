@@ -3,17 +3,23 @@
 Both doors use it: the ``leakage`` console script (:mod:`leakage.cli`) and the sweep's cells
 (:mod:`leakage.sweep`).
 
-Config files are read first, so that a broken one is named in the error.
+Bad settings fail before the run starts (no run folder is created): the config files are read
+first, every float setting must be finite, the step budget must be set, the Trainer's own refusals
+(an accelerator this machine lacks, ...) become one-line errors, and the victims are read and their
+gradients computed before the logger creates the run's folder.
 """
 
 from __future__ import annotations
 
+import math
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.trainer import Trainer
 
 from .callbacks import LeakageReport
 from .errors import one_line, parser_error_line
@@ -74,6 +80,30 @@ def check_config_file(value: str) -> None:
         )
 
 
+def _floats(value: Any, key: str) -> Iterator[tuple[str, float]]:
+    """Every float in a parsed config, with its dotted key (list items as ``key[i]``)."""
+    if isinstance(value, float):
+        yield key, value
+    elif isinstance(value, dict) or hasattr(value, "items"):
+        for k, v in value.items():
+            yield from _floats(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _floats(v, f"{key}[{i}]")
+
+
+def _trainer_error(err: Exception, config: dict) -> ValueError:
+    """A one-line error for the Trainer's refusal of its settings."""
+    reason = one_line(err)
+    accelerator = str(config.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda", "mps", "tpu"):
+        return ValueError(
+            f"cannot set up the trainer with --trainer.accelerator {accelerator}: {reason} "
+            "(use --trainer.accelerator cpu, or auto, on a machine without one)"
+        )
+    return ValueError(f"cannot set up the trainer: {reason}")
+
+
 class LeakageCLI(LightningCLI):
     """The LightningCLI of ``leakage fit``: ``fit`` is its only command (an attack has nothing to
     validate, test or predict)."""
@@ -113,3 +143,34 @@ class LeakageCLI(LightningCLI):
             # the message stays jsonargparse's (the sweep reads it); the one line rides along
             err.leakage_line = parser_error_line(str(err), self.option_strings())  # type: ignore[attr-defined]
             raise
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        for key, value in _floats(config, ""):
+            if not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, got {value}")
+        trainer = config.get("trainer") or {}
+        steps = trainer.get("max_steps")
+        if steps is None or steps < 1:
+            raise ValueError(
+                "set the attack budget with --trainer.max_steps N (one step is one attack iteration): "
+                f"N must be >= 1, got {steps}"
+            )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
+            # Trainer.__init__ refusing a setting: an unknown or unavailable accelerator, strategy,
+            # device count, step or epoch budget (MisconfigurationException is Lightning's "you
+            # configured it wrong"; ImportError: the accelerator's package is not installed)
+            raise _trainer_error(err, self._get(self.config, "trainer", default={})) from None
+
+    def before_fit(self) -> None:
+        # read the victims and compute their gradients now, before the logger creates the run's
+        # folder: a bad image, a failed download or a bad gradient file leaves nothing behind
+        # (the data module's setup then finds the observation ready)
+        if self.datamodule is not None and getattr(self.datamodule, "observation", None) is None:
+            target = getattr(self.model, "target", None)
+            if target is not None and hasattr(self.datamodule, "prepare"):
+                self.datamodule.prepare(target)

@@ -16,7 +16,10 @@ from conftest import cli_args, cli_error, run_dirs
 
 
 def _err(capsys, tmp_path, *args):
-    return cli_error(capsys, cli_args(tmp_path / "logs", *args))
+    """The one error line of ``leakage fit`` on bad input, which must leave no run folder behind."""
+    line = cli_error(capsys, cli_args(tmp_path / "logs", *args))
+    assert run_dirs(tmp_path / "logs") == []
+    return line
 
 
 @pytest.mark.parametrize(
@@ -184,16 +187,56 @@ def test_bundled_index_out_of_range(capsys, tmp_path, dataset):
 
 
 def test_idlg_with_batches_of_two(capsys, tmp_path):
-    line = _err(capsys, tmp_path, "--model.labels", "idlg", "--data.batch_size", "2", "--data.indices", "[0,1]")
+    # checked when the attack attaches to the (defended) observation, after the run folder exists
+    line = cli_error(capsys, cli_args(tmp_path / "logs", "--model.labels", "idlg", "--data.batch_size", "2",
+                                      "--data.indices", "[0,1]"))
     assert line == (
         "leakage: error: label strategy 'idlg' recovers the label of a single image: "
         "use batch_size 1, labels 'joint' or a batch strategy (bias_count, weight_count, yin)"
     )
 
 
-def test_missing_step_budget(capsys, tmp_path):
-    line = _err(capsys, tmp_path, "--data.dataset", "mnist", "--model.model", "mlp", "--trainer.max_steps", "-1")
-    assert line == "leakage: error: set the attack budget with --trainer.max_steps N (one step is one attack iteration)"
+@pytest.mark.parametrize("steps", ["-1", "0", "-5"])
+def test_missing_step_budget(capsys, tmp_path, steps):
+    # -1 is Lightning's "no limit", which the Trainer accepts; other negative values it refuses itself
+    line = _err(capsys, tmp_path, "--data.dataset", "mnist", "--model.model", "mlp", "--trainer.max_steps", steps)
+    assert line == ("leakage: error: set the attack budget with --trainer.max_steps N (one step is one attack "
+                    f"iteration): N must be >= 1, got {steps}")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model.lr", ".nan"], "model.lr must be a finite number, got nan"),
+        (["--model.tv_weight", ".inf"], "model.tv_weight must be a finite number, got inf"),
+        (["--report.success_ssim", ".nan"], "report.success_ssim must be a finite number, got nan"),
+        (["--trainer.callbacks+=leakage.defenses.TopK", "--trainer.callbacks.keep_ratio=-.inf"],
+         "trainer.callbacks[0].init_args.keep_ratio must be a finite number, got -inf"),
+    ],
+)
+def test_non_finite_settings(capsys, tmp_path, args, expected):
+    assert _err(capsys, tmp_path, *args) == f"leakage: error: {expected}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_gpu_accelerator_without_a_gpu(capsys, tmp_path, accelerator):
+    line = _err(capsys, tmp_path, "--trainer.accelerator", accelerator, "--trainer.max_steps", "1")
+    assert line.startswith(f"leakage: error: cannot set up the trainer with --trainer.accelerator {accelerator}: ")
+    assert line.endswith("(use --trainer.accelerator cpu, or auto, on a machine without one)")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--trainer.devices", "-3"], "`devices` selected with `CPUAccelerator` should be an int > 0"),
+        (["--trainer.max_epochs", "-5"], "`max_epochs` must be a non-negative integer or -1"),
+        (["--trainer.accelerator", "abacus"], "You selected an invalid accelerator name: `accelerator='abacus'`"),
+    ],
+)
+def test_trainer_refusals(capsys, tmp_path, args, expected):
+    line = _err(capsys, tmp_path, *args, "--trainer.max_steps", "1")
+    assert line.startswith(f"leakage: error: cannot set up the trainer: {expected}")
 
 
 def test_torchvision_without_dataset_root(capsys, tmp_path):
