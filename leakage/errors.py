@@ -33,7 +33,7 @@ HELP_HINT = "`leakage fit --help` lists every option"
 
 _KEY = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
 _LITERAL = re.compile(r"^Expected a (?:typing\.)?Literal\[(.*)\]\. Got value: (.*)$")
-_TYPE = re.compile(r"^Expected a <class '([\w.]+)'>\. Got value: (.*)$")
+_TYPE = re.compile(r"^Expected a <class '([\w.]+)'>(?:\. Got value: (.*))?$")
 _CLASS_PROBLEM = re.compile(r"^Problem with given class_path '([^']+)':\s*(.*)$")
 _NOT_SUBCLASS = re.compile(r"does not correspond to a subclass of (\w+)")
 _GIVEN = re.compile(r"^Given value: (.*)$")
@@ -104,7 +104,8 @@ def _reason(lines: list[str]) -> str:
         m = _TYPE.match(text)
         if m:
             kind = m.group(1).rsplit(".", 1)[-1]
-            return f"expected {_ARTICLE.get(kind, kind)}, got {m.group(2)!r}"
+            got = m.group(2) if m.group(2) is not None else given
+            return f"expected {_ARTICLE.get(kind, kind)}" + (f", got {got!r}" if got is not None else "")
         m = _OPTION_NOT_ACCEPTED.match(text)
         if m:
             return f"no option {m.group(1)!r}"

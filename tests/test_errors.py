@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
+import subprocess
+import sys
+import zlib
 
 import pytest
 import torch
@@ -12,7 +16,7 @@ from leakage.cli import main
 from leakage.client import client_gradients, save_gradients
 from leakage.models import build_model
 
-from conftest import cli_args, cli_error, run_dirs
+from conftest import REPO, cli_args, cli_error, run_dirs
 
 
 def _err(capsys, tmp_path, *args):
@@ -245,6 +249,93 @@ def test_torchvision_without_dataset_root(capsys, tmp_path):
     assert line.startswith(f"leakage: error: mnist not found under {str(root)!r}")
     assert "--data.download true" in line
     assert not root.exists() or not any(p.is_file() for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--data.num_classes", "1"], "num_classes must be >= 2 (a classifier tells two classes or more apart), got 1"),
+        (["--data.num_classes", "0"], "num_classes must be >= 2 (a classifier tells two classes or more apart), got 0"),
+        (["--data.image_size", "0"], "image_size must be >= 1, got 0"),
+        (["--data.image_size", "2"],
+         "image_size 2 is too small to score the reconstructions: SSIM needs images of at least 6x6 pixels"),
+        (["--data.num_victims", "-1"], "batch_size and num_victims must be >= 1, got 1 and -1"),
+        (["--data.channels", "4"], "channels must be 1 or 3, got 4"),
+        (["--data.batch_size", "1.5"], "data.batch_size: expected an int, got '1.5'"),
+        (["--data.image_size", "big"], "data.image_size: expected an int, got 'big'"),
+    ],
+)
+def test_bad_data_settings(capsys, tmp_path, args, expected):
+    assert _err(capsys, tmp_path, *args) == f"leakage: error: {expected}"
+
+
+# ------------------------------------------------------------------------------ image folders
+def _png_declaring(path, width, height):
+    """A real 1x1 PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
+    from PIL import Image
+
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+
+
+def _truncated_png(path):
+    from PIL import Image
+
+    Image.effect_noise((64, 64), 50).convert("RGB").save(path)
+    path.write_bytes(path.read_bytes()[:200])
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: p.write_text("not a picture"), "not an image file PIL can identify"),
+        (lambda p: _png_declaring(p, 100_000, 100_000), "Image size (10000000000 pixels) exceeds limit"),
+        (lambda p: _png_declaring(p, 15_000, 15_000), "Image size (225000000 pixels) exceeds limit"),
+        (_truncated_png, ""),
+    ],
+    ids=["text", "bomb-error", "bomb-warning", "truncated"],
+)
+def test_unreadable_image_in_a_folder(capsys, tmp_path, make, reason):
+    folder = tmp_path / "images"
+    (folder / "cat").mkdir(parents=True)
+    path = folder / "cat" / "x.png"
+    make(path)
+    line = _err(capsys, tmp_path, "--data.source", "folder", "--data.folder", str(folder), "--trainer.max_steps", "1")
+    assert line.startswith(f"leakage: error: cannot read image {path}: {reason}")
+
+
+def test_image_folder_that_is_a_file(capsys, tmp_path):
+    path = tmp_path / "images.png"
+    path.write_text("x")
+    line = _err(capsys, tmp_path, "--data.source", "folder", "--data.folder", str(path))
+    assert line == f"leakage: error: image folder {path} is a file, not a folder"
+
+
+def test_failed_download(tmp_path):
+    """torchvision's real download, through a proxy that refuses every connection (as offline)."""
+    root = tmp_path / "datasets"
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy")}
+    env.update(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", PYTHONPATH=str(REPO),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "leakage.cli", *cli_args(tmp_path / "logs", "--data.source", "torchvision",
+                                                         "--data.download", "true", "--data.root", str(root),
+                                                         "--trainer.max_steps", "1")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("leakage: error:")]
+    assert len(lines) == 1 and lines[0] == proc.stderr.strip().splitlines()[-1]
+    assert lines[0].startswith(f"leakage: error: downloading cifar10 into {str(root)!r} failed (")
+    assert lines[0].endswith("); check the internet connection, or fetch the dataset elsewhere and pass "
+                             "--data.root to where it is (without --data.download)")
+    assert run_dirs(tmp_path / "logs") == []
+    assert not any(p.is_file() for p in root.rglob("*"))
 
 
 # --------------------------------------------------------------------------- gradient files
