@@ -269,6 +269,15 @@ def test_bad_data_settings(capsys, tmp_path, args, expected):
     assert _err(capsys, tmp_path, *args) == f"leakage: error: {expected}"
 
 
+def test_model_that_cannot_take_the_data(capsys, tmp_path):
+    """Captured gradients of 3x3 images (no images to score, so no SSIM limit): SimpleCNN's two poolings
+    need 4 pixels per side, found by one forward pass at start-up."""
+    line = _err(capsys, tmp_path, "--data.source", "gradients", "--data.gradient_file", str(tmp_path / "g.safetensors"),
+                "--data.image_size", "3", "--model.model", "simple_cnn", "--trainer.max_steps", "1")
+    assert line.startswith("leakage: error: model 'simple_cnn' cannot take inputs of shape (3, 3, 3): ")
+    assert "Output size is too small" in line
+
+
 # ------------------------------------------------------------------------------ image folders
 def _png_declaring(path, width, height):
     """A real 1x1 PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
