@@ -431,6 +431,18 @@ def test_missing_gradient_file(capsys, tmp_path):
     assert line == f"leakage: error: gradient file not found: {path}"
 
 
+def test_gradient_file_that_is_a_directory(capsys, tmp_path):
+    folder = tmp_path / "captured"
+    folder.mkdir()
+    line = _grad_err(capsys, tmp_path, f"{folder}/")
+    assert line == f"leakage: error: gradient file {folder} is a directory: give the .safetensors or .pt file itself"
+
+
+def test_model_weights_that_are_a_directory(capsys, tmp_path):
+    line = _err(capsys, tmp_path, "--model.model_weights", str(tmp_path))
+    assert line == f"leakage: error: model weights file {tmp_path} is a directory, not a file"
+
+
 # ----------------------------------------------------------------------------- model weights
 def test_model_weights_that_do_not_fit(capsys, tmp_path):
     path = tmp_path / "mlp.pt"
