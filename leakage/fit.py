@@ -12,6 +12,7 @@ gradients computed before the logger creates the run's folder.
 from __future__ import annotations
 
 import math
+import sys
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Iterator
@@ -133,8 +134,6 @@ class LeakageCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         if isinstance(args, (list, tuple)) or args is None:
-            import sys
-
             for value in _config_paths(list(sys.argv[1:] if args is None else args)):
                 check_config_file(value)
         try:
