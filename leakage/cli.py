@@ -1,14 +1,35 @@
-"""The ``leakage`` command: ``leakage fit`` (the LightningCLI of :mod:`leakage.fit`) and ``leakage sweep``."""
+"""The ``leakage`` command: ``leakage fit`` (the LightningCLI of :mod:`leakage.fit`) and ``leakage sweep``.
+
+Bad input ends in one ``leakage: error: ...`` line on stderr and exit status 2; ``--help`` shows the
+full documentation.
+"""
 
 from __future__ import annotations
 
 import sys
 import warnings
+from argparse import ArgumentError
 
 from .attack import GradientInversion
 from .data import VictimDataModule
-from .errors import one_line
+from .errors import one_line, parser_error_line
 from .fit import TRAINER_DEFAULTS, LeakageCLI
+
+COMMANDS = ("fit", "sweep")
+
+USAGE = """\
+usage: leakage fit [--config FILE] [--section.option VALUE ...]
+       leakage sweep --config FILE [--sweep.option VALUE ...] [fit options ...]
+"""
+
+HELP = USAGE + """
+Reconstruct federated-learning clients' data from the gradients they share.
+
+commands:
+  fit     run one gradient-inversion attack (every option: leakage fit --help)
+  sweep   run the attack over grids of defense strengths or of any fit setting
+          (leakage sweep --help)
+"""
 
 
 def _quiet() -> None:
@@ -18,11 +39,27 @@ def _quiet() -> None:
         warnings.filterwarnings("ignore", message=msg)
 
 
+def _fail(message: str) -> None:
+    print(f"leakage: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(args: list[str] | None = None) -> None:
     _quiet()
     argv = sys.argv[1:] if args is None else list(args)
+    if not argv:
+        print(USAGE, file=sys.stderr, end="")
+        _fail("choose a command: `leakage fit` or `leakage sweep` (`leakage --help` says more)")
+    command = argv[0]
+    if command in ("-h", "--help"):
+        print(HELP, end="")
+        return
+    if command not in COMMANDS:
+        if command.startswith("-"):
+            _fail(f"start with a command: `leakage fit {command} ...` or `leakage sweep ...`")
+        _fail(f"unknown command {command!r}: use `leakage fit` or `leakage sweep`")
     try:
-        if argv[:1] == ["sweep"]:
+        if command == "sweep":
             from .sweep import main as sweep_main
 
             sweep_main(argv[1:])
@@ -32,11 +69,14 @@ def main(args: list[str] | None = None) -> None:
             VictimDataModule,
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
+            # the parser raises instead of printing its 100-line usage; its reason is shown in one line
+            parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
             args=args,  # None from the console: LightningCLI reads sys.argv itself
         )
+    except ArgumentError as err:
+        _fail(getattr(err, "leakage_line", None) or parser_error_line(str(err)))
     except (ValueError, FileNotFoundError) as err:
-        print(f"leakage: error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
+        _fail(one_line(err))
 
 
 if __name__ == "__main__":

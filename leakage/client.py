@@ -79,6 +79,8 @@ def load_gradients(path: str | Path, model: nn.Module) -> dict[str, Tensor]:
     Never unpickles arbitrary objects: ``.pt`` files go through ``torch.load(weights_only=True)``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"gradient file {path} is a directory: give the .safetensors or .pt file itself")
     if not path.is_file():
         raise FileNotFoundError(f"gradient file not found: {path}")
     try:

@@ -9,14 +9,16 @@ The module keeps two things apart:
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
+from http.client import HTTPException
 from importlib import resources
 from pathlib import Path
 from typing import Iterator, Literal, Optional
 
 import lightning.pytorch as pl
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 from torchvision import datasets, transforms
@@ -35,6 +37,9 @@ BUNDLED = ("cifar10", "mnist")
 SOURCES = ("bundled", "torchvision", "folder", "gradients")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _LABELLED_NAME = re.compile(r"_(\d+)$")
+#: smallest image side the report can score: SSIM's 11x11 Gaussian window is reflect-padded by 5
+#: pixels, which needs more than 5 pixels per side (:func:`leakage.metrics.ssim_per_image`)
+MIN_SCORED_SIZE = 6
 
 
 @dataclass
@@ -92,6 +97,10 @@ class _Steps(IterableDataset):
             step += 1
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _dataset_key(name: str) -> str:
     key = name.lower().replace("-", "_")
     if key not in DATASETS:
@@ -100,11 +109,23 @@ def _dataset_key(name: str) -> str:
 
 
 def _read_image(path: Path, channels: int, size: Optional[tuple[int, int]]) -> Tensor:
-    with Image.open(path) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        if size is not None and img.size != (size[1], size[0]):
-            img = img.resize((size[1], size[0]), Image.BILINEAR)
-        return transforms.functional.to_tensor(img)
+    """One image file as a ``[C, H, W]`` tensor in [0, 1]; a file PIL cannot read, or one whose
+    header declares more pixels than ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb: PIL warns
+    up to twice the limit and refuses above), is a one-line error naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = img.convert("L" if channels == 1 else "RGB")
+                if size is not None and img.size != (size[1], size[0]):
+                    img = img.resize((size[1], size[0]), Image.BILINEAR)
+                return transforms.functional.to_tensor(img)
+    except UnidentifiedImageError:
+        raise ValueError(f"cannot read image {path}: not an image file PIL can identify") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # OSError: truncated or unreadable data; SyntaxError/ValueError: PIL's words for a broken file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot read image {path}: {reason[:200]}") from None
 
 
 def read_labelled_folder(folder: Path, channels: int, size: Optional[tuple[int, int]]) -> tuple[list[Tensor], list[int]]:
@@ -114,6 +135,8 @@ def read_labelled_folder(folder: Path, channels: int, size: Optional[tuple[int, 
     by sorted class name) or flat files whose name ends in ``_<label>`` (``cat_3.png``, the bundled
     images' ``cifar10_00_3.png``).
     """
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"image folder {folder} is a file, not a folder")
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
@@ -192,11 +215,21 @@ class VictimDataModule(pl.LightningDataModule):
             raise ValueError("source=folder needs --data.folder PATH")
         if source == "gradients" and not gradient_file:
             raise ValueError("source=gradients needs --data.gradient_file PATH (.safetensors or .pt)")
+        for name, value in (("batch_size", batch_size), ("num_victims", num_victims), ("image_size", image_size),
+                            ("channels", channels), ("num_classes", num_classes)):
+            if value is not None and not _is_int(value):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if batch_size < 1 or num_victims < 1:
             raise ValueError(f"batch_size and num_victims must be >= 1, got {batch_size} and {num_victims}")
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (a classifier tells two classes or more apart), got {num_classes}")
         if indices is not None:
+            if not all(_is_int(i) for i in indices):
+                raise ValueError(f"indices must be integers, got {indices}")
             if len(indices) == 0 or len(indices) % batch_size:
                 raise ValueError(
                     f"{len(indices)} indices do not split into victims of batch_size {batch_size}"
@@ -213,9 +246,14 @@ class VictimDataModule(pl.LightningDataModule):
         self.gradient_file = gradient_file
         shape, classes, _ = DATASETS[self.dataset]
         c = channels or shape[0]
-        hw = (image_size, image_size) if image_size else shape[1:]
+        hw = (image_size, image_size) if image_size is not None else shape[1:]
+        if source != "gradients" and min(hw) < MIN_SCORED_SIZE:
+            raise ValueError(
+                f"image_size {image_size} is too small to score the reconstructions: SSIM needs images of at least "
+                f"{MIN_SCORED_SIZE}x{MIN_SCORED_SIZE} pixels"
+            )
         self.input_shape: tuple[int, int, int] = (c, *hw)
-        self.num_classes: int = num_classes or classes
+        self.num_classes: int = classes if num_classes is None else num_classes
         self.observation: Optional[Observation] = None
         self.secret: Optional[Secret] = None
 
@@ -249,11 +287,22 @@ class VictimDataModule(pl.LightningDataModule):
             cls = getattr(datasets, DATASETS[self.dataset][2])
             try:
                 ds = cls(self.root, train=False, download=self.download)
-            except RuntimeError as err:
-                raise ValueError(
-                    f"{self.dataset} not found under {self.root!r} ({str(err).splitlines()[0]}); "
-                    "pass --data.download true to fetch it, or --data.root to where it is"
-                ) from None
+            except (RuntimeError, OSError, HTTPException) as err:  # URLError and socket errors are OSErrors
+                lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
+                reason = lines[0] if not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"  # MNIST: one per mirror
+                reason = reason[:200]
+                if self.download:
+                    raise ValueError(
+                        f"downloading {self.dataset} into {self.root!r} failed ({reason}); check the internet "
+                        "connection, or fetch the dataset elsewhere and pass --data.root to where it is "
+                        "(without --data.download)"
+                    ) from None
+                if isinstance(err, RuntimeError):  # torchvision: "Dataset not found or corrupted"
+                    raise ValueError(
+                        f"{self.dataset} not found under {self.root!r} ({reason}); "
+                        "pass --data.download true to fetch it, or --data.root to where it is"
+                    ) from None
+                raise ValueError(f"cannot read {self.dataset} under {self.root!r}: {reason}") from None
             chosen = self._selected(len(ds))
             mode = "L" if self.input_shape[0] == 1 else "RGB"
             tf = transforms.Compose([transforms.Lambda(lambda im: im.convert(mode)), transforms.Resize(size), transforms.ToTensor()])

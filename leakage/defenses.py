@@ -31,6 +31,16 @@ from .seeding import generator, group_key
 Grads = dict[str, Tensor]
 
 
+# ----------------------------------------------------------------------------- setting checks
+def _finite(value: object) -> bool:
+    """A finite real number (not a bool, NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 # ----------------------------------------------------------------------------- functional core
 def _update_norms(grads: Grads) -> Tensor:
     """L2 norm of every update over all its parameters: ``[V]``."""
@@ -71,8 +81,8 @@ def gaussian_noise(grads: Grads, sigma: float, relative: bool = False, seed: int
 
 def clip_updates(grads: Grads, max_norm: float) -> Grads:
     """Scale each update to an L2 norm of at most ``max_norm`` (over all its parameters)."""
-    if not max_norm > 0:
-        raise ValueError(f"clipping max_norm must be > 0, got {max_norm}")
+    if not (_finite(max_norm) and max_norm > 0):
+        raise ValueError(f"clipping max_norm must be a finite number > 0, got {max_norm}")
     scale = (max_norm / _update_norms(grads).clamp_min(1e-12)).clamp(max=1.0)
     return {k: g * scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype) for k, g in grads.items()}
 
@@ -83,7 +93,7 @@ def top_k(grads: Grads, keep_ratio: float, scope: Literal["global", "layer"] = "
     ``scope="global"``: ``n`` counts every entry of the update; ``"layer"``: each layer on its own.
     Exactly that many entries are kept (ties broken by position).
     """
-    if not 0 < keep_ratio <= 1:
+    if not (_finite(keep_ratio) and 0 < keep_ratio <= 1):
         raise ValueError(f"top-k keep_ratio must be in (0, 1], got {keep_ratio}")
     if scope not in ("global", "layer"):
         raise ValueError(f"top-k scope must be 'global' or 'layer', got {scope!r}")
@@ -127,8 +137,10 @@ def secure_aggregation(grads: Grads, clients: int, seed: int = 0, mask_scale: fl
     mean of each group's updates, which is what the server learns (the sum of the masked updates,
     divided by the number of clients), i.e. the gradient of the mean loss over the group's images.
     """
-    if clients < 2:
+    if not (_integer(clients) and clients >= 2):
         raise ValueError(f"secure aggregation needs at least 2 clients, got {clients}")
+    if not (_finite(mask_scale) and mask_scale >= 0):
+        raise ValueError(f"secure aggregation mask_scale must be a finite number >= 0, got {mask_scale}")
     V = next(iter(grads.values())).shape[0]
     if V % clients:
         raise ValueError(f"{V} client updates do not split into groups of {clients} clients")
@@ -155,8 +167,10 @@ def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: f
     RDP accountant."""
     from opacus.accountants import RDPAccountant
 
-    if not (0 < sample_rate <= 1 and steps >= 1 and 0 < delta < 1 and noise_multiplier > 0):
-        raise ValueError("DP accounting needs 0 < sample_rate <= 1, steps >= 1, 0 < delta < 1 and noise > 0")
+    if not (_finite(sample_rate) and 0 < sample_rate <= 1 and _integer(steps) and steps >= 1
+            and _finite(delta) and 0 < delta < 1 and _finite(noise_multiplier) and noise_multiplier > 0):
+        raise ValueError("DP accounting needs 0 < sample_rate <= 1, an integer steps >= 1, 0 < delta < 1 and a finite "
+                         f"noise > 0, got sample_rate={sample_rate}, steps={steps}, delta={delta}, noise={noise_multiplier}")
     accountant = RDPAccountant()
     accountant.history = [(noise_multiplier, sample_rate, steps)]
     return float(accountant.get_epsilon(delta))
@@ -196,8 +210,12 @@ class GaussianNoise(Defense):
     name = "gaussian_noise"
 
     def __init__(self, sigma: float, relative: bool = False, seed: int = 0) -> None:
-        if sigma < 0:
-            raise ValueError(f"noise sigma must be >= 0, got {sigma}")
+        if not (_finite(sigma) and sigma >= 0):
+            raise ValueError(f"noise sigma must be a finite number >= 0, got {sigma}")
+        if not isinstance(relative, bool):
+            raise ValueError(f"noise relative must be true or false, got {relative!r}")
+        if not _integer(seed):
+            raise ValueError(f"noise seed must be an integer, got {seed!r}")
         self.sigma, self.relative, self.seed = sigma, relative, seed
 
     def apply(self, grads: Grads, keys: Optional[Sequence[int]] = None) -> Grads:
@@ -213,8 +231,8 @@ class NormClip(Defense):
     name = "norm_clip"
 
     def __init__(self, max_norm: float) -> None:
-        if not max_norm > 0:
-            raise ValueError(f"clipping max_norm must be > 0, got {max_norm}")
+        if not (_finite(max_norm) and max_norm > 0):
+            raise ValueError(f"clipping max_norm must be a finite number > 0, got {max_norm}")
         self.max_norm = max_norm
 
     def apply(self, grads: Grads, keys: Optional[Sequence[int]] = None) -> Grads:
@@ -233,11 +251,18 @@ class DPGaussian(Defense):
 
     def __init__(self, max_norm: float, noise_multiplier: float, sample_rate: Optional[float] = None,
                  steps: Optional[int] = None, delta: Optional[float] = None, seed: int = 0) -> None:
-        if not max_norm > 0 or noise_multiplier < 0:
-            raise ValueError("DPGaussian needs max_norm > 0 and noise_multiplier >= 0")
+        if not (_finite(max_norm) and max_norm > 0 and _finite(noise_multiplier) and noise_multiplier >= 0):
+            raise ValueError("DPGaussian needs a finite max_norm > 0 and a finite noise_multiplier >= 0, "
+                             f"got max_norm={max_norm}, noise_multiplier={noise_multiplier}")
+        if not _integer(seed):
+            raise ValueError(f"DPGaussian seed must be an integer, got {seed!r}")
         given = [x is not None for x in (sample_rate, steps, delta)]
         if any(given) and not all(given):
             raise ValueError("DP accounting needs all of sample_rate, steps and delta")
+        if all(given) and not (_finite(sample_rate) and 0 < sample_rate <= 1 and _integer(steps) and steps >= 1
+                               and _finite(delta) and 0 < delta < 1):
+            raise ValueError("DP accounting needs 0 < sample_rate <= 1, an integer steps >= 1 and 0 < delta < 1, "
+                             f"got sample_rate={sample_rate}, steps={steps}, delta={delta}")
         self.max_norm, self.noise_multiplier, self.seed = max_norm, noise_multiplier, seed
         self.epsilon: Optional[float] = None
         self.delta = delta
@@ -262,7 +287,7 @@ class TopK(Defense):
     name = "top_k"
 
     def __init__(self, keep_ratio: float, scope: Literal["global", "layer"] = "global") -> None:
-        if not 0 < keep_ratio <= 1:
+        if not (_finite(keep_ratio) and 0 < keep_ratio <= 1):
             raise ValueError(f"top-k keep_ratio must be in (0, 1], got {keep_ratio}")
         if scope not in ("global", "layer"):
             raise ValueError(f"top-k scope must be 'global' or 'layer', got {scope!r}")
@@ -287,10 +312,14 @@ class SecureAggregation(Defense):
 
     def __init__(self, clients: int, target: Literal["masked", "aggregate"] = "aggregate", seed: int = 0,
                  mask_scale: float = 100.0) -> None:
-        if clients < 2:
+        if not (_integer(clients) and clients >= 2):
             raise ValueError(f"secure aggregation needs at least 2 clients, got {clients}")
         if target not in ("masked", "aggregate"):
             raise ValueError(f"secure aggregation target must be 'masked' or 'aggregate', got {target!r}")
+        if not (_finite(mask_scale) and mask_scale >= 0):
+            raise ValueError(f"secure aggregation mask_scale must be a finite number >= 0, got {mask_scale}")
+        if not _integer(seed):
+            raise ValueError(f"secure aggregation seed must be an integer, got {seed!r}")
         self.clients, self.target, self.seed, self.mask_scale = clients, target, seed, mask_scale
 
     def transform(self, observation: Observation, secret: Optional[Secret]) -> tuple[Observation, Optional[Secret]]:

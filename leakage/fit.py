@@ -2,15 +2,28 @@
 
 Both doors use it: the ``leakage`` console script (:mod:`leakage.cli`) and the sweep's cells
 (:mod:`leakage.sweep`).
+
+Bad settings fail before the run starts (no run folder is created): the config files are read
+first, every float setting must be finite, the step budget must be set, the Trainer's own refusals
+(an accelerator this machine lacks, ...) become one-line errors, and the victims are read and their
+gradients computed before the logger creates the run's folder.
 """
 
 from __future__ import annotations
 
+import math
+import sys
+from argparse import ArgumentError
 from pathlib import Path
+from typing import Any, Iterator
 
+import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.trainer import Trainer
 
 from .callbacks import LeakageReport, fresh_run_dir
+from .errors import one_line, parser_error_line
 
 TRAINER_DEFAULTS = {
     "max_steps": 300,
@@ -25,24 +38,147 @@ TRAINER_DEFAULTS = {
     "log_every_n_steps": 10,
 }
 
+FIT_DESCRIPTION = (
+    "Run one gradient-inversion attack: reconstruct the victims' images and labels from the gradients "
+    "their client shares. Every setting below can be given in a --config file or on the command line."
+)
+
+_CONFIG_FLAGS = ("--config", "-c")
+
+
+def _config_paths(args: list[str]) -> Iterator[str]:
+    """The values of every ``--config``/``-c`` in a command line."""
+    for i, a in enumerate(args):
+        if a in _CONFIG_FLAGS and i + 1 < len(args):
+            yield args[i + 1]
+        elif a.startswith("--config="):
+            yield a.split("=", 1)[1]
+
+
+def check_config_file(value: str) -> None:
+    """Refuse a ``--config`` file that is a folder, unreadable, not YAML or not a mapping, naming it.
+
+    A value that is no existing path is left to the parser (it also takes inline YAML, and says
+    when a file does not exist)."""
+    path = Path(value)
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise ValueError(f"config {path} is a directory, not a config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or one_line(err)
+        raise ValueError(f"cannot parse config file {path}: {problem}{where}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read config file {path}: {one_line(err)}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(
+            f"config file {path} must hold a mapping of settings (trainer:, model:, data:, ...), "
+            f"got a {type(data).__name__}"
+        )
+
+
+def _floats(value: Any, key: str) -> Iterator[tuple[str, float]]:
+    """Every float in a parsed config, with its dotted key (list items as ``key[i]``)."""
+    if isinstance(value, float):
+        yield key, value
+    elif isinstance(value, dict) or hasattr(value, "items"):
+        for k, v in value.items():
+            yield from _floats(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _floats(v, f"{key}[{i}]")
+
+
+def _trainer_error(err: Exception, config: dict) -> ValueError:
+    """A one-line error for the Trainer's refusal of its settings."""
+    reason = one_line(err)
+    accelerator = str(config.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda", "mps", "tpu"):
+        return ValueError(
+            f"cannot set up the trainer with --trainer.accelerator {accelerator}: {reason} "
+            "(use --trainer.accelerator cpu, or auto, on a machine without one)"
+        )
+    return ValueError(f"cannot set up the trainer: {reason}")
+
 
 class LeakageCLI(LightningCLI):
+    """The LightningCLI of ``leakage fit``: ``fit`` is its only command (an attack has nothing to
+    validate, test or predict)."""
+
+    def __init__(self, *args: Any, parser_kwargs: dict | None = None, **kwargs: Any) -> None:
+        parser_kwargs = dict(parser_kwargs or {})
+        parser_kwargs.setdefault("prog", "leakage")
+        fit_kwargs = dict(parser_kwargs.get("fit") or {})
+        fit_kwargs.setdefault("description", FIT_DESCRIPTION)
+        parser_kwargs["fit"] = fit_kwargs
+        super().__init__(*args, parser_kwargs=parser_kwargs, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"fit": LightningCLI.subcommands()["fit"]}
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(LeakageReport, "report")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
+    def option_strings(self) -> list[str]:
+        """Every option ``leakage fit`` takes (for "did you mean" hints)."""
+        parser = self._subcommand_parsers.get("fit") if hasattr(self, "_subcommand_parsers") else None
+        actions = getattr(parser or self.parser, "_actions", [])
+        return [s for a in actions for s in a.option_strings]
+
+    def parse_arguments(self, parser, args) -> None:
+        if isinstance(args, (list, tuple)) or args is None:
+            for value in _config_paths(list(sys.argv[1:] if args is None else args)):
+                check_config_file(value)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            # the message stays jsonargparse's (the sweep reads it); the one line rides along
+            err.leakage_line = parser_error_line(str(err), self.option_strings())  # type: ignore[attr-defined]
+            raise
+
     def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        for key, value in _floats(config, ""):
+            if not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, got {value}")
+        trainer = config.get("trainer") or {}
+        steps = trainer.get("max_steps")
+        if steps is None or steps < 1:
+            raise ValueError(
+                "set the attack budget with --trainer.max_steps N (one step is one attack iteration): "
+                f"N must be >= 1, got {steps}"
+            )
         # Without a logger, Lightning writes a run's files (config.yaml, the report's artifacts) into
         # default_root_dir, i.e. the current folder, over files of the same name. Give such a run a
         # fresh folder of its own instead: logs/leakage/version_N (under default_root_dir if given).
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        trainer = config["trainer"]
         if trainer.get("logger") is False:
             base = Path(trainer.get("default_root_dir") or "logs")
             trainer["default_root_dir"] = str(fresh_run_dir(base))
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
+            # Trainer.__init__ refusing a setting: an unknown or unavailable accelerator, strategy,
+            # device count, step or epoch budget (MisconfigurationException is Lightning's "you
+            # configured it wrong"; ImportError: the accelerator's package is not installed)
+            raise _trainer_error(err, self._get(self.config, "trainer", default={})) from None
+
     def before_fit(self) -> None:
+        # read the victims and compute their gradients now, before the logger creates the run's
+        # folder: a bad image, a failed download or a bad gradient file leaves nothing behind
+        # (the data module's setup then finds the observation ready)
+        if self.datamodule is not None and getattr(self.datamodule, "observation", None) is None:
+            target = getattr(self.model, "target", None)
+            if target is not None and hasattr(self.datamodule, "prepare"):
+                self.datamodule.prepare(target)
         if not self.trainer.loggers:  # the report's artifacts go beside config.yaml, in the fresh folder
             for cb in self.trainer.callbacks:
                 if isinstance(cb, LeakageReport) and cb.run_dir is None:

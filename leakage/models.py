@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -72,6 +73,29 @@ def _dlg_init(module: nn.Module) -> None:
         nn.init.uniform_(p, -0.5, 0.5)
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def check_model(model: nn.Module, input_shape: Sequence[int], num_classes: int, name: str = "") -> None:
+    """Refuse a model that does not take inputs of ``input_shape`` or does not give ``num_classes``
+    logits: one forward pass of zeros ``[1, *input_shape]`` must give ``[1, num_classes]``."""
+    shape = tuple(input_shape)
+    what = f"model {name!r}" if name else f"model {type(model).__name__}"
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *shape))
+    except (RuntimeError, ValueError, IndexError) as err:  # what torch's layers raise for a shape they cannot take
+        raise ValueError(f"{what} cannot take inputs of shape {shape}: {_first_line(err)}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{what} gives {got} for one input of shape {shape}, not [1, {num_classes}] logits")
+
+
 def build_model(
     name: str,
     input_shape: Sequence[int],
@@ -81,19 +105,34 @@ def build_model(
 ) -> nn.Module:
     """Build a target model by name, its weights drawn from ``seed`` or read from a state_dict file.
 
-    ``lenet`` uses DLG's U(-0.5, 0.5) init; the others PyTorch's default init.
+    ``lenet`` uses DLG's U(-0.5, 0.5) init; the others PyTorch's default init. The model must take
+    inputs of ``input_shape`` and give ``num_classes`` logits (:func:`check_model`); otherwise a
+    one-line ``ValueError`` names the model, the shape and the reason.
     """
     key = name.lower().replace("-", "_")
     classes = {"lenet": LeNet, "simple_cnn": SimpleCNN, "mlp": MLP}
     if key not in classes:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
+        raise ValueError(f"input_shape must be three positive integers [C, H, W], got {list(shape)}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = classes[key](tuple(input_shape), num_classes)
+        try:
+            with warnings.catch_warnings():  # a layer of size 0 is reported below, by the shape check
+                warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+                model = classes[key](shape, num_classes)
+        except (RuntimeError, ValueError) as err:  # e.g. a layer of size 0
+            raise ValueError(f"model {name!r} cannot take inputs of shape {shape}: {_first_line(err)}") from None
         if key == "lenet":
             _dlg_init(model)
+    check_model(model, shape, num_classes, name)
     if weights is not None:
         path = Path(weights)
+        if path.is_dir():
+            raise ValueError(f"model weights file {path} is a directory, not a file")
         if not path.is_file():
             raise FileNotFoundError(f"model weights file not found: {path}")
         try:

@@ -184,6 +184,25 @@ def test_console_script_bad_input(tmp_path):
     assert run_dirs(tmp_path) == []
 
 
+def test_console_script_parser_error_is_one_line(tmp_path):
+    """From the console LightningCLI reads sys.argv itself: its parser errors are one line too."""
+    proc = subprocess.run(
+        [_leakage_exe(), *cli_args(tmp_path, "--model.distance", "manhattan")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "leakage: error: model.distance: 'manhattan' is not one of l2, cosine\n"
+    assert run_dirs(tmp_path) == []
+
+
+def test_console_script_without_a_command(tmp_path):
+    proc = subprocess.run([_leakage_exe()], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("usage: leakage fit") and len(lines) <= 4
+    assert lines[-1].startswith("leakage: error: choose a command: `leakage fit` or `leakage sweep`")
+
+
 # ----------------------------------------------------------------------- captured gradients
 @pytest.fixture
 def mnist_gradient_file(tmp_path):

@@ -108,6 +108,9 @@ def test_flat_file_without_label(tmp_path):
 def test_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="image folder not found"):
         read_labelled_folder(tmp_path / "missing", 3, None)
+    (tmp_path / "a_1.png").write_text("x")
+    with pytest.raises(ValueError, match="image folder .*a_1.png is a file, not a folder"):
+        read_labelled_folder(tmp_path / "a_1.png", 3, None)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images found"):
         read_labelled_folder(tmp_path / "empty", 3, None)
@@ -149,6 +152,14 @@ def test_gradient_source_has_no_secret(tmp_path, lenet_mnist):
         (dict(indices=[-1]), "indices must be >= 0"),
         (dict(batch_size=0), "batch_size and num_victims must be >= 1"),
         (dict(channels=2), "channels must be 1 or 3"),
+        (dict(num_classes=1), "num_classes must be >= 2"),
+        (dict(num_classes=0), "num_classes must be >= 2"),  # not silently the dataset's 10
+        (dict(image_size=0), "image_size must be >= 1, got 0"),
+        (dict(image_size=5), "image_size 5 is too small to score the reconstructions: SSIM needs images of at least 6x6"),
+        (dict(batch_size="2"), "batch_size must be an integer, got '2'"),
+        (dict(num_victims=1.5), "num_victims must be an integer, got 1.5"),
+        (dict(image_size=True), "image_size must be an integer, got True"),
+        (dict(indices=[0.5]), "indices must be integers"),
     ],
 )
 def test_bad_settings(kwargs, match):
@@ -210,3 +221,29 @@ def test_folder_with_model_of_other_size(tmp_path):
     obs = dm.prepare(model)
     assert dm.secret.images.shape == (1, 1, 3, 16, 16)
     assert obs.gradients["fc.weight"].shape == (1, 10, 12 * 4 * 4)
+
+
+def test_smallest_scored_image_size_is_what_ssim_takes():
+    """MIN_SCORED_SIZE is the smallest side the report's SSIM accepts (11x11 window, reflect padding)."""
+    from leakage.data import MIN_SCORED_SIZE
+    from leakage.metrics import ssim_per_image
+
+    n = MIN_SCORED_SIZE
+    x = torch.rand(1, 3, n, n, generator=torch.Generator().manual_seed(0))
+    assert float(ssim_per_image(x, x)[0]) == pytest.approx(1.0)
+    with pytest.raises(RuntimeError):
+        ssim_per_image(x[..., 1:, 1:], x[..., 1:, 1:])
+    assert VictimDataModule(source="bundled", image_size=n).input_shape == (3, n, n)
+
+
+def test_captured_gradients_may_have_small_inputs():
+    """No images, nothing to score: source=gradients takes any input size its model takes."""
+    dm = VictimDataModule(source="gradients", gradient_file="g.safetensors", image_size=2, num_classes=2)
+    assert dm.input_shape == (3, 2, 2) and dm.num_classes == 2
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    _png(tmp_path / "a_1.png", 10)
+    (tmp_path / "b_2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    with pytest.raises(ValueError, match=r"cannot read image .*b_2\.png: "):
+        read_labelled_folder(tmp_path, 3, None)

@@ -130,11 +130,46 @@ def test_dp_epsilon_comes_from_opacus_and_shrinks_with_noise():
         (lambda: SecureAggregation(clients=1), "at least 2"),
         (lambda: SecureAggregation(clients=2, target="sum"), "target"),
         (lambda: DPGaussian(max_norm=1.0, noise_multiplier=1.0, sample_rate=0.01), "all of"),
+        # NaN and infinity pass a plain `x < 0` or `not x > 0` check
+        (lambda: GaussianNoise(sigma=math.nan), "noise sigma must be a finite number >= 0, got nan"),
+        (lambda: GaussianNoise(sigma=math.inf), "noise sigma must be a finite number >= 0, got inf"),
+        (lambda: GaussianNoise(sigma=0.1, seed=1.5), "noise seed must be an integer"),
+        (lambda: NormClip(max_norm=math.inf), "clipping max_norm must be a finite number > 0, got inf"),
+        (lambda: NormClip(max_norm=math.nan), "clipping max_norm must be a finite number > 0, got nan"),
+        (lambda: DPGaussian(max_norm=math.inf, noise_multiplier=1.0), "finite max_norm > 0"),
+        (lambda: DPGaussian(max_norm=1.0, noise_multiplier=math.nan), "finite noise_multiplier >= 0"),
+        (lambda: DPGaussian(max_norm=1.0, noise_multiplier=math.inf), "finite noise_multiplier >= 0"),
+        (lambda: DPGaussian(max_norm=1.0, noise_multiplier=0.0, sample_rate=math.nan, steps=10, delta=1e-5),
+         "0 < sample_rate <= 1"),
+        (lambda: DPGaussian(max_norm=1.0, noise_multiplier=0.0, sample_rate=0.1, steps=10, delta=2.0), "0 < delta < 1"),
+        (lambda: DPGaussian(max_norm=1.0, noise_multiplier=1.0, sample_rate=0.1, steps=0, delta=1e-5), "steps >= 1"),
+        (lambda: TopK(keep_ratio=math.nan), "top-k keep_ratio must be in \\(0, 1\\], got nan"),
+        (lambda: SecureAggregation(clients=2, mask_scale=math.nan), "mask_scale must be a finite number >= 0, got nan"),
+        (lambda: SecureAggregation(clients=2, mask_scale=math.inf), "mask_scale must be a finite number >= 0, got inf"),
+        (lambda: SecureAggregation(clients=2, mask_scale=-1.0), "mask_scale must be a finite number >= 0"),
+        (lambda: SecureAggregation(clients=2.5), "at least 2 clients, got 2.5"),
     ],
 )
 def test_invalid_defense_settings_are_clear_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_functional_core_refuses_non_finite_settings(grads):
+    with pytest.raises(ValueError, match="max_norm must be a finite number > 0, got inf"):
+        clip_updates(grads, math.inf)
+    with pytest.raises(ValueError, match="keep_ratio must be in"):
+        top_k(grads, math.nan)
+    with pytest.raises(ValueError, match="mask_scale must be a finite number >= 0, got nan"):
+        secure_aggregation(grads, 2, mask_scale=math.nan)
+    with pytest.raises(ValueError, match="DP accounting needs"):
+        dp_epsilon(1.0, math.nan, 10, 1e-5)
+
+
+def test_huge_finite_noise_is_a_legal_setting():
+    """sigma 1e30 is finite: the defense takes it (the attack then reports its victims failed)."""
+    assert GaussianNoise(sigma=1e30).sigma == 1e30
+    assert DPGaussian(max_norm=1.0, noise_multiplier=1e30).noise_multiplier == 1e30
 
 
 def test_defenses_compose_in_a_cli_run(tmp_path, capsys):
@@ -180,3 +215,57 @@ def test_bad_defense_setting_in_a_fit_config_is_one_clear_line(tmp_path, capsys)
     assert exc.value.code == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("leakage: error:")]
     assert err == ["leakage: error: top-k keep_ratio must be in (0, 1], got 2.0"]
+
+
+@pytest.mark.parametrize(
+    "init_args, expected",
+    [
+        ("{sigma: .nan}", "trainer.callbacks[0].init_args.sigma must be a finite number, got nan"),
+        ("{sigma: .inf}", "trainer.callbacks[0].init_args.sigma must be a finite number, got inf"),
+        ("{sigma: -1.0}", "noise sigma must be a finite number >= 0, got -1.0"),
+    ],
+)
+def test_non_finite_noise_in_a_fit_config_is_one_clear_line(tmp_path, capsys, init_args, expected):
+    from leakage.cli import main
+
+    cfg = tmp_path / "noise.yaml"
+    cfg.write_text(f"trainer:\n  callbacks:\n    - class_path: leakage.defenses.GaussianNoise\n      init_args: {init_args}\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS / "cifar_fast.yaml"), "--config", str(cfg),
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("leakage: error:")] == [f"leakage: error: {expected}"]
+    assert run_dirs(tmp_path / "logs") == []
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--trainer.callbacks.sigma", ".nan"], "trainer.callbacks[0].init_args.sigma must be a finite number, got nan"),
+        (["--trainer.callbacks.sigma", ".inf"], "trainer.callbacks[0].init_args.sigma must be a finite number, got inf"),
+        (["--trainer.callbacks.sigma", "0.1", "--trainer.callbacks.seed", "1.5"],
+         "trainer.callbacks: leakage.defenses.GaussianNoise: seed: expected an int, got '1.5'"),
+    ],
+)
+def test_non_finite_noise_on_the_command_line(tmp_path, capsys, args, expected):
+    from leakage.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--trainer.callbacks+=leakage.defenses.GaussianNoise", *args,
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == f"leakage: error: {expected}\n"
+    assert run_dirs(tmp_path / "logs") == []
+
+
+def test_the_cli_takes_huge_finite_noise(tmp_path):
+    from leakage.attack import GradientInversion
+    from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
+
+    cli = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS, run=False,
+                     args=["--trainer.callbacks+=leakage.defenses.GaussianNoise", "--trainer.callbacks.sigma", "1e30",
+                           "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
+    (noise,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, GaussianNoise)]
+    assert noise.sigma == 1e30

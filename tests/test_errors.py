@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
+import subprocess
+import sys
+import zlib
 
 import pytest
 import torch
@@ -12,11 +16,14 @@ from leakage.cli import main
 from leakage.client import client_gradients, save_gradients
 from leakage.models import build_model
 
-from conftest import cli_args, cli_error, run_dirs
+from conftest import REPO, cli_args, cli_error, run_dirs
 
 
 def _err(capsys, tmp_path, *args):
-    return cli_error(capsys, cli_args(tmp_path / "logs", *args))
+    """The one error line of ``leakage fit`` on bad input, which must leave no run folder behind."""
+    line = cli_error(capsys, cli_args(tmp_path / "logs", *args))
+    assert run_dirs(tmp_path / "logs") == []
+    return line
 
 
 @pytest.mark.parametrize(
@@ -48,15 +55,132 @@ def test_bad_settings_fail_before_the_run(capsys, tmp_path, args, expected):
     ],
 )
 def test_unknown_choice_is_rejected_by_the_parser(capsys, tmp_path, key, value, allowed):
+    line = _sole_line(capsys, tmp_path, f"--{key}", value)
+    assert line.startswith(f"leakage: error: {key}: '{value}' is not one of ")
+    assert allowed in line.split("is not one of ", 1)[1]
+
+
+def _sole_line(capsys, tmp_path, *args):
+    """Run ``leakage fit`` on bad input: its whole stderr must be one ``leakage: error:`` line
+    (no 100-line usage, no traceback) and no run folder may be left behind."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        main(cli_args(tmp_path / "logs", f"--{key}", value))
+        main(cli_args(tmp_path / "logs", *args))
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert f'error: Parser key "{key}"' in err
-    assert value in err and allowed in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("leakage: error: "), err
     assert run_dirs(tmp_path / "logs") == []
+    return err.strip()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model.lrr", "0.1"],
+         "unknown option --model.lrr (did you mean --model.lr? `leakage fit --help` lists every option)"),
+        (["--model.no_such_option", "1"], "unknown option --model.no_such_option (`leakage fit --help` lists every option)"),
+        (["--data.batch_size", "two"], "data.batch_size: expected an int, got 'two'"),
+        (["--data.indices", "[0,a]"], "data.indices: expected an int, got 'a'"),
+        (["--trainer.callbacks+=no.such.Class"], "trainer.callbacks: cannot import 'no.such.Class': No module named 'no'"),
+        (["--trainer.callbacks+=torch.nn.Linear"], "trainer.callbacks: torch.nn.Linear is not a Callback"),
+        (["--trainer.callbacks+=leakage.defenses.GaussianNoise", "--trainer.callbacks.sigmaa", "1"],
+         "trainer.callbacks: leakage.defenses.GaussianNoise: no option 'sigmaa'"),
+        (["--trainer.callbacks+=leakage.defenses.GaussianNoise"],
+         "trainer.callbacks: leakage.defenses.GaussianNoise: sigma must be given"),
+        (["--trainer.callbacks+=leakage.defenses.GaussianNoise", "--trainer.callbacks.sigma", "lots"],
+         "trainer.callbacks: leakage.defenses.GaussianNoise: sigma: expected a float, got 'lots'"),
+        (["--trainer.logger", "nowhere.Logger"], "trainer.logger: cannot import 'nowhere.Logger': No module named 'nowhere'"),
+        (["stray"], "unexpected argument 'stray': settings take the form --section.option VALUE"),
+    ],
+)
+def test_parser_errors_are_one_line(capsys, tmp_path, args, expected):
+    assert _sole_line(capsys, tmp_path, *args).startswith(f"leakage: error: {expected}")
+
+
+# ------------------------------------------------------------------------------- config files
+def test_corrupt_config_file(capsys, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: [lenet\n  distance: l2\n")
+    line = _sole_line(capsys, tmp_path, "--config", str(path))
+    assert line == f"leakage: error: cannot parse config file {path}: expected ',' or ']', but got ':' (line 2, column 11)"
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda p: None, "config file not found: {p}"),
+        (lambda p: p.mkdir(), "config {p} is a directory, not a config file"),
+        (lambda p: p.write_text("- fit\n- data\n"),
+         "config file {p} must hold a mapping of settings (trainer:, model:, data:, ...), got a list"),
+        (lambda p: p.write_bytes(b"model: \xff\xfe\n"), "cannot read config file {p}: "),
+        (lambda p: p.write_text("data:\n  no_such_key: 1\n"),
+         "unknown config key 'data.no_such_key' (`leakage fit --help` lists every option)"),
+    ],
+    ids=["missing", "directory", "list", "binary", "unknown-key"],
+)
+def test_bad_config_files(capsys, tmp_path, make, expected):
+    path = tmp_path / "config.yaml"
+    make(path)
+    line = _sole_line(capsys, tmp_path, "--config", str(path))
+    assert line.startswith("leakage: error: " + expected.format(p=path))
+
+
+# ---------------------------------------------------------------------------------- commands
+@pytest.mark.parametrize("command", ["validate", "test", "predict", "train"])
+def test_only_fit_and_sweep_are_commands(capsys, command):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([command])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == f"leakage: error: unknown command {command!r}: use `leakage fit` or `leakage sweep`\n"
+
+
+def test_fit_is_the_only_lightning_command():
+    from leakage.fit import LeakageCLI
+
+    assert list(LeakageCLI.subcommands()) == ["fit"]
+
+
+def test_no_command_prints_a_short_usage(capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: leakage fit ") and "leakage sweep" in err
+    assert err.splitlines()[-1] == "leakage: error: choose a command: `leakage fit` or `leakage sweep` (`leakage --help` says more)"
+    assert len(err.splitlines()) <= 4
+
+
+def test_option_before_the_command(capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["--model.lr", "1", "fit"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == "leakage: error: start with a command: `leakage fit --model.lr ...` or `leakage sweep ...`\n"
+
+
+def test_top_level_help_lists_fit_and_sweep(capsys):
+    capsys.readouterr()
+    main(["--help"])
+    out = capsys.readouterr().out
+    commands = out.split("commands:", 1)[1].split()
+    assert "fit" in commands and "sweep" in commands
+    assert "validate" not in out and "predict" not in out
+
+
+def test_fit_help_still_prints_the_full_documentation(capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: leakage [options] fit ")
+    assert "Run one gradient-inversion attack" in out
+    for option in ("--model.distance {l2,cosine}", "--data.source", "--trainer.max_steps", "--report.success_ssim"):
+        assert option in out, option
+    assert len(out.splitlines()) > 300
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
@@ -67,16 +191,56 @@ def test_bundled_index_out_of_range(capsys, tmp_path, dataset):
 
 
 def test_idlg_with_batches_of_two(capsys, tmp_path):
-    line = _err(capsys, tmp_path, "--model.labels", "idlg", "--data.batch_size", "2", "--data.indices", "[0,1]")
+    # checked when the attack attaches to the (defended) observation, after the run folder exists
+    line = cli_error(capsys, cli_args(tmp_path / "logs", "--model.labels", "idlg", "--data.batch_size", "2",
+                                      "--data.indices", "[0,1]"))
     assert line == (
         "leakage: error: label strategy 'idlg' recovers the label of a single image: "
         "use batch_size 1, labels 'joint' or a batch strategy (bias_count, weight_count, yin)"
     )
 
 
-def test_missing_step_budget(capsys, tmp_path):
-    line = _err(capsys, tmp_path, "--data.dataset", "mnist", "--model.model", "mlp", "--trainer.max_steps", "-1")
-    assert line == "leakage: error: set the attack budget with --trainer.max_steps N (one step is one attack iteration)"
+@pytest.mark.parametrize("steps", ["-1", "0", "-5"])
+def test_missing_step_budget(capsys, tmp_path, steps):
+    # -1 is Lightning's "no limit", which the Trainer accepts; other negative values it refuses itself
+    line = _err(capsys, tmp_path, "--data.dataset", "mnist", "--model.model", "mlp", "--trainer.max_steps", steps)
+    assert line == ("leakage: error: set the attack budget with --trainer.max_steps N (one step is one attack "
+                    f"iteration): N must be >= 1, got {steps}")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model.lr", ".nan"], "model.lr must be a finite number, got nan"),
+        (["--model.tv_weight", ".inf"], "model.tv_weight must be a finite number, got inf"),
+        (["--report.success_ssim", ".nan"], "report.success_ssim must be a finite number, got nan"),
+        (["--trainer.callbacks+=leakage.defenses.TopK", "--trainer.callbacks.keep_ratio=-.inf"],
+         "trainer.callbacks[0].init_args.keep_ratio must be a finite number, got -inf"),
+    ],
+)
+def test_non_finite_settings(capsys, tmp_path, args, expected):
+    assert _err(capsys, tmp_path, *args) == f"leakage: error: {expected}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_gpu_accelerator_without_a_gpu(capsys, tmp_path, accelerator):
+    line = _err(capsys, tmp_path, "--trainer.accelerator", accelerator, "--trainer.max_steps", "1")
+    assert line.startswith(f"leakage: error: cannot set up the trainer with --trainer.accelerator {accelerator}: ")
+    assert line.endswith("(use --trainer.accelerator cpu, or auto, on a machine without one)")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--trainer.devices", "-3"], "`devices` selected with `CPUAccelerator` should be an int > 0"),
+        (["--trainer.max_epochs", "-5"], "`max_epochs` must be a non-negative integer or -1"),
+        (["--trainer.accelerator", "abacus"], "You selected an invalid accelerator name: `accelerator='abacus'`"),
+    ],
+)
+def test_trainer_refusals(capsys, tmp_path, args, expected):
+    line = _err(capsys, tmp_path, *args, "--trainer.max_steps", "1")
+    assert line.startswith(f"leakage: error: cannot set up the trainer: {expected}")
 
 
 def test_torchvision_without_dataset_root(capsys, tmp_path):
@@ -85,6 +249,102 @@ def test_torchvision_without_dataset_root(capsys, tmp_path):
     assert line.startswith(f"leakage: error: mnist not found under {str(root)!r}")
     assert "--data.download true" in line
     assert not root.exists() or not any(p.is_file() for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--data.num_classes", "1"], "num_classes must be >= 2 (a classifier tells two classes or more apart), got 1"),
+        (["--data.num_classes", "0"], "num_classes must be >= 2 (a classifier tells two classes or more apart), got 0"),
+        (["--data.image_size", "0"], "image_size must be >= 1, got 0"),
+        (["--data.image_size", "2"],
+         "image_size 2 is too small to score the reconstructions: SSIM needs images of at least 6x6 pixels"),
+        (["--data.num_victims", "-1"], "batch_size and num_victims must be >= 1, got 1 and -1"),
+        (["--data.channels", "4"], "channels must be 1 or 3, got 4"),
+        (["--data.batch_size", "1.5"], "data.batch_size: expected an int, got '1.5'"),
+        (["--data.image_size", "big"], "data.image_size: expected an int, got 'big'"),
+    ],
+)
+def test_bad_data_settings(capsys, tmp_path, args, expected):
+    assert _err(capsys, tmp_path, *args) == f"leakage: error: {expected}"
+
+
+def test_model_that_cannot_take_the_data(capsys, tmp_path):
+    """Captured gradients of 3x3 images (no images to score, so no SSIM limit): SimpleCNN's two poolings
+    need 4 pixels per side, found by one forward pass at start-up."""
+    line = _err(capsys, tmp_path, "--data.source", "gradients", "--data.gradient_file", str(tmp_path / "g.safetensors"),
+                "--data.image_size", "3", "--model.model", "simple_cnn", "--trainer.max_steps", "1")
+    assert line.startswith("leakage: error: model 'simple_cnn' cannot take inputs of shape (3, 3, 3): ")
+    assert "Output size is too small" in line
+
+
+# ------------------------------------------------------------------------------ image folders
+def _png_declaring(path, width, height):
+    """A real 1x1 PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
+    from PIL import Image
+
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+
+
+def _truncated_png(path):
+    from PIL import Image
+
+    Image.effect_noise((64, 64), 50).convert("RGB").save(path)
+    path.write_bytes(path.read_bytes()[:200])
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: p.write_text("not a picture"), "not an image file PIL can identify"),
+        (lambda p: _png_declaring(p, 100_000, 100_000), "Image size (10000000000 pixels) exceeds limit"),
+        (lambda p: _png_declaring(p, 15_000, 15_000), "Image size (225000000 pixels) exceeds limit"),
+        (_truncated_png, ""),
+    ],
+    ids=["text", "bomb-error", "bomb-warning", "truncated"],
+)
+def test_unreadable_image_in_a_folder(capsys, tmp_path, make, reason):
+    folder = tmp_path / "images"
+    (folder / "cat").mkdir(parents=True)
+    path = folder / "cat" / "x.png"
+    make(path)
+    line = _err(capsys, tmp_path, "--data.source", "folder", "--data.folder", str(folder), "--trainer.max_steps", "1")
+    assert line.startswith(f"leakage: error: cannot read image {path}: {reason}")
+
+
+def test_image_folder_that_is_a_file(capsys, tmp_path):
+    path = tmp_path / "images.png"
+    path.write_text("x")
+    line = _err(capsys, tmp_path, "--data.source", "folder", "--data.folder", str(path))
+    assert line == f"leakage: error: image folder {path} is a file, not a folder"
+
+
+def test_failed_download(tmp_path):
+    """torchvision's real download, through a proxy that refuses every connection (as offline)."""
+    root = tmp_path / "datasets"
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy")}
+    env.update(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", PYTHONPATH=str(REPO),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "leakage.cli", *cli_args(tmp_path / "logs", "--data.source", "torchvision",
+                                                         "--data.download", "true", "--data.root", str(root),
+                                                         "--trainer.max_steps", "1")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("leakage: error:")]
+    assert len(lines) == 1 and lines[0] == proc.stderr.strip().splitlines()[-1]
+    assert lines[0].startswith(f"leakage: error: downloading cifar10 into {str(root)!r} failed (")
+    assert lines[0].endswith("); check the internet connection, or fetch the dataset elsewhere and pass "
+                             "--data.root to where it is (without --data.download)")
+    assert run_dirs(tmp_path / "logs") == []
+    assert not any(p.is_file() for p in root.rglob("*"))
 
 
 # --------------------------------------------------------------------------- gradient files
@@ -169,6 +429,18 @@ def test_missing_gradient_file(capsys, tmp_path):
     path = tmp_path / "nowhere.safetensors"
     line = _grad_err(capsys, tmp_path, path)
     assert line == f"leakage: error: gradient file not found: {path}"
+
+
+def test_gradient_file_that_is_a_directory(capsys, tmp_path):
+    folder = tmp_path / "captured"
+    folder.mkdir()
+    line = _grad_err(capsys, tmp_path, f"{folder}/")
+    assert line == f"leakage: error: gradient file {folder} is a directory: give the .safetensors or .pt file itself"
+
+
+def test_model_weights_that_are_a_directory(capsys, tmp_path):
+    line = _err(capsys, tmp_path, "--model.model_weights", str(tmp_path))
+    assert line == f"leakage: error: model weights file {tmp_path} is a directory, not a file"
 
 
 # ----------------------------------------------------------------------------- model weights

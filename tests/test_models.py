@@ -70,3 +70,49 @@ def test_missing_weights_file(tmp_path):
 def test_unknown_model():
     with pytest.raises(ValueError, match="unknown model 'resnet'; choose one of lenet, simple_cnn, mlp"):
         build_model("resnet", (3, 32, 32), 10)
+
+
+@pytest.mark.parametrize(
+    "name, shape, reason",
+    [
+        ("simple_cnn", (3, 3, 3), "Output size is too small"),  # two 2x2 poolings need 4 pixels per side
+        ("simple_cnn", (1, 28, 2), "Output size is too small"),
+    ],
+)
+def test_model_that_cannot_take_the_input_shape(name, shape, reason):
+    with pytest.raises(ValueError) as exc:
+        build_model(name, shape, 10)
+    msg = str(exc.value)
+    assert msg.startswith(f"model {name!r} cannot take inputs of shape {shape}: ")
+    assert reason in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "shape, classes, match",
+    [
+        ((3, 0, 32), 10, r"input_shape must be three positive integers \[C, H, W\], got \[3, 0, 32\]"),
+        ((32, 32), 10, r"input_shape must be three positive integers"),
+        ((3, 32, 32), 1, "num_classes must be an integer >= 2, got 1"),
+        ((3, 32, 32), 0, "num_classes must be an integer >= 2, got 0"),
+    ],
+)
+def test_bad_shapes_and_class_counts(shape, classes, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("lenet", shape, classes)
+
+
+def test_check_model_on_any_module():
+    from torch import nn
+
+    from leakage.models import check_model
+
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))
+    with pytest.raises(ValueError, match=r"model Sequential cannot take inputs of shape \(3, 8, 8\): "):
+        check_model(conv, (3, 8, 8), 10)
+    flat = nn.Flatten()
+    with pytest.raises(ValueError, match=r"model 'flat' gives \(1, 192\) for one input of shape \(3, 8, 8\), "
+                                         r"not \[1, 10\] logits"):
+        check_model(flat, (3, 8, 8), 10, "flat")
+    mlp = build_model("mlp", (3, 8, 8), 10).train()
+    check_model(mlp, (3, 8, 8), 10)
+    assert mlp.training  # left in the mode it was in
