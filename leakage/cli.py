@@ -6,6 +6,7 @@ full documentation.
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from argparse import ArgumentError
@@ -32,11 +33,24 @@ commands:
 """
 
 
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger from the run's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
 def _quiet() -> None:
-    # the attack's "data" is one observation, not a stream: these hints do not apply
+    # the attack's "data" is one observation, not a stream, and its target model is frozen in eval
+    # mode on purpose: these hints do not apply; the LeafSpec deprecation is Lightning's own
     for msg in (".*does not have many workers.*", ".*Total length of `DataLoader` across ranks is zero.*",
-                ".*`training_step` returned `None`.*", ".*GPU available but not used.*"):
+                ".*`training_step` returned `None`.*", ".*GPU available but not used.*",
+                ".*module\\(s\\) in eval mode.*", ".*isinstance\\(treespec, LeafSpec\\).*",
+                ".*but have no logger configured.*"):
         warnings.filterwarnings("ignore", message=msg)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvert) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoAdvert())
 
 
 def _fail(message: str) -> None:
