@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 from torchvision import datasets, transforms
 
-from .client import client_gradients, load_gradients
+from .client import CLIENT_MODES, client_gradients, load_gradients
 from .seeding import position_key, update_key
 
 #: name -> (input shape, classes, torchvision class, shipped in the package)
@@ -55,8 +55,13 @@ class Observation:
     #: draw of the attack on that update is seeded by it (:mod:`leakage.seeding`). Image sources key
     #: an update by its images' dataset indices, captured files by its position; None: by position.
     update_keys: Optional[tuple[int, ...]] = None
+    #: how the client ran the model for its update (public protocol setting): ``train`` (BatchNorm
+    #: with the batch's own statistics, what FL clients do) or ``eval``; the attack simulates the same
+    client_mode: str = "train"
 
     def __post_init__(self) -> None:
+        if self.client_mode not in CLIENT_MODES:
+            raise ValueError(f"unknown client mode {self.client_mode!r}; choose one of {', '.join(CLIENT_MODES)}")
         if self.update_keys is None:
             self.update_keys = tuple(position_key(i) for i in range(self.num_victims))
         self.update_keys = tuple(int(k) for k in self.update_keys)
@@ -185,6 +190,10 @@ class VictimDataModule(pl.LightningDataModule):
         num_victims: how many victims (client updates) when ``indices`` is unset.
         batch_size: images in one client update.
         gradient_file: ``.safetensors`` or ``.pt`` file of captured gradients for ``source=gradients``.
+        client_mode: how the client runs the model for its update: ``train`` (the default, what FL
+            clients do: BatchNorm normalises with the batch's own statistics; dropout off) or
+            ``eval`` (running statistics). Public: the attack simulates the same mode. Models without
+            BatchNorm give the same update either way.
     """
 
     def __init__(
@@ -201,8 +210,12 @@ class VictimDataModule(pl.LightningDataModule):
         num_victims: int = 1,
         batch_size: int = 1,
         gradient_file: Optional[str] = None,
+        client_mode: Literal["train", "eval"] = "train",
     ) -> None:
         super().__init__()
+        if client_mode not in CLIENT_MODES:
+            raise ValueError(f"unknown client_mode {client_mode!r}; choose one of {', '.join(CLIENT_MODES)}")
+        self.client_mode = client_mode
         if source not in SOURCES:
             raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
         self.dataset = _dataset_key(dataset)
@@ -329,9 +342,10 @@ class VictimDataModule(pl.LightningDataModule):
             keys = None  # by position in the file
         else:
             self.secret = self.load_victims()
-            grads = client_gradients(model, self.secret.images, self.secret.labels)
+            grads = client_gradients(model, self.secret.images, self.secret.labels, self.client_mode)
             keys = tuple(update_key(ix) for ix in self.secret.indices)
-        self.observation = Observation(grads, self.batch_size, self.input_shape, self.num_classes, update_keys=keys)
+        self.observation = Observation(grads, self.batch_size, self.input_shape, self.num_classes, update_keys=keys,
+                                       client_mode=self.client_mode)
         return self.observation
 
     def setup(self, stage: str) -> None:
