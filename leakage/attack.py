@@ -84,7 +84,7 @@ class GradientInversion(pl.LightningModule):
 
     def __init__(
         self,
-        model: Union[str, nn.Module] = "lenet",
+        model: Union[nn.Module, str] = "lenet",
         input_shape: Sequence[int] = (3, 32, 32),
         num_classes: int = 10,
         model_seed: int = 1234,

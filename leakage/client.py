@@ -107,7 +107,14 @@ def client_gradients(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train"
     its running statistics included, is left as it was.
     """
     with full_precision():  # as the attack: no TF32 or bf16 shortcut in the client's float32 math
-        grads = per_problem_gradients(model, x, y, forward=client_view(model, mode))
+        try:
+            grads = per_problem_gradients(model, x, y, forward=client_view(model, mode))
+        except (RuntimeError, ValueError) as err:  # e.g. BatchNorm in train mode on one value per channel
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            hint = " (BatchNorm in train mode needs more than one value per channel: a larger batch, larger " \
+                   "images, or client_mode eval)" if "per channel" in reason else ""
+            raise ValueError(f"the client cannot compute its {mode}-mode update on batches of {x.shape[1]} "
+                             f"inputs of shape {tuple(x.shape[2:])}: {reason}{hint}") from None
     return {k: v.detach() for k, v in grads.items()}
 
 
