@@ -4,6 +4,6 @@ The command line is ``leakage fit`` / ``leakage sweep``; from Python, :func:`cli
 :func:`invert` and :func:`report` drive the same engine (:mod:`leakage.api`).
 """
 
-from .api import InversionResult, Report, client_update, invert, report
+from .api import InversionResult, Report, bundled_images, client_update, invert, report
 
-__all__ = ["client_update", "invert", "report", "InversionResult", "Report"]
+__all__ = ["client_update", "invert", "report", "bundled_images", "InversionResult", "Report"]

@@ -36,6 +36,15 @@ from .presets import preset
 from .seeding import position_key
 
 
+def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tuple[Tensor, Tensor]:
+    """Images ``[N, C, H, W]`` in [0, 1] and labels ``[N]`` from the test images shipped in the package
+    (``mnist`` or ``cifar10``, test-split indices 0-19): a private batch to try the attack on, offline."""
+    from .data import VictimDataModule
+
+    secret = VictimDataModule(source="bundled", dataset=dataset, indices=list(indices)).load_victims()
+    return secret.images.flatten(0, 1), secret.labels.flatten()
+
+
 def _batched(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, bool]:
     """``x`` ``[B, C, H, W]`` / ``y`` ``[B]`` (one update) or ``[V, B, C, H, W]`` / ``[V, B]`` (several)."""
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
