@@ -349,3 +349,16 @@ def test_fit_errors_for_a_model_that_does_not_fit(capsys, tmp_path, my_models):
     line = cli_error(capsys, base + ["--data.client_mode", "training"])
     assert "client_mode" in line
     assert not list(tmp_path.glob("**/metrics.csv"))
+
+
+def test_the_resnet18_preset_runs_offline_with_batchnorm_in_train_mode(tmp_path):
+    from leakage.cli import main
+
+    config = yaml.safe_load((ROOT / "configs" / "cifar_resnet18.yaml").read_text())
+    assert config["data"]["client_mode"] == "train" and config["model"]["model"] == "resnet18"
+    main(["fit", "--config", str(ROOT / "configs" / "cifar_resnet18.yaml"), "--trainer.max_steps", "2",
+          "--data.num_victims", "1", "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.enable_progress_bar", "false"])
+    (run,) = tmp_path.glob("cifar_resnet18/version_*")
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["recovered_labels"] == rows[0]["true_labels"]
