@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import pickle
+import sys
 import textwrap
 from pathlib import Path
 
@@ -299,11 +300,12 @@ MY_MODELS = textwrap.dedent('''
 
 
 @pytest.fixture
-def my_models(tmp_path, monkeypatch):
+def user_models(tmp_path, monkeypatch):
     folder = tmp_path / "user_code"
     folder.mkdir()
-    (folder / "my_models.py").write_text(MY_MODELS)
+    (folder / "user_models.py").write_text(MY_MODELS)
     monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "user_models", raising=False)
     return folder
 
 
@@ -318,34 +320,34 @@ def _fit_rows(tmp_path, *args):
         return run, list(csv.DictReader(f))
 
 
-def test_fit_attacks_a_module_given_by_import_path_on_the_command_line(tmp_path, my_models):
-    run, rows = _fit_rows(tmp_path, "--model.model", "my_models.TinyNet", "--model.model.width", "10")
+def test_fit_attacks_a_module_given_by_import_path_on_the_command_line(tmp_path, user_models):
+    run, rows = _fit_rows(tmp_path, "--model.model", "user_models.TinyNet", "--model.model.width", "10")
     assert float(rows[0]["ssim"]) >= 0.9 and rows[0]["recovered_labels"] == rows[0]["true_labels"]
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["model"]["model"] == {"class_path": "my_models.TinyNet", "init_args": {"width": 10, "num_classes": 10}}
+    assert config["model"]["model"] == {"class_path": "user_models.TinyNet", "init_args": {"width": 10, "num_classes": 10}}
 
 
-def test_fit_attacks_a_module_given_by_class_path_in_a_config(tmp_path, my_models):
+def test_fit_attacks_a_module_given_by_class_path_in_a_config(tmp_path, user_models):
     config = tmp_path / "own.yaml"
-    config.write_text(yaml.safe_dump({"model": {"model": {"class_path": "my_models.TinyNet", "init_args": {"width": 8}}},
+    config.write_text(yaml.safe_dump({"model": {"model": {"class_path": "user_models.TinyNet", "init_args": {"width": 8}}},
                                       "data": {"client_mode": "train"}}))
     _, rows = _fit_rows(tmp_path, "--config", str(config))
     assert float(rows[0]["ssim"]) >= 0.9
 
 
-def test_fit_errors_for_a_model_that_does_not_fit(capsys, tmp_path, my_models):
+def test_fit_errors_for_a_model_that_does_not_fit(capsys, tmp_path, user_models):
     base = ["fit", "--data.dataset", "mnist", "--trainer.max_steps", "1", "--trainer.logger", "false",
             "--trainer.default_root_dir", str(tmp_path)]
     line = cli_error(capsys, base + ["--model.model", "nosuch_package.Net"])
     assert "'nosuch_package.Net' is not a built-in" in line and "importable" in line
-    line = cli_error(capsys, base + ["--model.model", "my_models.TinyNet", "--model.model.num_classes", "7"])
+    line = cli_error(capsys, base + ["--model.model", "user_models.TinyNet", "--model.model.num_classes", "7"])
     assert "gives (1, 7) for one input of shape (1, 28, 28), not [1, 10] logits" in line
-    line = cli_error(capsys, base + ["--data.dataset", "cifar10", "--model.model", "my_models.TinyNet"])
+    line = cli_error(capsys, base + ["--data.dataset", "cifar10", "--model.model", "user_models.TinyNet"])
     assert "cannot take inputs of shape (3, 32, 32)" in line
     torch.save(TinyNet(width=6).state_dict(), tmp_path / "other.pt")
-    line = cli_error(capsys, base + ["--model.model", "my_models.TinyNet", "--model.model_weights",
+    line = cli_error(capsys, base + ["--model.model", "user_models.TinyNet", "--model.model_weights",
                                      str(tmp_path / "other.pt")])
-    assert "does not fit model 'my_models.TinyNet'" in line
+    assert "does not fit model 'user_models.TinyNet'" in line
     line = cli_error(capsys, base + ["--data.client_mode", "training"])
     assert "client_mode" in line
     assert not list(tmp_path.glob("**/metrics.csv"))
