@@ -29,6 +29,9 @@ COLUMNS = (
 
 
 def _tb(trainer: pl.Trainer) -> Optional[Any]:
+    """The TensorBoard writer of the run (rank 0 only)."""
+    if not trainer.is_global_zero:
+        return None
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment

@@ -266,7 +266,8 @@ def summary_markdown(rows: list[dict], summary: dict, success_ssim: float, setti
     else:
         lines.append(f"No victim images (captured gradients): mean gradient L2 distance {_fmt(summary['grad_l2_mean'])}; "
                      f"numerically failed {summary['failed']}.")
-    lines += ["", "Settings: " + ", ".join(f"{k} {_fmt(v)}" for k, v in settings.items()), ""]
+    lines += ["", "Settings: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {_fmt(v)}"
+                                           for k, v in settings.items()), ""]
     cols = ("victim", "indices", "true_labels", "recovered_labels", "ssim", "psnr", "final_loss", "status")
     lines.append("| " + " | ".join(c.replace("_", " ") for c in cols) + " |")
     lines.append("|" + "---|" * len(cols))
@@ -288,5 +289,7 @@ def write_hparams(writer, hparams: dict[str, Any], metrics: Sequence[str]) -> No
     clean = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in hparams.items()}
     exp, ssi, sei = hparams_summary(clean, {m: 0.0 for m in metrics})
     fw = writer._get_file_writer()
+    if fw is None:  # a logger's stand-in experiment off rank 0
+        return
     for summary in (exp, ssi, sei):
         fw.add_summary(summary)

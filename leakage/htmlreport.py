@@ -82,9 +82,16 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], row_classes: It
     return f"<table>\n<thead>{head}</thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
 
 
+def setting(value: Any) -> str:
+    """A setting as it was given: 1.0 as 1, 0.001 as 0.001, lists joined."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return fmt(value)
+
+
 def settings_list(settings: dict[str, Any]) -> str:
     return '<dl class="settings">' + "".join(
-        f"<dt>{esc(k)}</dt><dd>{esc(fmt(v))}</dd>" for k, v in settings.items()) + "</dl>"
+        f"<dt>{esc(k)}</dt><dd>{esc(setting(v))}</dd>" for k, v in settings.items()) + "</dl>"
 
 
 def page(title: str, body: Sequence[str]) -> str:

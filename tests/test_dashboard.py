@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import json
 import math
 import re
-from html.parser import HTMLParser
 
 import pytest
 from PIL import Image
@@ -22,6 +20,7 @@ from leakage.cli import main
 from leakage.dashboard import gallery_slots
 
 from conftest import CONFIGS, cli_args, run_dirs
+from htmlpage import embedded_pngs, read_page
 
 STEPS = 40
 
@@ -142,68 +141,6 @@ def test_hparams_entry_has_the_attack_settings_and_its_outcome(fit_run):
     assert acc.Scalars("final/reconstructed")[-1].value == report["summary"]["success"]
 
 
-class Page(HTMLParser):
-    """What a reader of report.html sees: text, images, table rows, links."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.images: list[str] = []
-        self.links: list[str] = []
-        self.rows: list[list[str]] = []
-        self.text: list[str] = []
-        self.terms: dict[str, str] = {}  # <dt> -> <dd>
-        self._row: list[str] | None = None
-        self._cell: list[str] | None = None
-        self._in: str | None = None
-        self._term = ""
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "img":
-            self.images.append(a.get("src", ""))
-        elif tag == "a":
-            self.links.append(a.get("href", ""))
-        elif tag == "tr":
-            self._row = []
-        elif tag in ("td", "th"):
-            self._cell = []
-        elif tag in ("dt", "dd"):
-            self._in = tag
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._row is not None and self._cell is not None:
-            self._row.append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "tr" and self._row is not None:
-            self.rows.append(self._row)
-            self._row = None
-
-    def handle_data(self, data):
-        self.text.append(data)
-        if self._in == "dt":
-            self._term = data
-        elif self._in == "dd":
-            self.terms[self._term] = data
-        self._in = None
-        if self._cell is not None:
-            self._cell.append(data)
-
-
-def read_page(path) -> Page:
-    page = Page()
-    page.feed(path.read_text(encoding="utf-8"))
-    page.close()
-    return page
-
-
-def embedded_pngs(page: Page) -> list[Image.Image]:
-    out = []
-    for src in page.images:
-        assert src.startswith("data:image/png;base64,"), src[:40]  # self-contained: nothing to fetch
-        out.append(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
-    return out
-
-
 def test_report_html_is_one_self_contained_page(fit_run):
     run, _, report = fit_run
     html = (run / "report.html").read_text(encoding="utf-8")
@@ -237,3 +174,32 @@ def test_gallery_grid_keeps_an_update_together(victims, batch, expect_cols, expe
         if batch <= 10:
             assert len({blk for blk, _ in mine}) == 1
             assert [c for _, c in mine] == list(range(mine[0][1], mine[0][1] + batch))
+
+
+def test_logger_leaves_out_epoch_and_hp_metric(tmp_path):
+    from leakage.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(str(tmp_path), name="x", version=0)
+    logger.log_hyperparams({"lr": 1.0})
+    logger.log_metrics({"epoch": 0, "attack/x": 1.5}, step=3)
+    logger.finalize("success")
+    acc = EventAccumulator(logger.log_dir)
+    acc.Reload()
+    assert acc.Tags()["scalars"] == ["attack/x"] and acc.Scalars("attack/x")[0].value == 1.5
+    assert not acc.Tags()["tensors"]  # no HPARAMS entry of the raw arguments
+    assert "lr: 1.0" in (tmp_path / "x" / "version_0" / "hparams.yaml").read_text()
+
+
+def test_a_config_naming_lightnings_logger_gets_leakages(tmp_path):
+    from leakage.attack import GradientInversion
+    from leakage.data import VictimDataModule
+    from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
+    from leakage.loggers import TensorBoardLogger
+
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.TensorBoardLogger\n"
+                   f"    init_args: {{save_dir: {tmp_path}, name: old, default_hp_metric: true}}\n")
+    cli = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS, run=False,
+                     args=["--config", str(cfg), "--trainer.max_steps", "1"])
+    assert type(cli.trainer.logger) is TensorBoardLogger
+    assert cli.trainer.logger._default_hp_metric is False and cli.trainer.logger.name == "old"
