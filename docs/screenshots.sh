@@ -4,8 +4,8 @@
 #
 #   docs/screenshots.sh [WORK_FOLDER]        (default /tmp/leakage-screenshots)
 #
-# Needs chromium (Debian: apt-get install -y chromium) and the package installed (`leakage`,
-# `tensorboard` on PATH); PYTHON, TENSORBOARD and CHROMIUM override the commands. Run from the
+# Needs chromium (Debian: apt-get install -y chromium), the package installed (`leakage`,
+# `tensorboard` on PATH) and the `websockets` package (docs/cdp_shot.py); PYTHON, TENSORBOARD and CHROMIUM override the commands. Run from the
 # repository root. Existing runs in WORK_FOLDER are reused (delete it to start over).
 set -euo pipefail
 WORK=${1:-/tmp/leakage-screenshots}
@@ -42,13 +42,14 @@ RUN=$(ls -d "$WORK"/logs/cifar_dlg/version_* | tail -1)
 serve "$RUN"
 URL="http://127.0.0.1:$PORT/"
 shoot docs/tensorboard_overview.png "$URL#custom_scalars" 1400,1250
-shoot docs/tensorboard_images.png "$URL#images" 1400,1400
+# "Show actual image size" is not in the URL: tick it over Chromium's DevTools protocol
+"$PYTHON" docs/cdp_shot.py "$URL#images" docs/tensorboard_images.png 1780 1500 "Show actual image size"
 shoot docs/tensorboard_summary.png "$URL#text" 1400,1000
-shoot docs/tensorboard_hparams.png "$URL#hparams" 1400,500
+shoot docs/tensorboard_hparams.png "$URL#hparams" 2000,330
 kill "$TB_PID"; wait "$TB_PID" 2>/dev/null || true
 
 serve "$WORK/defense_sweep"
-shoot docs/tensorboard_sweep_hparams.png "$URL#hparams" 1400,700
+shoot docs/tensorboard_sweep_hparams.png "$URL#hparams" 2000,700
 kill "$TB_PID"; wait "$TB_PID" 2>/dev/null || true
 
 shoot docs/report_html.png "file://$RUN/report.html" 1100,1600

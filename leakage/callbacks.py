@@ -258,7 +258,7 @@ class LeakageReport(pl.Callback):
         self.history.append(best_loss.detach().cpu())
         step = trainer.global_step
         tb = _tb(trainer)
-        if tb is None or step >= trainer.max_steps or trainer.should_stop:
+        if tb is None or 0 < trainer.max_steps <= step or trainer.should_stop:
             return  # the end of the attack logs its last step
         scalars_due = step == 1 or step % self.log_every_n_steps == 0
         images_due = step == 1 or bool(self.image_every_n_steps and step % self.image_every_n_steps == 0)

@@ -195,6 +195,7 @@ def history_figure(history: np.ndarray, reconstructed: Optional[Sequence[bool]] 
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig.subplots_adjust(left=0.12, right=0.96, top=0.92, bottom=0.13)
     steps = np.arange(1, history.shape[0] + 1)
     V = history.shape[1]
     shown = np.where(np.isfinite(history) & (history > 0), history, np.nan)
@@ -222,7 +223,6 @@ def history_figure(history: np.ndarray, reconstructed: Optional[Sequence[bool]] 
         ax.legend(fontsize=6)
     if title:
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
     return fig
 
 

@@ -250,5 +250,5 @@ class Sweep:
         text = write_tables(self.out, self.cfg, self.defenses, self.studies, rows, points)
         write_plots(self.out, self.defenses, self.studies, rows, points or [])
         write_hparams(self.out, rows)
-        write_report(self.out, self.cfg, self.base, self.defenses, self.studies, rows, points)
+        write_report(self.out, self.cfg, self.base, self.defenses, self.studies, rows, points, self.overrides)
         return text

@@ -16,8 +16,9 @@ from typing import Any
 from .paths import confined
 from .tables import METRICS
 
-#: the outcome columns, ``hparam/<name>`` scalars in each cell's session
-OUTCOMES = (*METRICS, "success", "image_success_rate", "time_s", "entries_per_unknown")
+#: the outcome columns, ``hparam/<name>`` scalars in each cell's session, the attack's success first
+OUTCOMES = ("success_rate", "success", *(m for m in METRICS if m != "success_rate"), "image_success_rate", "time_s",
+            "entries_per_unknown")
 
 
 def cell_hparams(row: dict) -> dict[str, Any]:

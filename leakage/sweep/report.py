@@ -65,8 +65,8 @@ def _plot(out: Path, name: str, caption: str) -> str:
 
 
 def sweep_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies: list[dict], rows: list[dict],
-                 points: list[dict] | None) -> str:
-    """The page's HTML."""
+                 points: list[dict] | None, overrides: list[str] = ()) -> str:
+    """The page's HTML (``overrides``: the fit options given on the command line, which win)."""
     kinds = " and ".join(k for k, on in (("defenses", defenses), ("studies", studies)) if on)
     body = [f'<p class="outcome">{len([r for r in rows if r.get("status") == "ok"])} cells done '
             f'({len([r for r in rows if r.get("status") != "ok"])} could not run). A victim counts as '
@@ -74,7 +74,9 @@ def sweep_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies
             + (f"; a defense holds where at most {100 * float(cfg['target_success']):.0f}% of the victims are "
                "reconstructed, and its <b>breaking point</b> is the weakest setting that holds (refined by "
                f"bisection, {h.esc(cfg['refine'])} steps)." if defenses else ".") + "</p>",
-            "<h2>The attack (every cell)</h2>", h.settings_list(_attack_settings(base))]
+            "<h2>The attack (every cell)</h2>",
+            h.settings_list({**_attack_settings(base),
+                             **({"command line (wins)": " ".join(overrides)} if overrides else {})})]
     if defenses:
         body.append("<h2>Breaking points</h2>")
         if points:
@@ -110,5 +112,5 @@ def sweep_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies
 
 
 def write_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies: list[dict], rows: list[dict],
-                 points: list[dict] | None) -> None:
-    h.write(confined(out, "report.html"), sweep_report(out, cfg, base, defenses, studies, rows, points))
+                 points: list[dict] | None, overrides: list[str] = ()) -> None:
+    h.write(confined(out, "report.html"), sweep_report(out, cfg, base, defenses, studies, rows, points, overrides))
