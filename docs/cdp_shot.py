@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,7 @@ def main() -> None:
     label = sys.argv[5] if len(sys.argv) > 5 else None
     port = 9333
     chrome = subprocess.Popen(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        [os.environ.get("CHROMIUM", "chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
          f"--user-data-dir={tempfile.mkdtemp()}", f"--remote-debugging-port={port}",
          "--remote-debugging-address=127.0.0.1", f"--window-size={width},{height}", "about:blank"],
