@@ -355,7 +355,7 @@ class GradientInversion(pl.LightningModule):
             self.problem_losses = torch.where(evaluated, detached, self.problem_losses)
         ok = torch.isfinite(self.problem_losses)
         if bool(ok.any()):
-            self.log("attack/loss", self.problem_losses[ok].mean(), prog_bar=True, on_step=True, logger=True)
+            self.log("attack/loss", self.problem_losses[ok].mean(), prog_bar=True, on_step=True, logger=False)
         return losses.nansum()
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:

@@ -1,4 +1,4 @@
-"""Callbacks that are not the attack itself: metrics, TensorBoard logging and run artifacts.
+"""Callbacks that are not the attack itself: metrics, TensorBoard dashboards and run artifacts.
 
 :class:`LeakageReport` is the only code besides the data module that reads the secret victim data.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,8 +16,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
-from torchvision.utils import make_grid
 
+from . import htmlreport
+from .dashboard import (OUTCOMES, SETTINGS, figure_png, final_scalars, gallery_png, history_figure, log10,
+                        overview_layout, png_array, summary_markdown, write_hparams)
 from .metrics import label_accuracy, reconstruction_metrics
 
 COLUMNS = (
@@ -26,6 +29,9 @@ COLUMNS = (
 
 
 def _tb(trainer: pl.Trainer) -> Optional[Any]:
+    """The TensorBoard writer of the run (rank 0 only)."""
+    if not trainer.is_global_zero:
+        return None
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
@@ -130,18 +136,31 @@ def victim_rows(recon: Tensor, labels: Tensor, evaluation: dict[str, Tensor], be
 class LeakageReport(pl.Callback):
     """Log the attack's progress and write the run's results.
 
-    During the attack: the matching loss and, for every victim's currently best restart, SSIM,
-    PSNR and MSE as TensorBoard scalars (``victim_NN/...``) every ``log_every_n_steps`` steps, and
-    an image grid (victims above, reconstructions below) every ``image_every_n_steps``.
+    TensorBoard (with a TensorBoard logger):
 
-    At the end: a per-victim table printed and saved as ``metrics.csv`` and ``metrics.json``, a
-    ``gallery.png`` and a ``history.png`` in the run's log folder, and ``final/...`` scalars.
+    - scalars every ``log_every_n_steps`` steps (and at the first and last): per victim (its best
+      restart so far) ``victim_NN/{loss,log10_loss,ssim,psnr,mse,log10_mse}``, and over the victims
+      ``attack/reconstructed`` (victims with SSIM >= ``success_ssim`` that did not fail numerically),
+      ``attack/median_loss``, ``attack/log10_median_loss`` and ``attack/{ssim,psnr,mse}_mean``;
+      a CUSTOM SCALARS overview draws every victim as a line of one chart per metric;
+    - the images ``gallery`` (victims and reconstructions with true and recovered label and SSIM,
+      failures marked) and ``history`` (every victim's matching loss, log scale) at the first step,
+      every ``image_every_n_steps`` steps and at the end;
+    - at the end, ``final/*`` scalars (``reconstructed``, ``not_reconstructed``,
+      ``numerically_failed``, the means), the ``summary`` text card (outcome, settings, per-victim
+      table) and, with ``hparams``, an HPARAMS entry: the attack's settings with its outcome.
+
+    Files, at the end: the per-victim table printed and saved as ``metrics.csv``, ``metrics.json`` and
+    ``metrics.txt``, ``gallery.png``, ``history.png`` and ``report.html`` (one self-contained page).
 
     Args:
         success_ssim: a victim counts as reconstructed at SSIM >= this.
-        log_every_n_steps: interval of the per-victim scalars.
-        image_every_n_steps: interval of the image grids (0: only at the end).
-        save_artifacts: write the table, gallery and history plot.
+        log_every_n_steps: interval of the scalars.
+        image_every_n_steps: interval of the gallery and history images (0: only at the first step
+            and at the end).
+        save_artifacts: write the table, gallery, history plot and report.html.
+        hparams: log the run's settings and outcome to TensorBoard's HPARAMS tab (a sweep turns it
+            off in its cells and writes one entry per cell itself).
 
     The artifacts go to the logger's run folder (``logs/<name>/version_N``); without a logger to a
     fresh ``version_N`` folder under ``default_root_dir/logs/leakage`` (the CLI makes that folder
@@ -152,8 +171,9 @@ class LeakageReport(pl.Callback):
         self,
         success_ssim: float = 0.9,
         log_every_n_steps: int = 10,
-        image_every_n_steps: int = 50,
+        image_every_n_steps: int = 20,
         save_artifacts: bool = True,
+        hparams: bool = True,
     ) -> None:
         if log_every_n_steps < 1 or image_every_n_steps < 0:
             raise ValueError("log_every_n_steps must be >= 1 and image_every_n_steps >= 0")
@@ -161,6 +181,7 @@ class LeakageReport(pl.Callback):
         self.log_every_n_steps = log_every_n_steps
         self.image_every_n_steps = image_every_n_steps
         self.save_artifacts = save_artifacts
+        self.hparams = hparams
         self.history: list[Tensor] = []  # best matching loss per victim, every step
         self.rows: list[dict] = []
         self.summary: dict[str, float] = {}
@@ -172,41 +193,122 @@ class LeakageReport(pl.Callback):
         dm = trainer.datamodule
         return getattr(dm, "secret", None) if dm is not None else None
 
-    def _current_best(self, pl_module) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def _current_best(pl_module) -> tuple[Tensor, Tensor, Tensor]:
+        """Each victim's best problem so far, its matching loss and whether every restart failed."""
         losses = pl_module.problem_losses
-        best, _ = pl_module.best_restarts(losses)
-        return best, losses.view(-1, pl_module.hparams.restarts).gather(
-            1, (best % pl_module.hparams.restarts).view(-1, 1)).squeeze(1)
+        best, failed = pl_module.best_restarts(losses)
+        return best, losses[best], failed
 
-    def _grid(self, truth: Tensor, recon: Tensor, perm: Tensor) -> Tensor:
-        recon = torch.stack([recon[v][perm[v]] for v in range(recon.shape[0])])
-        images = torch.cat([truth.flatten(0, 1), recon.detach().cpu().clamp(0, 1).flatten(0, 1)])
-        return make_grid(images, nrow=truth.shape[0] * truth.shape[1], padding=1, pad_value=1.0)
+    def settings(self, trainer, pl_module) -> dict[str, Any]:
+        """The attack's settings, as the summary card, the HPARAMS entry and report.html show them."""
+        hp = pl_module.hparams
+        dm = trainer.datamodule
+        obs = pl_module.observation
+        out: dict[str, Any] = {
+            "dataset": getattr(dm, "dataset", None), "source": getattr(dm, "source", None),
+            "victims": obs.num_victims if obs is not None else None,
+            "batch_size": obs.batch_size if obs is not None else None,
+            "steps": trainer.max_steps,
+        }
+        for key in ("model", "distance", "optimizer", "lr", "labels", "init", "restarts", "tv_weight"):
+            out[key] = hp.get(key)
+        out["defenses"] = "; ".join(
+            d["defense"] + "(" + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense") + ")"
+            for d in self.defenses_of(trainer)) or "none"
+        out["success_ssim"] = self.success_ssim
+        return {k: out[k] for k in SETTINGS if out.get(k) is not None}
+
+    def _scalars(self, tb, step: int, losses: Tensor, metrics: Optional[dict], failed: Tensor) -> None:
+        """The per-victim and overview scalars at ``step``."""
+        scalars: dict[str, float] = {}
+        finite = []
+        for v in range(losses.numel()):
+            loss = float(losses[v])
+            if math.isfinite(loss):
+                finite.append(loss)
+                scalars[f"victim_{v:02d}/loss"] = loss
+                scalars[f"victim_{v:02d}/log10_loss"] = log10(loss)
+        if finite:
+            median = float(torch.tensor(finite, dtype=torch.float64).median())
+            scalars["attack/median_loss"] = median
+            scalars["attack/log10_median_loss"] = log10(median)
+        if metrics is not None:
+            for v in range(losses.numel()):
+                for key in ("ssim", "psnr", "mse"):
+                    value = float(metrics[key][v])
+                    if math.isfinite(value):
+                        scalars[f"victim_{v:02d}/{key}"] = value
+                mse = log10(float(metrics["mse"][v]))
+                if mse is not None:
+                    scalars[f"victim_{v:02d}/log10_mse"] = mse
+            for key in ("ssim", "psnr", "mse"):
+                scalars[f"attack/{key}_mean"] = float(torch.nan_to_num(metrics[key]).mean())
+            scalars["attack/reconstructed"] = float(((metrics["ssim"] >= self.success_ssim) & ~failed).sum())
+        for name, value in scalars.items():
+            if value is not None:
+                tb.add_scalar(name, value, step)
+
+    def _figures(self, secret, recon: Tensor, labels: Tensor, metrics: Optional[dict], failed: Sequence[bool],
+                 title: str) -> tuple[bytes, Optional[bytes]]:
+        """The gallery and history figures as PNG bytes (no history before the first step)."""
+        gallery = gallery_png(
+            recon, labels, truth=secret.images if secret is not None else None,
+            true_labels=secret.labels if secret is not None else None,
+            indices=secret.indices if secret is not None else None,
+            ssim_images=metrics["ssim_images"] if metrics is not None else None,
+            perm=metrics["perm"] if metrics is not None else None, failed=failed,
+            success_ssim=self.success_ssim, title=title)
+        history = None
+        if self.history:
+            done = None
+            if metrics is not None:
+                done = [bool(metrics["ssim"][v] >= self.success_ssim) and not failed[v] for v in range(len(failed))]
+            history = figure_png(history_figure(torch.stack(self.history).numpy(), done,
+                                                title=f"{title}: matching loss" if title else ""))
+        return gallery, history
+
+    @staticmethod
+    def _log_images(tb, step: int, gallery: bytes, history: Optional[bytes]) -> None:
+        tb.add_image("gallery", png_array(gallery), step, dataformats="HWC")
+        if history is not None:
+            tb.add_image("history", png_array(history), step, dataformats="HWC")
+
+    def _outcome_title(self, when: str, metrics: Optional[dict], failed: Tensor) -> str:
+        if metrics is None:
+            return f"{when}: reconstructions"
+        n = int(((metrics["ssim"] >= self.success_ssim) & ~failed).sum())
+        return f"{when}: {n}/{failed.numel()} reconstructed (SSIM >= {self.success_ssim:g})"
 
     # ------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer, pl_module) -> None:
+        tb = _tb(trainer)
+        if tb is not None and pl_module.observation is not None:
+            tb.add_custom_scalars(overview_layout(self.success_ssim, pl_module.observation.num_victims))
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if pl_module.problem_losses is None:
             return
-        best, best_loss = self._current_best(pl_module)
+        best, best_loss, failed = self._current_best(pl_module)
         self.history.append(best_loss.detach().cpu())
         step = trainer.global_step
         tb = _tb(trainer)
-        if tb is None or (step % self.log_every_n_steps and step != 1):
+        if tb is None or 0 < trainer.max_steps <= step or trainer.should_stop:
+            return  # the end of the attack logs its last step
+        scalars_due = step == 1 or step % self.log_every_n_steps == 0
+        images_due = step == 1 or bool(self.image_every_n_steps and step % self.image_every_n_steps == 0)
+        if not (scalars_due or images_due):
             return
-        scalars = {f"victim_{v:02d}/loss": float(best_loss[v]) for v in range(best.numel())}
         secret = self._secret(trainer)
-        if secret is not None:
-            recon = pl_module.dummy_data.detach()[best].cpu()
-            m = reconstruction_metrics(recon, secret.images)
-            for v in range(best.numel()):
-                for key in ("ssim", "psnr", "mse"):
-                    scalars[f"victim_{v:02d}/{key}"] = float(m[key][v])
-            for key in ("ssim", "psnr", "mse"):
-                scalars[f"attack/{key}_mean"] = float(torch.nan_to_num(m[key]).mean())
-            if self.image_every_n_steps and step % self.image_every_n_steps == 0:
-                tb.add_image("reconstruction", self._grid(secret.images, recon, m["perm"]), step)
-        for name, value in scalars.items():
-            tb.add_scalar(name, value, step)
+        recon = pl_module.dummy_data.detach()[best].cpu()
+        failed = failed.cpu()
+        metrics = reconstruction_metrics(recon, secret.images) if secret is not None else None
+        if scalars_due:
+            self._scalars(tb, step, best_loss.detach().cpu(), metrics, failed)
+        if images_due:
+            labels = pl_module.recovered_labels()[best].cpu()
+            self._log_images(tb, step, *self._figures(secret, recon, labels, metrics, failed.tolist(),
+                                                     self._outcome_title(f"step {step}", metrics, failed)))
 
     def on_train_end(self, trainer, pl_module) -> None:
         evaluation = pl_module.final_evaluation()
@@ -260,14 +362,23 @@ class LeakageReport(pl.Callback):
         if trainer.is_global_zero:
             print("\n" + text, flush=True)
         tb = _tb(trainer)
+        if tb is None and not (self.save_artifacts and trainer.is_global_zero):
+            return
         step = trainer.global_step
+        failed = [r["status"] == "failed" for r in self.rows]
+        settings = self.settings(trainer, pl_module)
+        gallery, history = self._figures(self._secret(trainer), recon, labels, metrics, failed,
+                                         self._outcome_title(f"end (step {step})", metrics, torch.tensor(failed)))
         if tb is not None:
-            for key, value in s.items():
-                if isinstance(value, (int, float)) and not math.isnan(float(value)):
-                    tb.add_scalar(f"final/{key}", float(value), step)
-            secret = self._secret(trainer)
-            if secret is not None and metrics is not None:
-                tb.add_image("reconstruction", self._grid(secret.images, recon, metrics["perm"]), step)
+            losses = torch.tensor([r["final_loss"] for r in self.rows])
+            self._scalars(tb, step, losses, metrics, torch.tensor(failed))
+            finals = final_scalars(s)
+            for key, value in finals.items():
+                tb.add_scalar(f"final/{key}", value, step)
+            self._log_images(tb, step, gallery, history)
+            tb.add_text("summary", summary_markdown(self.rows, s, self.success_ssim, settings), step)
+            if self.hparams:
+                write_hparams(tb, settings, [f"final/{k}" for k in OUTCOMES])
             tb.flush()
         if not self.save_artifacts or not trainer.is_global_zero:
             return
@@ -281,54 +392,56 @@ class LeakageReport(pl.Callback):
             json.dump({"summary": s, "success_ssim": self.success_ssim, "defenses": self.defenses_of(trainer),
                        "victims": self.rows}, f, indent=2, default=float)
         (self.run_dir / "metrics.txt").write_text(text + "\n")
-        self._plots(trainer, recon, labels, metrics)
+        (self.run_dir / "gallery.png").write_bytes(gallery)
+        if history is not None:
+            (self.run_dir / "history.png").write_bytes(history)
+        htmlreport.write(self.run_dir / "report.html", fit_report(self.rows, s, self.success_ssim, settings,
+                                                                  self.defenses_of(trainer), gallery, history,
+                                                                  self.run_dir))
 
-    def _plots(self, trainer, recon, labels, metrics) -> None:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        secret = self._secret(trainer)
-        V, B = recon.shape[:2]
-        n = V * B
-        cols = min(n, 10)
-        blocks = math.ceil(n / cols)
-        rows = 2 if secret is not None else 1
-        fig, axes = plt.subplots(rows * blocks, cols, figsize=(1.3 * cols, 1.55 * rows * blocks), squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for i in range(n):
-            v, b = divmod(i, B)
-            blk, c = divmod(i, cols)
-            rb = metrics["perm"][v][b] if metrics is not None else b
-            img = recon[v, rb].clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
-            ax_r = axes[rows * blk + rows - 1, c]
-            ax_r.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
-            title = f"rec {int(labels[v, rb])}"
-            if metrics is not None:
-                title += f" {float(metrics['ssim_images'][v, b]):.2f}"
-            ax_r.set_title(title, fontsize=7)
-            if secret is not None:
-                truth = secret.images[v, b].permute(1, 2, 0).squeeze(-1).numpy()
-                ax_t = axes[rows * blk, c]
-                ax_t.imshow(truth, cmap="gray" if truth.ndim == 2 else None, vmin=0, vmax=1)
-                ax_t.set_title(f"#{secret.indices[v][b]} label {int(secret.labels[v, b])}", fontsize=7)
-        fig.suptitle("victims (top) and reconstructions (below): label, SSIM", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(self.run_dir / "gallery.png", dpi=120)
-        plt.close(fig)
-
-        if self.history:
-            hist = torch.stack(self.history).numpy()
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for v in range(hist.shape[1]):
-                ax.plot(range(1, len(hist) + 1), hist[:, v], lw=0.8, label=f"victim {v}" if hist.shape[1] <= 10 else None)
-            ax.set_yscale("log")
-            ax.set_xlabel("attack step")
-            ax.set_ylabel("gradient-matching loss (best restart)")
-            if hist.shape[1] <= 10:
-                ax.legend(fontsize=6)
-            fig.tight_layout()
-            fig.savefig(self.run_dir / "history.png", dpi=120)
-            plt.close(fig)
+def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: dict[str, Any],
+               defenses: list[dict], gallery: bytes, history: Optional[bytes], run_dir: Path) -> str:
+    """The run's ``report.html``: outcome, settings, defenses, gallery, history and per-victim table."""
+    h = htmlreport
+    s = summary
+    if "success" in s:
+        outcome = (f"<b>{s['success']}/{s['victims']} victims reconstructed</b> (SSIM &ge; {success_ssim:g}); "
+                   f"mean SSIM {s['ssim_mean']:.3f}, mean PSNR {h.esc(h.fmt(s['psnr_mean']))} dB, label accuracy "
+                   f"{100 * s['label_acc']:.1f}%, {s['failed']} numerically failed.")
+        if s["images"] > s["victims"]:
+            outcome += f" Images reconstructed: {s['image_success']}/{s['images']}."
+    else:
+        outcome = (f"No victim images (captured gradients): mean gradient L2 distance "
+                   f"{h.esc(h.fmt(s['grad_l2_mean']))}; {s['failed']} numerically failed.")
+    title = f"Gradient inversion: {settings.get('dataset', 'captured gradients')}, {settings.get('model', '')}"
+    body = [f'<p class="outcome">{outcome}</p>', "<h2>Settings</h2>", h.settings_list(settings)]
+    if defenses:
+        body += ["<h3>Client-side defenses, in order</h3>", "<ol>" + "".join(
+            f"<li>{h.esc(d['defense'])}: " + h.esc(", ".join(f"{k} = {h.fmt(v)}" for k, v in d.items() if k != "defense"))
+            + "</li>" for d in defenses) + "</ol>"]
+    body += ["<h2>Reconstructions</h2>", h.image(gallery, "gallery of victims and reconstructions",
+             "Victim images (top, with dataset index and label) and their reconstructions (below, with the "
+             "recovered label and SSIM; green: reconstructed, red: not reconstructed or failed).")]
+    if history is not None:
+        body += ["<h2>Matching loss over the attack</h2>", h.image(
+            history, "matching loss history", "Gradient-matching loss of every victim's best restart, log scale.")]
+    body.append("<h2>Per victim</h2>")
+    headers = ["victim", "indices", "true labels", "recovered labels", "label acc", "SSIM", "PSNR", "MSE",
+               "grad L2", "grad cosine", "final loss", "restart", "status"]
+    table_rows, classes = [], []
+    for r in rows:
+        if r["status"] == "failed":
+            status, cls = "failed numerically", "failed"
+        elif "success" in s:
+            status, cls = ("reconstructed", "") if r["ssim"] >= success_ssim else ("not reconstructed", "bad")
+        else:
+            status, cls = "ok", ""
+        table_rows.append([r["victim"], r["indices"], r["true_labels"], r["recovered_labels"], r["label_acc"],
+                           r["ssim"], r["psnr"], r["mse"], r["grad_l2"], r["grad_cosine"], r["final_loss"],
+                           r["best_restart"], status])
+        classes.append(cls)
+    body.append(h.table(headers, table_rows, classes, text_columns=(12,)))
+    body.append(f'<p class="meta">Run folder: {h.esc(run_dir)} (metrics.csv, metrics.json, gallery.png, '
+                "history.png, TensorBoard events, config.yaml).</p>")
+    return h.page(title, body)

@@ -24,11 +24,13 @@ from lightning.pytorch.trainer import Trainer
 
 from .callbacks import LeakageReport, fresh_run_dir
 from .errors import one_line, parser_error_line
+from .loggers import CLASS_PATH as LOGGER_CLASS_PATH
+from .loggers import LIGHTNING_CLASS_PATHS
 
 TRAINER_DEFAULTS = {
     "max_steps": 300,
     "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "class_path": "leakage.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "logs", "name": "leakage"},
     },
     "enable_checkpointing": False,
@@ -105,6 +107,18 @@ def _trainer_error(err: Exception, config: dict) -> ValueError:
     return ValueError(f"cannot set up the trainer: {reason}")
 
 
+def _own_tensorboard_logger(logger: Any) -> None:
+    """Run a configured Lightning ``TensorBoardLogger`` as :class:`leakage.loggers.TensorBoardLogger`
+    (the same arguments, without ``epoch`` and ``hp_metric``), in place."""
+    for item in logger if isinstance(logger, list) else [logger]:
+        if not hasattr(item, "get") or item.get("class_path") not in LIGHTNING_CLASS_PATHS:
+            continue
+        item["class_path"] = LOGGER_CLASS_PATH
+        init_args = item.get("init_args")
+        if init_args is not None and "default_hp_metric" in init_args:
+            init_args["default_hp_metric"] = False
+
+
 class LeakageCLI(LightningCLI):
     """The LightningCLI of ``leakage fit``: ``fit`` is its only command (an attack has nothing to
     validate, test or predict)."""
@@ -155,6 +169,7 @@ class LeakageCLI(LightningCLI):
                 "set the attack budget with --trainer.max_steps N (one step is one attack iteration): "
                 f"N must be >= 1, got {steps}"
             )
+        _own_tensorboard_logger(trainer.get("logger"))
         # Without a logger, Lightning writes a run's files (config.yaml, the report's artifacts) into
         # default_root_dir, i.e. the current folder, over files of the same name. Give such a run a
         # fresh folder of its own instead: logs/leakage/version_N (under default_root_dir if given).

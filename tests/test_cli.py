@@ -100,11 +100,16 @@ def test_tensorboard_scalars_and_images(cifar_run):
     acc = EventAccumulator(str(events[0]), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     tags = acc.Tags()
-    for tag in ("attack/loss", "victim_00/ssim", "victim_00/psnr", "victim_00/mse", "victim_01/ssim",
-                "victim_00/loss", "attack/ssim_mean", "final/ssim_mean", "final/psnr_mean", "final/victims"):
+    for tag in ("attack/median_loss", "attack/log10_median_loss", "victim_00/ssim", "victim_00/psnr",
+                "victim_00/mse", "victim_01/ssim", "victim_00/loss", "victim_00/log10_loss", "attack/ssim_mean",
+                "attack/reconstructed", "final/ssim_mean", "final/psnr_mean", "final/victims"):
         assert tag in tags["scalars"], tag
-    loss = acc.Scalars("attack/loss")
+    # Lightning's extras are gone: no epoch, no hp_metric, no mean loss the failed victims dominate
+    assert not {"epoch", "hp_metric", "attack/loss"} & set(tags["scalars"])
+    loss = acc.Scalars("attack/median_loss")
     assert len(loss) == 3 and all(math.isfinite(e.value) and e.value > 0 for e in loss)
+    for e, e10 in zip(loss, acc.Scalars("attack/log10_median_loss")):
+        assert e10.value == pytest.approx(math.log10(e.value), abs=1e-5)
     ssim = acc.Scalars("victim_00/ssim")
     assert [e.step for e in ssim] == [1, 2, 3]
     assert all(-1 <= e.value <= 1 for e in ssim)
@@ -114,14 +119,15 @@ def test_tensorboard_scalars_and_images(cifar_run):
     report = json.loads((run / "metrics.json").read_text())
     assert acc.Scalars("final/ssim_mean")[-1].value == pytest.approx(report["summary"]["ssim_mean"], abs=1e-6)
     assert acc.Scalars("final/ssim_mean")[-1].step == 3
+    assert acc.Scalars("attack/reconstructed")[-1].value == report["summary"]["success"]
 
-    assert "reconstruction" in tags["images"]
-    images = acc.Images("reconstruction")
-    assert [e.step for e in images] == [2, 3]  # every 2 steps, and at the end
-    # victims above, reconstructions below: a 2 x 2 grid of 32-pixel images, 1-pixel padding
-    assert (images[-1].width, images[-1].height) == (67, 67)
-    with Image.open(io.BytesIO(images[-1].encoded_image_string)) as img:
-        assert img.size == (67, 67)
+    # the labelled gallery and the loss history: first step, every 2 steps, and the end
+    for tag in ("gallery", "history"):
+        images = acc.Images(tag)
+        assert [e.step for e in images] == [1, 2, 3], tag
+        with Image.open(io.BytesIO(images[-1].encoded_image_string)) as img:
+            assert img.size == (images[-1].width, images[-1].height)
+            assert img.size[0] > 200 and img.size[1] > 200  # readable: tiles upscaled, captions
 
 
 def test_cli_rerun_from_saved_config_reproduces(cifar_run, tmp_path):

@@ -61,15 +61,54 @@ def test_sweep_writes_tables_plots_and_hparams(tmp_path, capsys):
         assert (run / "metrics.json").exists() and list(run.glob("events.out.tfevents.*"))
         defenses = json.loads((run / "metrics.json").read_text())["defenses"]
         assert defenses[-1]["defense"] in ("gaussian_noise", "top_k")
-    # the hparams view compares the cells
+    # the hparams view compares the cells, under the README's `tensorboard --logdir <output>`: one
+    # experiment (the tab's columns) in the whole folder, one session (row) per cell
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import metadata
 
     runs = [p for p in (out / "hparams").iterdir() if p.is_dir()]
     assert len(runs) == 4
     acc = EventAccumulator(str(runs[0]))
     acc.Reload()
     assert "hparam/ssim" in acc.Tags()["scalars"]
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(out))
+    mux.Reload()
+    content = mux.PluginRunToTagToContent(metadata.PLUGIN_NAME)
+    experiments = [run for run, tags in content.items() if metadata.EXPERIMENT_TAG in tags]
+    assert experiments == ["hparams"]
+    exp = metadata.parse_experiment_plugin_data(content["hparams"][metadata.EXPERIMENT_TAG])
+    assert {"defense", "strength"} <= {h.name for h in exp.hparam_infos}
+    assert {"hparam/success_rate", "hparam/ssim"} <= {m.name.tag for m in exp.metric_infos}
+    sessions = {run: metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
+                for run, tags in content.items() if metadata.SESSION_START_INFO_TAG in tags}
+    assert sorted(sessions) == [f"hparams/{c}" for c in ("noise=0", "noise=1", "topk=0.01", "topk=1")]
+    rows_by_cell = {f"hparams/{r['cell']}": r for r in rows}
+    for run, start in sessions.items():
+        assert start.hparams["defense"].string_value == rows_by_cell[run]["defense"]
+        assert start.hparams["strength"].number_value == float(rows_by_cell[run]["value"])
+        cell = EventAccumulator(str(out / run))
+        cell.Reload()
+        assert cell.Scalars("hparam/success_rate")[-1].value == pytest.approx(float(rows_by_cell[run]["success_rate"]))
     assert "attack success rate" in capsys.readouterr().out
+    # report.html: the defense curves, the breaking points and every cell's own report
+    from htmlpage import embedded_pngs, read_page
+
+    from leakage.htmlreport import fmt
+
+    page = read_page(out / "report.html")
+    text = " ".join(page.text)
+    assert "honest-but-curious server" in text and "Breaking points" in text
+    header = next(r for r in page.rows if r[:3] == ["defense", "parameter", "breaking point"])
+    bp = {r[0]: r for r in page.rows if len(r) == len(header) and r[0] in ("noise", "topk")}
+    for p in points:
+        assert bp[p["defense"]][1] == p["param"]
+        assert bp[p["defense"]][2] == ("none" if p["breaking_point"] is None else fmt(p["breaking_point"]))
+        assert bp[p["defense"]][5] == p["note"]
+    assert len(embedded_pngs(page)) == 2  # noise.png and topk.png
+    assert sorted(page.links) == [f"runs/{c}/report.html" for c in ("noise=0", "noise=1", "topk=0.01", "topk=1")]
+    assert all((out / link).is_file() for link in page.links)
 
 
 def test_breaking_point_is_refined_between_leak_and_hold(tmp_path):

@@ -22,6 +22,7 @@ from .hparams import write_hparams
 from .lock import SweepLock
 from .paths import atomic_write, cell_id, confined, fmt, study_cell_id
 from .plots import write_plots
+from .report import write_report
 from .search import breaking_point
 from .tables import write_tables
 
@@ -173,13 +174,14 @@ class Sweep:
         trainer = cfg.get("trainer")
         if not isinstance(trainer, dict):
             trainer = cfg["trainer"] = {}
-        trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        trainer["logger"] = {"class_path": "leakage.loggers.TensorBoardLogger",
                              "init_args": {"save_dir": str(self.out), "name": "runs", "version": cid}}
         trainer.setdefault("enable_progress_bar", False)
         report_cfg = cfg.get("report")
         if not isinstance(report_cfg, dict):
             report_cfg = cfg["report"] = {}
         report_cfg["success_ssim"] = float(self.cfg["success_ssim"])
+        report_cfg["hparams"] = False  # the sweep's HPARAMS view has one row per cell (sweep/hparams.py)
         cfg_path = confined(self.out, "cells", f"{cid}.config.yaml")
         cfg_path.write_text(yaml.safe_dump(cfg))
         try:
@@ -248,4 +250,5 @@ class Sweep:
         text = write_tables(self.out, self.cfg, self.defenses, self.studies, rows, points)
         write_plots(self.out, self.defenses, self.studies, rows, points or [])
         write_hparams(self.out, rows)
+        write_report(self.out, self.cfg, self.base, self.defenses, self.studies, rows, points, self.overrides)
         return text

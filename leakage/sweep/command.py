@@ -52,5 +52,5 @@ def main(args: list[str]) -> None:
     sweep = parse(args)
     sweep.run()
     print("\n" + (sweep.out / "results.md").read_text())
-    made = "results.csv, results.md" + (", breaking_points.json" if sweep.defenses else "")
+    made = "results.csv, results.md" + (", breaking_points.json" if sweep.defenses else "") + ", report.html"
     print(f"sweep results in {sweep.out}/ ({made}, plots; tensorboard --logdir {sweep.out})", file=sys.stderr)
