@@ -72,3 +72,33 @@ def test_the_run_stops_when_every_problem_is_done(tmp_path):
 def test_check_done_every_must_not_be_negative():
     with pytest.raises(ValueError, match="check_done_every"):
         GradientInversion(check_done_every=-1)
+
+
+def test_compile_failure_falls_back_to_eager_in_one_line(tmp_path, monkeypatch):
+    calls = []
+
+    def broken_compile(fn, **kwargs):
+        calls.append(kwargs)
+
+        def run(*args, **kw):
+            raise RuntimeError("no C compiler here\nsecond line of the compiler's story")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning) as caught:
+        compiled, _ = _fit(tmp_path / "a", 2, compile="on", lbfgs_max_iter=3)
+    messages = [str(w.message) for w in caught if "torch.compile" in str(w.message)]
+    assert messages == ["torch.compile failed (RuntimeError: no C compiler here); the attack runs eagerly"]
+    assert calls == [{"mode": None, "dynamic": False}]
+    assert compiled.fixed_shape and not compiled.compiled
+    eager, _ = _fit(tmp_path / "b", 2, compile="off", fixed_shape=True, lbfgs_max_iter=3)
+    assert torch.equal(compiled.dummy_data.detach(), eager.dummy_data.detach())
+
+
+def test_compile_settings_are_checked():
+    with pytest.raises(ValueError, match="compile setting"):
+        GradientInversion(compile="maybe")
+    with pytest.raises(ValueError, match="fixed shapes"):
+        GradientInversion(compile="on", fixed_shape=False)
+    assert not GradientInversion().compiled  # auto: off on the CPU
+    assert not GradientInversion().fixed_shape
