@@ -347,7 +347,8 @@ class GradientInversion(pl.LightningModule):
             mode = "reduce-overhead" if x.device.type == "cuda" else None
             self._compiled = torch.compile(self._objective, mode=mode, dynamic=False)
         try:
-            return self._compiled(x, label_logits, None)
+            # a copy: under CUDA graphs the output's memory is reused by the next replay
+            return self._compiled(x, label_logits, None).clone()
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
             self._compiled = False
             first = (str(err).strip().splitlines() or [""])[0][:200]
