@@ -14,7 +14,8 @@ wall time, peak memory (each variant runs in its own child process: peak RSS on 
 
     python bench/dlg_throughput.py                      # 20 images, 300 steps (about 15 min on 2 cores)
     python bench/dlg_throughput.py --images 4 --steps 50  # a quick look
-    python bench/dlg_throughput.py --device cuda
+    python bench/dlg_throughput.py --device cuda          # the engine compiled (--compile auto) on the GPU
+    python bench/dlg_throughput.py --compile on           # torch.compile on the CPU too (inductor, gcc)
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def reference(n: int, steps: int, device: str) -> dict:
     return _result("(a) reference DLG loop", torch.stack(recons), torch.stack(labels), dm.secret, seconds, device)
 
 
-def engine(n: int, steps: int, device: str, preset: str | None) -> dict:
+def engine(n: int, steps: int, device: str, preset: str | None, compile: str = "auto") -> dict:
     """(b) / (c): the batched engine through Lightning, all images at once."""
     import lightning.pytorch as pl
 
@@ -109,7 +110,7 @@ def engine(n: int, steps: int, device: str, preset: str | None) -> dict:
     from leakage.data import VictimDataModule
 
     kwargs = dict(model="lenet", model_seed=1234, distance="l2", optimizer="lbfgs", lr=1.0, labels="joint",
-                  init="randn", init_seed=0, restarts=1)
+                  init="randn", init_seed=0, restarts=1, compile=compile)
     max_steps = steps
     if preset is not None:
         cfg = yaml.safe_load((ROOT / "configs" / preset).read_text())
@@ -155,6 +156,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--preset", default="cifar_fast.yaml", help="config for variant (c)")
+    ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                    help="the engine's --model.compile (auto: on a GPU only)")
     ap.add_argument("--skip-reference", action="store_true", help="run (b) and (c) only (no ratios)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -162,11 +165,13 @@ def main() -> None:
     results = []
     if not args.skip_reference:
         results.append(run_isolated(reference, args.images, args.steps, args.device))
-    results.append(run_isolated(engine, args.images, args.steps, args.device, None))
-    results.append(run_isolated(engine, args.images, args.steps, args.device, args.preset))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    results.append(run_isolated(engine, args.images, args.steps, args.device, None, args.compile))
+    results.append(run_isolated(engine, args.images, args.steps, args.device, args.preset, args.compile))
 
     print(f"\nDLG throughput on {args.images} bundled CIFAR-10 images, LeNet, device {args.device}, "
-          f"{torch.get_num_threads()} threads, reference budget {args.steps} L-BFGS steps\n")
+          f"{torch.get_num_threads()} threads, engine compile {args.compile}, reference budget {args.steps} L-BFGS steps\n")
     head = "| variant | SSIM>=0.9 | mean SSIM | mean PSNR | label acc | wall time (s) | peak memory (MiB) | speed-up vs (a) |"
     print(head)
     print("|---" * 8 + "|")

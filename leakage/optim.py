@@ -24,11 +24,26 @@ class BatchedLBFGS(Optimizer):
     count and termination tests: a problem that has converged within a ``step()`` waits while the
     others iterate, so solving problems together gives what each gives alone.
 
+    Every decision inside a step is a mask on the device: the per-problem tests of
+    ``torch.optim.LBFGS`` (gradient and change tolerances, the curvature condition, the history
+    ring) are ``torch.where`` selections and the two-loop recursion runs over all
+    ``history_size`` slots with the pairs a problem does not have yet weighted by 0. Nothing in
+    an iteration reads a value back to the host (no ``.item()``, ``bool()``, ``.tolist()`` or
+    data-dependent shape), so an iteration has a fixed shape and can be captured as a graph.
+    The only host decision left is ``early_exit``: with it (the default) the step ends as soon
+    as no problem is active (one ``bool()`` per inner iteration, as ``torch.optim.LBFGS`` does);
+    without it every step runs ``max_iter`` inner iterations, the inactive problems masked out.
+    Both give the same iterates.
+
     A problem whose loss or gradient becomes non-finite is marked in :attr:`failed`, moved back to
-    its last finite point and frozen; the others carry on untouched.
+    its last finite point and frozen; the others carry on untouched. A problem that a whole step
+    left where it was is at a fixed point (the next step starts from the same point, gradient and
+    history and does the same): :attr:`stalled` marks those, so a caller can stop when every
+    problem is stalled or failed.
 
     The closure must return a tensor of shape ``[P]`` (the per-problem losses) after
-    back-propagating their sum.
+    back-propagating their sum. Before each call :attr:`evaluating` holds the mask ``[P]`` of
+    problems whose loss and gradient the step still needs; the others' rows are ignored.
     """
 
     def __init__(
@@ -41,6 +56,7 @@ class BatchedLBFGS(Optimizer):
         tolerance_change: float = 1e-9,
         history_size: int = 100,
         line_search_fn: str | None = None,
+        early_exit: bool = True,
     ) -> None:
         if line_search_fn is not None:
             raise ValueError(
@@ -71,6 +87,7 @@ class BatchedLBFGS(Optimizer):
                 f"{[tuple(p.shape) for p in self._params]}"
             )
         self.num_problems = sizes.pop()
+        self.early_exit = early_exit
 
     # ------------------------------------------------------------------ helpers
     def _flat_grad(self) -> Tensor:
@@ -81,6 +98,9 @@ class BatchedLBFGS(Optimizer):
             views.append(p.new_zeros(P, p[0].numel()) if g is None else g.reshape(P, -1))
         return torch.cat(views, dim=1)
 
+    def _flat_params(self) -> Tensor:
+        return torch.cat([p.detach().reshape(self.num_problems, -1) for p in self._params], dim=1)
+
     def _add(self, step: Tensor) -> None:
         """params[p] += step[p] for every problem (``step`` is [P, D])."""
         offset = 0
@@ -90,13 +110,31 @@ class BatchedLBFGS(Optimizer):
                 p.add_(step[:, offset : offset + n].view_as(p))
                 offset += n
 
+    def _restore(self, rows: Tensor, flat: Tensor) -> None:
+        """params[p] = flat[p] where ``rows[p]`` (a fixed-shape select, no indexing by the mask)."""
+        offset = 0
+        with torch.no_grad():
+            for p in self._params:
+                n = p[0].numel()
+                old = flat[:, offset : offset + n].view_as(p)
+                p.copy_(torch.where(rows.view(-1, *([1] * (p.dim() - 1))), old, p))
+                offset += n
+
+    def _mask(self, name: str) -> Tensor:
+        state = self.state["problems"]
+        if name not in state:
+            return torch.zeros(self.num_problems, dtype=torch.bool)
+        return state[name].clone()
+
     @property
     def failed(self) -> Tensor:
         """Boolean mask ``[P]`` of problems that went non-finite and were frozen."""
-        state = self.state["problems"]
-        if "failed" not in state:
-            return torch.zeros(self.num_problems, dtype=torch.bool)
-        return state["failed"].clone()
+        return self._mask("failed")
+
+    @property
+    def stalled(self) -> Tensor:
+        """Boolean mask ``[P]`` of problems that the last step did not move (a fixed point)."""
+        return self._mask("stalled")
 
     # --------------------------------------------------------------------- step
     @torch.no_grad()
@@ -123,9 +161,10 @@ class BatchedLBFGS(Optimizer):
                 )
             return losses.to(torch.float64), self._flat_grad()
 
-        everyone = torch.ones(P, dtype=torch.bool, device=self._params[0].device)
         if "failed" in state:
             everyone = ~state["failed"]
+        else:
+            everyone = torch.ones(P, dtype=torch.bool, device=self._params[0].device)
         orig_losses, flat_grad = evaluate(everyone)
         loss = orig_losses.clone()
         device, dtype = flat_grad.device, flat_grad.dtype
@@ -135,6 +174,7 @@ class BatchedLBFGS(Optimizer):
             state["n_iter"] = torch.zeros(P, dtype=torch.long, device=device)
             state["func_evals"] = torch.zeros(P, dtype=torch.long, device=device)
             state["failed"] = torch.zeros(P, dtype=torch.bool, device=device)
+            state["stalled"] = torch.zeros(P, dtype=torch.bool, device=device)
             state["d"] = torch.zeros(P, D, dtype=dtype, device=device)
             state["t"] = torch.zeros(P, dtype=dtype, device=device)
             # curvature pairs in a ring per problem: slot ptr-1 is the newest
@@ -152,54 +192,57 @@ class BatchedLBFGS(Optimizer):
         old_dirs, old_stps, ro = state["old_dirs"], state["old_stps"], state["ro"]
         ptr, num_old, H_diag = state["ptr"], state["num_old"], state["H_diag"]
         prev_flat_grad, prev_loss = state["prev_flat_grad"], state["prev_loss"]
+        problems = torch.arange(P, device=device)
+        moved = torch.zeros(P, dtype=torch.bool, device=device)
 
         # a problem that is already non-finite at its current point fails right here
         failed |= everyone & ~(torch.isfinite(loss) & torch.isfinite(flat_grad).all(dim=1))
         state["func_evals"] += (~failed).long()
         active = ~failed & ~(flat_grad.abs().amax(dim=1) <= tol_grad)
 
-        n_iter = 0
-        current_evals = 1
-        while n_iter < max_iter and bool(active.any()):
-            n_iter += 1
+        for n_iter in range(1, max_iter + 1):
+            if self.early_exit and not bool(active.any()):
+                break
             n_iter_total += active.long()
             first = active & (n_iter_total == 1)
             later = active & ~first
 
-            if bool(first.any()):
-                d[first] = -flat_grad[first]
-                num_old[first] = 0
-                H_diag[first] = 1.0
-            if bool(later.any()):
-                y = flat_grad - prev_flat_grad
-                s = d * t[:, None]
-                ys = torch.linalg.vecdot(y, s)
-                accept = later & (ys > 1e-10)
-                if bool(accept.any()):
-                    idx = accept.nonzero().squeeze(1)
-                    slot = ptr[idx]
-                    old_dirs[slot, idx] = y[idx]
-                    old_stps[slot, idx] = s[idx]
-                    ro[slot, idx] = 1.0 / ys[idx]
-                    ptr[idx] = (slot + 1) % H
-                    num_old[idx] = (num_old[idx] + 1).clamp_(max=H)
-                    H_diag[idx] = ys[idx] / torch.linalg.vecdot(y[idx], y[idx])
-                idx = later.nonzero().squeeze(1)
-                d[idx] = self._two_loop(flat_grad, idx, old_dirs, old_stps, ro, ptr, num_old, H_diag)
+            # a new curvature pair for the problems whose step satisfies the curvature condition
+            y = flat_grad - prev_flat_grad
+            s = d * t[:, None]
+            ys = torch.linalg.vecdot(y, s)
+            accept = later & (ys > 1e-10)
+            rows = ptr * P + problems  # each problem's slot ptr in the flattened [H * P, D] ring
+            flat_dirs, flat_stps = old_dirs.view(H * P, D), old_stps.view(H * P, D)
+            keep = ~accept[:, None]
+            flat_dirs.index_copy_(0, rows, torch.where(keep, flat_dirs.index_select(0, rows), y))
+            flat_stps.index_copy_(0, rows, torch.where(keep, flat_stps.index_select(0, rows), s))
+            flat_ro = ro.view(H * P)
+            flat_ro.index_copy_(0, rows, torch.where(accept, 1.0 / ys, flat_ro.index_select(0, rows)))
+            ptr.copy_(torch.where(accept, (ptr + 1) % H, ptr))
+            num_old.copy_(torch.where(accept, (num_old + 1).clamp(max=H), num_old))
+            H_diag.copy_(torch.where(accept, ys / torch.linalg.vecdot(y, y), H_diag))
+            # the first iteration of a problem starts from an empty history
+            num_old.masked_fill_(first, 0)
+            H_diag.masked_fill_(first, 1.0)
 
-            prev_flat_grad[active] = flat_grad[active]
-            prev_loss[active] = loss[active]
+            direction = self._two_loop(flat_grad, old_dirs, old_stps, ro, ptr, num_old, H_diag)
+            d.copy_(torch.where(first[:, None], -flat_grad, torch.where(later[:, None], direction, d)))
+
+            prev_flat_grad.copy_(torch.where(active[:, None], flat_grad, prev_flat_grad))
+            prev_loss.copy_(torch.where(active, loss, prev_loss))
 
             t_first = torch.clamp(1.0 / flat_grad.abs().sum(dim=1), max=1.0) * lr
-            t[active] = torch.where(first, t_first, torch.full_like(t_first, lr))[active]
+            t.copy_(torch.where(active, torch.where(first, t_first, torch.full_like(t_first, lr)), t))
 
             gtd = torch.linalg.vecdot(flat_grad, d)
-            active &= ~(gtd > -tol_change)
-            if not bool(active.any()):
+            active = active & ~(gtd > -tol_change)
+            if self.early_exit and not bool(active.any()):
                 break
 
-            move = d * (t * active.to(dtype))[:, None]
-            before = [p.detach().clone() for p in self._params]  # the last finite point
+            move = torch.where(active[:, None], d * t[:, None], torch.zeros_like(d))
+            moved |= (move != 0).any(dim=1)
+            before = self._flat_params()  # the last finite point
             self._add(move)
 
             if n_iter != max_iter:
@@ -207,66 +250,52 @@ class BatchedLBFGS(Optimizer):
                 loss = torch.where(active, new_loss, loss)
                 flat_grad = torch.where(active[:, None], new_grad, flat_grad)
                 state["func_evals"] += active.long()
-                current_evals += 1
                 newly_bad = active & ~(torch.isfinite(loss) & torch.isfinite(flat_grad).all(dim=1))
-                if bool(newly_bad.any()):
-                    # back to the last finite point, frozen for good
-                    for p, b in zip(self._params, before):
-                        p[newly_bad] = b[newly_bad]
-                    failed |= newly_bad
-                    active &= ~newly_bad
+                # back to the last finite point, frozen for good
+                self._restore(newly_bad, before)
+                failed |= newly_bad
+                active = active & ~newly_bad
                 opt_cond = flat_grad.abs().amax(dim=1) <= tol_grad
             else:
                 opt_cond = torch.zeros_like(active)
 
-            if n_iter == max_iter or current_evals >= max_eval:
+            # every problem still active has been evaluated once per iteration of this step
+            if n_iter == max_iter or n_iter + 1 >= max_eval:
                 break
             small_step = move.abs().amax(dim=1) <= tol_change
             small_change = (loss - prev_loss).abs() < tol_change
-            active &= ~(opt_cond | small_step | small_change)
+            active = active & ~(opt_cond | small_step | small_change)
 
+        state["stalled"] = ~moved & ~failed
         self.evaluating = ~failed
         return orig_losses.to(dtype)
 
     @staticmethod
-    def _two_loop(flat_grad, idx, old_dirs, old_stps, ro, ptr, num_old, H_diag) -> Tensor:
-        """``-H g`` for the problems ``idx`` by the two-loop recursion, each over its own history."""
+    def _two_loop(flat_grad, old_dirs, old_stps, ro, ptr, num_old, H_diag) -> Tensor:
+        """``-H g`` for every problem by the two-loop recursion, each over its own history.
+
+        Fixed shape: all ``history_size`` ages are visited for every problem; a pair a problem
+        does not have (age >= its ``num_old``) has ``rho = 0`` and zero vectors, so it changes
+        nothing and the result equals ``torch.optim.LBFGS``'s loop over the pairs it has.
+        """
         H, P, D = old_dirs.shape
-        n_old = num_old[idx]
-        n_max = int(n_old.max())
-        ages = torch.arange(n_max, device=flat_grad.device)
-        slots = (ptr[idx][None, :] - 1 - ages[:, None]) % H  # [n_max, n]: the slot of each age
-        # ro of pairs a problem does not have yet is 0: they change nothing
-        rho = ro[:, idx].gather(0, slots) * (ages[:, None] < n_old[None, :]).to(ro.dtype)
-        if bool((slots == slots[:, :1]).all()):  # all these problems' pairs sit in the same slots
-            first_slot = slots[:, 0].tolist()
-            every = idx.numel() == P
+        device = flat_grad.device
+        ages = torch.arange(H, device=device)
+        slots = (ptr[None, :] - 1 - ages[:, None]) % H  # [H, P]: the slot of each age, newest first
+        rows = slots * P + torch.arange(P, device=device)[None, :]  # rows of the flattened [H * P, D] ring
+        rho = ro.gather(0, slots) * (ages[:, None] < num_old[None, :]).to(ro.dtype)
+        flat_stps, flat_dirs = old_stps.view(H * P, D), old_dirs.view(H * P, D)
 
-            def pair(age: int) -> tuple[Tensor, Tensor]:
-                k = first_slot[age]
-                if every:
-                    return old_stps[k], old_dirs[k]
-                return old_stps[k].index_select(0, idx), old_dirs[k].index_select(0, idx)
-        else:
-            # each age's pairs gathered when needed: small [n, D] copies that stay in cache
-            rows = slots * P + idx  # [n_max, n]: row of (slot, problem) in the flattened [H * P, D] buffers
-            flat_stps, flat_dirs = old_stps.view(H * P, D), old_dirs.view(H * P, D)
-
-            def pair(age: int) -> tuple[Tensor, Tensor]:
-                return flat_stps.index_select(0, rows[age]), flat_dirs.index_select(0, rows[age])
-
-        q = flat_grad.index_select(0, idx).neg_()
+        q = flat_grad.neg()
         al = []
-        for age in range(n_max):  # newest to oldest
-            s_a, y_a = pair(age)
-            a = torch.linalg.vecdot(s_a, q) * rho[age]
-            q.addcmul_(y_a, a.unsqueeze(1), value=-1)
+        for age in range(H):  # newest to oldest
+            a = torch.linalg.vecdot(flat_stps.index_select(0, rows[age]), q) * rho[age]
+            q.addcmul_(flat_dirs.index_select(0, rows[age]), a.unsqueeze(1), value=-1)
             al.append(a)
-        r = q.mul_(H_diag[idx].unsqueeze(1))
-        for age in range(n_max - 1, -1, -1):  # oldest to newest
-            s_a, y_a = pair(age)
-            be = torch.linalg.vecdot(y_a, r) * rho[age]
-            r.addcmul_(s_a, (al[age] - be).unsqueeze(1))
+        r = q.mul_(H_diag.unsqueeze(1))
+        for age in range(H - 1, -1, -1):  # oldest to newest
+            be = torch.linalg.vecdot(flat_dirs.index_select(0, rows[age]), r) * rho[age]
+            r.addcmul_(flat_stps.index_select(0, rows[age]), (al[age] - be).unsqueeze(1))
         return r
 
 

@@ -49,10 +49,10 @@ def torch_lbfgs_trajectory(fn, x0, steps, **kw):
     return torch.stack(traj)
 
 
-def batched_trajectory(fns, x0s, steps, record=None, **kw):
+def batched_trajectory(fns, x0s, steps, record=None, early_exit=True, **kw):
     """Solve problems ``fns[p]`` from ``x0s[p]`` together; the trajectory is ``[steps, P, D]``."""
     x = torch.stack([x0.clone() for x0 in x0s]).requires_grad_(True)
-    opt = BatchedLBFGS([x], **kw)
+    opt = BatchedLBFGS([x], early_exit=early_exit, **kw)
 
     def closure():
         opt.zero_grad()
@@ -305,3 +305,88 @@ def test_signed_adam_moves_by_lr_in_sign_direction():
     opt.step(closure)
     # Adam on sign(g): the first step is lr * sign(g) whatever the gradient's size
     torch.testing.assert_close(x.detach(), torch.tensor([[0.9, -1.9, 2.9]]), atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------- fixed shape, no host sync
+def test_fixed_work_steps_give_the_same_iterates():
+    """early_exit=False (max_iter masked iterations every step) changes nothing but the work done."""
+    fns, x0s = _three_problems()
+    fns, x0s = [fns[0], _nan_problem, fns[1], fns[2]], [x0s[0], torch.zeros(12, dtype=F64), x0s[1], x0s[2]]
+    kw = dict(lr=1.0, max_iter=20, history_size=5)
+    early, opt_a = batched_trajectory(fns, x0s, 6, **kw)
+    record = []
+    fixed, opt_b = batched_trajectory(fns, x0s, 6, record=record, early_exit=False, **kw)
+    torch.testing.assert_close(fixed, early, rtol=0, atol=0)
+    assert opt_b.failed.tolist() == opt_a.failed.tolist() == [False, True, False, False]
+    for key in ("n_iter", "func_evals", "ptr", "num_old"):
+        assert torch.equal(opt_a.state["problems"][key], opt_b.state["problems"][key]), key
+    # every step evaluated max_iter times (the last iteration moves without evaluating)
+    assert len(record) == 6 * 20
+
+
+class _HostSyncs(torch.overrides.TorchFunctionMode):
+    """Records the tensor operations that read a value back to the host."""
+
+    NAMES = {"__bool__", "item", "tolist", "nonzero", "__int__", "__float__", "__index__", "masked_select",
+             "argwhere", "numpy", "unique"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+        self.in_closure = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if not self.in_closure and name in self.NAMES:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_step_without_early_exit_never_reads_back_to_the_host():
+    fns, x0s = _three_problems()
+    x = torch.stack(x0s).requires_grad_(True)
+    opt = BatchedLBFGS([x], lr=1.0, max_iter=20, history_size=5, early_exit=False)
+    mode = _HostSyncs()
+
+    def closure():
+        mode.in_closure = True
+        opt.zero_grad()
+        losses = torch.stack([fn(x[p]) for p, fn in enumerate(fns)])
+        losses.sum().backward()
+        mode.in_closure = False
+        return losses.detach()
+
+    with mode:
+        for _ in range(3):
+            opt.step(closure)
+    assert mode.seen == []
+    # the detector works: the default (early exit) reads `active.any()` back once per iteration
+    opt2 = BatchedLBFGS([x], lr=1.0, max_iter=20, history_size=5)
+    mode2 = _HostSyncs()
+
+    def closure2():
+        mode2.in_closure = True
+        opt2.zero_grad()
+        losses = torch.stack([fn(x[p]) for p, fn in enumerate(fns)])
+        losses.sum().backward()
+        mode2.in_closure = False
+        return losses.detach()
+
+    with mode2:
+        opt2.step(closure2)
+    assert "__bool__" in mode2.seen
+
+
+def test_stalled_marks_problems_a_step_left_in_place():
+    fns, x0s = _three_problems()
+    traj, opt = batched_trajectory(fns, x0s, 8, lr=1.0, max_iter=20, history_size=5)
+    stalled = opt.stalled
+    # the quadratic reached its minimum and stopped moving; the nonconvex ones still move
+    assert stalled.tolist()[2] is True
+    torch.testing.assert_close(traj[-1, 2], traj[-2, 2], rtol=0, atol=0)
+    for p in range(2):
+        assert stalled[p] == torch.equal(traj[-1, p], traj[-2, p])
+    # a stalled problem is a fixed point: one more step leaves it exactly where it was
+    x_before = traj[-1, 2].clone()
+    more, _ = batched_trajectory(fns, x0s, 9, lr=1.0, max_iter=20, history_size=5)
+    assert torch.equal(more[-1, 2], x_before)
