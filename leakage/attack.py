@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .client import per_problem_gradients
 from .data import Observation
+from .fedavg import per_problem_updates, schedules
 from .labels import idlg_labels, last_linear, restore_batch_labels
 from .losses import DISTANCES, gradient_distance, total_variation
 from .models import build_model
@@ -151,6 +152,9 @@ class GradientInversion(pl.LightningModule):
         for i, name in enumerate(self.param_names):
             g = observation.gradients[name].repeat_interleave(R, dim=0)
             self.register_buffer(f"observed_{i}", g, persistent=False)
+        if observation.client is not None:  # FedAvg: each problem's public mini-batch order
+            sched = schedules(observation.client, B, observation.update_keys).repeat_interleave(R, dim=0)
+            self.register_buffer("schedule", sched, persistent=False)
         x, label_logits = self.initial_dummies(observation)
         self.dummy_data = nn.Parameter(x)
         if hp.labels == "joint":
@@ -160,11 +164,11 @@ class GradientInversion(pl.LightningModule):
                 raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
                                  "labels 'joint' or a batch strategy (bias_count, weight_count, yin)")
             name, layer = last_linear(self.target)
-            grads = observation.gradients
+            grads = observation.gradient_estimate()
             y = idlg_labels(grads[f"{name}.weight"], grads[f"{name}.bias"] if layer.bias is not None else None)  # [V]
             self.register_buffer("fixed_labels", y.repeat_interleave(R).view(P, 1), persistent=False)
         else:
-            y = restore_batch_labels(self.target, observation.gradients, B, observation.input_shape, hp.labels,
+            y = restore_batch_labels(self.target, observation.gradient_estimate(), B, observation.input_shape, hp.labels,
                                      observation.data_range)  # [V, B]
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
@@ -217,7 +221,7 @@ class GradientInversion(pl.LightningModule):
         if idx is not None:
             observed = [o[idx] for o in observed]
             targets = targets if label_logits is not None else targets[idx]
-        grads = per_problem_gradients(self.target, x, targets)
+        grads = self._updates(x, targets, idx)
         loss = gradient_distance([grads[n] for n in self.param_names], observed, distance or self.hparams.distance)
         if prior and self.hparams.tv_weight > 0:
             loss = loss + self.hparams.tv_weight * total_variation(x)
@@ -225,6 +229,13 @@ class GradientInversion(pl.LightningModule):
             target = self.consensus if idx is None else self.consensus[idx]
             loss = loss + self.hparams.group_weight * (x - target).pow(2).flatten(1).mean(1)
         return loss
+
+    def _updates(self, x: Tensor, targets: Tensor, idx: Optional[Tensor]) -> dict[str, Tensor]:
+        """The problems' simulated client updates: FedSGD gradients, or FedAvg local steps."""
+        client = self.observation.client
+        if client is None:
+            return per_problem_gradients(self.target, x, targets)
+        return per_problem_updates(self.target, x, targets, client, self.schedule if idx is None else self.schedule[idx])
 
     @torch.no_grad()
     def update_consensus(self) -> None:
