@@ -135,21 +135,29 @@ def _shared(client: FedAvgClient, delta: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------ the client
+def train_locally(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, key: int) -> None:
+    """The client's local training, in place: ``local_steps`` steps of ``torch.optim.SGD`` with
+    ``loss.backward()`` on the mini-batches of :func:`batch_schedule`. ``x`` is ``[B, C, H, W]``,
+    ``y`` ``[B]``; the model keeps its train/eval mode."""
+    params = [p for p in model.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(params, lr=client.local_lr)
+    for idx in batch_schedule(client, x.shape[0], key):
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+
+
 def fedavg_update(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, key: int) -> dict[str, Tensor]:
     """One client's shared update: local SGD on a copy of ``model``, as a real FL client runs it.
 
-    ``x`` is ``[B, C, H, W]``, ``y`` is ``[B]``. The copy keeps the model's train/eval mode. Returns
-    ``{parameter name: tensor}`` (the weight difference, or the pseudo-gradient), detached.
+    ``x`` is ``[B, C, H, W]``, ``y`` is ``[B]``. Returns ``{parameter name: tensor}`` (the weight
+    difference, or the pseudo-gradient), detached.
     """
     local = copy.deepcopy(model)
-    for p in local.parameters():
-        p.requires_grad_(True)
     start = {n: p.detach().clone() for n, p in local.named_parameters()}
-    opt = torch.optim.SGD(local.parameters(), lr=client.local_lr)
-    for idx in batch_schedule(client, x.shape[0], key):
-        opt.zero_grad()
-        F.cross_entropy(local(x[idx]), y[idx]).backward()
-        opt.step()
+    train_locally(local, x, y, client, key)
     return {n: _shared(client, p.detach() - start[n]) for n, p in local.named_parameters()}
 
 
