@@ -306,7 +306,7 @@ class VictimDataModule(pl.LightningDataModule):
                 ("local_batch_size", local_batch_size, None), ("shuffle", shuffle, True),
                 ("shuffle_seed", shuffle_seed, 0), ("share", share, "delta")) if v != default]
             if changed:
-                raise ValueError(f"{', '.join(changed)} set a FedAvg client: add --data.protocol fedavg")
+                raise ValueError(f"FedAvg client settings ({', '.join(changed)}) need --data.protocol fedavg")
             return None
         if local_epochs is not None:
             if local_steps != 1:
