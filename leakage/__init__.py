@@ -1,0 +1,9 @@
+"""leakage: how much federated-learning updates leak a client's data.
+
+The command line is ``leakage fit`` / ``leakage sweep``; from Python, :func:`client_update`,
+:func:`invert` and :func:`report` drive the same engine (:mod:`leakage.api`).
+"""
+
+from .api import InversionResult, Report, bundled_images, client_update, invert, report
+
+__all__ = ["client_update", "invert", "report", "bundled_images", "InversionResult", "Report"]

@@ -8,7 +8,7 @@ its own. The module reads only the observation (model, shared gradient, public m
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import torch
@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from .client import per_problem_gradients
+from .client import batchnorm_layers, client_view, per_problem_gradients
 from .data import Observation
 from .fedavg import per_problem_updates, schedules
 from .labels import idlg_labels, last_linear, restore_batch_labels
 from .losses import DISTANCES, gradient_distance, total_variation
-from .models import build_model
+from .models import build_model, model_name
 from .optim import BatchedLBFGS, SignedAdam
 from .precision import full_precision
 from .seeding import generator
@@ -35,13 +35,25 @@ class GradientInversion(pl.LightningModule):
     """Reconstruct client data from shared gradients (DLG, iDLG, Inverting Gradients).
 
     Args:
-        model: target model: ``lenet`` (DLG's), ``simple_cnn`` or ``mlp``.
+        model: target model: a built-in name (``lenet``, DLG's; ``simple_cnn``; ``mlp``;
+            ``resnet18``, the CIFAR variant of Inverting Gradients; ``resnet18_imagenet``) or any
+            ``torch.nn.Module``, given in a config as ``class_path`` and ``init_args`` (an import
+            path of a class, or of a function returning a module) or on the command line as
+            ``--model.model my_package.MyNet --model.model.width 64``. The module is owned by the
+            attack from then on (its parameters are frozen).
         input_shape: ``[C, H, W]``; linked from the data by the CLI.
         num_classes: linked from the data by the CLI.
-        model_seed: seed of the target model's weights.
-        model_weights: optional state_dict file (read with ``weights_only=True``).
+        model_seed: seed of a built-in model's weights (a module given by import path is built by
+            its own code; seed it with ``seed_everything``).
+        model_weights: optional weights file: a state_dict (``.pt``/``.pth``), a Lightning
+            checkpoint (``.ckpt``, its ``state_dict``; a prefix such as ``model.`` is stripped when
+            only one fits) or ``.safetensors``; read without unpickling.
         distance: ``l2`` (DLG) or ``cosine`` (Inverting Gradients).
         tv_weight: weight of the total-variation prior (0 disables it).
+        bn_weight: weight of the BatchNorm-statistics prior (``R_BN`` of Yin et al., 2021): for every
+            BatchNorm layer, the L2 distances of the dummy batch's per-channel mean and variance at
+            that layer's input to the layer's running statistics, summed. For trained models (their
+            running statistics describe real data); needs BatchNorm layers; 0 disables it.
         optimizer: ``lbfgs`` (batched, as DLG), ``adam`` or ``signed_adam``.
         lr: learning rate.
         lbfgs_max_iter: L-BFGS inner iterations per step (torch's default 20, as DLG).
@@ -73,13 +85,14 @@ class GradientInversion(pl.LightningModule):
 
     def __init__(
         self,
-        model: str = "lenet",
+        model: Union[nn.Module, str] = "lenet",
         input_shape: Sequence[int] = (3, 32, 32),
         num_classes: int = 10,
         model_seed: int = 1234,
         model_weights: Optional[str] = None,
         distance: Literal["l2", "cosine"] = "l2",
         tv_weight: float = 0.0,
+        bn_weight: float = 0.0,
         optimizer: Literal["lbfgs", "adam", "signed_adam"] = "lbfgs",
         lr: float = 1.0,
         lbfgs_max_iter: int = 20,
@@ -114,12 +127,22 @@ class GradientInversion(pl.LightningModule):
             raise ValueError("group consistency (group_weight > 0) needs restarts >= 2: it pulls a victim's restarts together")
         if lbfgs_tolerance_grad < 0 or lbfgs_tolerance_change < 0:
             raise ValueError("lbfgs_tolerance_grad and lbfgs_tolerance_change must be >= 0")
-        if lr <= 0 or tv_weight < 0:
-            raise ValueError(f"lr must be > 0 and tv_weight >= 0, got lr={lr}, tv_weight={tv_weight}")
-        self.save_hyperparameters()
+        if lr <= 0 or tv_weight < 0 or bn_weight < 0:
+            raise ValueError(f"lr must be > 0 and tv_weight, bn_weight >= 0, got lr={lr}, tv_weight={tv_weight}, "
+                             f"bn_weight={bn_weight}")
+        if isinstance(model, nn.Module):  # the module itself is the target below, not a hyperparameter
+            self.save_hyperparameters(ignore=["model"])
+            self.hparams["model"] = model_name(model)
+        else:
+            self.save_hyperparameters()
         self.target = build_model(model, input_shape, num_classes, seed=model_seed, weights=model_weights)
         for p in self.target.parameters():
             p.requires_grad_(False)
+        self._bn_layers = batchnorm_layers(self.target) if bn_weight > 0 else []
+        if bn_weight > 0 and not self._bn_layers:
+            raise ValueError(f"bn_weight > 0 needs a model with BatchNorm layers that keep running statistics; "
+                             f"model {self.hparams.model!r} has none")
+        self._client_net: Optional[nn.Module] = None  # the client's forward (train or eval mode), per device
         self.param_names = [n for n, _ in self.target.named_parameters()]
         self.observation: Optional[Observation] = None
         self.problem_losses: Optional[Tensor] = None  # [P], from the last evaluation
@@ -147,11 +170,15 @@ class GradientInversion(pl.LightningModule):
                 f"the model was built for {tuple(hp.input_shape)} and {hp.num_classes}"
             )
         self.observation = observation
+        self._client_net = None
         V, B, R = observation.num_victims, observation.batch_size, hp.restarts
         P = V * R
         for i, name in enumerate(self.param_names):
             g = observation.gradients[name].repeat_interleave(R, dim=0)
             self.register_buffer(f"observed_{i}", g, persistent=False)
+        if observation.client is not None and hp.bn_weight > 0:
+            raise ValueError("bn_weight (the BatchNorm-statistics prior) is modelled for FedSGD updates only: "
+                             "use --model.bn_weight 0 with --data.protocol fedavg")
         if observation.client is not None:  # FedAvg: each problem's public mini-batch order
             sched = schedules(observation.client, B, observation.update_keys).repeat_interleave(R, dim=0)
             self.register_buffer("schedule", sched, persistent=False)
@@ -210,6 +237,26 @@ class GradientInversion(pl.LightningModule):
         return self.fixed_labels
 
     # -------------------------------------------------------------- objective
+    def client_net(self, device: torch.device) -> nn.Module:
+        """The client's forward pass as the observation says it ran (train or eval mode), sharing
+        the target's parameters; BatchNorm in train mode keeps no running statistics, so the
+        target's running buffers are never touched (:func:`leakage.client.client_view`)."""
+        net = self._client_net
+        if net is None or self._client_net_device != device:
+            mode = self.observation.client_mode if self.observation is not None else "train"
+            net = self._client_net = client_view(self.target, mode).to(device)
+            self._client_net_device = device
+        return net
+
+    def bn_prior(self, moments: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """``R_BN`` per problem ``[P]``: distances of the dummy batch's BatchNorm input statistics to
+        the target's running statistics, summed over layers."""
+        total = 0.0
+        for name, (mean, var) in moments.items():
+            layer = self.target.get_submodule(name)
+            total = total + (mean - layer.running_mean).norm(dim=-1) + (var - layer.running_var).norm(dim=-1)
+        return total
+
     def _objective(self, x: Tensor, label_logits: Optional[Tensor], idx: Optional[Tensor],
                    distance: Optional[str] = None, prior: bool = True) -> Tensor:
         """Objective of the problems ``idx`` (all when None) at dummies ``x`` and label logits."""
@@ -221,21 +268,25 @@ class GradientInversion(pl.LightningModule):
         if idx is not None:
             observed = [o[idx] for o in observed]
             targets = targets if label_logits is not None else targets[idx]
-        grads = self._updates(x, targets, idx)
+        net = self.client_net(x.device)
+        bn = prior and self.hparams.bn_weight > 0
+        client = self.observation.client
+        if client is not None:  # FedAvg: the client's local steps, simulated per problem
+            sched = self.schedule if idx is None else self.schedule[idx]
+            grads = per_problem_updates(self.target, x, targets, client, sched, forward=net)
+        elif bn:
+            grads, moments = per_problem_gradients(self.target, x, targets, forward=net, bn_layers=self._bn_layers)
+        else:
+            grads = per_problem_gradients(self.target, x, targets, forward=net)
         loss = gradient_distance([grads[n] for n in self.param_names], observed, distance or self.hparams.distance)
+        if bn:
+            loss = loss + self.hparams.bn_weight * self.bn_prior(moments)
         if prior and self.hparams.tv_weight > 0:
             loss = loss + self.hparams.tv_weight * total_variation(x)
         if prior and self.hparams.group_weight > 0 and self.consensus is not None:
             target = self.consensus if idx is None else self.consensus[idx]
             loss = loss + self.hparams.group_weight * (x - target).pow(2).flatten(1).mean(1)
         return loss
-
-    def _updates(self, x: Tensor, targets: Tensor, idx: Optional[Tensor]) -> dict[str, Tensor]:
-        """The problems' simulated client updates: FedSGD gradients, or FedAvg local steps."""
-        client = self.observation.client
-        if client is None:
-            return per_problem_gradients(self.target, x, targets)
-        return per_problem_updates(self.target, x, targets, client, self.schedule if idx is None else self.schedule[idx])
 
     @torch.no_grad()
     def update_consensus(self) -> None:

@@ -92,6 +92,41 @@ def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
     return out
 
 
+def victim_rows(recon: Tensor, labels: Tensor, evaluation: dict[str, Tensor], best_restart: Tensor,
+                failed: Tensor, metrics: Optional[dict[str, Tensor]] = None, true_labels: Optional[Tensor] = None,
+                indices: Optional[list[list[int]]] = None) -> list[dict]:
+    """One result row per victim (the columns of ``metrics.csv``).
+
+    ``recon`` ``[V, B, C, H, W]`` and ``labels`` ``[V, B]`` are each victim's best reconstruction;
+    ``evaluation`` holds its ``loss``, ``grad_l2`` and ``grad_cosine`` ``[V]``; ``failed`` ``[V]``
+    marks victims whose every restart failed numerically. ``metrics`` (from
+    :func:`leakage.metrics.reconstruction_metrics`), ``true_labels`` and ``indices`` come from the
+    secret and are left out (NaN, empty) when the victims' data is unknown.
+    """
+    acc = label_accuracy(labels, true_labels) if true_labels is not None else None
+    rows = []
+    for v in range(recon.shape[0]):
+        bad = bool(failed[v]) or not bool(torch.isfinite(recon[v]).all())
+        rows.append({
+            "victim": v,
+            "indices": list(indices[v]) if indices is not None else [],
+            "true_labels": true_labels[v].tolist() if true_labels is not None else [],
+            "recovered_labels": labels[v].tolist(),
+            "label_acc": float(acc[v]) if acc is not None else float("nan"),
+            "ssim": float(metrics["ssim"][v]) if metrics is not None else float("nan"),
+            "psnr": float(metrics["psnr"][v]) if metrics is not None else float("nan"),
+            "mse": float(metrics["mse"][v]) if metrics is not None else float("nan"),
+            "grad_l2": float(evaluation["grad_l2"][v]),
+            "grad_cosine": float(evaluation["grad_cosine"][v]),
+            "final_loss": float(evaluation["loss"][v]),
+            "best_restart": int(best_restart[v]),
+            "status": "failed" if bad else "ok",
+            # each victim image's SSIM against its matched reconstruction (B > 1: after assignment)
+            "ssim_images": [float(x) for x in metrics["ssim_images"][v]] if metrics is not None else [],
+        })
+    return rows
+
+
 class LeakageReport(pl.Callback):
     """Log the attack's progress and write the run's results.
 
@@ -180,32 +215,11 @@ class LeakageReport(pl.Callback):
         recon = pl_module.dummy_data.detach()[best].cpu()
         labels = pl_module.recovered_labels()[best].cpu()
         secret = self._secret(trainer)
-        V = best.numel()
         R = pl_module.hparams.restarts
         metrics = reconstruction_metrics(recon, secret.images) if secret is not None else None
-        acc = label_accuracy(labels, secret.labels) if secret is not None else None
-        self.rows = []
-        for v in range(V):
-            p = int(best_cpu[v])
-            failed = bool(victim_failed[v]) or not bool(torch.isfinite(recon[v]).all())
-            row = {
-                "victim": v,
-                "indices": secret.indices[v] if secret is not None else [],
-                "true_labels": secret.labels[v].tolist() if secret is not None else [],
-                "recovered_labels": labels[v].tolist(),
-                "label_acc": float(acc[v]) if acc is not None else float("nan"),
-                "ssim": float(metrics["ssim"][v]) if metrics is not None else float("nan"),
-                "psnr": float(metrics["psnr"][v]) if metrics is not None else float("nan"),
-                "mse": float(metrics["mse"][v]) if metrics is not None else float("nan"),
-                "grad_l2": float(evaluation["grad_l2"][p]),
-                "grad_cosine": float(evaluation["grad_cosine"][p]),
-                "final_loss": float(evaluation["loss"][p]),
-                "best_restart": p % R,
-                "status": "failed" if failed else "ok",
-                # each victim image's SSIM against its matched reconstruction (B > 1: after assignment)
-                "ssim_images": [float(x) for x in metrics["ssim_images"][v]] if metrics is not None else [],
-            }
-            self.rows.append(row)
+        self.rows = victim_rows(
+            recon, labels, {k: v[best] for k, v in evaluation.items()}, best_cpu % R, victim_failed, metrics,
+            secret.labels if secret is not None else None, secret.indices if secret is not None else None)
         self.summary = summarize(self.rows, self.success_ssim)
         self.summary["entries_per_unknown"] = pl_module.observation.entries_per_unknown
         self._report(trainer, pl_module, recon, labels, metrics)

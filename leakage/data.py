@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchvision import datasets, transforms
 
 from .capture import check_settings, is_capture, load_global_weights, read_capture
-from .client import client_gradients, load_gradients, validate_gradients
+from .client import CLIENT_MODES, client_gradients, load_gradients, validate_gradients
 from .fedavg import SHARES, FedAvgClient, client_updates, epochs_to_steps
 from .seeding import position_key, update_key
 
@@ -58,11 +58,16 @@ class Observation:
     #: draw of the attack on that update is seeded by it (:mod:`leakage.seeding`). Image sources key
     #: an update by its images' dataset indices, captured files by its position; None: by position.
     update_keys: Optional[tuple[int, ...]] = None
+    #: how the client ran the model for its update (public protocol setting): ``train`` (BatchNorm
+    #: with the batch's own statistics, what FL clients do) or ``eval``; the attack simulates the same
+    client_mode: str = "train"
     #: the client protocol that made the updates: None is FedSGD (one gradient, mean over the
     #: batch); a :class:`~leakage.fedavg.FedAvgClient` holds the public FedAvg settings
     client: Optional[FedAvgClient] = None
 
     def __post_init__(self) -> None:
+        if self.client_mode not in CLIENT_MODES:
+            raise ValueError(f"unknown client mode {self.client_mode!r}; choose one of {', '.join(CLIENT_MODES)}")
         if self.update_keys is None:
             self.update_keys = tuple(position_key(i) for i in range(self.num_victims))
         self.update_keys = tuple(int(k) for k in self.update_keys)
@@ -211,6 +216,10 @@ class VictimDataModule(pl.LightningDataModule):
         shuffle: FedAvg: a fresh seeded order of the batch every local epoch.
         shuffle_seed: FedAvg: the public seed of the mini-batch order (with each update's key).
         share: FedAvg: ``delta`` (``w_K - w_0``) or ``pseudo_gradient`` (``(w_0 - w_K) / local_lr``).
+        client_mode: how the client runs the model for its update: ``train`` (the default, what FL
+            clients do: BatchNorm normalises with the batch's own statistics; dropout off) or
+            ``eval`` (running statistics). Public: the attack simulates the same mode. Models without
+            BatchNorm give the same update either way.
     """
 
     def __init__(
@@ -235,8 +244,12 @@ class VictimDataModule(pl.LightningDataModule):
         shuffle: bool = True,
         shuffle_seed: int = 0,
         share: Literal["delta", "pseudo_gradient"] = "delta",
+        client_mode: Literal["train", "eval"] = "train",
     ) -> None:
         super().__init__()
+        if client_mode not in CLIENT_MODES:
+            raise ValueError(f"unknown client_mode {client_mode!r}; choose one of {', '.join(CLIENT_MODES)}")
+        self.client_mode = client_mode
         if source not in SOURCES:
             raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
         self.dataset = _dataset_key(dataset)
@@ -394,11 +407,12 @@ class VictimDataModule(pl.LightningDataModule):
             self.secret = self.load_victims()
             keys = tuple(update_key(ix) for ix in self.secret.indices)
             if self.client is None:
-                grads = client_gradients(model, self.secret.images, self.secret.labels)
+                grads = client_gradients(model, self.secret.images, self.secret.labels, self.client_mode)
             else:
-                grads = client_updates(model, self.secret.images, self.secret.labels, self.client, keys)
+                grads = client_updates(model, self.secret.images, self.secret.labels, self.client, keys,
+                                       self.client_mode)
         self.observation = Observation(grads, self.batch_size, self.input_shape, self.num_classes, update_keys=keys,
-                                       client=self.client)
+                                       client_mode=self.client_mode, client=self.client)
         return self.observation
 
     def _read_capture(self, model: nn.Module) -> tuple[dict[str, Tensor], Optional[tuple[int, ...]]]:

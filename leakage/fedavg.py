@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from .client import client_view
 from .precision import full_precision
 from .seeding import generator
 
@@ -135,42 +136,50 @@ def _shared(client: FedAvgClient, delta: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------ the client
-def train_locally(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, key: int) -> None:
+def train_locally(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, key: int,
+                  forward: Optional[nn.Module] = None) -> None:
     """The client's local training, in place: ``local_steps`` steps of ``torch.optim.SGD`` with
     ``loss.backward()`` on the mini-batches of :func:`batch_schedule`. ``x`` is ``[B, C, H, W]``,
-    ``y`` ``[B]``; the model keeps its train/eval mode."""
+    ``y`` ``[B]``. ``forward`` is the module whose forward pass runs with ``model``'s parameters
+    (:func:`leakage.client.client_view`); default: ``model`` itself, in its own train/eval mode."""
+    net = model if forward is None else forward
     params = [p for p in model.parameters()]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.SGD(params, lr=client.local_lr)
     for idx in batch_schedule(client, x.shape[0], key):
         opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        F.cross_entropy(net(x[idx]), y[idx]).backward()
         opt.step()
 
 
-def fedavg_update(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, key: int) -> dict[str, Tensor]:
+def fedavg_update(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, key: int,
+                  mode: str = "train") -> dict[str, Tensor]:
     """One client's shared update: local SGD on a copy of ``model``, as a real FL client runs it.
 
-    ``x`` is ``[B, C, H, W]``, ``y`` is ``[B]``. Returns ``{parameter name: tensor}`` (the weight
-    difference, or the pseudo-gradient), detached.
+    ``x`` is ``[B, C, H, W]``, ``y`` is ``[B]``; ``mode`` is the client's ``train`` (BatchNorm with
+    each mini-batch's statistics) or ``eval`` (:func:`leakage.client.client_view`). Returns
+    ``{parameter name: tensor}`` (the weight difference, or the pseudo-gradient), detached;
+    ``model`` is left as it was.
     """
     local = copy.deepcopy(model)
     start = {n: p.detach().clone() for n, p in local.named_parameters()}
-    train_locally(local, x, y, client, key)
+    train_locally(local, x, y, client, key, forward=client_view(local, mode))
     return {n: _shared(client, p.detach() - start[n]) for n, p in local.named_parameters()}
 
 
-def client_updates(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, keys: Sequence[int]) -> dict[str, Tensor]:
+def client_updates(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, keys: Sequence[int],
+                   mode: str = "train") -> dict[str, Tensor]:
     """Each victim's shared FedAvg update: ``x`` ``[V, B, C, H, W]``, ``y`` ``[V, B]``; returns
     ``{name: [V, *shape]}``."""
     with full_precision():  # as the attack: no TF32 or bf16 shortcut in the client's float32 math
-        updates = [fedavg_update(model, xv, yv, client, k) for xv, yv, k in zip(x, y, keys)]
+        updates = [fedavg_update(model, xv, yv, client, k, mode) for xv, yv, k in zip(x, y, keys)]
     return {n: torch.stack([u[n] for u in updates]) for n in updates[0]}
 
 
 # ------------------------------------------------------------- the simulation
-def per_problem_updates(model: nn.Module, x: Tensor, targets: Tensor, client: FedAvgClient, schedule: Tensor) -> dict[str, Tensor]:
+def per_problem_updates(model: nn.Module, x: Tensor, targets: Tensor, client: FedAvgClient, schedule: Tensor,
+                        forward: Optional[nn.Module] = None) -> dict[str, Tensor]:
     """The FedAvg update of the model for many dummy batches at once, differentiable.
 
     ``x`` is ``[P, B, C, H, W]``; ``targets`` ``[P, B]`` class indices or ``[P, B, K]`` class
@@ -179,14 +188,17 @@ def per_problem_updates(model: nn.Module, x: Tensor, targets: Tensor, client: Fe
     with ``torch.func.grad``, whose result stays differentiable in ``w_k`` and in the dummies, so
     the outer backward of a loss on the returned update reaches ``x`` and ``targets`` through every
     step (second order, composed by ``torch.func``). Memory grows linearly with ``local_steps``.
-    Returns ``{parameter name: [P, *shape]}`` as the client shares it.
+    ``forward`` runs the forward pass with ``model``'s parameters (the client's train or eval mode,
+    :func:`leakage.client.client_view`); default: ``model``. Returns ``{parameter name: [P, *shape]}``
+    as the client shares it.
     """
+    net = model if forward is None else forward
     params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    buffers = {k: v.detach() for k, v in net.named_buffers()}
     lr = client.local_lr
 
     def loss(p: dict[str, Tensor], xb: Tensor, tb: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(model, (p, buffers), (xb,)), tb)
+        return F.cross_entropy(functional_call(net, (p, buffers), (xb,)), tb)
 
     step_grad = grad(loss)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-MODELS = ("lenet", "simple_cnn", "mlp")
+MODELS = ("lenet", "simple_cnn", "mlp", "resnet18", "resnet18_imagenet")
 
 
 class LeNet(nn.Module):
@@ -67,6 +67,32 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+def resnet18_cifar(input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10) -> nn.Module:
+    """torchvision's ResNet-18 in the CIFAR variant of Inverting Gradients (Geiping et al., 2020):
+    a 3x3 stride-1 stem and no max-pool, so 32x32 images keep their resolution in the first stage."""
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def resnet18_imagenet(input_shape: Sequence[int] = (3, 224, 224), num_classes: int = 1000) -> nn.Module:
+    """torchvision's ResNet-18 as it is (7x7 stride-2 stem, max-pool); its stem takes
+    ``input_shape[0]`` channels."""
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=num_classes)
+    if input_shape[0] != 3:
+        model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+BUILT_IN = {"lenet": LeNet, "simple_cnn": SimpleCNN, "mlp": MLP, "resnet18": resnet18_cifar,
+            "resnet18_imagenet": resnet18_imagenet}
+
+
 def _dlg_init(module: nn.Module) -> None:
     """DLG's weight init: every weight and bias drawn from U(-0.5, 0.5)."""
     for name, p in module.named_parameters():
@@ -96,57 +122,118 @@ def check_model(model: nn.Module, input_shape: Sequence[int], num_classes: int, 
         raise ValueError(f"{what} gives {got} for one input of shape {shape}, not [1, {num_classes}] logits")
 
 
+def model_name(model: Union[str, nn.Module]) -> str:
+    """A short name of a target model for tables and logs: the built-in name, or the class's import path."""
+    if isinstance(model, str):
+        return model
+    cls = type(model)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def build_model(
-    name: str,
+    name: Union[str, nn.Module],
     input_shape: Sequence[int],
     num_classes: int,
     seed: int = 1234,
     weights: str | None = None,
 ) -> nn.Module:
-    """Build a target model by name, its weights drawn from ``seed`` or read from a state_dict file.
+    """The target model: a built-in by name, its weights drawn from ``seed``, or any ``nn.Module``.
 
-    ``lenet`` uses DLG's U(-0.5, 0.5) init; the others PyTorch's default init. The model must take
-    inputs of ``input_shape`` and give ``num_classes`` logits (:func:`check_model`); otherwise a
-    one-line ``ValueError`` names the model, the shape and the reason.
+    Built-ins: ``lenet`` (DLG's, with its U(-0.5, 0.5) init), ``simple_cnn``, ``mlp``, ``resnet18``
+    (the CIFAR variant) and ``resnet18_imagenet`` (torchvision's), PyTorch's default init. A module
+    given as an object (the CLI builds it from ``class_path`` and ``init_args``) is used as it is.
+    ``weights`` (a state_dict, a Lightning checkpoint or a safetensors file, read without unpickling:
+    :func:`load_weights`) replaces the weights. The model must take inputs of ``input_shape`` and
+    give ``num_classes`` logits (:func:`check_model`); otherwise a one-line ``ValueError`` says why.
+    The model is returned in eval mode; the client's mode (train or eval) is applied per update by
+    :func:`leakage.client.client_view`.
     """
-    key = name.lower().replace("-", "_")
-    classes = {"lenet": LeNet, "simple_cnn": SimpleCNN, "mlp": MLP}
-    if key not in classes:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
         raise ValueError(f"input_shape must be three positive integers [C, H, W], got {list(shape)}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            with warnings.catch_warnings():  # a layer of size 0 is reported below, by the shape check
-                warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-                model = classes[key](shape, num_classes)
-        except (RuntimeError, ValueError) as err:  # e.g. a layer of size 0
-            raise ValueError(f"model {name!r} cannot take inputs of shape {shape}: {_first_line(err)}") from None
-        if key == "lenet":
-            _dlg_init(model)
-    check_model(model, shape, num_classes, name)
+    if isinstance(name, nn.Module):
+        model = name
+        label = model_name(model)
+    elif isinstance(name, str):
+        key = name.lower().replace("-", "_")
+        if key not in BUILT_IN:
+            if "." in name:  # jsonargparse keeps a class path it cannot import or build as a string
+                raise ValueError(
+                    f"model {name!r} is not a built-in ({', '.join(MODELS)}) and could not be built as an nn.Module: "
+                    "give the import path of an nn.Module class (or of a function returning one) that is importable "
+                    "here, with its required init_args (--model.model.ARG VALUE)"
+                )
+            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, or give an nn.Module's import path")
+        label = name
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            try:
+                with warnings.catch_warnings():  # a layer of size 0 is reported below, by the shape check
+                    warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+                    model = BUILT_IN[key](shape, num_classes)
+            except (RuntimeError, ValueError) as err:  # e.g. a layer of size 0
+                raise ValueError(f"model {name!r} cannot take inputs of shape {shape}: {_first_line(err)}") from None
+            if key == "lenet":
+                _dlg_init(model)
+    else:
+        raise ValueError(f"model must be a built-in name or an nn.Module, got {type(name).__name__}")
+    check_model(model, shape, num_classes, label)
     if weights is not None:
-        path = Path(weights)
-        if path.is_dir():
-            raise ValueError(f"model weights file {path} is a directory, not a file")
-        if not path.is_file():
-            raise FileNotFoundError(f"model weights file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # corrupted, truncated or hostile (non-tensor pickle) files
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ValueError(f"cannot read model weights file {path}: {first[:200]}") from None
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise ValueError(f"model weights file {path} must hold a state_dict, got {type(state).__name__}")
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError) as err:
-            first = str(err).strip().splitlines()
-            raise ValueError(f"weights file {path} does not fit model {name!r}: {' '.join(first[:3])}") from None
+        load_weights(model, weights, label)
     return model.eval()
+
+
+def _read_state(path: Path) -> Mapping[str, Tensor]:
+    """The tensors of a weights file, never unpickled: safetensors, or ``torch.load(weights_only=True)``."""
+    if path.is_dir():
+        raise ValueError(f"model weights file {path} is a directory, not a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"model weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupted, truncated or hostile (non-tensor pickle) files
+        raise ValueError(f"cannot read model weights file {path} without unpickling code: {_first_line(err)}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a Lightning checkpoint
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"model weights file {path} must hold a state_dict (parameter name -> tensor), "
+                         f"got {type(state).__name__}")
+    return state
+
+
+def _strip_prefix(state: Mapping[str, Tensor], wanted: Sequence[str], path: Path) -> Mapping[str, Tensor]:
+    """``state`` with the one prefix removed that makes its names the model's (a LightningModule
+    stores its network as ``model.``, ``net.``, ...); unchanged when the names already fit."""
+    wanted_set = set(wanted)
+    if wanted_set <= set(state):
+        return state
+    prefixes = {k[: len(k) - len(w)] for k in state for w in wanted if k.endswith("." + w)}
+    fitting = sorted(p for p in prefixes if all(p + w in state for w in wanted))
+    if len(fitting) > 1:
+        raise ValueError(f"weights file {path} holds the model's weights under several prefixes "
+                         f"({', '.join(repr(p) for p in fitting)}): save the state_dict of the one to attack")
+    if not fitting:
+        return state  # load_state_dict names what is missing
+    return {k[len(fitting[0]):]: v for k, v in state.items() if k.startswith(fitting[0])}
+
+
+def load_weights(model: nn.Module, weights: str | Path, name: str = "") -> nn.Module:
+    """Load weights into ``model`` from a ``state_dict`` file (``.pt``/``.pth``), a Lightning checkpoint
+    (``.ckpt``: its ``state_dict``, with a prefix such as ``model.`` stripped when only one fits) or a
+    ``.safetensors`` file. Nothing is unpickled; a file that does not fit the model is a one-line error."""
+    path = Path(weights)
+    state = _read_state(path)
+    state = _strip_prefix(state, list(model.state_dict()), path)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as err:
+        first = str(err).strip().splitlines()
+        what = f"model {name!r}" if name else f"model {model_name(model)}"
+        raise ValueError(f"weights file {path} does not fit {what}: {' '.join(first[:3])[:300]}") from None
+    return model

@@ -58,13 +58,13 @@ def test_attack_objective_and_client_run_in_full_precision(monkeypatch, tmp_path
     seen = {"client": [], "objective": []}
     real = leakage.client.per_problem_gradients
 
-    def client_spy(model, x, targets):
+    def client_spy(model, x, targets, **kwargs):
         seen["client"].append(is_full_precision())
-        return real(model, x, targets)
+        return real(model, x, targets, **kwargs)
 
-    def objective_spy(model, x, targets):
+    def objective_spy(model, x, targets, **kwargs):
         seen["objective"].append(is_full_precision())
-        return real(model, x, targets)
+        return real(model, x, targets, **kwargs)
 
     monkeypatch.setattr(leakage.client, "per_problem_gradients", client_spy)
     monkeypatch.setattr(leakage.attack, "per_problem_gradients", objective_spy)

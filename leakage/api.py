@@ -1,0 +1,249 @@
+"""The Python API: attack your own model from your own code, with the engine ``leakage fit`` runs.
+
+::
+
+    import leakage
+    update = leakage.client_update(model, x, y)                  # what the client shares
+    result = leakage.invert(model, update, input_shape=(1, 28, 28), num_classes=10, attack="dlg")
+    print(leakage.report(result, x, y))                          # SSIM / PSNR / MSE / label accuracy
+
+:func:`invert` builds the same :class:`~leakage.attack.GradientInversion` LightningModule and runs
+it with a Lightning ``Trainer``, as the CLI does; :func:`report` scores it with the same metrics and
+table. Only :func:`report` reads the victims' data.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from .attack import GradientInversion
+from .callbacks import format_table, summarize, victim_rows
+from .client import CLIENT_MODES, client_gradients, validate_gradients
+from .data import Observation, _Steps
+from .defenses import Defense, SecureAggregation
+from .metrics import reconstruction_metrics
+from .presets import preset
+from .seeding import position_key
+
+
+def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tuple[Tensor, Tensor]:
+    """Images ``[N, C, H, W]`` in [0, 1] and labels ``[N]`` from the test images shipped in the package
+    (``mnist`` or ``cifar10``, test-split indices 0-19): a private batch to try the attack on, offline."""
+    from .data import VictimDataModule
+
+    secret = VictimDataModule(source="bundled", dataset=dataset, indices=list(indices)).load_victims()
+    return secret.images.flatten(0, 1), secret.labels.flatten()
+
+
+def _batched(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """``x`` ``[B, C, H, W]`` / ``y`` ``[B]`` (one update) or ``[V, B, C, H, W]`` / ``[V, B]`` (several)."""
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise ValueError("x and y must be tensors: images [B, C, H, W] and labels [B] (or [V, B, ...] for V updates)")
+    if x.dim() == 4 and y.dim() == 1:
+        return x[None], y[None], True
+    if x.dim() == 5 and y.dim() == 2:
+        return x, y, False
+    raise ValueError(f"x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)} do not fit: give images "
+                     "[B, C, H, W] with labels [B], or [V, B, C, H, W] with [V, B]")
+
+
+def client_update(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train",
+                  defenses: Sequence[Defense] = ()) -> dict[str, Tensor]:
+    """What an FL client shares: the gradient of the mean cross-entropy of its batch, as
+    ``model.train(); loss.backward()`` computes it (``mode="train"``: BatchNorm with the batch's own
+    statistics, dropout off) or in eval mode, after the client-side ``defenses`` (noise, clipping,
+    top-k, DP; seeded per update). The model, its running statistics included, is left as it was.
+
+    ``x`` ``[B, C, H, W]`` with labels ``y`` ``[B]`` gives one update ``{name: tensor shaped like the
+    parameter}``; ``[V, B, C, H, W]`` with ``[V, B]`` gives V updates ``{name: [V, *shape]}``.
+    """
+    xb, yb, single = _batched(x, y)
+    if not xb.is_floating_point():
+        raise ValueError(f"x must be floating-point images, got {xb.dtype}")
+    device = next(model.parameters()).device
+    grads = client_gradients(model, xb.to(device), yb.to(device).long(), mode)
+    if defenses:
+        if any(isinstance(d, SecureAggregation) for d in defenses):
+            raise ValueError("SecureAggregation sums several clients' updates: run it with `leakage fit` (a defense "
+                             "of the data module), not on one client's update")
+        keys = [position_key(v) for v in range(xb.shape[0])]
+        for d in defenses:
+            grads = d.apply(grads, keys)
+    return {k: (v[0] if single else v) for k, v in grads.items()}
+
+
+@dataclass
+class InversionResult:
+    """What :func:`invert` recovered, per update ``v`` (its best restart).
+
+    ``images`` ``[V, B, C, H, W]``, ``labels`` ``[V, B]``; ``matching_loss``, ``grad_l2``,
+    ``grad_cosine`` ``[V]`` at the end; ``best_restart`` ``[V]``; ``failed`` ``[V]`` is True where
+    every restart failed numerically (NaN or infinite loss). ``module`` is the attack itself.
+    """
+
+    images: Tensor
+    labels: Tensor
+    matching_loss: Tensor
+    grad_l2: Tensor
+    grad_cosine: Tensor
+    best_restart: Tensor
+    failed: Tensor
+    module: GradientInversion
+
+    def __repr__(self) -> str:
+        V, B = self.labels.shape
+        return (f"InversionResult({V} update(s) of {B} image(s) of shape {tuple(self.images.shape[2:])}, "
+                f"failed {int(self.failed.sum())})")
+
+
+def _accelerator(device: Union[str, torch.device, None], model: nn.Module) -> dict[str, Any]:
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    if device.type == "cpu":
+        return {"accelerator": "cpu", "devices": 1}
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but this machine has no CUDA GPU: use device='cpu'")
+        return {"accelerator": "gpu", "devices": [device.index or 0]}
+    if device.type == "mps":
+        return {"accelerator": "mps", "devices": 1}
+    raise ValueError(f"unsupported device {str(device)!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+
+@contextmanager
+def _quiet_lightning(show: bool) -> Iterator[None]:
+    """Lightning's start-up lines and hints that do not apply to an attack, off unless asked for."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
+                                               "lightning.pytorch.accelerators.cuda")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        if not show:
+            for lg in loggers:
+                lg.setLevel(logging.WARNING)
+        for msg in (".*does not have many workers.*", ".*GPU available but not used.*", ".*module\\(s\\) in eval mode.*",
+                    ".*isinstance\\(treespec, LeafSpec\\).*", ".*but have no logger configured.*"):
+            warnings.filterwarnings("ignore", message=msg)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def invert(
+    model: nn.Module,
+    update: Mapping[str, Tensor],
+    input_shape: Sequence[int],
+    num_classes: int,
+    attack: str = "dlg",
+    batch_size: int = 1,
+    restarts: int = 1,
+    steps: Optional[int] = None,
+    device: Union[str, torch.device, None] = None,
+    client_mode: str = "train",
+    data_range: tuple[float, float] = (0.0, 1.0),
+    seed: int = 0,
+    progress_bar: bool = False,
+    trainer_options: Optional[dict[str, Any]] = None,
+    **options: Any,
+) -> InversionResult:
+    """Reconstruct the client data behind ``update`` (what :func:`client_update` or a real client shared).
+
+    Args:
+        model: the target model, with the weights the client used (it is copied, never changed).
+        update: ``{parameter name: gradient}``, one update (each tensor shaped like its parameter)
+            or several (a leading update dimension).
+        input_shape, num_classes, batch_size: public metadata: ``[C, H, W]``, the number of classes,
+            the images in one update.
+        attack: a preset: ``dlg``, ``idlg``, ``inverting_gradients`` or ``fast`` (:mod:`leakage.presets`).
+        restarts: independent starts per update; the one with the lowest matching loss is kept.
+        steps: attack iterations (default: the preset's).
+        device: ``cpu``, ``cuda``, ``cuda:N``; default the model's device.
+        client_mode: how the client ran the model (``train``: BatchNorm batch statistics; ``eval``).
+        data_range: the range of the images' values.
+        seed: seed of the dummies (each problem draws from its own generator).
+        progress_bar: show Lightning's progress bar and start-up lines.
+        trainer_options: further ``lightning.pytorch.Trainer`` arguments.
+        **options: any attack setting of ``leakage fit`` (``--model.*``: ``distance``, ``tv_weight``,
+            ``labels``, ``optimizer``, ``lr``, ``bn_weight``, ...), overriding the preset's.
+    """
+    chosen = preset(attack)
+    if client_mode not in CLIENT_MODES:
+        raise ValueError(f"unknown client_mode {client_mode!r}; choose one of {', '.join(CLIENT_MODES)}")
+    for forbidden in ("model", "input_shape", "num_classes", "restarts", "init_seed"):
+        if forbidden in options:
+            raise ValueError(f"{forbidden!r} is an argument of invert itself, not an attack option")
+    steps = chosen.steps if steps is None else steps
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    hardware = _accelerator(device, model)
+    target = copy.deepcopy(model).cpu()
+    grads = validate_gradients({k: v.detach().cpu() for k, v in update.items()}, target, source="update")
+    observation = Observation(grads, batch_size, tuple(input_shape), num_classes, tuple(data_range),
+                              client_mode=client_mode)
+    settings = {**chosen.settings, **options}
+    with _quiet_lightning(progress_bar):
+        try:
+            module = GradientInversion(model=target, input_shape=tuple(input_shape), num_classes=num_classes,
+                                       restarts=restarts, init_seed=seed, **settings)
+        except TypeError as err:  # an option leakage fit does not have
+            raise ValueError(f"unknown attack option: {err}") from None
+        module.attach(observation)
+        trainer = pl.Trainer(
+            max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
+            enable_progress_bar=progress_bar, num_sanity_val_steps=0, limit_val_batches=0,
+            **{**hardware, **(trainer_options or {})},
+        )
+        trainer.fit(module, train_dataloaders=DataLoader(_Steps(), batch_size=None))
+        evaluation = module.final_evaluation()
+    best, failed = module.best_restarts(evaluation["loss"])
+    return InversionResult(
+        images=module.dummy_data.detach()[best].cpu(),
+        labels=module.recovered_labels()[best].cpu(),
+        matching_loss=evaluation["loss"][best].cpu(),
+        grad_l2=evaluation["grad_l2"][best].cpu(),
+        grad_cosine=evaluation["grad_cosine"][best].cpu(),
+        best_restart=(best % restarts).cpu(),
+        failed=failed.cpu(),
+        module=module,
+    )
+
+
+@dataclass
+class Report:
+    """Per-update rows (the columns of ``metrics.csv``) and their summary; ``str()`` is the table."""
+
+    rows: list[dict]
+    summary: dict[str, float]
+    success_ssim: float
+
+    def __str__(self) -> str:
+        s = self.summary
+        return (f"{format_table(self.rows)}\nreconstructed (SSIM >= {self.success_ssim}): {s['success']}/{s['victims']}"
+                f"  mean SSIM {s['ssim_mean']:.3f}  mean PSNR {s['psnr_mean']:.2f} dB"
+                f"  label accuracy {100 * s['label_acc']:.1f}%  failed {s['failed']}")
+
+
+def report(result: InversionResult, x: Tensor, y: Tensor, success_ssim: float = 0.9,
+           data_range: float = 1.0) -> Report:
+    """Score a reconstruction against the client's true batch: SSIM, PSNR, MSE (after matching the
+    batch's images to the reconstructions) and label accuracy, per update and summarised."""
+    xb, yb, _ = _batched(x, y)
+    if tuple(xb.shape) != tuple(result.images.shape):
+        raise ValueError(f"the true images {tuple(xb.shape)} do not fit the reconstruction {tuple(result.images.shape)}")
+    metrics = reconstruction_metrics(result.images, xb.cpu(), data_range)
+    evaluation = {"loss": result.matching_loss, "grad_l2": result.grad_l2, "grad_cosine": result.grad_cosine}
+    rows = victim_rows(result.images, result.labels, evaluation, result.best_restart, result.failed, metrics,
+                       yb.cpu().long())
+    return Report(rows, summarize(rows, success_ssim), success_ssim)

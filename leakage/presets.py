@@ -1,0 +1,48 @@
+"""The attack presets by name, shared by the Python API (``leakage.invert(..., attack="dlg")``) and
+the preset configs under ``configs/`` (a test keeps the two equal).
+
+Each preset is the attack's settings (``GradientInversion`` arguments) and its step budget; the
+target model, the data and the number of restarts are the caller's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An attack by name: its settings, its step budget and the config file that runs it."""
+
+    settings: dict[str, Any]
+    steps: int
+    config: str  # configs/<config>.yaml runs the same attack on the bundled images
+    about: str = field(default="")
+
+
+PRESETS: dict[str, Preset] = {
+    "dlg": Preset(
+        {"distance": "l2", "optimizer": "lbfgs", "lr": 1.0, "labels": "joint", "init": "randn"}, 300, "cifar_dlg",
+        "Deep Leakage from Gradients (Zhu et al., 2019): L-BFGS on the l2 gradient distance, soft labels optimized "
+        "with the images"),
+    "idlg": Preset(
+        {"distance": "l2", "optimizer": "lbfgs", "lr": 1.0, "labels": "idlg", "init": "randn"}, 300, "cifar_idlg",
+        "iDLG (Zhao et al., 2020): the label from the last layer's gradient, then DLG's L-BFGS on the images"),
+    "inverting_gradients": Preset(
+        {"distance": "cosine", "tv_weight": 0.001, "optimizer": "signed_adam", "lr": 0.01, "lr_decay": True,
+         "labels": "idlg", "init": "randn", "box_constraint": True}, 4000, "cifar_cosine",
+        "Inverting Gradients (Geiping et al., 2020): cosine distance + total variation, signed Adam with step decay, "
+        "images kept in the data range"),
+    "fast": Preset(
+        {"distance": "l2", "optimizer": "lbfgs", "lr": 1.0, "labels": "idlg", "init": "uniform"}, 40, "cifar_fast",
+        "the recommended fast preset: iDLG labels, L-BFGS from a uniform init in the data range"),
+}
+
+
+def preset(name: str) -> Preset:
+    """The preset called ``name``; a one-line ``ValueError`` names the choices otherwise."""
+    key = name.lower().replace("-", "_")
+    if key not in PRESETS:
+        raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[key]
