@@ -138,3 +138,23 @@ def test_preset_reconstructs_mnist_from_five_step_updates(tmp_path):
     assert all(r["label_acc"] == 1.0 for r in rows)
     config = (run / "config.yaml").read_text()
     assert "protocol: fedavg" in config and "local_steps: 5" in config
+
+
+def test_simulation_equals_the_client_with_batchnorm_in_train_mode():
+    """With BatchNorm, the client normalises every mini-batch with its own statistics (train mode);
+    the simulation does the same per problem, and the model's running statistics stay untouched."""
+    from leakage.client import client_view
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10)).eval()
+    running = model[1].running_mean.clone()
+    x, y = _batch()
+    client = FedAvgClient(local_steps=4, local_lr=0.05, local_batch_size=2, shuffle_seed=2)
+    real = client_updates(model, x, y, client, [3, 4], mode="train")
+    sim = per_problem_updates(model, x, y, client, schedules(client, 4, [3, 4]), forward=client_view(model, "train"))
+    for n in real:  # the convolution's bias before BatchNorm gets no gradient: rounding only, hence the floor
+        torch.testing.assert_close(sim[n], real[n], rtol=1e-4, atol=max(1e-5 * float(real[n].abs().max()), 1e-6))
+    evaluated = client_updates(model, x, y, client, [3, 4], mode="eval")
+    assert (evaluated["0.weight"] - real["0.weight"]).abs().max() > 1e-3  # the mode matters with BatchNorm
+    assert torch.equal(model[1].running_mean, running)
