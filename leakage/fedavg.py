@@ -18,7 +18,7 @@ Two implementations of the same client live here:
 The mini-batch order is public: it comes from :func:`batch_schedule`, seeded by the client's
 ``shuffle_seed`` and the update's key (:mod:`leakage.seeding`), so client and attacker draw the
 same order. The attacker knows ``local_steps``, ``local_lr``, ``local_batch_size``, ``shuffle`` and
-the seed (the threat model of Geiping et al., 2020, section 6, and Dimitrov et al., 2022).
+the seed (the threat model of the FedAvg attacks of Geiping et al., 2020, and Dimitrov et al., 2022).
 """
 
 from __future__ import annotations
