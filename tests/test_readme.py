@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,8 @@ def test_the_cli_example_attacks_the_same_module_by_import_path(tmp_path, monkey
     model_code = code[: code.index("torch.manual_seed")]  # the imports and the class MyNet
     (tmp_path / "my_models.py").write_text(model_code)
     monkeypatch.syspath_prepend(str(tmp_path))
+    # tests/test_own_model.py imports another module named my_models: import this one afresh
+    monkeypatch.delitem(sys.modules, "my_models", raising=False)
     monkeypatch.chdir(ROOT)
     (command,) = [line for line in _blocks(section, "bash")[0].splitlines() if line.startswith("leakage fit")]
     args = shlex.split(command)[1:]
