@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .client import batchnorm_layers, client_view, per_problem_gradients
 from .data import Observation
+from .fedavg import per_problem_updates, schedules
 from .labels import idlg_labels, last_linear, restore_batch_labels
 from .losses import DISTANCES, gradient_distance, total_variation
 from .models import build_model, model_name
@@ -205,6 +206,12 @@ class GradientInversion(pl.LightningModule):
         for i, name in enumerate(self.param_names):
             g = observation.gradients[name].repeat_interleave(R, dim=0)
             self.register_buffer(f"observed_{i}", g, persistent=False)
+        if observation.client is not None and hp.bn_weight > 0:
+            raise ValueError("bn_weight (the BatchNorm-statistics prior) is modelled for FedSGD updates only: "
+                             "use --model.bn_weight 0 with --data.protocol fedavg")
+        if observation.client is not None:  # FedAvg: each problem's public mini-batch order
+            sched = schedules(observation.client, B, observation.update_keys).repeat_interleave(R, dim=0)
+            self.register_buffer("schedule", sched, persistent=False)
         x, label_logits = self.initial_dummies(observation)
         self.dummy_data = nn.Parameter(x)
         if hp.labels == "joint":
@@ -214,11 +221,11 @@ class GradientInversion(pl.LightningModule):
                 raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
                                  "labels 'joint' or a batch strategy (bias_count, weight_count, yin)")
             name, layer = last_linear(self.target)
-            grads = observation.gradients
+            grads = observation.gradient_estimate()
             y = idlg_labels(grads[f"{name}.weight"], grads[f"{name}.bias"] if layer.bias is not None else None)  # [V]
             self.register_buffer("fixed_labels", y.repeat_interleave(R).view(P, 1), persistent=False)
         else:
-            y = restore_batch_labels(self.target, observation.gradients, B, observation.input_shape, hp.labels,
+            y = restore_batch_labels(self.target, observation.gradient_estimate(), B, observation.input_shape, hp.labels,
                                      observation.data_range)  # [V, B]
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
@@ -315,7 +322,11 @@ class GradientInversion(pl.LightningModule):
             targets = targets if label_logits is not None else targets[idx]
         net = self.client_net(x.device)
         bn = prior and self.hparams.bn_weight > 0
-        if bn:
+        client = self.observation.client
+        if client is not None:  # FedAvg: the client's local steps, simulated per problem
+            sched = self.schedule if idx is None else self.schedule[idx]
+            grads = per_problem_updates(self.target, x, targets, client, sched, forward=net)
+        elif bn:
             grads, moments = per_problem_gradients(self.target, x, targets, forward=net, bn_layers=self._bn_layers)
         else:
             grads = per_problem_gradients(self.target, x, targets, forward=net)

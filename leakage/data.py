@@ -23,7 +23,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 from torchvision import datasets, transforms
 
-from .client import CLIENT_MODES, client_gradients, load_gradients
+from .capture import check_settings, is_capture, load_global_weights, read_capture
+from .client import CLIENT_MODES, client_gradients, load_gradients, validate_gradients
+from .fedavg import SHARES, FedAvgClient, client_updates, epochs_to_steps
 from .seeding import position_key, update_key
 
 #: name -> (input shape, classes, torchvision class, shipped in the package)
@@ -35,6 +37,7 @@ DATASETS: dict[str, tuple[tuple[int, int, int], int, str]] = {
 }
 BUNDLED = ("cifar10", "mnist")
 SOURCES = ("bundled", "torchvision", "folder", "gradients")
+PROTOCOLS = ("fedsgd", "fedavg")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _LABELLED_NAME = re.compile(r"_(\d+)$")
 #: smallest image side the report can score: SSIM's 11x11 Gaussian window is reflect-padded by 5
@@ -58,6 +61,9 @@ class Observation:
     #: how the client ran the model for its update (public protocol setting): ``train`` (BatchNorm
     #: with the batch's own statistics, what FL clients do) or ``eval``; the attack simulates the same
     client_mode: str = "train"
+    #: the client protocol that made the updates: None is FedSGD (one gradient, mean over the
+    #: batch); a :class:`~leakage.fedavg.FedAvgClient` holds the public FedAvg settings
+    client: Optional[FedAvgClient] = None
 
     def __post_init__(self) -> None:
         if self.client_mode not in CLIENT_MODES:
@@ -67,6 +73,13 @@ class Observation:
         self.update_keys = tuple(int(k) for k in self.update_keys)
         if len(self.update_keys) != self.num_victims:
             raise ValueError(f"{len(self.update_keys)} update keys for {self.num_victims} updates")
+
+    def gradient_estimate(self) -> dict[str, Tensor]:
+        """The shared updates as gradients: as shared for FedSGD; for FedAvg the pseudo-gradient
+        ``(w_0 - w_K) / local_lr``, the mean of the local gradients (read by label restoration)."""
+        if self.client is None:
+            return self.gradients
+        return {k: self.client.gradient_estimate(v) for k, v in self.gradients.items()}
 
     @property
     def num_victims(self) -> int:
@@ -189,7 +202,20 @@ class VictimDataModule(pl.LightningDataModule):
             ``batch_size``; when unset, the first ``num_victims * batch_size`` images.
         num_victims: how many victims (client updates) when ``indices`` is unset.
         batch_size: images in one client update.
-        gradient_file: ``.safetensors`` or ``.pt`` file of captured gradients for ``source=gradients``.
+        gradient_file: ``.safetensors`` or ``.pt`` file of captured gradients for ``source=gradients``,
+            or a capture file of :mod:`leakage.capture` (a FedAvg update with the global weights it
+            started from: the weights are loaded into the target model).
+        protocol: the client protocol: ``fedsgd`` (one gradient of the batch's mean loss) or
+            ``fedavg`` (local SGD steps; the settings below, public to the attacker).
+        local_steps: FedAvg: SGD steps per update.
+        local_epochs: FedAvg: passes over the batch instead of ``local_steps``
+            (``local_epochs x batch_size / local_batch_size`` steps).
+        local_lr: FedAvg: the client's SGD learning rate.
+        local_batch_size: FedAvg: images per mini-batch (a divisor of ``batch_size``); None: the
+            whole batch.
+        shuffle: FedAvg: a fresh seeded order of the batch every local epoch.
+        shuffle_seed: FedAvg: the public seed of the mini-batch order (with each update's key).
+        share: FedAvg: ``delta`` (``w_K - w_0``) or ``pseudo_gradient`` (``(w_0 - w_K) / local_lr``).
         client_mode: how the client runs the model for its update: ``train`` (the default, what FL
             clients do: BatchNorm normalises with the batch's own statistics; dropout off) or
             ``eval`` (running statistics). Public: the attack simulates the same mode. Models without
@@ -210,6 +236,14 @@ class VictimDataModule(pl.LightningDataModule):
         num_victims: int = 1,
         batch_size: int = 1,
         gradient_file: Optional[str] = None,
+        protocol: Literal["fedsgd", "fedavg"] = "fedsgd",
+        local_steps: int = 1,
+        local_epochs: Optional[int] = None,
+        local_lr: float = 0.1,
+        local_batch_size: Optional[int] = None,
+        shuffle: bool = True,
+        shuffle_seed: int = 0,
+        share: Literal["delta", "pseudo_gradient"] = "delta",
         client_mode: Literal["train", "eval"] = "train",
     ) -> None:
         super().__init__()
@@ -269,6 +303,32 @@ class VictimDataModule(pl.LightningDataModule):
         self.num_classes: int = classes if num_classes is None else num_classes
         self.observation: Optional[Observation] = None
         self.secret: Optional[Secret] = None
+        self.client = self._client(protocol, local_steps, local_epochs, local_lr, local_batch_size, shuffle,
+                                   shuffle_seed, share)
+
+    def _client(self, protocol, local_steps, local_epochs, local_lr, local_batch_size, shuffle, shuffle_seed,
+                share) -> Optional[FedAvgClient]:
+        """The FedAvg client's public settings (None for FedSGD), checked against the batch."""
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if share not in SHARES:
+            raise ValueError(f"unknown share {share!r}; choose one of {', '.join(SHARES)}")
+        if protocol == "fedsgd":
+            changed = [f"--data.{k}" for k, v, default in (
+                ("local_steps", local_steps, 1), ("local_epochs", local_epochs, None), ("local_lr", local_lr, 0.1),
+                ("local_batch_size", local_batch_size, None), ("shuffle", shuffle, True),
+                ("shuffle_seed", shuffle_seed, 0), ("share", share, "delta")) if v != default]
+            if changed:
+                raise ValueError(f"FedAvg client settings ({', '.join(changed)}) need --data.protocol fedavg")
+            return None
+        if local_epochs is not None:
+            if local_steps != 1:
+                raise ValueError("set --data.local_steps or --data.local_epochs, not both")
+            local_steps = epochs_to_steps(local_epochs, self.batch_size, local_batch_size)
+        client = FedAvgClient(local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size,
+                              shuffle=shuffle, shuffle_seed=shuffle_seed, share=share)
+        client.mini_batch(self.batch_size)  # a mini-batch that does not fit the batch is refused now
+        return client
 
     # ------------------------------------------------------------------ victims
     def _selected(self, available: int) -> list[int]:
@@ -336,17 +396,47 @@ class VictimDataModule(pl.LightningDataModule):
     # -------------------------------------------------------------------- setup
     def prepare(self, model: nn.Module) -> Observation:
         """Build the observation (and, for image sources, the secret) for a target model."""
-        if self.source == "gradients":
+        if self.source == "gradients" and is_capture(self.gradient_file):  # type: ignore[arg-type]
+            grads, keys = self._read_capture(model)
+            self.secret = None
+        elif self.source == "gradients":
             grads = load_gradients(self.gradient_file, model)  # type: ignore[arg-type]
             self.secret = None
             keys = None  # by position in the file
         else:
             self.secret = self.load_victims()
-            grads = client_gradients(model, self.secret.images, self.secret.labels, self.client_mode)
             keys = tuple(update_key(ix) for ix in self.secret.indices)
+            if self.client is None:
+                grads = client_gradients(model, self.secret.images, self.secret.labels, self.client_mode)
+            else:
+                grads = client_updates(model, self.secret.images, self.secret.labels, self.client, keys,
+                                       self.client_mode)
         self.observation = Observation(grads, self.batch_size, self.input_shape, self.num_classes, update_keys=keys,
-                                       client_mode=self.client_mode)
+                                       client_mode=self.client_mode, client=self.client)
         return self.observation
+
+    def _read_capture(self, model: nn.Module) -> tuple[dict[str, Tensor], Optional[tuple[int, ...]]]:
+        """A capture file's update; its global weights are loaded into ``model`` (both checked)."""
+        source = f"capture file {self.gradient_file}"
+        update, weights, meta = read_capture(self.gradient_file)  # type: ignore[arg-type]
+        if meta["num_examples"] != self.batch_size:
+            raise ValueError(f"{source} holds the update of a client that trained on {meta['num_examples']} "
+                             f"examples: set --data.batch_size {meta['num_examples']}")
+        recorded_fedavg = meta["share"] != "pseudo_gradient" or meta.get("local_steps", 1) != 1
+        if self.client is None and recorded_fedavg:
+            raise ValueError(f"{source} holds a FedAvg update ({meta['share']}): add --data.protocol fedavg "
+                             "and the client's settings (--data.local_steps, --data.local_lr, --data.local_batch_size)")
+        if self.client is not None:
+            c = self.client
+            check_settings(meta, {"share": c.share, "local_steps": c.local_steps, "local_lr": c.local_lr,
+                                  "local_batch_size": c.mini_batch(self.batch_size), "shuffle": c.shuffle,
+                                  "shuffle_seed": c.shuffle_seed}, source)
+        if weights:
+            load_global_weights(model, weights, source)
+        grads = validate_gradients(update, model, source=source)
+        if next(iter(grads.values())).shape[0] != 1:
+            raise ValueError(f"{source} must hold one client's update")
+        return grads, ((meta["update_key"],) if "update_key" in meta else None)
 
     def setup(self, stage: str) -> None:
         if self.observation is not None:

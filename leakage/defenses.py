@@ -326,6 +326,10 @@ class SecureAggregation(Defense):
         masked, aggregate = secure_aggregation(observation.gradients, self.clients, self.seed, self.mask_scale)
         if self.target == "masked":
             return replace(observation, gradients=masked), secret
+        if observation.client is not None and not observation.client.is_fedsgd:
+            # the mean of K FedAvg updates is not one client's FedAvg update of the K batches together
+            raise ValueError("secure aggregation target 'aggregate' is modelled for FedSGD updates only: use target "
+                             "'masked', or --data.protocol fedsgd")
         K = self.clients
         keys = observation.update_keys
         obs = replace(observation, gradients=aggregate, batch_size=observation.batch_size * K,
