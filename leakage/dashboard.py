@@ -247,13 +247,10 @@ def png_array(png: bytes) -> np.ndarray:
 
 # --------------------------------------------------------------------------- text and hparams
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "n/a"
-        return f"{v:.3g}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.3f}"
-    if isinstance(v, (list, tuple)):
-        return ",".join(str(i) for i in v)
-    return str(v)
+    """A value as the text card shows it: the report page's format (:func:`leakage.htmlreport.fmt`)."""
+    from .htmlreport import fmt
+
+    return fmt(v)
 
 
 def summary_markdown(rows: list[dict], summary: dict, success_ssim: float, settings: dict[str, Any]) -> str:

@@ -4,10 +4,10 @@ weights from checkpoints, and the one-line errors of a model or checkpoint that 
 from __future__ import annotations
 
 import copy
+import inspect
 import csv
 import pickle
 import sys
-import textwrap
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -284,19 +284,8 @@ def test_weights_files_are_never_unpickled(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- CLI
-MY_MODELS = textwrap.dedent('''
-    from torch import nn
+MY_MODELS = "from torch import nn\n\n\n" + inspect.getsource(TinyNet)  # the same module, in a user's own file
 
-    class TinyNet(nn.Module):
-        def __init__(self, width: int = 12, num_classes: int = 10) -> None:
-            super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(1, width, 5, padding=2, stride=2), nn.Sigmoid(),
-                                      nn.Conv2d(width, width, 5, padding=2, stride=2), nn.Sigmoid())
-            self.fc = nn.Linear(width * 7 * 7, num_classes)
-
-        def forward(self, x):
-            return self.fc(self.body(x).flatten(1))
-''')
 
 
 @pytest.fixture
