@@ -5,5 +5,6 @@ The command line is ``leakage fit`` / ``leakage sweep``; from Python, :func:`cli
 """
 
 from .api import InversionResult, Report, bundled_images, client_update, invert, report
+from .fedavg import FedAvgClient
 
-__all__ = ["client_update", "invert", "report", "bundled_images", "InversionResult", "Report"]
+__all__ = ["client_update", "invert", "report", "bundled_images", "FedAvgClient", "InversionResult", "Report"]

@@ -31,6 +31,7 @@ from .callbacks import format_table, summarize, victim_rows
 from .client import CLIENT_MODES, client_gradients, validate_gradients
 from .data import Observation, _Steps
 from .defenses import Defense, SecureAggregation
+from .fedavg import FedAvgClient, client_updates
 from .metrics import reconstruction_metrics
 from .presets import preset
 from .seeding import position_key
@@ -58,11 +59,14 @@ def _batched(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, bool]:
 
 
 def client_update(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train",
-                  defenses: Sequence[Defense] = ()) -> dict[str, Tensor]:
+                  defenses: Sequence[Defense] = (), fedavg: Optional[FedAvgClient] = None) -> dict[str, Tensor]:
     """What an FL client shares: the gradient of the mean cross-entropy of its batch, as
     ``model.train(); loss.backward()`` computes it (``mode="train"``: BatchNorm with the batch's own
     statistics, dropout off) or in eval mode, after the client-side ``defenses`` (noise, clipping,
-    top-k, DP; seeded per update). The model, its running statistics included, is left as it was.
+    top-k, DP; seeded per update). With ``fedavg`` (a :class:`~leakage.fedavg.FedAvgClient`: local
+    steps, local lr, mini-batch size, ...) it is instead the FedAvg update after those local SGD
+    steps; pass the same ``fedavg`` to :func:`invert`. The model, its running statistics included,
+    is left as it was.
 
     ``x`` ``[B, C, H, W]`` with labels ``y`` ``[B]`` gives one update ``{name: tensor shaped like the
     parameter}``; ``[V, B, C, H, W]`` with ``[V, B]`` gives V updates ``{name: [V, *shape]}``.
@@ -71,12 +75,16 @@ def client_update(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train",
     if not xb.is_floating_point():
         raise ValueError(f"x must be floating-point images, got {xb.dtype}")
     device = next(model.parameters()).device
-    grads = client_gradients(model, xb.to(device), yb.to(device).long(), mode)
+    keys = [position_key(v) for v in range(xb.shape[0])]  # what invert keys the updates by
+    if fedavg is None:
+        grads = client_gradients(model, xb.to(device), yb.to(device).long(), mode)
+    else:
+        fedavg.mini_batch(xb.shape[1])  # a mini-batch that does not fit the batch is a one-line error
+        grads = client_updates(model, xb.to(device), yb.to(device).long(), fedavg, keys, mode)
     if defenses:
         if any(isinstance(d, SecureAggregation) for d in defenses):
             raise ValueError("SecureAggregation sums several clients' updates: run it with `leakage fit` (a defense "
                              "of the data module), not on one client's update")
-        keys = [position_key(v) for v in range(xb.shape[0])]
         for d in defenses:
             grads = d.apply(grads, keys)
     return {k: (v[0] if single else v) for k, v in grads.items()}
@@ -152,6 +160,7 @@ def invert(
     steps: Optional[int] = None,
     device: Union[str, torch.device, None] = None,
     client_mode: str = "train",
+    fedavg: Optional[FedAvgClient] = None,
     data_range: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
     progress_bar: bool = False,
@@ -171,6 +180,8 @@ def invert(
         steps: attack iterations (default: the preset's).
         device: ``cpu``, ``cuda``, ``cuda:N``; default the model's device.
         client_mode: how the client ran the model (``train``: BatchNorm batch statistics; ``eval``).
+        fedavg: the client's public FedAvg settings when the update is a FedAvg update (several
+            local SGD steps); the attack then simulates those steps. None: one gradient (FedSGD).
         data_range: the range of the images' values.
         seed: seed of the dummies (each problem draws from its own generator).
         progress_bar: show Lightning's progress bar and start-up lines.
@@ -190,8 +201,10 @@ def invert(
     hardware = _accelerator(device, model)
     target = copy.deepcopy(model).cpu()
     grads = validate_gradients({k: v.detach().cpu() for k, v in update.items()}, target, source="update")
+    if fedavg is not None:
+        fedavg.mini_batch(batch_size)
     observation = Observation(grads, batch_size, tuple(input_shape), num_classes, tuple(data_range),
-                              client_mode=client_mode)
+                              client_mode=client_mode, client=fedavg)
     settings = {**chosen.settings, **options}
     with _quiet_lightning(progress_bar):
         try:

@@ -353,3 +353,18 @@ def test_the_resnet18_preset_runs_offline_with_batchnorm_in_train_mode(tmp_path)
     (run,) = tmp_path.glob("cifar_resnet18/version_*")
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["recovered_labels"] == rows[0]["true_labels"]
+
+
+def test_the_api_attacks_a_fedavg_update_of_several_local_steps():
+    torch.manual_seed(0)
+    model = TinyNet()
+    x, y = _mnist([2])
+    client = leakage.FedAvgClient(local_steps=3, local_lr=0.1, share="pseudo_gradient")
+    update = leakage.client_update(model, x, y, fedavg=client)
+    assert not torch.allclose(update["fc.weight"], leakage.client_update(model, x, y)["fc.weight"])
+    result = leakage.invert(model, update, input_shape=(1, 28, 28), num_classes=10, attack="idlg", steps=40,
+                            fedavg=client)
+    rep = leakage.report(result, x, y)
+    assert rep.rows[0]["ssim"] >= 0.9 and rep.rows[0]["label_acc"] == 1.0
+    with pytest.raises(ValueError, match="local_batch_size 2 is larger than the client's batch of 1"):
+        leakage.client_update(model, x, y, fedavg=leakage.FedAvgClient(local_batch_size=2))
