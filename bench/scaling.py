@@ -19,13 +19,13 @@ P, in its own child process (so peak memory is that P's alone):
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
+from dlg_throughput import run_isolated  # each P in its own process (bench/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,21 +102,12 @@ def measure(P: int, device: str, steps: int, warmup: int, compile: str, fixed_sh
             "failed": int(opt.failed.sum())}
 
 
-def _child(args, queue) -> None:
+def measure_or_error(*args) -> dict:
+    """:func:`measure`, or the error it ended with (e.g. out of memory at the largest P)."""
     try:
-        queue.put(measure(*args))
-    except Exception as err:  # noqa: BLE001 - report, e.g. out of memory at the largest P
-        queue.put({"P": args[0], "error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"})
-
-
-def run_isolated(*args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+        return measure(*args)
+    except Exception as err:  # noqa: BLE001 - report it as that P's row
+        return {"P": args[0], "error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
 
 
 def main() -> None:
@@ -136,7 +127,7 @@ def main() -> None:
     if args.max_problems is not None:
         sizes = [p for p in sizes if p <= args.max_problems]
 
-    results = [run_isolated(P, args.device, args.steps, args.warmup, args.compile, fixed) for P in sizes]
+    results = [run_isolated(measure_or_error, P, args.device, args.steps, args.warmup, args.compile, fixed) for P in sizes]
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nengine scaling on {name}: DLG settings, LeNet, CIFAR-10 32x32, L-BFGS history 100, "
           f"compile {args.compile}, {args.steps} timed iterations per P\n")

@@ -31,6 +31,7 @@ from .callbacks import format_table, summarize, victim_rows
 from .client import CLIENT_MODES, client_gradients, validate_gradients
 from .data import Observation, _Steps
 from .defenses import Defense, SecureAggregation
+from .errors import LIGHTNING_HINTS
 from .fedavg import FedAvgClient, client_updates
 from .metrics import reconstruction_metrics
 from .presets import preset
@@ -139,8 +140,7 @@ def _quiet_lightning(show: bool) -> Iterator[None]:
         if not show:
             for lg in loggers:
                 lg.setLevel(logging.WARNING)
-        for msg in (".*does not have many workers.*", ".*GPU available but not used.*", ".*module\\(s\\) in eval mode.*",
-                    ".*isinstance\\(treespec, LeafSpec\\).*", ".*but have no logger configured.*"):
+        for msg in LIGHTNING_HINTS:
             warnings.filterwarnings("ignore", message=msg)
         try:
             yield

@@ -13,7 +13,7 @@ from argparse import ArgumentError
 
 from .attack import GradientInversion
 from .data import VictimDataModule
-from .errors import one_line, parser_error_line
+from .errors import LIGHTNING_HINTS, one_line, parser_error_line
 from .fit import TRAINER_DEFAULTS, LeakageCLI
 
 COMMANDS = ("fit", "sweep")
@@ -41,12 +41,7 @@ class _NoAdvert(logging.Filter):
 
 
 def _quiet() -> None:
-    # the attack's "data" is one observation, not a stream, and its target model is frozen in eval
-    # mode on purpose: these hints do not apply; the LeafSpec deprecation is Lightning's own
-    for msg in (".*does not have many workers.*", ".*Total length of `DataLoader` across ranks is zero.*",
-                ".*`training_step` returned `None`.*", ".*GPU available but not used.*",
-                ".*module\\(s\\) in eval mode.*", ".*isinstance\\(treespec, LeafSpec\\).*",
-                ".*but have no logger configured.*"):
+    for msg in LIGHTNING_HINTS:
         warnings.filterwarnings("ignore", message=msg)
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _NoAdvert) for f in rank_zero.filters):

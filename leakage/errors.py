@@ -28,6 +28,16 @@ def one_line(err: BaseException) -> str:
     return own[-1] if own else lines[0]
 
 
+#: Lightning's warnings that do not apply to an attack (both doors, the CLI and the Python API, drop
+#: them): the attack's "data" is one observation, not a stream, its target model is frozen in eval
+#: mode on purpose, and the LeafSpec deprecation is Lightning's own
+LIGHTNING_HINTS = (
+    ".*does not have many workers.*", ".*Total length of `DataLoader` across ranks is zero.*",
+    ".*`training_step` returned `None`.*", ".*GPU available but not used.*", ".*module\\(s\\) in eval mode.*",
+    ".*isinstance\\(treespec, LeafSpec\\).*", ".*but have no logger configured.*",
+)
+
+
 # ------------------------------------------------------------------------- parser errors
 HELP_HINT = "`leakage fit --help` lists every option"
 

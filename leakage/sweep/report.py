@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import htmlreport as h
 from .paths import confined, fmt
-from .tables import HEADERS, METRICS, STUDY_HEADERS, STUDY_METRICS, study_rows
+from .tables import HEADERS, METRICS, STUDY_HEADERS, STUDY_METRICS, defense_args, defense_cells, study_rows
 
 
 def _attack_settings(base: dict) -> dict[str, Any]:
@@ -88,11 +88,10 @@ def sweep_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies
         else:
             body.append("<p>The search has not finished yet: the breaking points appear when it has.</p>")
     for d in defenses:
-        mine = sorted((r for r in rows if r.get("defense") == d["name"]), key=lambda r: r["value"],
-                      reverse=d["stronger"] == "smaller")
+        mine = defense_cells(rows, d)
         if not mine:
             continue
-        desc = ", ".join(f"{k}={v}" for k, v in d["init_args"].items())
+        desc = defense_args(d)
         body.append(f"<h2>Defense {h.esc(d['name'])}: {h.esc(d['class_path'].rsplit('.', 1)[-1])}"
                     f"{h.esc(', ' + desc if desc else '')}</h2>")
         body.append(f"<p>{h.esc(d['param'])} from weakest to strongest ({'larger' if d['stronger'] == 'larger' else 'smaller'}"

@@ -29,6 +29,17 @@ def md_table(label: str, columns: list[str], rows: list[dict], cells: Callable[[
     return lines + [""]
 
 
+def defense_cells(rows: list[dict], defense: dict) -> list[dict]:
+    """The defense's cells from its weakest setting to its strongest."""
+    return sorted((r for r in rows if r.get("defense") == defense["name"]), key=lambda r: r["value"],
+                  reverse=defense["stronger"] == "smaller")
+
+
+def defense_args(defense: dict) -> str:
+    """The defense's fixed arguments as ``k=v, ...`` (empty when it has none)."""
+    return ", ".join(f"{k}={v}" for k, v in defense["init_args"].items())
+
+
 def study_rows(rows: list[dict], study: dict) -> list[dict]:
     """The study's cells in the order of its values."""
     cells = {study_cell_id(study, v): i for i, v in enumerate(study["values"])}
@@ -54,11 +65,10 @@ def write_tables(out: Path, cfg: dict, defenses: list[dict], studies: list[dict]
           (f"; a defense holds at a success rate <= {float(cfg['target_success']):.0%}." if defenses
            else "."), ""]
     for d in defenses:
-        mine = sorted((r for r in rows if r.get("defense") == d["name"]), key=lambda r: r["value"],
-                      reverse=d["stronger"] == "smaller")
+        mine = defense_cells(rows, d)
         if not mine:
             continue
-        desc = ", ".join(f"{k}={v}" for k, v in d["init_args"].items())
+        desc = defense_args(d)
         md.append(f"### {d['name']} ({d['class_path'].rsplit('.', 1)[-1]}{', ' + desc if desc else ''})")
         md.append("")
         md += md_table(d["param"], [HEADERS[m] for m in METRICS], mine, lambda r: [
