@@ -11,6 +11,7 @@ tensors) so that rank 0 writes the one set of artifacts, in the victims' order.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -44,10 +45,25 @@ class ShardedDDPStrategy(DDPStrategy):
     """
 
     strategy_name = "leakage_ddp"
+    _exit_hook = False
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        if not ShardedDDPStrategy._exit_hook:
+            # Lightning destroys an nccl process group at exit, a gloo one not: left to the
+            # interpreter's shutdown, gloo's threads sometimes abort a process as it exits
+            # ("terminate called without an active exception", seen on 2 CPU processes)
+            atexit.register(_destroy_process_group)
+            ShardedDDPStrategy._exit_hook = True
 
     def configure_ddp(self) -> None:
         # no DistributedDataParallel wrapper and no DDP communication hooks: see the class docstring
         pass
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_sharded(strategy: Strategy) -> bool:

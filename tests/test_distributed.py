@@ -1,0 +1,145 @@
+"""``leakage fit`` sharded over processes (``--trainer.strategy ddp``): the real console command on
+2 CPU processes (gloo), compared victim for victim with the 1-process run."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.nn.parallel import DistributedDataParallel
+
+from leakage.attack import GradientInversion
+from leakage.data import VictimDataModule
+from leakage.distributed import ShardedDDPStrategy, launched_as_rank_zero, victim_shard
+from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
+
+from conftest import CONFIGS, REPO, run_dirs
+
+STEPS = 2
+TWO = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+
+
+def leakage(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real console command, ``python -m leakage.cli ...``, in its own process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-m", "leakage.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+def fit(cwd: Path, save_dir: Path, *extra: str) -> Path:
+    """A short run of the fast preset; its one run folder."""
+    leakage(cwd, "fit", "--config", str(CONFIGS / "cifar_fast.yaml"), "--trainer.max_steps", str(STEPS),
+            "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.enable_progress_bar", "false",
+            "--report.log_every_n_steps", "1", *extra)
+    (run,) = run_dirs(save_dir)
+    return run
+
+
+def rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_victims(one: list[dict], two: list[dict]) -> None:
+    """Victim for victim: same images, labels and outcome, SSIM to 1e-3."""
+    assert [r["indices"] for r in two] == [r["indices"] for r in one]
+    for a, b in zip(one, two):
+        assert b["victim"] == a["victim"] and b["status"] == a["status"]
+        assert b["recovered_labels"] == a["recovered_labels"]
+        assert float(b["ssim"]) == pytest.approx(float(a["ssim"]), abs=1e-3)
+        assert float(b["final_loss"]) == pytest.approx(float(a["final_loss"]), rel=2e-2)
+
+
+def test_victim_shards_cover_every_victim_once_in_order():
+    for victims in range(0, 8):
+        for world in range(1, 5):
+            shards = [victim_shard(victims, r, world) for r in range(world)]
+            assert [v for s in shards for v in s] == list(range(victims))
+            assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert list(victim_shard(3, 0, 2)) == [0, 1] and list(victim_shard(3, 1, 2)) == [2]
+    assert list(victim_shard(1, 1, 2)) == []
+    with pytest.raises(ValueError, match="rank 2 is not in a world of 2"):
+        victim_shard(3, 2, 2)
+
+
+def test_rank_zero_is_told_from_the_launchers_environment(monkeypatch):
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    assert launched_as_rank_zero()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert launched_as_rank_zero()
+    monkeypatch.setenv("NODE_RANK", "1")  # local rank 0 of the second node
+    assert not launched_as_rank_zero()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "auto"])
+def test_ddp_and_several_devices_run_the_sharded_strategy_that_never_wraps_the_module(strategy):
+    cli = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS, run=False,
+                     args=["--trainer.strategy", strategy, "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+                           "--trainer.logger", "false", "--trainer.max_steps", "1"])
+    chosen = cli.trainer.strategy
+    assert isinstance(chosen, ShardedDDPStrategy) and chosen.num_processes == 2
+    chosen.model = cli.model
+    chosen.configure_ddp()
+    assert chosen.model is cli.model and not isinstance(chosen.model, DistributedDataParallel)
+    one = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS, run=False,
+                     args=["--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.max_steps", "1"])
+    assert isinstance(one.trainer.strategy, SingleDeviceStrategy)
+
+
+def test_fit_on_two_processes_equals_the_one_process_run_victim_for_victim(tmp_path):
+    """3 victims on 2 ranks (2 + 1): the same table, one set of artifacts, every victim's scalars."""
+    one = fit(tmp_path, tmp_path / "one", "--data.num_victims", "3")
+    two = fit(tmp_path, tmp_path / "two", "--data.num_victims", "3", *TWO)
+    assert_same_victims(rows(one), rows(two))
+    # one set of artifacts, only rank 0's: one run folder, nothing written elsewhere
+    assert sorted(p.name for p in two.iterdir() if not p.name.startswith("events.")) == sorted(
+        ["config.yaml", "gallery.png", "history.png", "hparams.yaml", "metrics.csv", "metrics.json", "metrics.txt",
+         "report.html"])
+    assert len(list(two.glob("events.*"))) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+    # TensorBoard: every victim's scalars at every logged step, the last equal to the table
+    acc = EventAccumulator(str(two), size_guidance={"scalars": 0})
+    acc.Reload()
+    ref = EventAccumulator(str(one), size_guidance={"scalars": 0})
+    ref.Reload()
+    assert acc.Tags()["scalars"] == ref.Tags()["scalars"]
+    for v, row in enumerate(rows(two)):
+        ssim = acc.Scalars(f"victim_{v:02d}/ssim")
+        assert [e.step for e in ssim] == list(range(1, STEPS + 1))
+        assert ssim[-1].value == pytest.approx(float(row["ssim"]), abs=1e-6)
+        assert [e.step for e in acc.Scalars(f"victim_{v:02d}/loss")] == list(range(1, STEPS + 1))
+    assert acc.Scalars("final/reconstructed")[-1].value == ref.Scalars("final/reconstructed")[-1].value
+
+
+def test_a_rank_without_victims_and_secure_aggregation_before_sharding(tmp_path):
+    """Secure aggregation of 2 clients turns 2 updates into 1 aggregate before the victims are
+    sharded: rank 1 gets none, and the result is the 1-process run's. Without a logger only rank 0
+    makes a run folder."""
+    defense = tmp_path / "secagg.yaml"
+    defense.write_text("trainer:\n  callbacks:\n    - class_path: leakage.defenses.SecureAggregation\n"
+                       "      init_args: {clients: 2, target: aggregate}\n")
+    common = ["--config", str(defense), "--data.num_victims", "2", "--model.labels", "bias_count",
+              "--trainer.logger", "false"]
+    fit_args = ["fit", "--config", str(CONFIGS / "cifar_fast.yaml"), "--trainer.max_steps", str(STEPS),
+                "--trainer.enable_progress_bar", "false"]
+    leakage(tmp_path, *fit_args, *common, "--trainer.default_root_dir", str(tmp_path / "one"))
+    leakage(tmp_path, *fit_args, *common, *TWO, "--trainer.default_root_dir", str(tmp_path / "two"))
+    (one,) = run_dirs(tmp_path / "one")
+    (two,) = run_dirs(tmp_path / "two")
+    a, b = rows(one), rows(two)
+    assert len(a) == 1 and a[0]["indices"] == "0 1"
+    assert_same_victims(a, b)
+    assert (two / "config.yaml").is_file() and (two / "report.html").is_file()
