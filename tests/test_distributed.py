@@ -109,7 +109,7 @@ def test_fit_on_two_processes_equals_the_one_process_run_victim_for_victim(tmp_p
         ["config.yaml", "gallery.png", "history.png", "hparams.yaml", "metrics.csv", "metrics.json", "metrics.txt",
          "report.html"])
     assert len(list(two.glob("events.*"))) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # nothing else, anywhere
     # TensorBoard: every victim's scalars at every logged step, the last equal to the table
     acc = EventAccumulator(str(two), size_guidance={"scalars": 0})
     acc.Reload()
@@ -122,6 +122,17 @@ def test_fit_on_two_processes_equals_the_one_process_run_victim_for_victim(tmp_p
         assert ssim[-1].value == pytest.approx(float(row["ssim"]), abs=1e-6)
         assert [e.step for e in acc.Scalars(f"victim_{v:02d}/loss")] == list(range(1, STEPS + 1))
     assert acc.Scalars("final/reconstructed")[-1].value == ref.Scalars("final/reconstructed")[-1].value
+    # the README's torchrun launch (one node here): torchrun starts the ranks, Lightning joins them
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "leakage.cli", "fit", "--config",
+         str(CONFIGS / "cifar_fast.yaml"), "--trainer.max_steps", str(STEPS), "--data.num_victims", "3",
+         "--trainer.logger.init_args.save_dir", str(tmp_path / "torchrun"), "--trainer.enable_progress_bar", "false",
+         *TWO], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(tmp_path / "torchrun")
+    assert_same_victims(rows(one), rows(run))
 
 
 def test_a_rank_without_victims_and_secure_aggregation_before_sharding(tmp_path):
