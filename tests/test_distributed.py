@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +157,56 @@ def test_a_rank_without_victims_and_secure_aggregation_before_sharding(tmp_path)
     assert len(a) == 1 and a[0]["indices"] == "0 1"
     assert_same_victims(a, b)
     assert (two / "config.yaml").is_file() and (two / "report.html").is_file()
+
+
+SWEEP = """\
+seed_everything: 0
+trainer: {max_steps: 2}
+model: {model: lenet, labels: idlg, init: uniform, lbfgs_max_iter: 2}
+data: {source: bundled, dataset: mnist, num_victims: 3, batch_size: 1}
+sweep:
+  success_ssim: 0.3
+  target_success: 0.1
+  refine: 0
+  defenses:
+    - {name: noise, class_path: GaussianNoise, param: sigma, values: [0.0, 0.1, 1.0], stronger: larger}
+"""
+
+
+def test_sweep_on_two_processes_resumes_after_a_kill_and_on_one_process(tmp_path):
+    """A 2-process sweep killed after its first cell, resumed on 2 processes, then on 1 (nothing is
+    run again: the fingerprints leave the process count out): cell for cell the 1-process sweep's
+    results, one set of files written by rank 0 alone."""
+    (tmp_path / "sweep.yaml").write_text(SWEEP)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    sweep = [sys.executable, "-m", "leakage.cli", "sweep", "--config", "sweep.yaml"]
+    leakage(tmp_path, "sweep", "--config", "sweep.yaml", "--sweep.output", "one", "--trainer.accelerator", "cpu")
+    # killed (the whole process group: every rank) as soon as its first cell is on disk
+    proc = subprocess.Popen([*sweep, "--sweep.output", "two", *TWO], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cells = tmp_path / "two" / "cells"
+    deadline = time.monotonic() + 240
+    while not list(cells.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = {f.name: f.read_text() for f in cells.glob("*.json")}
+    assert len(first) >= 1 and (tmp_path / "two" / "sweep.lock").exists()  # killed before the end
+    leakage(tmp_path, "sweep", "--config", "sweep.yaml", "--sweep.output", "two", *TWO)
+    done = {f.name: f.read_text() for f in cells.glob("*.json")}
+    assert all(done[name] == text for name, text in first.items())  # completed cells were not run again
+    # 1 process (the accelerator stays: results on another one are computed again)
+    again = leakage(tmp_path, "sweep", "--config", "sweep.yaml", "--sweep.output", "two", "--trainer.accelerator", "cpu")
+    assert {f.name: f.read_text() for f in cells.glob("*.json")} == done and "running it again" not in again.stderr
+    ref = {f.name: json.loads(f.read_text()) for f in (tmp_path / "one" / "cells").glob("*.json")}
+    got = {name: json.loads(text) for name, text in done.items()}
+    assert sorted(got) == sorted(ref) == ["noise=0.1.json", "noise=0.json", "noise=1.json"]
+    for name, r in ref.items():
+        assert got[name]["status"] == r["status"] == "ok" and got[name]["success"] == r["success"]
+        assert got[name]["fingerprint"] == r["fingerprint"]
+        assert got[name]["ssim"] == pytest.approx(r["ssim"], abs=1e-3)
+        # the cell's run folder has every victim, written once
+        assert [row["indices"] for row in rows(tmp_path / "two" / "runs" / name[:-5])] == ["0", "1", "2"]
+    assert not (tmp_path / "two" / "sweep.lock").exists()
+    assert "noise" in (tmp_path / "two" / "results.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "sweep.yaml", "two"]
