@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.fabric.plugins.environments import LightningEnvironment
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.nn.parallel import DistributedDataParallel
 
 from leakage.attack import GradientInversion
 from leakage.data import VictimDataModule
-from leakage.distributed import ShardedDDPStrategy, launched_as_rank_zero, victim_shard
+from leakage.distributed import ShardedDDPStrategy, check_strategy, launched_as_rank_zero, victim_shard
 from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
 
 from conftest import CONFIGS, REPO, run_dirs
@@ -100,6 +101,18 @@ def test_ddp_and_several_devices_run_the_sharded_strategy_that_never_wraps_the_m
     one = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS, run=False,
                      args=["--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.max_steps", "1"])
     assert isinstance(one.trainer.strategy, SingleDeviceStrategy)
+
+
+def test_a_strategy_that_would_average_the_dummies_is_refused_in_one_line():
+    ddp = DDPStrategy()
+    ddp.cluster_environment = LightningEnvironment()
+    ddp.cluster_environment.set_world_size(2)
+    with pytest.raises(ValueError, match="would average the attack's dummies across processes: use --trainer.strategy ddp"):
+        check_strategy(ddp)
+    sharded = ShardedDDPStrategy()
+    sharded.cluster_environment = LightningEnvironment()
+    sharded.cluster_environment.set_world_size(2)
+    check_strategy(sharded)
 
 
 def test_fit_on_two_processes_equals_the_one_process_run_victim_for_victim(tmp_path):
