@@ -4,11 +4,13 @@ when its configuration changed."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import re
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ..distributed import launched_as_rank_zero
 from .config import check_sweep, defense_class, set_key
 from .hparams import write_hparams
 from .lock import SweepLock
@@ -27,6 +30,23 @@ from .search import breaking_point
 from .tables import write_tables
 
 _UNKNOWN_KEY = re.compile(r"does not accept option '([^']+)'")
+#: trainer settings that say how many processes run a cell, not what it computes: left out of the
+#: cell fingerprints, so that a sweep restarted on another number of processes or nodes continues
+SCALE_KEYS = ("strategy", "devices", "num_nodes")
+
+
+def scale_free(overrides: list[str]) -> list[str]:
+    """Command-line fit options without ``--trainer.strategy/devices/num_nodes`` (and their values)."""
+    flags = {f"--trainer.{k}" for k in SCALE_KEYS}
+    out, skip = [], False
+    for arg in overrides:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        elif arg.split("=", 1)[0] not in flags:
+            out.append(arg)
+    return out
 
 
 def cell_error(err: Exception) -> str:
@@ -46,9 +66,17 @@ def cell_error(err: Exception) -> str:
 
 
 class Sweep:
-    """Run the grids, resume them, and summarize them."""
+    """Run the grids, resume them, and summarize them.
+
+    On several processes (``--trainer.strategy ddp --trainer.devices N``: Lightning's launcher
+    re-runs the same ``leakage sweep`` command on every rank, or torchrun/SLURM start them) every rank
+    runs this same loop and every cell's fit is sharded over the ranks; each rank gets the same
+    gathered results, so all take the same decisions (skipped cells, breaking-point search). Only
+    rank 0 writes: the lock, cell files, configs, tables, plots and the cells' runs.
+    """
 
     def __init__(self, base: dict, sweep: dict, overrides: list[str]) -> None:
+        self.writer = launched_as_rank_zero()
         self.base = base
         self.cfg, self.defenses, self.studies = check_sweep(sweep, overrides)
         self.overrides = overrides
@@ -84,22 +112,28 @@ class Sweep:
                 done = None
             if done is not None and done.get("fingerprint") == fingerprint:
                 return done
-            if done is not None:  # a result of another attack or victim set: never reuse it
+            if done is not None and self.writer:  # a result of another attack or victim set: never reuse it
                 print(f"leakage sweep: cell {cid} was run with another configuration; running it again",
                       file=sys.stderr)
-            path.unlink()
+            if self.writer:
+                path.unlink(missing_ok=True)
         row = {**row, "cell": cid, "fingerprint": fingerprint}
         if error is not None:
             row.update(status="failed", error=cell_error(error))
         else:
             row = self._run(cid, cfg, row)
-        atomic_write(path, json.dumps(row, indent=2))
-        self.write_tables()
+        if self.writer:
+            atomic_write(path, json.dumps(row, indent=2))
+            self.write_tables()
         return row
 
     def fingerprint(self, cfg: dict | None) -> str:
-        """What a cell's result depends on: its fit config, the command-line overrides, the success bar."""
-        text = json.dumps({"config": cfg, "overrides": self.overrides, "success_ssim": float(self.cfg["success_ssim"])},
+        """What a cell's result depends on: its fit config, the command-line overrides, the success
+        bar; not the number of processes it runs on (:data:`SCALE_KEYS`)."""
+        if isinstance(cfg, dict) and isinstance(cfg.get("trainer"), dict):
+            cfg = {**cfg, "trainer": {k: v for k, v in cfg["trainer"].items() if k not in SCALE_KEYS}}
+        text = json.dumps({"config": cfg, "overrides": scale_free(self.overrides),
+                           "success_ssim": float(self.cfg["success_ssim"])},
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -168,7 +202,7 @@ class Sweep:
         from ..fit import TRAINER_DEFAULTS, LeakageCLI
 
         run_dir = confined(self.out, "runs", cid)
-        if run_dir.exists():  # an interrupted run of this cell: start it again from scratch
+        if run_dir.exists() and self.writer:  # an interrupted run of this cell: start it again from scratch
             shutil.rmtree(run_dir)
         cfg = json.loads(json.dumps(cfg))
         trainer = cfg.get("trainer")
@@ -182,7 +216,10 @@ class Sweep:
             report_cfg = cfg["report"] = {}
         report_cfg["success_ssim"] = float(self.cfg["success_ssim"])
         report_cfg["hparams"] = False  # the sweep's HPARAMS view has one row per cell (sweep/hparams.py)
-        cfg_path = confined(self.out, "cells", f"{cid}.config.yaml")
+        # rank 0 keeps the cell's config beside its result; another rank reads its own private copy
+        private = None if self.writer else tempfile.TemporaryDirectory(prefix="leakage-cell-")
+        cfg_path = confined(self.out, "cells", f"{cid}.config.yaml") if private is None else \
+            Path(private.name) / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         try:
             with warnings.catch_warnings():  # the sweep passes its cells' args on purpose
@@ -197,6 +234,9 @@ class Sweep:
         except (ValueError, TypeError, FileNotFoundError, RuntimeError, ArgumentError,
                 MisconfigurationException) as err:
             return {**row, "status": "failed", "error": cell_error(err)}
+        finally:
+            if private is not None:
+                private.cleanup()
         s = summarize(report.rows, float(self.cfg["success_ssim"]))
         if "success" not in s:
             return {**row, "status": "failed", "error": "a sweep needs victim images (not source=gradients)"}
@@ -220,14 +260,15 @@ class Sweep:
     def run(self) -> list[dict]:
         """Every defense's breaking point (returned), then every study's grid; the output folder is
         locked for this sweep meanwhile."""
-        with SweepLock(self.out):
+        with SweepLock(self.out) if self.writer else contextlib.nullcontext():
             points = [self.breaking_point(d) for d in self.defenses]
-            if self.defenses:
+            if self.defenses and self.writer:
                 atomic_write(confined(self.out, "breaking_points.json"), json.dumps(points, indent=2))
             for s in self.studies:
                 for v in s["values"]:
                     self.study_result(s, v)
-            self.write_tables(points)
+            if self.writer:
+                self.write_tables(points)
         return points
 
     # ---------------------------------------------------------------- output
