@@ -490,7 +490,8 @@ class GradientInversion(pl.LightningModule):
         if hp.optimizer == "lbfgs":
             return BatchedLBFGS(params, lr=hp.lr, max_iter=hp.lbfgs_max_iter, history_size=hp.lbfgs_history_size,
                                 tolerance_grad=hp.lbfgs_tolerance_grad, tolerance_change=hp.lbfgs_tolerance_change,
-                                early_exit=hp.lbfgs_early_exit)
+                                early_exit=hp.lbfgs_early_exit,
+                                active_only=hp.lbfgs_early_exit and not self.fixed_shape)
         opt = (SignedAdam if hp.optimizer == "signed_adam" else torch.optim.Adam)(params, lr=hp.lr)
         if not hp.lr_decay:
             return opt
