@@ -201,10 +201,13 @@ class BatchedLBFGS(Optimizer):
             state["stalled"] = torch.zeros(P, dtype=torch.bool, device=device)
             state["d"] = torch.zeros(P, D, dtype=dtype, device=device)
             state["t"] = torch.zeros(P, dtype=dtype, device=device)
-            # curvature pairs in a ring per problem: slot ptr-1 is the newest
-            state["old_dirs"] = torch.zeros(H, P, D, dtype=dtype, device=device)
-            state["old_stps"] = torch.zeros(H, P, D, dtype=dtype, device=device)
-            state["ro"] = torch.zeros(H, P, dtype=dtype, device=device)
+            # curvature pairs in a ring per problem: slot ptr-1 is the newest; row p of the history
+            # holds problem p's steps s (slots 0..H-1) then its gradient changes y (slots H..2H-1)
+            state["history"] = torch.zeros(P, 2 * H, D, dtype=dtype, device=device)
+            # their inner products, kept as the pairs come in: SY[p, i, j] = s_i . y_j, YY[p, i, j] = y_i . y_j
+            state["SY"] = torch.zeros(P, H, H, dtype=dtype, device=device)
+            state["YY"] = torch.zeros(P, H, H, dtype=dtype, device=device)
+            state["ro"] = torch.zeros(P, H, dtype=dtype, device=device)
             state["ptr"] = torch.zeros(P, dtype=torch.long, device=device)
             state["num_old"] = torch.zeros(P, dtype=torch.long, device=device)
             state["H_diag"] = torch.ones(P, dtype=dtype, device=device)
@@ -213,7 +216,7 @@ class BatchedLBFGS(Optimizer):
 
         n_iter_total, failed = state["n_iter"], state["failed"]
         d, t = state["d"], state["t"]
-        old_dirs, old_stps, ro = state["old_dirs"], state["old_stps"], state["ro"]
+        history, SY, YY, ro = state["history"], state["SY"], state["YY"], state["ro"]
         ptr, num_old, H_diag = state["ptr"], state["num_old"], state["H_diag"]
         prev_flat_grad, prev_loss = state["prev_flat_grad"], state["prev_loss"]
         problems = torch.arange(P, device=device)
@@ -255,13 +258,14 @@ class BatchedLBFGS(Optimizer):
             s = d_k * t_k[:, None]
             ys = torch.linalg.vecdot(y, s)
             accept = later & (ys > 1e-10)
-            slot_rows = ptr_k * P + idx  # each problem's slot ptr in the flattened [H * P, D] ring
-            flat_dirs, flat_stps = old_dirs.view(H * P, D), old_stps.view(H * P, D)
+            slot = ptr_k.clone()  # where the new pair goes (ptr_k may be the state itself)
+            flat_hist = history.view(P * 2 * H, D)
             keep = ~accept[:, None]
-            flat_dirs.index_copy_(0, slot_rows, torch.where(keep, flat_dirs.index_select(0, slot_rows), y))
-            flat_stps.index_copy_(0, slot_rows, torch.where(keep, flat_stps.index_select(0, slot_rows), s))
-            flat_ro = ro.view(H * P)
-            flat_ro.index_copy_(0, slot_rows, torch.where(accept, 1.0 / ys, flat_ro.index_select(0, slot_rows)))
+            for rows, new in ((idx * (2 * H) + slot, s), (idx * (2 * H) + H + slot, y)):
+                flat_hist.index_copy_(0, rows, torch.where(keep, flat_hist.index_select(0, rows), new))
+            flat_ro = ro.view(P * H)
+            ro_rows = idx * H + slot
+            flat_ro.index_copy_(0, ro_rows, torch.where(accept, 1.0 / ys, flat_ro.index_select(0, ro_rows)))
             ptr_k = torch.where(accept, (ptr_k + 1) % H, ptr_k)
             num_old_k = torch.where(accept, (num_old_k + 1).clamp(max=H), num_old_k)
             H_diag_k = torch.where(accept, ys / torch.linalg.vecdot(y, y), H_diag_k)
@@ -272,7 +276,8 @@ class BatchedLBFGS(Optimizer):
             put(num_old, num_old_k)
             put(H_diag, H_diag_k)
 
-            direction = self._two_loop(g, old_dirs, old_stps, ro, ptr_k, num_old_k, H_diag_k, idx)
+            direction = self._direction(g, y, s, accept, slot, history, SY, YY, ro, ptr_k, num_old_k, H_diag_k,
+                                        sel, idx)
             d_k = torch.where(first[:, None], -g, torch.where(later[:, None], direction, d_k))
             put(d, d_k)
 
@@ -334,33 +339,79 @@ class BatchedLBFGS(Optimizer):
         return orig_losses.to(dtype)
 
     @staticmethod
-    def _two_loop(flat_grad, old_dirs, old_stps, ro, ptr, num_old, H_diag, problems) -> Tensor:
-        """``-H g`` for the problems ``problems`` (rows of ``flat_grad``, ``ptr``, ``num_old`` and
-        ``H_diag``) by the two-loop recursion, each over its own history.
+    def _history_products(history: Tensor, vecs: Tensor, sel: Optional[Tensor], idx: Tensor) -> Tensor:
+        """``vecs[i] @ history[idx[i]].T`` for every row i: ``[k, n, 2H]`` (one pass over the history)."""
+        P = history.shape[0]
+        if sel is None or 2 * sel.numel() >= P:  # one batched product over every problem's history
+            out = torch.bmm(vecs if sel is None else vecs.new_zeros(P, *vecs.shape[1:]).index_copy_(0, sel, vecs),
+                            history.transpose(1, 2))
+            return out if sel is None else out.index_select(0, sel)
+        # a few active problems: their own histories, without copying them
+        return torch.stack([torch.mm(v, history[p].T) for v, p in zip(vecs, idx.tolist())])
 
-        Fixed shape: all ``history_size`` ages are visited for every problem; a pair a problem
-        does not have (age >= its ``num_old``) has ``rho = 0`` and zero vectors, so it changes
-        nothing and the result equals ``torch.optim.LBFGS``'s loop over the pairs it has.
+    @staticmethod
+    def _history_combination(history: Tensor, coef: Tensor, sel: Optional[Tensor], idx: Tensor) -> Tensor:
+        """``coef[i] @ history[idx[i]]`` for every row i: ``[k, D]`` (one pass over the history)."""
+        P = history.shape[0]
+        if sel is None or 2 * sel.numel() >= P:
+            full = coef if sel is None else coef.new_zeros(P, coef.shape[1]).index_copy_(0, sel, coef)
+            out = torch.bmm(full.unsqueeze(1), history).squeeze(1)
+            return out if sel is None else out.index_select(0, sel)
+        return torch.stack([torch.mv(history[p].T, c) for c, p in zip(coef, idx.tolist())])
+
+    def _direction(self, g, y, s, accept, slot, history, SY, YY, ro, ptr, num_old, H_diag, sel, idx) -> Tensor:
+        """``-H g`` for the rows ``idx`` (rows of ``g``, ``y``, ``s``, ``accept``, ``slot``, ``ptr``,
+        ``num_old`` and ``H_diag``), each over its own history: ``torch.optim.LBFGS``'s two-loop
+        recursion, written with inner products.
+
+        The two loops only ever take inner products of ``g`` and the history's vectors with the
+        history's vectors, so with the products ``S g``, ``Y g`` (one pass over the history) and the
+        pairs' own products ``SY`` and ``YY`` (kept up to date as pairs come in: one more row and
+        column per new pair, from the same pass), each loop is a unit triangular solve of size
+        ``history_size``, and the direction is one combination of the history's vectors (a second
+        pass). The same arithmetic as the loops up to rounding, reading the history twice instead
+        of four times plus copies. Fixed shape: every slot of the ring takes part; a pair a
+        problem does not have has ``rho = 0``, so it changes nothing.
         """
-        H, P, D = old_dirs.shape
-        device = flat_grad.device
-        ages = torch.arange(H, device=device)
-        slots = (ptr[None, :] - 1 - ages[:, None]) % H  # [H, k]: the slot of each age, newest first
-        rows = slots * P + problems[None, :]  # rows of the flattened [H * P, D] ring
-        rho = ro.view(H * P)[rows] * (ages[:, None] < num_old[None, :]).to(ro.dtype)
-        flat_stps, flat_dirs = old_stps.view(H * P, D), old_dirs.view(H * P, D)
+        P, H2, D = history.shape
+        H = H2 // 2
+        k = g.shape[0]
+        # pass 1: products of g and of the new pair with every vector of the history
+        prods = self._history_products(history, torch.stack([g, y, s], dim=1), sel, idx)  # [k, 3, 2H]
+        Sg, Yg = prods[:, 0, :H], prods[:, 0, H:]
+        Sy, Yy, Ys = prods[:, 1, :H], prods[:, 1, H:], prods[:, 2, H:]
+        # the new pair's row and column of SY and YY (slot `slot` now holds it)
+        sy, yy = SY.index_select(0, idx), YY.index_select(0, idx)
+        slots = torch.arange(H, device=g.device)
+        at = (slots[None, :] == slot[:, None]) & accept[:, None]  # [k, H]
+        col, row = at[:, None, :], at[:, :, None]
+        sy = torch.where(col, Sy[:, :, None], torch.where(row, Ys[:, None, :], sy))
+        yy = torch.where(col, Yy[:, :, None], torch.where(row, Yy[:, None, :], yy))
+        SY.index_copy_(0, idx, sy)
+        YY.index_copy_(0, idx, yy)
 
-        q = flat_grad.neg()
-        al = []
-        for age in range(H):  # newest to oldest
-            a = torch.linalg.vecdot(flat_stps.index_select(0, rows[age]), q) * rho[age]
-            q.addcmul_(flat_dirs.index_select(0, rows[age]), a.unsqueeze(1), value=-1)
-            al.append(a)
-        r = q.mul_(H_diag.unsqueeze(1))
-        for age in range(H - 1, -1, -1):  # oldest to newest
-            be = torch.linalg.vecdot(flat_dirs.index_select(0, rows[age]), r) * rho[age]
-            r.addcmul_(flat_stps.index_select(0, rows[age]), (al[age] - be).unsqueeze(1))
-        return r
+        # ages, newest (0) to oldest, and each age's slot
+        ages = slots
+        perm = (ptr[:, None] - 1 - ages[None, :]) % H  # [k, H]
+        rho = ro.index_select(0, idx).gather(1, perm) * (ages[None, :] < num_old[:, None]).to(ro.dtype)
+        u = -Sg.gather(1, perm)  # s_a . q_0 with q_0 = -g
+        v = -Yg.gather(1, perm)
+        sy_a = sy.gather(1, perm[:, :, None].expand(k, H, H)).gather(2, perm[:, None, :].expand(k, H, H))
+        yy_a = yy.gather(1, perm[:, :, None].expand(k, H, H)).gather(2, perm[:, None, :].expand(k, H, H))
+        eye = torch.eye(H, dtype=g.dtype, device=g.device)
+        # first loop, newest to oldest: al_a = rho_a (s_a . q_0 - sum_{b newer} al_b s_a . y_b)
+        lower = eye + rho[:, :, None] * torch.tril(sy_a, diagonal=-1)
+        al = torch.linalg.solve_triangular(lower, (rho * u)[:, :, None], upper=False, unitriangular=True)
+        # r_0 = H_diag q; second loop, oldest to newest: w_a = al_a - be_a,
+        # be_a = rho_a (y_a . r_0 + sum_{c older} w_c y_a . s_c)
+        y_r0 = H_diag[:, None] * (v - torch.bmm(yy_a, al).squeeze(2))
+        upper = eye + rho[:, :, None] * torch.triu(sy_a.transpose(1, 2), diagonal=1)
+        w = torch.linalg.solve_triangular(upper, (al.squeeze(2) - rho * y_r0)[:, :, None], upper=True,
+                                          unitriangular=True).squeeze(2)
+        # d = H_diag (-g - sum al_b y_b) + sum w_c s_c: pass 2
+        coef = torch.cat([torch.zeros_like(w).scatter_(1, perm, w),
+                          torch.zeros_like(w).scatter_(1, perm, -H_diag[:, None] * al.squeeze(2))], dim=1)
+        return self._history_combination(history, coef, sel, idx) - H_diag[:, None] * g
 
 
 class SignedAdam(torch.optim.Adam):
