@@ -57,6 +57,7 @@ def _result(name: str, recon, labels, secret, seconds: float, device: str) -> di
     return {
         "variant": name,
         "success": int((ssim >= 0.9).sum()),
+        "reconstructed": (ssim >= 0.9).nonzero().flatten().tolist(),  # which images (positions 0..n-1)
         "images": int(ssim.numel()),
         "ssim": float(ssim.mean()),
         "psnr": float(torch.nan_to_num(m["psnr"], nan=0.0).mean()),
@@ -180,6 +181,13 @@ def main() -> None:
         ratio = f"{ref / r['seconds']:.1f}x" if ref else "n/a"
         print(f"| {r['variant']} | {r['success']}/{r['images']} | {r['ssim']:.3f} | {r['psnr']:.2f} | "
               f"{100 * r['label_acc']:.0f}% | {r['seconds']:.1f} | {r['peak_mib']:.0f} | {ratio} |")
+    if not args.skip_reference:
+        # the same images? (which ones succeed depends on rounding where an attack barely converges)
+        ref_set = set(results[0]["reconstructed"])
+        for r in results:
+            mine = set(r["reconstructed"])
+            print(f"{r['variant']}: reconstructed images {sorted(mine)}; vs (a): "
+                  f"{len(mine & ref_set)} in common, only here {sorted(mine - ref_set)}, only in (a) {sorted(ref_set - mine)}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -437,11 +437,6 @@ class GradientInversion(pl.LightningModule):
             self.problem_losses = detached
         else:
             self.problem_losses = torch.where(evaluated, detached, self.problem_losses)
-        ok = torch.isfinite(self.problem_losses)
-        # the mean over the finite losses, without reading the mask back (NaN when none is finite);
-        # progress bar only: TensorBoard gets the median and the per-victim losses (leakage.dashboard)
-        mean = torch.where(ok, self.problem_losses, torch.zeros_like(self.problem_losses)).sum() / ok.sum()
-        self.log("attack/loss", mean, prog_bar=True, on_step=True, logger=False)
         return losses.nansum()
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
@@ -480,6 +475,14 @@ class GradientInversion(pl.LightningModule):
         return done
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.problem_losses is not None:
+            ok = torch.isfinite(self.problem_losses)
+            # the mean over the finite losses, without reading the mask back (NaN when none is finite);
+            # progress bar only: TensorBoard gets the median and the per-victim losses (leakage.dashboard).
+            # Logged once per step, not from training_step: L-BFGS runs that up to max_iter times a step
+            # and Lightning's logging costs about as much as a small objective evaluation
+            mean = torch.where(ok, self.problem_losses, torch.zeros_like(self.problem_losses)).sum() / ok.sum()
+            self.log("attack/loss", mean, prog_bar=True, on_step=True, logger=False)
         every = self.done_check_interval
         if every and (self.trainer.global_step % every == 0) and bool(self.done().all()):
             self.trainer.should_stop = True  # every problem failed or converged: nothing is left to do
