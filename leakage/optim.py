@@ -33,7 +33,13 @@ class BatchedLBFGS(Optimizer):
     The only host decision left is ``early_exit``: with it (the default) the step ends as soon
     as no problem is active (one ``bool()`` per inner iteration, as ``torch.optim.LBFGS`` does);
     without it every step runs ``max_iter`` inner iterations, the inactive problems masked out.
-    Both give the same iterates.
+    Both give the same iterates. ``active_only`` (needs ``early_exit``; what the attack uses on the
+    CPU) trades the fixed shape for less work: each iteration reads the active problems back and
+    runs the update on their rows alone, so converged problems cost nothing (the same arithmetic
+    per row; only the history's products may round differently, batched or per problem).
+
+    The two-loop recursion is computed from inner products (:meth:`_direction`): two passes over
+    the history per iteration, the pairs' own products ``SY`` and ``YY`` kept as pairs come in.
 
     A problem whose loss or gradient becomes non-finite is marked in :attr:`failed`, moved back to
     its last finite point and frozen; the others carry on untouched. A problem that a whole step
