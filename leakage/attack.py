@@ -479,8 +479,8 @@ class GradientInversion(pl.LightningModule):
             ok = torch.isfinite(self.problem_losses)
             # the mean over the finite losses, without reading the mask back (NaN when none is finite);
             # progress bar only: TensorBoard gets the median and the per-victim losses (leakage.dashboard).
-            # Logged once per step, not from training_step: L-BFGS runs that up to max_iter times a step
-            # and Lightning's logging costs about as much as a small objective evaluation
+            # Logged once per step, not from training_step, which L-BFGS runs up to max_iter times a
+            # step (each self.log goes through Lightning's result collection); the bar shows one value
             mean = torch.where(ok, self.problem_losses, torch.zeros_like(self.problem_losses)).sum() / ok.sum()
             self.log("attack/loss", mean, prog_bar=True, on_step=True, logger=False)
         every = self.done_check_interval
