@@ -45,7 +45,8 @@ def _victims(n: int):
     return dm, module, obs
 
 
-def _result(name: str, recon, labels, secret, seconds: float, device: str) -> dict:
+def _result(name: str, recon, labels, secret, seconds: float, device: str, problem_evals: int = 0,
+            batched_evals: int = 0) -> dict:
     from leakage.metrics import label_accuracy, reconstruction_metrics
 
     m = reconstruction_metrics(recon.cpu(), secret.images)
@@ -57,12 +58,15 @@ def _result(name: str, recon, labels, secret, seconds: float, device: str) -> di
     return {
         "variant": name,
         "success": int((ssim >= 0.9).sum()),
+        "reconstructed": (ssim >= 0.9).nonzero().flatten().tolist(),  # which images (positions 0..n-1)
         "images": int(ssim.numel()),
         "ssim": float(ssim.mean()),
         "psnr": float(torch.nan_to_num(m["psnr"], nan=0.0).mean()),
         "label_acc": float(label_accuracy(labels.cpu(), secret.labels).mean()),
         "seconds": seconds,
         "peak_mib": peak,
+        "problem_evals": problem_evals,  # objective evaluations summed over the problems (images)
+        "batched_evals": batched_evals,  # objective calls (the reference: one per problem-evaluation)
     }
 
 
@@ -77,6 +81,7 @@ def reference(n: int, steps: int, device: str) -> dict:
     # problem from its own generator)
     all_x, all_y = module.initial_dummies(obs)
     recons, labels = [], []
+    evals = 0
     t0 = time.perf_counter()
     for v in range(n):
         target_grads = [obs.gradients[name][v].to(device) for name in module.param_names]
@@ -94,12 +99,14 @@ def reference(n: int, steps: int, device: str) -> dict:
                 return grad_diff
 
             optimizer.step(closure)
+        evals += optimizer.state[dummy_data]["func_evals"]
         recons.append(dummy_data.detach())
         labels.append(dummy_label.detach().argmax(-1))
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return _result("(a) reference DLG loop", torch.stack(recons), torch.stack(labels), dm.secret, seconds, device)
+    return _result("(a) reference DLG loop", torch.stack(recons), torch.stack(labels), dm.secret, seconds, device,
+                   evals, evals)
 
 
 def engine(n: int, steps: int, device: str, preset: str | None, compile: str = "auto") -> dict:
@@ -121,8 +128,17 @@ def engine(n: int, steps: int, device: str, preset: str | None, compile: str = "
     trainer = pl.Trainer(max_steps=max_steps, accelerator=device if device == "cuda" else "cpu", devices=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    calls = [0]
+    objective = module.matching_loss
+
+    def counted(*a, **k):
+        calls[0] += torch.is_grad_enabled()  # the attack's evaluations, not the final one
+        return objective(*a, **k)
+
+    module.matching_loss = counted
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
+    module.matching_loss = objective
     with torch.no_grad():
         losses = module.final_evaluation()["loss"]
     best, _ = module.best_restarts(losses)
@@ -132,7 +148,8 @@ def engine(n: int, steps: int, device: str, preset: str | None, compile: str = "
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     name = f"(c) engine, preset {preset}" if preset else "(b) engine, same settings"
-    return _result(name, recon, labels, dm.secret, seconds, device)
+    evals = int(trainer.optimizers[0].state["problems"]["func_evals"].sum()) if kwargs["optimizer"] == "lbfgs" else 0
+    return _result(name, recon, labels, dm.secret, seconds, device, evals, calls[0])
 
 
 def _child(fn, args, queue) -> None:
@@ -180,6 +197,14 @@ def main() -> None:
         ratio = f"{ref / r['seconds']:.1f}x" if ref else "n/a"
         print(f"| {r['variant']} | {r['success']}/{r['images']} | {r['ssim']:.3f} | {r['psnr']:.2f} | "
               f"{100 * r['label_acc']:.0f}% | {r['seconds']:.1f} | {r['peak_mib']:.0f} | {ratio} |")
+    if not args.skip_reference:
+        # the same images? (which ones succeed depends on rounding where an attack barely converges)
+        ref_set = set(results[0]["reconstructed"])
+        for r in results:
+            mine = set(r["reconstructed"])
+            print(f"{r['variant']}: {r['problem_evals']} problem-evaluations in {r['batched_evals']} objective calls; "
+                  f"reconstructed images {sorted(mine)}; vs (a): "
+                  f"{len(mine & ref_set)} in common, only here {sorted(mine - ref_set)}, only in (a) {sorted(ref_set - mine)}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

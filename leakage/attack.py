@@ -466,11 +466,6 @@ class GradientInversion(pl.LightningModule):
             self.problem_losses = detached
         else:
             self.problem_losses = torch.where(evaluated, detached, self.problem_losses)
-        ok = torch.isfinite(self.problem_losses)
-        # the mean over the finite losses, without reading the mask back (NaN when none is finite);
-        # progress bar only: TensorBoard gets the median and the per-victim losses (leakage.dashboard)
-        mean = torch.where(ok, self.problem_losses, torch.zeros_like(self.problem_losses)).sum() / ok.sum()
-        self.log("attack/loss", mean, prog_bar=True, on_step=True, logger=False)
         return losses.nansum()
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
@@ -512,6 +507,14 @@ class GradientInversion(pl.LightningModule):
         return done
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.problem_losses is not None:
+            ok = torch.isfinite(self.problem_losses)
+            # the mean over the finite losses, without reading the mask back (NaN when none is finite);
+            # progress bar only: TensorBoard gets the median and the per-victim losses (leakage.dashboard).
+            # Logged once per step, not from training_step, which L-BFGS runs up to max_iter times a
+            # step (each self.log goes through Lightning's result collection); the bar shows one value
+            mean = torch.where(ok, self.problem_losses, torch.zeros_like(self.problem_losses)).sum() / ok.sum()
+            self.log("attack/loss", mean, prog_bar=True, on_step=True, logger=False)
         every = self.done_check_interval
         # every problem failed or converged: nothing is left to do. Sharded over processes, the run
         # ends only when that holds on every rank (one all-reduce, the same answer everywhere), so all
@@ -525,7 +528,8 @@ class GradientInversion(pl.LightningModule):
         if hp.optimizer == "lbfgs":
             return BatchedLBFGS(params, lr=hp.lr, max_iter=hp.lbfgs_max_iter, history_size=hp.lbfgs_history_size,
                                 tolerance_grad=hp.lbfgs_tolerance_grad, tolerance_change=hp.lbfgs_tolerance_change,
-                                early_exit=hp.lbfgs_early_exit)
+                                early_exit=hp.lbfgs_early_exit,
+                                active_only=hp.lbfgs_early_exit and not self.fixed_shape)
         opt = (SignedAdam if hp.optimizer == "signed_adam" else torch.optim.Adam)(params, lr=hp.lr)
         if not hp.lr_decay:
             return opt

@@ -324,6 +324,31 @@ def test_fixed_work_steps_give_the_same_iterates():
     assert len(record) == 6 * 20
 
 
+def test_active_only_gives_the_same_iterates():
+    """active_only (the L-BFGS update on the active problems' rows alone) changes only the work done
+    (and rounding: the history's products run per problem instead of batched)."""
+    fns, x0s = _three_problems()
+    fns, x0s = [fns[0], _nan_problem, fns[1], fns[2]], [x0s[0], torch.zeros(12, dtype=F64), x0s[1], x0s[2]]
+    kw = dict(lr=1.0, max_iter=20, history_size=5)
+    rec_a, rec_b = [], []
+    masked, opt_a = batched_trajectory(fns, x0s, 6, record=rec_a, **kw)
+    compact, opt_b = batched_trajectory(fns, x0s, 6, record=rec_b, active_only=True, **kw)
+    torch.testing.assert_close(compact, masked, rtol=0, atol=1e-12)
+    assert opt_b.failed.tolist() == opt_a.failed.tolist() == [False, True, False, False]
+    for key in ("n_iter", "func_evals", "ptr", "num_old", "stalled"):
+        assert torch.equal(opt_a.state["problems"][key], opt_b.state["problems"][key]), key
+    for key in ("d", "t", "H_diag", "history", "SY", "YY", "ro", "prev_flat_grad", "prev_loss"):
+        torch.testing.assert_close(opt_b.state["problems"][key], opt_a.state["problems"][key], rtol=1e-12,
+                                   atol=1e-15, equal_nan=True, msg=key)
+    # the same evaluations, with the same problems asked for
+    assert len(rec_a) == len(rec_b)
+    assert all(torch.equal(ma, mb) for (ma, _, _), (mb, _, _) in zip(rec_a, rec_b))
+    # and the problems stop at different times, so the compact rows really differ from all rows
+    assert len(set(opt_b.state["problems"]["n_iter"].tolist())) > 2
+    with pytest.raises(ValueError, match="active_only"):
+        BatchedLBFGS([torch.zeros(2, 3, requires_grad=True)], early_exit=False, active_only=True)
+
+
 class _HostSyncs(torch.overrides.TorchFunctionMode):
     """Records the tensor operations that read a value back to the host."""
 
