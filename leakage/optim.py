@@ -9,7 +9,7 @@ tests apart.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -226,7 +226,17 @@ class BatchedLBFGS(Optimizer):
             num_old.masked_fill_(first, 0)
             H_diag.masked_fill_(first, 1.0)
 
-            direction = self._two_loop(flat_grad, old_dirs, old_stps, ro, ptr, num_old, H_diag)
+            if self.early_exit:
+                # flags are read back anyway: the two-loop (the iteration's main cost, every history
+                # slot of every row) only for the problems that use its result, so that problems
+                # that are done, or wait for others in the same run, cost next to nothing
+                idx = later.nonzero().squeeze(1)
+                direction = torch.zeros_like(d)
+                if idx.numel():
+                    direction[idx] = self._two_loop(flat_grad, old_dirs, old_stps, ro, ptr, num_old, H_diag,
+                                                    problems=idx, ages=int(num_old[idx].max()))
+            else:
+                direction = self._two_loop(flat_grad, old_dirs, old_stps, ro, ptr, num_old, H_diag)
             d.copy_(torch.where(first[:, None], -flat_grad, torch.where(later[:, None], direction, d)))
 
             prev_flat_grad.copy_(torch.where(active[:, None], flat_grad, prev_flat_grad))
@@ -271,31 +281,37 @@ class BatchedLBFGS(Optimizer):
         return orig_losses.to(dtype)
 
     @staticmethod
-    def _two_loop(flat_grad, old_dirs, old_stps, ro, ptr, num_old, H_diag) -> Tensor:
+    def _two_loop(flat_grad, old_dirs, old_stps, ro, ptr, num_old, H_diag, problems: Optional[Tensor] = None,
+                  ages: Optional[int] = None) -> Tensor:
         """``-H g`` for every problem by the two-loop recursion, each over its own history.
 
         Fixed shape: all ``history_size`` ages are visited for every problem; a pair a problem
         does not have (age >= its ``num_old``) has ``rho = 0`` and zero vectors, so it changes
         nothing and the result equals ``torch.optim.LBFGS``'s loop over the pairs it has.
+        ``problems`` (indices): the result of those problems only, ``[len(problems), D]``, reading
+        only their rows of the history; ``ages``: visit only the newest this many ages (at least
+        the largest ``num_old`` of those problems, so that the result is the same).
         """
         H, P, D = old_dirs.shape
         device = flat_grad.device
-        ages = torch.arange(H, device=device)
-        slots = (ptr[None, :] - 1 - ages[:, None]) % H  # [H, P]: the slot of each age, newest first
-        rows = slots * P + torch.arange(P, device=device)[None, :]  # rows of the flattened [H * P, D] ring
-        rho = ro.gather(0, slots) * (ages[:, None] < num_old[None, :]).to(ro.dtype)
+        cols = torch.arange(P, device=device) if problems is None else problems
+        n_ages = H if ages is None else min(H, ages)
+        age = torch.arange(n_ages, device=device)
+        slots = (ptr[cols][None, :] - 1 - age[:, None]) % H  # [ages, n]: the slot of each age, newest first
+        rows = slots * P + cols[None, :]  # rows of the flattened [H * P, D] ring
+        rho = ro[:, cols].gather(0, slots) * (age[:, None] < num_old[cols][None, :]).to(ro.dtype)
         flat_stps, flat_dirs = old_stps.view(H * P, D), old_dirs.view(H * P, D)
 
-        q = flat_grad.neg()
+        q = flat_grad[cols].neg()
         al = []
-        for age in range(H):  # newest to oldest
-            a = torch.linalg.vecdot(flat_stps.index_select(0, rows[age]), q) * rho[age]
-            q.addcmul_(flat_dirs.index_select(0, rows[age]), a.unsqueeze(1), value=-1)
+        for a_ in range(n_ages):  # newest to oldest
+            a = torch.linalg.vecdot(flat_stps.index_select(0, rows[a_]), q) * rho[a_]
+            q.addcmul_(flat_dirs.index_select(0, rows[a_]), a.unsqueeze(1), value=-1)
             al.append(a)
-        r = q.mul_(H_diag.unsqueeze(1))
-        for age in range(H - 1, -1, -1):  # oldest to newest
-            be = torch.linalg.vecdot(flat_dirs.index_select(0, rows[age]), r) * rho[age]
-            r.addcmul_(flat_stps.index_select(0, rows[age]), (al[age] - be).unsqueeze(1))
+        r = q.mul_(H_diag[cols].unsqueeze(1))
+        for a_ in range(n_ages - 1, -1, -1):  # oldest to newest
+            be = torch.linalg.vecdot(flat_dirs.index_select(0, rows[a_]), r) * rho[a_]
+            r.addcmul_(flat_stps.index_select(0, rows[a_]), (al[a_] - be).unsqueeze(1))
         return r
 
 

@@ -122,7 +122,8 @@ class Sweep:
                 alone.append(group[0])
                 continue
             for p, row in zip(group, self._run_group(group, [d for q, d in pending if q in group])):
-                done[p.cid] = self._save(p, row)
+                done[p.cid] = self._save(p, row, tables=False)
+            self.write_tables()  # once for the whole group
         for p in alone:
             done[p.cid] = self._save(p, self._run(p.cid, p.cfg, p.row))
         return [done[cid] for cid, *_ in requests]
@@ -151,9 +152,10 @@ class Sweep:
             path.unlink()
         return _Pending(cid, path, {**row, "cell": cid, "fingerprint": fingerprint}, cfg, error)
 
-    def _save(self, p: "_Pending", row: dict) -> dict:
+    def _save(self, p: "_Pending", row: dict, tables: bool = True) -> dict:
         atomic_write(p.path, json.dumps(row, indent=2))
-        self.write_tables()
+        if tables:
+            self.write_tables()
         return row
 
     def fingerprint(self, cfg: dict | None) -> str:
