@@ -33,7 +33,10 @@ class BatchedLBFGS(Optimizer):
     The only host decision left is ``early_exit``: with it (the default) the step ends as soon
     as no problem is active (one ``bool()`` per inner iteration, as ``torch.optim.LBFGS`` does);
     without it every step runs ``max_iter`` inner iterations, the inactive problems masked out.
-    Both give the same iterates.
+    Both give the same iterates. With ``early_exit``, which reads flags back anyway, the two-loop
+    recursion (an iteration's main cost) also runs only for the problems that use its direction,
+    over the ages they have, so that problems that are done, or wait for others of the same run
+    (a batched sweep's cells), cost next to nothing.
 
     A problem whose loss or gradient becomes non-finite is marked in :attr:`failed`, moved back to
     its last finite point and frozen; the others carry on untouched. A problem that a whole step
