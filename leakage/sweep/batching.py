@@ -94,7 +94,6 @@ class _CellData:
     def __init__(self, dm: Any, observation: Observation, secret: Optional[Secret], defenses: list) -> None:
         self.dataset, self.source = getattr(dm, "dataset", None), getattr(dm, "source", None)
         self.observation, self.secret, self.defenses_applied = observation, secret, defenses
-        self.hparams_initial = getattr(dm, "hparams_initial", {})
 
 
 class _CellModule:
