@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: per-cell mean SSIM may differ by this much between the two: the problems are the same and
 #: independent, but a batched convolution over more problems rounds differently (float32), and
-#: L-BFGS carries that on (README, Sweeps: measured differences)
+#: L-BFGS carries that on (README, "A sweep is one batched attack": measured differences)
 SSIM_TOL = 0.02
 
 
