@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .client import batchnorm_layers, client_view, per_problem_gradients
 from .data import Observation
+from .distributed import all_done, check_strategy, victim_shard
 from .fedavg import per_problem_updates, schedules
 from .labels import idlg_labels, last_linear, restore_batch_labels
 from .losses import DISTANCES, gradient_distance, total_variation
@@ -174,6 +175,10 @@ class GradientInversion(pl.LightningModule):
         self._client_net: Optional[nn.Module] = None  # the client's forward (train or eval mode), per device
         self.param_names = [n for n, _ in self.target.named_parameters()]
         self.observation: Optional[Observation] = None
+        #: the victims (positions in the data module's observation) this process attacks, and how many
+        #: there are in all: under ShardedDDPStrategy each rank attacks a contiguous shard of them
+        self.victims: range = range(0)
+        self.total_victims = 0
         self.problem_losses: Optional[Tensor] = None  # [P], from the last evaluation
         self.consensus: Optional[Tensor] = None  # group consistency targets [P, B, ...]
         self._evaluating: Optional[Tensor] = None  # problems the optimizer asks to evaluate
@@ -183,12 +188,29 @@ class GradientInversion(pl.LightningModule):
     # -------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
         if self.observation is None:
-            self.attach(self.trainer.datamodule.observation)
+            # Lightning runs this after the data module's setup and the defense callbacks', so a
+            # process's shard is taken from the defended updates of all victims (secure aggregation
+            # groups consecutive victims before any sharding)
+            check_strategy(self.trainer.strategy)
+            observation = self.trainer.datamodule.observation
+            if observation is None:
+                raise RuntimeError("no observation: the data module has not been set up")
+            shard = victim_shard(observation.num_victims, self.trainer.global_rank, self.trainer.world_size)
+            self.attach(observation.select(shard), victims=shard, total_victims=observation.num_victims)
 
-    def attach(self, observation: Observation) -> None:
-        """Create the dummies for an observation: ``restarts`` problems per victim."""
+    def attach(self, observation: Observation, victims: Optional[range] = None,
+               total_victims: Optional[int] = None) -> None:
+        """Create the dummies for an observation: ``restarts`` problems per victim.
+
+        ``victims`` (the positions of the observation's updates among ``total_victims``) is set when
+        the observation is one process's shard; by default it is all of them."""
         with full_precision():
             self._attach(observation)
+        V = observation.num_victims
+        self.victims = range(V) if victims is None else victims
+        self.total_victims = V if total_victims is None else total_victims
+        if len(self.victims) != V:
+            raise ValueError(f"{len(self.victims)} victim positions for {V} updates")
 
     def _attach(self, observation: Observation) -> None:
         hp = self.hparams
@@ -209,7 +231,7 @@ class GradientInversion(pl.LightningModule):
         if observation.client is not None and hp.bn_weight > 0:
             raise ValueError("bn_weight (the BatchNorm-statistics prior) is modelled for FedSGD updates only: "
                              "use --model.bn_weight 0 with --data.protocol fedavg")
-        if observation.client is not None:  # FedAvg: each problem's public mini-batch order
+        if observation.client is not None and V > 0:  # FedAvg: each problem's public mini-batch order
             sched = schedules(observation.client, B, observation.update_keys).repeat_interleave(R, dim=0)
             self.register_buffer("schedule", sched, persistent=False)
         x, label_logits = self.initial_dummies(observation)
@@ -220,11 +242,14 @@ class GradientInversion(pl.LightningModule):
             if B != 1:
                 raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
                                  "labels 'joint' or a batch strategy (bias_count, weight_count, yin)")
+        if hp.labels != "joint" and V == 0:  # a process with an empty shard: nothing to restore
+            self.register_buffer("fixed_labels", torch.zeros(0, B, dtype=torch.long), persistent=False)
+        elif hp.labels == "idlg":
             name, layer = last_linear(self.target)
             grads = observation.gradient_estimate()
             y = idlg_labels(grads[f"{name}.weight"], grads[f"{name}.bias"] if layer.bias is not None else None)  # [V]
             self.register_buffer("fixed_labels", y.repeat_interleave(R).view(P, 1), persistent=False)
-        else:
+        elif hp.labels != "joint":
             y = restore_batch_labels(self.target, observation.gradient_estimate(), B, observation.input_shape, hp.labels,
                                      observation.data_range)  # [V, B]
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
@@ -241,6 +266,8 @@ class GradientInversion(pl.LightningModule):
         lo, hi = observation.data_range
         shape = (observation.batch_size, *observation.input_shape)
         xs, logits = [], []
+        if not observation.update_keys:  # a process with an empty shard
+            return torch.zeros(0, *shape), torch.zeros(0, observation.batch_size, hp.num_classes)
         for key in observation.update_keys:
             for r in range(hp.restarts):
                 gen = generator("dummy", hp.init_seed, key, r)
@@ -346,6 +373,8 @@ class GradientInversion(pl.LightningModule):
         R = self.hparams.restarts
         x = self.dummy_data.detach()
         P, B = x.shape[:2]
+        if P == 0:
+            return
         groups = x.view(P // R, R, B, -1)
         labels = self.recovered_labels().view(P // R, R, B).cpu()
         perms = torch.empty(P // R, R, B, dtype=torch.long)  # restart r's slot for the first restart's slot i
@@ -453,6 +482,9 @@ class GradientInversion(pl.LightningModule):
         # the batched optimizers take per-problem losses from the closure; Lightning's closure runs
         # training_step, zero_grad and backward and returns the summed loss
         opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        if self.num_problems == 0:  # a process with an empty shard keeps step with the others
+            optimizer_closure()
+            return
 
         def closure() -> Tensor:
             # BatchedLBFGS says which problems it still needs; the others are not evaluated
@@ -481,8 +513,11 @@ class GradientInversion(pl.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         every = self.done_check_interval
-        if every and (self.trainer.global_step % every == 0) and bool(self.done().all()):
-            self.trainer.should_stop = True  # every problem failed or converged: nothing is left to do
+        # every problem failed or converged: nothing is left to do. Sharded over processes, the run
+        # ends only when that holds on every rank (one all-reduce, the same answer everywhere), so all
+        # ranks run the same steps and meet at the report's gathers
+        if every and (self.trainer.global_step % every == 0) and all_done(self.trainer, bool(self.done().all())):
+            self.trainer.should_stop = True
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -512,7 +547,7 @@ class GradientInversion(pl.LightningModule):
         """Index of the best restart per victim ``[V]`` and whether every restart failed ``[V]``."""
         R = self.hparams.restarts
         ok = torch.isfinite(losses) & ~self.failed.to(losses.device)
-        scored = torch.where(ok, losses, torch.full_like(losses, float("inf"))).view(-1, R)
+        scored = torch.where(ok, losses, torch.full_like(losses, float("inf"))).view(losses.shape[0] // R, R)
         best = scored.argmin(dim=1)
-        failed = ~ok.view(-1, R).any(dim=1)
+        failed = ~ok.view(losses.shape[0] // R, R).any(dim=1)
         return torch.arange(scored.shape[0], device=losses.device) * R + best, failed

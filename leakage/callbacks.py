@@ -20,6 +20,7 @@ from torch import Tensor
 from . import htmlreport
 from .dashboard import (OUTCOMES, SETTINGS, figure_png, final_scalars, gallery_png, history_figure, log10,
                         overview_layout, png_array, summary_markdown, write_hparams)
+from .distributed import gather
 from .metrics import label_accuracy, reconstruction_metrics
 
 COLUMNS = (
@@ -30,12 +31,28 @@ COLUMNS = (
 
 def _tb(trainer: pl.Trainer) -> Optional[Any]:
     """The TensorBoard writer of the run (rank 0 only)."""
-    if not trainer.is_global_zero:
+    if not trainer.is_global_zero or not _has_tb(trainer):
         return None
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
+
+
+def _has_tb(trainer: pl.Trainer) -> bool:
+    """Whether the run logs to TensorBoard (the same answer on every rank)."""
+    return any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
+
+
+def _joined(parts: list[Any]) -> Any:
+    """Per-rank results (tensors with the victims first, dicts of them, or tuples) joined in rank
+    order, which is the victims' order (each rank holds a contiguous shard)."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: _joined([p[k] for p in parts]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(_joined([p[i] for p in parts]) for i in range(len(first)))
+    return torch.cat(parts, dim=0)
 
 
 def fresh_run_dir(base: Path, name: str = "leakage") -> Path:
@@ -162,6 +179,11 @@ class LeakageReport(pl.Callback):
         hparams: log the run's settings and outcome to TensorBoard's HPARAMS tab (a sweep turns it
             off in its cells and writes one entry per cell itself).
 
+    Under :class:`leakage.distributed.ShardedDDPStrategy` every rank attacks a shard of the victims:
+    at each logging step and at the end every rank's per-victim results are gathered (small CPU
+    tensors), so that every rank holds the rows of all victims in their order and rank 0 alone
+    writes the scalars, images and files of all of them.
+
     The artifacts go to the logger's run folder (``logs/<name>/version_N``); without a logger to a
     fresh ``version_N`` folder under ``default_root_dir/logs/leakage`` (the CLI makes that folder
     at start-up, so that ``config.yaml`` lands there too), never over existing files.
@@ -207,7 +229,7 @@ class LeakageReport(pl.Callback):
         obs = pl_module.observation
         out: dict[str, Any] = {
             "dataset": getattr(dm, "dataset", None), "source": getattr(dm, "source", None),
-            "victims": obs.num_victims if obs is not None else None,
+            "victims": pl_module.total_victims if obs is not None else None,
             "batch_size": obs.batch_size if obs is not None else None,
             "steps": trainer.max_steps,
         }
@@ -284,7 +306,7 @@ class LeakageReport(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         tb = _tb(trainer)
         if tb is not None and pl_module.observation is not None:
-            tb.add_custom_scalars(overview_layout(self.success_ssim, pl_module.observation.num_victims))
+            tb.add_custom_scalars(overview_layout(self.success_ssim, pl_module.total_victims))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if pl_module.problem_losses is None:
@@ -292,35 +314,50 @@ class LeakageReport(pl.Callback):
         best, best_loss, failed = self._current_best(pl_module)
         self.history.append(best_loss.detach().cpu())
         step = trainer.global_step
-        tb = _tb(trainer)
-        if tb is None or 0 < trainer.max_steps <= step or trainer.should_stop:
+        # decided alike on every rank (the step, the budget, the shared stop decision): every rank
+        # takes part in the gather below, rank 0 writes
+        if not _has_tb(trainer) or 0 < trainer.max_steps <= step or trainer.should_stop:
             return  # the end of the attack logs its last step
         scalars_due = step == 1 or step % self.log_every_n_steps == 0
         images_due = step == 1 or bool(self.image_every_n_steps and step % self.image_every_n_steps == 0)
         if not (scalars_due or images_due):
             return
+        local = (best_loss.detach().cpu(), pl_module.dummy_data.detach()[best].cpu(), failed.cpu(),
+                 pl_module.recovered_labels()[best].cpu() if images_due else torch.zeros(len(best)))
+        best_loss, recon, failed, labels = _joined(gather(trainer, local))
+        tb = _tb(trainer)
+        if tb is None:
+            return
         secret = self._secret(trainer)
-        recon = pl_module.dummy_data.detach()[best].cpu()
-        failed = failed.cpu()
         metrics = reconstruction_metrics(recon, secret.images) if secret is not None else None
         if scalars_due:
-            self._scalars(tb, step, best_loss.detach().cpu(), metrics, failed)
+            self._scalars(tb, step, best_loss, metrics, failed)
         if images_due:
-            labels = pl_module.recovered_labels()[best].cpu()
             self._log_images(tb, step, *self._figures(secret, recon, labels, metrics, failed.tolist(),
                                                      self._outcome_title(f"step {step}", metrics, failed)))
 
     def on_train_end(self, trainer, pl_module) -> None:
         evaluation = pl_module.final_evaluation()
         best, victim_failed = pl_module.best_restarts(evaluation["loss"])
-        best_cpu = best.cpu()
-        recon = pl_module.dummy_data.detach()[best].cpu()
-        labels = pl_module.recovered_labels()[best].cpu()
-        secret = self._secret(trainer)
         R = pl_module.hparams.restarts
+        local = {
+            "recon": pl_module.dummy_data.detach()[best].cpu(),
+            "labels": pl_module.recovered_labels()[best].cpu(),
+            "evaluation": {k: v[best].cpu() for k, v in evaluation.items()},
+            "restart": best.cpu() % R,
+            "failed": victim_failed.cpu(),
+            # [V, steps]: every step's best loss of each victim of this rank
+            "history": (torch.stack(self.history, dim=1) if self.history
+                        else torch.zeros(len(best), 0)),
+        }
+        # every rank's victims, in order, on every rank (one process: its own)
+        joined = _joined(gather(trainer, local))
+        recon, labels = joined["recon"], joined["labels"]
+        self.history = list(joined["history"].t())
+        secret = self._secret(trainer)
         metrics = reconstruction_metrics(recon, secret.images) if secret is not None else None
         self.rows = victim_rows(
-            recon, labels, {k: v[best] for k, v in evaluation.items()}, best_cpu % R, victim_failed, metrics,
+            recon, labels, joined["evaluation"], joined["restart"], joined["failed"], metrics,
             secret.labels if secret is not None else None, secret.indices if secret is not None else None)
         self.summary = summarize(self.rows, self.success_ssim)
         self.summary["entries_per_unknown"] = pl_module.observation.entries_per_unknown
@@ -352,12 +389,14 @@ class LeakageReport(pl.Callback):
         if s["failed"]:
             text += (f"\n{s['failed']} of {s['victims']} victims failed numerically: every restart's matching loss "
                      "or gradient became NaN or infinite (status 'failed')")
+        if self.save_artifacts and self.run_dir is None:
+            # the logger's version folder; without a logger a fresh one under default_root_dir/logs,
+            # never the current folder itself (its files would be overwritten). trainer.log_dir is a
+            # collective on several processes (rank 0's folder, broadcast): every rank asks for it
+            log_dir = trainer.log_dir if trainer.loggers else None
+            if trainer.is_global_zero:
+                self.run_dir = Path(log_dir) if log_dir else fresh_run_dir(Path(trainer.default_root_dir) / "logs")
         if self.save_artifacts and trainer.is_global_zero:
-            if self.run_dir is None:
-                # the logger's version folder; without a logger a fresh one under default_root_dir/logs,
-                # never the current folder itself (its files would be overwritten)
-                self.run_dir = (Path(trainer.log_dir) if trainer.loggers and trainer.log_dir
-                                else fresh_run_dir(Path(trainer.default_root_dir) / "logs"))
             text += f"\nrun folder: {self.run_dir}"
         if trainer.is_global_zero:
             print("\n" + text, flush=True)

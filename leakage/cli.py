@@ -30,6 +30,9 @@ commands:
   fit     run one gradient-inversion attack (every option: leakage fit --help)
   sweep   run the attack over grids of defense strengths or of any fit setting
           (leakage sweep --help)
+
+On N processes, GPUs or nodes, add --trainer.strategy ddp --trainer.devices N to either command
+(each process attacks a shard of the victims; rank 0 writes the results of all).
 """
 
 

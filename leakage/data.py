@@ -8,13 +8,14 @@ The module keeps two things apart:
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.client import HTTPException
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Iterator, Literal, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -85,13 +86,22 @@ class Observation:
     def num_victims(self) -> int:
         return next(iter(self.gradients.values())).shape[0]
 
+    def select(self, victims: Sequence[int]) -> "Observation":
+        """The observation of these updates only (one process's shard), in the given order."""
+        victims = list(victims)
+        if victims == list(range(self.num_victims)):
+            return self
+        index = torch.tensor(victims, dtype=torch.long)
+        return replace(self, gradients={k: v[index] for k, v in self.gradients.items()},
+                       update_keys=tuple(self.update_keys[i] for i in victims))
+
     @property
     def entries_per_unknown(self) -> float:
         """Gradient entries of one update per unknown input value (``B x C x H x W``).
 
         Below 1 the matching problem is underdetermined; above 1 it may still be, since entries are
         not independent equations: :mod:`leakage.identifiability` measures the Jacobian rank."""
-        entries = sum(g[0].numel() for g in self.gradients.values())
+        entries = sum(math.prod(g.shape[1:]) for g in self.gradients.values())
         unknowns = self.batch_size * self.input_shape[0] * self.input_shape[1] * self.input_shape[2]
         return entries / unknowns
 

@@ -20,9 +20,11 @@ from typing import Any, Iterator
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer import Trainer
 
 from .callbacks import LeakageReport, fresh_run_dir
+from .distributed import DDP_NAMES, ShardedDDPStrategy, launched_as_rank_zero
 from .errors import one_line, parser_error_line
 from .loggers import CLASS_PATH as LOGGER_CLASS_PATH
 from .loggers import LIGHTNING_CLASS_PATHS
@@ -42,7 +44,10 @@ TRAINER_DEFAULTS = {
 
 FIT_DESCRIPTION = (
     "Run one gradient-inversion attack: reconstruct the victims' images and labels from the gradients "
-    "their client shares. Every setting below can be given in a --config file or on the command line."
+    "their client shares. Every setting below can be given in a --config file or on the command line. "
+    "On N processes (CPUs, GPUs or nodes): --trainer.strategy ddp --trainer.devices N (and --trainer.num_nodes M "
+    "under torchrun or SLURM) runs leakage.distributed.ShardedDDPStrategy: each process attacks its own "
+    "shard of the victims, nothing is averaged across processes, and rank 0 writes the results of all."
 )
 
 _CONFIG_FLAGS = ("--config", "-c")
@@ -173,11 +178,37 @@ class LeakageCLI(LightningCLI):
         # Without a logger, Lightning writes a run's files (config.yaml, the report's artifacts) into
         # default_root_dir, i.e. the current folder, over files of the same name. Give such a run a
         # fresh folder of its own instead: logs/leakage/version_N (under default_root_dir if given).
+        # On several processes only rank 0 makes it (the others write nothing; Lightning gives them
+        # rank 0's folder where it needs one).
         if trainer.get("logger") is False:
             base = Path(trainer.get("default_root_dir") or "logs")
-            trainer["default_root_dir"] = str(fresh_run_dir(base))
+            trainer["default_root_dir"] = str(fresh_run_dir(base) if launched_as_rank_zero() else base)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        strategy = kwargs.get("strategy", config.get("strategy", "auto"))
+        if isinstance(strategy, str) and strategy in DDP_NAMES:
+            # "ddp" is the attack's sharded DDP: Lightning's launching without averaging (see
+            # leakage.distributed.ShardedDDPStrategy)
+            kwargs["strategy"] = ShardedDDPStrategy(start_method=DDP_NAMES[strategy])
+        trainer = self._trainer(**kwargs)
+        chosen = trainer.strategy
+        if isinstance(chosen, DDPStrategy) and not isinstance(chosen, ShardedDDPStrategy):
+            # Lightning's own DDP (what "auto" picks for several devices, or one given by class path)
+            # would wrap the attack in DistributedDataParallel: run it sharded instead, same settings
+            kwargs["strategy"] = ShardedDDPStrategy(
+                start_method=chosen._start_method, process_group_backend=chosen.process_group_backend,
+                timeout=chosen._timeout)
+            trainer = self._trainer(**kwargs)
+        elif not isinstance(chosen, (SingleDeviceStrategy, ShardedDDPStrategy)):
+            name = getattr(chosen, "strategy_name", None) or type(chosen).__name__
+            raise ValueError(
+                f"cannot run the attack with strategy {name!r}: use --trainer.strategy ddp (each process attacks "
+                "its own shard of the victims) or auto (one device)"
+            )
+        return trainer
+
+    def _trainer(self, **kwargs: Any) -> Trainer:
         try:
             return super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:

@@ -24,7 +24,8 @@ A defense that changes the number or size of the updates (secure aggregation wit
 ``aggregate``: K updates become one of K x B images) cannot share the victim axis with the others:
 its cells run as their own fits (:func:`batchable`). A cell whose defense fails on the observation
 fails alone with its one-line error. If the group's fit fails, its cells are run again one by one,
-so that each gets what its own fit gives.
+so that each gets what its own fit gives; so does a group on several processes (``strategy ddp``),
+whose cells are sharded fits of their own (:mod:`leakage.distributed`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class _CellModule:
     def __init__(self, module: GradientInversion, rows: slice, observation: Observation, group: "GroupReport") -> None:
         self._module, self._rows, self._group = module, rows, group
         self.observation = observation
+        self.total_victims = observation.num_victims
         self.hparams = module.hparams
 
     @property
@@ -138,6 +140,8 @@ class _CellTrainer:
     max_steps = property(lambda self: self._trainer.max_steps)
     should_stop = property(lambda self: self._trainer.should_stop)
     default_root_dir = property(lambda self: self._trainer.default_root_dir)
+    world_size = property(lambda self: self._trainer.world_size)
+    strategy = property(lambda self: self._trainer.strategy)
     log_dir = property(lambda self: self.logger.log_dir)
 
 
@@ -222,6 +226,8 @@ class GroupCLI(LeakageCLI):
         super().__init__(*args, **kwargs)
 
     def before_fit(self) -> None:
+        if self.trainer.world_size > 1:  # every rank sees this, so every rank runs the cells one by one
+            raise GroupError("a batched fit runs in one process; on several, each cell is a sharded fit of its own")
         super().before_fit()
         callbacks = self.trainer.callbacks
         i = next(i for i, cb in enumerate(callbacks) if isinstance(cb, LeakageReport))

@@ -4,11 +4,13 @@ when its configuration changed."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import re
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from ..distributed import launched_as_rank_zero
 from .config import check_sweep, defense_class, set_key
 from .hparams import write_hparams
 from .lock import SweepLock
@@ -36,6 +39,23 @@ def _cell_errors() -> tuple[type[BaseException], ...]:
 
 
 _UNKNOWN_KEY = re.compile(r"does not accept option '([^']+)'")
+#: trainer settings that say how many processes run a cell, not what it computes: left out of the
+#: cell fingerprints, so that a sweep restarted on another number of processes or nodes continues
+SCALE_KEYS = ("strategy", "devices", "num_nodes")
+
+
+def scale_free(overrides: list[str]) -> list[str]:
+    """Command-line fit options without ``--trainer.strategy/devices/num_nodes`` (and their values)."""
+    flags = {f"--trainer.{k}" for k in SCALE_KEYS}
+    out, skip = [], False
+    for arg in overrides:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        elif arg.split("=", 1)[0] not in flags:
+            out.append(arg)
+    return out
 
 
 def cell_error(err: Exception) -> str:
@@ -66,9 +86,17 @@ class _Pending:
 
 
 class Sweep:
-    """Run the grids, resume them, and summarize them."""
+    """Run the grids, resume them, and summarize them.
+
+    On several processes (``--trainer.strategy ddp --trainer.devices N``: Lightning's launcher
+    re-runs the same ``leakage sweep`` command on every rank, or torchrun/SLURM start them) every rank
+    runs this same loop and every cell's fit is sharded over the ranks; each rank gets the same
+    gathered results, so all take the same decisions (skipped cells, breaking-point search). Only
+    rank 0 writes: the lock, cell files, configs, tables, plots and the cells' runs.
+    """
 
     def __init__(self, base: dict, sweep: dict, overrides: list[str]) -> None:
+        self.writer = launched_as_rank_zero()
         self.base = base
         self.cfg, self.defenses, self.studies = check_sweep(sweep, overrides)
         self.overrides = overrides
@@ -123,7 +151,8 @@ class Sweep:
                 continue
             for p, row in zip(group, self._run_group(group, [d for q, d in pending if q in group])):
                 done[p.cid] = self._save(p, row, tables=False)
-            self.write_tables()  # once for the whole group
+            if self.writer:
+                self.write_tables()  # once for the whole group
         for p in alone:
             done[p.cid] = self._save(p, self._run(p.cid, p.cfg, p.row))
         return [done[cid] for cid, *_ in requests]
@@ -146,21 +175,28 @@ class Sweep:
                 done = None
             if done is not None and done.get("fingerprint") == fingerprint:
                 return done
-            if done is not None:  # a result of another attack or victim set: never reuse it
+            if done is not None and self.writer:  # a result of another attack or victim set: never reuse it
                 print(f"leakage sweep: cell {cid} was run with another configuration; running it again",
                       file=sys.stderr)
-            path.unlink()
+            if self.writer:
+                path.unlink(missing_ok=True)
         return _Pending(cid, path, {**row, "cell": cid, "fingerprint": fingerprint}, cfg, error)
 
     def _save(self, p: "_Pending", row: dict, tables: bool = True) -> dict:
-        atomic_write(p.path, json.dumps(row, indent=2))
-        if tables:
+        """Write a cell's result (rank 0 only; every rank returns it)."""
+        if self.writer:
+            atomic_write(p.path, json.dumps(row, indent=2))
+        if tables and self.writer:
             self.write_tables()
         return row
 
     def fingerprint(self, cfg: dict | None) -> str:
-        """What a cell's result depends on: its fit config, the command-line overrides, the success bar."""
-        text = json.dumps({"config": cfg, "overrides": self.overrides, "success_ssim": float(self.cfg["success_ssim"])},
+        """What a cell's result depends on: its fit config, the command-line overrides, the success
+        bar; not the number of processes it runs on (:data:`SCALE_KEYS`)."""
+        if isinstance(cfg, dict) and isinstance(cfg.get("trainer"), dict):
+            cfg = {**cfg, "trainer": {k: v for k, v in cfg["trainer"].items() if k not in SCALE_KEYS}}
+        text = json.dumps({"config": cfg, "overrides": scale_free(self.overrides),
+                           "success_ssim": float(self.cfg["success_ssim"])},
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -227,9 +263,10 @@ class Sweep:
         return self.cell(study_cell_id(study, value), {"study": study["name"], "key": study["key"], "value": value},
                          lambda: self.study_config(study, value))
 
-    def _fit_config(self, cid: str, cfg: dict) -> Path:
+    def _fit_config(self, cid: str, cfg: dict) -> tuple[Path, Any]:
         """Write the config of cell ``cid``'s fit (its TensorBoard run ``runs/<cid>``, the sweep's
-        success bar, no HPARAMS entry of its own) to ``cells/<cid>.config.yaml``; its path."""
+        success bar, no HPARAMS entry of its own) to ``cells/<cid>.config.yaml`` (rank 0; another
+        rank to a private temporary folder, returned second: clean it up); its path."""
         cfg = json.loads(json.dumps(cfg))
         trainer = cfg.get("trainer")
         if not isinstance(trainer, dict):
@@ -242,13 +279,16 @@ class Sweep:
             report_cfg = cfg["report"] = {}
         report_cfg["success_ssim"] = float(self.cfg["success_ssim"])
         report_cfg["hparams"] = False  # the sweep's HPARAMS view has one row per cell (sweep/hparams.py)
-        cfg_path = confined(self.out, "cells", f"{cid}.config.yaml")
+        # rank 0 keeps the cell's config beside its result; another rank reads its own private copy
+        private = None if self.writer else tempfile.TemporaryDirectory(prefix="leakage-cell-")
+        cfg_path = confined(self.out, "cells", f"{cid}.config.yaml") if private is None else \
+            Path(private.name) / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
-        return cfg_path
+        return cfg_path, private
 
     def _fresh_run_dir(self, cid: str) -> Path:
         run_dir = confined(self.out, "runs", cid)
-        if run_dir.exists():  # an interrupted run of this cell: start it again from scratch
+        if run_dir.exists() and self.writer:  # an interrupted run of this cell: start it again from scratch
             shutil.rmtree(run_dir)
         return run_dir
 
@@ -273,7 +313,7 @@ class Sweep:
         from ..fit import TRAINER_DEFAULTS, LeakageCLI
 
         self._fresh_run_dir(cid)
-        cfg_path = self._fit_config(cid, cfg)
+        cfg_path, private = self._fit_config(cid, cfg)
         try:
             with warnings.catch_warnings():  # the sweep passes its cells' args on purpose
                 warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -286,6 +326,9 @@ class Sweep:
             report = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "LeakageReport")
         except _cell_errors() as err:
             return {**row, "status": "failed", "error": cell_error(err)}
+        finally:
+            if private is not None:
+                private.cleanup()
         return self._summary(row, report, cli.datamodule.dataset, cli.model.hparams.model,
                              report.defenses_of(cli.trainer), elapsed)
 
@@ -301,12 +344,13 @@ class Sweep:
         members = []
         for p, spec in zip(group, specs):
             self._fresh_run_dir(p.cid)
-            self._fit_config(p.cid, p.cfg)  # each cell's own fit config, as a record
+            if self.writer:
+                self._fit_config(p.cid, p.cfg)  # each cell's own fit config, as a record
             members.append(Member(p.cid, spec, defense_class(spec["class_path"])(**spec["init_args"]),
                                   TensorBoardLogger(save_dir=str(self.out), name="runs", version=p.cid)))
         shared = json.loads(json.dumps(group[0].cfg))
         shared["trainer"]["callbacks"] = shared["trainer"]["callbacks"][:-1]  # the cell's own defense
-        cfg_path = self._fit_config(group[0].cid, shared)  # replaced by the cell's record below
+        cfg_path, private = self._fit_config(group[0].cid, shared)  # replaced by the cell's record below
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -317,11 +361,15 @@ class Sweep:
                                args=["fit", "--config", str(cfg_path), *self.overrides])
                 elapsed = time.perf_counter() - start
         except (*_cell_errors(), GroupError) as err:
-            print(f"leakage sweep: the batched fit of cells {', '.join(p.cid for p in group)} failed "
-                  f"({cell_error(err)}); running them one by one", file=sys.stderr)
+            if self.writer:
+                print(f"leakage sweep: the batched fit of cells {', '.join(p.cid for p in group)} failed "
+                      f"({cell_error(err)}); running them one by one", file=sys.stderr)
             return [self._run(p.cid, p.cfg, p.row) for p in group]
         finally:
-            self._fit_config(group[0].cid, group[0].cfg)
+            if private is not None:
+                private.cleanup()
+            if self.writer:
+                self._fit_config(group[0].cid, group[0].cfg)
         rows = []
         ran = [m for m in members if m.error is None]
         for p, m in zip(group, members):
@@ -345,17 +393,18 @@ class Sweep:
     def run(self) -> list[dict]:
         """Every defense's breaking point (returned), then every study's grid; the output folder is
         locked for this sweep meanwhile."""
-        with SweepLock(self.out):
+        with SweepLock(self.out) if self.writer else contextlib.nullcontext():
             if self.cfg["batch"]:  # every defense's grid in one fit, then one fit per bisection round
                 points = breaking_points(self.defenses, self.results, self.holds, int(self.cfg["refine"]))
             else:
                 points = [self.breaking_point(d) for d in self.defenses]
-            if self.defenses:
+            if self.defenses and self.writer:
                 atomic_write(confined(self.out, "breaking_points.json"), json.dumps(points, indent=2))
             for s in self.studies:
                 for v in s["values"]:
                     self.study_result(s, v)
-            self.write_tables(points)
+            if self.writer:
+                self.write_tables(points)
         return points
 
     # ---------------------------------------------------------------- output

@@ -51,6 +51,8 @@ def parse(args: list[str]) -> Sweep:
 def main(args: list[str]) -> None:
     sweep = parse(args)
     sweep.run()
+    if not sweep.writer:  # another rank of a sweep on several processes: rank 0 reports
+        return
     print("\n" + (sweep.out / "results.md").read_text())
     made = "results.csv, results.md" + (", breaking_points.json" if sweep.defenses else "") + ", report.html"
     print(f"sweep results in {sweep.out}/ ({made}, plots; tensorboard --logdir {sweep.out})", file=sys.stderr)
