@@ -48,8 +48,8 @@ victims only; its curves run to the step the shared fit ended at) and cell file,
 the shared fit's wall time divided by its cells, ``group_time_s`` that wall time and
 ``group_cells`` the cells that shared it. Study cells, and secure aggregation of whole updates
 (``target: aggregate``, which changes the updates' number and size), run as fits of their own.
-A cell whose defense fails on the updates fails alone; if the shared fit fails, its cells run
-again one by one. An interrupted shared fit has written none of its cells: they run again.
+A cell whose defense fails on the updates fails alone; if the shared fit fails, or runs on
+several processes (``strategy ddp``), its cells run again one by one. An interrupted shared fit has written none of its cells: they run again.
 A cell that cannot run (a bad setting, an unknown config key) is recorded as failed with a
 one-line error. A sweep started again skips completed cells and redoes interrupted ones, so it
 never loses or corrupts what it wrote. Tables (``results.csv``, ``results.md``), one plot per
