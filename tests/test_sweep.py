@@ -136,7 +136,8 @@ def test_breaking_point_is_refined_between_leak_and_hold(tmp_path):
 def test_interrupted_sweep_resumes_without_redoing_or_losing_cells(tmp_path):
     cfg = _config(tmp_path, refine=0)
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-c", "from leakage.cli import main; main()", "sweep", "--config", str(cfg), *TINY]
+    cmd = [sys.executable, "-c", "from leakage.cli import main; main()", "sweep", "--config", str(cfg), *TINY,
+           "--sweep.batch", "false"]  # one fit per cell: cells complete one at a time
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "cells").glob("*.json"))) < 2:
@@ -467,7 +468,7 @@ def test_unknown_sweep_keys_name_the_key_and_the_allowed_ones(tmp_path, capsys, 
     cfg.write_text(yaml.safe_dump(data))
     assert cli_error(capsys, ["sweep", "--config", str(cfg), *TINY]) == (
         "leakage: error: unknown sweep key 'outptu'; allowed: output, success_ssim, target_success, refine, "
-        "defenses, studies")
+        "batch, defenses, studies")
     cfg = _one_defense(tmp_path, {**NOISE, "strongr": "larger"})
     assert cli_error(capsys, ["sweep", "--config", str(cfg), *TINY]) == (
         "leakage: error: sweep defense 'noise': unknown key 'strongr'; allowed: name, class_path, param, values, "
@@ -475,7 +476,7 @@ def test_unknown_sweep_keys_name_the_key_and_the_allowed_ones(tmp_path, capsys, 
     cfg = _one_defense(tmp_path, NOISE)
     assert cli_error(capsys, ["sweep", "--config", str(cfg), "--sweep.outptu", "x", *TINY]) == (
         "leakage: error: unknown sweep option '--sweep.outptu'; allowed: --sweep.output, --sweep.success_ssim, "
-        "--sweep.target_success, --sweep.refine")
+        "--sweep.target_success, --sweep.refine, --sweep.batch")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]
 
 

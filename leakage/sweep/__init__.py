@@ -9,6 +9,7 @@ A sweep config is a ``fit`` config (trainer, model, data: the attack and its vic
       success_ssim: 0.6               # a victim is reconstructed at SSIM >= this
       target_success: 0.1             # a defense holds when the success rate is <= this
       refine: 3                       # bisection steps between the last leaking and first holding value
+      batch: true                     # defense cells that share the attack run as one fit (false: one fit per cell)
       defenses:
         - name: noise
           class_path: leakage.defenses.GaussianNoise
@@ -33,9 +34,22 @@ needs; the value replaces what was there); studies run their grid only (no searc
 given on the command line apply to every cell and take precedence over all of these (one that
 sets a study's swept key is refused).
 
-Every cell is one ``fit`` run in ``output/runs/<cell>/`` (TensorBoard events, metrics, gallery);
+Every cell is a ``fit`` run in ``output/runs/<cell>/`` (TensorBoard events, metrics, gallery);
 its summary (metrics, ``time_s``: the fit's wall time, ``entries_per_unknown``: gradient entries
 per unknown input value) is written atomically to ``output/cells/<cell>.json`` when it completes.
+
+With ``batch: true`` (the default) the sweep is one batched attack: the defense cells it needs
+next (every defense's grid first, then each bisection round's new values, all defenses at once)
+whose configs differ only in their defense are solved together, as problems of one fit
+(cells x victims x restarts), each cell with its own defended gradients; every problem starts as
+in its cell's own fit and is solved on its own, so results agree with one fit per cell up to
+float32 rounding. Each cell still gets its own ``runs/<cell>/`` (written by its own report, its
+victims only; its curves run to the step the shared fit ended at) and cell file, with ``time_s``
+the shared fit's wall time divided by its cells, ``group_time_s`` that wall time and
+``group_cells`` the cells that shared it. Study cells, and secure aggregation of whole updates
+(``target: aggregate``, which changes the updates' number and size), run as fits of their own.
+A cell whose defense fails on the updates fails alone; if the shared fit fails, or runs on
+several processes (``strategy ddp``), its cells run again one by one. An interrupted shared fit has written none of its cells: they run again.
 A cell that cannot run (a bad setting, an unknown config key) is recorded as failed with a
 one-line error. A sweep started again skips completed cells and redoes interrupted ones, so it
 never loses or corrupts what it wrote. Tables (``results.csv``, ``results.md``), one plot per
@@ -50,7 +64,7 @@ A sweep config is data, checked before anything runs:
   (``leakage.defenses.TopK``); nothing else is imported or run, and ``init_args`` holds arguments
   of that class only;
 - ``values`` are finite numbers; ``success_ssim`` is in [0, 1], ``target_success`` in [0, 1),
-  ``refine`` a whole number >= 0;
+  ``refine`` a whole number >= 0, ``batch`` true or false;
 - defense and study names use letters, digits, '_' and '-' only (starting with a letter or digit,
   at most 64 characters, unique ignoring case): they name files, and nothing is written or deleted
   outside ``output``.
@@ -61,7 +75,8 @@ that no longer runs on this host is taken over.
 """
 
 # The package's parts: config (reading and checking the sweep section), cells (running and
-# resuming cells), search (breaking points), tables, plots, hparams, paths (cell names and the
+# resuming cells), batching (defense cells as problems of one fit), search (breaking points, in
+# rounds), tables, plots, hparams, paths (cell names and the
 # only way to build a path under the output), lock (one sweep per output folder)
 # and command (`leakage sweep`'s arguments). They use the engine (leakage.fit, leakage.errors,
 # leakage.callbacks, leakage.defenses), never leakage.cli, which imports this package.

@@ -14,6 +14,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,16 @@ from .lock import SweepLock
 from .paths import atomic_write, cell_id, confined, fmt, study_cell_id
 from .plots import write_plots
 from .report import write_report
-from .search import breaking_point
+from .search import breaking_point, breaking_points
 from .tables import write_tables
+
+def _cell_errors() -> tuple[type[BaseException], ...]:
+    from argparse import ArgumentError
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    return (ValueError, TypeError, FileNotFoundError, RuntimeError, ArgumentError, MisconfigurationException)
+
 
 _UNKNOWN_KEY = re.compile(r"does not accept option '([^']+)'")
 #: trainer settings that say how many processes run a cell, not what it computes: left out of the
@@ -65,6 +74,17 @@ def cell_error(err: Exception) -> str:
     return one_line(err)[:300]
 
 
+@dataclass(eq=False)
+class _Pending:
+    """A cell to run: its id, result file, row so far, fit config (or why it has none)."""
+
+    cid: str
+    path: Path
+    row: dict
+    cfg: dict | None
+    error: Exception | None
+
+
 class Sweep:
     """Run the grids, resume them, and summarize them.
 
@@ -97,6 +117,49 @@ class Sweep:
         ``make_config`` builds the cell's fit config; an error there fails the cell like an error
         in the fit does.
         """
+        return self.cells([(cid, row, make_config, None)])[0]
+
+    def cells(self, requests: list[tuple[str, dict, Callable[[], dict], dict | None]]) -> list[dict]:
+        """The summaries of the cells ``(cell id, row, make_config, defense)``, running those that have
+        no completed result on disk: a defense cell (``defense``: the ``class_path`` and ``init_args``
+        its config appends) in one fit with the other defense cells of the same attack (with
+        ``sweep.batch``, see :mod:`leakage.sweep.batching`), every other cell in a fit of its own."""
+        from .batching import batchable, group_key
+
+        done: dict[str, dict] = {}
+        pending: list[tuple[_Pending, dict | None]] = []
+        for cid, row, make_config, defense in requests:
+            if cid in done or any(p.cid == cid for p, _ in pending):
+                continue  # asked twice: computed once
+            p = self._prepare(cid, row, make_config)
+            if isinstance(p, dict):
+                done[cid] = p
+            elif p.error is not None:
+                done[cid] = self._save(p, {**p.row, "status": "failed", "error": cell_error(p.error)})
+            else:
+                pending.append((p, defense))
+        groups: dict[str, list[_Pending]] = {}
+        alone: list[_Pending] = []
+        for p, defense in pending:
+            if self.cfg["batch"] and defense is not None and batchable(defense):
+                groups.setdefault(group_key(p.cfg, defense), []).append(p)
+            else:
+                alone.append(p)
+        for group in groups.values():
+            if len(group) == 1:
+                alone.append(group[0])
+                continue
+            for p, row in zip(group, self._run_group(group, [d for q, d in pending if q in group])):
+                done[p.cid] = self._save(p, row, tables=False)
+            if self.writer:
+                self.write_tables()  # once for the whole group
+        for p in alone:
+            done[p.cid] = self._save(p, self._run(p.cid, p.cfg, p.row))
+        return [done[cid] for cid, *_ in requests]
+
+    def _prepare(self, cid: str, row: dict, make_config: Callable[[], dict]) -> "dict | _Pending":
+        """A completed result of the cell on disk, computed with its configuration, or the cell to run
+        (a result of another configuration is deleted)."""
         path = self.cell_path(cid)
         try:
             cfg, error = make_config(), None
@@ -117,13 +180,13 @@ class Sweep:
                       file=sys.stderr)
             if self.writer:
                 path.unlink(missing_ok=True)
-        row = {**row, "cell": cid, "fingerprint": fingerprint}
-        if error is not None:
-            row.update(status="failed", error=cell_error(error))
-        else:
-            row = self._run(cid, cfg, row)
+        return _Pending(cid, path, {**row, "cell": cid, "fingerprint": fingerprint}, cfg, error)
+
+    def _save(self, p: "_Pending", row: dict, tables: bool = True) -> dict:
+        """Write a cell's result (rank 0 only; every rank returns it)."""
         if self.writer:
-            atomic_write(path, json.dumps(row, indent=2))
+            atomic_write(p.path, json.dumps(row, indent=2))
+        if tables and self.writer:
             self.write_tables()
         return row
 
@@ -137,21 +200,31 @@ class Sweep:
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    @staticmethod
+    def defense_spec(defense: dict, value: float) -> dict:
+        """The callback entry a defense cell appends to ``trainer.callbacks``."""
+        return {"class_path": defense["class_path"], "init_args": {**defense["init_args"], defense["param"]: value}}
+
     def defense_config(self, defense: dict, value: float) -> dict:
         """The base config with the defense appended to the trainer's callbacks."""
-        init_args = {**defense["init_args"], defense["param"]: value}
-        defense_class(defense["class_path"])(**init_args)  # a clear error for a bad setting
+        spec = self.defense_spec(defense, value)
+        defense_class(spec["class_path"])(**spec["init_args"])  # a clear error for a bad setting
         cfg = json.loads(json.dumps(self.base))
         trainer = cfg.setdefault("trainer", {})
-        trainer["callbacks"] = [*(trainer.get("callbacks") or []),
-                                {"class_path": defense["class_path"], "init_args": init_args}]
+        trainer["callbacks"] = [*(trainer.get("callbacks") or []), spec]
         return cfg
+
+    def _defense_request(self, defense: dict, value: float) -> tuple:
+        return (cell_id(defense["name"], value), {"defense": defense["name"], "param": defense["param"], "value": value},
+                lambda: self.defense_config(defense, value), self.defense_spec(defense, value))
 
     def result(self, defense: dict, value: float) -> dict:
         """A defense cell."""
-        return self.cell(cell_id(defense["name"], value),
-                         {"defense": defense["name"], "param": defense["param"], "value": value},
-                         lambda: self.defense_config(defense, value))
+        return self.cells([self._defense_request(defense, value)])[0]
+
+    def results(self, requests: list[tuple[dict, float]]) -> list[dict]:
+        """Defense cells ``(defense, value)``: with ``sweep.batch``, those to run share fits."""
+        return self.cells([self._defense_request(d, v) for d, v in requests])
 
     def current(self, row: dict) -> bool:
         """Whether a cell file on disk is a cell of this sweep, computed with its configuration."""
@@ -190,20 +263,10 @@ class Sweep:
         return self.cell(study_cell_id(study, value), {"study": study["name"], "key": study["key"], "value": value},
                          lambda: self.study_config(study, value))
 
-    def _run(self, cid: str, cfg: dict, row: dict) -> dict:
-        """One full in-process ``fit`` of ``cfg`` as cell ``cid``; its summary added to ``row``."""
-        from argparse import ArgumentError
-
-        from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-        from ..attack import GradientInversion
-        from ..callbacks import summarize
-        from ..data import VictimDataModule
-        from ..fit import TRAINER_DEFAULTS, LeakageCLI
-
-        run_dir = confined(self.out, "runs", cid)
-        if run_dir.exists() and self.writer:  # an interrupted run of this cell: start it again from scratch
-            shutil.rmtree(run_dir)
+    def _fit_config(self, cid: str, cfg: dict) -> tuple[Path, Any]:
+        """Write the config of cell ``cid``'s fit (its TensorBoard run ``runs/<cid>``, the sweep's
+        success bar, no HPARAMS entry of its own) to ``cells/<cid>.config.yaml`` (rank 0; another
+        rank to a private temporary folder, returned second: clean it up); its path."""
         cfg = json.loads(json.dumps(cfg))
         trainer = cfg.get("trainer")
         if not isinstance(trainer, dict):
@@ -221,6 +284,36 @@ class Sweep:
         cfg_path = confined(self.out, "cells", f"{cid}.config.yaml") if private is None else \
             Path(private.name) / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
+        return cfg_path, private
+
+    def _fresh_run_dir(self, cid: str) -> Path:
+        run_dir = confined(self.out, "runs", cid)
+        if run_dir.exists() and self.writer:  # an interrupted run of this cell: start it again from scratch
+            shutil.rmtree(run_dir)
+        return run_dir
+
+    def _summary(self, row: dict, report, dataset: str, model: str, defenses: list[dict], elapsed: float) -> dict:
+        """``row`` with the cell's outcome from its report."""
+        from ..callbacks import summarize
+
+        s = summarize(report.rows, float(self.cfg["success_ssim"]))
+        if "success" not in s:
+            return {**row, "status": "failed", "error": "a sweep needs victim images (not source=gradients)"}
+        return {**row, "status": "ok", "victims": s["victims"], "failed": s["failed"], "success": s["success"],
+                "success_rate": s["success"] / s["victims"], "images": s["images"],
+                "image_success": s["image_success"], "image_success_rate": s["image_success"] / s["images"],
+                "label_acc": s["label_acc"], "mse": s["mse_mean"], "ssim": s["ssim_mean"], "psnr": s["psnr_mean"],
+                "time_s": elapsed, "entries_per_unknown": float(report.summary["entries_per_unknown"]),
+                "dataset": dataset, "model": model, "defenses": defenses}
+
+    def _run(self, cid: str, cfg: dict, row: dict) -> dict:
+        """One full in-process ``fit`` of ``cfg`` as cell ``cid``; its summary added to ``row``."""
+        from ..attack import GradientInversion
+        from ..data import VictimDataModule
+        from ..fit import TRAINER_DEFAULTS, LeakageCLI
+
+        self._fresh_run_dir(cid)
+        cfg_path, private = self._fit_config(cid, cfg)
         try:
             with warnings.catch_warnings():  # the sweep passes its cells' args on purpose
                 warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -231,23 +324,63 @@ class Sweep:
                                  args=["fit", "--config", str(cfg_path), *self.overrides])
                 elapsed = time.perf_counter() - start
             report = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "LeakageReport")
-        except (ValueError, TypeError, FileNotFoundError, RuntimeError, ArgumentError,
-                MisconfigurationException) as err:
+        except _cell_errors() as err:
             return {**row, "status": "failed", "error": cell_error(err)}
         finally:
             if private is not None:
                 private.cleanup()
-        s = summarize(report.rows, float(self.cfg["success_ssim"]))
-        if "success" not in s:
-            return {**row, "status": "failed", "error": "a sweep needs victim images (not source=gradients)"}
-        row.update(status="ok", victims=s["victims"], failed=s["failed"], success=s["success"],
-                   success_rate=s["success"] / s["victims"], images=s["images"], image_success=s["image_success"],
-                   image_success_rate=s["image_success"] / s["images"], label_acc=s["label_acc"], mse=s["mse_mean"],
-                   ssim=s["ssim_mean"], psnr=s["psnr_mean"], time_s=elapsed,
-                   entries_per_unknown=float(report.summary["entries_per_unknown"]),
-                   dataset=cli.datamodule.dataset, model=cli.model.hparams.model,
-                   defenses=report.defenses_of(cli.trainer))
-        return row
+        return self._summary(row, report, cli.datamodule.dataset, cli.model.hparams.model,
+                             report.defenses_of(cli.trainer), elapsed)
+
+    def _run_group(self, group: list[_Pending], specs: list[dict]) -> list[dict]:
+        """The cells of ``group`` (defense cells that differ only in their defense, ``specs``) as one
+        ``fit``; each cell's summary. If that fit fails, the cells run one by one."""
+        from ..attack import GradientInversion
+        from ..data import VictimDataModule
+        from ..fit import TRAINER_DEFAULTS
+        from ..loggers import TensorBoardLogger
+        from .batching import GroupCLI, GroupError, Member, write_config
+
+        members = []
+        for p, spec in zip(group, specs):
+            self._fresh_run_dir(p.cid)
+            if self.writer:
+                self._fit_config(p.cid, p.cfg)  # each cell's own fit config, as a record
+            members.append(Member(p.cid, spec, defense_class(spec["class_path"])(**spec["init_args"]),
+                                  TensorBoardLogger(save_dir=str(self.out), name="runs", version=p.cid)))
+        shared = json.loads(json.dumps(group[0].cfg))
+        shared["trainer"]["callbacks"] = shared["trainer"]["callbacks"][:-1]  # the cell's own defense
+        cfg_path, private = self._fit_config(group[0].cid, shared)  # replaced by the cell's record below
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                start = time.perf_counter()
+                cli = GroupCLI(members, GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS,
+                               save_config_callback=None,
+                               parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+                               args=["fit", "--config", str(cfg_path), *self.overrides])
+                elapsed = time.perf_counter() - start
+        except (*_cell_errors(), GroupError) as err:
+            if self.writer:
+                print(f"leakage sweep: the batched fit of cells {', '.join(p.cid for p in group)} failed "
+                      f"({cell_error(err)}); running them one by one", file=sys.stderr)
+            return [self._run(p.cid, p.cfg, p.row) for p in group]
+        finally:
+            if private is not None:
+                private.cleanup()
+            if self.writer:
+                self._fit_config(group[0].cid, group[0].cfg)
+        rows = []
+        ran = [m for m in members if m.error is None]
+        for p, m in zip(group, members):
+            if m.error is not None:
+                rows.append({**p.row, "status": "failed", "error": cell_error(m.error)})
+                continue
+            write_config(confined(self.out, "runs", p.cid), cli.cell_config(m))
+            row = self._summary(p.row, m.report, cli.datamodule.dataset, cli.model.hparams.model,
+                                m.report.defenses_of(m.trainer), elapsed / len(ran))
+            rows.append({**row, "group_time_s": elapsed, "group_cells": [q.cid for q in ran]})
+        return rows
 
     # ---------------------------------------------------------------- search
     def holds(self, row: dict) -> bool:
@@ -261,7 +394,10 @@ class Sweep:
         """Every defense's breaking point (returned), then every study's grid; the output folder is
         locked for this sweep meanwhile."""
         with SweepLock(self.out) if self.writer else contextlib.nullcontext():
-            points = [self.breaking_point(d) for d in self.defenses]
+            if self.cfg["batch"]:  # every defense's grid in one fit, then one fit per bisection round
+                points = breaking_points(self.defenses, self.results, self.holds, int(self.cfg["refine"]))
+            else:
+                points = [self.breaking_point(d) for d in self.defenses]
             if self.defenses and self.writer:
                 atomic_write(confined(self.out, "breaking_points.json"), json.dumps(points, indent=2))
             for s in self.studies:

@@ -18,7 +18,8 @@ import yaml
 
 from .paths import check_name, fmt, study_cell_id
 
-SWEEP_DEFAULTS = {"output": "logs/defense_sweep", "success_ssim": 0.6, "target_success": 0.1, "refine": 3}
+SWEEP_DEFAULTS = {"output": "logs/defense_sweep", "success_ssim": 0.6, "target_success": 0.1, "refine": 3,
+                  "batch": True}
 #: the keys of the ``sweep`` section, of a defense entry and of a study entry
 SWEEP_KEYS = (*SWEEP_DEFAULTS, "defenses", "studies")
 DEFENSE_FIELDS = ("name", "class_path", "param", "values", "stronger", "init_args")
@@ -249,6 +250,8 @@ def check_sweep(sweep: Any, overrides: list[str]) -> tuple[dict, list[dict], lis
         raise ValueError(f"sweep target_success must be in [0, 1), got {cfg['target_success']}")
     if isinstance(cfg["refine"], bool) or not isinstance(cfg["refine"], int) or cfg["refine"] < 0:
         raise ValueError(f"sweep refine must be a whole number >= 0, got {_short(cfg['refine'])}")
+    if not isinstance(cfg["batch"], bool):
+        raise ValueError(f"sweep batch must be true or false, got {_short(cfg['batch'])}")
     defenses, studies = cfg.get("defenses") or [], cfg.get("studies") or []
     if not isinstance(defenses, list) or not isinstance(studies, list) or not (defenses or studies):
         raise ValueError("the sweep section needs a list of defenses or a list of studies (or both)")

@@ -17,7 +17,7 @@ STUDY_HEADERS = {"label_acc": "label accuracy", "ssim": "mean SSIM", "psnr": "PS
                  "image_success_rate": "images reconstructed",
                  "time_s": "time (s)", "entries_per_unknown": "gradient entries per unknown"}
 CSV_FIELDS = ("defense", "param", "study", "key", "value", "status", "victims", "failed", "success", *METRICS,
-              "images", "image_success", "image_success_rate", "time_s", "entries_per_unknown", "cell", "error")
+              "images", "image_success", "image_success_rate", "time_s", "group_time_s", "entries_per_unknown", "cell", "error")
 
 
 def md_table(label: str, columns: list[str], rows: list[dict], cells: Callable[[dict], list[str]]) -> list[str]:
