@@ -52,6 +52,11 @@ class GroupError(RuntimeError):
     """The cells of a group cannot share one fit (their defended observations differ in shape)."""
 
 
+class Sharded(GroupError):
+    """The group's fit runs on several processes: its cells run one by one, each a sharded fit
+    (not a failure: the per-cell reports of a shared fit are built in one process)."""
+
+
 def batchable(defense: dict) -> bool:
     """Whether a cell with this defense (``class_path``, ``init_args``) can share a fit with others:
     every defense that keeps one update per victim of ``batch_size`` images."""
@@ -227,7 +232,7 @@ class GroupCLI(LeakageCLI):
 
     def before_fit(self) -> None:
         if self.trainer.world_size > 1:  # every rank sees this, so every rank runs the cells one by one
-            raise GroupError("a batched fit runs in one process; on several, each cell is a sharded fit of its own")
+            raise Sharded("a batched fit runs in one process; on several, each cell is a sharded fit of its own")
         super().before_fit()
         callbacks = self.trainer.callbacks
         i = next(i for i, cb in enumerate(callbacks) if isinstance(cb, LeakageReport))

@@ -97,6 +97,7 @@ class Sweep:
 
     def __init__(self, base: dict, sweep: dict, overrides: list[str]) -> None:
         self.writer = launched_as_rank_zero()
+        self._said_sharded = False  # the line "cells run one by one on several processes" is said once
         self.base = base
         self.cfg, self.defenses, self.studies = check_sweep(sweep, overrides)
         self.overrides = overrides
@@ -339,7 +340,7 @@ class Sweep:
         from ..data import VictimDataModule
         from ..fit import TRAINER_DEFAULTS
         from ..loggers import TensorBoardLogger
-        from .batching import GroupCLI, GroupError, Member, write_config
+        from .batching import GroupCLI, GroupError, Member, Sharded, write_config
 
         members = []
         for p, spec in zip(group, specs):
@@ -361,7 +362,12 @@ class Sweep:
                                args=["fit", "--config", str(cfg_path), *self.overrides])
                 elapsed = time.perf_counter() - start
         except (*_cell_errors(), GroupError) as err:
-            if self.writer:
+            if isinstance(err, Sharded):
+                if self.writer and not self._said_sharded:
+                    print("leakage sweep: on several processes the cells run one by one, each a fit sharded over "
+                          "the processes (batching is for one process)", file=sys.stderr)
+                self._said_sharded = True
+            elif self.writer:
                 print(f"leakage sweep: the batched fit of cells {', '.join(p.cid for p in group)} failed "
                       f"({cell_error(err)}); running them one by one", file=sys.stderr)
             return [self._run(p.cid, p.cfg, p.row) for p in group]
