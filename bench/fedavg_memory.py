@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=20)
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    print(f"| model | local_steps | problems | memory growth of one evaluation | ratio | peak RSS | time of one evaluation | ratio |")
+    print("| model | local_steps | problems | memory growth of one evaluation | ratio | peak RSS | time of one evaluation | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for model in args.models:
         ref = None

@@ -16,7 +16,6 @@ import os
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
 
@@ -66,14 +65,11 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def is_sharded(strategy: Strategy) -> bool:
-    """Whether a Trainer's strategy is one the attack can run under: one process, or sharded."""
-    return isinstance(strategy, (SingleDeviceStrategy, ShardedDDPStrategy)) or strategy.world_size == 1
-
-
 def check_strategy(strategy: Strategy) -> None:
-    """Refuse, in one line, a multi-process strategy that would treat the dummies as replicated weights."""
-    if not is_sharded(strategy):
+    """Refuse, in one line, a multi-process strategy that would treat the dummies as replicated weights
+    (the attack runs on one process, or sharded)."""
+    sharded = isinstance(strategy, (SingleDeviceStrategy, ShardedDDPStrategy)) or strategy.world_size == 1
+    if not sharded:
         name = getattr(strategy, "strategy_name", None) or type(strategy).__name__
         raise ValueError(
             f"strategy {name!r} would average the attack's dummies across processes: use --trainer.strategy ddp "
@@ -123,7 +119,3 @@ def all_done(trainer: "pl.Trainer", done: bool) -> bool:
         return done
     return bool(trainer.strategy.reduce_boolean_decision(done, all=True))
 
-
-def concat_victims(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Per-rank tensors with the victims on dim 0, joined in rank (= victim) order."""
-    return torch.cat(parts, dim=0)

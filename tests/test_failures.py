@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-import torch
 
 from leakage.cli import main
 from leakage.client import client_gradients, save_gradients

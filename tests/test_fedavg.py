@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from conftest import CONFIGS, cli_args, cli_error, run_dirs
 from leakage.client import client_gradients
-from leakage.fedavg import (FedAvgClient, batch_schedule, client_updates, epochs_to_steps, fedavg_update,
+from leakage.fedavg import (FedAvgClient, batch_schedule, client_updates, epochs_to_steps,
                             per_problem_updates, schedules)
 
 

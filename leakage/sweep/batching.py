@@ -79,7 +79,7 @@ def group_key(cfg: dict, defense: dict) -> str:
 
 @dataclass
 class Member:
-    """One cell of a group: its id, defense and (once the fit is set up) its slice of the victims."""
+    """One cell of a group: its id, defense, logger and (once the fit is set up) its views and report."""
 
     cid: str
     spec: dict  # {"class_path", "init_args"}, as in the cell's config
@@ -87,7 +87,6 @@ class Member:
     logger: TensorBoardLogger
     report: Optional[LeakageReport] = None
     error: Optional[BaseException] = None
-    victims: Optional[slice] = None
     data: Any = None
     trainer: Any = None
     module: Any = None
@@ -196,7 +195,6 @@ class GroupReport(pl.Callback):
                                labels=torch.cat([s.labels for _, _, s in parts]),
                                indices=[ix for _, _, s in parts for ix in s.indices])
         for i, (m, obs, sec) in enumerate(parts):
-            m.victims = slice(i * V, (i + 1) * V)
             m.data = _CellData(dm, obs, sec, [*applied, m.defense])
             m.trainer = _CellTrainer(trainer, m.data, m.logger)
             m.module = _CellModule(pl_module, slice(i * V * R, (i + 1) * V * R), obs, self)
@@ -227,7 +225,6 @@ class GroupCLI(LeakageCLI):
 
     def __init__(self, members: list[Member], *args: Any, **kwargs: Any) -> None:
         self.members = members
-        self.group_report: Optional[GroupReport] = None
         super().__init__(*args, **kwargs)
 
     def before_fit(self) -> None:
@@ -236,7 +233,7 @@ class GroupCLI(LeakageCLI):
         super().before_fit()
         callbacks = self.trainer.callbacks
         i = next(i for i, cb in enumerate(callbacks) if isinstance(cb, LeakageReport))
-        self.group_report = callbacks[i] = GroupReport(self.members, callbacks[i])
+        callbacks[i] = GroupReport(self.members, callbacks[i])
         self.trainer.loggers = []  # every cell has its own logger; the group has no run of its own
 
     def cell_config(self, member: Member) -> str:

@@ -97,7 +97,8 @@ class Sweep:
 
     def __init__(self, base: dict, sweep: dict, overrides: list[str]) -> None:
         self.writer = launched_as_rank_zero()
-        self._said_sharded = False  # the line "cells run one by one on several processes" is said once
+        #: the fits run on several processes (learnt from the first group's fit): cells are not grouped
+        self._sharded = False
         self.base = base
         self.cfg, self.defenses, self.studies = check_sweep(sweep, overrides)
         self.overrides = overrides
@@ -142,7 +143,7 @@ class Sweep:
         groups: dict[str, list[_Pending]] = {}
         alone: list[_Pending] = []
         for p, defense in pending:
-            if self.cfg["batch"] and defense is not None and batchable(defense):
+            if self.cfg["batch"] and not self._sharded and defense is not None and batchable(defense):
                 groups.setdefault(group_key(p.cfg, defense), []).append(p)
             else:
                 alone.append(p)
@@ -362,11 +363,11 @@ class Sweep:
                                args=["fit", "--config", str(cfg_path), *self.overrides])
                 elapsed = time.perf_counter() - start
         except (*_cell_errors(), GroupError) as err:
-            if isinstance(err, Sharded):
-                if self.writer and not self._said_sharded:
+            if isinstance(err, Sharded):  # said once: later cells are not grouped
+                if self.writer:
                     print("leakage sweep: on several processes the cells run one by one, each a fit sharded over "
                           "the processes (batching is for one process)", file=sys.stderr)
-                self._said_sharded = True
+                self._sharded = True
             elif self.writer:
                 print(f"leakage sweep: the batched fit of cells {', '.join(p.cid for p in group)} failed "
                       f"({cell_error(err)}); running them one by one", file=sys.stderr)
