@@ -23,9 +23,12 @@ from leakage.data import VictimDataModule
 from leakage.distributed import ShardedDDPStrategy, check_strategy, launched_as_rank_zero, victim_shard
 from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
 
-from conftest import CONFIGS, REPO, run_dirs
+from conftest import CONFIGS, REPO, assert_same_outcome, run_dirs
 
 STEPS = 2
+#: bundled MNIST on the fast preset, long enough that the victims converge (SSIM > 0.999): the test that
+#: compares reconstructions across processes compares reconstructed victims, not chaotic paths
+CONVERGED = ["--data.dataset", "mnist", "--trainer.max_steps", "20"]
 TWO = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 
@@ -56,13 +59,11 @@ def rows(run: Path) -> list[dict]:
 
 
 def assert_same_victims(one: list[dict], two: list[dict]) -> None:
-    """Victim for victim: same images, labels and outcome, SSIM to 1e-3."""
+    """Victim for victim, what the README promises across processes: the same images, labels, status
+    and outcome, and SSIM to 1e-3 where reconstructed (:func:`conftest.assert_same_outcome`)."""
     assert [r["indices"] for r in two] == [r["indices"] for r in one]
-    for a, b in zip(one, two):
-        assert b["victim"] == a["victim"] and b["status"] == a["status"]
-        assert b["recovered_labels"] == a["recovered_labels"]
-        assert float(b["ssim"]) == pytest.approx(float(a["ssim"]), abs=1e-3)
-        assert float(b["final_loss"]) == pytest.approx(float(a["final_loss"]), rel=2e-2)
+    assert [r["victim"] for r in two] == [r["victim"] for r in one]
+    assert_same_outcome(one, two)
 
 
 def test_victim_shards_cover_every_victim_once_in_order():
@@ -116,8 +117,9 @@ def test_a_strategy_that_would_average_the_dummies_is_refused_in_one_line():
 
 def test_fit_on_two_processes_equals_the_one_process_run_victim_for_victim(tmp_path):
     """3 victims on 2 ranks (2 + 1): the same table, one set of artifacts, every victim's scalars."""
-    one = fit(tmp_path, tmp_path / "one", "--data.num_victims", "3")
-    two = fit(tmp_path, tmp_path / "two", "--data.num_victims", "3", *TWO)
+    one = fit(tmp_path, tmp_path / "one", "--data.num_victims", "3", *CONVERGED)
+    two = fit(tmp_path, tmp_path / "two", "--data.num_victims", "3", *CONVERGED, *TWO)
+    assert all(float(r["ssim"]) >= 0.9 for r in rows(one))  # reconstructed: their SSIMs are compared
     assert_same_victims(rows(one), rows(two))
     # one set of artifacts, only rank 0's: one run folder, nothing written elsewhere
     assert sorted(p.name for p in two.iterdir() if not p.name.startswith("events.")) == sorted(
@@ -133,18 +135,19 @@ def test_fit_on_two_processes_equals_the_one_process_run_victim_for_victim(tmp_p
     assert acc.Tags()["scalars"] == ref.Tags()["scalars"]
     for v, row in enumerate(rows(two)):
         ssim = acc.Scalars(f"victim_{v:02d}/ssim")
-        assert [e.step for e in ssim] == list(range(1, STEPS + 1))
+        steps = [e.step for e in ref.Scalars(f"victim_{v:02d}/ssim")]
+        assert [e.step for e in ssim] == steps and steps[0] == 1 and len(steps) >= 10
         assert ssim[-1].value == pytest.approx(float(row["ssim"]), abs=1e-6)
-        assert [e.step for e in acc.Scalars(f"victim_{v:02d}/loss")] == list(range(1, STEPS + 1))
+        assert [e.step for e in acc.Scalars(f"victim_{v:02d}/loss")] == steps
     assert acc.Scalars("final/reconstructed")[-1].value == ref.Scalars("final/reconstructed")[-1].value
     # the README's torchrun launch (one node here): torchrun starts the ranks, Lightning joins them
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "leakage.cli", "fit", "--config",
-         str(CONFIGS / "cifar_fast.yaml"), "--trainer.max_steps", str(STEPS), "--data.num_victims", "3",
+         str(CONFIGS / "cifar_fast.yaml"), "--data.num_victims", "3", *CONVERGED,
          "--trainer.logger.init_args.save_dir", str(tmp_path / "torchrun"), "--trainer.enable_progress_bar", "false",
-         *TWO], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+         "--report.log_every_n_steps", "1", *TWO], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "torchrun")
     assert_same_victims(rows(one), rows(run))

@@ -12,7 +12,7 @@ from leakage.data import VictimDataModule
 from leakage.defenses import GaussianNoise
 from leakage.seeding import derive_seed
 
-from conftest import quiet_trainer
+from conftest import assert_same_outcome, quiet_trainer
 
 
 def _module(dm, **kw):
@@ -61,18 +61,24 @@ def _attack(tmp_path, indices, **kw):
 
 
 def test_an_images_reconstruction_does_not_depend_on_the_rest_of_the_run(tmp_path):
-    """DLG (joint soft labels, randn init): image 3 alone, after image 0, and first of two."""
+    """DLG (joint soft labels, randn init): image 3 alone, after image 0, and first of two. The same
+    start gives the same objective (to float32 rounding: batched convolutions round differently),
+    and the same outcome; a path that has not converged after 4 steps is not compared further."""
+    def start_loss(indices, **kw):
+        module = _dummies(indices, labels="joint", lbfgs_max_iter=5, **kw)
+        with torch.no_grad():
+            return dict(zip(indices, module.matching_loss().tolist()))
+
+    starts = [start_loss([3]), start_loss([0, 3]), start_loss([3, 0]), start_loss([0, 3], problems_per_chunk=1)]
+    for other in starts[1:]:
+        assert other[3] == pytest.approx(starts[0][3], rel=1e-5)
     alone, _ = _attack(tmp_path, [3], labels="joint")
     pair, _ = _attack(tmp_path, [0, 3], labels="joint")
     swapped, _ = _attack(tmp_path, [3, 0], labels="joint")
     chunked, _ = _attack(tmp_path, [0, 3], labels="joint", problems_per_chunk=1)
     for other in (pair, swapped, chunked):
-        # same problem, same start: the same result up to float32 rounding, which batched convolutions
-        # do differently and 20 L-BFGS iterations amplify (measured: 0.2% in the matching loss)
-        assert other[3]["ssim"] == pytest.approx(alone[3]["ssim"], abs=1e-3)
-        assert other[3]["recovered_labels"] == alone[3]["recovered_labels"]
-        assert other[3]["final_loss"] == pytest.approx(alone[3]["final_loss"], rel=2e-2)
-    assert pair[0]["ssim"] == pytest.approx(swapped[0]["ssim"], abs=1e-3)
+        assert_same_outcome([alone[3]], [other[3]])
+    assert_same_outcome([pair[0]], [swapped[0]])
 
 
 def test_defense_noise_on_an_update_does_not_depend_on_the_other_updates():
