@@ -44,6 +44,23 @@ _UNKNOWN_KEY = re.compile(r"does not accept option '([^']+)'")
 SCALE_KEYS = ("strategy", "devices", "num_nodes")
 
 
+def without_logger(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Command-line fit options without those that set the logger (``--trainer.logger ...``,
+    ``--trainer.logger.init_args.save_dir ...``, ``name``, ``version``, ...), and the flags left out:
+    a sweep logs every cell into its own ``runs/<cell>/``."""
+    out, dropped, skip = [], [], False
+    for arg in overrides:
+        flag = arg.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif flag == "--trainer.logger" or flag.startswith("--trainer.logger."):
+            dropped.append(flag)
+            skip = "=" not in arg
+        else:
+            out.append(arg)
+    return out, dropped
+
+
 def scale_free(overrides: list[str]) -> list[str]:
     """Command-line fit options without ``--trainer.strategy/devices/num_nodes`` (and their values)."""
     flags = {f"--trainer.{k}" for k in SCALE_KEYS}
@@ -101,8 +118,11 @@ class Sweep:
         self._sharded = False
         self.base = base
         self.cfg, self.defenses, self.studies = check_sweep(sweep, overrides)
-        self.overrides = overrides
+        self.overrides, dropped = without_logger(overrides)
         self.out = Path(self.cfg["output"])
+        if dropped and self.writer:
+            print(f"leakage sweep: not using {', '.join(dict.fromkeys(dropped))}: every cell's run files go to "
+                  f"{self.out}/runs/<cell>/ (the sweep sets the logger)", file=sys.stderr)
         try:
             for folder in ("cells", "runs"):
                 confined(self.out, folder).mkdir(parents=True, exist_ok=True)
