@@ -639,3 +639,35 @@ def test_logger_overrides_never_take_a_cell_s_files_out_of_the_sweep(tmp_path, c
         run = tmp_path / "sweep" / "runs" / cell
         assert json.loads((run / "metrics.json").read_text())["defenses"][-1]["sigma"] == float(cell[6:])
         assert len(list(run.glob("events.out.tfevents.*"))) == 1
+
+
+def test_a_full_disk_during_a_sweep_prints_the_table_and_says_what_was_not_written(tmp_path, capsys, monkeypatch):
+    """The disk fills up as the first cell's attack ends (every atomic write under tmp_path from then
+    on fails half-way with ENOSPC): that cell's result is still in the printed table, the next cell
+    fails with the reason, and one line names the files the sweep could not write."""
+    import errno
+
+    from leakage.callbacks import LeakageReport
+
+    from test_runs import _disk_full_after
+
+    original = LeakageReport._write
+
+    def at_the_end(self, *args, **kwargs):
+        _disk_full_after(tmp_path, monkeypatch)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LeakageReport, "_write", at_the_end)
+    cfg = _one_defense(tmp_path, {**NOISE, "values": [0.0, 1.0]}, batch=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--config", str(cfg), *ONE])
+    assert exc.value.code == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert "| 0 | 100% |" in out  # the first cell's row, though its file could not be written
+    assert "| 1 | failed: cannot write to the run folder" in out and os.strerror(errno.ENOSPC) in out
+    last = [ln for ln in err.splitlines() if ln.startswith("leakage: error: the sweep could not write")]
+    assert len(last) == 1 and "cells/noise=0.json" in last[0] and "results.md" in last[0]
+    sweep = tmp_path / "sweep"
+    assert not (sweep / "cells" / "noise=0.json").exists() and not list(sweep.rglob(".*.tmp"))
+    assert not (sweep / "runs" / "noise=0" / "gallery.png").exists()

@@ -28,7 +28,7 @@ from .paths import atomic_write, cell_id, confined, fmt, study_cell_id
 from .plots import write_plots
 from .report import write_report
 from .search import breaking_point, breaking_points
-from .tables import write_tables
+from .tables import results_tables
 
 def _cell_errors() -> tuple[type[BaseException], ...]:
     from argparse import ArgumentError
@@ -119,6 +119,10 @@ class Sweep:
         self.base = base
         self.cfg, self.defenses, self.studies = check_sweep(sweep, overrides)
         self.overrides, dropped = without_logger(overrides)
+        #: what could not be written (a full disk), and why: ``leakage sweep`` says so and exits with 1
+        self.unwritten: dict[str, str] = {}
+        self._unsaved: dict[str, dict] = {}  # cells whose file could not be written: still in the tables
+        self.table = ""  # the last results.md, as printed at the end
         self.out = Path(self.cfg["output"])
         if dropped and self.writer:
             print(f"leakage sweep: not using {', '.join(dict.fromkeys(dropped))}: every cell's run files go to "
@@ -206,8 +210,8 @@ class Sweep:
 
     def _save(self, p: "_Pending", row: dict, tables: bool = True) -> dict:
         """Write a cell's result (rank 0 only; every rank returns it)."""
-        if self.writer:
-            atomic_write(p.path, json.dumps(row, indent=2))
+        if self.writer and not self._write(f"cells/{p.cid}.json", lambda: atomic_write(p.path, json.dumps(row, indent=2))):
+            self._unsaved[p.cid] = row
         if tables and self.writer:
             self.write_tables()
         return row
@@ -426,7 +430,8 @@ class Sweep:
             else:
                 points = [self.breaking_point(d) for d in self.defenses]
             if self.defenses and self.writer:
-                atomic_write(confined(self.out, "breaking_points.json"), json.dumps(points, indent=2))
+                self._write("breaking_points.json", lambda: atomic_write(confined(self.out, "breaking_points.json"),
+                                                                         json.dumps(points, indent=2)))
             for s in self.studies:
                 for v in s["values"]:
                     self.study_result(s, v)
@@ -446,13 +451,26 @@ class Sweep:
                 continue
             if isinstance(row, dict) and row.get("cell") == f.name[:-len(".json")] and self.current(row):
                 out.append(row)
-        return out
+        on_disk = {r["cell"] for r in out}
+        return out + [r for cid, r in sorted(self._unsaved.items()) if cid not in on_disk and self.current(r)]
+
+    def _write(self, what: str, write: Callable[[], Any]) -> bool:
+        """Run ``write``; a write failure (a full disk) is kept in :attr:`unwritten`, not raised."""
+        try:
+            write()
+            return True
+        except OSError as err:
+            self.unwritten.setdefault(what, err.strerror or str(err))
+            return False
 
     def write_tables(self, points: list[dict] | None = None) -> str:
         """Rebuild the tables, plots and hparams view from the cell files; return the markdown table."""
         rows = self.rows()
-        text = write_tables(self.out, self.cfg, self.defenses, self.studies, rows, points)
-        write_plots(self.out, self.defenses, self.studies, rows, points or [])
-        write_hparams(self.out, rows)
-        write_report(self.out, self.cfg, self.base, self.defenses, self.studies, rows, points, self.overrides)
-        return text
+        table, self.table = results_tables(self.cfg, self.defenses, self.studies, rows, points)
+        self._write("results.csv", lambda: atomic_write(confined(self.out, "results.csv"), table))
+        self._write("results.md", lambda: atomic_write(confined(self.out, "results.md"), self.table))
+        self._write("plots", lambda: write_plots(self.out, self.defenses, self.studies, rows, points or []))
+        self._write("the hparams view", lambda: write_hparams(self.out, rows))
+        self._write("report.html", lambda: write_report(self.out, self.cfg, self.base, self.defenses, self.studies,
+                                                        rows, points, self.overrides))
+        return self.table
