@@ -4,7 +4,9 @@ Both doors use it: the ``leakage`` console script (:mod:`leakage.cli`) and the s
 (:mod:`leakage.sweep`).
 
 Bad settings fail before the run starts (no run folder is created): the config files are read
-first, every float setting must be finite, the step budget must be set, the Trainer's own refusals
+first, every float setting must be finite, the step budget must be set (and not emptied by
+``max_epochs`` or ``limit_train_batches`` 0), the run folder must be writable, an ``EarlyStopping``
+must monitor what the attack logs, the Trainer's own refusals
 (an accelerator this machine lacks, ...) become one-line errors, and the victims are read and their
 gradients computed before the logger creates the run's folder.
 """
