@@ -219,6 +219,7 @@ class LeakageReport(pl.Callback):
         self.run_dir: Optional[Path] = None
         #: the artifacts that could not be written (a full disk): ``leakage fit`` then exits with status 1
         self.unwritten: list[str] = []
+        self._claimed = False  # every rank asked for the run folder (a collective)
         self._started = False  # the run folder is marked RUNNING: the run ends by marking it complete or partial
 
     # ---------------------------------------------------------------- helpers
@@ -318,11 +319,12 @@ class LeakageReport(pl.Callback):
         """The folder of the run's artifacts: the logger's version folder; without a logger a fresh
         one under default_root_dir/logs, never the current folder itself (its files would be
         overwritten). trainer.log_dir is a collective on several processes (rank 0's folder,
-        broadcast): every rank calls this."""
-        if not self.save_artifacts or self.run_dir is not None:
+        broadcast): every rank calls this, once."""
+        if not self.save_artifacts or self._claimed:
             return
+        self._claimed = True
         log_dir = trainer.log_dir if trainer.loggers else None
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self.run_dir is None:
             self.run_dir = Path(log_dir) if log_dir else fresh_run_dir(Path(trainer.default_root_dir) / "logs")
 
     # ------------------------------------------------------------------ hooks
