@@ -209,8 +209,10 @@ class Sweep:
         return _Pending(cid, path, {**row, "cell": cid, "fingerprint": fingerprint}, cfg, error)
 
     def _save(self, p: "_Pending", row: dict, tables: bool = True) -> dict:
-        """Write a cell's result (rank 0 only; every rank returns it)."""
-        if self.writer and not self._write(f"cells/{p.cid}.json", lambda: atomic_write(p.path, json.dumps(row, indent=2))):
+        """Write a cell's result (rank 0 only; every rank returns it); one that cannot be written (a
+        full disk) stays in the tables of this sweep."""
+        text = json.dumps(row, indent=2)
+        if self.writer and not self._write(f"cells/{p.cid}.json", lambda: atomic_write(p.path, text)):
             self._unsaved[p.cid] = row
         if tables and self.writer:
             self.write_tables()
