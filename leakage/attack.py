@@ -31,6 +31,8 @@ from .seeding import generator
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
 INITS = ("randn", "uniform", "constant")
 LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin")
+#: what the attack logs through ``self.log`` (what an EarlyStopping or ModelCheckpoint may monitor)
+LOGGED_METRICS = ("attack/loss",)
 
 
 class GradientInversion(pl.LightningModule):
@@ -514,7 +516,7 @@ class GradientInversion(pl.LightningModule):
             # Logged once per step, not from training_step, which L-BFGS runs up to max_iter times a
             # step (each self.log goes through Lightning's result collection); the bar shows one value
             mean = torch.where(ok, self.problem_losses, torch.zeros_like(self.problem_losses)).sum() / ok.sum()
-            self.log("attack/loss", mean, prog_bar=True, on_step=True, logger=False)
+            self.log(LOGGED_METRICS[0], mean, prog_bar=True, on_step=True, logger=False)
         every = self.done_check_interval
         # every problem failed or converged: nothing is left to do. Sharded over processes, the run
         # ends only when that holds on every rank (one all-reduce, the same answer everywhere), so all

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -20,8 +22,10 @@ from torch import Tensor
 from . import htmlreport
 from .dashboard import (OUTCOMES, SETTINGS, figure_png, final_scalars, gallery_png, history_figure, log10,
                         overview_layout, png_array, summary_markdown, write_hparams)
-from .distributed import gather
+from .distributed import gather, world_size
+from .errors import one_line
 from .metrics import label_accuracy, reconstruction_metrics
+from .runfiles import Artifacts, mark_ended, mark_running
 
 COLUMNS = (
     "victim", "indices", "true_labels", "recovered_labels", "label_acc", "ssim", "psnr", "mse",
@@ -56,7 +60,8 @@ def _joined(parts: list[Any]) -> Any:
 
 
 def fresh_run_dir(base: Path, name: str = "leakage") -> Path:
-    """A new, empty ``base/name/version_N`` folder (the next free N, created atomically)."""
+    """A new, empty ``base/name/version_N`` folder (``name`` "": ``base/version_N``), the next free
+    N, claimed with ``mkdir`` so that runs started at the same moment never share one."""
     parent = base / name
     parent.mkdir(parents=True, exist_ok=True)
     taken = [int(p.name[len("version_"):]) for p in parent.glob("version_*") if p.name[len("version_"):].isdigit()]
@@ -169,6 +174,10 @@ class LeakageReport(pl.Callback):
 
     Files, at the end: the per-victim table printed and saved as ``metrics.csv``, ``metrics.json`` and
     ``metrics.txt``, ``gallery.png``, ``history.png`` and ``report.html`` (one self-contained page).
+    While the attack runs the folder holds ``RUNNING``; an interrupted (SIGINT) or failed attack
+    writes the table so far with ``"status": "partial"`` in ``metrics.json`` (the rule is
+    :mod:`leakage.runfiles`'). Each file is written atomically; files that cannot be written (a full
+    disk) are named in one line on stderr, after the table, and listed in :attr:`unwritten`.
 
     Args:
         success_ssim: a victim counts as reconstructed at SSIM >= this.
@@ -208,6 +217,10 @@ class LeakageReport(pl.Callback):
         self.rows: list[dict] = []
         self.summary: dict[str, float] = {}
         self.run_dir: Optional[Path] = None
+        #: the artifacts that could not be written (a full disk): ``leakage fit`` then exits with status 1
+        self.unwritten: list[str] = []
+        self._claimed = False  # every rank asked for the run folder (a collective)
+        self._started = False  # the run folder is marked RUNNING: the run ends by marking it complete or partial
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
@@ -302,11 +315,55 @@ class LeakageReport(pl.Callback):
         n = int(((metrics["ssim"] >= self.success_ssim) & ~failed).sum())
         return f"{when}: {n}/{failed.numel()} reconstructed (SSIM >= {self.success_ssim:g})"
 
+    def _claim_run_dir(self, trainer) -> None:
+        """The folder of the run's artifacts: the logger's version folder; without a logger a fresh
+        one under default_root_dir/logs, never the current folder itself (its files would be
+        overwritten). trainer.log_dir is a collective on several processes (rank 0's folder,
+        broadcast): every rank calls this, once."""
+        if not self.save_artifacts or self._claimed:
+            return
+        self._claimed = True
+        log_dir = trainer.log_dir if trainer.loggers else None
+        if trainer.is_global_zero and self.run_dir is None:
+            self.run_dir = Path(log_dir) if log_dir else fresh_run_dir(Path(trainer.default_root_dir) / "logs")
+
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer, pl_module) -> None:
         tb = _tb(trainer)
         if tb is not None and pl_module.observation is not None:
             tb.add_custom_scalars(overview_layout(self.success_ssim, pl_module.total_victims))
+        self._claim_run_dir(trainer)
+        if self.save_artifacts and trainer.is_global_zero:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                mark_running(self.run_dir)
+            except OSError as err:  # before the attack: the run stops here, in one line
+                raise ValueError(f"cannot write to the run folder {self.run_dir}: {err.strerror or err}") from None
+            self._started = True
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """An interrupted (SIGINT) or failed attack: its folder keeps the table so far, marked partial.
+
+        On one process the per-victim rows are each victim's best so far; on several (a gather is a
+        collective the other ranks may not reach) rank 0 writes the marker only."""
+        if not self._started or self.rows:
+            return
+        self._started = False
+        if isinstance(exception, KeyboardInterrupt):
+            reason = f"interrupted (SIGINT) at step {trainer.global_step} of {trainer.max_steps}"
+        else:
+            reason = f"failed at step {trainer.global_step} of {trainer.max_steps}: {one_line(exception)}"
+        try:
+            if world_size(trainer) == 1 and pl_module.problem_losses is not None:
+                self._finish(trainer, pl_module, partial=reason)
+                return
+        except Exception as err:  # noqa: BLE001 - the run is failing already: its own error is the one to raise
+            reason += f" (the table so far could not be made: {one_line(err)})"
+        files = Artifacts(self.run_dir)
+        files.write("metrics.txt", f"partial run: {reason}; no table\n")
+        files.write("metrics.json", json.dumps({"status": "partial", "reason": reason, "step": trainer.global_step,
+                                                "victims": []}, indent=2))
+        mark_ended(self.run_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if pl_module.problem_losses is None:
@@ -337,6 +394,11 @@ class LeakageReport(pl.Callback):
                                                      self._outcome_title(f"step {step}", metrics, failed)))
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._finish(trainer, pl_module)
+
+    def _finish(self, trainer, pl_module, partial: Optional[str] = None) -> None:
+        """The per-victim results at the current step and the run's report (``partial``: why the
+        attack did not finish)."""
         evaluation = pl_module.final_evaluation()
         best, victim_failed = pl_module.best_restarts(evaluation["loss"])
         R = pl_module.hparams.restarts
@@ -361,7 +423,7 @@ class LeakageReport(pl.Callback):
             secret.labels if secret is not None else None, secret.indices if secret is not None else None)
         self.summary = summarize(self.rows, self.success_ssim)
         self.summary["entries_per_unknown"] = pl_module.observation.entries_per_unknown
-        self._report(trainer, pl_module, recon, labels, metrics)
+        self._report(trainer, pl_module, recon, labels, metrics, partial)
 
     # --------------------------------------------------------------- outputs
     @staticmethod
@@ -369,9 +431,10 @@ class LeakageReport(pl.Callback):
         """The client-side defenses applied to the observation, in order."""
         return [d.describe() for d in getattr(trainer.datamodule, "defenses_applied", [])]
 
-    def _report(self, trainer, pl_module, recon, labels, metrics) -> None:
+    def _report(self, trainer, pl_module, recon, labels, metrics, partial: Optional[str] = None) -> None:
         s = self.summary
-        lines = [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
+        lines = [f"partial run: {partial}; the table holds each victim's best so far"] if partial else []
+        lines += [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
                  for i, d in enumerate(self.defenses_of(trainer))]
         text = "\n".join(lines + [format_table(self.rows)])
         if "success" in s:
@@ -389,13 +452,8 @@ class LeakageReport(pl.Callback):
         if s["failed"]:
             text += (f"\n{s['failed']} of {s['victims']} victims failed numerically: every restart's matching loss "
                      "or gradient became NaN or infinite (status 'failed')")
-        if self.save_artifacts and self.run_dir is None:
-            # the logger's version folder; without a logger a fresh one under default_root_dir/logs,
-            # never the current folder itself (its files would be overwritten). trainer.log_dir is a
-            # collective on several processes (rank 0's folder, broadcast): every rank asks for it
-            log_dir = trainer.log_dir if trainer.loggers else None
-            if trainer.is_global_zero:
-                self.run_dir = Path(log_dir) if log_dir else fresh_run_dir(Path(trainer.default_root_dir) / "logs")
+        if partial is None:
+            self._claim_run_dir(trainer)
         if self.save_artifacts and trainer.is_global_zero:
             text += f"\nrun folder: {self.run_dir}"
         if trainer.is_global_zero:
@@ -421,22 +479,43 @@ class LeakageReport(pl.Callback):
             tb.flush()
         if not self.save_artifacts or not trainer.is_global_zero:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
+        self._write(trainer, text, gallery, history, settings, partial)
+
+    def _write(self, trainer, text: str, gallery: bytes, history: Optional[bytes], settings: dict,
+               partial: Optional[str]) -> None:
+        """The run's files, each atomically; ``metrics.json`` (which says complete or partial) last,
+        then the RUNNING marker goes. What cannot be written is said in one line."""
+        s = self.summary
+        files = Artifacts(self.run_dir)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            files.unwritten, files.reason = ["the run folder"], err.strerror or str(err)
+        if not files.unwritten:
+            table = io.StringIO(newline="")
+            w = csv.DictWriter(table, fieldnames=COLUMNS)
             w.writeheader()
             for r in self.rows:
                 w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
-        with open(self.run_dir / "metrics.json", "w") as f:
-            json.dump({"summary": s, "success_ssim": self.success_ssim, "defenses": self.defenses_of(trainer),
-                       "victims": self.rows}, f, indent=2, default=float)
-        (self.run_dir / "metrics.txt").write_text(text + "\n")
-        (self.run_dir / "gallery.png").write_bytes(gallery)
-        if history is not None:
-            (self.run_dir / "history.png").write_bytes(history)
-        htmlreport.write(self.run_dir / "report.html", fit_report(self.rows, s, self.success_ssim, settings,
-                                                                  self.defenses_of(trainer), gallery, history,
-                                                                  self.run_dir))
+            files.write("metrics.csv", table.getvalue())
+            files.write("metrics.txt", text + "\n")
+            files.write("gallery.png", gallery)
+            if history is not None:
+                files.write("history.png", history)
+            files.write("report.html", fit_report(self.rows, s, self.success_ssim, settings,
+                                                  self.defenses_of(trainer), gallery, history, self.run_dir))
+            status = {"status": "complete"} if partial is None else {
+                "status": "partial", "reason": partial, "step": trainer.global_step}
+            files.write("metrics.json", json.dumps({**status, "summary": s, "success_ssim": self.success_ssim,
+                                                    "defenses": self.defenses_of(trainer), "victims": self.rows},
+                                                   indent=2, default=float))
+            if "metrics.json" not in files.unwritten:  # else the folder holds no result: it stays RUNNING
+                mark_ended(self.run_dir)
+        self._started = False
+        self.unwritten = files.unwritten
+        line = files.failure_line()
+        if line:
+            print(f"leakage: error: {line}", file=sys.stderr, flush=True)
 
 
 def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: dict[str, Any],

@@ -4,7 +4,9 @@ Both doors use it: the ``leakage`` console script (:mod:`leakage.cli`) and the s
 (:mod:`leakage.sweep`).
 
 Bad settings fail before the run starts (no run folder is created): the config files are read
-first, every float setting must be finite, the step budget must be set, the Trainer's own refusals
+first, every float setting must be finite, the step budget must be set (and not emptied by
+``max_epochs`` or ``limit_train_batches`` 0), the run folder must be writable, an ``EarlyStopping``
+must monitor what the attack logs, the Trainer's own refusals
 (an accelerator this machine lacks, ...) become one-line errors, and the victims are read and their
 gradients computed before the logger creates the run's folder.
 """
@@ -19,15 +21,18 @@ from typing import Any, Iterator
 
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer import Trainer
 
+from .attack import LOGGED_METRICS
 from .callbacks import LeakageReport, fresh_run_dir
 from .distributed import DDP_NAMES, ShardedDDPStrategy, launched_as_rank_zero
 from .errors import one_line, parser_error_line
 from .loggers import CLASS_PATH as LOGGER_CLASS_PATH
 from .loggers import LIGHTNING_CLASS_PATHS
+from .runfiles import check_writable
 
 TRAINER_DEFAULTS = {
     "max_steps": 300,
@@ -124,6 +129,26 @@ def _own_tensorboard_logger(logger: Any) -> None:
             init_args["default_hp_metric"] = False
 
 
+def check_run_settings(trainer: dict) -> None:
+    """Refuse, before anything runs, a budget that runs no attack step and a run folder that cannot
+    be written (a path through a file, a read-only folder)."""
+    for key in ("max_epochs", "limit_train_batches"):
+        value = trainer.get(key)
+        if value is not None and not isinstance(value, bool) and value == 0:
+            raise ValueError(f"nothing to run: --trainer.{key} 0 runs no attack step; leave it unset (the "
+                             "attack's budget is --trainer.max_steps)")
+    if trainer.get("default_root_dir"):
+        check_writable(trainer["default_root_dir"], "--trainer.default_root_dir")
+    logger = trainer.get("logger")
+    if logger is False:
+        check_writable(trainer.get("default_root_dir") or "logs", "the run folder's parent")
+    for item in logger if isinstance(logger, list) else [logger]:
+        init_args = item.get("init_args") if hasattr(item, "get") else None
+        save_dir = init_args.get("save_dir") if hasattr(init_args, "get") else None
+        if isinstance(save_dir, (str, Path)) and str(save_dir):
+            check_writable(save_dir, "the logger's save_dir")
+
+
 class LeakageCLI(LightningCLI):
     """The LightningCLI of ``leakage fit``: ``fit`` is its only command (an attack has nothing to
     validate, test or predict)."""
@@ -175,6 +200,7 @@ class LeakageCLI(LightningCLI):
                 f"N must be >= 1, got {steps}"
             )
         _own_tensorboard_logger(trainer.get("logger"))
+        check_run_settings(trainer)
         # Without a logger, Lightning writes a run's files (config.yaml, the report's artifacts) into
         # default_root_dir, i.e. the current folder, over files of the same name. Give such a run a
         # fresh folder of its own instead: logs/leakage/version_N (under default_root_dir if given).
@@ -225,6 +251,11 @@ class LeakageCLI(LightningCLI):
             target = getattr(self.model, "target", None)
             if target is not None and hasattr(self.datamodule, "prepare"):
                 self.datamodule.prepare(target)
+        for cb in self.trainer.callbacks:  # Lightning would say so only after the attack, in a traceback
+            monitor = getattr(cb, "monitor", None) if isinstance(cb, (EarlyStopping, ModelCheckpoint)) else None
+            if monitor is not None and monitor not in LOGGED_METRICS:
+                raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which the attack does not log; "
+                                 f"it logs: {', '.join(LOGGED_METRICS)}")
         if not self.trainer.loggers:  # the report's artifacts go beside config.yaml, in the fresh folder
             for cb in self.trainer.callbacks:
                 if isinstance(cb, LeakageReport) and cb.run_dir is None:

@@ -107,8 +107,6 @@ def page(title: str, body: Sequence[str]) -> str:
 
 def write(path: Path, text: str) -> None:
     """Write the page so that a reader sees the old file or the new one, never a part."""
-    import os
+    from .runfiles import atomic_write
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, text)

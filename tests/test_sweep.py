@@ -567,3 +567,107 @@ def test_the_lock_is_released_when_a_sweep_fails(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         main(["sweep", "--config", str(_one_defense(tmp_path, NOISE)), *TINY])
     assert held == [os.getpid()] and not lock.exists()
+
+
+# --------------------------------------------------------------------------- cell names and logger overrides
+ONE = ["--trainer.max_steps", "1", "--model.lbfgs_max_iter", "1", "--data.num_victims", "1"]
+
+
+def test_a_deep_refine_keeps_every_cell_it_ran(tmp_path, capsys, monkeypatch):
+    """refine 28 on sigma in [0, 0.01] converging on a breaking point that is not 0: the bisection
+    values agree in many digits. Every cell the search runs has a file of its own, named after its
+    exact value. The attack's outcome stands in (holding from sigma = 0.0046664123 on), like
+    test_breaking_point_is_refined_between_leak_and_hold: the names, cell files, tables and search
+    are the sweep's own."""
+    threshold = 0.0046664123
+    cfg = _one_defense(tmp_path, {**NOISE, "values": [0.0, 0.01]}, refine=28, batch=False)
+    sweep = parse(["--config", str(cfg), *ONE])
+    ran = []
+
+    def attack(cid, cfg, row):
+        ran.append(row["value"])
+        rate = 0.0 if row["value"] >= threshold else 1.0
+        return {**row, "status": "ok", "victims": 1, "failed": 0, "success": int(rate), "success_rate": rate,
+                "images": 1, "image_success": int(rate), "image_success_rate": rate, "label_acc": 1.0, "mse": 0.1,
+                "ssim": 0.5, "psnr": 10.0, "time_s": 0.0, "entries_per_unknown": 1.0}
+
+    monkeypatch.setattr(sweep, "_run", attack)
+    monkeypatch.setattr("leakage.sweep.cells.write_plots", lambda *a: None)  # 30 plots say nothing here
+    (point,) = sweep.run()
+    assert "running it again" not in capsys.readouterr().err
+    assert len(ran) == len(set(ran)) > 20
+    cells = {json.loads(p.read_text())["value"] for p in (tmp_path / "sweep" / "cells").glob("noise=*.json")
+             if not p.name.endswith(".config.yaml")}
+    assert cells == set(ran)  # every cell it ran is kept, none overwritten
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "results.csv")))
+    assert sorted(float(r["value"]) for r in rows) == sorted(ran)
+    assert point["last_leaking"] < threshold <= point["breaking_point"]
+    held, leaked = re.match(r"holds at sigma = (\S+), leaks at (\S+?)[ ,]", point["note"] + " ").groups()
+    assert held != leaked and float(held) != float(leaked)
+    assert "bisection stopped after" in point["note"]  # at the stated relative resolution, before 28 steps
+
+
+def test_values_that_differ_past_six_digits_are_cells_of_their_own(tmp_path):
+    cfg = _one_defense(tmp_path, {**NOISE, "values": [0.1, 0.1000011]})
+    main(["sweep", "--config", str(cfg), *ONE])
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "results.csv")))
+    assert sorted(r["cell"] for r in rows) == ["noise=0.1", "noise=0.1000011"]
+    assert all((tmp_path / "sweep" / "runs" / r["cell"] / "metrics.json").exists() for r in rows)
+
+
+@pytest.mark.parametrize("values", [[0.1, 0.1000001], [0.5, 0.5]])
+def test_near_equal_grid_values_are_refused_as_duplicates(tmp_path, capsys, values):
+    cfg = _one_defense(tmp_path, {**NOISE, "values": values})
+    line = cli_error(capsys, ["sweep", "--config", str(cfg), *ONE])
+    assert "are one setting (closer than 1e-06, relative)" in line
+    study = _study_config(tmp_path, [{"name": "lr", "key": "model.lr", "values": values}])
+    line = cli_error(capsys, ["sweep", "--config", str(study), *ONE])
+    assert "are one setting" in line
+
+
+def test_logger_overrides_never_take_a_cell_s_files_out_of_the_sweep(tmp_path, capsys):
+    cfg = _one_defense(tmp_path, {**NOISE, "values": [0.0, 1.0]})
+    elsewhere = tmp_path / "elsewhere"
+    main(["sweep", "--config", str(cfg), *ONE, "--sweep.batch", "false",
+          "--trainer.logger.init_args.save_dir", str(elsewhere), "--trainer.logger.init_args.name=shared",
+          "--trainer.logger.init_args.version", "0"])
+    err = capsys.readouterr().err
+    assert err.count("not using --trainer.logger.init_args.save_dir, --trainer.logger.init_args.name, "
+                     "--trainer.logger.init_args.version") == 1
+    assert not elsewhere.exists()
+    for cell in ("noise=0", "noise=1"):
+        run = tmp_path / "sweep" / "runs" / cell
+        assert json.loads((run / "metrics.json").read_text())["defenses"][-1]["sigma"] == float(cell[6:])
+        assert len(list(run.glob("events.out.tfevents.*"))) == 1
+
+
+def test_a_full_disk_during_a_sweep_prints_the_table_and_says_what_was_not_written(tmp_path, capsys, monkeypatch):
+    """The disk fills up as the first cell's attack ends (every atomic write under tmp_path from then
+    on fails half-way with ENOSPC): that cell's result is still in the printed table, the next cell
+    fails with the reason, and one line names the files the sweep could not write."""
+    import errno
+
+    from leakage.callbacks import LeakageReport
+
+    from test_runs import _disk_full_after
+
+    original = LeakageReport._write
+
+    def at_the_end(self, *args, **kwargs):
+        _disk_full_after(tmp_path, monkeypatch)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LeakageReport, "_write", at_the_end)
+    cfg = _one_defense(tmp_path, {**NOISE, "values": [0.0, 1.0]}, batch=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--config", str(cfg), *ONE])
+    assert exc.value.code == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert "| 0 | 100% |" in out  # the first cell's row, though its file could not be written
+    assert "| 1 | failed: cannot write to the run folder" in out and os.strerror(errno.ENOSPC) in out
+    last = [ln for ln in err.splitlines() if ln.startswith("leakage: error: the sweep could not write")]
+    assert len(last) == 1 and "cells/noise=0.json" in last[0] and "results.md" in last[0]
+    sweep = tmp_path / "sweep"
+    assert not (sweep / "cells" / "noise=0.json").exists() and not list(sweep.rglob(".*.tmp"))
+    assert not (sweep / "runs" / "noise=0" / "gallery.png").exists()

@@ -32,9 +32,12 @@ defense's breaking point. A study cell is the base config with, in this order, t
 ``key: value`` and ``per_value[value]`` applied (setting a dotted key creates the sections it
 needs; the value replaces what was there); studies run their grid only (no search). Fit options
 given on the command line apply to every cell and take precedence over all of these (one that
-sets a study's swept key is refused).
+sets a study's swept key is refused); ``--trainer.logger...`` options are not used (said once):
+every cell logs to its own ``runs/<cell>/``.
 
-Every cell is a ``fit`` run in ``output/runs/<cell>/`` (TensorBoard events, metrics, gallery);
+Every cell is a ``fit`` run in ``output/runs/<cell>/`` (TensorBoard events, metrics, gallery),
+named after its value's shortest text that reads back as the same float (``noise=0.01``,
+``noise=0.004666412345678901``: distinct values never share a cell);
 its summary (metrics, ``time_s``: the fit's wall time, ``entries_per_unknown``: gradient entries
 per unknown input value) is written atomically to ``output/cells/<cell>.json`` when it completes.
 
@@ -63,7 +66,9 @@ A sweep config is data, checked before anything runs:
   ``NormClip``, ``DPGaussian``, ``TopK``, ``SecureAggregation``) or by its path inside the package
   (``leakage.defenses.TopK``); nothing else is imported or run, and ``init_args`` holds arguments
   of that class only;
-- ``values`` are finite numbers; ``success_ssim`` is in [0, 1], ``target_success`` in [0, 1),
+- ``values`` are finite numbers, no two of one grid within 1e-6 of each other, relative (they are
+  one setting; the bisection stops, and says so, when its next value would be that close to an
+  end); ``success_ssim`` is in [0, 1], ``target_success`` in [0, 1),
   ``refine`` a whole number >= 0, ``batch`` true or false;
 - defense and study names use letters, digits, '_' and '-' only (starting with a letter or digit,
   at most 64 characters, unique ignoring case): they name files, and nothing is written or deleted

@@ -28,7 +28,7 @@ from .paths import atomic_write, cell_id, confined, fmt, study_cell_id
 from .plots import write_plots
 from .report import write_report
 from .search import breaking_point, breaking_points
-from .tables import write_tables
+from .tables import results_tables
 
 def _cell_errors() -> tuple[type[BaseException], ...]:
     from argparse import ArgumentError
@@ -42,6 +42,23 @@ _UNKNOWN_KEY = re.compile(r"does not accept option '([^']+)'")
 #: trainer settings that say how many processes run a cell, not what it computes: left out of the
 #: cell fingerprints, so that a sweep restarted on another number of processes or nodes continues
 SCALE_KEYS = ("strategy", "devices", "num_nodes")
+
+
+def without_logger(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Command-line fit options without those that set the logger (``--trainer.logger ...``,
+    ``--trainer.logger.init_args.save_dir ...``, ``name``, ``version``, ...), and the flags left out:
+    a sweep logs every cell into its own ``runs/<cell>/``."""
+    out, dropped, skip = [], [], False
+    for arg in overrides:
+        flag = arg.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif flag == "--trainer.logger" or flag.startswith("--trainer.logger."):
+            dropped.append(flag)
+            skip = "=" not in arg
+        else:
+            out.append(arg)
+    return out, dropped
 
 
 def scale_free(overrides: list[str]) -> list[str]:
@@ -101,8 +118,15 @@ class Sweep:
         self._sharded = False
         self.base = base
         self.cfg, self.defenses, self.studies = check_sweep(sweep, overrides)
-        self.overrides = overrides
+        self.overrides, dropped = without_logger(overrides)
+        #: what could not be written (a full disk), and why: ``leakage sweep`` says so and exits with 1
+        self.unwritten: dict[str, str] = {}
+        self._unsaved: dict[str, dict] = {}  # cells whose file could not be written: still in the tables
+        self.table = ""  # the last results.md, as printed at the end
         self.out = Path(self.cfg["output"])
+        if dropped and self.writer:
+            print(f"leakage sweep: not using {', '.join(dict.fromkeys(dropped))}: every cell's run files go to "
+                  f"{self.out}/runs/<cell>/ (the sweep sets the logger)", file=sys.stderr)
         try:
             for folder in ("cells", "runs"):
                 confined(self.out, folder).mkdir(parents=True, exist_ok=True)
@@ -185,9 +209,11 @@ class Sweep:
         return _Pending(cid, path, {**row, "cell": cid, "fingerprint": fingerprint}, cfg, error)
 
     def _save(self, p: "_Pending", row: dict, tables: bool = True) -> dict:
-        """Write a cell's result (rank 0 only; every rank returns it)."""
-        if self.writer:
-            atomic_write(p.path, json.dumps(row, indent=2))
+        """Write a cell's result (rank 0 only; every rank returns it); one that cannot be written (a
+        full disk) stays in the tables of this sweep."""
+        text = json.dumps(row, indent=2)
+        if self.writer and not self._write(f"cells/{p.cid}.json", lambda: atomic_write(p.path, text)):
+            self._unsaved[p.cid] = row
         if tables and self.writer:
             self.write_tables()
         return row
@@ -406,7 +432,8 @@ class Sweep:
             else:
                 points = [self.breaking_point(d) for d in self.defenses]
             if self.defenses and self.writer:
-                atomic_write(confined(self.out, "breaking_points.json"), json.dumps(points, indent=2))
+                self._write("breaking_points.json", lambda: atomic_write(confined(self.out, "breaking_points.json"),
+                                                                         json.dumps(points, indent=2)))
             for s in self.studies:
                 for v in s["values"]:
                     self.study_result(s, v)
@@ -426,13 +453,26 @@ class Sweep:
                 continue
             if isinstance(row, dict) and row.get("cell") == f.name[:-len(".json")] and self.current(row):
                 out.append(row)
-        return out
+        on_disk = {r["cell"] for r in out}
+        return out + [r for cid, r in sorted(self._unsaved.items()) if cid not in on_disk and self.current(r)]
+
+    def _write(self, what: str, write: Callable[[], Any]) -> bool:
+        """Run ``write``; a write failure (a full disk) is kept in :attr:`unwritten`, not raised."""
+        try:
+            write()
+            return True
+        except OSError as err:
+            self.unwritten.setdefault(what, err.strerror or str(err))
+            return False
 
     def write_tables(self, points: list[dict] | None = None) -> str:
         """Rebuild the tables, plots and hparams view from the cell files; return the markdown table."""
         rows = self.rows()
-        text = write_tables(self.out, self.cfg, self.defenses, self.studies, rows, points)
-        write_plots(self.out, self.defenses, self.studies, rows, points or [])
-        write_hparams(self.out, rows)
-        write_report(self.out, self.cfg, self.base, self.defenses, self.studies, rows, points, self.overrides)
-        return text
+        table, self.table = results_tables(self.cfg, self.defenses, self.studies, rows, points)
+        self._write("results.csv", lambda: atomic_write(confined(self.out, "results.csv"), table))
+        self._write("results.md", lambda: atomic_write(confined(self.out, "results.md"), self.table))
+        self._write("plots", lambda: write_plots(self.out, self.defenses, self.studies, rows, points or []))
+        self._write("the hparams view", lambda: write_hparams(self.out, rows))
+        self._write("report.html", lambda: write_report(self.out, self.cfg, self.base, self.defenses, self.studies,
+                                                        rows, points, self.overrides))
+        return self.table

@@ -53,6 +53,11 @@ def main(args: list[str]) -> None:
     sweep.run()
     if not sweep.writer:  # another rank of a sweep on several processes: rank 0 reports
         return
-    print("\n" + (sweep.out / "results.md").read_text())
+    print("\n" + sweep.table)
     made = "results.csv, results.md" + (", breaking_points.json" if sweep.defenses else "") + ", report.html"
     print(f"sweep results in {sweep.out}/ ({made}, plots; tensorboard --logdir {sweep.out})", file=sys.stderr)
+    if sweep.unwritten:  # a full disk after cells ran: the table above is in memory, not all of it on disk
+        reasons = ", ".join(dict.fromkeys(sweep.unwritten.values()))
+        print(f"leakage: error: the sweep could not write {', '.join(sweep.unwritten)} under {sweep.out}: {reasons} "
+              "(the table above holds every cell that ran)", file=sys.stderr)
+        sys.exit(1)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .paths import check_name, fmt, study_cell_id
+from .paths import RESOLUTION, check_name, fmt, same_setting, study_cell_id
 
 SWEEP_DEFAULTS = {"output": "logs/defense_sweep", "success_ssim": 0.6, "target_success": 0.1, "refine": 3,
                   "batch": True}
@@ -100,6 +100,15 @@ def _number(value: Any, what: str) -> float:
     if not math.isfinite(x):
         raise ValueError(f"{what} must be a finite number, got {_short(value)}")
     return x
+
+
+def _distinct(values: list[Any], where: str) -> None:
+    """Refuse two numbers of one grid that are one setting (equal, or closer than RESOLUTION, relative)."""
+    numbers = sorted(float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
+    for a, b in zip(numbers, numbers[1:]):
+        if same_setting(a, b):
+            raise ValueError(f"{where}: values {fmt(a)} and {fmt(b)} are one setting (closer than {RESOLUTION:g}, "
+                             "relative): give each value once")
 
 
 def _check_dotted(key: Any, where: str) -> str:
@@ -197,7 +206,8 @@ def check_defense(d: Any) -> dict:
     values = d["values"]
     if not isinstance(values, list) or not values:
         raise ValueError(f"{where} has no values: values must be a non-empty list of numbers")
-    values = {_number(v, f"{where}: each of values") for v in values}
+    values = [_number(v, f"{where}: each of values") for v in values]
+    _distinct(values, where)
     return {**d, "name": name, "class_path": f"{cls.__module__}.{cls.__qualname__}", "stronger": stronger,
             "init_args": dict(init_args), "values": sorted(values, reverse=stronger == "smaller")}
 
@@ -227,6 +237,7 @@ def check_study(s: Any) -> dict:
         if not any(v == x or fmt(v) == fmt(x) for x in study["values"]):
             raise ValueError(f"{where}: per_value {v!r} is not one of its values {study['values']}")
         study["per_value"].append((v, _check_settings(settings, f"{where}: per_value {v!r}")))
+    _distinct(study["values"], where)
     cells = [study_cell_id(study, v).lower() for v in study["values"]]  # file names: case-insensitive disks too
     if len(set(cells)) != len(cells):
         raise ValueError(f"{where}: values must be distinct (as file names, ignoring case), got {study['values']}")

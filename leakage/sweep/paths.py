@@ -7,10 +7,12 @@ names and the cell's value. A path that would leave the output folder is an erro
 
 from __future__ import annotations
 
-import os
+import math
 import re
 from pathlib import Path
 from typing import Any
+
+from ..runfiles import atomic_write  # noqa: F401  (re-exported: the sweep's modules write through it)
 
 #: what a defense or study name may be (it names files: ``runs/<name>=<value>``, ``<name>.png``)
 NAME_RULE = "letters, digits, '_' and '-' only, starting with a letter or digit, at most 64 characters"
@@ -18,6 +20,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 #: one file or folder name under the output: a checked name, '.', '=', '+' (cell ids, suffixes)
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+#: two numbers of one grid closer than this, relative (``|a - b| <= RESOLUTION * max(|a|, |b|)``),
+#: are one setting: refused as duplicates, and where a breaking point's bisection stops
+RESOLUTION = 1e-6
 
 
 def check_name(name: Any, what: str) -> str:
@@ -29,17 +34,24 @@ def check_name(name: Any, what: str) -> str:
 
 
 def fmt(value: Any) -> str:
-    """A value as it appears in cell ids and tables: 0.01, 4, true, cifar10."""
+    """A value as it appears in cell ids and tables: 0.01, 4, true, cifar10. A float is its shortest
+    text that reads back as the same float (Python's ``repr``; a whole number without ``.0``), so
+    distinct floats always have distinct names, at any refine depth."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
     return str(value)
+
+
+def same_setting(a: float, b: float) -> bool:
+    """Whether two numbers are one setting of a grid (closer than :data:`RESOLUTION`, relative)."""
+    return math.isclose(a, b, rel_tol=RESOLUTION, abs_tol=0.0)
 
 
 def cell_id(defense: str, value: float) -> str:
     """A defense cell: ``noise=0.01`` (``defense`` is a checked name)."""
-    return f"{defense}={value:.6g}"
+    return f"{defense}={fmt(float(value))}"
 
 
 def study_cell_id(study: dict, value: Any) -> str:
@@ -60,9 +72,3 @@ def confined(out: Path, *parts: str) -> Path:
         raise ValueError(f"refusing to write {path}: it resolves to {path.resolve()}, outside the sweep output {root}")
     return path
 
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never a part."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .paths import confined, fmt
+from ..dashboard import figure_png
+from .paths import atomic_write, confined, fmt
 from .tables import HEADERS, METRICS, STUDY_HEADERS, STUDY_METRICS, study_rows
 
 
@@ -35,8 +36,7 @@ def write_plots(out: Path, defenses: list[dict], studies: list[dict], rows: list
                     ax.axvline(p["breaking_point"], color="red", ls="--", lw=0.8)
         fig.suptitle(f"{d['name']}: attack against defense strength (red: breaking point)", fontsize=9)
         fig.tight_layout()
-        fig.savefig(confined(out, f"{d['name']}.png"), dpi=110)
-        plt.close(fig)
+        atomic_write(confined(out, f"{d['name']}.png"), figure_png(fig))  # closes the figure
 
     for s in studies:
         mine = [r for r in study_rows(rows, s) if r.get("status") == "ok"]
@@ -62,5 +62,4 @@ def write_plots(out: Path, defenses: list[dict], studies: list[dict], rows: list
                 ax.set_xticks(xs, [fmt(v) for v in values])
         fig.suptitle(f"{s['name']}: attack against {s['key']}", fontsize=9)
         fig.tight_layout()
-        fig.savefig(confined(out, f"{s['name']}.png"), dpi=110)
-        plt.close(fig)
+        atomic_write(confined(out, f"{s['name']}.png"), figure_png(fig))  # closes the figure

@@ -5,6 +5,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Generator
 
+from .paths import RESOLUTION, fmt, same_setting
+
+
+def apart(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` printed with the fewest digits (at least 4) that tell them apart."""
+    for digits in range(4, 18):
+        x, y = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if x != y:
+            return x, y
+    return fmt(a), fmt(b)
+
 
 def search(defense: dict, holds: Callable[[dict], bool], refine: int) -> Generator[list[float], list[dict], dict]:
     """The search for one defense's breaking point, as a generator: it yields the values whose cells
@@ -13,7 +24,9 @@ def search(defense: dict, holds: Callable[[dict], bool], refine: int) -> Generat
 
     ``holds(row)`` says whether the defense held in a cell; ``defense["values"]`` are ordered weakest
     first. The weakest setting that holds is refined by bisection between the last leaking and the
-    first holding value.
+    first holding value; it stops early when the next value would be one setting with an end
+    (closer than :data:`~leakage.sweep.paths.RESOLUTION`, relative), so every value it runs is a
+    cell of its own.
     """
     # weakest first; cells that failed to run say nothing about leaking or holding
     grid = yield list(defense["values"])
@@ -23,21 +36,29 @@ def search(defense: dict, holds: Callable[[dict], bool], refine: int) -> Generat
     first = next((i for i, r in enumerate(rows) if holds(r)), None)
     if first is None:
         return {"defense": defense["name"], "param": defense["param"], "breaking_point": None,
-                "note": f"no tested {defense['param']} holds" + (f" (up to {values[-1]:g})" if values else "")}
+                "note": f"no tested {defense['param']} holds" + (f" (up to {fmt(values[-1])})" if values else "")}
     if first == 0:
         return {"defense": defense["name"], "param": defense["param"], "breaking_point": values[0],
-                "note": f"the weakest tested {defense['param']} ({values[0]:g}) already holds"}
+                "note": f"the weakest tested {defense['param']} ({fmt(values[0])}) already holds"}
     leak, hold = values[first - 1], values[first]
+    steps = 0
     for _ in range(refine):
         mid = math.sqrt(leak * hold) if leak > 0 and hold > 0 else (leak + hold) / 2
+        if same_setting(mid, leak) or same_setting(mid, hold):
+            break
+        steps += 1
         (row,) = yield [mid]
         if holds(row):
             hold = mid
         else:
             leak = mid
+    held, leaked = apart(hold, leak)
     return {"defense": defense["name"], "param": defense["param"], "breaking_point": hold,
             "last_leaking": leak, "resolution": abs(hold - leak),
-            "note": f"holds at {defense['param']} = {hold:.4g}, leaks at {leak:.4g}"}
+            "note": f"holds at {defense['param']} = {held}, leaks at {leaked}" + (
+                f" (bisection stopped after {steps} of {refine} steps: its next value would be within {RESOLUTION:g}, "
+                "relative, of an end)"
+                if steps < refine else "")}
 
 
 def breaking_points(defenses: list[dict], results: Callable[[list[tuple[dict, float]]], list[dict]],

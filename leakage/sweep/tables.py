@@ -1,13 +1,12 @@
-"""The sweep's tables, rebuilt from its cell files: ``results.csv`` and ``results.md``."""
+"""The sweep's tables, rebuilt from its cell files: the texts of ``results.csv`` and ``results.md``."""
 
 from __future__ import annotations
 
 import csv
-import os
+import io
 from collections.abc import Callable
-from pathlib import Path
 
-from .paths import atomic_write, confined, fmt, study_cell_id
+from .paths import fmt, study_cell_id
 
 METRICS = ("label_acc", "mse", "ssim", "psnr", "success_rate")
 HEADERS = {"label_acc": "label accuracy", "mse": "MSE", "ssim": "SSIM", "psnr": "PSNR", "success_rate": "attack success rate"}
@@ -47,20 +46,18 @@ def study_rows(rows: list[dict], study: dict) -> list[dict]:
                   key=lambda r: cells[r["cell"]])
 
 
-def write_tables(out: Path, cfg: dict, defenses: list[dict], studies: list[dict], rows: list[dict],
-                 points: list[dict] | None) -> str:
-    """Write ``results.csv`` and ``results.md`` under ``out``; return the markdown."""
+def results_tables(cfg: dict, defenses: list[dict], studies: list[dict], rows: list[dict],
+                   points: list[dict] | None) -> tuple[str, str]:
+    """The texts of ``results.csv`` and ``results.md``."""
     defense_rows = sorted((r for r in rows if "defense" in r), key=lambda r: (r["defense"], r["value"]))
     order = {study_cell_id(s, v): (i, j) for i, s in enumerate(studies) for j, v in enumerate(s["values"])}
     by_study = sorted((r for r in rows if "study" in r),
                       key=lambda r: (*order.get(r["cell"], (len(order), 0)), r["cell"]))
-    tmp, csv_path = confined(out, "results.csv.tmp"), confined(out, "results.csv")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
-        w.writeheader()
-        for r in defense_rows + by_study:
-            w.writerow(r)
-    os.replace(tmp, csv_path)
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
+    w.writeheader()
+    for r in defense_rows + by_study:
+        w.writerow(r)
     md = [f"Attack success: SSIM >= {cfg['success_ssim']}" +
           (f"; a defense holds at a success rate <= {float(cfg['target_success']):.0%}." if defenses
            else "."), ""]
@@ -99,6 +96,4 @@ def write_tables(out: Path, cfg: dict, defenses: list[dict], studies: list[dict]
             md.append(f"- {p['defense']}: {p['note']}" +
                       (f" (resolution {p['resolution']:.3g})" if p.get("resolution") is not None else ""))
         md.append("")
-    text = "\n".join(md)
-    atomic_write(confined(out, "results.md"), text)
-    return text
+    return table.getvalue(), "\n".join(md)
