@@ -254,7 +254,7 @@ class VictimDataModule(pl.LightningDataModule):
                  "indices": indices, "num_victims": num_victims}
         for name, (default, users, reason) in SOURCE_SETTINGS.items():
             if source not in users and given[name] != default:
-                raise ValueError(f"--data.{name} is not used by --data.source {source} ({reason}): "
+                raise ValueError(f"source={source} does not use --data.{name} ({reason}): "
                                  f"leave it at its default ({default})")
         self.source = source
         self.root = root

@@ -58,9 +58,11 @@ def _unit_range(path: Path, raw: Tensor) -> Tensor:
     x = F.to_dtype(raw, torch.float32, scale=True)
     low, high = float(x.min()), float(x.max())
     if not (low >= 0.0 and high <= 1.0):  # NaN fails both
-        kind = "float" if raw.is_floating_point() else str(raw.dtype).removeprefix("torch.")
-        raise ValueError(f"image {path} holds {kind} values from {low:.4g} to {high:.4g} (scaled to its type), "
-                         "outside [0, 1]: save images with values in [0, 1] (float) or of an unsigned integer type")
+        if raw.is_floating_point():
+            raise ValueError(f"image {path} holds float values from {low:.4g} to {high:.4g}, outside [0, 1]: "
+                             "scale float images to [0, 1] before saving them")
+        raise ValueError(f"image {path} holds negative {str(raw.dtype).removeprefix('torch.')} values "
+                         f"(down to {float(raw.min()):.6g}): images need values >= 0")
     return x
 
 
