@@ -81,7 +81,10 @@ class Observation:
         self.update_keys = tuple(int(k) for k in self.update_keys)
         if len(self.update_keys) != self.num_victims:
             raise ValueError(f"{len(self.update_keys)} update keys for {self.num_victims} updates")
-        zero = [v for v in range(self.num_victims) if not any(bool(g[v].any()) for g in self.gradients.values())]
+        carries = torch.zeros(self.num_victims, dtype=torch.bool)
+        for g in self.gradients.values():
+            carries |= g.reshape(self.num_victims, -1).ne(0).any(1).cpu()
+        zero = (~carries).nonzero().flatten().tolist()
         if zero:  # refused whole, before any attack: a zero update is an input mistake, not an outcome
             which = "the shared update is" if self.num_victims == 1 else (
                 f"update{'s' if len(zero) > 1 else ''} {', '.join(map(str, zero[:5]))}{', ...' if len(zero) > 5 else ''}"

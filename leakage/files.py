@@ -56,9 +56,15 @@ def load_failure(path: str | Path, what: str, err: BaseException) -> str:
     text = str(err).strip()
     if isinstance(err, pickle.UnpicklingError) and text.startswith("Weights only load failed"):
         found = _GLOBAL.search(text)
-        held = f"it holds {found.group(1)}, not only tensors" if found else "it is not a torch.save file of tensors"
-        return (f"{what} {path} was refused: unpickling it could run code ({held}); save a .safetensors file "
-                "(safetensors.torch.save_file) or a plain state_dict of tensors (torch.save(model.state_dict(), path))")
+        with open(path, "rb") as f:
+            plain_pickle = f.read(2) in {b"\x80" + bytes([p]) for p in range(2, 6)}  # pickle's PROTO opcode
+        if found or plain_pickle:
+            held = f"it holds {found.group(1)}, not only tensors" if found else "it is a pickle, not a torch.save file"
+            return (f"{what} {path} was refused: unpickling it could run code ({held}); save a .safetensors file "
+                    "(safetensors.torch.save_file) or a plain state_dict of tensors "
+                    "(torch.save(model.state_dict(), path))")
+        # torch's own first line would advise weights_only=False: the bytes are no pickle at all
+        return f"cannot read {what} {path}: not a torch.save file (corrupted, or another format)"
     reason = text.splitlines()[0] if text else type(err).__name__
     return f"cannot read {what} {path}: {reason[:200]}"
 

@@ -312,7 +312,7 @@ def test_a_refused_pickle_says_why_and_how_to_save_a_safe_file(tmp_path, lenet_m
     assert "weights_only" not in msg and not marker.exists()
     with open(path, "wb") as f:  # a plain pickle, not torch.save's format
         pickle.dump({"fc.bias": _Payload(marker)}, f)
-    with pytest.raises(ValueError, match="unpickling it could run code .it is not a torch.save file of tensors."):
+    with pytest.raises(ValueError, match="unpickling it could run code .it is a pickle, not a torch.save file."):
         load_gradients(path, lenet_mnist)
     assert not marker.exists()
 
@@ -321,3 +321,11 @@ def test_negative_integer_images_are_refused(tmp_path):
     Image.fromarray(RAMP16.astype(np.int32) - 30000).save(tmp_path / "s_0.tif")  # 32-bit signed
     with pytest.raises(ValueError, match=r"holds negative int32 values \(down to -30000\): images need values >= 0"):
         read_labelled_folder(tmp_path, 1, None)
+
+
+def test_garbage_is_not_called_a_pickle_nor_advised_weights_only_false(tmp_path, lenet_mnist):
+    path = tmp_path / "g.pt"
+    path.write_bytes(b"\x89garbage" + bytes(range(200)))
+    with pytest.raises(ValueError) as exc:
+        load_gradients(path, lenet_mnist)
+    assert str(exc.value) == f"cannot read gradient file {path}: not a torch.save file (corrupted, or another format)"
