@@ -37,7 +37,7 @@ DATASETS: dict[str, tuple[tuple[int, int, int], int, str]] = {
 BUNDLED = ("cifar10", "mnist")
 SOURCES = ("bundled", "torchvision", "folder", "gradients")
 PROTOCOLS = ("fedsgd", "fedavg")
-_IMAGES = ("bundled", "torchvision", "folder")
+_VICTIM_DATA = tuple(s for s in SOURCES if s != "gradients")  # sources whose victims are picked by index
 #: settings that only some sources read: name -> (default, the sources that read it, why);
 #: any other value with another source is refused rather than silently ignored
 SOURCE_SETTINGS = {
@@ -45,8 +45,8 @@ SOURCE_SETTINGS = {
     "download": (False, ("torchvision",), "only torchvision datasets are downloaded"),
     "folder": (None, ("folder",), "only source=folder reads an image folder"),
     "gradient_file": (None, ("gradients",), "only source=gradients reads a gradient file"),
-    "indices": (None, _IMAGES, "every update in the gradient file is a victim; there are no images to pick"),
-    "num_victims": (1, _IMAGES, "every update in the gradient file is a victim; there are no images to count"),
+    "indices": (None, _VICTIM_DATA, "every update in the gradient file is a victim; there are no images to pick"),
+    "num_victims": (1, _VICTIM_DATA, "every update in the gradient file is a victim; there are no images to count"),
 }
 #: smallest image side the report can score: SSIM's 11x11 Gaussian window is reflect-padded by 5
 #: pixels, which needs more than 5 pixels per side (:func:`leakage.metrics.ssim_per_image`)
@@ -190,6 +190,10 @@ class VictimDataModule(pl.LightningDataModule):
             clients do: BatchNorm normalises with the batch's own statistics; dropout off) or
             ``eval`` (running statistics). Public: the attack simulates the same mode. Models without
             BatchNorm give the same update either way.
+
+    A setting the chosen source does not read (:data:`SOURCE_SETTINGS`: ``root`` and ``download``
+    but with ``torchvision``, ``folder``, ``gradient_file``, and ``indices`` / ``num_victims`` with
+    ``gradients``) is refused, not ignored.
     """
 
     def __init__(

@@ -42,11 +42,11 @@ def regular_file(path: str | Path, what: str) -> Path:
         if err.errno == errno.ELOOP:
             raise ValueError(f"{what} {path} is a symbolic link loop, not a file") from None
         raise ValueError(f"cannot read {what} {path}: {err.strerror}") from None
-    for test, kind in _KINDS:
-        if test(mode):
-            target = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
-            raise ValueError(f"{what} {path}{target} is {kind}")
-    return path
+    if stat.S_ISREG(mode):
+        return path
+    kind = next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+    target = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+    raise ValueError(f"{what} {path}{target} is {kind}")
 
 
 def load_failure(path: str | Path, what: str, err: BaseException) -> str:
