@@ -106,13 +106,15 @@ def _check_capture(update: Mapping[str, Tensor], weights: Mapping[str, Tensor], 
 
     n = meta["num_examples"]
     if n < 1:
-        raise ValueError(f"{source}: bad metadata: num_examples {n} (a client's update comes from at least one example)")
+        raise ValueError(f"{source}: bad metadata: num_examples {n} "
+                         "(a client's update comes from at least one example)")
     if not update:
         raise ValueError(f"{source} holds no update/... tensors")
     for k in ("shuffle", "shuffle_seed"):
         kind = bool if k == "shuffle" else int
         if k in meta and (not isinstance(meta[k], kind) or (kind is int and isinstance(meta[k], bool))):
-            raise ValueError(f"{source}: bad metadata: {k} {json.dumps(meta[k])} is not {'true or false' if kind is bool else 'an integer'}")
+            wanted = "true or false" if kind is bool else "an integer"
+            raise ValueError(f"{source}: bad metadata: {k} {json.dumps(meta[k])} is not {wanted}")
     try:  # the recorded client settings, checked as the data module checks its own, and against num_examples
         settings = {k: meta[k] for k in ("local_steps", "local_lr", "local_batch_size") if k in meta}
         FedAvgClient(share=meta["share"], **settings).mini_batch(n)
@@ -120,7 +122,8 @@ def _check_capture(update: Mapping[str, Tensor], weights: Mapping[str, Tensor], 
         raise ValueError(f"{source}: bad metadata (num_examples {n}): {err}") from None
     for k, u in update.items():
         if k in weights and tuple(u.shape) != tuple(weights[k].shape):
-            raise ValueError(f"{source}: update {k!r} has shape {tuple(u.shape)}, its global weight {tuple(weights[k].shape)}")
+            raise ValueError(f"{source}: update {k!r} has shape {tuple(u.shape)}, "
+                             f"its global weight {tuple(weights[k].shape)}")
         if weights and k not in weights:
             raise ValueError(f"{source}: update {k!r} has no global weight of that name")
 

@@ -179,20 +179,22 @@ def _check_cancellation(grads: Grads, aggregate: Grads, clients: int, mask_scale
     updates must stay under ``2^-23 x`` the RMS of that mean. The largest usable scale is the one at
     which float64's rounding of masks of that size (``(clients - 1) x mask_scale x 2^-52``, twice over
     for the margin) reaches that bound."""
-    for group in range(next(iter(aggregate.values())).shape[0]):
-        rows = slice(group * clients, (group + 1) * clients)
-        true = {n: g[rows].double().mean(0) for n, g in grads.items()}
-        err = max(float((aggregate[n][group] - t).abs().max()) for n, t in true.items())
-        rms = math.sqrt(sum(float((t ** 2).sum()) for t in true.values()) / sum(t.numel() for t in true.values()))
-        if err <= FLOAT32_EPS * rms:
-            continue
-        estimate = FLOAT32_EPS * rms / (2 * (clients - 1) * FLOAT64_EPS)
-        unit = 10.0 ** math.floor(math.log10(estimate)) if estimate > 0 else 0.0
-        usable = f"about {math.floor(estimate / unit) * unit:.0e}" if estimate > 0 else "0 (the aggregate is zero)"
-        raise ValueError(
-            f"secure aggregation mask_scale {mask_scale:g} is too large: the masks leave an error of {err:.3g} in the "
-            f"aggregate of clients {rows.start}-{rows.stop - 1}, above float32 rounding of its signal (RMS {rms:.3g} x "
-            f"2^-23 = {FLOAT32_EPS * rms:.3g}); the largest usable mask_scale for these updates is {usable}")
+    G = next(iter(aggregate.values())).shape[0]
+    true = {n: g.double().view(G, clients, *g.shape[1:]).mean(1) for n, g in grads.items()}
+    err = torch.stack([_rows(aggregate[n] - t).abs().max(1).values for n, t in true.items()]).max(0).values
+    entries = sum(t[0].numel() for t in true.values())
+    rms = torch.sqrt(sum(_rows(t).pow(2).sum(1) for t in true.values()) / entries)
+    bad = (~(err <= FLOAT32_EPS * rms)).nonzero().flatten().tolist()  # NaN (masks that overflow) is bad too
+    if not bad:
+        return
+    group, e, r = bad[0], float(err[bad[0]]), float(rms[bad[0]])
+    estimate = FLOAT32_EPS * r / (2 * (clients - 1) * FLOAT64_EPS)
+    unit = 10.0 ** math.floor(math.log10(estimate)) if estimate > 0 else 0.0
+    usable = f"about {math.floor(estimate / unit) * unit:.0e}" if estimate > 0 else "0 (the aggregate is zero)"
+    raise ValueError(
+        f"secure aggregation mask_scale {mask_scale:g} is too large: the masks leave an error of {e:.3g} in the "
+        f"aggregate of clients {group * clients}-{(group + 1) * clients - 1}, above float32 rounding of its signal "
+        f"(RMS {r:.3g} x 2^-23 = {FLOAT32_EPS * r:.3g}); the largest usable mask_scale for these updates is {usable}")
 
 
 def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
