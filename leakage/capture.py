@@ -25,6 +25,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from .files import regular_file
+
 FORMAT = "leakage.capture.v1"
 UPDATE, GLOBAL = "update/", "global/"
 #: the client settings a capture may record, as they are named in the data module
@@ -70,7 +72,7 @@ def read_capture(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor]
     """The update, the global weights and the metadata of a capture file (values decoded)."""
     from safetensors import safe_open
 
-    path = Path(path)
+    path = regular_file(path, "capture file")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = dict(f.metadata() or {})

@@ -329,3 +329,11 @@ def test_garbage_is_not_called_a_pickle_nor_advised_weights_only_false(tmp_path,
     with pytest.raises(ValueError) as exc:
         load_gradients(path, lenet_mnist)
     assert str(exc.value) == f"cannot read gradient file {path}: not a torch.save file (corrupted, or another format)"
+
+
+def test_read_capture_refuses_a_fifo_unopened(tmp_path, alarm):
+    from leakage.capture import read_capture
+
+    os.mkfifo(tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match=r"capture file .*c\.safetensors is a FIFO \(named pipe\)"):
+        read_capture(tmp_path / "c.safetensors")
