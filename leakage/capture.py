@@ -25,6 +25,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from .files import regular_file
+
 FORMAT = "leakage.capture.v1"
 UPDATE, GLOBAL = "update/", "global/"
 #: the client settings a capture may record, as they are named in the data module
@@ -70,7 +72,7 @@ def read_capture(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor]
     """The update, the global weights and the metadata of a capture file (values decoded)."""
     from safetensors import safe_open
 
-    path = Path(path)
+    path = regular_file(path, "capture file")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = dict(f.metadata() or {})
@@ -94,7 +96,38 @@ def read_capture(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor]
                 meta[k] = json.loads(raw[k])
     except (KeyError, ValueError) as err:
         raise ValueError(f"capture file {path}: bad metadata ({type(err).__name__}: {err})") from None
+    _check_capture(update, weights, meta, f"capture file {path}")
     return update, weights, meta
+
+
+def _check_capture(update: Mapping[str, Tensor], weights: Mapping[str, Tensor], meta: Mapping[str, Any],
+                   source: str) -> None:
+    """A capture's metadata checked on its own and against its tensors, so that no advice drawn from
+    it (``set --data.batch_size N``) is one the data module then refuses."""
+    from .fedavg import FedAvgClient
+
+    n = meta["num_examples"]
+    if n < 1:
+        raise ValueError(f"{source}: bad metadata: num_examples {n} "
+                         "(a client's update comes from at least one example)")
+    if not update:
+        raise ValueError(f"{source} holds no update/... tensors")
+    for k in ("shuffle", "shuffle_seed"):
+        kind = bool if k == "shuffle" else int
+        if k in meta and (not isinstance(meta[k], kind) or (kind is int and isinstance(meta[k], bool))):
+            wanted = "true or false" if kind is bool else "an integer"
+            raise ValueError(f"{source}: bad metadata: {k} {json.dumps(meta[k])} is not {wanted}")
+    try:  # the recorded client settings, checked as the data module checks its own, and against num_examples
+        settings = {k: meta[k] for k in ("local_steps", "local_lr", "local_batch_size") if k in meta}
+        FedAvgClient(share=meta["share"], **settings).mini_batch(n)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: bad metadata (num_examples {n}): {err}") from None
+    for k, u in update.items():
+        if k in weights and tuple(u.shape) != tuple(weights[k].shape):
+            raise ValueError(f"{source}: update {k!r} has shape {tuple(u.shape)}, "
+                             f"its global weight {tuple(weights[k].shape)}")
+        if weights and k not in weights:
+            raise ValueError(f"{source}: update {k!r} has no global weight of that name")
 
 
 def load_global_weights(model: nn.Module, weights: Mapping[str, Tensor], source: str) -> None:

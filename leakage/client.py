@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .files import read_tensors
 from .precision import full_precision
 
 #: how a client runs its model for its update: ``train`` (what FL clients do: BatchNorm normalises
@@ -157,20 +158,7 @@ def load_gradients(path: str | Path, model: nn.Module) -> dict[str, Tensor]:
     Never unpickles arbitrary objects: ``.pt`` files go through ``torch.load(weights_only=True)``.
     """
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"gradient file {path} is a directory: give the .safetensors or .pt file itself")
-    if not path.is_file():
-        raise FileNotFoundError(f"gradient file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            grads = load_file(str(path))
-        else:
-            grads = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupted, truncated or hostile files
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot read gradient file {path}: {msg[:200]}") from None
+    grads = read_tensors(path, "gradient file")
     if not isinstance(grads, Mapping):
         raise ValueError(f"gradient file {path} must hold a mapping of parameter name to tensor, got {type(grads).__name__}")
     return validate_gradients(grads, model, source=f"gradient file {path}")

@@ -9,8 +9,6 @@ The module keeps two things apart:
 from __future__ import annotations
 
 import math
-import re
-import warnings
 from dataclasses import dataclass, replace
 from http.client import HTTPException
 from importlib import resources
@@ -19,7 +17,6 @@ from typing import Iterator, Literal, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 from torchvision import datasets, transforms
@@ -27,6 +24,7 @@ from torchvision import datasets, transforms
 from .capture import check_settings, is_capture, load_global_weights, read_capture
 from .client import CLIENT_MODES, client_gradients, load_gradients, validate_gradients
 from .fedavg import SHARES, FedAvgClient, client_updates, epochs_to_steps
+from .imagefolder import read_labelled_folder
 from .seeding import position_key, update_key
 
 #: name -> (input shape, classes, torchvision class, shipped in the package)
@@ -39,8 +37,17 @@ DATASETS: dict[str, tuple[tuple[int, int, int], int, str]] = {
 BUNDLED = ("cifar10", "mnist")
 SOURCES = ("bundled", "torchvision", "folder", "gradients")
 PROTOCOLS = ("fedsgd", "fedavg")
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-_LABELLED_NAME = re.compile(r"_(\d+)$")
+_VICTIM_DATA = tuple(s for s in SOURCES if s != "gradients")  # sources whose victims are picked by index
+#: settings that only some sources read: name -> (default, the sources that read it, why);
+#: any other value with another source is refused rather than silently ignored
+SOURCE_SETTINGS = {
+    "root": ("data", ("torchvision",), "only torchvision datasets are read from a root folder"),
+    "download": (False, ("torchvision",), "only torchvision datasets are downloaded"),
+    "folder": (None, ("folder",), "only source=folder reads an image folder"),
+    "gradient_file": (None, ("gradients",), "only source=gradients reads a gradient file"),
+    "indices": (None, _VICTIM_DATA, "every update in the gradient file is a victim; there are no images to pick"),
+    "num_victims": (1, _VICTIM_DATA, "every update in the gradient file is a victim; there are no images to count"),
+}
 #: smallest image side the report can score: SSIM's 11x11 Gaussian window is reflect-padded by 5
 #: pixels, which needs more than 5 pixels per side (:func:`leakage.metrics.ssim_per_image`)
 MIN_SCORED_SIZE = 6
@@ -74,6 +81,16 @@ class Observation:
         self.update_keys = tuple(int(k) for k in self.update_keys)
         if len(self.update_keys) != self.num_victims:
             raise ValueError(f"{len(self.update_keys)} update keys for {self.num_victims} updates")
+        carries = torch.zeros(self.num_victims, dtype=torch.bool)
+        for g in self.gradients.values():
+            carries |= g.reshape(self.num_victims, -1).ne(0).any(1).cpu()
+        zero = (~carries).nonzero().flatten().tolist()
+        if zero:  # refused whole, before any attack: a zero update is an input mistake, not an outcome
+            which = "the shared update is" if self.num_victims == 1 else (
+                f"update{'s' if len(zero) > 1 else ''} {', '.join(map(str, zero[:5]))}{', ...' if len(zero) > 5 else ''}"
+                f" (of {self.num_victims}, by position) {'are' if len(zero) > 1 else 'is'}")
+            raise ValueError(f"{which} all zero: a zero update carries nothing to invert"
+                             + ("" if self.num_victims == 1 else "; leave those victims out"))
 
     def gradient_estimate(self) -> dict[str, Tensor]:
         """The shared updates as gradients: as shared for FedSGD; for FedAvg the pseudo-gradient
@@ -136,63 +153,6 @@ def _dataset_key(name: str) -> str:
     return key
 
 
-def _read_image(path: Path, channels: int, size: Optional[tuple[int, int]]) -> Tensor:
-    """One image file as a ``[C, H, W]`` tensor in [0, 1]; a file PIL cannot read, or one whose
-    header declares more pixels than ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb: PIL warns
-    up to twice the limit and refuses above), is a one-line error naming the file."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img = img.convert("L" if channels == 1 else "RGB")
-                if size is not None and img.size != (size[1], size[0]):
-                    img = img.resize((size[1], size[0]), Image.BILINEAR)
-                return transforms.functional.to_tensor(img)
-    except UnidentifiedImageError:
-        raise ValueError(f"cannot read image {path}: not an image file PIL can identify") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        # OSError: truncated or unreadable data; SyntaxError/ValueError: PIL's words for a broken file
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot read image {path}: {reason[:200]}") from None
-
-
-def read_labelled_folder(folder: Path, channels: int, size: Optional[tuple[int, int]]) -> tuple[list[Tensor], list[int]]:
-    """Images and labels from a folder, in sorted order.
-
-    Two layouts: class sub-folders (torchvision's ``ImageFolder``: ``folder/<class>/*.png``, labels
-    by sorted class name) or flat files whose name ends in ``_<label>`` (``cat_3.png``, the bundled
-    images' ``cifar10_00_3.png``).
-    """
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"image folder {folder} is a file, not a folder")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
-    images: list[Tensor] = []
-    labels: list[int] = []
-    if subdirs:
-        for label, sub in enumerate(subdirs):
-            for f in sorted(sub.iterdir()):
-                if f.suffix.lower() in _IMAGE_SUFFIXES:
-                    images.append(_read_image(f, channels, size))
-                    labels.append(label)
-    else:
-        for f in sorted(folder.iterdir()):
-            if f.suffix.lower() not in _IMAGE_SUFFIXES:
-                continue
-            m = _LABELLED_NAME.search(f.stem)
-            if m is None:
-                raise ValueError(
-                    f"cannot tell the label of {f.name}: use class sub-folders (folder/<class>/image.png) "
-                    "or end each file name in _<label> (image_3.png)"
-                )
-            images.append(_read_image(f, channels, size))
-            labels.append(int(m.group(1)))
-    if not images:
-        raise ValueError(f"no images found in {folder}")
-    return images, labels
-
-
 class VictimDataModule(pl.LightningDataModule):
     """Victims and the gradients their client shares.
 
@@ -230,6 +190,10 @@ class VictimDataModule(pl.LightningDataModule):
             clients do: BatchNorm normalises with the batch's own statistics; dropout off) or
             ``eval`` (running statistics). Public: the attack simulates the same mode. Models without
             BatchNorm give the same update either way.
+
+    A setting the chosen source does not read (:data:`SOURCE_SETTINGS`: ``root`` and ``download``
+    but with ``torchvision``, ``folder``, ``gradient_file``, and ``indices`` / ``num_victims`` with
+    ``gradients``) is refused, not ignored.
     """
 
     def __init__(
@@ -293,6 +257,12 @@ class VictimDataModule(pl.LightningDataModule):
                 )
             if any(i < 0 for i in indices):
                 raise ValueError(f"indices must be >= 0, got {indices}")
+        given = {"root": root, "download": download, "folder": folder, "gradient_file": gradient_file,
+                 "indices": indices, "num_victims": num_victims}
+        for name, (default, users, reason) in SOURCE_SETTINGS.items():
+            if source not in users and given[name] != default:
+                raise ValueError(f"source={source} does not use --data.{name} ({reason}): "
+                                 f"leave it at its default ({default})")
         self.source = source
         self.root = root
         self.download = download
@@ -421,8 +391,13 @@ class VictimDataModule(pl.LightningDataModule):
             else:
                 grads = client_updates(model, self.secret.images, self.secret.labels, self.client, keys,
                                        self.client_mode)
-        self.observation = Observation(grads, self.batch_size, self.input_shape, self.num_classes, update_keys=keys,
-                                       client_mode=self.client_mode, client=self.client)
+        try:
+            self.observation = Observation(grads, self.batch_size, self.input_shape, self.num_classes,
+                                           update_keys=keys, client_mode=self.client_mode, client=self.client)
+        except ValueError as err:
+            if self.source != "gradients":
+                raise
+            raise ValueError(f"gradient file {self.gradient_file}: {err}") from None
         return self.observation
 
     def _read_capture(self, model: nn.Module) -> tuple[dict[str, Tensor], Optional[tuple[int, ...]]]:

@@ -42,9 +42,14 @@ def _integer(value: object) -> bool:
 
 
 # ----------------------------------------------------------------------------- functional core
+def _rows(g: Tensor) -> Tensor:
+    """``[V, ...]`` as ``[V, n]``, one row per update (``[V, 1]`` for a scalar parameter)."""
+    return g.reshape(g.shape[0], -1)
+
+
 def _update_norms(grads: Grads) -> Tensor:
     """L2 norm of every update over all its parameters: ``[V]``."""
-    return torch.sqrt(sum((g.double() ** 2).flatten(1).sum(1) for g in grads.values())).float()
+    return torch.sqrt(sum((_rows(g.double()) ** 2).sum(1) for g in grads.values())).float()
 
 
 def gaussian_noise(grads: Grads, sigma: float, relative: bool = False, seed: int = 0,
@@ -73,7 +78,7 @@ def gaussian_noise(grads: Grads, sigma: float, relative: bool = False, seed: int
     for name, g in grads.items():
         n = noise[name].to(g.device)
         if relative:
-            rms = g.flatten(1).norm(dim=1) / math.sqrt(g[0].numel())
+            rms = _rows(g).norm(dim=1) / math.sqrt(g[0].numel())
             n = n * rms.view(-1, *[1] * (g.dim() - 1))
         out[name] = g + sigma * n
     return out
@@ -104,10 +109,10 @@ def top_k(grads: Grads, keep_ratio: float, scope: Literal["global", "layer"] = "
         return torch.zeros_like(flat).scatter_(1, idx, flat.gather(1, idx))
 
     if scope == "layer":
-        return {name: keep(g.flatten(1)).view_as(g) for name, g in grads.items()}
+        return {name: keep(_rows(g)).view_as(g) for name, g in grads.items()}
     names = list(grads)
     sizes = [grads[n][0].numel() for n in names]
-    kept = keep(torch.cat([grads[n].flatten(1) for n in names], dim=1)).split(sizes, dim=1)
+    kept = keep(torch.cat([_rows(grads[n]) for n in names], dim=1)).split(sizes, dim=1)
     return {n: part.view_as(grads[n]) for n, part in zip(names, kept)}
 
 
@@ -156,10 +161,40 @@ def secure_aggregation(grads: Grads, clients: int, seed: int = 0, mask_scale: fl
             for n, g in grads.items():
                 masked[n][v] = g[v].double().cpu() + masks[c][n]
     for n, g in grads.items():
-        sums = masked[n].view(V // clients, clients, *g.shape[1:]).sum(dim=1)
-        aggregate[n] = (sums / clients).to(g.dtype)
+        aggregate[n] = masked[n].view(V // clients, clients, *g.shape[1:]).sum(dim=1) / clients
+    _check_cancellation(grads, aggregate, clients, mask_scale)
+    for n, g in grads.items():
+        aggregate[n] = aggregate[n].to(g.dtype)
         masked[n] = masked[n].to(g.dtype)
     return masked, aggregate
+
+
+#: float32's rounding unit (2^-23): the masks must cancel to within it, relative to the signal
+FLOAT32_EPS, FLOAT64_EPS = torch.finfo(torch.float32).eps, torch.finfo(torch.float64).eps
+
+
+def _check_cancellation(grads: Grads, aggregate: Grads, clients: int, mask_scale: float) -> None:
+    """Refuse a ``mask_scale`` whose masks do not cancel in the (float64) sum to within float32
+    rounding of the signal: the largest error of every group's aggregate against the true mean of its
+    updates must stay under ``2^-23 x`` the RMS of that mean. The largest usable scale is the one at
+    which float64's rounding of masks of that size (``(clients - 1) x mask_scale x 2^-52``, twice over
+    for the margin) reaches that bound."""
+    G = next(iter(aggregate.values())).shape[0]
+    true = {n: g.double().view(G, clients, *g.shape[1:]).mean(1) for n, g in grads.items()}
+    err = torch.stack([_rows(aggregate[n] - t).abs().max(1).values for n, t in true.items()]).max(0).values
+    entries = sum(t[0].numel() for t in true.values())
+    rms = torch.sqrt(sum(_rows(t).pow(2).sum(1) for t in true.values()) / entries)
+    bad = (~(err <= FLOAT32_EPS * rms)).nonzero().flatten().tolist()  # NaN (masks that overflow) is bad too
+    if not bad:
+        return
+    group, e, r = bad[0], float(err[bad[0]]), float(rms[bad[0]])
+    estimate = FLOAT32_EPS * r / (2 * (clients - 1) * FLOAT64_EPS)
+    unit = 10.0 ** math.floor(math.log10(estimate)) if estimate > 0 else 0.0
+    usable = f"about {math.floor(estimate / unit) * unit:.0e}" if estimate > 0 else "0 (the aggregate is zero)"
+    raise ValueError(
+        f"secure aggregation mask_scale {mask_scale:g} is too large: the masks leave an error of {e:.3g} in the "
+        f"aggregate of clients {group * clients}-{(group + 1) * clients - 1}, above float32 rounding of its signal "
+        f"(RMS {r:.3g} x 2^-23 = {FLOAT32_EPS * r:.3g}); the largest usable mask_scale for these updates is {usable}")
 
 
 def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
@@ -181,6 +216,13 @@ class Defense(pl.Callback):
     """A client-side transformation of the shared gradients, applied once in ``setup``."""
 
     name = "defense"
+
+    def __new__(cls, *args, **kwargs):
+        if cls.apply is Defense.apply and cls.transform is Defense.transform:
+            concrete = ", ".join(c.__name__ for c in Defense.__subclasses__())
+            raise TypeError(f"{cls.__module__}.{cls.__qualname__} is an abstract defense and cannot be used itself "
+                            f"(it defines no apply): use one of {concrete}, or a subclass that defines apply")
+        return super().__new__(cls)
 
     def transform(self, observation: Observation, secret: Optional[Secret]) -> tuple[Observation, Optional[Secret]]:
         return replace(observation, gradients=self.apply(observation.gradients, observation.update_keys)), secret

@@ -9,6 +9,11 @@ from torch import Tensor
 DISTANCES = ("l2", "cosine")
 
 
+def _per_problem(t: Tensor) -> Tensor:
+    """The sum of each problem's entries: ``[P, ...] -> [P]`` (``[P]`` itself for a scalar parameter)."""
+    return t.reshape(t.shape[0], -1).sum(1)
+
+
 def gradient_distance(dummy: Sequence[Tensor], observed: Sequence[Tensor], kind: str = "l2") -> Tensor:
     """Distance between per-problem gradients, one value per problem.
 
@@ -19,11 +24,11 @@ def gradient_distance(dummy: Sequence[Tensor], observed: Sequence[Tensor], kind:
       (Inverting Gradients, Geiping et al. 2020).
     """
     if kind == "l2":
-        return sum(((g - o) ** 2).flatten(1).sum(1) for g, o in zip(dummy, observed))
+        return sum(_per_problem((g - o) ** 2) for g, o in zip(dummy, observed))
     if kind == "cosine":
-        dot = sum((g * o).flatten(1).sum(1) for g, o in zip(dummy, observed))
-        gn = sum((g * g).flatten(1).sum(1) for g in dummy)
-        on = sum((o * o).flatten(1).sum(1) for o in observed)
+        dot = sum(_per_problem(g * o) for g, o in zip(dummy, observed))
+        gn = sum(_per_problem(g * g) for g in dummy)
+        on = sum(_per_problem(o * o) for o in observed)
         return 1 - dot / (gn.sqrt() * on.sqrt()).clamp_min(1e-12)
     raise ValueError(f"unknown distance {kind!r}; choose one of {', '.join(DISTANCES)}")
 

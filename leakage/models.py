@@ -10,6 +10,8 @@ from typing import Mapping, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .files import read_tensors
+
 MODELS = ("lenet", "simple_cnn", "mlp", "resnet18", "resnet18_imagenet")
 
 
@@ -187,18 +189,7 @@ def build_model(
 
 def _read_state(path: Path) -> Mapping[str, Tensor]:
     """The tensors of a weights file, never unpickled: safetensors, or ``torch.load(weights_only=True)``."""
-    if path.is_dir():
-        raise ValueError(f"model weights file {path} is a directory, not a file")
-    if not path.is_file():
-        raise FileNotFoundError(f"model weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupted, truncated or hostile (non-tensor pickle) files
-        raise ValueError(f"cannot read model weights file {path} without unpickling code: {_first_line(err)}") from None
+    state = read_tensors(path, "model weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a Lightning checkpoint
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

@@ -269,3 +269,61 @@ def test_the_cli_takes_huge_finite_noise(tmp_path):
                            "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
     (noise,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, GaussianNoise)]
     assert noise.sigma == 1e30
+
+
+def _error_and_size(grads, aggregate, clients):
+    """Largest error of the aggregates against the true group means, and the largest true entry."""
+    true = {k: g.double().view(-1, clients, *g.shape[1:]).mean(1) for k, g in grads.items()}
+    err = max(float((aggregate[k].double() - t).abs().max()) for k, t in true.items())
+    return err, float(_flat(true).abs().max())
+
+
+def test_secure_aggregation_refuses_masks_too_large_to_cancel_in_float32(grads):
+    """mask_scale 1e20 gave an aggregate error of about the signal itself, silently; the scale the
+    refusal names works, and so does the default."""
+    import re
+
+    with pytest.raises(ValueError) as exc:
+        secure_aggregation(grads, clients=2, mask_scale=1e20)
+    msg = str(exc.value)
+    assert msg.startswith("secure aggregation mask_scale 1e+20 is too large: the masks leave an error of ")
+    usable = float(re.search(r"the largest usable mask_scale for these updates is about (\S+)$", msg).group(1))
+    assert 1e6 <= usable <= 1e9
+    eps = torch.finfo(torch.float32).eps
+    for scale in (usable, 100.0):
+        _, aggregate = secure_aggregation(grads, clients=2, mask_scale=scale)
+        err, size = _error_and_size(grads, aggregate, 2)
+        assert err <= eps * size, (scale, err, size)  # the masks cancelled: float32 rounding of the result only
+    with pytest.raises(ValueError, match="is too large"):
+        secure_aggregation(grads, clients=2, mask_scale=usable * 100)
+
+
+def test_secure_aggregation_mask_check_in_a_fit_is_one_clear_line(tmp_path, capsys):
+    from leakage.cli import main
+
+    cfg = tmp_path / "sa.yaml"
+    cfg.write_text("trainer:\n  callbacks:\n    - class_path: leakage.defenses.SecureAggregation\n"
+                   "      init_args: {clients: 2, mask_scale: 1.0e+20}\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS / "cifar_fast.yaml"), "--config", str(cfg), "--data.num_victims", "2",
+              "--trainer.max_steps", "1", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    assert exc.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("leakage: error: secure aggregation mask_scale 1e+20 is too large")
+
+
+def test_the_abstract_defense_is_refused_at_construction(tmp_path, capsys):
+    from leakage.cli import main
+    from leakage.defenses import Defense
+
+    with pytest.raises(TypeError, match="leakage.defenses.Defense is an abstract defense and cannot be used itself"):
+        Defense()
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS / "cifar_fast.yaml"), "--trainer.callbacks+=leakage.defenses.Defense",
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    assert exc.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == ["leakage: error: leakage.defenses.Defense is an abstract defense and cannot be used itself (it "
+                   "defines no apply): use one of GaussianNoise, NormClip, DPGaussian, TopK, SecureAggregation, or a "
+                   "subclass that defines apply"]
+    assert run_dirs(tmp_path / "logs") == []

@@ -55,7 +55,7 @@ def test_a_captured_update_scaled_by_1e30_fails_without_crashing(capsys, tmp_pat
     grads = {k: v * 1e30 for k, v in client_gradients(model, secret.images, secret.labels).items()}
     path = tmp_path / "huge.safetensors"
     save_gradients(grads, path)
-    out = _fit_ok(capsys, cli_args(tmp_path / "logs", *FAST, "--data.source", "gradients",
+    out = _fit_ok(capsys, cli_args(tmp_path / "logs", *FAST, "--data.source", "gradients", "--data.num_victims", "1",
                                    "--data.gradient_file", str(path)))
     (run,) = run_dirs(tmp_path / "logs")
     assert [r["status"] for r in _rows(run)] == ["failed"]

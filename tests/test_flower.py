@@ -87,6 +87,7 @@ def _fit(args):
 def _attack_args(tmp_path, capture, *extra):
     return cli_args(tmp_path / "logs", "--config", str(REPO / "configs" / "mnist_dlg.yaml"),
                     "--data.source", "gradients", "--data.gradient_file", str(capture), "--data.dataset", "mnist",
+                    "--data.num_victims", "1",  # the preset's 20 images: a capture holds one update
                     "--data.protocol", "fedavg", "--data.local_steps", "3", "--data.local_lr", "0.1",
                     "--data.local_batch_size", "1", "--data.shuffle_seed", "7", "--model.labels", "idlg", *extra)
 
