@@ -11,7 +11,6 @@ gradients computed before the logger creates the run's folder.
 
 from __future__ import annotations
 
-import math
 import sys
 from argparse import ArgumentError
 from pathlib import Path
@@ -23,11 +22,13 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer import Trainer
 
+from . import checks
 from .callbacks import LeakageReport, fresh_run_dir
 from .distributed import DDP_NAMES, ShardedDDPStrategy, launched_as_rank_zero
 from .errors import one_line, parser_error_line
 from .loggers import CLASS_PATH as LOGGER_CLASS_PATH
 from .loggers import LIGHTNING_CLASS_PATHS
+from .precision import check_precision
 
 TRAINER_DEFAULTS = {
     "max_steps": 300,
@@ -88,16 +89,25 @@ def check_config_file(value: str) -> None:
         )
 
 
-def _floats(value: Any, key: str) -> Iterator[tuple[str, float]]:
-    """Every float in a parsed config, with its dotted key (list items as ``key[i]``)."""
-    if isinstance(value, float):
+def _numbers(value: Any, key: str) -> Iterator[tuple[str, float | int]]:
+    """Every number in a parsed config, with its dotted key (list items as ``key[i]``)."""
+    if isinstance(value, (float, int)) and not isinstance(value, bool):
         yield key, value
     elif isinstance(value, dict) or hasattr(value, "items"):
         for k, v in value.items():
-            yield from _floats(v, f"{key}.{k}" if key else str(k))
+            yield from _numbers(v, f"{key}.{k}" if key else str(k))
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            yield from _floats(v, f"{key}[{i}]")
+            yield from _numbers(v, f"{key}[{i}]")
+
+
+def check_numbers(config: Any) -> None:
+    """Every float setting must be finite in float32 (the attack's tensors are), every seed an int64."""
+    for key, value in _numbers(config, ""):
+        if isinstance(value, float):
+            checks.float32_number(key, value)
+        elif checks.is_seed_key(key):
+            checks.seed(key, value)
 
 
 def _trainer_error(err: Exception, config: dict) -> ValueError:
@@ -164,10 +174,9 @@ class LeakageCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
-        for key, value in _floats(config, ""):
-            if not math.isfinite(value):
-                raise ValueError(f"{key} must be a finite number, got {value}")
+        check_numbers(config)
         trainer = config.get("trainer") or {}
+        check_precision(trainer.get("precision"))
         steps = trainer.get("max_steps")
         if steps is None or steps < 1:
             raise ValueError(
