@@ -16,6 +16,7 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
@@ -227,6 +228,9 @@ class LeakageCLI(LightningCLI):
             raise _trainer_error(err, self._get(self.config, "trainer", default={})) from None
 
     def before_fit(self) -> None:
+        if launched_as_rank_zero():
+            print(f"torch threads: {torch.get_num_threads()} per process (OMP_NUM_THREADS=N or torch.set_num_threads "
+                  "changes it; on a shared machine use 1 per process)", flush=True)
         # read the victims and compute their gradients now, before the logger creates the run's
         # folder: a bad image, a failed download or a bad gradient file leaves nothing behind
         # (the data module's setup then finds the observation ready)
