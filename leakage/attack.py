@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from . import checks
+from . import checks, memory
 from .client import batchnorm_layers, client_view, per_problem_gradients
 from .data import Observation
 from .distributed import all_done, check_strategy, victim_shard
@@ -215,6 +215,8 @@ class GradientInversion(pl.LightningModule):
 
         ``victims`` (the positions of the observation's updates among ``total_victims``) is set when
         the observation is one process's shard; by default it is all of them."""
+        memory.check_attack(self, observation.num_victims, observation.batch_size,
+                            observation.client.local_steps if observation.client is not None else 1, self._trainer)
         with full_precision():
             self._attach(observation)
         V = observation.num_victims

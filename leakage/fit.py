@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer import Trainer
 
-from . import checks
+from . import checks, memory
 from .callbacks import LeakageReport, fresh_run_dir
 from .distributed import DDP_NAMES, ShardedDDPStrategy, launched_as_rank_zero
 from .errors import one_line, parser_error_line
@@ -227,6 +227,18 @@ class LeakageCLI(LightningCLI):
             # configured it wrong"; ImportError: the accelerator's package is not installed)
             raise _trainer_error(err, self._get(self.config, "trainer", default={})) from None
 
+    def _check_memory(self, victims: int | None = None) -> None:
+        """Refuse an attack that needs more memory than this machine (or GPU) has free."""
+        dm = self.datamodule
+        if victims is None:
+            if getattr(dm, "source", None) == "gradients":
+                return  # the file says how many updates it holds
+            victims = len(dm.indices) // dm.batch_size if dm.indices is not None else dm.num_victims
+        client = getattr(dm, "client", None)
+        shard = -(-victims // max(self.trainer.world_size, 1))  # each process attacks at most this many
+        memory.check_attack(self.model, shard, dm.batch_size, client.local_steps if client is not None else 1,
+                            self.trainer)
+
     def before_fit(self) -> None:
         if launched_as_rank_zero():
             print(f"torch threads: {torch.get_num_threads()} per process (OMP_NUM_THREADS=N or torch.set_num_threads "
@@ -237,7 +249,9 @@ class LeakageCLI(LightningCLI):
         if self.datamodule is not None and getattr(self.datamodule, "observation", None) is None:
             target = getattr(self.model, "target", None)
             if target is not None and hasattr(self.datamodule, "prepare"):
-                self.datamodule.prepare(target)
+                self._check_memory()  # before the victims are read and the problems allocated
+                observation = self.datamodule.prepare(target)
+                self._check_memory(observation.num_victims)  # a gradient file says how many it holds
         if not self.trainer.loggers:  # the report's artifacts go beside config.yaml, in the fresh folder
             for cb in self.trainer.callbacks:
                 if isinstance(cb, LeakageReport) and cb.run_dir is None:
