@@ -25,6 +25,7 @@ from lightning.pytorch.trainer import Trainer
 
 from . import checks, memory
 from .callbacks import LeakageReport, fresh_run_dir
+from .classpaths import check_trainer_class_paths
 from .distributed import DDP_NAMES, ShardedDDPStrategy, launched_as_rank_zero
 from .errors import one_line, parser_error_line
 from .loggers import CLASS_PATH as LOGGER_CLASS_PATH
@@ -164,8 +165,11 @@ class LeakageCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         if isinstance(args, (list, tuple)) or args is None:
-            for value in _config_paths(list(sys.argv[1:] if args is None else args)):
+            argv = list(sys.argv[1:] if args is None else args)
+            for value in _config_paths(argv):
                 check_config_file(value)
+            # before the parser imports any class path: the trainer section names no user module
+            check_trainer_class_paths(argv, _config_paths(argv))
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:

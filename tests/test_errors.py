@@ -528,3 +528,62 @@ def test_model_weights_download_that_fails(capsys, tmp_path, monkeypatch):
     assert line == ("leakage: error: cannot build torchvision.models.resnet18: downloading its weights failed "
                     "([Errno -2] Name or service not known); without internet, leave the weights setting out and "
                     "give the weights as a file with --model.model_weights PATH (.pth, .ckpt or .safetensors)")
+
+
+# ------------------------------------------------------------- what a config may import (issue 22)
+_MARKER_MODULE = '''
+from pathlib import Path
+Path(__file__).with_name("MARKER").write_text("imported")
+from lightning.pytorch.callbacks import Callback
+class Marker(Callback):
+    pass
+class NotACallback:
+    pass
+'''
+
+
+@pytest.mark.parametrize(
+    "form, key",
+    [
+        ("config", "trainer.callbacks[0].class_path"),
+        ("sub-config", "trainer.callbacks.class_path"),
+        ("callbacks", "trainer.callbacks"),
+        ("callbacks list", "trainer.callbacks[0]"),
+        ("logger", "trainer.logger"),
+        ("strategy", "trainer.strategy"),
+    ],
+)
+def test_trainer_class_path_of_a_user_module_is_refused_before_import(capsys, tmp_path, monkeypatch, form, key):
+    module = f"usermarker_{abs(hash(form))}"  # a fresh name: never imported before in this process
+    (tmp_path / f"{module}.py").write_text(_MARKER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "fit.yaml"
+    config.write_text(f"trainer:\n  callbacks:\n    - class_path: {module}.NotACallback\n")
+    sub = tmp_path / "callback.yaml"
+    sub.write_text(f"class_path: {module}.Marker\n")
+    args = {
+        "config": ["--config", str(config)],
+        "sub-config": [f"--trainer.callbacks+={sub}"],
+        "callbacks": ["--trainer.callbacks", f"{module}.Marker"],
+        "callbacks list": ["--trainer.callbacks", f"[{module}.Marker]"],
+        "logger": [f"--trainer.logger={module}.Marker"],
+        "strategy": ["--trainer.strategy", f"{module}.Marker"],
+    }[form]
+    line = _err(capsys, tmp_path, *_MLP, *args)
+    assert line.startswith(f"leakage: error: {key}: '{module}.")
+    assert "is not a class of the package, Lightning or torch: trainer class paths (callbacks, logger, strategy, " \
+           "...) must be under leakage., lightning., pytorch_lightning., torch. (only --model.model imports user code" \
+           in line
+    assert not (tmp_path / "MARKER").exists()  # its import-time code never ran
+    assert module not in sys.modules
+
+
+def test_trainer_class_paths_of_the_package_and_lightning_still_work(capsys, tmp_path):
+    from conftest import cli_args
+
+    main(cli_args(tmp_path / "logs", *_MLP, "--trainer.callbacks+=leakage.defenses.TopK",
+                  "--trainer.callbacks.keep_ratio", "0.5", "--trainer.callbacks+=EarlyStopping",
+                  "--trainer.callbacks.monitor", "attack/loss", "--trainer.callbacks.check_on_train_epoch_end", "true",
+                  "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+                  "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")))
+    assert "run folder:" in capsys.readouterr().out
