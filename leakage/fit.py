@@ -4,8 +4,11 @@ Both doors use it: the ``leakage`` console script (:mod:`leakage.cli`) and the s
 (:mod:`leakage.sweep`).
 
 Bad settings fail before the run starts (no run folder is created): the config files are read
-first, every float setting must be finite, the step budget must be set, the Trainer's own refusals
-(an accelerator this machine lacks, ...) become one-line errors, and the victims are read and their
+first and the trainer section's class paths checked before any is imported
+(:mod:`leakage.classpaths`), every float setting must be finite in float32 and every seed in
+[0, 2**63), the precision must be full (32 or 64), the step budget must be set, the Trainer's own
+refusals (an accelerator this machine lacks, ...) become one-line errors, the attack's memory is
+estimated (:mod:`leakage.memory`) before the victims are read, and the victims are read and their
 gradients computed before the logger creates the run's folder.
 """
 
