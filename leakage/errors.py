@@ -19,8 +19,10 @@ OWN_PHRASES = re.compile(r"must be|must hold|unknown |needs |need |not found|doe
 
 
 def one_line(err: BaseException) -> str:
-    """The one line that says why ``err`` happened: the message itself when it has one line, else
-    the last of its lines that is one of the package's own reasons, else its first line."""
+    """The one line that says why ``err`` happened: the message itself when it has one line; for
+    jsonargparse's "Does not validate against any of the Union subtypes", the reason of the type
+    that was meant (a logger's missing package, a failed weights download, ...); else the last of
+    its lines that is one of the package's own reasons, else its first line."""
     lines = [ln.strip().lstrip("- ").strip() for ln in str(err).splitlines() if ln.strip()]
     if len(lines) <= 1:
         return lines[0] if lines else type(err).__name__
