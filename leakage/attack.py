@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from . import checks, memory
 from .client import batchnorm_layers, client_view, per_problem_gradients
 from .data import Observation
 from .distributed import all_done, check_strategy, victim_shard
@@ -25,7 +26,7 @@ from .labels import idlg_labels, last_linear, restore_batch_labels
 from .losses import DISTANCES, gradient_distance, total_variation
 from .models import build_model, model_name
 from .optim import BatchedLBFGS, SignedAdam
-from .precision import full_precision
+from .precision import check_precision, full_precision
 from .seeding import generator
 
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
@@ -159,6 +160,15 @@ class GradientInversion(pl.LightningModule):
             raise ValueError("group consistency (group_weight > 0) needs restarts >= 2: it pulls a victim's restarts together")
         if lbfgs_tolerance_grad < 0 or lbfgs_tolerance_change < 0:
             raise ValueError("lbfgs_tolerance_grad and lbfgs_tolerance_change must be >= 0")
+        for name, value in (("lr", lr), ("tv_weight", tv_weight), ("bn_weight", bn_weight),
+                            ("group_weight", group_weight), ("lbfgs_tolerance_grad", lbfgs_tolerance_grad),
+                            ("lbfgs_tolerance_change", lbfgs_tolerance_change)):
+            checks.float32_number(name, value)
+        for name, value in (("lbfgs_max_iter", lbfgs_max_iter), ("lbfgs_history_size", lbfgs_history_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        checks.seed("model_seed", model_seed)
+        checks.seed("init_seed", init_seed)
         if lr <= 0 or tv_weight < 0 or bn_weight < 0:
             raise ValueError(f"lr must be > 0 and tv_weight, bn_weight >= 0, got lr={lr}, tv_weight={tv_weight}, "
                              f"bn_weight={bn_weight}")
@@ -194,6 +204,7 @@ class GradientInversion(pl.LightningModule):
             # process's shard is taken from the defended updates of all victims (secure aggregation
             # groups consecutive victims before any sharding)
             check_strategy(self.trainer.strategy)
+            check_precision(self.trainer.precision)
             observation = self.trainer.datamodule.observation
             if observation is None:
                 raise RuntimeError("no observation: the data module has not been set up")
@@ -206,6 +217,8 @@ class GradientInversion(pl.LightningModule):
 
         ``victims`` (the positions of the observation's updates among ``total_victims``) is set when
         the observation is one process's shard; by default it is all of them."""
+        memory.check_attack(self, observation.num_victims, observation.batch_size,
+                            observation.client.local_steps if observation.client is not None else 1, self._trainer)
         with full_precision():
             self._attach(observation)
         V = observation.num_victims

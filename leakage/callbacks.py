@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from . import htmlreport
+from . import checks, htmlreport
 from .dashboard import (OUTCOMES, SETTINGS, figure_png, final_scalars, gallery_png, history_figure, log10,
                         overview_layout, png_array, summary_markdown, write_hparams)
 from .distributed import gather, world_size
@@ -208,6 +208,7 @@ class LeakageReport(pl.Callback):
     ) -> None:
         if log_every_n_steps < 1 or image_every_n_steps < 0:
             raise ValueError("log_every_n_steps must be >= 1 and image_every_n_steps >= 0")
+        checks.unit_interval("success_ssim", success_ssim)
         self.success_ssim = success_ssim
         self.log_every_n_steps = log_every_n_steps
         self.image_every_n_steps = image_every_n_steps

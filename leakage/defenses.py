@@ -127,7 +127,8 @@ def pairwise_masks(clients: int, shapes: dict[str, torch.Size], seed: int, scale
     total = [{n: torch.zeros(s, dtype=torch.float64) for n, s in shapes.items()} for _ in range(clients)]
     for i in range(clients):
         for j in range(i + 1, clients):
-            gen = torch.Generator().manual_seed((seed * 1_000_003 + i) * 1_000_003 + j)
+            # modulo 2**64, as torch reads a seed: the same generator as before for every seed, no overflow
+            gen = torch.Generator().manual_seed(((seed * 1_000_003 + i) * 1_000_003 + j) % 2**64)
             for n, s in shapes.items():
                 m = (torch.rand(s, generator=gen, dtype=torch.float64) * 2 - 1) * scale
                 total[i][n] += m

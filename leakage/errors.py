@@ -19,11 +19,15 @@ OWN_PHRASES = re.compile(r"must be|must hold|unknown |needs |need |not found|doe
 
 
 def one_line(err: BaseException) -> str:
-    """The one line that says why ``err`` happened: the message itself when it has one line, else
-    the last of its lines that is one of the package's own reasons, else its first line."""
+    """The one line that says why ``err`` happened: the message itself when it has one line; for
+    jsonargparse's "Does not validate against any of the Union subtypes", the reason of the type
+    that was meant (a logger's missing package, a failed weights download, ...); else the last of
+    its lines that is one of the package's own reasons, else its first line."""
     lines = [ln.strip().lstrip("- ").strip() for ln in str(err).splitlines() if ln.strip()]
     if len(lines) <= 1:
         return lines[0] if lines else type(err).__name__
+    if _UNION.match(lines[0]):  # jsonargparse could build none of a setting's types: the one that was meant
+        return _reason([ln.rstrip() for ln in str(err).splitlines() if ln.strip()])
     own = [ln for ln in lines[1:] if OWN_PHRASES.search(ln)]
     return own[-1] if own else lines[0]
 
@@ -52,6 +56,11 @@ _KEY_NOT_ACCEPTED = re.compile(r"does not accept (?:option|nested key) '([^']+)'
 _REQUIRED = re.compile(r"^the following arguments are required: (.*)$")
 _FILE = re.compile(r"^(File does not exist|Path is not a file): '(.*)'$")
 _LINKED = re.compile(r"^argument ([\w.]+) --> ([\w.]+):")
+_UNION = re.compile(r"^Does not validate against any of the Union subtypes")
+#: Lightning's message for a logger whose package is missing: "Requirement 'wandb>=0.12.10' not met. HINT: ..."
+_REQUIREMENT = re.compile(r"^Requirement '([A-Za-z0-9_.\-]+)[^']*' not met")
+_URL_ERROR = re.compile(r"^<urlopen error (.*)>$")
+_GIVEN_CLASS = re.compile(r"class_path='([^']+)'")
 _YAML_MARK = re.compile(r'in "<unicode string>", line (\d+), column (\d+)')
 #: jsonargparse's explanation around the reason: which subtypes it tried, what it was given
 _NOISE = re.compile(
@@ -94,6 +103,9 @@ def _reason(lines: list[str]) -> str:
             inner = _reason([m.group(2)] if m.group(2) else nested)
             if inner.startswith("No module named") or inner.startswith("module ") or "has no attribute" in inner:
                 return f"cannot import {m.group(1)!r}: {inner}"
+            req = _REQUIREMENT.match(inner)
+            if req:
+                return f"{m.group(1)} needs the package {req.group(1)}, which is not installed (pip install {req.group(1)})"
             return f"{m.group(1)}: {inner}"
         m = _NOT_SUBCLASS.search(text)
         if m:
@@ -101,6 +113,12 @@ def _reason(lines: list[str]) -> str:
     for text, nested in walk:
         if _NOISE.match(text) or _GIVEN.match(text):
             continue
+        m = _URL_ERROR.match(text)
+        if m:  # building the model downloaded its weights (torchvision's weights=...), without internet
+            built = _GIVEN_CLASS.search(given or "")
+            return (f"cannot build {built.group(1) if built else 'the model'}: downloading its weights failed "
+                    f"({m.group(1)}); without internet, leave the weights setting out and give the weights as a "
+                    "file with --model.model_weights PATH (.pth, .ckpt or .safetensors)")
         m = _KEY.match(text)
         if m:
             return f"{m.group(1)}: {_reason([m.group(2)] if m.group(2) else nested)}"

@@ -4,21 +4,24 @@ Both doors use it: the ``leakage`` console script (:mod:`leakage.cli`) and the s
 (:mod:`leakage.sweep`).
 
 Bad settings fail before the run starts (no run folder is created): the config files are read
-first, every float setting must be finite, the step budget must be set (and not emptied by
+first and the trainer section's class paths checked before any is imported
+(:mod:`leakage.classpaths`), every float setting must be finite in float32 and every seed in
+[0, 2**63), the precision must be full (32 or 64), the step budget must be set (and not emptied by
 ``max_epochs`` or ``limit_train_batches`` 0), the run folder must be writable, an ``EarlyStopping``
-must monitor what the attack logs, the Trainer's own refusals
-(an accelerator this machine lacks, ...) become one-line errors, and the victims are read and their
+must monitor what the attack logs, the Trainer's own refusals (an accelerator this machine lacks,
+...) become one-line errors, the attack's memory is estimated (:mod:`leakage.memory`) before the
+victims are read, and the victims are read and their
 gradients computed before the logger creates the run's folder.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -26,12 +29,15 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer import Trainer
 
+from . import checks, memory
 from .attack import LOGGED_METRICS
 from .callbacks import LeakageReport, fresh_run_dir
+from .classpaths import check_trainer_class_paths
 from .distributed import DDP_NAMES, ShardedDDPStrategy, launched_as_rank_zero
 from .errors import one_line, parser_error_line
 from .loggers import CLASS_PATH as LOGGER_CLASS_PATH
 from .loggers import LIGHTNING_CLASS_PATHS
+from .precision import check_precision
 from .runfiles import check_writable
 
 TRAINER_DEFAULTS = {
@@ -93,16 +99,25 @@ def check_config_file(value: str) -> None:
         )
 
 
-def _floats(value: Any, key: str) -> Iterator[tuple[str, float]]:
-    """Every float in a parsed config, with its dotted key (list items as ``key[i]``)."""
-    if isinstance(value, float):
+def _numbers(value: Any, key: str) -> Iterator[tuple[str, float | int]]:
+    """Every number in a parsed config, with its dotted key (list items as ``key[i]``)."""
+    if isinstance(value, (float, int)) and not isinstance(value, bool):
         yield key, value
     elif isinstance(value, dict) or hasattr(value, "items"):
         for k, v in value.items():
-            yield from _floats(v, f"{key}.{k}" if key else str(k))
+            yield from _numbers(v, f"{key}.{k}" if key else str(k))
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            yield from _floats(v, f"{key}[{i}]")
+            yield from _numbers(v, f"{key}[{i}]")
+
+
+def check_numbers(config: Any) -> None:
+    """Every float setting must be finite in float32 (the attack's tensors are), every seed an int64."""
+    for key, value in _numbers(config, ""):
+        if isinstance(value, float):
+            checks.float32_number(key, value)
+        elif checks.is_seed_key(key):
+            checks.seed(key, value)
 
 
 def _trainer_error(err: Exception, config: dict) -> ValueError:
@@ -178,8 +193,11 @@ class LeakageCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         if isinstance(args, (list, tuple)) or args is None:
-            for value in _config_paths(list(sys.argv[1:] if args is None else args)):
+            argv = list(sys.argv[1:] if args is None else args)
+            for value in _config_paths(argv):
                 check_config_file(value)
+            # before the parser imports any class path: the trainer section names no user module
+            check_trainer_class_paths(argv, _config_paths(argv))
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
@@ -189,10 +207,9 @@ class LeakageCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
-        for key, value in _floats(config, ""):
-            if not math.isfinite(value):
-                raise ValueError(f"{key} must be a finite number, got {value}")
+        check_numbers(config)
         trainer = config.get("trainer") or {}
+        check_precision(trainer.get("precision"))
         steps = trainer.get("max_steps")
         if steps is None or steps < 1:
             raise ValueError(
@@ -243,14 +260,31 @@ class LeakageCLI(LightningCLI):
             # configured it wrong"; ImportError: the accelerator's package is not installed)
             raise _trainer_error(err, self._get(self.config, "trainer", default={})) from None
 
+    def _check_memory(self, victims: int | None = None) -> None:
+        """Refuse an attack that needs more memory than this machine (or GPU) has free."""
+        dm = self.datamodule
+        if victims is None:
+            if getattr(dm, "source", None) == "gradients":
+                return  # the file says how many updates it holds
+            victims = len(dm.indices) // dm.batch_size if dm.indices is not None else dm.num_victims
+        client = getattr(dm, "client", None)
+        shard = -(-victims // max(self.trainer.world_size, 1))  # each process attacks at most this many
+        memory.check_attack(self.model, shard, dm.batch_size, client.local_steps if client is not None else 1,
+                            self.trainer)
+
     def before_fit(self) -> None:
+        if launched_as_rank_zero():
+            print(f"torch threads: {torch.get_num_threads()} per process (OMP_NUM_THREADS=N or torch.set_num_threads "
+                  "changes it; on a shared machine use 1 per process)", flush=True)
         # read the victims and compute their gradients now, before the logger creates the run's
         # folder: a bad image, a failed download or a bad gradient file leaves nothing behind
         # (the data module's setup then finds the observation ready)
         if self.datamodule is not None and getattr(self.datamodule, "observation", None) is None:
             target = getattr(self.model, "target", None)
             if target is not None and hasattr(self.datamodule, "prepare"):
-                self.datamodule.prepare(target)
+                self._check_memory()  # before the victims are read and the problems allocated
+                observation = self.datamodule.prepare(target)
+                self._check_memory(observation.num_victims)  # a gradient file says how many it holds
         for cb in self.trainer.callbacks:  # Lightning would say so only after the attack, in a traceback
             monitor = getattr(cb, "monitor", None) if isinstance(cb, (EarlyStopping, ModelCheckpoint)) else None
             if monitor is not None and monitor not in LOGGED_METRICS:

@@ -101,3 +101,22 @@ def full_precision() -> Iterator[None]:
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved_legacy[:2]
         torch.set_float32_matmul_precision(saved_legacy[2])
+
+
+#: ``--trainer.precision`` values the attack runs under: full float32 (the default) or float64
+FULL_PRECISIONS = ("32", "32-true", "64", "64-true")
+
+
+def check_precision(precision: object) -> None:
+    """Refuse a Lightning precision other than full float32 or float64 (mixed, half, bf16, fp8).
+
+    Lightning's autocast and half-precision plugins are outside :func:`full_precision`: under them
+    the matching objective runs in reduced precision and the attack fails silently (or, for
+    ``bf16-true``, in a kernel that has no bfloat16 version)."""
+    if precision is None or str(precision) in FULL_PRECISIONS:
+        return
+    raise ValueError(
+        f"precision {precision} is not supported: gradient matching needs full float32 (its second-order "
+        "objective amplifies every rounding error, and reduced precision fails silently); use "
+        "--trainer.precision 32 (the default) or 64"
+    )

@@ -83,6 +83,15 @@ def test_cli_run_writes_the_artifacts(cifar_run):
     assert (run / "metrics.txt").read_text().strip() in stdout
 
 
+def test_cli_prints_its_thread_count_first(cifar_run):
+    import torch
+
+    _, stdout, _ = cifar_run
+    first = stdout.splitlines()[:3]
+    assert f"torch threads: {torch.get_num_threads()} per process (OMP_NUM_THREADS=N or torch.set_num_threads " \
+           "changes it; on a shared machine use 1 per process)" in first, first
+
+
 def test_cli_saved_config_holds_the_overrides(cifar_run):
     run, _, save_dir = cifar_run
     cfg = yaml.safe_load((run / "config.yaml").read_text())

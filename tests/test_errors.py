@@ -464,3 +464,126 @@ def test_missing_model_weights(capsys, tmp_path):
     path = tmp_path / "none.pt"
     line = _err(capsys, tmp_path, "--model.model_weights", str(path))
     assert line == f"leakage: error: model weights file not found: {path}"
+
+
+# ------------------------------------------------------------- settings checked before the run (issue 22)
+_MLP = ("--data.dataset", "mnist", "--model.model", "mlp", "--trainer.max_steps", "1")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model.lr", "1e39"], "model.lr must fit in float32 (|model.lr| <= 3.403e+38), got 1e+39"),
+        (["--model.tv_weight=-1e39"], "model.tv_weight must fit in float32 (|model.tv_weight| <= 3.403e+38), got -1e+39"),
+        (["--model.lbfgs_history_size", "0"], "lbfgs_history_size must be >= 1, got 0"),
+        (["--model.lbfgs_max_iter", "0"], "lbfgs_max_iter must be >= 1, got 0"),
+        (["--model.model_seed", "18446744073709551616"],
+         "model.model_seed must be an integer in [0, 2**63), got 18446744073709551616"),
+        (["--model.init_seed", "-1"], "model.init_seed must be an integer in [0, 2**63), got -1"),
+        (["--trainer.callbacks+=leakage.defenses.SecureAggregation", "--trainer.callbacks.clients", "2",
+          "--trainer.callbacks.seed", "18446744073709551616"],
+         "trainer.callbacks[0].init_args.seed must be an integer in [0, 2**63), got 18446744073709551616"),
+        (["--report.success_ssim", "-1"], "success_ssim must be in [0, 1], got -1.0"),
+        (["--report.success_ssim", "2.0"], "success_ssim must be in [0, 1], got 2.0"),
+    ],
+)
+def test_out_of_range_settings_fail_before_the_run(capsys, tmp_path, args, expected):
+    assert _err(capsys, tmp_path, *_MLP, *args) == f"leakage: error: {expected}"
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "bf16-true", "16-true", "16", "bf16"])
+def test_reduced_precision_is_refused(capsys, tmp_path, precision):
+    line = _err(capsys, tmp_path, *_MLP, "--trainer.precision", precision)
+    assert line == (f"leakage: error: precision {precision} is not supported: gradient matching needs full float32 "
+                    "(its second-order objective amplifies every rounding error, and reduced precision fails "
+                    "silently); use --trainer.precision 32 (the default) or 64")
+
+
+def test_secure_aggregation_takes_any_seed_in_range():
+    from leakage.defenses import pairwise_masks
+
+    masks = pairwise_masks(3, {"w": torch.Size([4])}, seed=2**63 - 1, scale=1.0)  # overflowed int64 before
+    assert torch.allclose(sum(m["w"] for m in masks), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+    assert not torch.equal(masks[0]["w"], pairwise_masks(3, {"w": torch.Size([4])}, seed=0, scale=1.0)[0]["w"])
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is not None, reason="wandb is installed here")
+def test_logger_whose_package_is_not_installed(capsys, tmp_path):
+    line = _err(capsys, tmp_path, *_MLP, "--trainer.logger", "WandbLogger")
+    assert line == ("leakage: error: lightning.pytorch.loggers.WandbLogger needs the package wandb, which is not "
+                    "installed (pip install wandb)")
+
+
+def test_model_weights_download_that_fails(capsys, tmp_path, monkeypatch):
+    import torch.hub
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no cached weights
+    monkeypatch.setattr(torch.hub, "urlopen", offline)  # this machine offline, wherever the test runs
+    line = _err(capsys, tmp_path, "--model.model", "torchvision.models.resnet18",
+                "--model.model.weights", "IMAGENET1K_V1", "--trainer.max_steps", "1")
+    assert line == ("leakage: error: cannot build torchvision.models.resnet18: downloading its weights failed "
+                    "([Errno -2] Name or service not known); without internet, leave the weights setting out and "
+                    "give the weights as a file with --model.model_weights PATH (.pth, .ckpt or .safetensors)")
+
+
+# ------------------------------------------------------------- what a config may import (issue 22)
+_MARKER_MODULE = '''
+from pathlib import Path
+Path(__file__).with_name("MARKER").write_text("imported")
+from lightning.pytorch.callbacks import Callback
+class Marker(Callback):
+    pass
+class NotACallback:
+    pass
+'''
+
+
+@pytest.mark.parametrize(
+    "form, key",
+    [
+        ("config", "trainer.callbacks[0].class_path"),
+        ("sub-config", "trainer.callbacks.class_path"),
+        ("callbacks", "trainer.callbacks"),
+        ("callbacks list", "trainer.callbacks[0]"),
+        ("logger", "trainer.logger"),
+        ("strategy", "trainer.strategy"),
+    ],
+)
+def test_trainer_class_path_of_a_user_module_is_refused_before_import(capsys, tmp_path, monkeypatch, form, key):
+    module = f"usermarker_{abs(hash(form))}"  # a fresh name: never imported before in this process
+    (tmp_path / f"{module}.py").write_text(_MARKER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "fit.yaml"
+    config.write_text(f"trainer:\n  callbacks:\n    - class_path: {module}.NotACallback\n")
+    sub = tmp_path / "callback.yaml"
+    sub.write_text(f"class_path: {module}.Marker\n")
+    args = {
+        "config": ["--config", str(config)],
+        "sub-config": [f"--trainer.callbacks+={sub}"],
+        "callbacks": ["--trainer.callbacks", f"{module}.Marker"],
+        "callbacks list": ["--trainer.callbacks", f"[{module}.Marker]"],
+        "logger": [f"--trainer.logger={module}.Marker"],
+        "strategy": ["--trainer.strategy", f"{module}.Marker"],
+    }[form]
+    line = _err(capsys, tmp_path, *_MLP, *args)
+    assert line.startswith(f"leakage: error: {key}: '{module}.")
+    assert "is not a class of the package, Lightning or torch: trainer class paths (callbacks, logger, strategy, " \
+           "...) must be under leakage., lightning., pytorch_lightning., torch. (only --model.model imports user code" \
+           in line
+    assert not (tmp_path / "MARKER").exists()  # its import-time code never ran
+    assert module not in sys.modules
+
+
+def test_trainer_class_paths_of_the_package_and_lightning_still_work(capsys, tmp_path):
+    from conftest import cli_args
+
+    main(cli_args(tmp_path / "logs", *_MLP, "--trainer.callbacks+=leakage.defenses.TopK",
+                  "--trainer.callbacks.keep_ratio", "0.5", "--trainer.callbacks+=EarlyStopping",
+                  "--trainer.callbacks.monitor", "attack/loss", "--trainer.callbacks.check_on_train_epoch_end", "true",
+                  "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+                  "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")))
+    assert "run folder:" in capsys.readouterr().out

@@ -84,3 +84,27 @@ def test_settings_are_restored_when_the_block_raises(user_allows_tf32):
             assert is_full_precision()
             raise RuntimeError("boom")
     assert precision_flags() == user_allows_tf32
+
+
+def _one_mnist_victim(precision, steps, tmp_path):
+    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[3])
+    module = GradientInversion(model="mlp", input_shape=(1, 28, 28), labels="idlg")
+    report = LeakageReport(save_artifacts=False)
+    trainer = pl.Trainer(max_steps=steps, precision=precision, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0, accelerator="cpu", callbacks=[report], default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    return module, report
+
+
+def test_float64_attack_reconstructs(tmp_path):
+    module, report = _one_mnist_victim("64-true", 5, tmp_path)
+    assert module.dummy_data.dtype == torch.float64  # the attack really ran in float64
+    assert report.rows[0]["ssim"] > 0.99
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "bf16-true"])
+def test_python_api_refuses_reduced_precision(tmp_path, precision):
+    # (Lightning runs 16-mixed as bf16-mixed on a CPU)
+    with pytest.raises(ValueError, match="precision b?f?16-(mixed|true) is not supported: gradient matching needs full"):
+        _one_mnist_victim(precision, 1, tmp_path)

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .. import checks
 from .paths import RESOLUTION, check_name, fmt, same_setting, study_cell_id
 
 SWEEP_DEFAULTS = {"output": "logs/defense_sweep", "success_ssim": 0.6, "target_success": 0.1, "refine": 3,
@@ -254,8 +255,7 @@ def check_sweep(sweep: Any, overrides: list[str]) -> tuple[dict, list[dict], lis
     if not isinstance(cfg["output"], str) or not cfg["output"].strip():
         raise ValueError(f"sweep output must be a folder name, got {_short(cfg['output'])}")
     cfg["success_ssim"] = _number(cfg["success_ssim"], "sweep success_ssim")
-    if not 0 <= cfg["success_ssim"] <= 1:
-        raise ValueError(f"sweep success_ssim must be in [0, 1], got {cfg['success_ssim']}")
+    checks.unit_interval("sweep success_ssim", cfg["success_ssim"])
     cfg["target_success"] = _number(cfg["target_success"], "sweep target_success")
     if not 0 <= cfg["target_success"] < 1:
         raise ValueError(f"sweep target_success must be in [0, 1), got {cfg['target_success']}")
