@@ -60,7 +60,6 @@ class ClosedFormAttack(Attack):
 
     # -------------------------------------------------------------- set-up
     def _attach(self, observation: Observation) -> None:
-        self.hparams["restarts"] = 1
         self.observation = observation
         V, B = observation.num_victims, observation.batch_size
         # unsolved until the first step: NaN reconstructions

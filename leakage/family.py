@@ -97,6 +97,7 @@ class Attack(pl.LightningModule):
             self.hparams["model"] = model_name(model)
         else:
             self.save_hyperparameters(frame=frame)
+        self.hparams.setdefault("restarts", 1)  # an attack without restarts (a closed form) has one problem per victim
         self.target = build_model(model, input_shape, num_classes, seed=model_seed, weights=model_weights)
         for p in self.target.parameters():
             p.requires_grad_(False)
