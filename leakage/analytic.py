@@ -110,16 +110,16 @@ class AnalyticInversion(ClosedFormAttack):
 
     def solve(self, observation: Observation) -> tuple[Tensor, Tensor, Tensor]:
         V, B = observation.num_victims, observation.batch_size
-        dW = observation.gradients[f"{self.layer_name}.weight"].double()  # [V, H, D]
-        db = observation.gradients[f"{self.layer_name}.bias"].double()  # [V, H]
+        dW = observation.gradients[f"{self.layer_name}.weight"].to(self.device)  # [V, H, D]
+        db = observation.gradients[f"{self.layer_name}.bias"].to(self.device)  # [V, H]
         size = db.abs()
         weight = torch.where(size >= self.hparams.min_relative_bias * size.amax(dim=1, keepdim=True), db, 0.0)
-        x = (weight[..., None] * dW).sum(dim=1) / (weight * db).sum(dim=1, keepdim=True)  # [V, D]; 0/0: NaN
-        residual = (dW - db[..., None] * x[:, None, :]).flatten(1).norm(dim=1)
-        exact = (residual <= RANK_ONE_TOLERANCE * dW.flatten(1).norm(dim=1)) & (B == 1)
+        x = torch.bmm(weight[:, None, :], dW)[:, 0] / (weight * db).sum(dim=1, keepdim=True)  # [V, D]; 0/0: NaN
+        residual = torch.linalg.vector_norm(torch.baddbmm(dW, db[..., None], x[:, None, :], alpha=-1), dim=(1, 2))
+        exact = (residual <= RANK_ONE_TOLERANCE * torch.linalg.vector_norm(dW, dim=(1, 2))) & (B == 1)
         labels = observed_labels(self.target, observation.gradient_estimate(), B, observation.input_shape,
                                  self.hparams.labels, observation.data_range)
-        x = x.float().view(V, 1, *observation.input_shape).expand(V, B, *observation.input_shape).contiguous()
+        x = x.view(V, 1, *observation.input_shape).expand(V, B, *observation.input_shape).contiguous()
         return x, labels, exact
 
     def describe(self) -> str:
