@@ -4,7 +4,10 @@ The command line is ``leakage fit`` / ``leakage sweep``; from Python, :func:`cli
 :func:`invert` and :func:`report` drive the same engine (:mod:`leakage.api`).
 """
 
+from .analytic import AnalyticInversion
 from .api import InversionResult, Report, bundled_images, client_update, invert, report
+from .attack import GradientInversion
 from .fedavg import FedAvgClient
 
-__all__ = ["client_update", "invert", "report", "bundled_images", "FedAvgClient", "InversionResult", "Report"]
+__all__ = ["client_update", "invert", "report", "bundled_images", "FedAvgClient", "InversionResult", "Report",
+           "GradientInversion", "AnalyticInversion"]

@@ -7,8 +7,9 @@
     result = leakage.invert(model, update, input_shape=(1, 28, 28), num_classes=10, attack="dlg")
     print(leakage.report(result, x, y))                          # SSIM / PSNR / MSE / label accuracy
 
-:func:`invert` builds the same :class:`~leakage.attack.GradientInversion` LightningModule and runs
-it with a Lightning ``Trainer``, as the CLI does; :func:`report` scores it with the same metrics and
+:func:`invert` builds the same attack LightningModule as ``leakage fit`` (an optimisation attack,
+:class:`~leakage.attack.GradientInversion`, or a closed-form one such as
+:class:`~leakage.analytic.AnalyticInversion`) and runs it with a Lightning ``Trainer``, as the CLI does; :func:`report` scores it with the same metrics and
 table. Only :func:`report` reads the victims' data.
 """
 
@@ -26,12 +27,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .attack import GradientInversion
 from .callbacks import format_table, summarize, victim_rows
 from .client import CLIENT_MODES, client_gradients, validate_gradients
 from .data import Observation, _Steps
 from .defenses import Defense, SecureAggregation
 from .errors import LIGHTNING_HINTS
+from .family import Attack, attack_class
 from .fedavg import FedAvgClient, client_updates
 from .metrics import reconstruction_metrics
 from .presets import preset
@@ -97,7 +98,8 @@ class InversionResult:
 
     ``images`` ``[V, B, C, H, W]``, ``labels`` ``[V, B]``; ``matching_loss``, ``grad_l2``,
     ``grad_cosine`` ``[V]`` at the end; ``best_restart`` ``[V]``; ``failed`` ``[V]`` is True where
-    every restart failed numerically (NaN or infinite loss). ``module`` is the attack itself.
+    every restart failed numerically (NaN or infinite loss). ``module`` is the attack itself;
+    ``exact`` ``[V]`` is True where a closed-form attack's result is exact by construction.
     """
 
     images: Tensor
@@ -107,7 +109,8 @@ class InversionResult:
     grad_cosine: Tensor
     best_restart: Tensor
     failed: Tensor
-    module: GradientInversion
+    module: Attack
+    exact: Optional[Tensor] = None
 
     def __repr__(self) -> str:
         V, B = self.labels.shape
@@ -175,15 +178,18 @@ def invert(
             or several (a leading update dimension).
         input_shape, num_classes, batch_size: public metadata: ``[C, H, W]``, the number of classes,
             the images in one update.
-        attack: a preset: ``dlg``, ``idlg``, ``inverting_gradients`` or ``fast`` (:mod:`leakage.presets`).
-        restarts: independent starts per update; the one with the lowest matching loss is kept.
+        attack: a preset: ``dlg``, ``idlg``, ``inverting_gradients``, ``fast`` (optimisation attacks) or
+            ``analytic`` (the closed-form inversion of a fully connected first layer; exact for one
+            image per update) (:mod:`leakage.presets`).
+        restarts: independent starts per update; the one with the lowest matching loss is kept
+            (a closed-form attack has one solution: 1).
         steps: attack iterations (default: the preset's).
         device: ``cpu``, ``cuda``, ``cuda:N``; default the model's device.
         client_mode: how the client ran the model (``train``: BatchNorm batch statistics; ``eval``).
         fedavg: the client's public FedAvg settings when the update is a FedAvg update (several
             local SGD steps); the attack then simulates those steps. None: one gradient (FedSGD).
         data_range: the range of the images' values.
-        seed: seed of the dummies (each problem draws from its own generator).
+        seed: seed of the dummies (each problem draws from its own generator; a closed form draws none).
         progress_bar: show Lightning's progress bar and start-up lines.
         trainer_options: further ``lightning.pytorch.Trainer`` arguments.
         **options: any attack setting of ``leakage fit`` (``--model.*``: ``distance``, ``tv_weight``,
@@ -206,10 +212,14 @@ def invert(
     observation = Observation(grads, batch_size, tuple(input_shape), num_classes, tuple(data_range),
                               client_mode=client_mode, client=fedavg)
     settings = {**chosen.settings, **options}
+    cls = attack_class(chosen.attack)
+    if cls.family == "optimisation":
+        settings.update(restarts=restarts, init_seed=seed)
+    elif restarts != 1:
+        raise ValueError(f"attack {attack!r} solves in closed form, one solution per update: use restarts=1")
     with _quiet_lightning(progress_bar):
         try:
-            module = GradientInversion(model=target, input_shape=tuple(input_shape), num_classes=num_classes,
-                                       restarts=restarts, init_seed=seed, **settings)
+            module = cls(model=target, input_shape=tuple(input_shape), num_classes=num_classes, **settings)
         except TypeError as err:  # an option leakage fit does not have
             raise ValueError(f"unknown attack option: {err}") from None
         module.attach(observation)
@@ -230,6 +240,7 @@ def invert(
         best_restart=(best % restarts).cpu(),
         failed=failed.cpu(),
         module=module,
+        exact=module.exact()[best.cpu()],
     )
 
 

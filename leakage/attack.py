@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Sequence, Union
 
-import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 import torch
 import torch.nn.functional as F
@@ -20,13 +19,13 @@ from torch import Tensor, nn
 from . import checks, memory
 from .client import batchnorm_layers, client_view, per_problem_gradients
 from .data import Observation
-from .distributed import all_done, check_strategy, victim_shard
+from .distributed import all_done
+from .family import Attack
 from .fedavg import per_problem_updates, schedules
-from .labels import idlg_labels, last_linear, restore_batch_labels
+from .labels import observed_labels
 from .losses import DISTANCES, gradient_distance, total_variation
-from .models import build_model, model_name
 from .optim import BatchedLBFGS, SignedAdam
-from .precision import check_precision, full_precision
+from .precision import full_precision
 from .seeding import generator
 
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
@@ -36,7 +35,7 @@ LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin")
 LOGGED_METRICS = ("attack/loss",)
 
 
-class GradientInversion(pl.LightningModule):
+class GradientInversion(Attack):
     """Reconstruct client data from shared gradients (DLG, iDLG, Inverting Gradients).
 
     Args:
@@ -172,70 +171,23 @@ class GradientInversion(pl.LightningModule):
         if lr <= 0 or tv_weight < 0 or bn_weight < 0:
             raise ValueError(f"lr must be > 0 and tv_weight, bn_weight >= 0, got lr={lr}, tv_weight={tv_weight}, "
                              f"bn_weight={bn_weight}")
-        if isinstance(model, nn.Module):  # the module itself is the target below, not a hyperparameter
-            self.save_hyperparameters(ignore=["model"])
-            self.hparams["model"] = model_name(model)
-        else:
-            self.save_hyperparameters()
-        self.target = build_model(model, input_shape, num_classes, seed=model_seed, weights=model_weights)
-        for p in self.target.parameters():
-            p.requires_grad_(False)
+        self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights)
         self._bn_layers = batchnorm_layers(self.target) if bn_weight > 0 else []
         if bn_weight > 0 and not self._bn_layers:
             raise ValueError(f"bn_weight > 0 needs a model with BatchNorm layers that keep running statistics; "
                              f"model {self.hparams.model!r} has none")
         self._client_net: Optional[nn.Module] = None  # the client's forward (train or eval mode), per device
         self.param_names = [n for n, _ in self.target.named_parameters()]
-        self.observation: Optional[Observation] = None
-        #: the victims (positions in the data module's observation) this process attacks, and how many
-        #: there are in all: under ShardedDDPStrategy each rank attacks a contiguous shard of them
-        self.victims: range = range(0)
-        self.total_victims = 0
-        self.problem_losses: Optional[Tensor] = None  # [P], from the last evaluation
         self.consensus: Optional[Tensor] = None  # group consistency targets [P, B, ...]
         self._evaluating: Optional[Tensor] = None  # problems the optimizer asks to evaluate
         self._compiled = None  # the compiled objective, once built; False after a fallback
-        self.register_buffer("failed", torch.zeros(0, dtype=torch.bool), persistent=False)
 
     # -------------------------------------------------------------- set-up
-    def setup(self, stage: str) -> None:
-        if self.observation is None:
-            # Lightning runs this after the data module's setup and the defense callbacks', so a
-            # process's shard is taken from the defended updates of all victims (secure aggregation
-            # groups consecutive victims before any sharding)
-            check_strategy(self.trainer.strategy)
-            check_precision(self.trainer.precision)
-            observation = self.trainer.datamodule.observation
-            if observation is None:
-                raise RuntimeError("no observation: the data module has not been set up")
-            shard = victim_shard(observation.num_victims, self.trainer.global_rank, self.trainer.world_size)
-            self.attach(observation.select(shard), victims=shard, total_victims=observation.num_victims)
-
-    def attach(self, observation: Observation, victims: Optional[range] = None,
-               total_victims: Optional[int] = None) -> None:
-        """Create the dummies for an observation: ``restarts`` problems per victim.
-
-        ``victims`` (the positions of the observation's updates among ``total_victims``) is set when
-        the observation is one process's shard; by default it is all of them."""
-        memory.check_attack(self, observation.num_victims, observation.batch_size,
-                            observation.client.local_steps if observation.client is not None else 1, self._trainer)
-        with full_precision():
-            self._attach(observation)
-        V = observation.num_victims
-        self.victims = range(V) if victims is None else victims
-        self.total_victims = V if total_victims is None else total_victims
-        if len(self.victims) != V:
-            raise ValueError(f"{len(self.victims)} victim positions for {V} updates")
+    def check_memory(self, victims: int, batch_size: int, local_steps: int = 1, trainer=None) -> None:
+        memory.check_attack(self, victims, batch_size, local_steps, trainer)
 
     def _attach(self, observation: Observation) -> None:
         hp = self.hparams
-        if observation is None:
-            raise RuntimeError("no observation: the data module has not been set up")
-        if tuple(observation.input_shape) != tuple(hp.input_shape) or observation.num_classes != hp.num_classes:
-            raise ValueError(
-                f"the data has input shape {tuple(observation.input_shape)} and {observation.num_classes} classes, "
-                f"the model was built for {tuple(hp.input_shape)} and {hp.num_classes}"
-            )
         self.observation = observation
         self._client_net = None
         V, B, R = observation.num_victims, observation.batch_size, hp.restarts
@@ -253,20 +205,9 @@ class GradientInversion(pl.LightningModule):
         self.dummy_data = nn.Parameter(x)
         if hp.labels == "joint":
             self.dummy_labels = nn.Parameter(label_logits)
-        elif hp.labels == "idlg":
-            if B != 1:
-                raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
-                                 "labels 'joint' or a batch strategy (bias_count, weight_count, yin)")
-        if hp.labels != "joint" and V == 0:  # a process with an empty shard: nothing to restore
-            self.register_buffer("fixed_labels", torch.zeros(0, B, dtype=torch.long), persistent=False)
-        elif hp.labels == "idlg":
-            name, layer = last_linear(self.target)
-            grads = observation.gradient_estimate()
-            y = idlg_labels(grads[f"{name}.weight"], grads[f"{name}.bias"] if layer.bias is not None else None)  # [V]
-            self.register_buffer("fixed_labels", y.repeat_interleave(R).view(P, 1), persistent=False)
-        elif hp.labels != "joint":
-            y = restore_batch_labels(self.target, observation.gradient_estimate(), B, observation.input_shape, hp.labels,
-                                     observation.data_range)  # [V, B]
+        else:
+            y = observed_labels(self.target, observation.gradient_estimate(), B, observation.input_shape, hp.labels,
+                                observation.data_range)  # [V, B]
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
 
@@ -316,10 +257,6 @@ class GradientInversion(pl.LightningModule):
         if every is None:
             return 1 if self.hparams.lbfgs_early_exit else 10
         return every
-
-    @property
-    def num_problems(self) -> int:
-        return self.dummy_data.shape[0]
 
     def observed(self) -> list[Tensor]:
         return [getattr(self, f"observed_{i}") for i in range(len(self.param_names))]
@@ -561,12 +498,3 @@ class GradientInversion(pl.LightningModule):
             out = {"loss": self.matching_loss(), "grad_l2": self.matching_loss("l2", prior=False),
                    "grad_cosine": self.matching_loss("cosine", prior=False)}
         return {k: v.detach() for k, v in out.items()}
-
-    def best_restarts(self, losses: Tensor) -> tuple[Tensor, Tensor]:
-        """Index of the best restart per victim ``[V]`` and whether every restart failed ``[V]``."""
-        R = self.hparams.restarts
-        ok = torch.isfinite(losses) & ~self.failed.to(losses.device)
-        scored = torch.where(ok, losses, torch.full_like(losses, float("inf"))).view(losses.shape[0] // R, R)
-        best = scored.argmin(dim=1)
-        failed = ~ok.view(losses.shape[0] // R, R).any(dim=1)
-        return torch.arange(scored.shape[0], device=losses.device) * R + best, failed

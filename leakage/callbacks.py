@@ -245,7 +245,7 @@ class LeakageReport(pl.Callback):
             "dataset": getattr(dm, "dataset", None), "source": getattr(dm, "source", None),
             "victims": pl_module.total_victims if obs is not None else None,
             "batch_size": obs.batch_size if obs is not None else None,
-            "steps": trainer.max_steps,
+            "steps": trainer.max_steps, "attack": pl_module.describe(),
         }
         for key in ("model", "distance", "optimizer", "lr", "labels", "init", "restarts", "tv_weight"):
             out[key] = hp.get(key)
@@ -409,6 +409,7 @@ class LeakageReport(pl.Callback):
             "evaluation": {k: v[best].cpu() for k, v in evaluation.items()},
             "restart": best.cpu() % R,
             "failed": victim_failed.cpu(),
+            "exact": pl_module.exact()[best.cpu()],
             # [V, steps]: every step's best loss of each victim of this rank
             "history": (torch.stack(self.history, dim=1) if self.history
                         else torch.zeros(len(best), 0)),
@@ -424,6 +425,7 @@ class LeakageReport(pl.Callback):
             secret.labels if secret is not None else None, secret.indices if secret is not None else None)
         self.summary = summarize(self.rows, self.success_ssim)
         self.summary["entries_per_unknown"] = pl_module.observation.entries_per_unknown
+        self.summary["exact"] = int(joined["exact"].sum())  # victims solved exactly by construction
         self._report(trainer, pl_module, recon, labels, metrics, partial)
 
     # --------------------------------------------------------------- outputs
@@ -437,7 +439,7 @@ class LeakageReport(pl.Callback):
         lines = [f"partial run: {partial}; the table holds each victim's best so far"] if partial else []
         lines += [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
                  for i, d in enumerate(self.defenses_of(trainer))]
-        text = "\n".join(lines + [format_table(self.rows)])
+        text = "\n".join([f"attack: {pl_module.describe()}", *lines, format_table(self.rows)])
         if "success" in s:
             psnr = "n/a" if math.isnan(s["psnr_mean"]) else f"{s['psnr_mean']:.2f} dB"
             text += (
@@ -450,6 +452,8 @@ class LeakageReport(pl.Callback):
         else:
             text += f"\nno victim images (attacking captured gradients): mean gradient L2 {s['grad_l2_mean']:.3g}"
         text += f"\ngradient entries per unknown input value: {s['entries_per_unknown']:.2f}"
+        if s["exact"]:
+            text += f"\nexact by construction (closed form, certified by the update): {s['exact']}/{s['victims']} victims"
         if s["failed"]:
             text += (f"\n{s['failed']} of {s['victims']} victims failed numerically: every restart's matching loss "
                      "or gradient became NaN or infinite (status 'failed')")

@@ -28,7 +28,7 @@ FINAL_COUNTS = ("victims", "reconstructed", "not_reconstructed", "numerically_fa
 OUTCOMES = ("reconstructed", "not_reconstructed", "numerically_failed", "ssim_mean", "psnr_mean", "mse_mean",
             "label_acc", "grad_l2_mean")
 #: the attack settings of a run's HPARAMS entry, in this order
-SETTINGS = ("dataset", "source", "victims", "batch_size", "model", "distance", "optimizer", "lr", "steps",
+SETTINGS = ("attack", "dataset", "source", "victims", "batch_size", "model", "distance", "optimizer", "lr", "steps",
             "labels", "init", "restarts", "tv_weight", "defenses", "success_ssim")
 
 _OK, _BAD = "#1a7f37", "#cf222e"  # green, red (readable in print)

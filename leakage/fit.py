@@ -29,12 +29,13 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer import Trainer
 
-from . import checks, memory
+from . import checks
 from .attack import LOGGED_METRICS
 from .callbacks import LeakageReport, fresh_run_dir
 from .classpaths import check_trainer_class_paths
 from .distributed import DDP_NAMES, ShardedDDPStrategy, launched_as_rank_zero
 from .errors import one_line, parser_error_line
+from .family import ATTACKS, DEFAULT_ATTACK, attack_class, attack_path
 from .loggers import CLASS_PATH as LOGGER_CLASS_PATH
 from .loggers import LIGHTNING_CLASS_PATHS
 from .precision import check_precision
@@ -71,6 +72,33 @@ def _config_paths(args: list[str]) -> Iterator[str]:
             yield args[i + 1]
         elif a.startswith("--config="):
             yield a.split("=", 1)[1]
+
+
+def _config_attack(value: str) -> Any:
+    """The ``attack`` a ``--config`` value (a file or inline YAML) sets, or None."""
+    try:
+        path = Path(value)
+        data = yaml.safe_load(path.read_text() if path.is_file() else value)
+    except (OSError, ValueError, yaml.YAMLError):  # the parser says why it cannot read it
+        return None
+    return data.get("attack") if isinstance(data, dict) else None
+
+
+def chosen_attack(args: list[str]) -> Any:
+    """The attack a ``leakage fit`` command line selects (``--attack NAME`` or ``attack: NAME`` in a
+    config; the last one given wins, as in the parser), or None for the default. Read before the
+    parser is built, since the attack's class decides the ``--model.*`` options."""
+    chosen = None
+    for i, a in enumerate(args):
+        if a in _CONFIG_FLAGS and i + 1 < len(args):
+            chosen = _config_attack(args[i + 1]) or chosen
+        elif a.startswith("--config="):
+            chosen = _config_attack(a.split("=", 1)[1]) or chosen
+        elif a == "--attack" and i + 1 < len(args):
+            chosen = args[i + 1]
+        elif a.startswith("--attack="):
+            chosen = a.split("=", 1)[1]
+    return chosen
 
 
 def check_config_file(value: str) -> None:
@@ -166,9 +194,16 @@ def check_run_settings(trainer: dict) -> None:
 
 class LeakageCLI(LightningCLI):
     """The LightningCLI of ``leakage fit``: ``fit`` is its only command (an attack has nothing to
-    validate, test or predict)."""
+    validate, test or predict).
+
+    The attack class is the one the command line selects (``--attack`` or ``attack:`` in a config:
+    a name of :data:`leakage.family.ATTACKS`, never an arbitrary import path), else the model class
+    given (``GradientInversion``); the ``--model.*`` options are that class's arguments."""
 
     def __init__(self, *args: Any, parser_kwargs: dict | None = None, **kwargs: Any) -> None:
+        chosen = chosen_attack(list(sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]))
+        if chosen is not None:
+            args = (attack_class(chosen), *args[1:])
         parser_kwargs = dict(parser_kwargs or {})
         parser_kwargs.setdefault("prog", "leakage")
         fit_kwargs = dict(parser_kwargs.get("fit") or {})
@@ -181,6 +216,11 @@ class LeakageCLI(LightningCLI):
         return {"fit": LightningCLI.subcommands()["fit"]}
 
     def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--attack", type=str, default=DEFAULT_ATTACK,
+            help="the attack, whose settings are the --model.* options: "
+                 + "; ".join(f"{name} ({path})" for name, path in ATTACKS.items())
+                 + ". `leakage fit --attack NAME --help` lists that attack's options")
         parser.add_lightning_class_args(LeakageReport, "report")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -207,6 +247,10 @@ class LeakageCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
+        model_class = f"{self.model_class.__module__}.{self.model_class.__qualname__}"
+        if attack_path(config.get("attack", DEFAULT_ATTACK)) != model_class:  # the parser read what the CLI chose
+            raise ValueError(f"attack {config.get('attack')!r} is set where `leakage fit` cannot read it first: "
+                             "give it in a --config file or as --attack NAME")
         check_numbers(config)
         trainer = config.get("trainer") or {}
         check_precision(trainer.get("precision"))
@@ -269,8 +313,7 @@ class LeakageCLI(LightningCLI):
             victims = len(dm.indices) // dm.batch_size if dm.indices is not None else dm.num_victims
         client = getattr(dm, "client", None)
         shard = -(-victims // max(self.trainer.world_size, 1))  # each process attacks at most this many
-        memory.check_attack(self.model, shard, dm.batch_size, client.local_steps if client is not None else 1,
-                            self.trainer)
+        self.model.check_memory(shard, dm.batch_size, client.local_steps if client is not None else 1, self.trainer)
 
     def before_fit(self) -> None:
         if launched_as_rank_zero():

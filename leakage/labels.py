@@ -122,3 +122,21 @@ def restore_batch_labels(
     else:
         estimate = batch_size * (p_bar[None] - gw.sum(dim=2) / s_bar)
     return _counts_to_labels(_round_to_total(estimate, batch_size))
+
+
+def observed_labels(model: torch.nn.Module, gradients: dict[str, Tensor], batch_size: int, input_shape,
+                    strategy: str, data_range=(0.0, 1.0)) -> Tensor:
+    """Labels ``[V, B]`` fixed from the shared updates before an attack: ``idlg`` (one image per
+    update) or a batch restoration (:func:`restore_batch_labels`). ``gradients`` are the updates as
+    gradients (:meth:`leakage.data.Observation.gradient_estimate`)."""
+    V = next(iter(gradients.values())).shape[0]
+    if strategy == "idlg" and batch_size != 1:
+        raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
+                         "labels 'joint' or a batch strategy (bias_count, weight_count, yin)")
+    if V == 0:  # a process with an empty shard: nothing to restore
+        return torch.zeros(0, batch_size, dtype=torch.long)
+    if strategy == "idlg":
+        name, layer = last_linear(model)
+        bias = gradients[f"{name}.bias"] if layer.bias is not None else None
+        return idlg_labels(gradients[f"{name}.weight"], bias).view(V, 1)
+    return restore_batch_labels(model, gradients, batch_size, input_shape, strategy, data_range)

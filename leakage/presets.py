@@ -1,8 +1,9 @@
 """The attack presets by name, shared by the Python API (``leakage.invert(..., attack="dlg")``) and
 the preset configs under ``configs/`` (a test keeps the two equal).
 
-Each preset is the attack's settings (``GradientInversion`` arguments) and its step budget; the
-target model, the data and the number of restarts are the caller's.
+Each preset is an attack class (:data:`leakage.family.ATTACKS`), its settings (that class's
+arguments) and its step budget; the target model, the data and the number of restarts are the
+caller's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Preset:
     steps: int
     config: str  # configs/<config>.yaml runs the same attack on the bundled images
     about: str = field(default="")
+    attack: str = "gradient_inversion"  # the attack class, a name of leakage.family.ATTACKS
 
 
 PRESETS: dict[str, Preset] = {
@@ -37,6 +39,10 @@ PRESETS: dict[str, Preset] = {
     "fast": Preset(
         {"distance": "l2", "optimizer": "lbfgs", "lr": 1.0, "labels": "idlg", "init": "uniform"}, 40, "cifar_fast",
         "the recommended fast preset: iDLG labels, L-BFGS from a uniform init in the data range"),
+    "analytic": Preset(
+        {"labels": "idlg"}, 1, "mnist_analytic",
+        "the analytic inversion of a fully connected first layer with a bias (Phong et al., 2018): closed form, "
+        "exact for one image per update", attack="analytic"),
 }
 
 

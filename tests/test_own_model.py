@@ -21,6 +21,7 @@ import leakage
 from leakage.attack import GradientInversion
 from leakage.client import batchnorm_layers, client_gradients, client_view, per_problem_gradients
 from leakage.data import VictimDataModule
+from leakage.family import attack_class
 from leakage.models import build_model, load_weights
 from leakage.presets import PRESETS
 
@@ -137,7 +138,8 @@ def test_presets_are_the_preset_configs():
     for name, p in PRESETS.items():
         config = yaml.safe_load((ROOT / "configs" / f"{p.config}.yaml").read_text())
         model = config["model"]
-        defaults = {k: v.default for k, v in inspect.signature(GradientInversion).parameters.items()}
+        assert config.get("attack", "gradient_inversion") == p.attack, name
+        defaults = {k: v.default for k, v in inspect.signature(attack_class(p.attack)).parameters.items()}
         for key, value in p.settings.items():  # a key the config leaves out has the attack's default
             assert model.get(key, defaults[key]) == value, (name, key)
         assert config["trainer"]["max_steps"] == p.steps, name

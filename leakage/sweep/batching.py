@@ -131,6 +131,12 @@ class _CellModule:
     def final_evaluation(self) -> dict:
         return {k: v[self._rows] for k, v in self._group.evaluation(self._module).items()}
 
+    def exact(self):
+        return self._module.exact()[self._rows]
+
+    def describe(self) -> str:
+        return self._module.describe()
+
 
 class _CellTrainer:
     """A cell's view of the trainer: its own data view and TensorBoard logger; the steps are the group's."""

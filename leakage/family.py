@@ -1,0 +1,181 @@
+"""What every attack is, whichever family it belongs to: the result record the rest of the package reads.
+
+Optimisation attacks (:class:`leakage.attack.GradientInversion`: DLG, iDLG, Inverting Gradients)
+search for dummies whose update matches the observed one; closed-form attacks
+(:class:`leakage.closedform.ClosedFormAttack`) solve from the update directly. Both are an
+:class:`Attack`: a LightningModule that ``leakage fit``, the Python API, the sweep and the
+distributed strategy run with the same Trainer, and whose result the report, the metrics, the
+galleries and the sweep read through these members only:
+
+- ``target``: the frozen target model (the data module computes the victims' updates with it);
+- ``hparams``: the attack's settings, at least ``model`` (the target's name) and ``restarts``;
+- ``observation``, ``victims``, ``total_victims``: what it attacks (:meth:`attach`; :meth:`setup`
+  takes a process's shard);
+- ``dummy_data`` ``[P, B, *input_shape]``: every problem's reconstruction, ``P = victims x restarts``
+  (restart ``r`` of victim ``v`` is problem ``v * restarts + r``);
+- :meth:`recovered_labels` ``[P, B]``;
+- ``problem_losses`` ``[P]`` (None before the first step): each problem's score, lower is better;
+- ``failed`` ``[P]``: problems that failed numerically;
+- :meth:`final_evaluation`: ``loss``, ``grad_l2`` and ``grad_cosine`` ``[P]`` at the end;
+- :meth:`best_restarts`: which restart of each victim is kept, and whether all of them failed;
+- :meth:`exact` ``[P]`` and :meth:`describe`: whether a result is exact by construction, and the
+  attack in a few words, as reports state it.
+
+An attack is one class plus its config; :data:`ATTACKS` names the classes a config may select
+(``attack: analytic`` in a ``leakage fit`` config, ``leakage.invert(..., attack="analytic")``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Optional, Sequence, Union
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from .data import Observation
+from .distributed import check_strategy, victim_shard
+from .models import build_model, model_name
+from .precision import check_precision, full_precision
+
+#: the attack classes a config may select, by name: the only classes ``attack:`` resolves to
+ATTACKS = {
+    "gradient_inversion": "leakage.attack.GradientInversion",
+    "analytic": "leakage.analytic.AnalyticInversion",
+}
+DEFAULT_ATTACK = "gradient_inversion"
+
+
+def attack_path(value: object) -> str:
+    """The class path of the attack that ``value`` names: a name of :data:`ATTACKS` or one of their
+    class paths (also as exported by the package, ``leakage.AnalyticInversion``). Anything else is a
+    one-line ``ValueError``, and nothing is imported to find out."""
+    if isinstance(value, str):
+        key = value.strip()
+        if key.lower().replace("-", "_") in ATTACKS:
+            return ATTACKS[key.lower().replace("-", "_")]
+        for path in ATTACKS.values():
+            if key in (path, "leakage." + path.rsplit(".", 1)[1]):
+                return path
+    text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise ValueError(f"unknown attack {text}: an attack is one of the package's: "
+                     + ", ".join(f"{name} ({path})" for name, path in ATTACKS.items()))
+
+
+def attack_class(value: object) -> type:
+    """The attack class that ``value`` names (see :func:`attack_path`)."""
+    module, _, name = attack_path(value).rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class Attack(pl.LightningModule):
+    """The members every attack has (see the module docstring); subclasses build ``target`` and
+    ``hparams`` in ``__init__`` and the problems in :meth:`_attach`."""
+
+    #: "optimisation" or "closed form"
+    family = "optimisation"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observation: Optional[Observation] = None
+        #: the victims (positions in the data module's observation) this process attacks, and how many
+        #: there are in all: under ShardedDDPStrategy each rank attacks a contiguous shard of them
+        self.victims: range = range(0)
+        self.total_victims = 0
+        self.problem_losses: Optional[Tensor] = None  # [P], from the last evaluation
+        self.register_buffer("failed", torch.zeros(0, dtype=torch.bool), persistent=False)
+
+    def _settings_and_target(self, model: Union[nn.Module, str], input_shape: Sequence[int], num_classes: int,
+                             model_seed: int, model_weights: Optional[str]) -> None:
+        """Save the calling ``__init__``'s arguments as ``hparams`` (a module given as an object by its
+        name) and build the frozen target model."""
+        frame = inspect.currentframe().f_back
+        if isinstance(model, nn.Module):  # the module itself is the target below, not a hyperparameter
+            self.save_hyperparameters(ignore=["model"], frame=frame)
+            self.hparams["model"] = model_name(model)
+        else:
+            self.save_hyperparameters(frame=frame)
+        self.hparams.setdefault("restarts", 1)  # an attack without restarts (a closed form) has one problem per victim
+        self.target = build_model(model, input_shape, num_classes, seed=model_seed, weights=model_weights)
+        for p in self.target.parameters():
+            p.requires_grad_(False)
+
+    # -------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        if self.observation is None:
+            # Lightning runs this after the data module's setup and the defense callbacks', so a
+            # process's shard is taken from the defended updates of all victims (secure aggregation
+            # groups consecutive victims before any sharding)
+            check_strategy(self.trainer.strategy)
+            check_precision(self.trainer.precision)
+            observation = self.trainer.datamodule.observation
+            if observation is None:
+                raise RuntimeError("no observation: the data module has not been set up")
+            shard = victim_shard(observation.num_victims, self.trainer.global_rank, self.trainer.world_size)
+            self.attach(observation.select(shard), victims=shard, total_victims=observation.num_victims)
+
+    def attach(self, observation: Observation, victims: Optional[range] = None,
+               total_victims: Optional[int] = None) -> None:
+        """Set up the problems of an observation: ``restarts`` per victim.
+
+        ``victims`` (the positions of the observation's updates among ``total_victims``) is set when
+        the observation is one process's shard; by default it is all of them."""
+        hp = self.hparams
+        if observation is None:
+            raise RuntimeError("no observation: the data module has not been set up")
+        if tuple(observation.input_shape) != tuple(hp.input_shape) or observation.num_classes != hp.num_classes:
+            raise ValueError(
+                f"the data has input shape {tuple(observation.input_shape)} and {observation.num_classes} classes, "
+                f"the model was built for {tuple(hp.input_shape)} and {hp.num_classes}"
+            )
+        self.check_memory(observation.num_victims, observation.batch_size,
+                          observation.client.local_steps if observation.client is not None else 1, self._trainer)
+        with full_precision():
+            self._attach(observation)
+        V = observation.num_victims
+        self.victims = range(V) if victims is None else victims
+        self.total_victims = V if total_victims is None else total_victims
+        if len(self.victims) != V:
+            raise ValueError(f"{len(self.victims)} victim positions for {V} updates")
+
+    def check_memory(self, victims: int, batch_size: int, local_steps: int = 1, trainer=None) -> None:
+        """Refuse, before anything is allocated, the problems of ``victims`` updates of ``batch_size``
+        examples that cannot fit in memory (one line with the estimate and the setting to change). An
+        attack whose state is small needs no check."""
+
+    def _attach(self, observation: Observation) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- results
+    @property
+    def num_problems(self) -> int:
+        return self.dummy_data.shape[0]
+
+    def recovered_labels(self) -> Tensor:
+        """Hard labels ``[P, B]`` of every problem."""
+        raise NotImplementedError
+
+    def final_evaluation(self) -> dict[str, Tensor]:
+        """Per-problem ``loss`` (the attack's score), gradient ``grad_l2`` and ``grad_cosine``
+        distances ``[P]`` at the current reconstructions."""
+        raise NotImplementedError
+
+    def exact(self) -> Tensor:
+        """Mask ``[P]`` of problems whose reconstruction is exact by construction (to float
+        rounding), not the result of a search: none, for an optimisation attack."""
+        return torch.zeros(self.num_problems, dtype=torch.bool)
+
+    def describe(self) -> str:
+        """The attack in a few words, as reports state it."""
+        return f"{type(self).__name__} ({self.family})"
+
+    def best_restarts(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """Index of the best restart per victim ``[V]`` and whether every restart failed ``[V]``."""
+        R = self.hparams.restarts
+        ok = torch.isfinite(losses) & ~self.failed.to(losses.device)
+        scored = torch.where(ok, losses, torch.full_like(losses, float("inf"))).view(losses.shape[0] // R, R)
+        best = scored.argmin(dim=1)
+        failed = ~ok.view(losses.shape[0] // R, R).any(dim=1)
+        return torch.arange(scored.shape[0], device=losses.device) * R + best, failed
