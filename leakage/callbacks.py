@@ -436,10 +436,12 @@ class LeakageReport(pl.Callback):
 
     def _report(self, trainer, pl_module, recon, labels, metrics, partial: Optional[str] = None) -> None:
         s = self.summary
+        # a partial run says so first; then who attacked, with which defenses
         lines = [f"partial run: {partial}; the table holds each victim's best so far"] if partial else []
+        lines += [f"attack: {pl_module.describe()}"]
         lines += [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
                  for i, d in enumerate(self.defenses_of(trainer))]
-        text = "\n".join([f"attack: {pl_module.describe()}", *lines, format_table(self.rows)])
+        text = "\n".join([*lines, format_table(self.rows)])
         if "success" in s:
             psnr = "n/a" if math.isnan(s["psnr_mean"]) else f"{s['psnr_mean']:.2f} dB"
             text += (
