@@ -19,10 +19,11 @@ from torch import Tensor, nn
 
 from .client import batchnorm_layers, client_view, per_problem_gradients
 from .data import Observation
+from .kinds import DataKind
 from .distributed import all_done, check_strategy, victim_shard
 from .fedavg import per_problem_updates, schedules
 from .labels import idlg_labels, last_linear, restore_batch_labels
-from .losses import DISTANCES, gradient_distance, total_variation
+from .losses import DISTANCES, gradient_distance
 from .models import build_model, model_name
 from .optim import BatchedLBFGS, SignedAdam
 from .precision import full_precision
@@ -30,7 +31,8 @@ from .seeding import generator
 
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
 INITS = ("randn", "uniform", "constant")
-LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin")
+LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin", "known")
+ENSEMBLES = ("best", "pool")
 
 
 class GradientInversion(pl.LightningModule):
@@ -68,10 +70,19 @@ class GradientInversion(pl.LightningModule):
             (the middle of the data range).
         init_seed: seed of the dummy init; each problem draws from its own generator, seeded by
             ``(init_seed, its update's key, its restart)``.
-        box_constraint: clamp dummy images to the data range after every step.
+        box_constraint: project the dummies after every step (images: clamp to the data range;
+            unrelaxed table rows: continuous values clamped to their bounds).
+        relax: TabLeak's relaxation of table rows: the dummy holds a softmax's logits for each
+            categorical feature and a sigmoid's argument for each continuous one (mapped into its
+            bounds). Tables only.
+        ensemble: ``best`` (the restart with the lowest final matching loss) or ``pool`` (TabLeak's
+            pooled ensembling: every restart's batch slots matched to the best restart's by the
+            Hungarian algorithm, then combined by the data kind: mean of the softmaxes and median
+            for tables; it gives an entropy per reconstructed feature).
         labels: ``joint`` (DLG: soft labels optimized with the images), ``idlg`` (analytic, from
             the last layer's gradient; batch size 1), or a batch label restoration fixed before the
-            attack: ``bias_count``, ``weight_count``, ``yin`` (see :mod:`leakage.labels`).
+            attack: ``bias_count``, ``weight_count``, ``yin`` (see :mod:`leakage.labels`), or
+            ``known``: the labels are public (the data's ``public_labels``; TabLeak's setting).
         restarts: independent dummies per victim; the one with the lowest final matching loss
             is kept.
         group_weight: weight of group consistency (GradInversion, Yin et al., 2021): before every
@@ -123,7 +134,7 @@ class GradientInversion(pl.LightningModule):
         init: Literal["randn", "uniform", "constant"] = "randn",
         init_seed: int = 0,
         box_constraint: bool = False,
-        labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin"] = "joint",
+        labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin", "known"] = "joint",
         restarts: int = 1,
         group_weight: float = 0.0,
         lr_decay: bool = False,
@@ -132,6 +143,8 @@ class GradientInversion(pl.LightningModule):
         fixed_shape: Optional[bool] = None,
         lbfgs_early_exit: bool = True,
         check_done_every: Optional[int] = None,
+        relax: bool = False,
+        ensemble: Literal["best", "pool"] = "best",
     ) -> None:
         super().__init__()
         for value, allowed, what in (
@@ -139,6 +152,7 @@ class GradientInversion(pl.LightningModule):
             (optimizer, OPTIMIZERS, "optimizer"),
             (init, INITS, "init"),
             (labels, LABELS, "label strategy"),
+            (ensemble, ENSEMBLES, "ensemble"),
             (compile, ("auto", "on", "off"), "compile setting"),
         ):
             if value not in allowed:
@@ -175,6 +189,7 @@ class GradientInversion(pl.LightningModule):
         self._client_net: Optional[nn.Module] = None  # the client's forward (train or eval mode), per device
         self.param_names = [n for n, _ in self.target.named_parameters()]
         self.observation: Optional[Observation] = None
+        self.kind: Optional[DataKind] = None  # the observation's kind of data, with this attack's relaxation
         #: the victims (positions in the data module's observation) this process attacks, and how many
         #: there are in all: under ShardedDDPStrategy each rank attacks a contiguous shard of them
         self.victims: range = range(0)
@@ -222,6 +237,10 @@ class GradientInversion(pl.LightningModule):
                 f"the model was built for {tuple(hp.input_shape)} and {hp.num_classes}"
             )
         self.observation = observation
+        self.kind = observation.kind.relaxed(hp.relax)
+        unused = [w for w in ("tv_weight", "bn_weight") if hp[w] > 0 and w not in self.kind.priors]
+        if unused:
+            raise ValueError(f"{unused[0]} is a prior of images; {self.kind.name} data has none: set it to 0")
         self._client_net = None
         V, B, R = observation.num_victims, observation.batch_size, hp.restarts
         P = V * R
@@ -244,6 +263,11 @@ class GradientInversion(pl.LightningModule):
                                  "labels 'joint' or a batch strategy (bias_count, weight_count, yin)")
         if hp.labels != "joint" and V == 0:  # a process with an empty shard: nothing to restore
             self.register_buffer("fixed_labels", torch.zeros(0, B, dtype=torch.long), persistent=False)
+        elif hp.labels == "known":
+            if observation.labels is None:
+                raise ValueError("label strategy 'known' needs public labels: set --data.public_labels true "
+                                 "(the threat model where the server knows the labels)")
+            self.register_buffer("fixed_labels", observation.labels.long().repeat_interleave(R, dim=0), persistent=False)
         elif hp.labels == "idlg":
             name, layer = last_linear(self.target)
             grads = observation.gradient_estimate()
@@ -256,27 +280,22 @@ class GradientInversion(pl.LightningModule):
         self.failed = torch.zeros(P, dtype=torch.bool)
 
     def initial_dummies(self, observation: Observation) -> tuple[Tensor, Tensor]:
-        """Every problem's initial dummy images ``[P, B, C, H, W]`` and soft-label logits ``[P, B, K]``.
+        """Every problem's initial dummies ``[P, B, *sample_shape]`` (the kind's parameters) and
+        soft-label logits ``[P, B, K]``.
 
         Problem ``(victim v, restart r)`` draws from its own generator, seeded by ``(init_seed, the
         update's key, r)``: its start, and so its result, do not depend on the other problems of the
         run, their order, the chunking or the number of processes.
         """
         hp = self.hparams
-        lo, hi = observation.data_range
-        shape = (observation.batch_size, *observation.input_shape)
-        xs, logits = [], []
+        B = observation.batch_size
         if not observation.update_keys:  # a process with an empty shard
-            return torch.zeros(0, *shape), torch.zeros(0, observation.batch_size, hp.num_classes)
+            return torch.zeros(0, B, *observation.input_shape), torch.zeros(0, B, hp.num_classes)
+        xs, logits = [], []
         for key in observation.update_keys:
             for r in range(hp.restarts):
                 gen = generator("dummy", hp.init_seed, key, r)
-                if hp.init == "randn":
-                    xs.append(torch.randn(shape, generator=gen))
-                elif hp.init == "uniform":
-                    xs.append(lo + (hi - lo) * torch.rand(shape, generator=gen))
-                else:
-                    xs.append(torch.full(shape, (lo + hi) / 2))
+                xs.append(self.kind.initial(B, hp.init, gen))
                 logits.append(torch.randn((observation.batch_size, hp.num_classes), generator=gen))
         return torch.stack(xs), torch.stack(logits)
 
@@ -339,6 +358,7 @@ class GradientInversion(pl.LightningModule):
     def _objective(self, x: Tensor, label_logits: Optional[Tensor], idx: Optional[Tensor],
                    distance: Optional[str] = None, prior: bool = True) -> Tensor:
         """Objective of the problems ``idx`` (all when None) at dummies ``x`` and label logits."""
+        dummy, x = x, self.kind.to_input(x)
         observed = self.observed()
         if label_logits is not None:
             targets = F.softmax(label_logits, dim=-1)
@@ -360,11 +380,12 @@ class GradientInversion(pl.LightningModule):
         loss = gradient_distance([grads[n] for n in self.param_names], observed, distance or self.hparams.distance)
         if bn:
             loss = loss + self.hparams.bn_weight * self.bn_prior(moments)
-        if prior and self.hparams.tv_weight > 0:
-            loss = loss + self.hparams.tv_weight * total_variation(x)
+        kind_prior = self.kind.prior(dummy, x, {"tv_weight": self.hparams.tv_weight}) if prior else None
+        if kind_prior is not None:
+            loss = loss + kind_prior
         if prior and self.hparams.group_weight > 0 and self.consensus is not None:
             target = self.consensus if idx is None else self.consensus[idx]
-            loss = loss + self.hparams.group_weight * (x - target).pow(2).flatten(1).mean(1)
+            loss = loss + self.hparams.group_weight * (dummy - target).pow(2).flatten(1).mean(1)
         return loss
 
     @torch.no_grad()
@@ -492,9 +513,8 @@ class GradientInversion(pl.LightningModule):
         if isinstance(opt, BatchedLBFGS):
             self.failed |= opt.failed.to(self.failed.device)
         if self.hparams.box_constraint:
-            lo, hi = self.observation.data_range
             with torch.no_grad():
-                self.dummy_data.clamp_(lo, hi)
+                self.kind.project_(self.dummy_data)
 
     def done(self) -> Tensor:
         """Mask ``[P]`` of problems with nothing left to do: failed, or (L-BFGS) at a fixed point."""
@@ -546,6 +566,26 @@ class GradientInversion(pl.LightningModule):
             out = {"loss": self.matching_loss(), "grad_l2": self.matching_loss("l2", prior=False),
                    "grad_cosine": self.matching_loss("cosine", prior=False)}
         return {k: v.detach() for k, v in out.items()}
+
+    def reconstruction(self) -> Tensor:
+        """Every problem's dummy as the model input it stands for ``[P, B, *sample_shape]``."""
+        with torch.no_grad():
+            return self.kind.to_input(self.dummy_data.detach())
+
+    def results(self, evaluation: dict[str, Tensor]) -> dict[str, Optional[Tensor]]:
+        """The result record per victim: ``recon`` ``[V, B, ...]`` (model inputs), ``labels``
+        ``[V, B]``, ``best`` (the problem whose ``evaluation`` row stands for the victim: its best
+        restart), ``failed`` ``[V]`` and ``entropy`` (pooled ensembling only, else None)."""
+        best, failed = self.best_restarts(evaluation["loss"])
+        recon, labels = self.reconstruction(), self.recovered_labels()
+        if self.hparams.ensemble != "pool":
+            return {"recon": recon[best].cpu(), "labels": labels[best].cpu(), "best": best, "failed": failed.cpu(),
+                    "entropy": None}
+        R = self.hparams.restarts
+        V = best.numel()
+        pooled, pooled_labels, entropy = self.kind.pool(recon.view(V, R, *recon.shape[1:]).cpu(),
+                                                        labels.view(V, R, -1).cpu(), (best % R).cpu())
+        return {"recon": pooled, "labels": pooled_labels, "best": best, "failed": failed.cpu(), "entropy": entropy}
 
     def best_restarts(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         """Index of the best restart per victim ``[V]`` and whether every restart failed ``[V]``."""

@@ -26,6 +26,7 @@ from torchvision import datasets, transforms
 
 from .capture import check_settings, is_capture, load_global_weights, read_capture
 from .client import CLIENT_MODES, client_gradients, load_gradients, validate_gradients
+from .kinds import DataKind, ImageKind
 from .fedavg import SHARES, FedAvgClient, client_updates, epochs_to_steps
 from .seeding import position_key, update_key
 
@@ -52,7 +53,7 @@ class Observation:
 
     gradients: dict[str, Tensor]  # {parameter name: [V, *shape]}
     batch_size: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # one sample's shape: [C, H, W] images, [D] encoded table rows
     num_classes: int
     data_range: tuple[float, float] = (0.0, 1.0)
     #: one public key per update, as a server names what it receives (round, client): every random
@@ -65,8 +66,15 @@ class Observation:
     #: the client protocol that made the updates: None is FedSGD (one gradient, mean over the
     #: batch); a :class:`~leakage.fedavg.FedAvgClient` holds the public FedAvg settings
     client: Optional[FedAvgClient] = None
+    #: the kind of data (:mod:`leakage.kinds`): how a dummy is parametrised, decoded and scored;
+    #: None: images of ``input_shape`` in ``data_range``
+    kind: Optional[DataKind] = None
+    #: the victims' labels ``[V, B]`` when they are public (TabLeak's threat model: labels known)
+    labels: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
+        if self.kind is None:
+            self.kind = ImageKind(self.input_shape, self.data_range)
         if self.client_mode not in CLIENT_MODES:
             raise ValueError(f"unknown client mode {self.client_mode!r}; choose one of {', '.join(CLIENT_MODES)}")
         if self.update_keys is None:
@@ -93,7 +101,8 @@ class Observation:
             return self
         index = torch.tensor(victims, dtype=torch.long)
         return replace(self, gradients={k: v[index] for k, v in self.gradients.items()},
-                       update_keys=tuple(self.update_keys[i] for i in victims))
+                       update_keys=tuple(self.update_keys[i] for i in victims),
+                       labels=None if self.labels is None else self.labels[index])
 
     @property
     def entries_per_unknown(self) -> float:
@@ -102,7 +111,7 @@ class Observation:
         Below 1 the matching problem is underdetermined; above 1 it may still be, since entries are
         not independent equations: :mod:`leakage.identifiability` measures the Jacobian rank."""
         entries = sum(math.prod(g.shape[1:]) for g in self.gradients.values())
-        unknowns = self.batch_size * self.input_shape[0] * self.input_shape[1] * self.input_shape[2]
+        unknowns = self.batch_size * math.prod(self.input_shape)
         return entries / unknowns
 
 
