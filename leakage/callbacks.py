@@ -76,6 +76,9 @@ def fresh_run_dir(base: Path, name: str = "leakage") -> Path:
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of the per-victim results."""
     shown = ("victim", "indices", "true_labels", "recovered_labels", "ssim", "psnr", "mse", "grad_l2", "status")
+    if any("accuracy" in r for r in rows):  # tables
+        shown = ("victim", "indices", "true_labels", "recovered_labels", "accuracy", "accuracy_categorical",
+                 "accuracy_continuous", "grad_l2", "status")
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
@@ -106,8 +109,7 @@ def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
     if have_table:  # a failed victim's records count as not reconstructed (accuracy 0)
         out.update(accuracy_mean=sum(r["accuracy"] for r in ok) / n, label_acc=sum(r["label_acc"] for r in rows) / n,
                    accuracy_categorical_mean=mean("accuracy_categorical"),
-                   accuracy_continuous_mean=mean("accuracy_continuous"),
-                   success=sum(r["accuracy"] >= success_ssim for r in ok))
+                   accuracy_continuous_mean=mean("accuracy_continuous"))
     if have_images:
         out.update(
             success=sum(r["ssim"] >= success_ssim for r in ok),
@@ -459,7 +461,7 @@ class LeakageReport(pl.Callback):
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w = csv.DictWriter(f, fieldnames=COLUMNS + tuple(c for c in TABLE_COLUMNS if any(c in r for r in self.rows)))
             w.writeheader()
             for r in self.rows:
                 w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
@@ -522,8 +524,7 @@ def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: d
         if r["status"] == "failed":
             status, cls = "failed numerically", "failed"
         elif "success" in s:
-            score = r["accuracy"] if "accuracy_mean" in s else r["ssim"]
-            status, cls = ("reconstructed", "") if score >= success_ssim else ("not reconstructed", "bad")
+            status, cls = ("reconstructed", "") if r["ssim"] >= success_ssim else ("not reconstructed", "bad")
         else:
             status, cls = "ok", ""
         table_rows.append([r["victim"], r["indices"], r["true_labels"], r["recovered_labels"], r["label_acc"],

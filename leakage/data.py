@@ -8,6 +8,7 @@ The module keeps two things apart:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Optional, Sequence
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
@@ -26,7 +28,8 @@ from torchvision import datasets, transforms
 
 from .capture import check_settings, is_capture, load_global_weights, read_capture
 from .client import CLIENT_MODES, client_gradients, load_gradients, validate_gradients
-from .kinds import DataKind, ImageKind
+from .kinds import DataKind, ImageKind, TableSchema, TabularKind
+from .kinds.tabular import read_csv
 from .fedavg import SHARES, FedAvgClient, client_updates, epochs_to_steps
 from .seeding import position_key, update_key
 
@@ -38,7 +41,9 @@ DATASETS: dict[str, tuple[tuple[int, int, int], int, str]] = {
     "fashion_mnist": ((1, 28, 28), 10, "FashionMNIST"),
 }
 BUNDLED = ("cifar10", "mnist")
-SOURCES = ("bundled", "torchvision", "folder", "gradients")
+#: bundled tables: name -> (file under leakage/assets/tabular, label column)
+TABLES = {"adult": ("adult_test_0_999.csv", "income")}
+SOURCES = ("bundled", "torchvision", "folder", "gradients", "csv")
 PROTOCOLS = ("fedsgd", "fedavg")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _LABELLED_NAME = re.compile(r"_(\d+)$")
@@ -206,11 +211,23 @@ class VictimDataModule(pl.LightningDataModule):
     """Victims and the gradients their client shares.
 
     Args:
-        source: ``bundled`` (the 20 CIFAR-10 and 20 MNIST test images shipped in the package),
-            ``torchvision`` (a full dataset under ``root``), ``folder`` (your own images) or
-            ``gradients`` (updates you captured, from ``gradient_file``; no victim images).
-        dataset: ``cifar10``, ``cifar100``, ``mnist`` or ``fashion_mnist``; sets the input shape and
-            class count (for ``folder`` and ``gradients`` too, unless overridden below).
+        source: ``bundled`` (the 20 CIFAR-10 and 20 MNIST test images, and the first 1,000 Adult
+            test records, shipped in the package), ``torchvision`` (a full dataset under ``root``),
+            ``folder`` (your own images), ``csv`` (your own table, ``path``) or ``gradients``
+            (updates you captured, from ``gradient_file``; no victim data).
+        dataset: ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist`` or ``adult`` (a table);
+            sets the input shape and class count (for ``folder`` and ``gradients`` too, unless
+            overridden below).
+        path: the CSV file for ``source=csv`` (a header row; records with a missing value, ``?``
+            or empty, are left out and counted).
+        label_column: a table's label column (default: ``income`` for Adult, else the last column).
+        categorical_columns: a table's categorical columns (default: every column holding a value
+            that is not a number).
+        schema: a table's public encoding as JSON (the ``schema.json`` of an earlier run, its
+            ``schema`` entry); default: built from the table itself (categories, means, standard
+            deviations and bounds of its complete records).
+        public_labels: the victims' labels are public (the attack's ``labels: known``; TabLeak's
+            setting).
         root: where torchvision datasets live.
         download: let torchvision download the dataset into ``root`` (needs the internet).
         folder: the image folder for ``source=folder``.
@@ -243,8 +260,13 @@ class VictimDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        source: Literal["bundled", "torchvision", "folder", "gradients"] = "bundled",
+        source: Literal["bundled", "torchvision", "folder", "gradients", "csv"] = "bundled",
         dataset: str = "cifar10",
+        path: Optional[str] = None,
+        label_column: Optional[str] = None,
+        categorical_columns: Optional[list[str]] = None,
+        schema: Optional[str] = None,
+        public_labels: bool = False,
         root: str = "data",
         download: bool = False,
         folder: Optional[str] = None,
@@ -271,8 +293,10 @@ class VictimDataModule(pl.LightningDataModule):
         self.client_mode = client_mode
         if source not in SOURCES:
             raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
-        self.dataset = _dataset_key(dataset)
-        if source == "bundled" and self.dataset not in BUNDLED:
+        self.public_labels = public_labels
+        self.table = self._table(source, dataset, path, label_column, categorical_columns, schema)
+        self.dataset = dataset.lower() if self.table is not None else _dataset_key(dataset)
+        if source == "bundled" and self.dataset not in BUNDLED and self.table is None:
             raise ValueError(
                 f"the package bundles {' and '.join(BUNDLED)} images only; for {self.dataset} use "
                 f"--data.source torchvision --data.root PATH (add --data.download true to fetch it)"
@@ -310,6 +334,15 @@ class VictimDataModule(pl.LightningDataModule):
         self.num_victims = num_victims
         self.batch_size = batch_size
         self.gradient_file = gradient_file
+        self.observation: Optional[Observation] = None
+        self.secret: Optional[Secret] = None
+        self.client = self._client(protocol, local_steps, local_epochs, local_lr, local_batch_size, shuffle,
+                                   shuffle_seed, share)
+        if self.table is not None:
+            kind = self.table[0]
+            self.input_shape = kind.sample_shape
+            self.num_classes = len(kind.schema.classes)
+            return
         shape, classes, _ = DATASETS[self.dataset]
         c = channels or shape[0]
         hw = (image_size, image_size) if image_size is not None else shape[1:]
@@ -320,10 +353,36 @@ class VictimDataModule(pl.LightningDataModule):
             )
         self.input_shape: tuple[int, int, int] = (c, *hw)
         self.num_classes: int = classes if num_classes is None else num_classes
-        self.observation: Optional[Observation] = None
-        self.secret: Optional[Secret] = None
-        self.client = self._client(protocol, local_steps, local_epochs, local_lr, local_batch_size, shuffle,
-                                   shuffle_seed, share)
+
+    def _table(self, source, dataset, path, label_column, categorical_columns, schema):
+        """A table source's kind (its schema) and its encoded records, or None for images."""
+        if source == "csv" and not path:
+            raise ValueError("source=csv needs --data.path FILE.csv")
+        if source == "csv":
+            where = Path(path)
+        elif dataset.lower() in TABLES and source in ("bundled", "gradients"):
+            file, label_column = TABLES[dataset.lower()][0], label_column or TABLES[dataset.lower()][1]
+            where = Path(str(resources.files("leakage") / "assets" / "tabular" / file))
+        else:
+            if dataset.lower() in TABLES:
+                raise ValueError(f"{dataset} is a table: use --data.source bundled (or csv with --data.path)")
+            return None
+        header, rows, dropped = read_csv(where)
+        if schema is not None:
+            try:
+                data = json.loads(Path(schema).read_text())
+                table_schema = TableSchema.from_json(json.dumps(data.get("schema", data)))
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"cannot read the table schema {schema}: {str(err).splitlines()[0][:200]}") from None
+        else:
+            table_schema = TableSchema.infer(header, rows, label_column, categorical_columns)
+        x, y = table_schema.encode(header, rows, source=str(where.name))
+        #: records left out for a missing value, said in the run's output
+        self.dropped_records = dropped
+        if dropped:
+            rank_zero_info(f"{where.name}: {dropped} of {dropped + len(rows)} records have a missing value ('?' or "
+                           f"empty) and are left out; indices count the {len(rows)} complete records")
+        return TabularKind(table_schema), x, y
 
     def _client(self, protocol, local_steps, local_epochs, local_lr, local_batch_size, shuffle, shuffle_seed,
                 share) -> Optional[FedAvgClient]:
@@ -353,6 +412,8 @@ class VictimDataModule(pl.LightningDataModule):
     def _selected(self, available: int) -> list[int]:
         wanted = self.indices if self.indices is not None else list(range(self.num_victims * self.batch_size))
         bad = [i for i in wanted if i >= available]
+        if bad and self.table is not None:
+            raise ValueError(f"record {bad[0]} is out of range: the table has {available} complete records (0-{available - 1})")
         if bad and self.source == "bundled":
             raise ValueError(
                 f"the bundled {self.dataset} images are test-split indices 0-{available - 1}; index {bad[0]} is "
@@ -364,9 +425,13 @@ class VictimDataModule(pl.LightningDataModule):
         return wanted
 
     def load_victims(self) -> Secret:
-        """Read the selected images and labels (the secret)."""
+        """Read the selected images and labels, or table records (the secret)."""
         size = self.input_shape[1:]
-        if self.source in ("bundled", "folder"):
+        if self.table is not None:
+            _, records, labels = self.table
+            chosen = self._selected(len(records))
+            x, y = records[chosen], labels[chosen]
+        elif self.source in ("bundled", "folder"):
             if self.source == "bundled":
                 folder = Path(str(resources.files("leakage") / "assets" / self.dataset))
             else:
@@ -415,6 +480,7 @@ class VictimDataModule(pl.LightningDataModule):
     # -------------------------------------------------------------------- setup
     def prepare(self, model: nn.Module) -> Observation:
         """Build the observation (and, for image sources, the secret) for a target model."""
+        kind = self.table[0] if self.table is not None else None
         if self.source == "gradients" and is_capture(self.gradient_file):  # type: ignore[arg-type]
             grads, keys = self._read_capture(model)
             self.secret = None
@@ -430,8 +496,13 @@ class VictimDataModule(pl.LightningDataModule):
             else:
                 grads = client_updates(model, self.secret.images, self.secret.labels, self.client, keys,
                                        self.client_mode)
+        labels = None
+        if self.public_labels:
+            if self.secret is None:
+                raise ValueError("public_labels needs the victims' data; captured gradients carry no labels")
+            labels = self.secret.labels
         self.observation = Observation(grads, self.batch_size, self.input_shape, self.num_classes, update_keys=keys,
-                                       client_mode=self.client_mode, client=self.client)
+                                       client_mode=self.client_mode, client=self.client, kind=kind, labels=labels)
         return self.observation
 
     def _read_capture(self, model: nn.Module) -> tuple[dict[str, Tensor], Optional[tuple[int, ...]]]:

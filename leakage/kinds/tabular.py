@@ -39,6 +39,7 @@ class Feature:
     std: float = 1.0
     min: float = 0.0
     max: float = 0.0
+    integer: bool = False  # every value a whole number: decoded values are rounded
 
     @property
     def width(self) -> int:
@@ -95,7 +96,8 @@ class TableSchema:
                     raise ValueError(f"column {name!r} is continuous but holds {bad!r}, not a number")
                 t = torch.tensor(numbers, dtype=torch.float64)
                 std = float(t.std(unbiased=False)) or 1.0
-                features.append(Feature(name, "continuous", [], float(t.mean()), std, float(t.min()), float(t.max())))
+                features.append(Feature(name, "continuous", [], float(t.mean()), std, float(t.min()), float(t.max()),
+                                        bool((t == t.round()).all())))
         if not features:
             raise ValueError("the table has no feature columns besides the label")
         return cls(features, label, classes)
@@ -147,7 +149,8 @@ class TableSchema:
                 if f.type == "categorical":
                     vals.append(f.categories[int(row[sl].argmax())])
                 else:
-                    vals.append(min(max(float(row[sl.start]) * f.std + f.mean, f.min), f.max))
+                    value = min(max(float(row[sl.start]) * f.std + f.mean, f.min), f.max)
+                    vals.append(round(value) if f.integer else value)
             out.append(vals)
         return out
 

@@ -81,7 +81,7 @@ def rows_html(headers, cells, wrong) -> str:
     head = "<tr>" + "".join(f"<th>{h.esc(x)}</th>" for x in headers) + "</tr>"
     body = []
     for row, ws in zip(cells, wrong):
-        tds = "".join(f'<td class="text"{" style=\"color:#cf222e;font-weight:bold\"" if w else ""}>{h.esc(c)}</td>'
-                      for c, w in zip(row, ws))
+        wrong_style = ' style="color:#cf222e;font-weight:bold"'
+        tds = "".join(f'<td class="text"{wrong_style if w else ""}>{h.esc(c)}</td>' for c, w in zip(row, ws))
         body.append(f"<tr>{tds}</tr>")
     return f"<table>\n<thead>{head}</thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
