@@ -129,6 +129,15 @@ class Secret:
     indices: list[list[int]]  # dataset index of every image, per victim
 
 
+def _read_schema(path: str) -> TableSchema:
+    """A table's schema from JSON: a run's ``schema.json`` (its ``schema`` entry) or the schema itself."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return TableSchema.from_json(json.dumps(data.get("schema", data)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"cannot read the table schema {path}: {(str(err).splitlines() or [type(err).__name__])[0][:200]}") from None
+
+
 class _Steps(IterableDataset):
     """One item per attack iteration: the attack's data is the observation, not a stream."""
 
@@ -358,6 +367,9 @@ class VictimDataModule(pl.LightningDataModule):
         """A table source's kind (its schema) and its encoded records, or None for images."""
         if source == "csv" and not path:
             raise ValueError("source=csv needs --data.path FILE.csv")
+        if source == "gradients" and schema is not None:  # a captured update of a table: the schema is all
+            kind = TabularKind(_read_schema(schema))
+            return kind, torch.zeros(0, kind.schema.width), torch.zeros(0, dtype=torch.long)
         if source == "csv":
             where = Path(path)
         elif dataset.lower() in TABLES and source in ("bundled", "gradients"):
@@ -369,11 +381,7 @@ class VictimDataModule(pl.LightningDataModule):
             return None
         header, rows, dropped = read_csv(where)
         if schema is not None:
-            try:
-                data = json.loads(Path(schema).read_text())
-                table_schema = TableSchema.from_json(json.dumps(data.get("schema", data)))
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"cannot read the table schema {schema}: {str(err).splitlines()[0][:200]}") from None
+            table_schema = _read_schema(schema)
         else:
             table_schema = TableSchema.infer(header, rows, label_column, categorical_columns)
         x, y = table_schema.encode(header, rows, source=str(where.name))
