@@ -122,3 +122,18 @@ def test_a_category_not_in_the_schema_is_one_line(tmp_path, capsys):
                                       "--data.path", str(path), "--data.label_column", "income",
                                       "--data.schema", str(schema)))
     assert line == "leakage: error: t.csv, record 0: workclass 'Martian' is not a category of the schema"
+
+
+def test_the_python_api_attacks_a_record_with_idlg_labels():
+    import leakage
+    from leakage.models import build_model
+
+    dm = VictimDataModule(source="bundled", dataset="adult", indices=[5])
+    model = build_model("tabular_mlp", dm.input_shape, dm.num_classes)
+    obs = dm.prepare(model)
+    update = {k: v[0] for k, v in obs.gradients.items()}
+    settings = {k: v for k, v in TABLEAK.items() if k not in ("model", "labels")}
+    result = leakage.invert(model, update, dm.input_shape, dm.num_classes, attack="idlg", kind=obs.kind, steps=100,
+                            restarts=3, **settings)
+    assert torch.equal(result.labels, dm.secret.labels)
+    assert float(obs.kind.evaluate(result.images, dm.secret.images)["accuracy"][0]) >= 0.9
