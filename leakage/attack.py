@@ -237,7 +237,7 @@ class GradientInversion(pl.LightningModule):
                 f"the model was built for {tuple(hp.input_shape)} and {hp.num_classes}"
             )
         self.observation = observation
-        self.kind = observation.kind.relaxed(hp.relax)
+        self.kind = observation.kind.relaxed(hp.get("relax", False))
         unused = [w for w in ("tv_weight", "bn_weight") if hp[w] > 0 and w not in self.kind.priors]
         if unused:
             raise ValueError(f"{unused[0]} is a prior of images; {self.kind.name} data has none: set it to 0")
@@ -578,7 +578,7 @@ class GradientInversion(pl.LightningModule):
         restart), ``failed`` ``[V]`` and ``entropy`` (pooled ensembling only, else None)."""
         best, failed = self.best_restarts(evaluation["loss"])
         recon, labels = self.reconstruction(), self.recovered_labels()
-        if self.hparams.ensemble != "pool":
+        if self.hparams.get("ensemble", "best") != "pool":
             return {"recon": recon[best].cpu(), "labels": labels[best].cpu(), "best": best, "failed": failed.cpu(),
                     "entropy": None}
         R = self.hparams.restarts

@@ -124,7 +124,7 @@ class Observation:
 class Secret:
     """The victims' private batches. Attack code never reads this."""
 
-    images: Tensor  # [V, B, C, H, W] in [0, 1]
+    images: Tensor  # the model inputs [V, B, *sample_shape]: images in [0, 1], or encoded table rows
     labels: Tensor  # [V, B]
     indices: list[list[int]]  # dataset index of every image, per victim
 
