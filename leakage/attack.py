@@ -291,11 +291,12 @@ class GradientInversion(pl.LightningModule):
         B = observation.batch_size
         if not observation.update_keys:  # a process with an empty shard
             return torch.zeros(0, B, *observation.input_shape), torch.zeros(0, B, hp.num_classes)
+        kind = observation.kind.relaxed(hp.get("relax", False))
         xs, logits = [], []
         for key in observation.update_keys:
             for r in range(hp.restarts):
                 gen = generator("dummy", hp.init_seed, key, r)
-                xs.append(self.kind.initial(B, hp.init, gen))
+                xs.append(kind.initial(B, hp.init, gen))
                 logits.append(torch.randn((observation.batch_size, hp.num_classes), generator=gen))
         return torch.stack(xs), torch.stack(logits)
 

@@ -60,19 +60,18 @@ class DataKind(ABC):
 
     def pool(self, x: Tensor, labels: Tensor, reference: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Pooled ensembling (TabLeak): per victim, every restart's slots are matched to the slots of
-        its ``reference`` restart by the Hungarian algorithm (squared distance of the model inputs,
-        equal labels first) and combined by :meth:`combine`.
+        its ``reference`` restart by the Hungarian algorithm (on :meth:`match_cost`, equal labels
+        first) and combined by :meth:`combine`.
 
         ``x`` ``[V, R, B, *sample_shape]``, ``labels`` ``[V, R, B]``, ``reference`` ``[V]`` (a restart
         index). Returns the pooled inputs ``[V, B, ...]``, their labels ``[V, B]`` and the entropy."""
         V, R, B = x.shape[:3]
-        flat = x.detach().cpu().reshape(V, R, B, -1).double()
         out, entropy, out_labels = [], [], []
         for v in range(V):
             ref = int(reference[v])
             aligned = []
             for r in range(R):
-                cost = torch.cdist(flat[v, ref], flat[v, r]).pow(2)
+                cost = self.match_cost(x[v, ref].detach().cpu(), x[v, r].detach().cpu())
                 cost = cost + 1e6 * (labels[v, ref][:, None] != labels[v, r][None, :]).cpu()
                 rows, cols = linear_sum_assignment(cost.numpy())
                 perm = torch.empty(B, dtype=torch.long)
@@ -83,6 +82,11 @@ class DataKind(ABC):
             entropy.append(ent)
             out_labels.append(labels[v, ref].cpu())
         return torch.stack(out), torch.stack(out_labels), torch.stack(entropy)
+
+    def match_cost(self, reference: Tensor, other: Tensor) -> Tensor:
+        """Cost ``[B, B]`` of pairing slot ``i`` of ``reference`` with slot ``j`` of ``other``
+        (``[B, *sample_shape]`` model inputs): the squared distance."""
+        return torch.cdist(reference.flatten(1).double(), other.flatten(1).double()).pow(2)
 
     # ------------------------------------------------- results and reports
     @abstractmethod

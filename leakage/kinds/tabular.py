@@ -266,6 +266,12 @@ class TabularKind(DataKind):
                 ents.append(0.5 + 0.5 * torch.log(2 * math.pi * sd.pow(2) + 1e-12))
         return pooled, torch.stack(ents, -1)
 
+    def match_cost(self, reference: Tensor, other: Tensor) -> Tensor:
+        """TabLeak's matching: the share of features on which two rows disagree (its error), ties
+        broken by the squared distance."""
+        err = self.errors(other, reference).mean(-1).t().double()
+        return err + 1e-6 * super().match_cost(reference, other) / reference.shape[-1]
+
     def errors(self, recon: Tensor, truth: Tensor) -> Tensor:
         """TabLeak's error of every reconstructed row against every true row and feature
         ``[Br, Bt, F]`` (0 right, 1 wrong)."""
