@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from .callbacks import format_table, summarize, victim_rows
 from .client import CLIENT_MODES, client_gradients, validate_gradients
 from .data import Observation, _Steps
+from .kinds import DataKind
 from .defenses import Defense, SecureAggregation
 from .errors import LIGHTNING_HINTS
 from .family import Attack, attack_class
@@ -96,7 +97,7 @@ def client_update(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train",
 class InversionResult:
     """What :func:`invert` recovered, per update ``v`` (its best restart).
 
-    ``images`` ``[V, B, C, H, W]``, ``labels`` ``[V, B]``; ``matching_loss``, ``grad_l2``,
+    ``images`` ``[V, B, *input_shape]`` (model inputs: pixels, or encoded table rows), ``labels`` ``[V, B]``; ``matching_loss``, ``grad_l2``,
     ``grad_cosine`` ``[V]`` at the end; ``best_restart`` ``[V]``; ``failed`` ``[V]`` is True where
     every restart failed numerically (NaN or infinite loss). ``module`` is the attack itself;
     ``exact`` ``[V]`` is True where a closed-form attack's result is exact by construction.
@@ -167,6 +168,7 @@ def invert(
     data_range: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
     progress_bar: bool = False,
+    kind: Optional[DataKind] = None,
     trainer_options: Optional[dict[str, Any]] = None,
     **options: Any,
 ) -> InversionResult:
@@ -189,6 +191,8 @@ def invert(
         fedavg: the client's public FedAvg settings when the update is a FedAvg update (several
             local SGD steps); the attack then simulates those steps. None: one gradient (FedSGD).
         data_range: the range of the images' values.
+        kind: the kind of data (:mod:`leakage.kinds`), e.g. ``TabularKind(schema)`` for table rows
+            ``input_shape = [D]``; default: images of ``input_shape`` in ``data_range``.
         seed: seed of the dummies (each problem draws from its own generator; a closed form draws none).
         progress_bar: show Lightning's progress bar and start-up lines.
         trainer_options: further ``lightning.pytorch.Trainer`` arguments.
@@ -210,7 +214,7 @@ def invert(
     if fedavg is not None:
         fedavg.mini_batch(batch_size)
     observation = Observation(grads, batch_size, tuple(input_shape), num_classes, tuple(data_range),
-                              client_mode=client_mode, client=fedavg)
+                              client_mode=client_mode, client=fedavg, kind=kind)
     settings = {**chosen.settings, **options}
     cls = attack_class(chosen.attack)
     if cls.family == "optimisation":
@@ -230,10 +234,11 @@ def invert(
         )
         trainer.fit(module, train_dataloaders=DataLoader(_Steps(), batch_size=None))
         evaluation = module.final_evaluation()
-    best, failed = module.best_restarts(evaluation["loss"])
+    result = module.results(evaluation)
+    best, failed = result["best"], result["failed"]
     return InversionResult(
-        images=module.dummy_data.detach()[best].cpu(),
-        labels=module.recovered_labels()[best].cpu(),
+        images=result["recon"],
+        labels=result["labels"],
         matching_loss=evaluation["loss"][best].cpu(),
         grad_l2=evaluation["grad_l2"][best].cpu(),
         grad_cosine=evaluation["grad_cosine"][best].cpu(),

@@ -22,15 +22,16 @@ from .data import Observation
 from .distributed import all_done
 from .family import Attack
 from .fedavg import per_problem_updates, schedules
-from .labels import observed_labels
-from .losses import DISTANCES, gradient_distance, total_variation
+from .labels import observed_labels, public_labels
+from .losses import DISTANCES, gradient_distance
 from .optim import BatchedLBFGS, SignedAdam
 from .precision import full_precision
 from .seeding import generator
 
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
 INITS = ("randn", "uniform", "constant")
-LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin")
+LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin", "known")
+ENSEMBLES = ("best", "pool")
 #: what the attack logs through ``self.log`` (what an EarlyStopping or ModelCheckpoint may monitor)
 LOGGED_METRICS = ("attack/loss",)
 
@@ -70,10 +71,19 @@ class GradientInversion(Attack):
             (the middle of the data range).
         init_seed: seed of the dummy init; each problem draws from its own generator, seeded by
             ``(init_seed, its update's key, its restart)``.
-        box_constraint: clamp dummy images to the data range after every step.
+        box_constraint: project the dummies after every step (images: clamp to the data range;
+            unrelaxed table rows: continuous values clamped to their bounds).
+        relax: TabLeak's relaxation of table rows: the dummy holds a softmax's logits for each
+            categorical feature and a sigmoid's argument for each continuous one (mapped into its
+            bounds). Tables only.
+        ensemble: ``best`` (the restart with the lowest final matching loss) or ``pool`` (TabLeak's
+            pooled ensembling: every restart's batch slots matched to the best restart's by the
+            Hungarian algorithm, then combined by the data kind: mean of the softmaxes and median
+            for tables; it gives an entropy per reconstructed feature).
         labels: ``joint`` (DLG: soft labels optimized with the images), ``idlg`` (analytic, from
             the last layer's gradient; batch size 1), or a batch label restoration fixed before the
-            attack: ``bias_count``, ``weight_count``, ``yin`` (see :mod:`leakage.labels`).
+            attack: ``bias_count``, ``weight_count``, ``yin`` (see :mod:`leakage.labels`), or
+            ``known``: the labels are public (the data's ``public_labels``; TabLeak's setting).
         restarts: independent dummies per victim; the one with the lowest final matching loss
             is kept.
         group_weight: weight of group consistency (GradInversion, Yin et al., 2021): before every
@@ -125,7 +135,7 @@ class GradientInversion(Attack):
         init: Literal["randn", "uniform", "constant"] = "randn",
         init_seed: int = 0,
         box_constraint: bool = False,
-        labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin"] = "joint",
+        labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin", "known"] = "joint",
         restarts: int = 1,
         group_weight: float = 0.0,
         lr_decay: bool = False,
@@ -134,6 +144,8 @@ class GradientInversion(Attack):
         fixed_shape: Optional[bool] = None,
         lbfgs_early_exit: bool = True,
         check_done_every: Optional[int] = None,
+        relax: bool = False,
+        ensemble: Literal["best", "pool"] = "best",
     ) -> None:
         super().__init__()
         for value, allowed, what in (
@@ -141,6 +153,7 @@ class GradientInversion(Attack):
             (optimizer, OPTIMIZERS, "optimizer"),
             (init, INITS, "init"),
             (labels, LABELS, "label strategy"),
+            (ensemble, ENSEMBLES, "ensemble"),
             (compile, ("auto", "on", "off"), "compile setting"),
         ):
             if value not in allowed:
@@ -189,6 +202,10 @@ class GradientInversion(Attack):
     def _attach(self, observation: Observation) -> None:
         hp = self.hparams
         self.observation = observation
+        self.kind = observation.kind.relaxed(hp.get("relax", False))
+        unused = [w for w in ("tv_weight", "bn_weight") if hp[w] > 0 and w not in self.kind.priors]
+        if unused:
+            raise ValueError(f"{unused[0]} is a prior of images; {self.kind.name} data has none: set it to 0")
         self._client_net = None
         V, B, R = observation.num_victims, observation.batch_size, hp.restarts
         P = V * R
@@ -205,6 +222,8 @@ class GradientInversion(Attack):
         self.dummy_data = nn.Parameter(x)
         if hp.labels == "joint":
             self.dummy_labels = nn.Parameter(label_logits)
+        elif hp.labels == "known":
+            y = public_labels(observation)  # [V, B]
         else:
             y = observed_labels(self.target, observation.gradient_estimate(), B, observation.input_shape, hp.labels,
                                 observation.data_range)  # [V, B]
@@ -212,27 +231,23 @@ class GradientInversion(Attack):
         self.failed = torch.zeros(P, dtype=torch.bool)
 
     def initial_dummies(self, observation: Observation) -> tuple[Tensor, Tensor]:
-        """Every problem's initial dummy images ``[P, B, C, H, W]`` and soft-label logits ``[P, B, K]``.
+        """Every problem's initial dummies ``[P, B, *sample_shape]`` (the kind's parameters) and
+        soft-label logits ``[P, B, K]``.
 
         Problem ``(victim v, restart r)`` draws from its own generator, seeded by ``(init_seed, the
         update's key, r)``: its start, and so its result, do not depend on the other problems of the
         run, their order, the chunking or the number of processes.
         """
         hp = self.hparams
-        lo, hi = observation.data_range
-        shape = (observation.batch_size, *observation.input_shape)
-        xs, logits = [], []
+        B = observation.batch_size
         if not observation.update_keys:  # a process with an empty shard
-            return torch.zeros(0, *shape), torch.zeros(0, observation.batch_size, hp.num_classes)
+            return torch.zeros(0, B, *observation.input_shape), torch.zeros(0, B, hp.num_classes)
+        kind = observation.kind.relaxed(hp.get("relax", False))
+        xs, logits = [], []
         for key in observation.update_keys:
             for r in range(hp.restarts):
                 gen = generator("dummy", hp.init_seed, key, r)
-                if hp.init == "randn":
-                    xs.append(torch.randn(shape, generator=gen))
-                elif hp.init == "uniform":
-                    xs.append(lo + (hi - lo) * torch.rand(shape, generator=gen))
-                else:
-                    xs.append(torch.full(shape, (lo + hi) / 2))
+                xs.append(kind.initial(B, hp.init, gen))
                 logits.append(torch.randn((observation.batch_size, hp.num_classes), generator=gen))
         return torch.stack(xs), torch.stack(logits)
 
@@ -291,6 +306,7 @@ class GradientInversion(Attack):
     def _objective(self, x: Tensor, label_logits: Optional[Tensor], idx: Optional[Tensor],
                    distance: Optional[str] = None, prior: bool = True) -> Tensor:
         """Objective of the problems ``idx`` (all when None) at dummies ``x`` and label logits."""
+        dummy, x = x, self.kind.to_input(x)
         observed = self.observed()
         if label_logits is not None:
             targets = F.softmax(label_logits, dim=-1)
@@ -312,11 +328,12 @@ class GradientInversion(Attack):
         loss = gradient_distance([grads[n] for n in self.param_names], observed, distance or self.hparams.distance)
         if bn:
             loss = loss + self.hparams.bn_weight * self.bn_prior(moments)
-        if prior and self.hparams.tv_weight > 0:
-            loss = loss + self.hparams.tv_weight * total_variation(x)
+        kind_prior = self.kind.prior(dummy, x, {"tv_weight": self.hparams.tv_weight}) if prior else None
+        if kind_prior is not None:
+            loss = loss + kind_prior
         if prior and self.hparams.group_weight > 0 and self.consensus is not None:
             target = self.consensus if idx is None else self.consensus[idx]
-            loss = loss + self.hparams.group_weight * (x - target).pow(2).flatten(1).mean(1)
+            loss = loss + self.hparams.group_weight * (dummy - target).pow(2).flatten(1).mean(1)
         return loss
 
     @torch.no_grad()
@@ -444,9 +461,8 @@ class GradientInversion(Attack):
         if isinstance(opt, BatchedLBFGS):
             self.failed |= opt.failed.to(self.failed.device)
         if self.hparams.box_constraint:
-            lo, hi = self.observation.data_range
             with torch.no_grad():
-                self.dummy_data.clamp_(lo, hi)
+                self.kind.project_(self.dummy_data)
 
     def done(self) -> Tensor:
         """Mask ``[P]`` of problems with nothing left to do: failed, or (L-BFGS) at a fixed point."""

@@ -20,17 +20,20 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from . import checks, htmlreport
-from .dashboard import (OUTCOMES, SETTINGS, figure_png, final_scalars, gallery_png, history_figure, log10,
+from .dashboard import (OUTCOMES, SETTINGS, figure_png, final_scalars, history_figure, log10,
                         overview_layout, png_array, summary_markdown, write_hparams)
 from .distributed import gather, world_size
 from .errors import one_line
-from .metrics import label_accuracy, reconstruction_metrics
+from .kinds import ImageKind
+from .metrics import label_accuracy
 from .runfiles import Artifacts, mark_ended, mark_running
 
 COLUMNS = (
     "victim", "indices", "true_labels", "recovered_labels", "label_acc", "ssim", "psnr", "mse",
     "grad_l2", "grad_cosine", "final_loss", "best_restart", "status", "ssim_images",
 )
+#: the columns tables add (TabLeak's accuracy, and the categorical features' mean entropy when pooled)
+TABLE_COLUMNS = ("accuracy", "accuracy_categorical", "accuracy_continuous", "entropy_categorical")
 
 
 def _tb(trainer: pl.Trainer) -> Optional[Any]:
@@ -78,6 +81,9 @@ def fresh_run_dir(base: Path, name: str = "leakage") -> Path:
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of the per-victim results."""
     shown = ("victim", "indices", "true_labels", "recovered_labels", "ssim", "psnr", "mse", "grad_l2", "status")
+    if any("accuracy" in r for r in rows):  # tables
+        shown = ("victim", "indices", "true_labels", "recovered_labels", "accuracy", "accuracy_categorical",
+                 "accuracy_continuous", "grad_l2", "status")
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
@@ -98,12 +104,17 @@ def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
     n = len(rows)
     ok = [r for r in rows if r["status"] != "failed"]
     have_images = any(not math.isnan(r["ssim"]) for r in rows)
+    have_table = any(not math.isnan(r.get("accuracy", float("nan"))) for r in rows)
 
     def mean(key: str) -> float:
         vals = [r[key] for r in ok if not math.isnan(r[key])]
         return sum(vals) / len(vals) if vals else float("nan")
 
     out = {"victims": n, "failed": n - len(ok), "grad_l2_mean": mean("grad_l2")}
+    if have_table:  # a failed victim's records count as not reconstructed (accuracy 0)
+        out.update(accuracy_mean=sum(r["accuracy"] for r in ok) / n, label_acc=sum(r["label_acc"] for r in rows) / n,
+                   accuracy_categorical_mean=mean("accuracy_categorical"),
+                   accuracy_continuous_mean=mean("accuracy_continuous"))
     if have_images:
         out.update(
             success=sum(r["ssim"] >= success_ssim for r in ok),
@@ -133,6 +144,8 @@ def victim_rows(recon: Tensor, labels: Tensor, evaluation: dict[str, Tensor], be
     """
     acc = label_accuracy(labels, true_labels) if true_labels is not None else None
     rows = []
+    nan = float("nan")
+    metrics = metrics or {}
     for v in range(recon.shape[0]):
         bad = bool(failed[v]) or not bool(torch.isfinite(recon[v]).all())
         rows.append({
@@ -141,17 +154,19 @@ def victim_rows(recon: Tensor, labels: Tensor, evaluation: dict[str, Tensor], be
             "true_labels": true_labels[v].tolist() if true_labels is not None else [],
             "recovered_labels": labels[v].tolist(),
             "label_acc": float(acc[v]) if acc is not None else float("nan"),
-            "ssim": float(metrics["ssim"][v]) if metrics is not None else float("nan"),
-            "psnr": float(metrics["psnr"][v]) if metrics is not None else float("nan"),
-            "mse": float(metrics["mse"][v]) if metrics is not None else float("nan"),
+            "ssim": float(metrics["ssim"][v]) if "ssim" in metrics else nan,
+            "psnr": float(metrics["psnr"][v]) if "psnr" in metrics else nan,
+            "mse": float(metrics["mse"][v]) if "mse" in metrics else nan,
             "grad_l2": float(evaluation["grad_l2"][v]),
             "grad_cosine": float(evaluation["grad_cosine"][v]),
             "final_loss": float(evaluation["loss"][v]),
             "best_restart": int(best_restart[v]),
             "status": "failed" if bad else "ok",
             # each victim image's SSIM against its matched reconstruction (B > 1: after assignment)
-            "ssim_images": [float(x) for x in metrics["ssim_images"][v]] if metrics is not None else [],
+            "ssim_images": [float(x) for x in metrics["ssim_images"][v]] if "ssim_images" in metrics else [],
         })
+        if "accuracy" in metrics:  # tables: TabLeak's accuracy (and the pooled entropy)
+            rows[-1].update({k: float(metrics[k][v]) for k in TABLE_COLUMNS if k in metrics})
     return rows
 
 
@@ -270,17 +285,19 @@ class LeakageReport(pl.Callback):
             scalars["attack/median_loss"] = median
             scalars["attack/log10_median_loss"] = log10(median)
         if metrics is not None:
+            names = self._kind.scalar_names()
             for v in range(losses.numel()):
-                for key in ("ssim", "psnr", "mse"):
+                for key in names:
                     value = float(metrics[key][v])
                     if math.isfinite(value):
                         scalars[f"victim_{v:02d}/{key}"] = value
-                mse = log10(float(metrics["mse"][v]))
-                if mse is not None:
-                    scalars[f"victim_{v:02d}/log10_mse"] = mse
-            for key in ("ssim", "psnr", "mse"):
+                if "mse" in metrics:
+                    mse = log10(float(metrics["mse"][v]))
+                    if mse is not None:
+                        scalars[f"victim_{v:02d}/log10_mse"] = mse
+            for key in names:
                 scalars[f"attack/{key}_mean"] = float(torch.nan_to_num(metrics[key]).mean())
-            scalars["attack/reconstructed"] = float(((metrics["ssim"] >= self.success_ssim) & ~failed).sum())
+            scalars["attack/reconstructed"] = float(((metrics["score"] >= self.success_ssim) & ~failed).sum())
         for name, value in scalars.items():
             if value is not None:
                 tb.add_scalar(name, value, step)
@@ -288,33 +305,32 @@ class LeakageReport(pl.Callback):
     def _figures(self, secret, recon: Tensor, labels: Tensor, metrics: Optional[dict], failed: Sequence[bool],
                  title: str) -> tuple[bytes, Optional[bytes]]:
         """The gallery and history figures as PNG bytes (no history before the first step)."""
-        gallery = gallery_png(
+        gallery = self._kind.figure(
             recon, labels, truth=secret.images if secret is not None else None,
             true_labels=secret.labels if secret is not None else None,
-            indices=secret.indices if secret is not None else None,
-            ssim_images=metrics["ssim_images"] if metrics is not None else None,
-            perm=metrics["perm"] if metrics is not None else None, failed=failed,
-            success_ssim=self.success_ssim, title=title)
+            indices=secret.indices if secret is not None else None, metrics=metrics, failed=failed,
+            success=self.success_ssim, title=title)
         history = None
         if self.history:
             done = None
             if metrics is not None:
-                done = [bool(metrics["ssim"][v] >= self.success_ssim) and not failed[v] for v in range(len(failed))]
+                done = [bool(metrics["score"][v] >= self.success_ssim) and not failed[v] for v in range(len(failed))]
             history = figure_png(history_figure(torch.stack(self.history).numpy(), done,
                                                 title=f"{title}: matching loss" if title else ""))
         return gallery, history
 
     @staticmethod
-    def _log_images(tb, step: int, gallery: bytes, history: Optional[bytes]) -> None:
-        tb.add_image("gallery", png_array(gallery), step, dataformats="HWC")
+    def _log_images(tb, step: int, gallery: Optional[bytes], history: Optional[bytes]) -> None:
+        if gallery is not None:
+            tb.add_image("gallery", png_array(gallery), step, dataformats="HWC")
         if history is not None:
             tb.add_image("history", png_array(history), step, dataformats="HWC")
 
     def _outcome_title(self, when: str, metrics: Optional[dict], failed: Tensor) -> str:
         if metrics is None:
             return f"{when}: reconstructions"
-        n = int(((metrics["ssim"] >= self.success_ssim) & ~failed).sum())
-        return f"{when}: {n}/{failed.numel()} reconstructed (SSIM >= {self.success_ssim:g})"
+        n = int(((metrics["score"] >= self.success_ssim) & ~failed).sum())
+        return f"{when}: {n}/{failed.numel()} reconstructed ({self._kind.score_label} >= {self.success_ssim:g})"
 
     def _claim_run_dir(self, trainer) -> None:
         """The folder of the run's artifacts: the logger's version folder; without a logger a fresh
@@ -380,14 +396,15 @@ class LeakageReport(pl.Callback):
         images_due = step == 1 or bool(self.image_every_n_steps and step % self.image_every_n_steps == 0)
         if not (scalars_due or images_due):
             return
-        local = (best_loss.detach().cpu(), pl_module.dummy_data.detach()[best].cpu(), failed.cpu(),
+        local = (best_loss.detach().cpu(), pl_module.reconstruction()[best].cpu(), failed.cpu(),
                  pl_module.recovered_labels()[best].cpu() if images_due else torch.zeros(len(best)))
         best_loss, recon, failed, labels = _joined(gather(trainer, local))
         tb = _tb(trainer)
         if tb is None:
             return
         secret = self._secret(trainer)
-        metrics = reconstruction_metrics(recon, secret.images) if secret is not None else None
+        self._kind = pl_module.kind
+        metrics = self._kind.evaluate(recon, secret.images) if secret is not None else None
         if scalars_due:
             self._scalars(tb, step, best_loss, metrics, failed)
         if images_due:
@@ -401,25 +418,29 @@ class LeakageReport(pl.Callback):
         """The per-victim results at the current step and the run's report (``partial``: why the
         attack did not finish)."""
         evaluation = pl_module.final_evaluation()
-        best, victim_failed = pl_module.best_restarts(evaluation["loss"])
+        result = pl_module.results(evaluation)
+        best = result["best"]
         R = pl_module.hparams.restarts
         local = {
-            "recon": pl_module.dummy_data.detach()[best].cpu(),
-            "labels": pl_module.recovered_labels()[best].cpu(),
+            "recon": result["recon"],
+            "labels": result["labels"],
             "evaluation": {k: v[best].cpu() for k, v in evaluation.items()},
             "restart": best.cpu() % R,
-            "failed": victim_failed.cpu(),
+            "failed": result["failed"],
             "exact": pl_module.exact()[best.cpu()],
             # [V, steps]: every step's best loss of each victim of this rank
             "history": (torch.stack(self.history, dim=1) if self.history
                         else torch.zeros(len(best), 0)),
         }
         # every rank's victims, in order, on every rank (one process: its own)
+        if result["entropy"] is not None:
+            local["entropy"] = result["entropy"]
         joined = _joined(gather(trainer, local))
         recon, labels = joined["recon"], joined["labels"]
         self.history = list(joined["history"].t())
         secret = self._secret(trainer)
-        metrics = reconstruction_metrics(recon, secret.images) if secret is not None else None
+        self._kind = pl_module.kind
+        metrics = self._kind.evaluate(recon, secret.images, joined.get("entropy")) if secret is not None else None
         self.rows = victim_rows(
             recon, labels, joined["evaluation"], joined["restart"], joined["failed"], metrics,
             secret.labels if secret is not None else None, secret.indices if secret is not None else None)
@@ -427,6 +448,14 @@ class LeakageReport(pl.Callback):
         self.summary["entries_per_unknown"] = pl_module.observation.entries_per_unknown
         self.summary["exact"] = int(joined["exact"].sum())  # victims solved exactly by construction
         self._report(trainer, pl_module, recon, labels, metrics, partial)
+
+    @property
+    def _kind(self):
+        return self.__dict__.get("_data_kind") or ImageKind()
+
+    @_kind.setter
+    def _kind(self, kind) -> None:
+        self.__dict__["_data_kind"] = kind
 
     # --------------------------------------------------------------- outputs
     @staticmethod
@@ -442,7 +471,7 @@ class LeakageReport(pl.Callback):
         lines += [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
                  for i, d in enumerate(self.defenses_of(trainer))]
         text = "\n".join([*lines, format_table(self.rows)])
-        if "success" in s:
+        if "success" in s and "ssim_mean" in s:
             psnr = "n/a" if math.isnan(s["psnr_mean"]) else f"{s['psnr_mean']:.2f} dB"
             text += (
                 f"\nreconstructed (SSIM >= {self.success_ssim}): {s['success']}/{s['victims']}  "
@@ -451,8 +480,15 @@ class LeakageReport(pl.Callback):
             )
             if s["images"] > s["victims"]:
                 text += f"\nimages reconstructed (SSIM >= {self.success_ssim}): {s['image_success']}/{s['images']}"
+        elif "accuracy_mean" in s:
+            text += (f"\nrecords' accuracy (TabLeak's): {100 * s['accuracy_mean']:.1f}%  label accuracy "
+                     f"{100 * s['label_acc']:.1f}%  failed {s['failed']}")
         else:
             text += f"\nno victim images (attacking captured gradients): mean gradient L2 {s['grad_l2_mean']:.3g}"
+        details = self._kind.details(recon, self._secret(trainer).images if self._secret(trainer) is not None else None,
+                                     metrics)
+        if details["text"]:
+            text += "\n" + details["text"]
         text += f"\ngradient entries per unknown input value: {s['entries_per_unknown']:.2f}"
         if s["exact"]:
             text += f"\nexact by construction (closed form, certified by the update): {s['exact']}/{s['victims']} victims"
@@ -481,15 +517,17 @@ class LeakageReport(pl.Callback):
                 tb.add_scalar(f"final/{key}", value, step)
             self._log_images(tb, step, gallery, history)
             tb.add_text("summary", summary_markdown(self.rows, s, self.success_ssim, settings), step)
+            if details["markdown"]:
+                tb.add_text("rows", details["markdown"], step)
             if self.hparams:
                 write_hparams(tb, settings, [f"final/{k}" for k in OUTCOMES])
             tb.flush()
         if not self.save_artifacts or not trainer.is_global_zero:
             return
-        self._write(trainer, text, gallery, history, settings, partial)
+        self._write(trainer, text, gallery, history, settings, partial, details["html"])
 
     def _write(self, trainer, text: str, gallery: bytes, history: Optional[bytes], settings: dict,
-               partial: Optional[str]) -> None:
+               partial: Optional[str], details_html: str = "") -> None:
         """The run's files, each atomically; ``metrics.json`` (which says complete or partial) last,
         then the RUNNING marker goes. What cannot be written is said in one line."""
         s = self.summary
@@ -500,17 +538,21 @@ class LeakageReport(pl.Callback):
             files.unwritten, files.reason = ["the run folder"], err.strerror or str(err)
         if not files.unwritten:
             table = io.StringIO(newline="")
-            w = csv.DictWriter(table, fieldnames=COLUMNS)
+            w = csv.DictWriter(table, fieldnames=COLUMNS + tuple(c for c in TABLE_COLUMNS if any(c in r for r in self.rows)))
             w.writeheader()
             for r in self.rows:
                 w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
             files.write("metrics.csv", table.getvalue())
             files.write("metrics.txt", text + "\n")
-            files.write("gallery.png", gallery)
+            # the public description of the data (a table's schema): what a later attack on a captured update needs
+            files.write("schema.json", json.dumps(self._kind.describe(), indent=2) + "\n")
+            if gallery is not None:
+                files.write("gallery.png", gallery)
             if history is not None:
                 files.write("history.png", history)
             files.write("report.html", fit_report(self.rows, s, self.success_ssim, settings,
-                                                  self.defenses_of(trainer), gallery, history, self.run_dir))
+                                                  self.defenses_of(trainer), gallery, history, self.run_dir,
+                                                  details_html))
             status = {"status": "complete"} if partial is None else {
                 "status": "partial", "reason": partial, "step": trainer.global_step}
             files.write("metrics.json", json.dumps({**status, "summary": s, "success_ssim": self.success_ssim,
@@ -526,11 +568,16 @@ class LeakageReport(pl.Callback):
 
 
 def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: dict[str, Any],
-               defenses: list[dict], gallery: bytes, history: Optional[bytes], run_dir: Path) -> str:
+               defenses: list[dict], gallery: Optional[bytes], history: Optional[bytes], run_dir: Path,
+               details: str = "") -> str:
     """The run's ``report.html``: outcome, settings, defenses, gallery, history and per-victim table."""
     h = htmlreport
     s = summary
-    if "success" in s:
+    if "accuracy_mean" in s:
+        outcome = (f"<b>records reconstructed with {100 * s['accuracy_mean']:.1f}% accuracy</b> (TabLeak's: categorical "
+                   f"exact, continuous within 0.319 standard deviations); label accuracy {100 * s['label_acc']:.1f}%, "
+                   f"{s['failed']} numerically failed.")
+    elif "success" in s:
         outcome = (f"<b>{s['success']}/{s['victims']} victims reconstructed</b> (SSIM &ge; {success_ssim:g}); "
                    f"mean SSIM {s['ssim_mean']:.3f}, mean PSNR {h.esc(h.fmt(s['psnr_mean']))} dB, label accuracy "
                    f"{100 * s['label_acc']:.1f}%, {s['failed']} numerically failed.")
@@ -545,9 +592,14 @@ def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: d
         body += ["<h3>Client-side defenses, in order</h3>", "<ol>" + "".join(
             f"<li>{h.esc(d['defense'])}: " + h.esc(", ".join(f"{k} = {h.fmt(v)}" for k, v in d.items() if k != "defense"))
             + "</li>" for d in defenses) + "</ol>"]
-    body += ["<h2>Reconstructions</h2>", h.image(gallery, "gallery of victims and reconstructions",
-             "Victim images (top, with dataset index and label) and their reconstructions (below, with the "
-             "recovered label and SSIM; green: reconstructed, red: not reconstructed or failed).")]
+    if "accuracy_mean" in s:
+        body += ["<h2>Records</h2>"] + ([h.image(gallery, "per-feature accuracy",
+                 "TabLeak's accuracy of every feature over the victims' records.")] if gallery is not None else [])
+        body.append(details)
+    elif gallery is not None:
+        body += ["<h2>Reconstructions</h2>", h.image(gallery, "gallery of victims and reconstructions",
+                 "Victim images (top, with dataset index and label) and their reconstructions (below, with the "
+                 "recovered label and SSIM; green: reconstructed, red: not reconstructed or failed).")]
     if history is not None:
         body += ["<h2>Matching loss over the attack</h2>", h.image(
             history, "matching loss history", "Gradient-matching loss of every victim's best restart, log scale.")]

@@ -64,7 +64,8 @@ def final_scalars(summary: dict[str, float]) -> dict[str, float]:
         out["reconstructed"] = summary["success"]
         out["not_reconstructed"] = summary["victims"] - summary["success"]
     out["numerically_failed"] = summary["failed"]
-    for key in ("ssim_mean", "psnr_mean", "mse_mean", "label_acc", "grad_l2_mean", "entries_per_unknown"):
+    for key in ("ssim_mean", "psnr_mean", "mse_mean", "accuracy_mean", "label_acc", "grad_l2_mean",
+                "entries_per_unknown"):
         if key in summary:
             out[key] = summary[key]
     if "images" in summary and summary["images"] > summary["victims"]:
@@ -259,6 +260,9 @@ def summary_markdown(rows: list[dict], summary: dict, success_ssim: float, setti
     if "success" in summary:
         lines.append(f"**{summary['success']}/{summary['victims']} victims reconstructed** (SSIM >= {success_ssim:g}); "
                      f"mean SSIM {summary['ssim_mean']:.3f}, mean PSNR {_fmt(summary['psnr_mean'])} dB, "
+                     f"label accuracy {100 * summary['label_acc']:.1f}%, numerically failed {summary['failed']}.")
+    elif "accuracy_mean" in summary:
+        lines.append(f"**records reconstructed with {100 * summary['accuracy_mean']:.1f}% accuracy** (TabLeak's); "
                      f"label accuracy {100 * summary['label_acc']:.1f}%, numerically failed {summary['failed']}.")
     else:
         lines.append(f"No victim images (captured gradients): mean gradient L2 distance {_fmt(summary['grad_l2_mean'])}; "

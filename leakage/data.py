@@ -8,6 +8,7 @@ The module keeps two things apart:
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, replace
 from http.client import HTTPException
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Optional, Sequence
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
@@ -23,6 +25,8 @@ from torchvision import datasets, transforms
 
 from .capture import check_settings, is_capture, load_global_weights, read_capture
 from .client import CLIENT_MODES, client_gradients, load_gradients, validate_gradients
+from .kinds import DataKind, ImageKind, TableSchema, TabularKind
+from .kinds.tabular import read_csv
 from .fedavg import SHARES, FedAvgClient, client_updates, epochs_to_steps
 from .imagefolder import read_labelled_folder
 from .seeding import position_key, update_key
@@ -35,7 +39,9 @@ DATASETS: dict[str, tuple[tuple[int, int, int], int, str]] = {
     "fashion_mnist": ((1, 28, 28), 10, "FashionMNIST"),
 }
 BUNDLED = ("cifar10", "mnist")
-SOURCES = ("bundled", "torchvision", "folder", "gradients")
+#: bundled tables: name -> (file under leakage/assets/tabular, label column)
+TABLES = {"adult": ("adult_test_0_999.csv", "income")}
+SOURCES = ("bundled", "torchvision", "folder", "gradients", "csv")
 PROTOCOLS = ("fedsgd", "fedavg")
 _VICTIM_DATA = tuple(s for s in SOURCES if s != "gradients")  # sources whose victims are picked by index
 #: settings that only some sources read: name -> (default, the sources that read it, why);
@@ -45,6 +51,9 @@ SOURCE_SETTINGS = {
     "download": (False, ("torchvision",), "only torchvision datasets are downloaded"),
     "folder": (None, ("folder",), "only source=folder reads an image folder"),
     "gradient_file": (None, ("gradients",), "only source=gradients reads a gradient file"),
+    "path": (None, ("csv",), "only source=csv reads a CSV file"),
+    "label_column": (None, ("csv",), "only source=csv names the label column (a bundled table has its own)"),
+    "categorical_columns": (None, ("csv",), "only source=csv names its categorical columns"),
     "indices": (None, _VICTIM_DATA, "every update in the gradient file is a victim; there are no images to pick"),
     "num_victims": (1, _VICTIM_DATA, "every update in the gradient file is a victim; there are no images to count"),
 }
@@ -59,7 +68,7 @@ class Observation:
 
     gradients: dict[str, Tensor]  # {parameter name: [V, *shape]}
     batch_size: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # one sample's shape: [C, H, W] images, [D] encoded table rows
     num_classes: int
     data_range: tuple[float, float] = (0.0, 1.0)
     #: one public key per update, as a server names what it receives (round, client): every random
@@ -72,8 +81,15 @@ class Observation:
     #: the client protocol that made the updates: None is FedSGD (one gradient, mean over the
     #: batch); a :class:`~leakage.fedavg.FedAvgClient` holds the public FedAvg settings
     client: Optional[FedAvgClient] = None
+    #: the kind of data (:mod:`leakage.kinds`): how a dummy is parametrised, decoded and scored;
+    #: None: images of ``input_shape`` in ``data_range``
+    kind: Optional[DataKind] = None
+    #: the victims' labels ``[V, B]`` when they are public (TabLeak's threat model: labels known)
+    labels: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
+        if self.kind is None:
+            self.kind = ImageKind(self.input_shape, self.data_range)
         if self.client_mode not in CLIENT_MODES:
             raise ValueError(f"unknown client mode {self.client_mode!r}; choose one of {', '.join(CLIENT_MODES)}")
         if self.update_keys is None:
@@ -110,7 +126,8 @@ class Observation:
             return self
         index = torch.tensor(victims, dtype=torch.long)
         return replace(self, gradients={k: v[index] for k, v in self.gradients.items()},
-                       update_keys=tuple(self.update_keys[i] for i in victims))
+                       update_keys=tuple(self.update_keys[i] for i in victims),
+                       labels=None if self.labels is None else self.labels[index])
 
     @property
     def entries_per_unknown(self) -> float:
@@ -119,7 +136,7 @@ class Observation:
         Below 1 the matching problem is underdetermined; above 1 it may still be, since entries are
         not independent equations: :mod:`leakage.identifiability` measures the Jacobian rank."""
         entries = sum(math.prod(g.shape[1:]) for g in self.gradients.values())
-        unknowns = self.batch_size * self.input_shape[0] * self.input_shape[1] * self.input_shape[2]
+        unknowns = self.batch_size * math.prod(self.input_shape)
         return entries / unknowns
 
 
@@ -127,9 +144,18 @@ class Observation:
 class Secret:
     """The victims' private batches. Attack code never reads this."""
 
-    images: Tensor  # [V, B, C, H, W] in [0, 1]
+    images: Tensor  # the model inputs [V, B, *sample_shape]: images in [0, 1], or encoded table rows
     labels: Tensor  # [V, B]
     indices: list[list[int]]  # dataset index of every image, per victim
+
+
+def _read_schema(path: str) -> TableSchema:
+    """A table's schema from JSON: a run's ``schema.json`` (its ``schema`` entry) or the schema itself."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return TableSchema.from_json(json.dumps(data.get("schema", data)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"cannot read the table schema {path}: {(str(err).splitlines() or [type(err).__name__])[0][:200]}") from None
 
 
 class _Steps(IterableDataset):
@@ -157,11 +183,23 @@ class VictimDataModule(pl.LightningDataModule):
     """Victims and the gradients their client shares.
 
     Args:
-        source: ``bundled`` (the 20 CIFAR-10 and 20 MNIST test images shipped in the package),
-            ``torchvision`` (a full dataset under ``root``), ``folder`` (your own images) or
-            ``gradients`` (updates you captured, from ``gradient_file``; no victim images).
-        dataset: ``cifar10``, ``cifar100``, ``mnist`` or ``fashion_mnist``; sets the input shape and
-            class count (for ``folder`` and ``gradients`` too, unless overridden below).
+        source: ``bundled`` (the 20 CIFAR-10 and 20 MNIST test images, and the first 1,000 Adult
+            test records, shipped in the package), ``torchvision`` (a full dataset under ``root``),
+            ``folder`` (your own images), ``csv`` (your own table, ``path``) or ``gradients``
+            (updates you captured, from ``gradient_file``; no victim data).
+        dataset: ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist`` or ``adult`` (a table);
+            sets the input shape and class count (for ``folder`` and ``gradients`` too, unless
+            overridden below).
+        path: the CSV file for ``source=csv`` (a header row; records with a missing value, ``?``
+            or empty, are left out and counted).
+        label_column: a table's label column (default: ``income`` for Adult, else the last column).
+        categorical_columns: a table's categorical columns (default: every column holding a value
+            that is not a number).
+        schema: a table's public encoding as JSON (the ``schema.json`` of an earlier run, its
+            ``schema`` entry); default: built from the table itself (categories, means, standard
+            deviations and bounds of its complete records).
+        public_labels: the victims' labels are public (the attack's ``labels: known``; TabLeak's
+            setting).
         root: where torchvision datasets live.
         download: let torchvision download the dataset into ``root`` (needs the internet).
         folder: the image folder for ``source=folder``.
@@ -198,8 +236,13 @@ class VictimDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        source: Literal["bundled", "torchvision", "folder", "gradients"] = "bundled",
+        source: Literal["bundled", "torchvision", "folder", "gradients", "csv"] = "bundled",
         dataset: str = "cifar10",
+        path: Optional[str] = None,
+        label_column: Optional[str] = None,
+        categorical_columns: Optional[list[str]] = None,
+        schema: Optional[str] = None,
+        public_labels: bool = False,
         root: str = "data",
         download: bool = False,
         folder: Optional[str] = None,
@@ -226,8 +269,10 @@ class VictimDataModule(pl.LightningDataModule):
         self.client_mode = client_mode
         if source not in SOURCES:
             raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
-        self.dataset = _dataset_key(dataset)
-        if source == "bundled" and self.dataset not in BUNDLED:
+        self.public_labels = public_labels
+        self.table = self._table(source, dataset, path, label_column, categorical_columns, schema)
+        self.dataset = dataset.lower() if self.table is not None else _dataset_key(dataset)
+        if source == "bundled" and self.dataset not in BUNDLED and self.table is None:
             raise ValueError(
                 f"the package bundles {' and '.join(BUNDLED)} images only; for {self.dataset} use "
                 f"--data.source torchvision --data.root PATH (add --data.download true to fetch it)"
@@ -271,6 +316,15 @@ class VictimDataModule(pl.LightningDataModule):
         self.num_victims = num_victims
         self.batch_size = batch_size
         self.gradient_file = gradient_file
+        self.observation: Optional[Observation] = None
+        self.secret: Optional[Secret] = None
+        self.client = self._client(protocol, local_steps, local_epochs, local_lr, local_batch_size, shuffle,
+                                   shuffle_seed, share)
+        if self.table is not None:
+            kind = self.table[0]
+            self.input_shape = kind.sample_shape
+            self.num_classes = len(kind.schema.classes)
+            return
         shape, classes, _ = DATASETS[self.dataset]
         c = channels or shape[0]
         hw = (image_size, image_size) if image_size is not None else shape[1:]
@@ -281,10 +335,35 @@ class VictimDataModule(pl.LightningDataModule):
             )
         self.input_shape: tuple[int, int, int] = (c, *hw)
         self.num_classes: int = classes if num_classes is None else num_classes
-        self.observation: Optional[Observation] = None
-        self.secret: Optional[Secret] = None
-        self.client = self._client(protocol, local_steps, local_epochs, local_lr, local_batch_size, shuffle,
-                                   shuffle_seed, share)
+
+    def _table(self, source, dataset, path, label_column, categorical_columns, schema):
+        """A table source's kind (its schema) and its encoded records, or None for images."""
+        if source == "csv" and not path:
+            raise ValueError("source=csv needs --data.path FILE.csv")
+        if source == "gradients" and schema is not None:  # a captured update of a table: the schema is all
+            kind = TabularKind(_read_schema(schema))
+            return kind, torch.zeros(0, kind.schema.width), torch.zeros(0, dtype=torch.long)
+        if source == "csv":
+            where = Path(path)
+        elif dataset.lower() in TABLES and source in ("bundled", "gradients"):
+            file, label_column = TABLES[dataset.lower()][0], label_column or TABLES[dataset.lower()][1]
+            where = Path(str(resources.files("leakage") / "assets" / "tabular" / file))
+        else:
+            if dataset.lower() in TABLES:
+                raise ValueError(f"{dataset} is a table: use --data.source bundled (or csv with --data.path)")
+            return None
+        header, rows, dropped = read_csv(where)
+        if schema is not None:
+            table_schema = _read_schema(schema)
+        else:
+            table_schema = TableSchema.infer(header, rows, label_column, categorical_columns)
+        x, y = table_schema.encode(header, rows, source=str(where.name))
+        #: records left out for a missing value, said in the run's output
+        self.dropped_records = dropped
+        if dropped:
+            rank_zero_info(f"{where.name}: {dropped} of {dropped + len(rows)} records have a missing value ('?' or "
+                           f"empty) and are left out; indices count the {len(rows)} complete records")
+        return TabularKind(table_schema), x, y
 
     def _client(self, protocol, local_steps, local_epochs, local_lr, local_batch_size, shuffle, shuffle_seed,
                 share) -> Optional[FedAvgClient]:
@@ -314,6 +393,8 @@ class VictimDataModule(pl.LightningDataModule):
     def _selected(self, available: int) -> list[int]:
         wanted = self.indices if self.indices is not None else list(range(self.num_victims * self.batch_size))
         bad = [i for i in wanted if i >= available]
+        if bad and self.table is not None:
+            raise ValueError(f"record {bad[0]} is out of range: the table has {available} complete records (0-{available - 1})")
         if bad and self.source == "bundled":
             raise ValueError(
                 f"the bundled {self.dataset} images are test-split indices 0-{available - 1}; index {bad[0]} is "
@@ -325,9 +406,13 @@ class VictimDataModule(pl.LightningDataModule):
         return wanted
 
     def load_victims(self) -> Secret:
-        """Read the selected images and labels (the secret)."""
+        """Read the selected images and labels, or table records (the secret)."""
         size = self.input_shape[1:]
-        if self.source in ("bundled", "folder"):
+        if self.table is not None:
+            _, records, labels = self.table
+            chosen = self._selected(len(records))
+            x, y = records[chosen], labels[chosen]
+        elif self.source in ("bundled", "folder"):
             if self.source == "bundled":
                 folder = Path(str(resources.files("leakage") / "assets" / self.dataset))
             else:
@@ -376,6 +461,7 @@ class VictimDataModule(pl.LightningDataModule):
     # -------------------------------------------------------------------- setup
     def prepare(self, model: nn.Module) -> Observation:
         """Build the observation (and, for image sources, the secret) for a target model."""
+        kind = self.table[0] if self.table is not None else None
         if self.source == "gradients" and is_capture(self.gradient_file):  # type: ignore[arg-type]
             grads, keys = self._read_capture(model)
             self.secret = None
@@ -391,9 +477,15 @@ class VictimDataModule(pl.LightningDataModule):
             else:
                 grads = client_updates(model, self.secret.images, self.secret.labels, self.client, keys,
                                        self.client_mode)
+        labels = None
+        if self.public_labels:
+            if self.secret is None:
+                raise ValueError("public_labels needs the victims' data; captured gradients carry no labels")
+            labels = self.secret.labels
         try:
             self.observation = Observation(grads, self.batch_size, self.input_shape, self.num_classes,
-                                           update_keys=keys, client_mode=self.client_mode, client=self.client)
+                                           update_keys=keys, client_mode=self.client_mode, client=self.client,
+                                           kind=kind, labels=labels)
         except ValueError as err:
             if self.source != "gradients":
                 raise

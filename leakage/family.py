@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from .data import Observation
 from .distributed import check_strategy, victim_shard
 from .models import build_model, model_name
+from .kinds import DataKind
 from .precision import check_precision, full_precision
 
 #: the attack classes a config may select, by name: the only classes ``attack:`` resolves to
@@ -85,6 +86,7 @@ class Attack(pl.LightningModule):
         self.victims: range = range(0)
         self.total_victims = 0
         self.problem_losses: Optional[Tensor] = None  # [P], from the last evaluation
+        self.kind: Optional[DataKind] = None  # the observation's kind of data (an attack may relax it)
         self.register_buffer("failed", torch.zeros(0, dtype=torch.bool), persistent=False)
 
     def _settings_and_target(self, model: Union[nn.Module, str], input_shape: Sequence[int], num_classes: int,
@@ -132,6 +134,7 @@ class Attack(pl.LightningModule):
             )
         self.check_memory(observation.num_victims, observation.batch_size,
                           observation.client.local_steps if observation.client is not None else 1, self._trainer)
+        self.kind = observation.kind
         with full_precision():
             self._attach(observation)
         V = observation.num_victims
@@ -170,6 +173,26 @@ class Attack(pl.LightningModule):
     def describe(self) -> str:
         """The attack in a few words, as reports state it."""
         return f"{type(self).__name__} ({self.family})"
+
+    def reconstruction(self) -> Tensor:
+        """Every problem's reconstruction as the model input it stands for ``[P, B, *sample_shape]``."""
+        with torch.no_grad():
+            return self.kind.to_input(self.dummy_data.detach())
+
+    def results(self, evaluation: dict[str, Tensor]) -> dict[str, Optional[Tensor]]:
+        """The result record per victim: ``recon`` ``[V, B, ...]`` (model inputs), ``labels``
+        ``[V, B]``, ``best`` (the problem whose ``evaluation`` row stands for the victim: its best
+        restart), ``failed`` ``[V]`` and ``entropy`` (pooled ensembling only, else None)."""
+        best, failed = self.best_restarts(evaluation["loss"])
+        recon, labels = self.reconstruction(), self.recovered_labels()
+        if self.hparams.get("ensemble", "best") != "pool":
+            return {"recon": recon[best].cpu(), "labels": labels[best].cpu(), "best": best, "failed": failed.cpu(),
+                    "entropy": None}
+        R = self.hparams.restarts
+        V = best.numel()
+        pooled, pooled_labels, entropy = self.kind.pool(recon.view(V, R, *recon.shape[1:]).cpu(),
+                                                        labels.view(V, R, -1).cpu(), (best % R).cpu())
+        return {"recon": pooled, "labels": pooled_labels, "best": best, "failed": failed.cpu(), "entropy": entropy}
 
     def best_restarts(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         """Index of the best restart per victim ``[V]`` and whether every restart failed ``[V]``."""

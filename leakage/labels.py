@@ -140,3 +140,12 @@ def observed_labels(model: torch.nn.Module, gradients: dict[str, Tensor], batch_
         bias = gradients[f"{name}.bias"] if layer.bias is not None else None
         return idlg_labels(gradients[f"{name}.weight"], bias).view(V, 1)
     return restore_batch_labels(model, gradients, batch_size, input_shape, strategy, data_range)
+
+
+def public_labels(observation) -> Tensor:
+    """Labels ``[V, B]`` the server knows (label strategy ``known``: the threat model of TabLeak's
+    experiments, where labels are public metadata), from the observation."""
+    if observation.labels is None:
+        raise ValueError("label strategy 'known' needs public labels: set --data.public_labels true "
+                         "(the threat model where the server knows the labels)")
+    return observation.labels.long()

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .files import read_tensors
 
-MODELS = ("lenet", "simple_cnn", "mlp", "resnet18", "resnet18_imagenet")
+MODELS = ("lenet", "simple_cnn", "mlp", "resnet18", "resnet18_imagenet", "tabular_mlp")
 
 
 class LeNet(nn.Module):
@@ -91,8 +91,18 @@ def resnet18_imagenet(input_shape: Sequence[int] = (3, 224, 224), num_classes: i
     return model
 
 
+def tabular_mlp(input_shape: Sequence[int] = (105,), num_classes: int = 2, hidden: int = 100) -> nn.Module:
+    """TabLeak's fully connected net for encoded table rows ``[B, D]``: ``D -> 100 -> 100 -> classes``
+    with ReLU, PyTorch's default init (untrained, as in its experiments)."""
+    (d,) = input_shape
+    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, num_classes))
+
+
 BUILT_IN = {"lenet": LeNet, "simple_cnn": SimpleCNN, "mlp": MLP, "resnet18": resnet18_cifar,
-            "resnet18_imagenet": resnet18_imagenet}
+            "resnet18_imagenet": resnet18_imagenet, "tabular_mlp": tabular_mlp}
+#: built-ins for one table row ``[D]``; the others take images ``[C, H, W]``
+ROW_MODELS = ("tabular_mlp",)
 
 
 def _dlg_init(module: nn.Module) -> None:
@@ -151,8 +161,13 @@ def build_model(
     :func:`leakage.client.client_view`.
     """
     shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
-        raise ValueError(f"input_shape must be three positive integers [C, H, W], got {list(shape)}")
+    if len(shape) not in (1, 3) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
+        raise ValueError(f"input_shape must be three positive integers [C, H, W] (images) or one [D] (table rows), "
+                         f"got {list(shape)}")
+    if isinstance(name, str) and (len(shape) == 1) != (name.lower() in ROW_MODELS) and name.lower() in BUILT_IN:
+        wanted = "table rows [D]" if name.lower() in ROW_MODELS else "images [C, H, W]"
+        raise ValueError(f"model {name!r} takes {wanted}, the data has samples of shape {list(shape)}"
+                         + (": use --model.model tabular_mlp" if len(shape) == 1 else ""))
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if isinstance(name, nn.Module):

@@ -90,7 +90,7 @@ def test_model_that_cannot_take_the_input_shape(name, shape, reason):
 @pytest.mark.parametrize(
     "shape, classes, match",
     [
-        ((3, 0, 32), 10, r"input_shape must be three positive integers \[C, H, W\], got \[3, 0, 32\]"),
+        ((3, 0, 32), 10, r"input_shape must be three positive integers \[C, H, W\] \(images\) or one \[D\] \(table rows\), got \[3, 0, 32\]"),
         ((32, 32), 10, r"input_shape must be three positive integers"),
         ((3, 32, 32), 1, "num_classes must be an integer >= 2, got 1"),
         ((3, 32, 32), 0, "num_classes must be an integer >= 2, got 0"),

@@ -128,6 +128,12 @@ class _CellModule:
     def recovered_labels(self):
         return self._module.recovered_labels()[self._rows]
 
+    kind = property(lambda self: self._module.kind)
+    results = GradientInversion.results  # reads reconstruction, recovered_labels, best_restarts, hparams, kind
+
+    def reconstruction(self):
+        return self._module.reconstruction()[self._rows]
+
     def final_evaluation(self) -> dict:
         return {k: v[self._rows] for k, v in self._group.evaluation(self._module).items()}
 

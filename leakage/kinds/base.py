@@ -1,0 +1,127 @@
+"""What differs between kinds of data (images, tables), behind one small interface.
+
+A kind owns the dummy's parametrisation and its map to the model's input, the priors that apply,
+how the restarts of a victim are pooled, and how a reconstruction is decoded, matched to the truth,
+scored and shown. The attack, the clients, the defenses, the sweep and the report take a kind and
+never ask which one it is. Shapes: a problem's dummy is ``[B, *sample_shape]``; ``P`` problems
+stack to ``[P, B, *sample_shape]``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Optional
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+
+class DataKind(ABC):
+    """One kind of data. ``name`` says which in results and reports."""
+
+    name: str = ""
+    #: the name of the headline per-victim score in [0, 1] (images ``ssim``, tables ``accuracy``)
+    score_name: str = ""
+    score_label: str = ""  # how reports name it
+    #: the attack's prior weights that apply to this kind (others must stay 0)
+    priors: tuple[str, ...] = ()
+
+    def __init__(self, sample_shape: tuple[int, ...]) -> None:
+        self.sample_shape = tuple(int(s) for s in sample_shape)
+
+    # ------------------------------------------------------------ the dummy
+    @abstractmethod
+    def initial(self, batch_size: int, init: str, generator: torch.Generator) -> Tensor:
+        """One problem's initial dummy parameters ``[B, *param_shape]`` (``init`` names the scheme)."""
+
+    def relaxed(self, relax: bool) -> "DataKind":
+        """This kind with TabLeak's relaxation of the dummy on or off (only tables have one)."""
+        if relax:
+            raise ValueError(f"relax (TabLeak's softmax/sigmoid relaxation) applies to tables, not to {self.name} data")
+        return self
+
+    def to_input(self, dummy: Tensor) -> Tensor:
+        """The model input ``[..., B, *sample_shape]`` the dummy parameters stand for."""
+        return dummy
+
+    def project_(self, dummy: Tensor) -> None:
+        """Project the dummy parameters in place after a step (``box_constraint``); default: none."""
+
+    def prior(self, dummy: Tensor, x: Tensor, weights: dict[str, float]) -> Optional[Tensor]:
+        """The kind's prior per problem ``[P]`` at dummy parameters and model inputs, or None."""
+        return None
+
+    # ------------------------------------------------------ pooling restarts
+    @abstractmethod
+    def combine(self, aligned: Tensor) -> tuple[Tensor, Tensor]:
+        """Pool a victim's restarts, slots aligned, ``[R, B, *sample_shape]`` (model inputs) into one
+        reconstruction ``[B, *sample_shape]`` and a per-slot entropy (uncertainty) ``[B, ...]``."""
+
+    def pool(self, x: Tensor, labels: Tensor, reference: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Pooled ensembling (TabLeak): per victim, every restart's slots are matched to the slots of
+        its ``reference`` restart by the Hungarian algorithm (on :meth:`match_cost`, equal labels
+        first) and combined by :meth:`combine`.
+
+        ``x`` ``[V, R, B, *sample_shape]``, ``labels`` ``[V, R, B]``, ``reference`` ``[V]`` (a restart
+        index). Returns the pooled inputs ``[V, B, ...]``, their labels ``[V, B]`` and the entropy."""
+        V, R, B = x.shape[:3]
+        out, entropy, out_labels = [], [], []
+        for v in range(V):
+            ref = int(reference[v])
+            aligned = []
+            for r in range(R):
+                cost = self.match_cost(x[v, ref].detach().cpu(), x[v, r].detach().cpu())
+                cost = cost + 1e6 * (labels[v, ref][:, None] != labels[v, r][None, :]).cpu()
+                rows, cols = linear_sum_assignment(cost.numpy())
+                perm = torch.empty(B, dtype=torch.long)
+                perm[torch.as_tensor(rows)] = torch.as_tensor(cols)
+                aligned.append(x[v, r].detach().cpu()[perm])
+            pooled, ent = self.combine(torch.stack(aligned))
+            out.append(pooled)
+            entropy.append(ent)
+            out_labels.append(labels[v, ref].cpu())
+        return torch.stack(out), torch.stack(out_labels), torch.stack(entropy)
+
+    def match_cost(self, reference: Tensor, other: Tensor) -> Tensor:
+        """Cost ``[B, B]`` of pairing slot ``i`` of ``reference`` with slot ``j`` of ``other``
+        (``[B, *sample_shape]`` model inputs): the squared distance."""
+        return torch.cdist(reference.flatten(1).double(), other.flatten(1).double()).pow(2)
+
+    # ------------------------------------------------- results and reports
+    @abstractmethod
+    def evaluate(self, recon: Tensor, truth: Tensor, entropy: Optional[Tensor] = None) -> dict[str, Any]:
+        """Metrics of reconstructions ``[V, B, *sample_shape]`` against the secret inputs: at least
+        ``score`` ``[V]`` (the headline score), ``perm`` ``[V, B]`` (``recon[v][perm[v, i]]``
+        reconstructs ``truth[v, i]``) and the per-victim scalars named by :meth:`scalar_names`."""
+
+    def scalar_names(self) -> tuple[str, ...]:
+        """Per-victim metrics logged as scalars (each ``[V]`` in :meth:`evaluate`'s result)."""
+        return (self.score_name,)
+
+    def figure(self, recon: Tensor, labels: Tensor, *, truth: Optional[Tensor], true_labels: Optional[Tensor],
+               indices: Optional[list], metrics: Optional[dict], failed: list[bool], success: float,
+               title: str) -> Optional[bytes]:
+        """The run's figure (``gallery.png``, TensorBoard ``gallery``) as PNG bytes, or None."""
+        return None
+
+    def details(self, recon: Tensor, truth: Optional[Tensor], metrics: Optional[dict]) -> dict[str, str]:
+        """Extra views of the reconstructions: ``text`` (printed, metrics.txt), ``markdown``
+        (TensorBoard) and ``html`` (report.html); empty strings when the kind has none."""
+        return {"text": "", "markdown": "", "html": ""}
+
+    def describe(self) -> dict[str, Any]:
+        """The public description of the data (stored with the run)."""
+        return {"kind": self.name, "sample_shape": list(self.sample_shape)}
+
+
+def hungarian(cost: Tensor) -> Tensor:
+    """Permutation ``perm`` minimising ``sum_i cost[perm[i], i]`` for a ``[B, B]`` cost of
+    reconstruction (rows) against truth (columns)."""
+    B = cost.shape[0]
+    if B == 1:
+        return torch.zeros(1, dtype=torch.long)
+    rows, cols = linear_sum_assignment(cost.detach().double().cpu().numpy())
+    perm = torch.empty(B, dtype=torch.long)
+    perm[torch.as_tensor(cols)] = torch.as_tensor(rows)
+    return perm

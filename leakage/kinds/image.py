@@ -1,0 +1,63 @@
+"""Images: the dummy is pixels ``[B, C, H, W]`` (optionally boxed into the data range), the prior
+total variation, matching and scoring by SSIM (:mod:`leakage.metrics`), shown as a gallery."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ..losses import total_variation
+from ..metrics import reconstruction_metrics
+from .base import DataKind
+
+
+class ImageKind(DataKind):
+    name = "image"
+    score_label = "SSIM"
+    score_name = "ssim"
+    priors = ("tv_weight", "bn_weight")
+
+    def __init__(self, sample_shape: tuple[int, ...] = (3, 32, 32), data_range: tuple[float, float] = (0.0, 1.0)):
+        super().__init__(sample_shape)
+        self.data_range = (float(data_range[0]), float(data_range[1]))
+
+    def initial(self, batch_size: int, init: str, generator: torch.Generator) -> Tensor:
+        lo, hi = self.data_range
+        shape = (batch_size, *self.sample_shape)
+        if init == "randn":
+            return torch.randn(shape, generator=generator)
+        if init == "uniform":
+            return lo + (hi - lo) * torch.rand(shape, generator=generator)
+        return torch.full(shape, (lo + hi) / 2)
+
+    def project_(self, dummy: Tensor) -> None:
+        dummy.clamp_(*self.data_range)
+
+    def prior(self, dummy: Tensor, x: Tensor, weights: dict[str, float]) -> Optional[Tensor]:
+        tv = weights.get("tv_weight", 0.0)
+        return tv * total_variation(x) if tv > 0 else None
+
+    def combine(self, aligned: Tensor) -> tuple[Tensor, Tensor]:
+        """The mean image of the aligned restarts; the per-pixel standard deviation as uncertainty."""
+        return aligned.mean(0), aligned.std(0, unbiased=False)
+
+    def evaluate(self, recon: Tensor, truth: Tensor, entropy: Optional[Tensor] = None) -> dict[str, Any]:
+        metrics = reconstruction_metrics(recon, truth, self.data_range[1])
+        metrics["score"] = metrics["ssim"]
+        return metrics
+
+    def scalar_names(self) -> tuple[str, ...]:
+        return ("ssim", "psnr", "mse")
+
+    def figure(self, recon, labels, *, truth, true_labels, indices, metrics, failed, success, title):
+        from ..dashboard import gallery_png
+
+        return gallery_png(recon, labels, truth=truth, true_labels=true_labels, indices=indices,
+                           ssim_images=metrics["ssim_images"] if metrics is not None else None,
+                           perm=metrics["perm"] if metrics is not None else None, failed=failed,
+                           success_ssim=success, title=title)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "data_range": list(self.data_range)}

@@ -1,0 +1,139 @@
+"""Tables: the Adult and CSV sources, TabLeak and its baselines, the run's table artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from leakage.attack import GradientInversion
+from leakage.cli import main
+from leakage.data import VictimDataModule
+from leakage.kinds import TableSchema
+from leakage.kinds.tabular import read_csv
+
+from conftest import CONFIGS, cli_args, cli_error, run_dirs
+
+TABLEAK = dict(model="tabular_mlp", distance="cosine", optimizer="signed_adam", lr=0.06, init="uniform",
+               labels="known", relax=True, ensemble="pool")
+
+
+def _attack(dm: VictimDataModule, steps: int, **settings) -> tuple[GradientInversion, dict]:
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from leakage.data import _Steps
+
+    module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **settings)
+    module.attach(dm.prepare(module.target))
+    pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
+               enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0).fit(
+        module, train_dataloaders=DataLoader(_Steps(), batch_size=None))
+    result = module.results(module.final_evaluation())
+    return module, module.kind.evaluate(result["recon"], dm.secret.images, result["entropy"])
+
+
+def test_schema_encoding_round_trips(tmp_path):
+    dm = VictimDataModule(source="bundled", dataset="adult")
+    kind, x, _ = dm.table
+    header, rows, dropped = read_csv(CONFIGS.parent / "leakage" / "assets" / "tabular" / "adult_test_0_999.csv")
+    assert dropped == 73 and len(rows) == 927 and dm.input_shape == (kind.schema.width,)
+    li = header.index("income")
+    decoded = kind.schema.decode(x[:50])
+    for got, row in zip(decoded, rows[:50]):
+        assert [str(v) for v in got] == [v for i, v in enumerate(row) if i != li]
+    again = TableSchema.from_json(kind.schema.to_json())
+    assert torch.equal(again.encode(header, rows[:50])[0], x[:50])
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_tableak_recovers_adult_records(batch_size):
+    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=batch_size, public_labels=True)
+    _, m = _attack(dm, 200, restarts=3, **TABLEAK)
+    assert float(m["accuracy"][0]) >= 0.9, m["feature_accuracy"]
+
+
+def test_low_entropy_means_high_accuracy():
+    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=8, public_labels=True)
+    module, m = _attack(dm, 100, restarts=4, **TABLEAK)
+    cat = torch.tensor([f.type == "categorical" for f in module.kind.schema.features])
+    ent, correct = m["entropy"][..., cat].flatten(), m["correct"][..., cat].flatten()
+    low = ent <= ent.median()
+    assert float(correct[low].mean()) > float(correct[~low].mean())
+
+
+def test_tableak_beats_the_unrelaxed_cosine_baseline():
+    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=8, public_labels=True)
+    _, tableak = _attack(dm, 200, restarts=3, **TABLEAK)
+    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=8, public_labels=True)
+    _, baseline = _attack(dm, 200, restarts=1, **{**TABLEAK, "relax": False, "ensemble": "best",
+                                                  "box_constraint": True})
+    assert float(tableak["accuracy"][0]) > float(baseline["accuracy"][0])
+
+
+def _csv(tmp_path, text: str):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    return path
+
+
+OWN = ("colour,height,score,city,outcome\n"
+       "red,1.5,3,Bern,yes\nblue,1.7,,Basel,no\ngreen,1.9,2,Bern,no\nred,?,5,Chur,yes\n"
+       "blue,1.6,4,Chur,no\ngreen,1.8,1,Basel,yes\nred,2.0,2,Bern,no\nblue,1.4,6,Basel,yes\n")
+
+
+def test_own_csv_runs_from_the_cli(tmp_path, capsys):
+    path = _csv(tmp_path, OWN)
+    main(cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv",
+                  "--data.path", str(path), "--data.label_column", "outcome", "--data.batch_size", "2",
+                  "--model.restarts", "3", "--trainer.max_steps", "150"))
+    out = capsys.readouterr().out
+    assert "overall accuracy" in out and "colour" in out
+    (run,) = run_dirs(tmp_path)
+    schema = json.loads((run / "schema.json").read_text())["schema"]
+    assert [f["name"] for f in schema["features"]] == ["colour", "height", "score", "city"]
+    assert [f["type"] for f in schema["features"]] == ["categorical", "continuous", "continuous", "categorical"]
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["summary"]["accuracy_mean"] >= 0.75
+    assert "Victim 0" in (run / "report.html").read_text()
+
+
+@pytest.mark.parametrize("text, extra, message", [
+    ("a,b\n1,2\n3,4\n", ["--data.label_column", "y"], "no label column 'y' in the table (columns: a, b)"),
+    ("a,b,y\n1,2,x\nq,4,z\n", ["--data.label_column", "y", "--data.categorical_columns", "[b]"],
+     "column 'a' is continuous but holds 'q', not a number"),
+])
+def test_a_csv_that_does_not_fit_is_one_line(tmp_path, capsys, text, extra, message):
+    path = _csv(tmp_path, text)
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv",
+                                      "--data.path", str(path), *extra))
+    assert line == f"leakage: error: {message}"
+
+
+def test_a_category_not_in_the_schema_is_one_line(tmp_path, capsys):
+    dm = VictimDataModule(source="bundled", dataset="adult")
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"schema": json.loads(dm.table[0].schema.to_json())}))
+    own = (CONFIGS.parent / "leakage" / "assets" / "tabular" / "adult_test_0_999.csv").read_text().splitlines()
+    own[1] = own[1].replace("Private", "Martian")
+    path = _csv(tmp_path, "\n".join(own) + "\n")
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv",
+                                      "--data.path", str(path), "--data.label_column", "income",
+                                      "--data.schema", str(schema)))
+    assert line == "leakage: error: t.csv, record 0: workclass 'Martian' is not a category of the schema"
+
+
+def test_the_python_api_attacks_a_record_with_idlg_labels():
+    import leakage
+    from leakage.models import build_model
+
+    dm = VictimDataModule(source="bundled", dataset="adult", indices=[5])
+    model = build_model("tabular_mlp", dm.input_shape, dm.num_classes)
+    obs = dm.prepare(model)
+    update = {k: v[0] for k, v in obs.gradients.items()}
+    settings = {k: v for k, v in TABLEAK.items() if k not in ("model", "labels")}
+    result = leakage.invert(model, update, dm.input_shape, dm.num_classes, attack="idlg", kind=obs.kind, steps=100,
+                            restarts=3, **settings)
+    assert torch.equal(result.labels, dm.secret.labels)
+    assert float(obs.kind.evaluate(result.images, dm.secret.images)["accuracy"][0]) >= 0.9
