@@ -96,8 +96,10 @@ class FedAvgClient:
         return self.local_steps == 1 and self.local_batch_size is None and self.share == "pseudo_gradient"
 
     def gradient_estimate(self, update: Tensor) -> Tensor:
-        """The shared update as a gradient-like quantity (the mean of the local gradients), for
-        label restoration strategies that read the last layer's gradient."""
+        """The shared update in pseudo-gradient units ``(w_0 - w_K) / local_lr`` (the sum of the
+        local gradients), whichever the client shares: the units the attack matches in (a ``delta``
+        is ``local_lr`` times smaller, its l2 matching loss ``local_lr**2`` times) and what label
+        restoration strategies read the last layer's gradient from."""
         return update if self.share == "pseudo_gradient" else update / -self.local_lr
 
 
@@ -190,7 +192,9 @@ def per_problem_updates(model: nn.Module, x: Tensor, targets: Tensor, client: Fe
     step (second order, composed by ``torch.func``). Memory grows linearly with ``local_steps``.
     ``forward`` runs the forward pass with ``model``'s parameters (the client's train or eval mode,
     :func:`leakage.client.client_view`); default: ``model``. Returns ``{parameter name: [P, *shape]}``
-    as the client shares it.
+    in pseudo-gradient units ``(w_0 - w_K) / local_lr`` whichever the client shares: what
+    :meth:`FedAvgClient.gradient_estimate` makes of the shared update, so that the attack matches
+    ``delta`` and ``pseudo_gradient`` updates alike.
     """
     net = model if forward is None else forward
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -209,6 +213,6 @@ def per_problem_updates(model: nn.Module, x: Tensor, targets: Tensor, client: Fe
             w = {n: params[n] + delta[n] for n in params}
             g = step_grad(w, xp[idx], tp[idx])
             delta = {n: delta[n] - lr * g[n] for n in params}
-        return {n: _shared(client, d) for n, d in delta.items()}
+        return {n: d / -lr for n, d in delta.items()}
 
     return vmap(one)(x, targets, schedule)
