@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from .client import client_view
+from .client import check_batch, client_view
 from .precision import full_precision
 from .seeding import generator
 
@@ -173,9 +173,10 @@ def fedavg_update(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, 
 def client_updates(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, keys: Sequence[int],
                    mode: str = "train") -> dict[str, Tensor]:
     """Each victim's shared FedAvg update: ``x`` ``[V, B, C, H, W]``, ``y`` ``[V, B]``; returns
-    ``{name: [V, *shape]}``."""
+    ``{name: [V, *shape]}``. The batch is checked first (:func:`leakage.client.check_batch`)."""
+    check_batch(model, x, y)
     with full_precision():  # as the attack: no TF32 or bf16 shortcut in the client's float32 math
-        updates = [fedavg_update(model, xv, yv, client, k, mode) for xv, yv, k in zip(x, y, keys)]
+        updates = [fedavg_update(model, xv, yv, client, k, mode) for xv, yv, k in zip(x, y.long(), keys)]
     return {n: torch.stack([u[n] for u in updates]) for n in updates[0]}
 
 

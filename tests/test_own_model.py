@@ -368,7 +368,7 @@ def test_the_api_attacks_a_fedavg_update_of_several_local_steps_whichever_the_cl
         client = leakage.FedAvgClient(local_steps=3, local_lr=0.1, share=share)
         update = leakage.client_update(model, x, y, fedavg=client)
         assert not torch.allclose(update["fc.weight"], leakage.client_update(model, x, y)["fc.weight"])
-        result = leakage.invert(model, update, input_shape=(1, 28, 28), num_classes=10, attack="idlg", steps=40,
+        result = leakage.invert(model, update, input_shape=(1, 28, 28), num_classes=10, attack="idlg", steps=10,
                                 fedavg=client)
         rep = leakage.report(result, x, y)
         assert rep.rows[0]["label_acc"] == 1.0
