@@ -294,7 +294,9 @@ def report(result: InversionResult, x: Tensor, y: Tensor, success_ssim: float = 
     check_labels(yb, result.module.hparams.num_classes)
     lo, hi = result.module.observation.data_range
     tol = 1e-6 * max(1.0, hi - lo)
-    if not xb.is_floating_point() or float(xb.min()) < lo - tol or float(xb.max()) > hi + tol:
+    if not xb.is_floating_point():
+        raise ValueError(f"the true images must be floating-point, got {xb.dtype}")
+    if float(xb.min()) < lo - tol or float(xb.max()) > hi + tol:
         raise ValueError(f"the true images hold values in [{float(xb.min()):g}, {float(xb.max()):g}], outside the data "
                          f"range [{lo:g}, {hi:g}] the reconstruction was made for: give x in that range "
                          "(or invert with its data_range)")

@@ -124,11 +124,12 @@ def num_logits(model: nn.Module, input_shape: Sequence[int], name: str = "") -> 
     """The number of logits the model gives: one forward pass of zeros ``[1, *input_shape]`` (in
     eval mode) must give a tensor ``[1, K]``; otherwise a one-line ``ValueError`` says what it gave."""
     shape = tuple(input_shape)
+    first = next(model.parameters(), None)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, *shape))
+            out = model(torch.zeros(1, *shape, device=None if first is None else first.device))
     except (RuntimeError, ValueError, IndexError, TypeError) as err:  # what torch's layers raise for a shape they cannot take
         raise ValueError(f"{_what(model, name)} cannot take inputs of shape {shape}: {_first_line(err)}") from None
     finally:
