@@ -16,6 +16,7 @@ table. Only :func:`report` reads the victims' data.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import warnings
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .callbacks import format_table, summarize, victim_rows
-from .client import CLIENT_MODES, client_gradients, validate_gradients
+from .client import CLIENT_MODES, check_labels, client_gradients, validate_gradients
 from .data import Observation, _Steps
 from .kinds import DataKind
 from .defenses import Defense, SecureAggregation
@@ -36,6 +37,7 @@ from .errors import LIGHTNING_HINTS
 from .family import Attack, attack_class
 from .fedavg import FedAvgClient, client_updates
 from .metrics import reconstruction_metrics
+from .models import check_weights, model_name
 from .presets import preset
 from .seeding import position_key
 
@@ -52,7 +54,7 @@ def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tup
 def _batched(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, bool]:
     """``x`` ``[B, C, H, W]`` / ``y`` ``[B]`` (one update) or ``[V, B, C, H, W]`` / ``[V, B]`` (several)."""
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise ValueError("x and y must be tensors: images [B, C, H, W] and labels [B] (or [V, B, ...] for V updates)")
+        raise TypeError("x and y must be tensors: images [B, C, H, W] and labels [B] (or [V, B, ...] for V updates)")
     if x.dim() == 4 and y.dim() == 1:
         return x[None], y[None], True
     if x.dim() == 5 and y.dim() == 2:
@@ -75,15 +77,14 @@ def client_update(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train",
     parameter}``; ``[V, B, C, H, W]`` with ``[V, B]`` gives V updates ``{name: [V, *shape]}``.
     """
     xb, yb, single = _batched(x, y)
-    if not xb.is_floating_point():
-        raise ValueError(f"x must be floating-point images, got {xb.dtype}")
+    check_weights(model, model_name(model))  # the batch itself is checked by the client (leakage.client.check_batch)
     device = next(model.parameters()).device
     keys = [position_key(v) for v in range(xb.shape[0])]  # what invert keys the updates by
     if fedavg is None:
-        grads = client_gradients(model, xb.to(device), yb.to(device).long(), mode)
+        grads = client_gradients(model, xb.to(device), yb.to(device), mode)
     else:
         fedavg.mini_batch(xb.shape[1])  # a mini-batch that does not fit the batch is a one-line error
-        grads = client_updates(model, xb.to(device), yb.to(device).long(), fedavg, keys, mode)
+        grads = client_updates(model, xb.to(device), yb.to(device), fedavg, keys, mode)
     if defenses:
         if any(isinstance(d, SecureAggregation) for d in defenses):
             raise ValueError("SecureAggregation sums several clients' updates: run it with `leakage fit` (a defense "
@@ -153,6 +154,29 @@ def _quiet_lightning(show: bool) -> Iterator[None]:
                 lg.setLevel(level)
 
 
+#: Trainer arguments that are invert's own arguments
+_OWN_TRAINER_ARGS = {"max_steps": "steps", "enable_progress_bar": "progress_bar", "logger": None,
+                     "enable_checkpointing": None, "enable_model_summary": None, "num_sanity_val_steps": None,
+                     "limit_val_batches": None}
+
+
+def _trainer_settings(options: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """``trainer_options`` checked: a mapping of ``Trainer`` arguments that ``invert`` does not set itself."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"trainer_options must be a dict of lightning Trainer arguments, got {type(options).__name__}")
+    known = inspect.signature(pl.Trainer.__init__).parameters
+    for key in options:
+        if key in _OWN_TRAINER_ARGS:
+            own = _OWN_TRAINER_ARGS[key]
+            raise ValueError(f"trainer_options {key!r} is set by invert itself" +
+                             (f": use invert's argument {own}=" if own else ""))
+        if key not in known:
+            raise ValueError(f"trainer_options {key!r} is not an argument of lightning's Trainer")
+    return dict(options)
+
+
 def invert(
     model: nn.Module,
     update: Mapping[str, Tensor],
@@ -195,7 +219,8 @@ def invert(
             ``input_shape = [D]``; default: images of ``input_shape`` in ``data_range``.
         seed: seed of the dummies (each problem draws from its own generator; a closed form draws none).
         progress_bar: show Lightning's progress bar and start-up lines.
-        trainer_options: further ``lightning.pytorch.Trainer`` arguments.
+        trainer_options: further ``lightning.pytorch.Trainer`` arguments (not those ``invert`` sets:
+            ``max_steps`` is ``steps``, ``enable_progress_bar`` is ``progress_bar``).
         **options: any attack setting of ``leakage fit`` (``--model.*``: ``distance``, ``tv_weight``,
             ``labels``, ``optimizer``, ``lr``, ``bn_weight``, ...), overriding the preset's.
     """
@@ -208,9 +233,16 @@ def invert(
     steps = chosen.steps if steps is None else steps
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1 (the images in one update), got {batch_size!r}")
+    if not isinstance(update, Mapping):
+        raise TypeError(f"update must be a mapping {{parameter name: tensor}} (what client_update returns), "
+                        f"got {type(update).__name__}")
+    trainer_settings = _trainer_settings(trainer_options)
     hardware = _accelerator(device, model)
     target = copy.deepcopy(model).cpu()
-    grads = validate_gradients({k: v.detach().cpu() for k, v in update.items()}, target, source="update")
+    grads = validate_gradients(dict(update), target, source="update")
+    grads = {k: v.cpu() for k, v in grads.items()}
     if fedavg is not None:
         fedavg.mini_batch(batch_size)
     observation = Observation(grads, batch_size, tuple(input_shape), num_classes, tuple(data_range),
@@ -230,7 +262,7 @@ def invert(
         trainer = pl.Trainer(
             max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
             enable_progress_bar=progress_bar, num_sanity_val_steps=0, limit_val_batches=0,
-            **{**hardware, **(trainer_options or {})},
+            **{**hardware, **trainer_settings},
         )
         trainer.fit(module, train_dataloaders=DataLoader(_Steps(), batch_size=None))
         evaluation = module.final_evaluation()
@@ -265,13 +297,26 @@ class Report:
 
 
 def report(result: InversionResult, x: Tensor, y: Tensor, success_ssim: float = 0.9,
-           data_range: float = 1.0) -> Report:
+           data_range: Optional[float] = None) -> Report:
     """Score a reconstruction against the client's true batch: SSIM, PSNR, MSE (after matching the
-    batch's images to the reconstructions) and label accuracy, per update and summarised."""
+    batch's images to the reconstructions) and label accuracy, per update and summarised.
+
+    ``x`` must lie in the data range the reconstruction was made for (``invert``'s ``data_range``)
+    and ``y`` hold class indices of the model. ``data_range``: the width of the range for SSIM and
+    PSNR; default that of ``invert``'s ``data_range``."""
     xb, yb, _ = _batched(x, y)
     if tuple(xb.shape) != tuple(result.images.shape):
         raise ValueError(f"the true images {tuple(xb.shape)} do not fit the reconstruction {tuple(result.images.shape)}")
-    metrics = reconstruction_metrics(result.images, xb.cpu(), data_range)
+    check_labels(yb, result.module.hparams.num_classes)
+    lo, hi = result.module.observation.data_range
+    tol = 1e-6 * max(1.0, hi - lo)
+    if not xb.is_floating_point():
+        raise ValueError(f"the true images must be floating-point, got {xb.dtype}")
+    if float(xb.min()) < lo - tol or float(xb.max()) > hi + tol:
+        raise ValueError(f"the true images hold values in [{float(xb.min()):g}, {float(xb.max()):g}], outside the data "
+                         f"range [{lo:g}, {hi:g}] the reconstruction was made for: give x in that range "
+                         "(or invert with its data_range)")
+    metrics = reconstruction_metrics(result.images, xb.cpu(), hi - lo if data_range is None else data_range)
     evaluation = {"loss": result.matching_loss, "grad_l2": result.grad_l2, "grad_cosine": result.grad_cosine}
     rows = victim_rows(result.images, result.labels, evaluation, result.best_restart, result.failed, metrics,
                        yb.cpu().long())

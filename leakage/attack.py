@@ -209,8 +209,9 @@ class GradientInversion(Attack):
         self._client_net = None
         V, B, R = observation.num_victims, observation.batch_size, hp.restarts
         P = V * R
+        observed = observation.gradient_estimate()  # FedAvg: pseudo-gradient units, whichever the client shares
         for i, name in enumerate(self.param_names):
-            g = observation.gradients[name].repeat_interleave(R, dim=0)
+            g = observed[name].repeat_interleave(R, dim=0)
             self.register_buffer(f"observed_{i}", g, persistent=False)
         if observation.client is not None and hp.bn_weight > 0:
             raise ValueError("bn_weight (the BatchNorm-statistics prior) is modelled for FedSGD updates only: "
@@ -225,7 +226,7 @@ class GradientInversion(Attack):
         elif hp.labels == "known":
             y = public_labels(observation)  # [V, B]
         else:
-            y = observed_labels(self.target, observation.gradient_estimate(), B, observation.input_shape, hp.labels,
+            y = observed_labels(self.target, observed, B, observation.input_shape, hp.labels,
                                 observation.data_range)  # [V, B]
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)

@@ -13,6 +13,7 @@ from torch.func import functional_call, grad, replace_all_batch_norm_modules_, v
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .files import read_tensors
+from .models import num_logits
 from .precision import full_precision
 
 #: how a client runs its model for its update: ``train`` (what FL clients do: BatchNorm normalises
@@ -99,17 +100,44 @@ def per_problem_gradients(model: nn.Module, x: Tensor, targets: Tensor, forward:
     return vmap(grad(loss_and_moments, has_aux=True), in_dims=(None, 0, 0))(params, x, targets)
 
 
+def check_batch(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    """Refuse client batches whose update would be silently wrong: ``x`` must be floating-point
+    images ``[V, B, C, H, W]`` the model takes, with ``B >= 1``, and ``y`` ``[V, B]`` integer class
+    indices in ``[0, K)`` for the model's ``K`` logits (cross-entropy would drop a label of -100,
+    its ``ignore_index``, from the update, and an integer cast cuts a label of 7.9 to 7)."""
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
+    if x.dim() != 5 or tuple(y.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"x of shape {tuple(x.shape)} and labels of shape {tuple(y.shape)} do not fit: one label per image")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"the client's batch is empty (x of shape {tuple(x.shape)}): an update needs at least one image")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be floating-point images, got {x.dtype}")
+    check_labels(y, num_logits(model, x.shape[2:]))
+
+
+def check_labels(y: Tensor, num_classes: int) -> None:
+    """Refuse labels that are not integer class indices in ``[0, num_classes)``."""
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise ValueError(f"labels must be integer class indices, got {y.dtype} (a cast would cut 7.9 to 7)")
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        raise ValueError(f"labels must be class indices in [0, {num_classes}), got {int(y[bad][0])} (cross-entropy "
+                         "would leave an image labelled -100, its ignore_index, out of the update)")
+
+
 def client_gradients(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train") -> dict[str, Tensor]:
     """Each victim's shared update: the gradient a client sends after ``loss.backward()``.
 
     ``x`` is ``[V, B, C, H, W]``, ``y`` is ``[V, B]``; returns ``{name: [V, *shape]}``, detached.
     ``mode`` is the client's: ``train`` (BatchNorm with the batch's own statistics, as
     ``model.train(); loss.backward()``) or ``eval``; see :func:`client_view`. ``model`` itself,
-    its running statistics included, is left as it was.
+    its running statistics included, is left as it was. The batch is checked first (:func:`check_batch`).
     """
+    check_batch(model, x, y)
     with full_precision():  # as the attack: no TF32 or bf16 shortcut in the client's float32 math
         try:
-            grads = per_problem_gradients(model, x, y, forward=client_view(model, mode))
+            grads = per_problem_gradients(model, x, y.long(), forward=client_view(model, mode))
         except (RuntimeError, ValueError) as err:  # e.g. BatchNorm in train mode on one value per channel
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             hint = " (BatchNorm in train mode needs more than one value per channel: a larger batch, larger " \

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from .client import client_view
+from .client import check_batch, client_view
 from .precision import full_precision
 from .seeding import generator
 
@@ -96,8 +96,10 @@ class FedAvgClient:
         return self.local_steps == 1 and self.local_batch_size is None and self.share == "pseudo_gradient"
 
     def gradient_estimate(self, update: Tensor) -> Tensor:
-        """The shared update as a gradient-like quantity (the mean of the local gradients), for
-        label restoration strategies that read the last layer's gradient."""
+        """The shared update in pseudo-gradient units ``(w_0 - w_K) / local_lr`` (the sum of the
+        local gradients), whichever the client shares: the units the attack matches in (a ``delta``
+        is ``local_lr`` times smaller, its l2 matching loss ``local_lr**2`` times) and what label
+        restoration strategies read the last layer's gradient from."""
         return update if self.share == "pseudo_gradient" else update / -self.local_lr
 
 
@@ -171,9 +173,10 @@ def fedavg_update(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, 
 def client_updates(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, keys: Sequence[int],
                    mode: str = "train") -> dict[str, Tensor]:
     """Each victim's shared FedAvg update: ``x`` ``[V, B, C, H, W]``, ``y`` ``[V, B]``; returns
-    ``{name: [V, *shape]}``."""
+    ``{name: [V, *shape]}``. The batch is checked first (:func:`leakage.client.check_batch`)."""
+    check_batch(model, x, y)
     with full_precision():  # as the attack: no TF32 or bf16 shortcut in the client's float32 math
-        updates = [fedavg_update(model, xv, yv, client, k, mode) for xv, yv, k in zip(x, y, keys)]
+        updates = [fedavg_update(model, xv, yv, client, k, mode) for xv, yv, k in zip(x, y.long(), keys)]
     return {n: torch.stack([u[n] for u in updates]) for n in updates[0]}
 
 
@@ -190,7 +193,9 @@ def per_problem_updates(model: nn.Module, x: Tensor, targets: Tensor, client: Fe
     step (second order, composed by ``torch.func``). Memory grows linearly with ``local_steps``.
     ``forward`` runs the forward pass with ``model``'s parameters (the client's train or eval mode,
     :func:`leakage.client.client_view`); default: ``model``. Returns ``{parameter name: [P, *shape]}``
-    as the client shares it.
+    in pseudo-gradient units ``(w_0 - w_K) / local_lr`` whichever the client shares: what
+    :meth:`FedAvgClient.gradient_estimate` makes of the shared update, so that the attack matches
+    ``delta`` and ``pseudo_gradient`` updates alike.
     """
     net = model if forward is None else forward
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -209,6 +214,6 @@ def per_problem_updates(model: nn.Module, x: Tensor, targets: Tensor, client: Fe
             w = {n: params[n] + delta[n] for n in params}
             g = step_grad(w, xp[idx], tp[idx])
             delta = {n: delta[n] - lr * g[n] for n in params}
-        return {n: _shared(client, d) for n, d in delta.items()}
+        return {n: d / -lr for n, d in delta.items()}
 
     return vmap(one)(x, targets, schedule)

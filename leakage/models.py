@@ -115,23 +115,51 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
-def check_model(model: nn.Module, input_shape: Sequence[int], num_classes: int, name: str = "") -> None:
-    """Refuse a model that does not take inputs of ``input_shape`` or does not give ``num_classes``
-    logits: one forward pass of zeros ``[1, *input_shape]`` must give ``[1, num_classes]``."""
+def _what(model: nn.Module, name: str) -> str:
+    return f"model {name!r}" if name else f"model {type(model).__name__}"
+
+
+def check_weights(model: nn.Module, name: str = "") -> None:
+    """Refuse parameters that are not floating point (an int64 or bool weight would be cast, and
+    its update is meaningless) or that hold NaN or infinite values (every victim would fail)."""
+    for key, p in model.named_parameters():
+        if nn.parameter.is_lazy(p):  # initialised (as floats) by the first forward pass
+            continue
+        if not p.is_floating_point():
+            raise ValueError(f"{_what(model, name)}: parameter {key!r} is {p.dtype}, not floating point: "
+                             "gradient matching needs floating-point weights")
+        if not torch.isfinite(p).all():
+            raise ValueError(f"{_what(model, name)}: parameter {key!r} holds NaN or infinite values")
+
+
+def num_logits(model: nn.Module, input_shape: Sequence[int], name: str = "") -> int:
+    """The number of logits the model gives: one forward pass of zeros ``[1, *input_shape]`` (in
+    eval mode) must give a tensor ``[1, K]``; otherwise a one-line ``ValueError`` says what it gave."""
     shape = tuple(input_shape)
-    what = f"model {name!r}" if name else f"model {type(model).__name__}"
+    first = next(model.parameters(), None)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, *shape))
-    except (RuntimeError, ValueError, IndexError) as err:  # what torch's layers raise for a shape they cannot take
-        raise ValueError(f"{what} cannot take inputs of shape {shape}: {_first_line(err)}") from None
+            out = model(torch.zeros(1, *shape, device=None if first is None else first.device))
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:  # what torch's layers raise for a shape they cannot take
+        raise ValueError(f"{_what(model, name)} cannot take inputs of shape {shape}: {_first_line(err)}") from None
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"{what} gives {got} for one input of shape {shape}, not [1, {num_classes}] logits")
+        raise ValueError(f"{_what(model, name)} gives {got} for one input of shape {shape}, not logits "
+                         "[1, num_classes] (wrap a model that returns a tuple or dict so that it returns the logits)")
+    return out.shape[1]
+
+
+def check_model(model: nn.Module, input_shape: Sequence[int], num_classes: int, name: str = "") -> None:
+    """Refuse a model that does not take inputs of ``input_shape`` or does not give ``num_classes``
+    logits: one forward pass of zeros ``[1, *input_shape]`` must give ``[1, num_classes]``."""
+    k = num_logits(model, input_shape, name)
+    if k != num_classes:
+        raise ValueError(f"{_what(model, name)} gives (1, {k}) for one input of shape {tuple(input_shape)}, "
+                         f"not [1, {num_classes}] logits")
 
 
 def model_name(model: Union[str, nn.Module]) -> str:
@@ -196,9 +224,10 @@ def build_model(
                 _dlg_init(model)
     else:
         raise ValueError(f"model must be a built-in name or an nn.Module, got {type(name).__name__}")
-    check_model(model, shape, num_classes, label)
     if weights is not None:
         load_weights(model, weights, label)
+    check_weights(model, label)
+    check_model(model, shape, num_classes, label)
     return model.eval()
 
 
@@ -235,7 +264,14 @@ def load_weights(model: nn.Module, weights: str | Path, name: str = "") -> nn.Mo
     ``.safetensors`` file. Nothing is unpickled; a file that does not fit the model is a one-line error."""
     path = Path(weights)
     state = _read_state(path)
-    state = _strip_prefix(state, list(model.state_dict()), path)
+    own = model.state_dict()
+    state = _strip_prefix(state, list(own), path)
+    for key, t in state.items():  # load_state_dict would cast an int64 or bool tensor into a float weight
+        if key in own and own[key].is_floating_point() and not t.is_floating_point():
+            raise ValueError(f"weights file {path}: {key!r} is {t.dtype}, not floating point: "
+                             "gradient matching needs floating-point weights")
+        if key in own and t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"weights file {path}: {key!r} holds NaN or infinite values")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as err:

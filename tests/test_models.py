@@ -116,3 +116,66 @@ def test_check_model_on_any_module():
     mlp = build_model("mlp", (3, 8, 8), 10).train()
     check_model(mlp, (3, 8, 8), 10)
     assert mlp.training  # left in the mode it was in
+
+
+def _bad(tensor_kind, like):
+    return {"int64": lambda: like.long(), "bool": lambda: like > 0, "nan": lambda: like.clone().fill_(float("nan")),
+            "inf": lambda: like.clone().fill_(float("inf"))}[tensor_kind]()
+
+
+BAD_WEIGHTS = {"int64": "is torch.int64, not floating point", "bool": "is torch.bool, not floating point",
+               "nan": "holds NaN or infinite values", "inf": "holds NaN or infinite values"}
+
+
+@pytest.mark.parametrize("kind", list(BAD_WEIGHTS))
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_weights_files_that_are_not_float_or_not_finite_are_refused(tmp_path, kind, suffix):
+    from leakage.client import save_gradients  # a tensor-only writer of both formats
+
+    state = build_model("lenet", (1, 28, 28), 10).state_dict()
+    state["fc.weight"] = _bad(kind, state["fc.weight"])
+    path = tmp_path / f"w{suffix}"
+    save_gradients(state, path)
+    with pytest.raises(ValueError, match=f"weights file {path}: 'fc.weight' {BAD_WEIGHTS[kind]}"):
+        build_model("lenet", (1, 28, 28), 10, weights=str(path))
+
+
+def test_integer_buffers_of_a_weights_file_are_kept(tmp_path):
+    """BatchNorm's num_batches_tracked is an int64 buffer, not a weight: it loads as before."""
+    from torch import nn
+
+    from leakage.models import load_weights
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3))
+    net.state_dict()["2.num_batches_tracked"].fill_(7)
+    torch.save(net.state_dict(), tmp_path / "bn.pt")
+    got = load_weights(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3)), tmp_path / "bn.pt")
+    assert int(got.state_dict()["2.num_batches_tracked"]) == 7
+
+
+@pytest.mark.parametrize("kind", list(BAD_WEIGHTS))
+def test_a_user_module_whose_own_parameters_are_not_float_or_not_finite_is_refused(kind):
+    import leakage
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    model[1].weight = nn.Parameter(_bad(kind, model[1].weight.detach()), requires_grad=kind in ("nan", "inf"))
+    reason = f"model 'torch.nn.modules.container.Sequential': parameter '1.weight' {BAD_WEIGHTS[kind]}"
+    with pytest.raises(ValueError, match=reason):
+        build_model(model, (1, 4, 4), 3)
+    with pytest.raises(ValueError, match=reason):  # the Python API, both calls
+        leakage.client_update(model, torch.rand(1, 1, 4, 4), torch.tensor([0]))
+    update = {"1.weight": torch.zeros(3, 16), "1.bias": torch.zeros(3)}
+    with pytest.raises(ValueError, match=reason):
+        leakage.invert(model, update, input_shape=(1, 4, 4), num_classes=3, steps=1)
+
+
+def test_fit_refuses_a_weights_file_holding_nan_in_one_line(capsys, tmp_path):
+    from conftest import cli_error
+
+    state = build_model("lenet", (1, 28, 28), 10).state_dict()
+    state["body.0.bias"] = _bad("nan", state["body.0.bias"])
+    torch.save(state, tmp_path / "nan.pt")
+    line = cli_error(capsys, ["fit", "--data.dataset", "mnist", "--trainer.max_steps", "1", "--trainer.logger", "false",
+                              "--trainer.default_root_dir", str(tmp_path), "--model.model_weights", str(tmp_path / "nan.pt")])
+    assert f"weights file {tmp_path / 'nan.pt'}: 'body.0.bias' holds NaN or infinite values" in line
