@@ -223,11 +223,9 @@ class GradientInversion(Attack):
         self.dummy_data = nn.Parameter(x)
         if hp.labels == "joint":
             self.dummy_labels = nn.Parameter(label_logits)
-        elif hp.labels == "known":
-            y = public_labels(observation)  # [V, B]
         else:
-            y = observed_labels(self.target, observed, B, observation.input_shape, hp.labels,
-                                observation.data_range)  # [V, B]
+            y = public_labels(observation) if hp.labels == "known" else observed_labels(
+                self.target, observed, B, observation.input_shape, hp.labels, observation.data_range)  # [V, B]
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
 
