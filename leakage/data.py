@@ -99,7 +99,7 @@ class Observation:
             raise ValueError(f"{len(self.update_keys)} update keys for {self.num_victims} updates")
         carries = torch.zeros(self.num_victims, dtype=torch.bool)
         for g in self.gradients.values():
-            carries |= g.reshape(self.num_victims, -1).ne(0).any(1).cpu()
+            carries |= g.reshape(self.num_victims, g[0].numel() if self.num_victims else 0).ne(0).any(1).cpu()
         zero = (~carries).nonzero().flatten().tolist()
         if zero:  # refused whole, before any attack: a zero update is an input mistake, not an outcome
             which = "the shared update is" if self.num_victims == 1 else (

@@ -124,7 +124,7 @@ def test_fit_on_two_processes_equals_the_one_process_run_victim_for_victim(tmp_p
     # one set of artifacts, only rank 0's: one run folder, nothing written elsewhere
     assert sorted(p.name for p in two.iterdir() if not p.name.startswith("events.")) == sorted(
         ["config.yaml", "gallery.png", "history.png", "hparams.yaml", "metrics.csv", "metrics.json", "metrics.txt",
-         "report.html"])
+         "report.html", "schema.json"])
     assert len(list(two.glob("events.*"))) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # nothing else, anywhere
     # TensorBoard: every victim's scalars at every logged step, the last equal to the table

@@ -125,7 +125,7 @@ def test_capture_that_does_not_fit_is_one_line(tmp_path, capsys):
     save_capture(bad, update, weights, 1, update_key=meta["update_key"],
                  settings={k: meta[k] for k in ("local_steps", "local_lr", "local_batch_size", "shuffle", "shuffle_seed")})
     line = cli_error(capsys, _attack_args(tmp_path, bad, "--data.local_steps", "1", "--trainer.max_steps", "1"))
-    assert "global weight 'fc.weight' has shape (10, 10), the model needs (10, 588)" in line, line
+    assert "update 'fc.weight' has shape (10, 588), its global weight (10, 10)" in line, line
     # the batch size must be the client's num_examples
     line = cli_error(capsys, _attack_args(tmp_path, capture, "--data.local_steps", "1", "--data.batch_size", "2",
                                           "--data.local_batch_size", "2", "--trainer.max_steps", "1"))

@@ -165,7 +165,7 @@ def test_a_user_module_whose_own_parameters_are_not_float_or_not_finite_is_refus
         build_model(model, (1, 4, 4), 3)
     with pytest.raises(ValueError, match=reason):  # the Python API, both calls
         leakage.client_update(model, torch.rand(1, 1, 4, 4), torch.tensor([0]))
-    update = {"1.weight": torch.zeros(3, 16), "1.bias": torch.zeros(3)}
+    update = {"1.weight": torch.ones(3, 16), "1.bias": torch.ones(3)}  # not all zero, which invert refuses first
     with pytest.raises(ValueError, match=reason):
         leakage.invert(model, update, input_shape=(1, 4, 4), num_classes=3, steps=1)
 
