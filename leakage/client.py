@@ -102,13 +102,14 @@ def per_problem_gradients(model: nn.Module, x: Tensor, targets: Tensor, forward:
 
 def check_batch(model: nn.Module, x: Tensor, y: Tensor) -> None:
     """Refuse client batches whose update would be silently wrong: ``x`` must be floating-point
-    images ``[V, B, C, H, W]`` the model takes, with ``B >= 1``, and ``y`` ``[V, B]`` integer class
+    records ``[V, B, *sample_shape]`` the model takes (images ``[V, B, C, H, W]``, table rows
+    ``[V, B, D]``), with ``B >= 1``, and ``y`` ``[V, B]`` integer class
     indices in ``[0, K)`` for the model's ``K`` logits (cross-entropy would drop a label of -100,
     its ``ignore_index``, from the update, and an integer cast cuts a label of 7.9 to 7)."""
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
-    if x.dim() != 5 or tuple(y.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"x of shape {tuple(x.shape)} and labels of shape {tuple(y.shape)} do not fit: one label per image")
+    if x.dim() < 3 or tuple(y.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"x of shape {tuple(x.shape)} and labels of shape {tuple(y.shape)} do not fit: one label per record")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"the client's batch is empty (x of shape {tuple(x.shape)}): an update needs at least one image")
     if not x.is_floating_point():

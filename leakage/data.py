@@ -303,6 +303,7 @@ class VictimDataModule(pl.LightningDataModule):
             if any(i < 0 for i in indices):
                 raise ValueError(f"indices must be >= 0, got {indices}")
         given = {"root": root, "download": download, "folder": folder, "gradient_file": gradient_file,
+                 "path": path, "label_column": label_column, "categorical_columns": categorical_columns,
                  "indices": indices, "num_victims": num_victims}
         for name, (default, users, reason) in SOURCE_SETTINGS.items():
             if source not in users and given[name] != default:
