@@ -228,6 +228,7 @@ class GradientInversion(Attack):
         else:
             y = observed_labels(self.target, observed, B, observation.input_shape, hp.labels,
                                 observation.data_range)  # [V, B]
+        if hp.labels != "joint":
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
 

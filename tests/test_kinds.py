@@ -14,7 +14,7 @@ def _adult(**kw) -> VictimDataModule:
 
 
 def test_observation_defaults_to_the_image_kind():
-    obs = Observation({"w": torch.zeros(1, 3)}, 1, (1, 28, 28), 10)
+    obs = Observation({"w": torch.ones(1, 3)}, 1, (1, 28, 28), 10)
     assert isinstance(obs.kind, ImageKind) and obs.kind.sample_shape == (1, 28, 28)
 
 
