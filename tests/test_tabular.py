@@ -47,16 +47,17 @@ def test_schema_encoding_round_trips(tmp_path):
     assert torch.equal(again.encode(header, rows[:50])[0], x[:50])
 
 
-@pytest.mark.parametrize("batch_size", [1, 4])
-def test_tableak_recovers_adult_records(batch_size):
+# budgets about twice what each outcome needs (measured: B = 1 is 100% from 70 steps, B = 4 96% at 200)
+@pytest.mark.parametrize("batch_size, steps", [(1, 120), (4, 200)])
+def test_tableak_recovers_adult_records(batch_size, steps):
     dm = VictimDataModule(source="bundled", dataset="adult", batch_size=batch_size, public_labels=True)
-    _, m = _attack(dm, 200, restarts=3, **TABLEAK)
+    _, m = _attack(dm, steps, restarts=3, **TABLEAK)
     assert float(m["accuracy"][0]) >= 0.9, m["feature_accuracy"]
 
 
 def test_low_entropy_means_high_accuracy():
     dm = VictimDataModule(source="bundled", dataset="adult", batch_size=8, public_labels=True)
-    module, m = _attack(dm, 100, restarts=4, **TABLEAK)
+    module, m = _attack(dm, 50, restarts=4, **TABLEAK)  # low-entropy cells 66% right, the others 25%
     cat = torch.tensor([f.type == "categorical" for f in module.kind.schema.features])
     ent, correct = m["entropy"][..., cat].flatten(), m["correct"][..., cat].flatten()
     low = ent <= ent.median()
@@ -87,7 +88,7 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     path = _csv(tmp_path, OWN)
     main(cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv",
                   "--data.path", str(path), "--data.label_column", "outcome", "--data.batch_size", "2",
-                  "--model.restarts", "3", "--trainer.max_steps", "150"))
+                  "--model.restarts", "3", "--trainer.max_steps", "100", "--report.image_every_n_steps", "0"))
     out = capsys.readouterr().out
     assert "overall accuracy" in out and "colour" in out
     (run,) = run_dirs(tmp_path)
@@ -95,7 +96,7 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     assert [f["name"] for f in schema["features"]] == ["colour", "height", "score", "city"]
     assert [f["type"] for f in schema["features"]] == ["categorical", "continuous", "continuous", "categorical"]
     report = json.loads((run / "metrics.json").read_text())
-    assert report["summary"]["accuracy_mean"] >= 0.75
+    assert report["summary"]["accuracy_mean"] >= 0.9  # 100% from 60 steps
     assert "Victim 0" in (run / "report.html").read_text()
 
 
