@@ -138,3 +138,34 @@ def test_the_python_api_attacks_a_record_with_idlg_labels():
                             restarts=3, **settings)
     assert torch.equal(result.labels, dm.secret.labels)
     assert float(obs.kind.evaluate(result.images, dm.secret.images)["accuracy"][0]) >= 0.9
+
+
+def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path):
+    """`leakage sweep` on configs/adult_batch_sweep.yaml, cut to B = 1, 2 and a few steps: the cells
+    and tables read the kind's headline score (TabLeak's accuracy), not SSIM."""
+    import yaml
+
+    cfg = yaml.safe_load((CONFIGS / "adult_batch_sweep.yaml").read_text())
+    cfg["sweep"]["studies"][0]["values"] = [1, 2]
+    cfg["sweep"]["output"] = str(tmp_path / "sweep")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    main(["sweep", "--config", str(path), "--trainer.max_steps", "120", "--model.restarts", "3"])
+    out = tmp_path / "sweep"
+    for b in (1, 2):
+        row = json.loads((out / "cells" / f"adult.batch_size={b}.json").read_text())
+        metrics = json.loads((out / "runs" / row["cell"] / "metrics.json").read_text())["summary"]
+        assert row["status"] == "ok" and row["score_label"] == "accuracy"
+        assert row["score"] == metrics["accuracy_mean"] and row["success"] == int(row["score"] >= 0.9)
+        assert row["images"] == 1 and row["image_success"] == row["success"]  # one victim: its rows together
+    one = json.loads((out / "cells" / "adult.batch_size=1.json").read_text())
+    assert one["score"] == 1.0  # one record at 120 steps (100% from 70)
+    md = (out / "results.md").read_text()
+    assert ("| B | label accuracy | mean accuracy | PSNR | victims with accuracy >= 0.9 | client updates | time (s) | "
+            "gradient entries per unknown |" in md), md
+    assert "| 1 | 100% | 1.000 | nan | 100% (1/1) | 1 |" in md, md
+    assert "success: accuracy >= 0.9." in md and "SSIM" not in md
+    rows = list(__import__("csv").DictReader(open(out / "results.csv")))
+    assert [(r["value"], r["score_label"], float(r["score"]) == c["score"]) for r, c in zip(rows, [
+        json.loads((out / "cells" / f"adult.batch_size={b}.json").read_text()) for b in (1, 2)])] == [
+        ("1", "accuracy", True), ("2", "accuracy", True)]
