@@ -150,7 +150,8 @@ def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path)
     cfg["sweep"]["output"] = str(tmp_path / "sweep")
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    main(["sweep", "--config", str(path), "--trainer.max_steps", "120", "--model.restarts", "3"])
+    main(["sweep", "--config", str(path), "--trainer.max_steps", "120", "--model.restarts", "3",
+          "--report.image_every_n_steps", "0"])
     out = tmp_path / "sweep"
     for b in (1, 2):
         row = json.loads((out / "cells" / f"adult.batch_size={b}.json").read_text())
