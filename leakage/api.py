@@ -52,15 +52,16 @@ def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tup
 
 
 def _batched(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, bool]:
-    """``x`` ``[B, C, H, W]`` / ``y`` ``[B]`` (one update) or ``[V, B, C, H, W]`` / ``[V, B]`` (several)."""
+    """``x`` ``[B, *sample_shape]`` / ``y`` ``[B]`` (one update) or ``[V, B, *sample_shape]`` / ``[V, B]``
+    (several): images ``[B, C, H, W]``, table rows ``[B, D]``."""
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise TypeError("x and y must be tensors: images [B, C, H, W] and labels [B] (or [V, B, ...] for V updates)")
-    if x.dim() == 4 and y.dim() == 1:
+    if x.dim() >= 2 and y.dim() == 1:
         return x[None], y[None], True
-    if x.dim() == 5 and y.dim() == 2:
+    if x.dim() >= 3 and y.dim() == 2:
         return x, y, False
-    raise ValueError(f"x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)} do not fit: give images "
-                     "[B, C, H, W] with labels [B], or [V, B, C, H, W] with [V, B]")
+    raise ValueError(f"x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)} do not fit: give records "
+                     "[B, *sample_shape] (images [B, C, H, W], rows [B, D]) with labels [B], or [V, B, ...] with [V, B]")
 
 
 def client_update(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train",
@@ -73,8 +74,8 @@ def client_update(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train",
     steps; pass the same ``fedavg`` to :func:`invert`. The model, its running statistics included,
     is left as it was.
 
-    ``x`` ``[B, C, H, W]`` with labels ``y`` ``[B]`` gives one update ``{name: tensor shaped like the
-    parameter}``; ``[V, B, C, H, W]`` with ``[V, B]`` gives V updates ``{name: [V, *shape]}``.
+    ``x`` ``[B, C, H, W]`` (or table rows ``[B, D]``) with labels ``y`` ``[B]`` gives one update ``{name:
+    tensor shaped like the parameter}``; ``[V, B, ...]`` with ``[V, B]`` gives V updates ``{name: [V, *shape]}``.
     """
     xb, yb, single = _batched(x, y)
     check_weights(model, model_name(model))  # the batch itself is checked by the client (leakage.client.check_batch)

@@ -457,6 +457,11 @@ class LeakageReport(pl.Callback):
     def _kind(self, kind) -> None:
         self.__dict__["_data_kind"] = kind
 
+    @property
+    def kind(self):
+        """The kind of data the report scored (images until a run sets it)."""
+        return self._kind
+
     # --------------------------------------------------------------- outputs
     @staticmethod
     def defenses_of(trainer) -> list[dict]:

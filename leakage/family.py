@@ -134,7 +134,8 @@ class Attack(pl.LightningModule):
             )
         self.check_memory(observation.num_victims, observation.batch_size,
                           observation.client.local_steps if observation.client is not None else 1, self._trainer)
-        self.kind = observation.kind
+        # the dummy is the model input itself unless the attack relaxes it (TabLeak's ``relax``)
+        self.kind = observation.kind.relaxed(hp.get("relax", False))
         with full_precision():
             self._attach(observation)
         V = observation.num_victims

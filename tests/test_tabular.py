@@ -15,6 +15,17 @@ from leakage.kinds.tabular import read_csv
 
 from conftest import CONFIGS, cli_args, cli_error, run_dirs
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These attacks' tensors are small: one thread runs them fastest, and two threads' synchronisation
+    on a loaded machine made them many times slower (the 2-cell study below: 75.6 s with the suite's
+    2 threads, 4.9 s with 1, on the shared 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TABLEAK = dict(model="tabular_mlp", distance="cosine", optimizer="signed_adam", lr=0.06, init="uniform",
                labels="known", relax=True, ensemble="pool")
 
@@ -47,16 +58,17 @@ def test_schema_encoding_round_trips(tmp_path):
     assert torch.equal(again.encode(header, rows[:50])[0], x[:50])
 
 
-@pytest.mark.parametrize("batch_size", [1, 4])
-def test_tableak_recovers_adult_records(batch_size):
+# budgets about twice what each outcome needs (measured: B = 1 is 100% from 70 steps, B = 4 96% at 200)
+@pytest.mark.parametrize("batch_size, steps", [(1, 120), (4, 200)])
+def test_tableak_recovers_adult_records(batch_size, steps):
     dm = VictimDataModule(source="bundled", dataset="adult", batch_size=batch_size, public_labels=True)
-    _, m = _attack(dm, 200, restarts=3, **TABLEAK)
+    _, m = _attack(dm, steps, restarts=3, **TABLEAK)
     assert float(m["accuracy"][0]) >= 0.9, m["feature_accuracy"]
 
 
 def test_low_entropy_means_high_accuracy():
     dm = VictimDataModule(source="bundled", dataset="adult", batch_size=8, public_labels=True)
-    module, m = _attack(dm, 100, restarts=4, **TABLEAK)
+    module, m = _attack(dm, 50, restarts=4, **TABLEAK)  # low-entropy cells 66% right, the others 25%
     cat = torch.tensor([f.type == "categorical" for f in module.kind.schema.features])
     ent, correct = m["entropy"][..., cat].flatten(), m["correct"][..., cat].flatten()
     low = ent <= ent.median()
@@ -87,7 +99,7 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     path = _csv(tmp_path, OWN)
     main(cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv",
                   "--data.path", str(path), "--data.label_column", "outcome", "--data.batch_size", "2",
-                  "--model.restarts", "3", "--trainer.max_steps", "150"))
+                  "--model.restarts", "3", "--trainer.max_steps", "100", "--report.image_every_n_steps", "0"))
     out = capsys.readouterr().out
     assert "overall accuracy" in out and "colour" in out
     (run,) = run_dirs(tmp_path)
@@ -95,7 +107,7 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     assert [f["name"] for f in schema["features"]] == ["colour", "height", "score", "city"]
     assert [f["type"] for f in schema["features"]] == ["categorical", "continuous", "continuous", "categorical"]
     report = json.loads((run / "metrics.json").read_text())
-    assert report["summary"]["accuracy_mean"] >= 0.75
+    assert report["summary"]["accuracy_mean"] >= 0.9  # 100% from 60 steps
     assert "Victim 0" in (run / "report.html").read_text()
 
 
@@ -137,3 +149,35 @@ def test_the_python_api_attacks_a_record_with_idlg_labels():
                             restarts=3, **settings)
     assert torch.equal(result.labels, dm.secret.labels)
     assert float(obs.kind.evaluate(result.images, dm.secret.images)["accuracy"][0]) >= 0.9
+
+
+def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path):
+    """`leakage sweep` on configs/adult_batch_sweep.yaml, cut to B = 1, 2 and a few steps: the cells
+    and tables read the kind's headline score (TabLeak's accuracy), not SSIM."""
+    import yaml
+
+    cfg = yaml.safe_load((CONFIGS / "adult_batch_sweep.yaml").read_text())
+    cfg["sweep"]["studies"][0]["values"] = [1, 2]
+    cfg["sweep"]["output"] = str(tmp_path / "sweep")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    main(["sweep", "--config", str(path), "--trainer.max_steps", "120", "--model.restarts", "3",
+          "--report.image_every_n_steps", "0"])
+    out = tmp_path / "sweep"
+    for b in (1, 2):
+        row = json.loads((out / "cells" / f"adult.batch_size={b}.json").read_text())
+        metrics = json.loads((out / "runs" / row["cell"] / "metrics.json").read_text())["summary"]
+        assert row["status"] == "ok" and row["score_label"] == "accuracy"
+        assert row["score"] == metrics["accuracy_mean"] and row["success"] == int(row["score"] >= 0.9)
+        assert row["images"] == 1 and row["image_success"] == row["success"]  # one victim: its rows together
+    one = json.loads((out / "cells" / "adult.batch_size=1.json").read_text())
+    assert one["score"] == 1.0  # one record at 120 steps (100% from 70)
+    md = (out / "results.md").read_text()
+    assert ("| B | label accuracy | mean accuracy | PSNR | victims with accuracy >= 0.9 | client updates | time (s) | "
+            "gradient entries per unknown |" in md), md
+    assert "| 1 | 100% | 1.000 | nan | 100% (1/1) | 1 |" in md, md
+    assert "success: accuracy >= 0.9." in md and "SSIM" not in md
+    rows = list(__import__("csv").DictReader(open(out / "results.csv")))
+    assert [(r["value"], r["score_label"], float(r["score"]) == c["score"]) for r, c in zip(rows, [
+        json.loads((out / "cells" / f"adult.batch_size={b}.json").read_text()) for b in (1, 2)])] == [
+        ("1", "accuracy", True), ("2", "accuracy", True)]

@@ -17,6 +17,7 @@ class ImageKind(DataKind):
     name = "image"
     score_label = "SSIM"
     score_name = "ssim"
+    success_unit = "images"  # every image of a batch is scored on its own
     priors = ("tv_weight", "bn_weight")
 
     def __init__(self, sample_shape: tuple[int, ...] = (3, 32, 32), data_range: tuple[float, float] = (0.0, 1.0)):

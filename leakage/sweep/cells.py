@@ -324,13 +324,23 @@ class Sweep:
         """``row`` with the cell's outcome from its report."""
         from ..callbacks import summarize
 
-        s = summarize(report.rows, float(self.cfg["success_ssim"]))
-        if "success" not in s:
-            return {**row, "status": "failed", "error": "a sweep needs victim images (not source=gradients)"}
-        return {**row, "status": "ok", "victims": s["victims"], "failed": s["failed"], "success": s["success"],
-                "success_rate": s["success"] / s["victims"], "images": s["images"],
-                "image_success": s["image_success"], "image_success_rate": s["image_success"] / s["images"],
-                "label_acc": s["label_acc"], "mse": s["mse_mean"], "ssim": s["ssim_mean"], "psnr": s["psnr_mean"],
+        kind = report.kind  # the cell's headline score is the kind's (images: SSIM, tables: accuracy)
+        bar = float(self.cfg["success_ssim"])
+        s = summarize(report.rows, bar)
+        if f"{kind.score_name}_mean" not in s:
+            return {**row, "status": "failed", "error": "a sweep needs the victims' data (not source=gradients)"}
+        success = sum(r[kind.score_name] >= bar for r in report.rows if r["status"] != "failed")
+        # what the per-unit success counts: every image of a batch (images), else every victim (a table's
+        # rows are scored together, TabLeak's accuracy over the batch)
+        units = s.get("images", s["victims"])
+        unit_success = s.get("image_success", success)
+        nan = float("nan")
+        return {**row, "status": "ok", "victims": s["victims"], "failed": s["failed"], "success": success,
+                "success_rate": success / s["victims"], "images": units,
+                "image_success": unit_success, "image_success_rate": unit_success / units,
+                "score": s[f"{kind.score_name}_mean"], "score_label": kind.score_label, "success_unit": kind.success_unit,
+                "label_acc": s["label_acc"], "mse": s.get("mse_mean", nan), "ssim": s.get("ssim_mean", nan),
+                "psnr": s.get("psnr_mean", nan),
                 "time_s": elapsed, "entries_per_unknown": float(report.summary["entries_per_unknown"]),
                 "dataset": dataset, "model": model, "defenses": defenses}
 

@@ -16,7 +16,7 @@ STUDY_HEADERS = {"label_acc": "label accuracy", "ssim": "mean SSIM", "psnr": "PS
                  "image_success_rate": "images reconstructed",
                  "time_s": "time (s)", "entries_per_unknown": "gradient entries per unknown"}
 CSV_FIELDS = ("defense", "param", "study", "key", "value", "status", "victims", "failed", "success", *METRICS,
-              "images", "image_success", "image_success_rate", "time_s", "group_time_s", "entries_per_unknown", "cell", "error")
+              "score_label", "score", "images", "image_success", "image_success_rate", "time_s", "group_time_s", "entries_per_unknown", "cell", "error")
 
 
 def md_table(label: str, columns: list[str], rows: list[dict], cells: Callable[[dict], list[str]]) -> list[str]:
@@ -26,6 +26,22 @@ def md_table(label: str, columns: list[str], rows: list[dict], cells: Callable[[
         body = cells(r) if r.get("status") == "ok" else [f"failed: {r.get('error', '')}"] + [""] * (len(columns) - 1)
         lines.append(f"| {fmt(r['value'])} | " + " | ".join(body) + " |")
     return lines + [""]
+
+
+def score(row: dict) -> float:
+    """A cell's headline score: its kind's (SSIM for images, TabLeak's accuracy for tables); a cell
+    written before cells named it holds SSIM."""
+    return row.get("score", row.get("ssim", float("nan")))
+
+
+def score_label(rows: list[dict]) -> str:
+    """How the cells' headline score is named (``SSIM``, ``accuracy``; both when they differ)."""
+    return " / ".join(dict.fromkeys(r.get("score_label", "SSIM") for r in rows if r.get("status") == "ok")) or "SSIM"
+
+
+def success_unit(rows: list[dict]) -> str:
+    """What the cells' per-unit success counts: ``images`` (every image of a batch) or ``victims``."""
+    return " / ".join(dict.fromkeys(r.get("success_unit", "images") for r in rows if r.get("status") == "ok")) or "images"
 
 
 def defense_cells(rows: list[dict], defense: dict) -> list[dict]:
@@ -58,7 +74,7 @@ def results_tables(cfg: dict, defenses: list[dict], studies: list[dict], rows: l
     w.writeheader()
     for r in defense_rows + by_study:
         w.writerow(r)
-    md = [f"Attack success: SSIM >= {cfg['success_ssim']}" +
+    md = [f"Attack success: {score_label(rows)} >= {cfg['success_ssim']}" +
           (f"; a defense holds at a success rate <= {float(cfg['target_success']):.0%}." if defenses
            else "."), ""]
     for d in defenses:
@@ -68,8 +84,8 @@ def results_tables(cfg: dict, defenses: list[dict], studies: list[dict], rows: l
         desc = defense_args(d)
         md.append(f"### {d['name']} ({d['class_path'].rsplit('.', 1)[-1]}{', ' + desc if desc else ''})")
         md.append("")
-        md += md_table(d["param"], [HEADERS[m] for m in METRICS], mine, lambda r: [
-            f"{100 * r['label_acc']:.0f}%", f"{r['mse']:.4f}", f"{r['ssim']:.3f}", f"{r['psnr']:.2f}",
+        md += md_table(d["param"], [score_label(mine) if m == "ssim" else HEADERS[m] for m in METRICS], mine, lambda r: [
+            f"{100 * r['label_acc']:.0f}%", f"{r['mse']:.4f}", f"{score(r):.3f}", f"{r['psnr']:.2f}",
             f"{100 * r['success_rate']:.0f}% ({r['success']}/{r['victims']})"])
     for s in studies:
         mine = study_rows(rows, s)
@@ -77,17 +93,18 @@ def results_tables(cfg: dict, defenses: list[dict], studies: list[dict], rows: l
             continue
         md.append(f"### {s['name']} ({s['key']})")
         md.append("")
-        columns = ["label accuracy", "mean SSIM", "PSNR", f"images with SSIM >= {cfg['success_ssim']}",
+        label = score_label(mine)
+        columns = ["label accuracy", f"mean {label}", "PSNR", f"{success_unit(mine)} with {label} >= {cfg['success_ssim']}",
                    "client updates", "time (s)", "gradient entries per unknown"]
         md += md_table(s["label"], columns, mine, lambda r: [
-            f"{100 * r['label_acc']:.0f}%", f"{r['ssim']:.3f}", f"{r['psnr']:.2f}",
+            f"{100 * r['label_acc']:.0f}%", f"{score(r):.3f}", f"{r['psnr']:.2f}",
             f"{100 * r['image_success_rate']:.0f}% ({r['image_success']}/{r['images']})", str(r["victims"]),
             f"{r['time_s']:.1f}", f"{r['entries_per_unknown']:.2f}"])
         ok = [r for r in mine if r.get("status") == "ok"]
         setup = [f"{what}: {', '.join(dict.fromkeys(str(r[what]) for r in ok))}"
                  for what in ("dataset", "model") if any(what in r for r in ok)]
         if setup:
-            md.append("; ".join(setup) + f"; success: SSIM >= {cfg['success_ssim']}.")
+            md.append("; ".join(setup) + f"; success: {label} >= {cfg['success_ssim']}.")
             md.append("")
     if points:
         md.append("### Breaking points")
