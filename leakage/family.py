@@ -18,6 +18,10 @@ galleries and the sweep read through these members only:
 - ``failed`` ``[P]``: problems that failed numerically;
 - :meth:`final_evaluation`: ``loss``, ``grad_l2`` and ``grad_cosine`` ``[P]`` at the end;
 - :meth:`best_restarts`: which restart of each victim is kept, and whether all of them failed;
+- ``kind`` (:mod:`leakage.kinds`): the observation's kind of data, which decodes, pools, scores and
+  shows the reconstructions; :meth:`reconstruction` (the model inputs ``[P, B, *sample_shape]``)
+  and :meth:`results` (per victim: reconstruction, labels, best problem, failed, entropy), the
+  record the report and the sweep's cells read;
 - :meth:`exact` ``[P]`` and :meth:`describe`: whether a result is exact by construction, and the
   attack in a few words, as reports state it.
 
