@@ -302,9 +302,8 @@ class VictimDataModule(pl.LightningDataModule):
                 )
             if any(i < 0 for i in indices):
                 raise ValueError(f"indices must be >= 0, got {indices}")
-        given = {"root": root, "download": download, "folder": folder, "gradient_file": gradient_file,
-                 "indices": indices, "num_victims": num_victims, "path": path, "label_column": label_column,
-                 "categorical_columns": categorical_columns}
+        arguments = locals()  # every setting SOURCE_SETTINGS names is an argument of this __init__
+        given = {name: arguments[name] for name in SOURCE_SETTINGS}
         for name, (default, users, reason) in SOURCE_SETTINGS.items():
             if source not in users and given[name] != default:
                 raise ValueError(f"source={source} does not use --data.{name} ({reason}): "
