@@ -44,7 +44,7 @@ from .seeding import position_key
 
 def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tuple[Tensor, Tensor]:
     """Images ``[N, C, H, W]`` in [0, 1] and labels ``[N]`` from the test images shipped in the package
-    (``mnist`` or ``cifar10``, test-split indices 0-19): a private batch to try the attack on, offline."""
+    (``mnist``: test-split indices 0-999; ``cifar10``: 0-19): a private batch to try the attack on, offline."""
     from .data import VictimDataModule
 
     secret = VictimDataModule(source="bundled", dataset=dataset, indices=list(indices)).load_victims()

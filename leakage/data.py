@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Optional, Sequence
 
 import lightning.pytorch as pl
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,10 @@ DATASETS: dict[str, tuple[tuple[int, int, int], int, str]] = {
     "fashion_mnist": ((1, 28, 28), 10, "FashionMNIST"),
 }
 BUNDLED = ("cifar10", "mnist")
+#: bundled image sets stored as one array file under leakage/assets/<dataset>/ (uint8 ``images``
+#: ``[N, H, W]`` or ``[N, H, W, C]`` and ``labels`` ``[N]``, test-split indices 0 to N-1); the others
+#: are PNG folders read by :func:`~leakage.imagefolder.read_labelled_folder`
+BUNDLED_ARRAYS = {"mnist": "mnist_test_0_999.npz"}
 #: bundled tables: name -> (file under leakage/assets/tabular, label column)
 TABLES = {"adult": ("adult_test_0_999.csv", "income")}
 SOURCES = ("bundled", "torchvision", "folder", "gradients", "csv")
@@ -168,6 +173,17 @@ class _Steps(IterableDataset):
             step += 1
 
 
+def bundled_array(dataset: str) -> tuple[Tensor, Tensor]:
+    """A bundled image set of :data:`BUNDLED_ARRAYS`: images ``[N, C, H, W]`` in [0, 1] and labels
+    ``[N]``. Read with ``allow_pickle=False``: an array file never runs code."""
+    path = resources.files("leakage") / "assets" / dataset / BUNDLED_ARRAYS[dataset]
+    with resources.as_file(path) as file, np.load(file, allow_pickle=False) as arrays:
+        images = torch.from_numpy(np.array(arrays["images"], dtype=np.uint8))
+        labels = torch.from_numpy(np.array(arrays["labels"], dtype=np.int64))
+    images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    return images.float().div(255), labels
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -183,8 +199,8 @@ class VictimDataModule(pl.LightningDataModule):
     """Victims and the gradients their client shares.
 
     Args:
-        source: ``bundled`` (the 20 CIFAR-10 and 20 MNIST test images, and the first 1,000 Adult
-            test records, shipped in the package), ``torchvision`` (a full dataset under ``root``),
+        source: ``bundled`` (the first 20 CIFAR-10 and the first 1,000 MNIST test images, and the
+            first 1,000 Adult test records, shipped in the package), ``torchvision`` (a full dataset under ``root``),
             ``folder`` (your own images), ``csv`` (your own table, ``path``) or ``gradients``
             (updates you captured, from ``gradient_file``; no victim data).
         dataset: ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist`` or ``adult`` (a table);
@@ -413,14 +429,15 @@ class VictimDataModule(pl.LightningDataModule):
             chosen = self._selected(len(records))
             x, y = records[chosen], labels[chosen]
         elif self.source in ("bundled", "folder"):
-            if self.source == "bundled":
-                folder = Path(str(resources.files("leakage") / "assets" / self.dataset))
+            if self.source == "bundled" and self.dataset in BUNDLED_ARRAYS:
+                images, labels = bundled_array(self.dataset)
             else:
-                folder = Path(self.folder)  # type: ignore[arg-type]
-            images, labels = read_labelled_folder(folder, self.input_shape[0], size)
+                folder = Path(self.folder) if self.source == "folder" else Path(  # type: ignore[arg-type]
+                    str(resources.files("leakage") / "assets" / self.dataset))
+                images, labels = read_labelled_folder(folder, self.input_shape[0], size)
             chosen = self._selected(len(images))
             x = torch.stack([images[i] for i in chosen])
-            y = torch.tensor([labels[i] for i in chosen])
+            y = torch.tensor([int(labels[i]) for i in chosen])
         elif self.source == "torchvision":
             cls = getattr(datasets, DATASETS[self.dataset][2])
             try:

@@ -17,12 +17,21 @@ torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 ASSETS = REPO / "leakage" / "assets"
+#: the sample images the project was given (``../shared/data/samples``: PNGs named
+#: ``{dataset}_{index}_{label}.png``), to check the bundled copies against where they are present
+SAMPLES = REPO.parent / "shared" / "data" / "samples"
+#: the labels of the first 20 images of the official MNIST test split (the bundled array is checked
+#: against them, not read to make them)
+MNIST_TEST_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6, 9, 0, 1, 5, 9, 7, 3, 4]
 
 _NAME = re.compile(r"^(?P<ds>[a-z0-9]+)_(?P<idx>\d+)_(?P<label>\d+)$")
 
 
 def bundled_labels(dataset: str) -> list[int]:
-    """Labels of the bundled images, read from their file names (``{dataset}_{index}_{label}.png``)."""
+    """Labels of the first 20 bundled images: CIFAR-10's read from their file names
+    (``{dataset}_{index}_{label}.png``), MNIST's those of the official test split."""
+    if dataset == "mnist":
+        return list(MNIST_TEST_LABELS)
     files = sorted((ASSETS / dataset).glob("*.png"))
     out = {}
     for f in files:

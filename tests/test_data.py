@@ -11,7 +11,7 @@ from leakage.client import client_gradients, save_gradients
 from leakage.data import VictimDataModule, read_labelled_folder
 from leakage.models import build_model
 
-from conftest import ASSETS, bundled_labels
+from conftest import ASSETS, SAMPLES, bundled_labels
 
 
 @pytest.mark.parametrize("dataset, shape", [("cifar10", (3, 32, 32)), ("mnist", (1, 28, 28))])
@@ -26,14 +26,28 @@ def test_bundled_images(dataset, shape):
     assert secret.labels.shape == (20, 1)
     assert secret.labels[:, 0].tolist() == bundled_labels(dataset)
     assert secret.indices == [[i] for i in range(20)]
-    # pixel-exact against the PNG files
-    f = sorted((ASSETS / dataset).glob(f"{dataset}_07_*.png"))[0]
+    # pixel-exact against the PNG files (MNIST's array: against the sample PNGs it was checked with)
+    folder = ASSETS / dataset if dataset == "cifar10" else SAMPLES / dataset
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is not here to compare with")
+    f = sorted(folder.glob(f"{dataset}_07_*.png"))[0]
     arr = np.asarray(Image.open(f).convert("L" if shape[0] == 1 else "RGB"), dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[None]
     else:
         arr = arr.transpose(2, 0, 1)
     torch.testing.assert_close(secret.images[7, 0], torch.from_numpy(arr))
+
+
+def test_the_bundled_mnist_array_holds_the_first_1000_test_images():
+    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 19, 500, 999])
+    secret = dm.load_victims()
+    assert secret.images.shape == (4, 1, 1, 28, 28) and secret.labels[:2, 0].tolist() == [7, 4]
+    assert all(0 <= int(v) <= 9 for v in secret.labels.flatten())
+    assert (secret.images * 255).sub((secret.images * 255).round()).abs().max() < 1e-4  # the original bytes
+    big = VictimDataModule(source="bundled", dataset="mnist", num_victims=2, batch_size=500).load_victims()
+    assert big.images.shape == (2, 500, 1, 28, 28) and big.indices[1][-1] == 999
+    assert len({tuple(im.flatten().tolist()) for im in big.images[:, :50].flatten(0, 1)}) == 100  # 100 distinct images
 
 
 def test_bundled_indices_and_batches():
@@ -167,16 +181,16 @@ def test_bad_settings(kwargs, match):
         VictimDataModule(**kwargs)
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
-def test_bundled_index_out_of_range_points_to_torchvision(dataset):
-    dm = VictimDataModule(source="bundled", dataset=dataset, indices=[3, 20])
+@pytest.mark.parametrize("dataset, shipped", [("cifar10", 20), ("mnist", 1000)])
+def test_bundled_index_out_of_range_points_to_torchvision(dataset, shipped):
+    dm = VictimDataModule(source="bundled", dataset=dataset, indices=[3, shipped])
     with pytest.raises(ValueError) as exc:
         dm.load_victims()
     msg = str(exc.value)
-    assert "index 20 is not shipped" in msg
+    assert f"index {shipped} is not shipped" in msg
     assert "--data.source torchvision" in msg and "--data.root" in msg
-    dm = VictimDataModule(source="bundled", dataset=dataset, num_victims=11, batch_size=2)
-    with pytest.raises(ValueError, match="index 20 is not shipped"):
+    dm = VictimDataModule(source="bundled", dataset=dataset, num_victims=shipped // 2 + 1, batch_size=2)
+    with pytest.raises(ValueError, match=f"index {shipped} is not shipped"):
         dm.load_victims()
 
 

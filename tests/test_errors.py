@@ -183,10 +183,11 @@ def test_fit_help_still_prints_the_full_documentation(capsys):
     assert len(out.splitlines()) > 300
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
-def test_bundled_index_out_of_range(capsys, tmp_path, dataset):
-    line = _err(capsys, tmp_path, "--data.dataset", dataset, "--data.indices", "[0,25]", "--trainer.max_steps", "1")
-    assert line.startswith(f"leakage: error: the bundled {dataset} images are test-split indices 0-19; index 25 is not shipped")
+@pytest.mark.parametrize("dataset, shipped, index", [("cifar10", 20, 25), ("mnist", 1000, 1000)])
+def test_bundled_index_out_of_range(capsys, tmp_path, dataset, shipped, index):
+    line = _err(capsys, tmp_path, "--data.dataset", dataset, "--data.indices", f"[0,{index}]", "--trainer.max_steps", "1")
+    assert line.startswith(f"leakage: error: the bundled {dataset} images are test-split indices 0-{shipped - 1}; "
+                           f"index {index} is not shipped")
     assert "--data.source torchvision" in line and "--data.root PATH" in line
 
 
