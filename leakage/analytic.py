@@ -85,7 +85,7 @@ class AnalyticInversion(ClosedFormAttack):
         model_weights: optional weights file (``.pt``/``.pth``, ``.ckpt``, ``.safetensors``), read
             without unpickling.
         labels: ``idlg`` (the label of one record from the last layer's gradient) or a batch label
-            restoration: ``bias_count``, ``weight_count``, ``yin`` (see :mod:`leakage.labels`).
+            restoration: ``bias_count``, ``weight_count``, ``yin``, ``ilrg`` (see :mod:`leakage.labels`).
         min_relative_bias: rows whose bias gradient is at least this fraction of the largest one are
             combined (least squares, weighted by the bias gradient); in [0, 1).
     """
@@ -97,7 +97,7 @@ class AnalyticInversion(ClosedFormAttack):
         num_classes: int = 10,
         model_seed: int = 1234,
         model_weights: Optional[str] = None,
-        labels: Literal["idlg", "bias_count", "weight_count", "yin"] = "idlg",
+        labels: Literal["idlg", "bias_count", "weight_count", "yin", "ilrg"] = "idlg",
         min_relative_bias: float = 1e-3,
     ) -> None:
         super().__init__()

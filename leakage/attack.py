@@ -30,7 +30,7 @@ from .seeding import generator
 
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
 INITS = ("randn", "uniform", "constant")
-LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin", "known")
+LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin", "ilrg", "known")
 ENSEMBLES = ("best", "pool")
 #: what the attack logs through ``self.log`` (what an EarlyStopping or ModelCheckpoint may monitor)
 LOGGED_METRICS = ("attack/loss",)
@@ -82,7 +82,7 @@ class GradientInversion(Attack):
             for tables; it gives an entropy per reconstructed feature).
         labels: ``joint`` (DLG: soft labels optimized with the images), ``idlg`` (analytic, from
             the last layer's gradient; batch size 1), or a batch label restoration fixed before the
-            attack: ``bias_count``, ``weight_count``, ``yin`` (see :mod:`leakage.labels`), or
+            attack: ``bias_count``, ``weight_count``, ``yin``, ``ilrg`` (see :mod:`leakage.labels`), or
             ``known``: the labels are public (the data's ``public_labels``; TabLeak's setting).
         restarts: independent dummies per victim; the one with the lowest final matching loss
             is kept.
@@ -135,7 +135,7 @@ class GradientInversion(Attack):
         init: Literal["randn", "uniform", "constant"] = "randn",
         init_seed: int = 0,
         box_constraint: bool = False,
-        labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin", "known"] = "joint",
+        labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin", "ilrg", "known"] = "joint",
         restarts: int = 1,
         group_weight: float = 0.0,
         lr_decay: bool = False,
