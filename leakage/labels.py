@@ -95,7 +95,7 @@ def ilrg_counts(layer: torch.nn.Linear, weight_grad: Tensor, bias_grad: Tensor, 
     system = torch.cat([torch.ones(V, 1, K, dtype=probs.dtype), probs.transpose(1, 2) - eye], dim=1)  # [V, 1 + K, K]
     rhs = torch.cat([torch.full((V, 1), float(batch_size), dtype=probs.dtype), batch_size * gb], dim=1)
     counts = torch.linalg.lstsq(system, rhs[..., None], driver="gelsd").solution[..., 0]
-    return torch.nan_to_num(counts, nan=0.0).float()
+    return torch.nan_to_num(counts, nan=0.0).clamp(0, batch_size).float()  # an ill-posed system: no count above B
 
 
 def _round_to_total(estimate: Tensor, total: int) -> Tensor:
