@@ -22,7 +22,7 @@ from .data import Observation
 from .distributed import all_done
 from .family import Attack
 from .fedavg import per_problem_updates, schedules
-from .labels import observed_labels, public_labels
+from .labels import label_gradients, observed_labels, public_labels
 from .losses import DISTANCES, gradient_distance
 from .optim import BatchedLBFGS, SignedAdam
 from .precision import full_precision
@@ -224,8 +224,9 @@ class GradientInversion(Attack):
         if hp.labels == "joint":
             self.dummy_labels = nn.Parameter(label_logits)
         else:
-            y = public_labels(observation) if hp.labels == "known" else observed_labels(
-                self.target, observed, B, observation.input_shape, hp.labels, observation.data_range)  # [V, B]
+            y = public_labels(observation) if hp.labels == "known" else observed_labels(  # [V, B]
+                self.target, label_gradients(observation), B, observation.input_shape, hp.labels,
+                observation.data_range)
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
 

@@ -179,7 +179,7 @@ def observed_labels(model: torch.nn.Module, gradients: dict[str, Tensor], batch_
                     strategy: str, data_range=(0.0, 1.0)) -> Tensor:
     """Labels ``[V, B]`` fixed from the shared updates before an attack: ``idlg`` (one image per
     update) or a batch restoration (:func:`restore_batch_labels`). ``gradients`` are the updates as
-    gradients (:meth:`leakage.data.Observation.gradient_estimate`)."""
+    batch-mean gradients (:func:`label_gradients`)."""
     V = next(iter(gradients.values())).shape[0]
     if strategy == "idlg" and batch_size != 1:
         raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
@@ -191,6 +191,17 @@ def observed_labels(model: torch.nn.Module, gradients: dict[str, Tensor], batch_
         bias = gradients[f"{name}.bias"] if layer.bias is not None else None
         return idlg_labels(gradients[f"{name}.weight"], bias).view(V, 1)
     return restore_batch_labels(model, gradients, batch_size, input_shape, strategy, data_range)
+
+
+def label_gradients(observation) -> dict[str, Tensor]:
+    """The shared updates as the batch-mean gradients the label strategies read: as shared for
+    FedSGD; for FedAvg the pseudo-gradient (the sum of the ``local_steps`` local gradients,
+    :meth:`leakage.data.Observation.gradient_estimate`) divided by ``local_steps``: the mean of the
+    local mini-batch gradients, the batch's gradient when the weights move little between steps."""
+    grads = observation.gradient_estimate()
+    if observation.client is None or observation.client.local_steps == 1:
+        return grads
+    return {k: v / observation.client.local_steps for k, v in grads.items()}
 
 
 def public_labels(observation) -> Tensor:

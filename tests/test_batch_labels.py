@@ -136,3 +136,17 @@ def test_ilrg_refuses_a_model_without_a_biased_last_linear_layer_in_one_line():
     g = {"1.weight": torch.zeros(1, 10, 3 * 32 * 32), "1.bias": torch.zeros(1, 10)}
     with pytest.raises(ValueError, match="the output of '1' is not what the model returns"):
         restore_batch_labels(scaled, g, 2, (3, 32, 32), "ilrg")
+
+
+def test_a_fedavg_update_of_several_local_steps_is_read_as_the_mean_of_its_local_gradients():
+    import leakage
+
+    x, y = leakage.bundled_images("mnist", list(range(16)))
+    model = build_model("mlp", (1, 28, 28), 10)
+    fedavg = leakage.FedAvgClient(local_steps=4, local_lr=1e-4, local_batch_size=4)  # 4 mini-batches cover the batch
+    update = leakage.client_update(model, x, y, fedavg=fedavg)
+    result = leakage.invert(model, update, input_shape=(1, 28, 28), num_classes=10, attack="analytic", fedavg=fedavg,
+                            batch_size=16, labels="ilrg")
+    assert result.labels[0].tolist() == sorted(y.tolist())
+    pseudo_gradient = {k: v[None] / -fedavg.local_lr for k, v in update.items()}  # the sum of the 4 local gradients
+    assert restore_batch_labels(model, pseudo_gradient, 16, (1, 28, 28), "ilrg")[0].tolist() != sorted(y.tolist())
