@@ -1,16 +1,21 @@
-"""Batch label restoration (multisets, repeated labels) and a batch attack that recovers B = 2."""
+"""Batch label restoration (multisets, repeated labels; iLRG on batches of 64, FedAvg updates) and a batch
+attack that recovers B = 2."""
 
 from __future__ import annotations
+
+import csv
 
 import pytest
 import torch
 
+import leakage
+from leakage.cli import main
 from leakage.data import VictimDataModule
 from leakage.labels import restore_batch_labels
 from leakage.metrics import match_batch, reconstruction_metrics
 from leakage.models import build_model
 
-from conftest import bundled_labels, quiet_trainer
+from conftest import CONFIGS, bundled_labels, cli_args, quiet_trainer, run_dirs
 
 
 def _batch(dataset, labels_wanted):
@@ -113,12 +118,6 @@ def test_ilrg_restores_every_label_of_batches_of_64_mnist_images():
 
 
 def test_ilrg_labels_through_the_cli_with_the_analytic_attack(tmp_path):
-    import csv
-
-    from leakage.cli import main
-
-    from conftest import CONFIGS, cli_args, run_dirs
-
     main(cli_args(tmp_path, "--config", str(CONFIGS / "mnist_analytic.yaml"), "--model.labels", "ilrg",
                   "--data.num_victims", "2", "--data.batch_size", "16"))
     run, = run_dirs(tmp_path)
@@ -139,8 +138,6 @@ def test_ilrg_refuses_a_model_without_a_biased_last_linear_layer_in_one_line():
 
 
 def test_a_fedavg_update_of_several_local_steps_is_read_as_the_mean_of_its_local_gradients():
-    import leakage
-
     x, y = leakage.bundled_images("mnist", list(range(16)))
     model = build_model("mlp", (1, 28, 28), 10)
     fedavg = leakage.FedAvgClient(local_steps=4, local_lr=1e-4, local_batch_size=4)  # 4 mini-batches cover the batch
