@@ -64,7 +64,7 @@ def _project(S: Tensor, basis: Tensor, sparsity: float, steps: int) -> Tensor:
     return S
 
 
-def unmix(mixture: Tensor, bias: Tensor, batch_size: int, sparsity: float = 0.05, refine_steps: int = 50,
+def unmix(mixture: Tensor, bias: Tensor, batch_size: int, sparsity: float = 0.01, refine_steps: int = 1000,
           ica_iterations: int = 500, seed: int = 0) -> Tensor:
     """The ``B`` non-negative sources ``[B, D]`` of ``mixture = A X`` ``[H, D]`` with ``bias = A 1`` ``[H]``
     (steps 2-4 of the module docstring), in float64."""
@@ -121,8 +121,8 @@ class CocktailPartyAttack(ClosedFormAttack):
         model_seed: int = 1234,
         model_weights: Optional[str] = None,
         labels: Literal["bias_count", "weight_count", "yin", "idlg"] = "bias_count",
-        sparsity: float = 0.05,
-        refine_steps: int = 50,
+        sparsity: float = 0.01,
+        refine_steps: int = 1000,
         ica_iterations: int = 500,
     ) -> None:
         super().__init__()
