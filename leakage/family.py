@@ -49,6 +49,7 @@ from .precision import check_precision, full_precision
 ATTACKS = {
     "gradient_inversion": "leakage.attack.GradientInversion",
     "analytic": "leakage.analytic.AnalyticInversion",
+    "cpa": "leakage.cpa.CocktailPartyAttack",
 }
 DEFAULT_ATTACK = "gradient_inversion"
 
