@@ -42,9 +42,13 @@ Settings (``--settings``, comma-separated):
   problem and step on one core);
 - ``fedavg``: a FedAvg client (5 local SGD steps, lr 0.1, on its one image) on LeNet: breaching's
   ``UserMultiStep`` and its multi-step objective with L-BFGS on the euclidean loss / the attack
-  and client of ``configs/mnist_fedavg.yaml``, on the CIFAR-10 images;
+  and client of ``configs/mnist_fedavg.yaml`` (100 steps), on the first 5 CIFAR-10 images (every
+  evaluation runs the 5 local steps, and L-BFGS takes all 20 of its inner iterations per step);
 - ``noise``: Gaussian noise (``--noise-sigma``, default 0.01, absolute) on the update, DLG at 300
-  steps on both sides.
+  steps on both sides, on the first 5 images (a noisy update is never matched, so every step costs
+  20 evaluations).
+
+``--images`` caps every setting (``resnet`` uses at most 2, ``fedavg`` and ``noise`` at most 5).
 
 ``--steps`` scales every budget (``--steps 0.1``: a tenth). Default: ``dlg,dlg300,fast,resnet,fedavg,noise``.
 """
@@ -73,16 +77,16 @@ SETTINGS = {
     "dlg300": dict(about="DLG, LeNet, 300 steps each", config="cifar_dlg",
                    breaching="deepleakage", breaching_steps=300, steps=300),
     "fast": dict(about="LeNet: breaching DLG defaults / cifar_fast", config="cifar_fast",
-                 breaching="deepleakage", breaching_steps=1200, steps=None, clean_config="cifar_dlg"),
+                 breaching="deepleakage", breaching_steps=1200, steps=None),
     "idlg": dict(about="LeNet: breaching DLG defaults / cifar_idlg", config="cifar_idlg",
-                 breaching="deepleakage", breaching_steps=1200, steps=None, clean_config="cifar_dlg"),
+                 breaching="deepleakage", breaching_steps=1200, steps=None),
     "resnet": dict(about="Inverting Gradients, ResNet-18 (train-mode BatchNorm), same budget",
                    config="cifar_resnet18", breaching="invertinggradients", breaching_steps=50, steps=50, images=2),
     "fedavg": dict(about="FedAvg, 5 local steps, LeNet: L-BFGS through the local steps", config="mnist_fedavg",
                    breaching="deepleakage", breaching_steps=None, steps=None,
-                   breaching_overrides=["attack.attack_type=optimization", "attack.label_strategy=iDLG"]),
+                   breaching_overrides=["attack.attack_type=optimization", "attack.label_strategy=iDLG"], images=5),
     "noise": dict(about="DLG, LeNet, Gaussian noise on the update, 300 steps each", config="cifar_dlg",
-                  breaching="deepleakage", breaching_steps=300, steps=300, noise=True),
+                  breaching="deepleakage", breaching_steps=300, steps=300, noise=True, images=5),
 }
 DEFAULT = "dlg,dlg300,fast,resnet,fedavg,noise"
 
@@ -318,6 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         s = SETTINGS[name]
         cfg = read_config(s["config"])
+        ignored = sorted(set(cfg.get("trainer", {})) - {"max_steps", "logger"})
+        if ignored:
+            print(f"note: configs/{s['config']}.yaml's trainer settings {', '.join(ignored)} are not applied here")
         n = min(a.images, s.get("images", a.images))
         fedavg, mode = client_of(cfg)
         key = (cfg["model"].get("model", "lenet"), cfg["model"].get("model_seed", 1234), mode,
@@ -351,14 +358,16 @@ def main(argv: list[str] | None = None) -> None:
                  f"{lk['update_sha256'][:12]}, prepared {sha[:12]})")
         checks.append(f"- `{name}`: update SHA-256 {sha[:16]}... attacked by both; breaching's model gives "
                       f"{'the same logits (bitwise)' if b['logits_equal'] else 'logits within %.1e' % b['logits_max_diff']}; "
-                      f"breaching's own client gives {'the same update bytes' if b['client_equal'] else 'the update within %.1e' % b['client_max_diff']}")
+                      f"breaching's own client gives {'the same update bytes' if b['client_equal'] else 'the update to within %.1e of its largest entry' % b['client_max_diff']}")
         for tool, r, steps in (("breaching", b, b_steps), ("leakage", lk, lk["steps"])):
             sc = score(r["recon"], images)
             if tool == "breaching":
-                run = f"`{s['breaching']}`" + (" (defaults)" if s["breaching_steps"] == 1200 else "")
+                run = f"`{s['breaching']}`" + (", its defaults" if s["breaching_steps"] == steps == 1200 else "")
                 acc = f"{int((r['labels_reported'].view(-1) == labels.view(-1)).sum())}/{n} reported"
                 if r["labels_optimised"].numel():
                     acc = f"{int((r['labels_optimised'].view(-1) == labels.view(-1)).sum())}/{n} optimised, " + acc
+                if r["labels_given"].numel():
+                    acc = f"{int((r['labels_given'].view(-1) == labels.view(-1)).sum())}/{n} given by its client, " + acc
             else:
                 run = f"`configs/{s['config']}.yaml`"
                 acc = f"{int((r['labels'].view(-1) == labels.view(-1)).sum())}/{n}"

@@ -11,7 +11,8 @@ client update that both tools attack (``update``) and the same update before any
    ``breaching.cases.construct_model`` and loads the weights into it by position (shapes checked);
    its logits must equal the driver's;
 2. computes the update again with breaching's own client (``UserSingleStep`` / ``UserMultiStep``)
-   and records how far it is from ``clean`` (bytes equal, or the largest difference);
+   and records how far it is from ``clean`` (bytes equal, or the largest difference relative to
+   the largest entry);
 3. attacks, image by image, the update bytes from the driver (their SHA-256 is recorded), with
    breaching's attack config (``breaching.get_config``, ``breaching.attacks.prepare_attack``,
    ``attacker.reconstruct``), its normalisation off (mean 0, std 1: it works in [0, 1]);
@@ -123,7 +124,7 @@ def main(job_dir: Path) -> None:
     attacker._run_trial = recording
 
     names = list(inputs["update"])
-    recon, reported, optimised, client_diff, client_equal, digests = [], [], [], [], [], []
+    recon, reported, optimised, given, client_diff, client_equal, digests = [], [], [], [], [], [], []
     seconds = 0.0
     for v in range(V):
         payload = server.distribute_payload()
@@ -134,7 +135,8 @@ def main(job_dir: Path) -> None:
         else:
             own, _ = user.compute_local_updates(payload, custom_data=dict(data))
         clean = [inputs["clean"][k][v] for k in names]
-        client_diff.append(max(float((a - b).abs().max()) for a, b in zip(own["gradients"], clean)))
+        scale = max(float(b.abs().max()) for b in clean)
+        client_diff.append(max(float((a - b).abs().max()) for a, b in zip(own["gradients"], clean)) / scale)
         client_equal.append(all(torch.equal(a, b) for a, b in zip(own["gradients"], clean)))
         shared = dict(own, gradients=[inputs["update"][k][v].clone() for k in names])
         digests.append(digest(shared["gradients"]))
@@ -145,11 +147,14 @@ def main(job_dir: Path) -> None:
         seconds += time.perf_counter() - t0
         recon.append(result["data"].detach().reshape(1, *images.shape[1:]))
         reported.append(torch.as_tensor(result["labels"]).reshape(-1)[:1])
+        if fedavg:  # its multi-step objective trains with the labels its client shares, whatever it reports
+            given.append(own["metadata"]["local_hyperparams"]["labels"][0].reshape(-1)[:1])
         if trials and isinstance(trials[0], tuple):  # joint optimisation: (data, soft labels) per trial
             chosen = next((lab for d, lab in trials if torch.equal(d, result["data"])), trials[0][1])
             optimised.append(chosen.argmax(dim=-1).reshape(-1)[:1])
     tensors = dict(recon=torch.cat(recon), labels_reported=torch.cat(reported),
-                   labels_optimised=torch.cat(optimised) if optimised else torch.empty(0, dtype=torch.long))
+                   labels_optimised=torch.cat(optimised) if optimised else torch.empty(0, dtype=torch.long),
+                   labels_given=torch.cat(given) if given else torch.empty(0, dtype=torch.long))
     torch.save(tensors, job_dir / "breaching.pt")
     out.update(seconds=seconds, evals=evals[0], client_max_diff=max(client_diff), client_equal=all(client_equal),
                update_sha256=hashlib.sha256("".join(digests).encode()).hexdigest(), threads=torch.get_num_threads())
