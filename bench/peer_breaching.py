@@ -37,7 +37,7 @@ Settings (``--settings``, comma-separated):
 - ``dlg300``: the same at 300 steps on both sides;
 - ``fast``: breaching's default DLG / ``configs/cifar_fast.yaml``;  ``idlg``: / ``configs/cifar_idlg.yaml``;
 - ``resnet``: Inverting Gradients on ResNet-18 (BatchNorm in train mode), breaching
-  ``invertinggradients`` / ``configs/cifar_resnet18.yaml``, the same steps and restarts on both
+  ``invertinggradients`` / ``configs/cifar_resnet18.yaml``, the config's steps and restarts on both
   sides (2 images and 50 steps by default: a ResNet-18 double backward costs about 0.25 s per
   problem and step on one core);
 - ``fedavg``: a FedAvg client (5 local SGD steps, lr 0.1, on its one image) on LeNet: breaching's
@@ -81,7 +81,8 @@ SETTINGS = {
     "idlg": dict(about="LeNet: breaching DLG defaults / cifar_idlg", config="cifar_idlg",
                  breaching="deepleakage", breaching_steps=1200, steps=None),
     "resnet": dict(about="Inverting Gradients, ResNet-18 (train-mode BatchNorm), same budget",
-                   config="cifar_resnet18", breaching="invertinggradients", breaching_steps=50, steps=50, images=2),
+                   config="cifar_resnet18", breaching="invertinggradients", breaching_steps=50, steps=50, images=2,
+                   same_restarts=True),
     "fedavg": dict(about="FedAvg, 5 local steps, LeNet: L-BFGS through the local steps", config="mnist_fedavg",
                    breaching="deepleakage", breaching_steps=None, steps=None,
                    breaching_overrides=["attack.attack_type=optimization", "attack.label_strategy=iDLG"], images=5),
@@ -106,11 +107,9 @@ def breaching_python(venv: Path) -> Path:
         if ok.returncode == 0 and ok.stdout.strip().endswith("0.1.2"):
             return python
     print(f"installing {BREACHING} into {venv} (its own virtual environment) ...", flush=True)
-    steps = [[sys.executable, "-m", "venv", str(venv)]]
-    for cmd in steps:
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            fail(f"cannot create a virtual environment at {venv}: {_last_line(done)}")
+    done = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
+    if done.returncode != 0:
+        fail(f"cannot create a virtual environment at {venv}: {_last_line(done)}")
     # this environment's torch, torchvision and scipy, read-only, instead of a second torch download
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True).stdout.strip()
@@ -261,12 +260,12 @@ def leakage_job(job_dir: Path, config: str, budget: int | None, scale: float) ->
                             seed=int(cfg["model"].get("init_seed", 0)), **options)
     seconds = time.perf_counter() - t0
     V = inputs["images"].shape[0]
-    try:
-        evals = int(result.module.trainer.optimizers[0].state["problems"]["func_evals"].sum())
-    except (KeyError, AttributeError, RuntimeError, IndexError):
-        evals = steps * V * restarts  # Adam: one evaluation per problem and step
-    if options.get("optimizer", "lbfgs") != "lbfgs":
-        evals = steps * V * restarts
+    evals = steps * V * restarts  # Adam: one evaluation per problem and step
+    if options.get("optimizer", "lbfgs") == "lbfgs":  # the batched L-BFGS counts each problem's evaluations
+        try:
+            evals = int(result.module.trainer.optimizers[0].state["problems"]["func_evals"].sum())
+        except (KeyError, AttributeError, RuntimeError, IndexError):
+            evals = 0  # not counted: the table says n/a
     torch.save({"recon": result.images.detach().cpu(), "labels": result.labels.detach().cpu()},
                job_dir / f"leakage-{config}.pt")
     (job_dir / f"leakage-{config}.json").write_text(json.dumps(
@@ -309,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--images must be 1-20 (the bundled CIFAR-10 images), got {a.images}")
     if not a.steps > 0:
         fail(f"--steps must be a positive scale, got {a.steps}")
+    if not 0 <= a.noise_sigma < float("inf"):
+        fail(f"--noise-sigma must be a finite number >= 0, got {a.noise_sigma}")
     python = breaching_python(a.venv.expanduser())
 
     os.environ.update(THREADS)
@@ -336,11 +337,12 @@ def main(argv: list[str] | None = None) -> None:
             sha = update_sha(torch.load(job_dir / "inputs.pt", weights_only=True)["update"])
         restarts = int(cfg["model"].get("restarts", 1))
         b_steps = scaled(s["breaching_steps"] or cfg["trainer"]["max_steps"], a.steps)
-        bkey = (job_dir, s["breaching"], b_steps, restarts, tuple(s.get("breaching_overrides", ())))
+        b_restarts = restarts if s.get("same_restarts") else None  # None: breaching's own (1 trial)
+        bkey = (job_dir, s["breaching"], b_steps, b_restarts, tuple(s.get("breaching_overrides", ())))
         if bkey not in breaching_runs:
             print(f"[{name}] breaching {s['breaching']}, {b_steps} steps, {n} images ...", flush=True)
             job = {"breaching_model": "lenet_zhu" if key[0] == "lenet" else "ResNet18",
-                   "breaching_attack": s["breaching"], "steps": b_steps, "restarts": restarts, "seed": 0,
+                   "breaching_attack": s["breaching"], "steps": b_steps, "restarts": b_restarts, "seed": 0,
                    "client_mode": mode, "breaching_overrides": list(s.get("breaching_overrides", ())),
                    "fedavg": None if fedavg is None else {"local_steps": fedavg.local_steps, "local_lr": fedavg.local_lr,
                                                           "local_batch_size": fedavg.mini_batch(1)}}
@@ -360,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{'the same logits (bitwise)' if b['logits_equal'] else 'logits within %.1e' % b['logits_max_diff']}; "
                       f"breaching's own client gives {'the same update bytes' if b['client_equal'] else 'the update to within %.1e of its largest entry' % b['client_max_diff']}")
         for tool, r, steps in (("breaching", b, b_steps), ("leakage", lk, lk["steps"])):
+            restarts = r["restarts"]
             sc = score(r["recon"], images)
             if tool == "breaching":
                 run = f"`{s['breaching']}`" + (", its defaults" if s["breaching_steps"] == steps == 1200 else "")
@@ -371,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 run = f"`configs/{s['config']}.yaml`"
                 acc = f"{int((r['labels'].view(-1) == labels.view(-1)).sum())}/{n}"
-            per = r["seconds"] / max(1, r["evals"]) * 1e3
+            per = r["seconds"] / r["evals"] * 1e3 if r["evals"] else float("nan")
             rows.append(dict(setting=name, tool=tool, run=run, steps=steps, restarts=restarts, sc=sc, acc=acc,
                              seconds=r["seconds"], per=per, n=n))
         lb, ll = rows[-2], rows[-1]

@@ -77,7 +77,8 @@ def main(job_dir: Path) -> None:
         f"case.model={job['breaching_model']}",
         "case.data.normalize=False", "case.data.mean=[0,0,0]", "case.data.std=[1,1,1]",
         "case.user.provide_labels=False", "case.user.num_data_points=1",
-        f"attack.optim.max_iterations={job['steps']}", f"attack.restarts.num_trials={job['restarts']}",
+        f"attack.optim.max_iterations={job['steps']}",
+        *([f"attack.restarts.num_trials={job['restarts']}"] if job.get("restarts") else []),
         # train mode: no public buffers, so the client and the attack use the batch's own BatchNorm statistics
         f"case.server.provide_public_buffers={not train_mode}",
     ]
@@ -157,7 +158,8 @@ def main(job_dir: Path) -> None:
                    labels_given=torch.cat(given) if given else torch.empty(0, dtype=torch.long))
     torch.save(tensors, job_dir / "breaching.pt")
     out.update(seconds=seconds, evals=evals[0], client_max_diff=max(client_diff), client_equal=all(client_equal),
-               update_sha256=hashlib.sha256("".join(digests).encode()).hexdigest(), threads=torch.get_num_threads())
+               update_sha256=hashlib.sha256("".join(digests).encode()).hexdigest(), threads=torch.get_num_threads(),
+               restarts=int(cfg.attack.restarts.num_trials))
     (job_dir / "breaching.json").write_text(json.dumps(out))
 
 
