@@ -15,16 +15,16 @@ Both tools get the same inputs, and the script checks that they are the same:
 - the same weights: the config's model (``lenet``: DLG's LeNet, seed 1234; ``resnet18``: the CIFAR
   ResNet-18), copied by position into breaching's own ``LeNetZhu`` / ``ResNet18``; both models'
   logits on the images are compared;
-- the same update bytes: the client update is computed once, by ``leakage.client_update`` (with the
-  setting's FedAvg client or Gaussian noise), and both attacks read that one file; each records
-  the SHA-256 of the bytes it attacked, and breaching's own client (``UserSingleStep`` /
-  ``UserMultiStep``) recomputes the clean update to show the two clients agree.
+- the same update bytes: the client update is computed once, as ``leakage fit`` computes it (the
+  config's data module and client, then the ``GaussianNoise`` defense of the noise setting), and both
+  attacks read that one file; each records the SHA-256 of the bytes it attacked, and breaching's own
+  client (``UserSingleStep`` / ``UserMultiStep``) recomputes the clean update to show the two clients agree.
 
 Each tool runs in its own process, one after the other, one thread each (``OMP_NUM_THREADS=1``,
-``torch.set_num_threads(1)``). The leakage side is the attack of the setting's config file (its
-``model:`` section, ``trainer.max_steps`` and the ``data:`` client settings, read from
-``configs/*.yaml``) through ``leakage.invert``, the LightningModule and Trainer ``leakage fit`` builds,
-on the update bytes. breaching runs its attack config (``deepleakage``: its DLG, 1,200 L-BFGS steps
+``torch.set_num_threads(1)``). The leakage side is the setting's config file (``configs/*.yaml``) as
+``leakage fit`` runs it: its ``seed_everything``, its attack module (the ``model:`` section), its data
+module (the ``data:`` client settings, on the bundled CIFAR-10 images) with the update bytes as its
+observation, and one ``Trainer.fit`` of ``trainer.max_steps`` (the run's logging and reports left out). breaching runs its attack config (``deepleakage``: its DLG, 1,200 L-BFGS steps
 by default; ``invertinggradients``) with its normalisation off (mean 0, std 1: both work in [0, 1]).
 Both are scored by the same function, ``leakage.metrics.reconstruction_metrics`` (torchmetrics SSIM
 and PSNR on [0, 1] images, batch slots matched). For breaching's DLG two label accuracies are shown:
@@ -149,50 +149,51 @@ def read_config(name: str) -> dict:
     return yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
 
 
-def client_of(cfg: dict):
-    """The config's FedAvg client (None for FedSGD) and client mode."""
-    from leakage import FedAvgClient
+def data_module(cfg: dict, n_images: int):
+    """The config's data module as ``leakage fit`` builds it, on the first ``n_images`` bundled CIFAR-10
+    images, one per update (the config's client settings kept: mode, FedAvg protocol)."""
+    from leakage.data import VictimDataModule
 
-    data = cfg.get("data", {})
-    mode = data.get("client_mode", "train")
-    if data.get("protocol", "fedsgd") != "fedavg":
-        return None, mode
-    keys = ("local_steps", "local_lr", "local_batch_size", "shuffle", "shuffle_seed", "share")
-    return FedAvgClient(**{k: data[k] for k in keys if k in data}), mode
+    data = {**cfg.get("data", {}), "source": "bundled", "dataset": "cifar10", "num_victims": n_images, "batch_size": 1}
+    data.pop("indices", None)
+    return VictimDataModule(**data)
 
 
-def target_model(cfg: dict):
-    from leakage.models import build_model
+def attack_module(cfg: dict):
+    """The config's attack as ``leakage fit`` builds it (its ``model:`` section)."""
+    from leakage.attack import GradientInversion
 
-    m = cfg["model"]
-    return build_model(m.get("model", "lenet"), (3, 32, 32), 10, seed=m.get("model_seed", 1234),
-                       weights=m.get("model_weights"))
+    return GradientInversion(**{**cfg["model"], "input_shape": (3, 32, 32), "num_classes": 10})
 
 
 def prepare(job_dir: Path, setting: dict, cfg: dict, n_images: int, sigma: float) -> str:
-    """Write the job's inputs (images, weights, logits, the update computed once); return its SHA-256."""
-    import copy
-
+    """Write the job's inputs: images, weights, logits and the update, computed once the way
+    ``leakage fit`` computes it (its data module's client, then the defense); return its SHA-256."""
     import torch
 
-    import leakage
     from leakage.defenses import GaussianNoise
 
-    x, y = leakage.bundled_images("cifar10", range(n_images))
-    x, y = x[:, None], y[:, None]  # one image per update: [V, 1, C, H, W], [V, 1]
-    model = target_model(cfg)
-    fedavg, mode = client_of(cfg)
-    clean = leakage.client_update(model, x, y, mode=mode, fedavg=copy.deepcopy(fedavg))
-    update = clean
-    if setting.get("noise"):
-        update = leakage.client_update(model, x, y, mode=mode, fedavg=copy.deepcopy(fedavg),
-                                       defenses=[GaussianNoise(sigma, seed=0)])
+    dm, module = data_module(cfg, n_images), attack_module(cfg)
+    model = module.target
+    clean = dm.prepare(model)
+    observation = GaussianNoise(sigma, seed=0).transform(clean, dm.secret)[0] if setting.get("noise") else clean
+    x, y = dm.secret.images, dm.secret.labels  # [V, 1, C, H, W], [V, 1]
     with torch.no_grad():
         logits = torch.cat([model.eval()(x[v]) for v in range(x.shape[0])])
     job_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"images": x, "labels": y, "weights": dict(model.state_dict()), "logits_eval": logits,
-                "update": update, "clean": clean}, job_dir / "inputs.pt")
-    return update_sha(update)
+                "update": {k: v.contiguous() for k, v in observation.gradients.items()},
+                "clean": clean.gradients}, job_dir / "inputs.pt")
+    return update_sha(observation.gradients)
+
+
+def client_settings(cfg: dict) -> tuple[str, dict | None]:
+    """The config's client mode, and its FedAvg settings (None: FedSGD) for breaching's client."""
+    dm = data_module(cfg, 1)
+    c = dm.client
+    fedavg = None if c is None else {"local_steps": c.local_steps, "local_lr": c.local_lr,
+                                     "local_batch_size": c.mini_batch(1)}
+    return dm.client_mode, fedavg
 
 
 # --------------------------------------------------------------------------- the two runs
@@ -236,41 +237,49 @@ def scaled(steps: int, scale: float) -> int:
 
 
 def leakage_job(job_dir: Path, config: str, budget: int | None, scale: float) -> None:
-    """The leakage side, in its own process: the config's attack through ``leakage.invert``."""
+    """The leakage side, in its own process: the config's attack module and data module as ``leakage
+    fit`` builds them, the data module's observation holding the job's update bytes, one ``Trainer.fit``."""
+    import dataclasses
+
     import torch
 
     torch.set_num_threads(1)
-    import leakage
+    import lightning.pytorch as pl
 
     cfg = read_config(config)
     inputs = torch.load(job_dir / "inputs.pt", weights_only=True)
-    model = target_model(cfg)
-    for k, t in model.state_dict().items():  # the config's model is the one the update came from
+    V = inputs["images"].shape[0]
+    if cfg.get("seed_everything") is not None:  # as leakage fit does, before it builds anything
+        pl.seed_everything(cfg["seed_everything"], verbose=False)
+    module, dm = attack_module(cfg), data_module(cfg, V)
+    for k, t in module.target.state_dict().items():  # the config's model is the one the update came from
         if not torch.equal(t, inputs["weights"][k]):
             raise ValueError(f"configs/{config}.yaml's model differs from the job's weights at {k}")
-    fedavg, mode = client_of(cfg)
-    options = {k: v for k, v in cfg["model"].items() if k not in ("model", "model_seed", "model_weights", "restarts",
-                                                                  "init_seed")}
-    restarts = int(cfg["model"].get("restarts", 1))
-    steps = scaled(budget if budget is not None else cfg["trainer"]["max_steps"], scale)
+    clean = dm.prepare(module.target)  # the keys, client and metadata leakage fit attaches to the update
+    if not all(torch.equal(clean.gradients[k], inputs["clean"][k]) for k in clean.gradients):
+        raise ValueError(f"configs/{config}.yaml's client computes another update than the job's")
     update = inputs["update"]
+    dm.observation = dataclasses.replace(clean, gradients=update)
+    restarts = int(module.hparams.restarts)
+    steps = scaled(budget if budget is not None else cfg["trainer"]["max_steps"], scale)
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         accelerator="cpu", devices=1)
     t0 = time.perf_counter()
-    result = leakage.invert(model, update, input_shape=(3, 32, 32), num_classes=10, attack="dlg", restarts=restarts,
-                            steps=steps, device="cpu", client_mode=mode, fedavg=fedavg,
-                            seed=int(cfg["model"].get("init_seed", 0)), **options)
+    trainer.fit(module, datamodule=dm)
+    result = module.results(module.final_evaluation())
     seconds = time.perf_counter() - t0
-    V = inputs["images"].shape[0]
     evals = steps * V * restarts  # Adam: one evaluation per problem and step
-    if options.get("optimizer", "lbfgs") == "lbfgs":  # the batched L-BFGS counts each problem's evaluations
+    if module.hparams.optimizer == "lbfgs":  # the batched L-BFGS counts each problem's evaluations
         try:
-            evals = int(result.module.trainer.optimizers[0].state["problems"]["func_evals"].sum())
-        except (KeyError, AttributeError, RuntimeError, IndexError):
-            evals = 0  # not counted: the table says n/a
-    torch.save({"recon": result.images.detach().cpu(), "labels": result.labels.detach().cpu()},
+            evals = int(trainer.optimizers[0].state["problems"]["func_evals"].sum())
+        except (KeyError, AttributeError, IndexError):
+            evals = 0  # not counted: the table says nan
+    torch.save({"recon": result["recon"].detach().cpu(), "labels": result["labels"].detach().cpu()},
                job_dir / f"leakage-{config}.pt")
     (job_dir / f"leakage-{config}.json").write_text(json.dumps(
-        {"seconds": seconds, "evals": evals, "steps": steps, "restarts": restarts, "update_sha256": update_sha(update),
-         "threads": torch.get_num_threads()}))
+        {"seconds": seconds, "evals": evals, "steps": steps, "restarts": restarts,
+         "update_sha256": update_sha(dm.observation.gradients), "threads": torch.get_num_threads()}))
 
 
 # --------------------------------------------------------------------------- the table
@@ -327,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         if ignored:
             print(f"note: configs/{s['config']}.yaml's trainer settings {', '.join(ignored)} are not applied here")
         n = min(a.images, s.get("images", a.images))
-        fedavg, mode = client_of(cfg)
+        mode, fedavg = client_settings(cfg)
         key = (cfg["model"].get("model", "lenet"), cfg["model"].get("model_seed", 1234), mode,
                repr(fedavg), a.noise_sigma if s.get("noise") else 0.0, n)
         job_dir = work / hashlib.sha1(repr(key).encode()).hexdigest()[:10]
@@ -344,8 +353,7 @@ def main(argv: list[str] | None = None) -> None:
             job = {"breaching_model": "lenet_zhu" if key[0] == "lenet" else "ResNet18",
                    "breaching_attack": s["breaching"], "steps": b_steps, "restarts": b_restarts, "seed": 0,
                    "client_mode": mode, "breaching_overrides": list(s.get("breaching_overrides", ())),
-                   "fedavg": None if fedavg is None else {"local_steps": fedavg.local_steps, "local_lr": fedavg.local_lr,
-                                                          "local_batch_size": fedavg.mini_batch(1)}}
+                   "fedavg": fedavg}
             breaching_runs[bkey] = run_breaching(python, job_dir, job)
         b = breaching_runs[bkey]
         lkey = (job_dir, s["config"], s["steps"])
