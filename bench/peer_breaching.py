@@ -399,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {r['setting']} | {r['tool']} | {r['run']} | {r['steps']} x {r['restarts']} | {sc['success']}/{r['n']} | "
               f"{sc['ssim']:.3f} | {sc['psnr']:.2f} dB | {r['acc']} | {r['seconds']:.1f} s | {r['per']:.2f} ms | "
               f"{r.get('ratio', '')} |")
-    print("\nwall time: the attack alone (process start and imports excluded); per problem-iteration: wall time / "
+    print("\nwall time: the attack alone (breaching: its reconstruct calls; leakage: Trainer.fit and the final "
+          "evaluation; process start and imports excluded); per problem-iteration: wall time / "
           "objective evaluations summed over problems (L-BFGS: every closure evaluation; Adam: one per step).")
 
 
