@@ -7,7 +7,8 @@ d-100-100-2 MLP), one victim per batch size: records 0..B-1 of the complete reco
 
 Each row: TabLeak's accuracy (overall, categorical, continuous), the wall time of the attack alone
 (the Trainer's fit) and its CPU time (the process's; less sensitive to other jobs on a shared
-machine than the wall time), for each attack; the settings are those of configs/adult_*.yaml.
+machine than the wall time), for each attack; for pooled TabLeak also the entropy calibration: the
+accuracy of the cells in each quarter of the entropies (lowest first), per feature type; the settings are those of configs/adult_*.yaml.
 ``--refine-steps N`` gives TabLeak and the cosine baseline TabLeak's two-staged mode: the last N of
 the steps with the categorical features fixed to their argmax (``--model.refine_steps``).
 """
@@ -19,6 +20,7 @@ import json
 import time
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader
 
 from leakage.attack import GradientInversion
@@ -47,7 +49,15 @@ def run(batch: int, attack: str, steps: int, restarts: int, victims: int, refine
     result = module.results(module.final_evaluation())
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     m = module.kind.evaluate(result["recon"], dm.secret.images, result["entropy"])
-    return {"B": batch, "attack": attack, "steps": budget, "refine_steps": settings.get("refine_steps", 0),
+    out = {}
+    if "entropy" in m:  # calibration: accuracy of the cells by entropy quartile, per feature type
+        cat = torch.tensor([f.type == "categorical" for f in module.kind.schema.features])
+        for name, cols in (("categorical", cat), ("continuous", ~cat)):
+            ent, ok = m["entropy"][..., cols].flatten(), m["correct"][..., cols].flatten()
+            q = ent.quantile(torch.tensor([0.25, 0.5, 0.75]))
+            bins = torch.bucketize(ent, q)
+            out[f"{name}_accuracy_by_entropy_quartile"] = [round(100 * float(ok[bins == i].mean()), 1) for i in range(4)]
+    return {**out, "B": batch, "attack": attack, "steps": budget, "refine_steps": settings.get("refine_steps", 0),
             "restarts": settings["restarts"], "seconds": round(seconds, 1),
             "cpu_seconds": round(cpu, 1),
             **{k: round(100 * float(m[k].mean()), 1) for k in ("accuracy", "accuracy_categorical", "accuracy_continuous")}}
