@@ -84,7 +84,7 @@ def test_tableak_beats_the_unrelaxed_cosine_baseline():
     assert float(tableak["accuracy"][0]) > float(baseline["accuracy"][0])
 
 
-def test_refine_steps_fix_the_categories_then_refine_the_continuous_features():
+def test_refine_steps_fix_the_categories_then_refine_the_continuous_features(tmp_path, capsys):
     """TabLeak's two-staged mode: the last steps run with every categorical feature one-hot at its
     argmax (to float32 rounding), the continuous ones still optimized."""
     dm = VictimDataModule(source="bundled", dataset="adult", batch_size=1, num_victims=2, public_labels=True)
@@ -93,6 +93,11 @@ def test_refine_steps_fix_the_categories_then_refine_the_continuous_features():
     for sl in module.kind._cat:
         assert float(x[..., sl].max(-1).values.min()) > 1 - 1e-6
     assert m["accuracy"].tolist() == [1.0, 1.0], m["feature_accuracy"]
+    with pytest.raises(ValueError, match=r"refine_steps \(40\) must be below --trainer.max_steps \(40\)"):
+        _attack(dm, 40, restarts=1, refine_steps=40, **TABLEAK)
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--trainer.max_steps", "100"))
+    assert line.startswith("leakage: error: refine_steps (150) must be below --trainer.max_steps (100)"), line
+    assert not run_dirs(tmp_path)  # refused before a run folder is made
     with pytest.raises(ValueError, match="refine_steps needs optimizer adam or signed_adam"):
         GradientInversion(model="tabular_mlp", input_shape=(8,), num_classes=2, optimizer="lbfgs", refine_steps=5)
     images = VictimDataModule(source="bundled", dataset="mnist", batch_size=1)
@@ -117,7 +122,8 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     path = _csv(tmp_path, OWN)
     main(cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv",
                   "--data.path", str(path), "--data.label_column", "outcome", "--data.batch_size", "2",
-                  "--model.restarts", "3", "--trainer.max_steps", "100", "--report.image_every_n_steps", "0"))
+                  "--model.restarts", "3", "--trainer.max_steps", "100", "--model.refine_steps", "40",
+                  "--report.image_every_n_steps", "0"))
     out = capsys.readouterr().out
     assert "overall accuracy" in out and "colour" in out
     (run,) = run_dirs(tmp_path)
