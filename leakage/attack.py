@@ -80,6 +80,10 @@ class GradientInversion(Attack):
             pooled ensembling: every restart's batch slots matched to the best restart's by the
             Hungarian algorithm, then combined by the data kind: mean of the softmaxes and median
             for tables; it gives an entropy per reconstructed feature).
+        refine_steps: TabLeak's two-staged mode (tables): the last this many of ``max_steps`` fix
+            every categorical feature to its current argmax and optimize the continuous features
+            alone (the optimizer's state restarted), so the final loss, and the best restart, are
+            those of hard one-hot rows. 0 disables it.
         labels: ``joint`` (DLG: soft labels optimized with the images), ``idlg`` (analytic, from
             the last layer's gradient; batch size 1), or a batch label restoration fixed before the
             attack: ``bias_count``, ``weight_count``, ``yin``, ``ilrg`` (see :mod:`leakage.labels`), or
@@ -146,6 +150,7 @@ class GradientInversion(Attack):
         check_done_every: Optional[int] = None,
         relax: bool = False,
         ensemble: Literal["best", "pool"] = "best",
+        refine_steps: int = 0,
     ) -> None:
         super().__init__()
         for value, allowed, what in (
@@ -166,6 +171,11 @@ class GradientInversion(Attack):
             raise ValueError(f"check_done_every must be >= 0 (0: never), got {check_done_every}")
         if restarts < 1:
             raise ValueError(f"restarts must be >= 1, got {restarts}")
+        if refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0 (0: off), got {refine_steps}")
+        if refine_steps > 0 and optimizer == "lbfgs":
+            raise ValueError("refine_steps needs optimizer adam or signed_adam (it restarts the optimizer's state "
+                             "mid-run, which L-BFGS's per-problem history does not support)")
         if group_weight < 0:
             raise ValueError(f"group_weight must be >= 0, got {group_weight}")
         if group_weight > 0 and restarts < 2:
@@ -194,6 +204,7 @@ class GradientInversion(Attack):
         self.consensus: Optional[Tensor] = None  # group consistency targets [P, B, ...]
         self._evaluating: Optional[Tensor] = None  # problems the optimizer asks to evaluate
         self._compiled = None  # the compiled objective, once built; False after a fallback
+        self._free: Optional[Tensor] = None  # refine_steps: the dummy entries still optimized
 
     # -------------------------------------------------------------- set-up
     def check_memory(self, victims: int, batch_size: int, local_steps: int = 1, trainer=None) -> None:
@@ -206,6 +217,10 @@ class GradientInversion(Attack):
         unused = [w for w in ("tv_weight", "bn_weight") if hp[w] > 0 and w not in self.kind.priors]
         if unused:
             raise ValueError(f"{unused[0]} is a prior of images; {self.kind.name} data has none: set it to 0")
+        if hp.get("refine_steps", 0) > 0 and not self.kind.can_harden:
+            raise ValueError(f"refine_steps (fixing categorical features, then refining the rest) applies to tables, "
+                             f"not to {self.kind.name} data: set it to 0")
+        self._free = None
         self._client_net = None
         V, B, R = observation.num_victims, observation.batch_size, hp.restarts
         P = V * R
@@ -419,11 +434,27 @@ class GradientInversion(Attack):
     def on_fit_start(self) -> None:
         if self.trainer.max_steps is None or self.trainer.max_steps < 1:
             raise ValueError("set the attack budget with --trainer.max_steps N (one step is one attack iteration)")
+        refine = self.hparams.get("refine_steps", 0)
+        if refine >= self.trainer.max_steps:
+            raise ValueError(f"refine_steps ({refine}) must be below --trainer.max_steps ({self.trainer.max_steps}): "
+                             f"the first stage, which finds the categorical features, needs steps")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        refine = self.hparams.get("refine_steps", 0)
+        if refine and self._free is None and self.trainer.global_step >= self.trainer.max_steps - refine:
+            self.start_refining()
         if self.hparams.group_weight > 0:
             with full_precision():
                 self.update_consensus()
+
+    @torch.no_grad()
+    def start_refining(self) -> None:
+        """Stage two of ``refine_steps``: categorical features fixed to their argmax (the kind's
+        :meth:`harden_`), their gradient masked out from now on, the optimizer's state restarted."""
+        self._free = self.kind.harden_(self.dummy_data)
+        self.dummy_data.register_hook(lambda g: g * self._free.to(g))
+        for opt in self.trainer.optimizers:
+            (opt.optimizer if hasattr(opt, "optimizer") else opt).state.clear()
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         subset = self._evaluating
