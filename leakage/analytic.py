@@ -39,21 +39,23 @@ LABELS = ("idlg", *BATCH_STRATEGIES)
 RANK_ONE_TOLERANCE = 1e-4
 
 
-def first_linear(model: nn.Module, input_shape: Sequence[int], name: str = "the model") -> tuple[str, nn.Linear]:
+def first_linear(model: nn.Module, input_shape: Sequence[int], name: str = "the model",
+                 purpose: str = "the analytic attack") -> tuple[str, nn.Linear]:
     """The model's first parametrised layer, which must be an ``nn.Linear`` with a bias fed the
-    flattened input (checked on a probe input of ``input_shape``); a one-line ``ValueError`` otherwise."""
+    flattened input (checked on a probe input of ``input_shape``); a one-line ``ValueError`` otherwise,
+    saying what needs it (``purpose``: the analytic attack, trap weights)."""
     found = next(((n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))), None)
     if found is None:
-        raise ValueError(f"the analytic attack needs a first layer with parameters; {name} has none")
+        raise ValueError(f"{purpose} needs a first layer with parameters; {name} has none")
     layer_name, layer = found
     what = f"the first parametrised layer of {name}, {layer_name!r} ({type(layer).__name__}),"
     if not isinstance(layer, nn.Linear):
-        raise ValueError(f"the analytic attack inverts a fully connected first layer: {what} is not an nn.Linear "
+        raise ValueError(f"{purpose} needs a fully connected first layer: {what} is not an nn.Linear "
                          "(use the built-in mlp or a model whose first layer is nn.Linear with a bias)")
     if layer.bias is None:
-        raise ValueError(f"the analytic attack needs the first layer's bias gradient: {what} has no bias")
+        raise ValueError(f"{purpose} needs the first layer's bias gradient: {what} has no bias")
     if layer.in_features != math.prod(input_shape):
-        raise ValueError(f"the analytic attack needs the first layer fed the flattened input: {what} takes "
+        raise ValueError(f"{purpose} needs the first layer fed the flattened input: {what} takes "
                          f"{layer.in_features} features, the input has {math.prod(input_shape)}")
     seen: list[Tensor] = []
     hook = layer.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach()))
@@ -64,7 +66,7 @@ def first_linear(model: nn.Module, input_shape: Sequence[int], name: str = "the 
     finally:
         hook.remove()
     if len(seen) != 1 or not torch.equal(seen[0].cpu().reshape(2, -1), probe.reshape(2, -1)):
-        raise ValueError(f"the analytic attack needs the first layer fed the flattened input: {what} "
+        raise ValueError(f"{purpose} needs the first layer fed the flattened input: {what} "
                          "gets something else (a transformed input, or it runs more than once)")
     return layer_name, layer
 
