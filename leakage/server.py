@@ -7,8 +7,8 @@ malicious server changes the model first, so that the updates give the inputs aw
 - :class:`ImprintServer` (Fowl et al., "Robbing the Fed", ICLR 2022) inserts an imprint module at
   the model's input: ``num_bins`` ReLU units that all measure one feature of the input (its mean, the
   brightness of an image), each with a bias that cuts the feature at one quantile of its public
-  distribution, then a linear map back to the input's shape, added to the input (the rest of the
-  model sees the input shifted by a small constant). Unit ``i`` fires for the inputs whose feature
+  distribution, then a fixed map back to the input's shape (the units' mean times a small gain, added
+  to every input value: the rest of the model sees the input shifted by a small constant). Unit ``i`` fires for the inputs whose feature
   exceeds cut ``i``, and every unit passes the same gradient back, so rows ``i`` and ``i + 1`` of
   the module's gradient differ by exactly the inputs whose feature falls between the two cuts: where
   one input does, ``x = (dW_i - dW_{i+1}) / (db_i - db_{i+1})`` (:class:`leakage.malicious.ImprintAttack`).
@@ -46,7 +46,7 @@ MAX_IMPRINT_WEIGHTS = 2 ** 25
 #: CIFAR-10's mean is the training split's published channel means averaged, and its spread the
 #: published per-pixel standard deviation (wider than that of image means: the bins spread wider)
 FEATURE_STATISTICS = {"mnist": (0.1239, 0.0407), "cifar10": (0.4734, 0.25)}
-#: the imprint module's output gain: the rest of the model sees ``x + gain * mean(h)``
+#: the imprint module's output gain: the rest of the model sees ``x + gain * mean(relu(units))``
 IMPRINT_GAIN = 1e-2
 
 
@@ -74,20 +74,22 @@ class Server:
 
 class ImprintBlock(nn.Module):
     """Robbing the Fed's imprint module: ``len(cuts)`` ReLU units measuring the mean of the input, unit
-    ``i`` cut at ``cuts[i]`` (increasing), mapped back to the input's shape and added to it."""
+    ``i`` cut at ``cuts[i]`` (increasing), their mean times ``gain`` added back to every input value.
+
+    The map back is fixed (no parameters): every unit passes the same gradient back, and keeps doing
+    so over a FedAvg client's local steps, which train only ``measure``."""
 
     def __init__(self, input_shape: Sequence[int], cuts: Tensor, gain: float = IMPRINT_GAIN) -> None:
         super().__init__()
-        size, bins = math.prod(input_shape), len(cuts)
-        self.measure = nn.Linear(size, bins)
-        self.spread = nn.Linear(bins, size, bias=False)
+        self.measure = nn.Linear(math.prod(input_shape), len(cuts))
+        self.gain = gain
         with torch.no_grad():
-            self.measure.weight.fill_(1.0 / size)
+            self.measure.weight.fill_(1.0 / math.prod(input_shape))
             self.measure.bias.copy_(-cuts)
-            self.spread.weight.fill_(gain / bins)  # the same for every unit: each unit's gradient is the same
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.spread(F.relu(self.measure(x.flatten(1)))).view_as(x)
+        shift = self.gain * F.relu(self.measure(x.flatten(1))).mean(dim=1)
+        return x + shift.view(-1, *([1] * (x.dim() - 1)))
 
 
 class Imprinted(nn.Module):
@@ -134,7 +136,7 @@ class ImprintServer(Server):
         gauss = NormalDist(self.feature_mean, self.feature_std)
         inner = [gauss.inv_cdf(i / num_bins) for i in range(1, num_bins)]
         # the first cut lies below any feature value: every input fires unit 0
-        self.cuts = torch.tensor([min(inner[0], self.feature_mean) - 1e3 * self.feature_std, *inner])
+        self.cuts = torch.tensor([min(inner[0], self.feature_mean) - 10 * self.feature_std, *inner])
         #: the parameter names of the module's measuring layer in the sent model
         self.layer = "imprint.measure"
 
