@@ -8,6 +8,9 @@ from .analytic import AnalyticInversion
 from .api import InversionResult, Report, bundled_images, client_update, invert, report
 from .attack import GradientInversion
 from .fedavg import FedAvgClient
+from .malicious import ImprintAttack, TrapWeightAttack
+from .server import ImprintServer, TrapWeightServer
 
 __all__ = ["client_update", "invert", "report", "bundled_images", "FedAvgClient", "InversionResult", "Report",
-           "GradientInversion", "AnalyticInversion"]
+           "GradientInversion", "AnalyticInversion", "ImprintAttack", "TrapWeightAttack", "ImprintServer",
+           "TrapWeightServer"]

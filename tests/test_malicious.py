@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 
+import leakage
 from leakage.attack import GradientInversion
 from leakage.data import VictimDataModule
 from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
@@ -20,6 +21,8 @@ from leakage.models import build_model
 from leakage.server import ImprintServer, Imprinted
 
 from conftest import CONFIGS, cli_args, cli_error, run_dirs
+
+SHAPE = (1, 28, 28)
 
 
 def _fit(save_dir, *extra: str) -> LeakageCLI:
@@ -58,14 +61,18 @@ def test_the_imprint_module_reads_most_of_a_batch_of_64_mnist_images_exactly(tmp
     assert body.startswith('<p class="threat-line"><b>Threat model: malicious server: imprint module with 256 bins')
 
 
-def test_trap_weights_recover_images_exactly():
-    dm = VictimDataModule(source="bundled", dataset="mnist", batch_size=16, server="trap_weights")
-    attack = TrapWeightAttack(model="mlp")
-    observation = dm.prepare(attack.target)
-    attack.attach(observation)
-    x, labels, _ = attack.solve(observation)
-    assert labels.shape == (1, 16)
-    assert _exact_images(x[0], dm.secret.images[0]) >= 10  # measured: 14 of 16
+def test_trap_weights_recover_images_exactly_through_the_python_api():
+    server = leakage.TrapWeightServer(trap_scale=0.7)
+    sent = server.send(build_model("mlp", SHAPE, 10, seed=1234), SHAPE)  # the model the client trains
+    x, y = leakage.bundled_images("mnist", range(16))
+    update = leakage.client_update(sent, x, y)
+    result = leakage.invert(sent, update, input_shape=SHAPE, num_classes=10, batch_size=16, attack="trap_weights",
+                            server=server)
+    assert isinstance(result.module, TrapWeightAttack) and result.labels.shape == (1, 16)
+    assert _exact_images(result.images[0], x) >= 10  # measured: 14 of 16
+    with pytest.raises(ValueError, match="pass that model as model="):
+        leakage.invert(build_model("mlp", SHAPE, 10, seed=1234), update, input_shape=SHAPE, num_classes=10,
+                       batch_size=16, attack="trap_weights", server=server)
 
 
 def test_the_imprint_attack_reads_a_fedavg_update():
