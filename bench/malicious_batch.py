@@ -53,7 +53,7 @@ def recovered(server: str, batch: int, protocol: str, **settings) -> tuple[int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64, 256])
-    parser.add_argument("--bins", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--bins", type=int, nargs="*", default=[256, 1024])
     parser.add_argument("--trap-scale", type=float, default=0.7)
     parser.add_argument("--protocols", nargs="+", default=["fedsgd", "fedavg", "secure aggregate"])
     args = parser.parse_args()

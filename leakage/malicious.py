@@ -13,9 +13,11 @@ made is public to it, and the clients trained the changed model.
 - :class:`TrapWeightAttack` (Boenisch et al., "When the Curious Abandon Honesty", EuroS&P 2023):
   every first-layer row with a bias gradient gives a candidate ``dW_i / db_i``, one input where the
   row fired for that input only, a mixture otherwise. Rows that fired for the same single input give
-  the same candidate, a coincidence a mixture almost never has: candidates in the data range are
-  grouped when they agree to :data:`DUPLICATE_TOLERANCE`, and the largest groups fill the batch's
-  slots (then single candidates). A victim is exact when ``B`` groups of two or more rows are found.
+  the same candidate to float32 rounding: candidates in the data range are grouped when they agree to
+  :data:`DUPLICATE_TOLERANCE` (tight: on an untrained model two inputs of one label have nearly the
+  same output, and rows that fire for both repeat one mixture to about 4e-4), and the largest groups fill the batch's
+  slots (then single candidates). A victim is exact when ``B`` groups of two or more rows are found
+  whose inputs are distinct (no two within :data:`DISTINCT_TOLERANCE`).
 
 Slots left over (fewer bins or candidates than inputs) hold the middle of the data range. Labels
 come from a batch label restoration of the last layer (:mod:`leakage.labels`); FedAvg updates are
@@ -39,7 +41,9 @@ from .server import ImprintServer, TrapWeightServer
 #: a bin or row holds an input when its bias gradient is above this fraction of the largest
 MIN_RELATIVE_BIAS = 1e-5
 #: two trap-weight candidates are one input when they differ by at most this, relative to their size
-DUPLICATE_TOLERANCE = 1e-4
+DUPLICATE_TOLERANCE = 1e-5
+#: a victim's trap-weight result is exact only when its groups' inputs differ by more than this
+DISTINCT_TOLERANCE = 1e-2
 
 
 def _server(observation: Observation, kind: type, attack: str, setting: str):
@@ -146,8 +150,13 @@ class TrapWeightAttack(_MaliciousAttack):
             cand = dW[v, fired] / db[v, fired, None]  # [n, D]
             cand = cand[((cand >= lo - slack) & (cand <= hi + slack)).all(dim=1)]
             groups = self._groups(cand)
-            rows.append(torch.stack([cand[g].mean(dim=0) for g in groups]) if groups else cand[:0])
-            certified.append(sum(len(g) >= 2 for g in groups[:observation.batch_size]))
+            found = torch.stack([cand[g].mean(dim=0) for g in groups]) if groups else cand[:0]
+            rows.append(found)
+            top = found[:observation.batch_size]
+            gaps = torch.cdist(top, top, compute_mode="donot_use_mm_for_euclid_dist")
+            gaps.fill_diagonal_(float("inf"))
+            distinct = bool((gaps > DISTINCT_TOLERANCE * top.norm(dim=1).clamp_min(1e-12)[:, None]).all())
+            certified.append(sum(len(g) >= 2 for g in groups[:observation.batch_size]) if distinct else 0)
         B = observation.batch_size
         exact = torch.tensor([c == B for c in certified], dtype=torch.bool) & (observation.client is None)
         return self._fill(observation, rows), self._labels(observation), exact
