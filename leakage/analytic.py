@@ -110,6 +110,10 @@ class AnalyticInversion(ClosedFormAttack):
         self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights)
         self.layer_name, _ = first_linear(self.target, input_shape, f"model {self.hparams.model!r}")
 
+    def receive(self, model: nn.Module) -> None:
+        super().receive(model)  # a malicious server's model: its own first layer is the one to invert
+        self.layer_name, _ = first_linear(self.target, self.hparams.input_shape, "the model the server sent")
+
     def solve(self, observation: Observation) -> tuple[Tensor, Tensor, Tensor]:
         V, B = observation.num_victims, observation.batch_size
         dW = observation.gradients[f"{self.layer_name}.weight"].to(self.device)  # [V, H, D]
