@@ -40,7 +40,7 @@ from .metrics import reconstruction_metrics
 from .models import check_weights, model_name
 from .presets import preset
 from .seeding import position_key
-from .server import Server
+from .server import HONEST, Server
 
 
 def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tuple[Tensor, Tensor]:
@@ -299,15 +299,17 @@ def invert(
 
 @dataclass
 class Report:
-    """Per-update rows (the columns of ``metrics.csv``) and their summary; ``str()`` is the table."""
+    """Per-update rows (the columns of ``metrics.csv``) and their summary; ``str()`` is the table, the threat model in its first line."""
 
     rows: list[dict]
     summary: dict[str, float]
     success_ssim: float
+    #: who attacked (:mod:`leakage.server`): the table's first line
+    threat_model: str = HONEST
 
     def __str__(self) -> str:
         s = self.summary
-        return (f"{format_table(self.rows)}\nreconstructed (SSIM >= {self.success_ssim}): {s['success']}/{s['victims']}"
+        return (f"threat model: {self.threat_model}\n{format_table(self.rows)}\nreconstructed (SSIM >= {self.success_ssim}): {s['success']}/{s['victims']}"
                 f"  mean SSIM {s['ssim_mean']:.3f}  mean PSNR {s['psnr_mean']:.2f} dB"
                 f"  label accuracy {100 * s['label_acc']:.1f}%  failed {s['failed']}")
 
@@ -336,4 +338,4 @@ def report(result: InversionResult, x: Tensor, y: Tensor, success_ssim: float = 
     evaluation = {"loss": result.matching_loss, "grad_l2": result.grad_l2, "grad_cosine": result.grad_cosine}
     rows = victim_rows(result.images, result.labels, evaluation, result.best_restart, result.failed, metrics,
                        yb.cpu().long())
-    return Report(rows, summarize(rows, success_ssim), success_ssim)
+    return Report(rows, summarize(rows, success_ssim), success_ssim, result.module.observation.threat_model)

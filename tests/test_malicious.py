@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import leakage
 from leakage.attack import GradientInversion
@@ -59,6 +60,10 @@ def test_the_imprint_module_reads_most_of_a_batch_of_64_mnist_images_exactly(tmp
     assert (run / "metrics.txt").read_text().startswith(first) and f"\n\n{first}" in cli.stdout  # the printed table
     body = (run / "report.html").read_text().split("<body>", 1)[1].lstrip()
     assert body.startswith('<p class="threat-line"><b>Threat model: malicious server: imprint module with 256 bins')
+    acc = EventAccumulator(str(next(run.glob("events.out.tfevents.*"))), size_guidance={"tensors": 0})
+    acc.Reload()
+    card = acc.Tensors("summary/text_summary")[-1].tensor_proto.string_val[0].decode()  # the summary card
+    assert card.startswith("**Threat model: malicious server: imprint module with 256 bins")
 
 
 def test_trap_weights_recover_images_exactly_through_the_python_api():
