@@ -209,8 +209,9 @@ def invert(
             the images in one update.
         attack: a preset: ``dlg``, ``idlg``, ``inverting_gradients``, ``fast`` (optimisation attacks),
             ``analytic`` (the closed-form inversion of a fully connected first layer; exact for one
-            image per update), ``imprint`` or ``trap_weights`` (a malicious ``server``'s closed-form
-            read-outs) (:mod:`leakage.presets`).
+            image per update), ``cpa`` (the Cocktail Party Attack: ICA unmixes a batch from a fully
+            connected first layer's gradient), ``imprint`` or ``trap_weights`` (a malicious ``server``'s
+            closed-form read-outs) (:mod:`leakage.presets`).
         restarts: independent starts per update; the one with the lowest matching loss is kept
             (a closed-form attack has one solution: 1).
         steps: attack iterations (default: the preset's).

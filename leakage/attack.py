@@ -22,7 +22,7 @@ from .data import Observation
 from .distributed import all_done
 from .family import Attack
 from .fedavg import per_problem_updates, schedules
-from .labels import observed_labels, public_labels
+from .labels import label_gradients, observed_labels, public_labels
 from .losses import DISTANCES, gradient_distance
 from .optim import BatchedLBFGS, SignedAdam
 from .precision import full_precision
@@ -30,7 +30,7 @@ from .seeding import generator
 
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
 INITS = ("randn", "uniform", "constant")
-LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin", "known")
+LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin", "ilrg", "known")
 ENSEMBLES = ("best", "pool")
 #: what the attack logs through ``self.log`` (what an EarlyStopping or ModelCheckpoint may monitor)
 LOGGED_METRICS = ("attack/loss",)
@@ -82,7 +82,7 @@ class GradientInversion(Attack):
             for tables; it gives an entropy per reconstructed feature).
         labels: ``joint`` (DLG: soft labels optimized with the images), ``idlg`` (analytic, from
             the last layer's gradient; batch size 1), or a batch label restoration fixed before the
-            attack: ``bias_count``, ``weight_count``, ``yin`` (see :mod:`leakage.labels`), or
+            attack: ``bias_count``, ``weight_count``, ``yin``, ``ilrg`` (see :mod:`leakage.labels`), or
             ``known``: the labels are public (the data's ``public_labels``; TabLeak's setting).
         restarts: independent dummies per victim; the one with the lowest final matching loss
             is kept.
@@ -135,7 +135,7 @@ class GradientInversion(Attack):
         init: Literal["randn", "uniform", "constant"] = "randn",
         init_seed: int = 0,
         box_constraint: bool = False,
-        labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin", "known"] = "joint",
+        labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin", "ilrg", "known"] = "joint",
         restarts: int = 1,
         group_weight: float = 0.0,
         lr_decay: bool = False,
@@ -230,8 +230,9 @@ class GradientInversion(Attack):
         if hp.labels == "joint":
             self.dummy_labels = nn.Parameter(label_logits)
         else:
-            y = public_labels(observation) if hp.labels == "known" else observed_labels(
-                self.target, observed, B, observation.input_shape, hp.labels, observation.data_range)  # [V, B]
+            y = public_labels(observation) if hp.labels == "known" else observed_labels(  # [V, B]
+                self.target, label_gradients(observation), B, observation.input_shape, hp.labels,
+                observation.data_range)
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
 

@@ -26,6 +26,7 @@ from .distributed import gather, world_size
 from .errors import one_line
 from .kinds import ImageKind
 from .metrics import label_accuracy
+from .interrupt import StepInterrupt
 from .runfiles import Artifacts, mark_ended, mark_running
 from .server import HONEST
 
@@ -238,6 +239,7 @@ class LeakageReport(pl.Callback):
         self.unwritten: list[str] = []
         self._claimed = False  # every rank asked for the run folder (a collective)
         self._started = False  # the run folder is marked RUNNING: the run ends by marking it complete or partial
+        self._interrupt = StepInterrupt()  # Ctrl+C stops the attack at a step boundary
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
@@ -348,6 +350,8 @@ class LeakageReport(pl.Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer, pl_module) -> None:
+        if world_size(trainer) == 1:
+            self._interrupt.install()
         tb = _tb(trainer)
         if tb is not None and pl_module.observation is not None:
             tb.add_custom_scalars(overview_layout(self.success_ssim, pl_module.total_victims))
@@ -365,6 +369,7 @@ class LeakageReport(pl.Callback):
 
         On one process the per-victim rows are each victim's best so far; on several (a gather is a
         collective the other ranks may not reach) rank 0 writes the marker only."""
+        self._interrupt.restore()
         if not self._started or self.rows:
             return
         self._started = False
@@ -385,6 +390,7 @@ class LeakageReport(pl.Callback):
         mark_ended(self.run_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._interrupt.check()  # a Ctrl+C during the step stops the attack here, its state whole
         if pl_module.problem_losses is None:
             return
         best, best_loss, failed = self._current_best(pl_module)
@@ -414,7 +420,11 @@ class LeakageReport(pl.Callback):
                                                      self._outcome_title(f"step {step}", metrics, failed)))
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._interrupt.restore()
         self._finish(trainer, pl_module)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._interrupt.restore()  # however the fit ended
 
     def _finish(self, trainer, pl_module, partial: Optional[str] = None) -> None:
         """The per-victim results at the current step and the run's report (``partial``: why the

@@ -124,7 +124,8 @@ class Observation:
 
     def gradient_estimate(self) -> dict[str, Tensor]:
         """The shared updates as gradients: as shared for FedSGD; for FedAvg the pseudo-gradient
-        ``(w_0 - w_K) / local_lr``, the mean of the local gradients (read by label restoration)."""
+        ``(w_0 - w_K) / local_lr``, the sum of the local gradients (label restoration reads it
+        divided by ``local_steps``: :func:`leakage.labels.label_gradients`)."""
         if self.client is None:
             return self.gradients
         return {k: self.client.gradient_estimate(v) for k, v in self.gradients.items()}

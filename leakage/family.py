@@ -52,6 +52,7 @@ from .precision import check_precision, full_precision
 ATTACKS = {
     "gradient_inversion": "leakage.attack.GradientInversion",
     "analytic": "leakage.analytic.AnalyticInversion",
+    "cpa": "leakage.cpa.CocktailPartyAttack",
     "imprint": "leakage.malicious.ImprintAttack",
     "trap_weights": "leakage.malicious.TrapWeightAttack",
 }

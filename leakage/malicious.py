@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .closedform import ClosedFormAttack
 from .data import Observation
-from .labels import BATCH_STRATEGIES, observed_labels
+from .labels import BATCH_STRATEGIES, label_gradients, observed_labels
 from .server import ImprintServer, TrapWeightServer
 
 #: a bin or row holds an input when its bias gradient is above this fraction of the largest
@@ -77,7 +77,7 @@ class _MaliciousAttack(ClosedFormAttack):
         return x
 
     def _labels(self, observation: Observation) -> Tensor:
-        return observed_labels(self.target, observation.gradient_estimate(), observation.batch_size,
+        return observed_labels(self.target, label_gradients(observation), observation.batch_size,
                                observation.input_shape, self.hparams.labels, observation.data_range)
 
 
@@ -89,12 +89,12 @@ class ImprintAttack(_MaliciousAttack):
             name or any ``torch.nn.Module`` by import path, as for the other attacks.
         input_shape, num_classes: linked from the data by the CLI.
         model_seed, model_weights: the global model's weights.
-        labels: the batch label restoration: ``bias_count``, ``weight_count`` or ``yin``.
+        labels: the batch label restoration: ``bias_count``, ``weight_count``, ``yin`` or ``ilrg``.
     """
 
     def __init__(self, model: Union[nn.Module, str] = "lenet", input_shape: Sequence[int] = (1, 28, 28),
                  num_classes: int = 10, model_seed: int = 1234, model_weights: Optional[str] = None,
-                 labels: Literal["bias_count", "weight_count", "yin"] = "bias_count") -> None:
+                 labels: Literal["bias_count", "weight_count", "yin", "ilrg"] = "bias_count") -> None:
         super().__init__(model, input_shape, num_classes, model_seed, model_weights, labels)
 
     def solve(self, observation: Observation) -> tuple[Tensor, Tensor, Tensor]:
@@ -128,12 +128,12 @@ class TrapWeightAttack(_MaliciousAttack):
             ``mlp``, or any ``torch.nn.Module`` by import path).
         input_shape, num_classes: linked from the data by the CLI.
         model_seed, model_weights: the global model's weights (the server replaces the first layer's).
-        labels: the batch label restoration: ``bias_count``, ``weight_count`` or ``yin``.
+        labels: the batch label restoration: ``bias_count``, ``weight_count``, ``yin`` or ``ilrg``.
     """
 
     def __init__(self, model: Union[nn.Module, str] = "mlp", input_shape: Sequence[int] = (1, 28, 28),
                  num_classes: int = 10, model_seed: int = 1234, model_weights: Optional[str] = None,
-                 labels: Literal["bias_count", "weight_count", "yin"] = "bias_count") -> None:
+                 labels: Literal["bias_count", "weight_count", "yin", "ilrg"] = "bias_count") -> None:
         super().__init__(model, input_shape, num_classes, model_seed, model_weights, labels)
 
     def solve(self, observation: Observation) -> tuple[Tensor, Tensor, Tensor]:

@@ -199,7 +199,7 @@ class TrapWeightServer(Server):
         from .analytic import first_linear
 
         sent = copy.deepcopy(model)
-        self.layer, layer = first_linear(sent, input_shape, "the model", purpose="planting trap weights")
+        self.layer, layer = first_linear(sent, input_shape, "the model", attack="planting trap weights")
         rows, size = layer.weight.shape
         gen = torch.Generator().manual_seed(self.seed)
         magnitude = torch.randn(rows, size, generator=gen).abs() / math.sqrt(size)

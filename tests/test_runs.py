@@ -86,6 +86,7 @@ def test_a_fit_interrupted_by_sigint_keeps_its_table_marked_partial(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "leakage: interrupted: stopping at the end of this attack step" in err  # never in the middle of one
     assert "partial run: interrupted (SIGINT) at step" in out and "victim  indices" in out
     result = json.loads((run / "metrics.json").read_text())
     assert result["status"] == "partial" and result["reason"].startswith("interrupted (SIGINT) at step")
