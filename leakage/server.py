@@ -143,7 +143,7 @@ class ImprintServer(Server):
         self.num_bins, self.feature_mean, self.feature_std = num_bins, float(feature_mean), float(feature_std)
         gauss = NormalDist(self.feature_mean, self.feature_std)
         inner = [gauss.inv_cdf(i / num_bins) for i in range(1, num_bins)]
-        # the first cut lies below any feature value: every input fires unit 0
+        # the first cut lies ten standard deviations below the mean: every input fires unit 0
         self.cuts = torch.tensor([min(inner[0], self.feature_mean) - 10 * self.feature_std, *inner])
         #: the parameter names of the module's measuring layer in the sent model
         self.layer = "imprint.measure"
