@@ -9,6 +9,9 @@ from .api import InversionResult, Report, bundled_images, client_update, invert,
 from .attack import GradientInversion
 from .cpa import CocktailPartyAttack
 from .fedavg import FedAvgClient
+from .malicious import ImprintAttack, TrapWeightAttack
+from .server import ImprintServer, TrapWeightServer
 
 __all__ = ["client_update", "invert", "report", "bundled_images", "FedAvgClient", "InversionResult", "Report",
-           "GradientInversion", "AnalyticInversion", "CocktailPartyAttack"]
+           "GradientInversion", "AnalyticInversion", "CocktailPartyAttack", "ImprintAttack", "TrapWeightAttack",
+           "ImprintServer", "TrapWeightServer"]

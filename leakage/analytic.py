@@ -50,7 +50,7 @@ def first_linear(model: nn.Module, input_shape: Sequence[int], name: str = "the 
     layer_name, layer = found
     what = f"the first parametrised layer of {name}, {layer_name!r} ({type(layer).__name__}),"
     if not isinstance(layer, nn.Linear):
-        raise ValueError(f"{attack} inverts a fully connected first layer: {what} is not an nn.Linear "
+        raise ValueError(f"{attack} needs a fully connected first layer: {what} is not an nn.Linear "
                          "(use the built-in mlp or a model whose first layer is nn.Linear with a bias)")
     if layer.bias is None:
         raise ValueError(f"{attack} needs the first layer's bias gradient: {what} has no bias")
@@ -109,6 +109,10 @@ class AnalyticInversion(ClosedFormAttack):
             raise ValueError(f"min_relative_bias must be in [0, 1), got {min_relative_bias}")
         self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights)
         self.layer_name, _ = first_linear(self.target, input_shape, f"model {self.hparams.model!r}")
+
+    def receive(self, model: nn.Module) -> None:
+        super().receive(model)  # a malicious server's model: its own first layer is the one to invert
+        self.layer_name, _ = first_linear(self.target, self.hparams.input_shape, "the model the server sent")
 
     def solve(self, observation: Observation) -> tuple[Tensor, Tensor, Tensor]:
         V, B = observation.num_victims, observation.batch_size

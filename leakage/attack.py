@@ -207,6 +207,12 @@ class GradientInversion(Attack):
         self._free: Optional[Tensor] = None  # refine_steps: the dummy entries still optimized
 
     # -------------------------------------------------------------- set-up
+    def receive(self, model: nn.Module) -> None:
+        super().receive(model)
+        self._bn_layers = batchnorm_layers(self.target) if self.hparams.bn_weight > 0 else []
+        self.param_names = [n for n, _ in self.target.named_parameters()]
+        self._client_net = None
+
     def check_memory(self, victims: int, batch_size: int, local_steps: int = 1, trainer=None) -> None:
         memory.check_attack(self, victims, batch_size, local_steps, trainer)
 

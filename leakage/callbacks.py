@@ -28,6 +28,7 @@ from .kinds import ImageKind
 from .metrics import label_accuracy
 from .interrupt import StepInterrupt
 from .runfiles import Artifacts, mark_ended, mark_running
+from .server import HONEST
 
 COLUMNS = (
     "victim", "indices", "true_labels", "recovered_labels", "label_acc", "ssim", "psnr", "mse",
@@ -263,6 +264,7 @@ class LeakageReport(pl.Callback):
             "victims": pl_module.total_victims if obs is not None else None,
             "batch_size": obs.batch_size if obs is not None else None,
             "steps": trainer.max_steps, "attack": pl_module.describe(),
+            "threat_model": obs.threat_model if obs is not None else HONEST,
         }
         for key in ("model", "distance", "optimizer", "lr", "labels", "init", "restarts", "tv_weight"):
             out[key] = hp.get(key)
@@ -480,8 +482,9 @@ class LeakageReport(pl.Callback):
 
     def _report(self, trainer, pl_module, recon, labels, metrics, partial: Optional[str] = None) -> None:
         s = self.summary
-        # a partial run says so first; then who attacked, with which defenses
-        lines = [f"partial run: {partial}; the table holds each victim's best so far"] if partial else []
+        # the threat model first; then whether the run is partial, who attacked, with which defenses
+        lines = [f"threat model: {pl_module.observation.threat_model}"]
+        lines += [f"partial run: {partial}; the table holds each victim's best so far"] if partial else []
         lines += [f"attack: {pl_module.describe()}"]
         lines += [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
                  for i, d in enumerate(self.defenses_of(trainer))]
@@ -636,4 +639,4 @@ def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: d
     body.append(h.table(headers, table_rows, classes, text_columns=(12,)))
     body.append(f'<p class="meta">Run folder: {h.esc(run_dir)} (metrics.csv, metrics.json, gallery.png, '
                 "history.png, TensorBoard events, config.yaml).</p>")
-    return h.page(title, body)
+    return h.page(title, body, settings.get("threat_model", HONEST))

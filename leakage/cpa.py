@@ -138,6 +138,12 @@ class CocktailPartyAttack(ClosedFormAttack):
                                               attack="the Cocktail Party Attack")
         self.width = layer.out_features
 
+    def receive(self, model: nn.Module) -> None:
+        super().receive(model)  # a malicious server's model: unmix its own first layer
+        self.layer_name, layer = first_linear(self.target, self.hparams.input_shape, "the model the server sent",
+                                              attack="the Cocktail Party Attack")
+        self.width = layer.out_features
+
     def _attach(self, observation: Observation) -> None:
         B, D = observation.batch_size, math.prod(observation.input_shape)
         if B > min(self.width, D):

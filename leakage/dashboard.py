@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .server import HONEST
+
 #: tiles per row of the gallery at most (an update's images stay together)
 GALLERY_COLUMNS = 10
 #: the final scalars whose names say what they count (``final/<name>``), in the order of the card
@@ -28,7 +30,7 @@ FINAL_COUNTS = ("victims", "reconstructed", "not_reconstructed", "numerically_fa
 OUTCOMES = ("reconstructed", "not_reconstructed", "numerically_failed", "ssim_mean", "psnr_mean", "mse_mean",
             "label_acc", "grad_l2_mean")
 #: the attack settings of a run's HPARAMS entry, in this order
-SETTINGS = ("attack", "dataset", "source", "victims", "batch_size", "model", "distance", "optimizer", "lr", "steps",
+SETTINGS = ("threat_model", "attack", "dataset", "source", "victims", "batch_size", "model", "distance", "optimizer", "lr", "steps",
             "labels", "init", "restarts", "tv_weight", "defenses", "success_ssim")
 
 _OK, _BAD = "#1a7f37", "#cf222e"  # green, red (readable in print)
@@ -255,8 +257,9 @@ def _fmt(v: Any) -> str:
 
 
 def summary_markdown(rows: list[dict], summary: dict, success_ssim: float, settings: dict[str, Any]) -> str:
-    """The summary card: outcome, settings and the per-victim table, as Markdown."""
-    lines = []
+    """The summary card: the threat model (its first line), outcome, settings and the per-victim
+    table, as Markdown."""
+    lines = [f"**Threat model: {settings.get('threat_model', HONEST)}.**", ""]
     if "success" in summary:
         lines.append(f"**{summary['success']}/{summary['victims']} victims reconstructed** (SSIM >= {success_ssim:g}); "
                      f"mean SSIM {summary['ssim_mean']:.3f}, mean PSNR {_fmt(summary['psnr_mean'])} dB, "
@@ -268,7 +271,7 @@ def summary_markdown(rows: list[dict], summary: dict, success_ssim: float, setti
         lines.append(f"No victim images (captured gradients): mean gradient L2 distance {_fmt(summary['grad_l2_mean'])}; "
                      f"numerically failed {summary['failed']}.")
     lines += ["", "Settings: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {_fmt(v)}"
-                                           for k, v in settings.items()), ""]
+                                           for k, v in settings.items() if k != "threat_model"), ""]
     cols = ("victim", "indices", "true_labels", "recovered_labels", "ssim", "psnr", "final_loss", "status")
     lines.append("| " + " | ".join(c.replace("_", " ") for c in cols) + " |")
     lines.append("|" + "---|" * len(cols))

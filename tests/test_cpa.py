@@ -66,7 +66,7 @@ class _Narrow(nn.Module):
 
 def test_a_model_without_a_linear_first_layer_or_too_few_units_is_refused_in_one_line(capsys, tmp_path):
     line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "mnist_cpa.yaml"), "--model.model", "lenet"))
-    assert line.startswith("leakage: error: the Cocktail Party Attack inverts a fully connected first layer")
+    assert line.startswith("leakage: error: the Cocktail Party Attack needs a fully connected first layer")
     assert "'body.0' (Conv2d)" in line and not run_dirs(tmp_path)
     x, y = leakage.bundled_images("mnist", range(16))
     narrow = _Narrow()

@@ -98,6 +98,8 @@ def test_sweep_writes_tables_plots_and_hparams(tmp_path, capsys):
     from leakage.htmlreport import fmt
 
     page = read_page(out / "report.html")
+    body = (out / "report.html").read_text().split("<body>", 1)[1].lstrip()  # the threat model first
+    assert body.startswith('<p class="threat-line"><b>Threat model: honest-but-curious server.</b></p>')
     text = " ".join(page.text)
     assert "honest-but-curious server" in text and "Breaking points" in text
     header = next(r for r in page.rows if r[:3] == ["defense", "parameter", "breaking point"])
