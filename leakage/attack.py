@@ -207,6 +207,13 @@ class GradientInversion(Attack):
         self._free: Optional[Tensor] = None  # refine_steps: the dummy entries still optimized
 
     # -------------------------------------------------------------- set-up
+    @staticmethod
+    def check_budget(settings: dict, max_steps: int) -> None:
+        refine = settings.get("refine_steps") or 0
+        if isinstance(refine, int) and refine >= max_steps:
+            raise ValueError(f"refine_steps ({refine}) must be below --trainer.max_steps ({max_steps}): "
+                             f"the first stage, which finds the categorical features, needs steps")
+
     def receive(self, model: nn.Module) -> None:
         super().receive(model)
         self._bn_layers = batchnorm_layers(self.target) if self.hparams.bn_weight > 0 else []

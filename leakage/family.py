@@ -165,6 +165,12 @@ class Attack(pl.LightningModule):
             p.requires_grad_(False)
         self.target = model.to(self.device)
 
+    @staticmethod
+    def check_budget(settings: dict, max_steps: int) -> None:
+        """Refuse, in one line and before any run folder is made, settings of this attack that do not
+        fit a budget of ``max_steps`` steps (``settings``: the config's ``model`` section). Every
+        budget fits by default."""
+
     def check_memory(self, victims: int, batch_size: int, local_steps: int = 1, trainer=None) -> None:
         """Refuse, before anything is allocated, the problems of ``victims`` updates of ``batch_size``
         examples that cannot fit in memory (one line with the estimate and the setting to change). An
