@@ -28,6 +28,11 @@ class DataKind(ABC):
     success_unit: str = "victims"
     #: the attack's prior weights that apply to this kind (others must stay 0)
     priors: tuple[str, ...] = ()
+    #: the per-victim metrics a summary of runs shows (a sweep's tables, plots and hparams: their
+    #: means over a cell's victims), in order, each ``(key, header, format spec)``; the score among them
+    summary_metrics: tuple[tuple[str, str, str], ...] = ()
+    #: the keys of those a study's table and plot show (the score first, headed "mean ...")
+    study_metrics: tuple[str, ...] = ()
 
     def __init__(self, sample_shape: tuple[int, ...]) -> None:
         self.sample_shape = tuple(int(s) for s in sample_shape)

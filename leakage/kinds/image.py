@@ -19,6 +19,8 @@ class ImageKind(DataKind):
     score_name = "ssim"
     success_unit = "images"  # every image of a batch is scored on its own
     priors = ("tv_weight", "bn_weight")
+    summary_metrics = (("mse", "MSE", ".4f"), ("ssim", "SSIM", ".3f"), ("psnr", "PSNR", ".2f"))
+    study_metrics = ("ssim", "psnr")
 
     def __init__(self, sample_shape: tuple[int, ...] = (3, 32, 32), data_range: tuple[float, float] = (0.0, 1.0)):
         super().__init__(sample_shape)

@@ -199,6 +199,9 @@ class TabularKind(DataKind):
     name = "tabular"
     score_label = "accuracy"
     score_name = "accuracy"
+    summary_metrics = (("accuracy", "accuracy", ".3f"), ("accuracy_categorical", "categorical accuracy", ".3f"),
+                       ("accuracy_continuous", "continuous accuracy", ".3f"))
+    study_metrics = ("accuracy", "accuracy_categorical", "accuracy_continuous")
 
     def __init__(self, schema: TableSchema, relax: bool = True) -> None:
         super().__init__((schema.width,))
