@@ -173,11 +173,27 @@ def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path)
     one = json.loads((out / "cells" / "adult.batch_size=1.json").read_text())
     assert one["score"] == 1.0  # one record at 120 steps (100% from 70)
     md = (out / "results.md").read_text()
-    assert ("| B | label accuracy | mean accuracy | PSNR | victims with accuracy >= 0.9 | client updates | time (s) | "
-            "gradient entries per unknown |" in md), md
-    assert "| 1 | 100% | 1.000 | nan | 100% (1/1) | 1 |" in md, md
-    assert "success: accuracy >= 0.9." in md and "SSIM" not in md
+    assert ("| B | label accuracy | mean accuracy | categorical accuracy | continuous accuracy | victims with accuracy "
+            ">= 0.9 | client updates | time (s) | gradient entries per unknown |" in md), md
+    assert "| 1 | 100% | 1.000 | 1.000 | 1.000 | 100% (1/1) | 1 |" in md, md
+    assert "success: accuracy >= 0.9." in md and "SSIM" not in md and "PSNR" not in md and "nan" not in md
     rows = list(__import__("csv").DictReader(open(out / "results.csv")))
     assert [(r["value"], r["score_label"], float(r["score"]) == c["score"]) for r, c in zip(rows, [
         json.loads((out / "cells" / f"adult.batch_size={b}.json").read_text()) for b in (1, 2)])] == [
         ("1", "accuracy", True), ("2", "accuracy", True)]
+    assert "ssim" not in rows[0] and float(rows[0]["accuracy_categorical"]) == one["accuracy_categorical"]
+    # the hparams view and report.html carry the kind's metrics too, as numbers (not nan SSIM)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "hparams" / "adult.batch_size=1"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"hparam/accuracy", "hparam/accuracy_categorical", "hparam/accuracy_continuous"} <= tags
+    assert not any("ssim" in t or "psnr" in t for t in tags) and acc.Scalars("hparam/accuracy")[-1].value == 1.0
+    from htmlpage import read_page
+
+    page = read_page(out / "report.html")
+    header = next(r for r in page.rows if r[:2] == ["B", "label accuracy"])
+    assert header[2:5] == ["mean accuracy", "categorical accuracy", "continuous accuracy"]
+    assert next(r for r in page.rows if r[0] == "1")[2] == "1.000"
+    assert "SSIM" not in " ".join(page.text) and (out / "adult.png").stat().st_size > 0

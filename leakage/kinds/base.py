@@ -31,8 +31,8 @@ class DataKind(ABC):
     #: the per-victim metrics a summary of runs shows (a sweep's tables, plots and hparams: their
     #: means over a cell's victims), in order, each ``(key, header, format spec)``; the score among them
     summary_metrics: tuple[tuple[str, str, str], ...] = ()
-    #: the keys of those a study's table and plot show (the score first, headed "mean ...")
-    study_metrics: tuple[str, ...] = ()
+    #: the keys of those a compact table shows (a study's table and plot, the summary card), the score first
+    headline_metrics: tuple[str, ...] = ()
 
     def __init__(self, sample_shape: tuple[int, ...]) -> None:
         self.sample_shape = tuple(int(s) for s in sample_shape)
@@ -105,6 +105,29 @@ class DataKind(ABC):
     def scalar_names(self) -> tuple[str, ...]:
         """Per-victim metrics logged as scalars (each ``[V]`` in :meth:`evaluate`'s result)."""
         return (self.score_name,)
+
+    def scalar_headers(self) -> dict[str, str]:
+        """How tables head the per-victim scalars (:meth:`scalar_names`)."""
+        names = {key: header for key, header, _ in self.summary_metrics}
+        return {key: names.get(key, key) for key in self.scalar_names()}
+
+    def overview_charts(self) -> dict[str, str]:
+        """TensorBoard's CUSTOM SCALARS charts of the per-victim scalars: title -> tag pattern."""
+        return {f"{header} of every victim": rf"^victim_\d+/{key}$" for key, header in self.scalar_headers().items()}
+
+    def check_truth(self, truth: Tensor) -> None:
+        """Refuse, in one line, true records ``[V, B, *sample_shape]`` this kind cannot score."""
+        if not truth.is_floating_point():
+            raise ValueError(f"the true {self.name} data must be floating-point, got {truth.dtype}")
+
+    def with_metric_range(self, width: float) -> "DataKind":
+        """This kind scoring over a value range of ``width`` (SSIM's and PSNR's data range)."""
+        raise ValueError(f"data_range (the value range of SSIM and PSNR) applies to images, not to {self.name} data")
+
+    def outcome(self, summary: dict, success: float) -> str:
+        """One line of a summary (:func:`leakage.callbacks.summarize`) of victims whose data is known."""
+        return (f"mean {self.score_label} {summary[f'{self.score_name}_mean']:.3f}  label accuracy "
+                f"{100 * summary['label_acc']:.1f}%  failed {summary['failed']}")
 
     def figure(self, recon: Tensor, labels: Tensor, *, truth: Optional[Tensor], true_labels: Optional[Tensor],
                indices: Optional[list], metrics: Optional[dict], failed: list[bool], success: float,

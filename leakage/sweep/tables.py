@@ -40,7 +40,7 @@ def headers(rows: list[dict]) -> dict[str, str]:
 
 def study_metrics(rows: list[dict]) -> tuple[str, ...]:
     """What a study's table and plot show, after the swept value."""
-    keys = dict.fromkeys(key for k in _kinds(rows) for key in k.study_metrics)
+    keys = dict.fromkeys(key for k in _kinds(rows) for key in k.headline_metrics)
     return ("label_acc", *keys, "image_success_rate", "time_s", "entries_per_unknown")
 
 
