@@ -108,7 +108,21 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     assert [f["type"] for f in schema["features"]] == ["categorical", "continuous", "continuous", "categorical"]
     report = json.loads((run / "metrics.json").read_text())
     assert report["summary"]["accuracy_mean"] >= 0.9  # 100% from 60 steps
-    assert "Victim 0" in (run / "report.html").read_text()
+    # report.html: the per-feature accuracy chart, every victim's rows (truth against reconstruction,
+    # with entropies), and the per-victim table with the kind's scalars (TabLeak's accuracies, not SSIM)
+    from htmlpage import embedded_pngs, read_page
+
+    from leakage.htmlreport import fmt
+
+    page = read_page(run / "report.html")
+    assert "Victim 0" in page.text and len(embedded_pngs(page)) >= 1
+    assert any(r[0] == "true 0" for r in page.rows) and any(r[0] == "rec 0" and "(H " in r[2] for r in page.rows)
+    header = next(r for r in page.rows if r[:2] == ["victim", "indices"])
+    assert header[5:8] == ["accuracy", "categorical accuracy", "continuous accuracy"] and "SSIM" not in header
+    victim = report["victims"][0]
+    (row,) = [r for r in page.rows if len(r) == len(header) and r[0] == "0"]
+    assert row[5:8] == [fmt(victim[k]) for k in ("accuracy", "accuracy_categorical", "accuracy_continuous")]
+    assert row[-1] == ("reconstructed" if victim["accuracy"] >= 0.9 else "not reconstructed")
 
 
 @pytest.mark.parametrize("text, extra, message", [
@@ -149,6 +163,21 @@ def test_the_python_api_attacks_a_record_with_idlg_labels():
                             restarts=3, **settings)
     assert torch.equal(result.labels, dm.secret.labels)
     assert float(obs.kind.evaluate(result.images, dm.secret.images)["accuracy"][0]) >= 0.9
+    # leakage.report scores the table with the kind's metrics: accuracy, per feature, the pooled entropy
+    x, y = dm.secret.images[0], dm.secret.labels[0]
+    rep = leakage.report(result, x, y)
+    F = len(obs.kind.schema.features)
+    assert rep.rows[0]["accuracy"] == float(obs.kind.evaluate(result.images, dm.secret.images)["accuracy"][0]) >= 0.9
+    assert rep.summary["accuracy_mean"] == rep.rows[0]["accuracy"] and rep.summary["success"] == 1
+    assert rep.metrics["feature_accuracy"].shape == (1, F) and result.entropy.shape == (1, 1, F)
+    assert rep.metrics["entropy"].shape == (1, 1, F) and torch.isfinite(rep.metrics["entropy"]).all()
+    text = str(rep)
+    assert "records' accuracy (TabLeak's): " in text and "SSIM" not in text
+    assert "overall accuracy" in text and all(f.name in text for f in obs.kind.schema.features)
+    with pytest.raises(ValueError, match="feature 'workclass' is not one-hot"):
+        leakage.report(result, x * 2, y)
+    with pytest.raises(ValueError, match="data_range .* applies to images, not to tabular data"):
+        leakage.report(result, x, y, data_range=1.0)
 
 
 def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path):
