@@ -572,17 +572,8 @@ def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: d
     s = summary
     kind = kind if kind is not None else ImageKind()
     scored = f"{kind.score_name}_mean" in s  # the victims' data is known
-    if "accuracy_mean" in s:
-        outcome = (f"<b>records reconstructed with {100 * s['accuracy_mean']:.1f}% accuracy</b> (TabLeak's: categorical "
-                   f"exact, continuous within 0.319 standard deviations); {s['success']}/{s['victims']} victims at "
-                   f"accuracy &ge; {success_ssim:g}; label accuracy {100 * s['label_acc']:.1f}%, "
-                   f"{s['failed']} numerically failed.")
-    elif "success" in s:
-        outcome = (f"<b>{s['success']}/{s['victims']} victims reconstructed</b> (SSIM &ge; {success_ssim:g}); "
-                   f"mean SSIM {s['ssim_mean']:.3f}, mean PSNR {h.esc(h.fmt(s['psnr_mean']))} dB, label accuracy "
-                   f"{100 * s['label_acc']:.1f}%, {s['failed']} numerically failed.")
-        if s["images"] > s["victims"]:
-            outcome += f" Images reconstructed: {s['image_success']}/{s['images']}."
+    if scored:
+        outcome = kind.outcome(s, success_ssim, "html")
     else:
         outcome = (f"No victim images (captured gradients): mean gradient L2 distance "
                    f"{h.esc(h.fmt(s['grad_l2_mean']))}; {s['failed']} numerically failed.")
@@ -592,14 +583,12 @@ def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: d
         body += ["<h3>Client-side defenses, in order</h3>", "<ol>" + "".join(
             f"<li>{h.esc(d['defense'])}: " + h.esc(", ".join(f"{k} = {h.fmt(v)}" for k, v in d.items() if k != "defense"))
             + "</li>" for d in defenses) + "</ol>"]
-    if "accuracy_mean" in s:
-        body += ["<h2>Records</h2>"] + ([h.image(gallery, "per-feature accuracy",
-                 "TabLeak's accuracy of every feature over the victims' records.")] if gallery is not None else [])
-        body.append(details)
-    elif gallery is not None:
-        body += ["<h2>Reconstructions</h2>", h.image(gallery, "gallery of victims and reconstructions",
-                 "Victim images (top, with dataset index and label) and their reconstructions (below, with the "
-                 "recovered label and SSIM; green: reconstructed, red: not reconstructed or failed).")]
+    if gallery is not None or details:
+        body.append(f"<h2>{h.esc(kind.figure_heading)}</h2>")
+        if gallery is not None:
+            body.append(h.image(gallery, kind.figure_alt, kind.figure_caption))
+        if details:
+            body.append(details)
     if history is not None:
         body += ["<h2>Matching loss over the attack</h2>", h.image(
             history, "matching loss history", "Gradient-matching loss of every victim's best restart, log scale.")]

@@ -270,18 +270,11 @@ def summary_markdown(rows: list[dict], summary: dict, success_ssim: float, setti
     default images: SSIM, PSNR), as Markdown."""
     kind = kind if kind is not None else ImageKind()
     scored = f"{kind.score_name}_mean" in summary  # the victims' data is known
-    lines = []
-    if "accuracy_mean" in summary:
-        lines.append(f"**records reconstructed with {100 * summary['accuracy_mean']:.1f}% accuracy** (TabLeak's); "
-                     f"{summary['success']}/{summary['victims']} victims at accuracy >= {success_ssim:g}; "
-                     f"label accuracy {100 * summary['label_acc']:.1f}%, numerically failed {summary['failed']}.")
-    elif "success" in summary:
-        lines.append(f"**{summary['success']}/{summary['victims']} victims reconstructed** (SSIM >= {success_ssim:g}); "
-                     f"mean SSIM {summary['ssim_mean']:.3f}, mean PSNR {_fmt(summary['psnr_mean'])} dB, "
-                     f"label accuracy {100 * summary['label_acc']:.1f}%, numerically failed {summary['failed']}.")
+    if scored:
+        lines = [kind.outcome(summary, success_ssim, "markdown")]
     else:
-        lines.append(f"No victim images (captured gradients): mean gradient L2 distance {_fmt(summary['grad_l2_mean'])}; "
-                     f"numerically failed {summary['failed']}.")
+        lines = [f"No victim images (captured gradients): mean gradient L2 distance {_fmt(summary['grad_l2_mean'])}; "
+                 f"numerically failed {summary['failed']}."]
     lines += ["", "Settings: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {_fmt(v)}"
                                            for k, v in settings.items()), ""]
     cols = ("victim", "indices", "true_labels", "recovered_labels", *kind.headline_metrics, "final_loss", "status")

@@ -124,10 +124,25 @@ class DataKind(ABC):
         """This kind scoring over a value range of ``width`` (SSIM's and PSNR's data range)."""
         raise ValueError(f"data_range (the value range of SSIM and PSNR) applies to images, not to {self.name} data")
 
-    def outcome(self, summary: dict, success: float) -> str:
-        """One line of a summary (:func:`leakage.callbacks.summarize`) of victims whose data is known."""
-        return (f"mean {self.score_label} {summary[f'{self.score_name}_mean']:.3f}  label accuracy "
-                f"{100 * summary['label_acc']:.1f}%  failed {summary['failed']}")
+    #: the report's heading, alt text and caption of :meth:`figure`
+    figure_heading: str = "Reconstructions"
+    figure_alt: str = "reconstructions"
+    figure_caption: str = ""
+
+    def outcome(self, summary: dict, success: float, style: str = "text") -> str:
+        """The outcome of a summary (:func:`leakage.callbacks.summarize`) of victims whose data is
+        known, as ``text`` (printed, one or two lines), ``markdown`` (TensorBoard's summary card) or
+        ``html`` (report.html)."""
+        s = summary
+        if style == "text":
+            return (f"reconstructed ({self.score_label} >= {success}): {s['success']}/{s['victims']}  mean "
+                    f"{self.score_label} {s[f'{self.score_name}_mean']:.3f}  label accuracy {100 * s['label_acc']:.1f}%  "
+                    f"failed {s['failed']}")
+        ge = "&ge;" if style == "html" else ">="
+        bold = ("<b>", "</b>") if style == "html" else ("**", "**")
+        return (f"{bold[0]}{s['success']}/{s['victims']} victims reconstructed{bold[1]} ({self.score_label} {ge} "
+                f"{success:g}); mean {self.score_label} {s[f'{self.score_name}_mean']:.3f}, label accuracy "
+                f"{100 * s['label_acc']:.1f}%, numerically failed {s['failed']}.")
 
     def figure(self, recon: Tensor, labels: Tensor, *, truth: Optional[Tensor], true_labels: Optional[Tensor],
                indices: Optional[list], metrics: Optional[dict], failed: list[bool], success: float,

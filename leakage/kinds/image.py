@@ -74,13 +74,33 @@ class ImageKind(DataKind):
     def with_metric_range(self, width: float) -> "ImageKind":
         return ImageKind(self.sample_shape, self.data_range, width)
 
-    def outcome(self, summary: dict, success: float) -> str:
+    figure_heading = "Reconstructions"
+    figure_alt = "gallery of victims and reconstructions"
+    figure_caption = ("Victim images (top, with dataset index and label) and their reconstructions (below, with the "
+                      "recovered label and SSIM; green: reconstructed, red: not reconstructed or failed).")
+
+    def outcome(self, summary: dict, success: float, style: str = "text") -> str:
+        from ..htmlreport import fmt
+
         s = summary
-        psnr = "n/a" if math.isnan(s["psnr_mean"]) else f"{s['psnr_mean']:.2f} dB"
-        text = (f"reconstructed (SSIM >= {success}): {s['success']}/{s['victims']}  mean SSIM {s['ssim_mean']:.3f}  "
-                f"mean PSNR {psnr}  label accuracy {100 * s['label_acc']:.1f}%  failed {s['failed']}")
+        if style == "text":
+            psnr = "n/a" if math.isnan(s["psnr_mean"]) else f"{s['psnr_mean']:.2f} dB"
+            text = (f"reconstructed (SSIM >= {success}): {s['success']}/{s['victims']}  mean SSIM {s['ssim_mean']:.3f}  "
+                    f"mean PSNR {psnr}  label accuracy {100 * s['label_acc']:.1f}%  failed {s['failed']}")
+            if s["images"] > s["victims"]:
+                text += f"\nimages reconstructed (SSIM >= {success}): {s['image_success']}/{s['images']}"
+            return text
+        if style == "markdown":
+            return (f"**{s['success']}/{s['victims']} victims reconstructed** (SSIM >= {success:g}); "
+                    f"mean SSIM {s['ssim_mean']:.3f}, mean PSNR {fmt(s['psnr_mean'])} dB, "
+                    f"label accuracy {100 * s['label_acc']:.1f}%, numerically failed {s['failed']}.")
+        from ..htmlreport import esc
+
+        text = (f"<b>{s['success']}/{s['victims']} victims reconstructed</b> (SSIM &ge; {success:g}); "
+                f"mean SSIM {s['ssim_mean']:.3f}, mean PSNR {esc(fmt(s['psnr_mean']))} dB, label accuracy "
+                f"{100 * s['label_acc']:.1f}%, {s['failed']} numerically failed.")
         if s["images"] > s["victims"]:
-            text += f"\nimages reconstructed (SSIM >= {success}): {s['image_success']}/{s['images']}"
+            text += f" Images reconstructed: {s['image_success']}/{s['images']}."
         return text
 
     def figure(self, recon, labels, *, truth, true_labels, indices, metrics, failed, success, title):

@@ -336,10 +336,23 @@ class TabularKind(DataKind):
                 raise ValueError(f"the true rows are not encoded rows of the schema: feature {f.name!r} is not one-hot "
                                  "(encode records with the schema, e.g. TableSchema.encode)")
 
-    def outcome(self, summary: dict, success: float) -> str:
+    figure_heading = "Records"
+    figure_alt = "per-feature accuracy"
+    figure_caption = "TabLeak's accuracy of every feature over the victims' records."
+
+    def outcome(self, summary: dict, success: float, style: str = "text") -> str:
         s = summary
-        return (f"records' accuracy (TabLeak's): {100 * s['accuracy_mean']:.1f}%  label accuracy "
-                f"{100 * s['label_acc']:.1f}%  failed {s['failed']}")
+        if style == "text":
+            return (f"records' accuracy (TabLeak's): {100 * s['accuracy_mean']:.1f}%  label accuracy "
+                    f"{100 * s['label_acc']:.1f}%  failed {s['failed']}")
+        if style == "markdown":
+            return (f"**records reconstructed with {100 * s['accuracy_mean']:.1f}% accuracy** (TabLeak's); "
+                    f"{s['success']}/{s['victims']} victims at accuracy >= {success:g}; "
+                    f"label accuracy {100 * s['label_acc']:.1f}%, numerically failed {s['failed']}.")
+        return (f"<b>records reconstructed with {100 * s['accuracy_mean']:.1f}% accuracy</b> (TabLeak's: categorical "
+                f"exact, continuous within {TOLERANCE} standard deviations); {s['success']}/{s['victims']} victims at "
+                f"accuracy &ge; {success:g}; label accuracy {100 * s['label_acc']:.1f}%, "
+                f"{s['failed']} numerically failed.")
 
     def figure(self, recon, labels, *, truth, true_labels, indices, metrics, failed, success, title):
         if metrics is None:
