@@ -26,9 +26,6 @@ from .kinds.image import ImageKind
 GALLERY_COLUMNS = 10
 #: the final scalars whose names say what they count (``final/<name>``), in the order of the card
 FINAL_COUNTS = ("victims", "reconstructed", "not_reconstructed", "numerically_failed")
-#: the outcome columns of an image run's HPARAMS entry (scalars ``final/<name>``; :func:`outcomes`)
-OUTCOMES = ("reconstructed", "not_reconstructed", "numerically_failed", "ssim_mean", "psnr_mean", "mse_mean",
-            "label_acc", "grad_l2_mean")
 #: the attack settings of a run's HPARAMS entry, in this order
 SETTINGS = ("attack", "dataset", "source", "victims", "batch_size", "model", "distance", "optimizer", "lr", "steps",
             "labels", "init", "restarts", "tv_weight", "defenses", "success_ssim")

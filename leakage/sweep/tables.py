@@ -65,12 +65,6 @@ def md_table(label: str, columns: list[str], rows: list[dict], cells: Callable[[
     return lines + [""]
 
 
-def score(row: dict) -> float:
-    """A cell's headline score: its kind's (SSIM for images, TabLeak's accuracy for tables); a cell
-    written before cells named it holds SSIM."""
-    return row.get("score", row.get("ssim", float("nan")))
-
-
 def score_label(rows: list[dict]) -> str:
     """How the cells' headline score is named (``SSIM``, ``accuracy``; both when they differ)."""
     return " / ".join(dict.fromkeys(r.get("score_label", "SSIM") for r in rows if r.get("status") == "ok")) or "SSIM"
