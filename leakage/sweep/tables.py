@@ -6,10 +6,10 @@ import csv
 import io
 from collections.abc import Callable
 
-nan = float("nan")
-
 from ..kinds import DataKind, kind_class
 from .paths import fmt, study_cell_id
+
+nan = float("nan")
 
 #: the columns every cell has besides its kind's metrics (``label_acc`` first, the rest last)
 COMMON_HEADERS = {"label_acc": "label accuracy", "success_rate": "attack success rate",
@@ -17,8 +17,8 @@ COMMON_HEADERS = {"label_acc": "label accuracy", "success_rate": "attack success
 
 
 def _kinds(rows: list[dict]) -> list[type[DataKind]]:
-    """The kinds of the cells that ran, in order of appearance (images when none ran: the cells of
-    a sweep written before cells named their kind are images)."""
+    """The kinds of the cells that ran, in order of appearance; images when none ran. A cell file
+    written before cells named their kind is an image cell."""
     kinds = dict.fromkeys(kind_class(r.get("kind", "image")) for r in rows if r.get("status") == "ok")
     return list(kinds) or [kind_class("image")]
 
