@@ -39,6 +39,7 @@ from .fedavg import FedAvgClient, client_updates
 from .models import check_weights, model_name
 from .presets import preset
 from .seeding import position_key
+from .server import HONEST, Server
 
 
 def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tuple[Tensor, Tensor]:
@@ -202,6 +203,7 @@ def invert(
     seed: int = 0,
     progress_bar: bool = False,
     kind: Optional[DataKind] = None,
+    server: Optional[Server] = None,
     trainer_options: Optional[dict[str, Any]] = None,
     **options: Any,
 ) -> InversionResult:
@@ -213,9 +215,11 @@ def invert(
             or several (a leading update dimension).
         input_shape, num_classes, batch_size: public metadata: ``[C, H, W]``, the number of classes,
             the images in one update.
-        attack: a preset: ``dlg``, ``idlg``, ``inverting_gradients``, ``fast`` (optimisation attacks) or
+        attack: a preset: ``dlg``, ``idlg``, ``inverting_gradients``, ``fast`` (optimisation attacks),
             ``analytic`` (the closed-form inversion of a fully connected first layer; exact for one
-            image per update) (:mod:`leakage.presets`).
+            image per update), ``cpa`` (the Cocktail Party Attack: ICA unmixes a batch from a fully
+            connected first layer's gradient), ``imprint`` or ``trap_weights`` (a malicious ``server``'s
+            closed-form read-outs) (:mod:`leakage.presets`).
         restarts: independent starts per update; the one with the lowest matching loss is kept
             (a closed-form attack has one solution: 1).
         steps: attack iterations (default: the preset's).
@@ -226,6 +230,10 @@ def invert(
         data_range: the range of the images' values.
         kind: the kind of data (:mod:`leakage.kinds`), e.g. ``TabularKind(schema)`` for table rows
             ``input_shape = [D]``; default: images of ``input_shape`` in ``data_range``.
+        server: the server (:mod:`leakage.server`) when it was malicious: an ``ImprintServer`` or
+            ``TrapWeightServer`` whose ``send(global_model, input_shape)`` gave ``model``, the model the
+            client trained (the ``imprint`` and ``trap_weights`` attacks read what it planted). None:
+            honest-but-curious.
         seed: seed of the dummies (each problem draws from its own generator; a closed form draws none).
         progress_bar: show Lightning's progress bar and start-up lines.
         trainer_options: further ``lightning.pytorch.Trainer`` arguments (not those ``invert`` sets:
@@ -248,14 +256,22 @@ def invert(
         raise TypeError(f"update must be a mapping {{parameter name: tensor}} (what client_update returns), "
                         f"got {type(update).__name__}")
     trainer_settings = _trainer_settings(trainer_options)
+    if server is not None and not isinstance(server, Server):
+        raise TypeError(f"server must be a leakage.server.Server (ImprintServer, TrapWeightServer), got {type(server).__name__}")
+    if server is not None and server.malicious and server.model is not model:
+        raise ValueError("server= is the malicious server whose send(global_model, input_shape) returned the model "
+                         "the client trained: pass that model as model=")
     hardware = _accelerator(device, model)
     target = copy.deepcopy(model).cpu()
     grads = validate_gradients(dict(update), target, source="update")
     grads = {k: v.cpu() for k, v in grads.items()}
     if fedavg is not None:
         fedavg.mini_batch(batch_size)
+    if server is not None and server.malicious:  # the attack targets a copy of what the server sent, as it does `model`
+        server = copy.copy(server)
+        server.model = target
     observation = Observation(grads, batch_size, tuple(input_shape), num_classes, tuple(data_range),
-                              client_mode=client_mode, client=fedavg, kind=kind)
+                              client_mode=client_mode, client=fedavg, kind=kind, server=server)
     settings = {**chosen.settings, **options}
     cls = attack_class(chosen.attack)
     if cls.family == "optimisation":
@@ -293,9 +309,9 @@ def invert(
 
 @dataclass
 class Report:
-    """Per-update rows (the columns of ``metrics.csv``) and their summary; ``str()`` is the table,
-    the outcome and the kind's details (tables: per-feature accuracy and entropy, and every update's
-    rows, true against reconstructed, wrong cells marked).
+    """Per-update rows (the columns of ``metrics.csv``) and their summary; ``str()`` is the threat
+    model (its first line), the table, the outcome and the kind's details (tables: per-feature
+    accuracy and entropy, and every update's rows, true against reconstructed, wrong cells marked).
 
     ``metrics`` is the kind's whole evaluation (:meth:`~leakage.kinds.DataKind.evaluate`; tables:
     ``feature_accuracy`` ``[V, F]``, ``correct`` ``[V, B, F]``, ``entropy`` ``[V, B, F]`` in the true
@@ -304,13 +320,16 @@ class Report:
     rows: list[dict]
     summary: dict[str, float]
     success_ssim: float
+    #: who attacked (:mod:`leakage.server`): the table's first line
+    threat_model: str = HONEST
     kind: Optional[DataKind] = None
     metrics: Optional[dict] = None
     details: str = ""
 
     def __str__(self) -> str:
         outcome = (self.kind or ImageKind()).outcome(self.summary, self.success_ssim)
-        return f"{format_table(self.rows)}\n{outcome}" + (f"\n{self.details}" if self.details else "")
+        return (f"threat model: {self.threat_model}\n{format_table(self.rows)}\n{outcome}"
+                + (f"\n{self.details}" if self.details else ""))
 
 
 def report(result: InversionResult, x: Tensor, y: Tensor, success_ssim: float = 0.9,
@@ -338,5 +357,5 @@ def report(result: InversionResult, x: Tensor, y: Tensor, success_ssim: float = 
     evaluation = {"loss": result.matching_loss, "grad_l2": result.grad_l2, "grad_cosine": result.grad_cosine}
     rows = victim_rows(result.images, result.labels, evaluation, result.best_restart, result.failed, metrics,
                        yb.cpu().long())
-    return Report(rows, summarize(rows, success_ssim), success_ssim, kind, metrics,
-                  kind.details(result.images, truth, metrics)["text"])
+    return Report(rows, summarize(rows, success_ssim), success_ssim, result.module.observation.threat_model, kind,
+                  metrics, kind.details(result.images, truth, metrics)["text"])

@@ -26,7 +26,9 @@ from .distributed import gather, world_size
 from .errors import one_line
 from .kinds import ImageKind
 from .metrics import label_accuracy
+from .interrupt import StepInterrupt
 from .runfiles import Artifacts, mark_ended, mark_running
+from .server import HONEST
 
 COLUMNS = (
     "victim", "indices", "true_labels", "recovered_labels", "label_acc", "ssim", "psnr", "mse",
@@ -238,6 +240,7 @@ class LeakageReport(pl.Callback):
         self.unwritten: list[str] = []
         self._claimed = False  # every rank asked for the run folder (a collective)
         self._started = False  # the run folder is marked RUNNING: the run ends by marking it complete or partial
+        self._interrupt = StepInterrupt()  # Ctrl+C stops the attack at a step boundary
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
@@ -262,6 +265,7 @@ class LeakageReport(pl.Callback):
             "victims": pl_module.total_victims if obs is not None else None,
             "batch_size": obs.batch_size if obs is not None else None,
             "steps": trainer.max_steps, "attack": pl_module.describe(),
+            "threat_model": obs.threat_model if obs is not None else HONEST,
         }
         for key in ("model", "distance", "optimizer", "lr", "labels", "init", "restarts", "tv_weight"):
             out[key] = hp.get(key)
@@ -347,6 +351,8 @@ class LeakageReport(pl.Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer, pl_module) -> None:
+        if world_size(trainer) == 1:
+            self._interrupt.install()
         tb = _tb(trainer)
         if tb is not None and pl_module.observation is not None:
             tb.add_custom_scalars(overview_layout(self.success_ssim, pl_module.total_victims, pl_module.observation.kind))
@@ -364,6 +370,7 @@ class LeakageReport(pl.Callback):
 
         On one process the per-victim rows are each victim's best so far; on several (a gather is a
         collective the other ranks may not reach) rank 0 writes the marker only."""
+        self._interrupt.restore()
         if not self._started or self.rows:
             return
         self._started = False
@@ -384,6 +391,7 @@ class LeakageReport(pl.Callback):
         mark_ended(self.run_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._interrupt.check()  # a Ctrl+C during the step stops the attack here, its state whole
         if pl_module.problem_losses is None:
             return
         best, best_loss, failed = self._current_best(pl_module)
@@ -413,7 +421,11 @@ class LeakageReport(pl.Callback):
                                                      self._outcome_title(f"step {step}", metrics, failed)))
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._interrupt.restore()
         self._finish(trainer, pl_module)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._interrupt.restore()  # however the fit ended
 
     def _finish(self, trainer, pl_module, partial: Optional[str] = None) -> None:
         """The per-victim results at the current step and the run's report (``partial``: why the
@@ -471,8 +483,9 @@ class LeakageReport(pl.Callback):
 
     def _report(self, trainer, pl_module, recon, labels, metrics, partial: Optional[str] = None) -> None:
         s = self.summary
-        # a partial run says so first; then who attacked, with which defenses
-        lines = [f"partial run: {partial}; the table holds each victim's best so far"] if partial else []
+        # the threat model first; then whether the run is partial, who attacked, with which defenses
+        lines = [f"threat model: {pl_module.observation.threat_model}"]
+        lines += [f"partial run: {partial}; the table holds each victim's best so far"] if partial else []
         lines += [f"attack: {pl_module.describe()}"]
         lines += [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
                  for i, d in enumerate(self.defenses_of(trainer))]
@@ -611,4 +624,4 @@ def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: d
     body.append(h.table(headers, table_rows, classes, text_columns=(len(headers) - 1,)))
     body.append(f'<p class="meta">Run folder: {h.esc(run_dir)} (metrics.csv, metrics.json, gallery.png, '
                 "history.png, TensorBoard events, config.yaml).</p>")
-    return h.page(title, body)
+    return h.page(title, body, settings.get("threat_model", HONEST))

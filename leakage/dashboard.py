@@ -21,13 +21,14 @@ import torch
 from torch import Tensor
 
 from .kinds.image import ImageKind
+from .server import HONEST
 
 #: tiles per row of the gallery at most (an update's images stay together)
 GALLERY_COLUMNS = 10
 #: the final scalars whose names say what they count (``final/<name>``), in the order of the card
 FINAL_COUNTS = ("victims", "reconstructed", "not_reconstructed", "numerically_failed")
 #: the attack settings of a run's HPARAMS entry, in this order
-SETTINGS = ("attack", "dataset", "source", "victims", "batch_size", "model", "distance", "optimizer", "lr", "steps",
+SETTINGS = ("threat_model", "attack", "dataset", "source", "victims", "batch_size", "model", "distance", "optimizer", "lr", "steps",
             "labels", "init", "restarts", "tv_weight", "defenses", "success_ssim")
 
 _OK, _BAD = "#1a7f37", "#cf222e"  # green, red (readable in print)
@@ -263,17 +264,18 @@ def _fmt(v: Any) -> str:
 
 
 def summary_markdown(rows: list[dict], summary: dict, success_ssim: float, settings: dict[str, Any], kind=None) -> str:
-    """The summary card: outcome, settings and the per-victim table (the ``kind``'s headline metrics,
-    default images: SSIM, PSNR), as Markdown."""
+    """The summary card: the threat model (its first line), outcome, settings and the per-victim
+    table (the ``kind``'s headline metrics, default images: SSIM, PSNR), as Markdown."""
     kind = kind if kind is not None else ImageKind()
     scored = f"{kind.score_name}_mean" in summary  # the victims' data is known
+    lines = [f"**Threat model: {settings.get('threat_model', HONEST)}.**", ""]
     if scored:
-        lines = [kind.outcome(summary, success_ssim, "markdown")]
+        lines.append(kind.outcome(summary, success_ssim, "markdown"))
     else:
-        lines = [f"No victim images (captured gradients): mean gradient L2 distance {_fmt(summary['grad_l2_mean'])}; "
-                 f"numerically failed {summary['failed']}."]
+        lines.append(f"No victim images (captured gradients): mean gradient L2 distance {_fmt(summary['grad_l2_mean'])}; "
+                     f"numerically failed {summary['failed']}.")
     lines += ["", "Settings: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {_fmt(v)}"
-                                           for k, v in settings.items()), ""]
+                                           for k, v in settings.items() if k != "threat_model"), ""]
     cols = ("victim", "indices", "true_labels", "recovered_labels", *kind.headline_metrics, "final_loss", "status")
     lines.append("| " + " | ".join(c.replace("_", " ") for c in cols) + " |")
     lines.append("|" + "---|" * len(cols))

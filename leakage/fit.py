@@ -260,6 +260,10 @@ class LeakageCLI(LightningCLI):
                 "set the attack budget with --trainer.max_steps N (one step is one attack iteration): "
                 f"N must be >= 1, got {steps}"
             )
+        refine = (config.get("model") or {}).get("refine_steps") or 0
+        if isinstance(refine, int) and refine >= steps:  # found here, before a run folder is made
+            raise ValueError(f"refine_steps ({refine}) must be below --trainer.max_steps ({steps}): "
+                             f"the first stage, which finds the categorical features, needs steps")
         _own_tensorboard_logger(trainer.get("logger"))
         check_run_settings(trainer)
         # Without a logger, Lightning writes a run's files (config.yaml, the report's artifacts) into

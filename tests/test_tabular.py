@@ -84,6 +84,29 @@ def test_tableak_beats_the_unrelaxed_cosine_baseline():
     assert float(tableak["accuracy"][0]) > float(baseline["accuracy"][0])
 
 
+def test_refine_steps_fix_the_categories_then_refine_the_continuous_features(tmp_path, capsys):
+    """TabLeak's two-staged mode: the last steps run with every categorical feature one-hot at its
+    argmax (to float32 rounding), the continuous ones still optimized."""
+    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=1, num_victims=2, public_labels=True)
+    module, m = _attack(dm, 120, restarts=2, refine_steps=40, **{**TABLEAK, "ensemble": "best"})
+    x = module.reconstruction()
+    for sl in module.kind._cat:
+        assert float(x[..., sl].max(-1).values.min()) > 1 - 1e-6
+    assert m["accuracy"].tolist() == [1.0, 1.0], m["feature_accuracy"]
+    with pytest.raises(ValueError, match=r"refine_steps \(40\) must be below --trainer.max_steps \(40\)"):
+        _attack(dm, 40, restarts=1, refine_steps=40, **TABLEAK)
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--trainer.max_steps", "100"))
+    assert line.startswith("leakage: error: refine_steps (150) must be below --trainer.max_steps (100)"), line
+    assert not run_dirs(tmp_path)  # refused before a run folder is made
+    with pytest.raises(ValueError, match="refine_steps needs optimizer adam or signed_adam"):
+        GradientInversion(model="tabular_mlp", input_shape=(8,), num_classes=2, optimizer="lbfgs", refine_steps=5)
+    images = VictimDataModule(source="bundled", dataset="mnist", batch_size=1)
+    attack = GradientInversion(model="mlp", input_shape=images.input_shape, num_classes=images.num_classes,
+                               optimizer="adam", refine_steps=5)
+    with pytest.raises(ValueError, match="refine_steps .* applies to tables, not to image data"):
+        attack.attach(images.prepare(attack.target))
+
+
 def _csv(tmp_path, text: str):
     path = tmp_path / "t.csv"
     path.write_text(text)
@@ -99,7 +122,8 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     path = _csv(tmp_path, OWN)
     main(cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv",
                   "--data.path", str(path), "--data.label_column", "outcome", "--data.batch_size", "2",
-                  "--model.restarts", "3", "--trainer.max_steps", "100", "--report.image_every_n_steps", "0"))
+                  "--model.restarts", "3", "--trainer.max_steps", "100", "--model.refine_steps", "40",
+                  "--report.image_every_n_steps", "0"))
     out = capsys.readouterr().out
     assert "overall accuracy" in out and "colour" in out
     (run,) = run_dirs(tmp_path)
@@ -186,7 +210,8 @@ def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path)
     import yaml
 
     cfg = yaml.safe_load((CONFIGS / "adult_batch_sweep.yaml").read_text())
-    cfg["sweep"]["studies"][0]["values"] = [1, 2]
+    assert [s["name"] for s in cfg["sweep"]["studies"]] == ["tableak", "cosine", "dlg", "analytic"]
+    cfg["sweep"]["studies"] = [dict(cfg["sweep"]["studies"][0], values=[1, 2])]  # TabLeak's study only
     cfg["sweep"]["output"] = str(tmp_path / "sweep")
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -194,12 +219,12 @@ def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path)
           "--report.image_every_n_steps", "0"])
     out = tmp_path / "sweep"
     for b in (1, 2):
-        row = json.loads((out / "cells" / f"adult.batch_size={b}.json").read_text())
+        row = json.loads((out / "cells" / f"tableak.batch_size={b}.json").read_text())
         metrics = json.loads((out / "runs" / row["cell"] / "metrics.json").read_text())["summary"]
         assert row["status"] == "ok" and row["score_label"] == "accuracy"
         assert row["score"] == metrics["accuracy_mean"] and row["success"] == int(row["score"] >= 0.9)
         assert row["images"] == 1 and row["image_success"] == row["success"]  # one victim: its rows together
-    one = json.loads((out / "cells" / "adult.batch_size=1.json").read_text())
+    one = json.loads((out / "cells" / "tableak.batch_size=1.json").read_text())
     assert one["score"] == 1.0  # one record at 120 steps (100% from 70)
     md = (out / "results.md").read_text()
     assert ("| B | label accuracy | mean accuracy | categorical accuracy | continuous accuracy | victims with accuracy "
@@ -208,7 +233,7 @@ def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path)
     assert "success: accuracy >= 0.9." in md and "SSIM" not in md and "PSNR" not in md and "nan" not in md
     rows = list(__import__("csv").DictReader(open(out / "results.csv")))
     assert [(r["value"], r["score_label"], float(r["score"]) == c["score"]) for r, c in zip(rows, [
-        json.loads((out / "cells" / f"adult.batch_size={b}.json").read_text()) for b in (1, 2)])] == [
+        json.loads((out / "cells" / f"tableak.batch_size={b}.json").read_text()) for b in (1, 2)])] == [
         ("1", "accuracy", True), ("2", "accuracy", True)]
     assert "ssim" not in rows[0] and float(rows[0]["accuracy_categorical"]) == one["accuracy_categorical"]
     # the hparams view and report.html carry the kind's metrics too, as numbers (not nan SSIM)

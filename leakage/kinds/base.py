@@ -52,6 +52,14 @@ class DataKind(ABC):
         """The model input ``[..., B, *sample_shape]`` the dummy parameters stand for."""
         return dummy
 
+    #: whether :meth:`harden_` applies (the attack's ``refine_steps``)
+    can_harden = False
+
+    def harden_(self, dummy: Tensor) -> Tensor:
+        """Fix the discrete part of the dummy parameters in place (TabLeak's two-staged mode) and
+        return the mask of the entries still optimized; only kinds with discrete features have one."""
+        raise ValueError(f"{self.name} data has no discrete features to fix")
+
     def project_(self, dummy: Tensor) -> None:
         """Project the dummy parameters in place after a step (``box_constraint``); default: none."""
 

@@ -239,6 +239,22 @@ class TabularKind(DataKind):
             parts[..., idx] = lo + (hi - lo) * torch.sigmoid(dummy[..., idx])
         return parts
 
+    can_harden = True
+    #: a fixed categorical feature's logits: its argmax this, the others 0 (softmax one-hot to ~1e-13)
+    HARD_LOGIT = 30.0
+
+    def harden_(self, dummy: Tensor) -> Tensor:
+        """TabLeak's two-staged mode: every categorical block of the dummy ``[..., B, D]`` set to its
+        argmax, one-hot (relaxed: logits ``HARD_LOGIT`` and 0, a softmax one-hot to float32
+        rounding); returns the mask of the entries still free (the continuous ones)."""
+        free = torch.ones_like(dummy)
+        for sl in self._cat:
+            block = dummy[..., sl]
+            one_hot = torch.nn.functional.one_hot(block.argmax(-1), block.shape[-1]).to(dummy)
+            dummy[..., sl] = one_hot * (self.HARD_LOGIT if self.relax else 1.0)
+            free[..., sl] = 0
+        return free
+
     def project_(self, dummy: Tensor) -> None:
         """Unrelaxed dummies: continuous values clamped to their bounds (a relaxed dummy needs nothing)."""
         if not self.relax and self._cont.numel():

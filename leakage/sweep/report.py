@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import htmlreport as h
+from ..server import SERVER_SETTINGS, make_server
 from .paths import confined, fmt
 from .tables import (defense_args, defense_cells, headers, metrics, score_label, study_headers, study_metrics,
                      study_rows)
@@ -58,6 +59,10 @@ def _table(out: Path, label: str, headers: dict, metrics: tuple, rows: list[dict
             cells += f'<td>{r["success"]}/{r["victims"]}</td><td class="text">{_cell_link(out, r)}</td>'
         body.append(f"<tr><td>{h.esc(fmt(r['value']))}</td>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>"
+
+
+#: the fit options that set the threat model
+SERVER_KEYS = ("data.server", *(f"data.{k}" for k in SERVER_SETTINGS))
 
 
 def _plot(out: Path, name: str, caption: str) -> str:
@@ -108,7 +113,21 @@ def sweep_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies
         body.append(_plot(out, s["name"], f"{s['name']}: each metric against {s['key']}."))
     body.append(f'<p class="meta">Sweep folder: {h.esc(out)} (results.csv, results.md, plots, cells/, runs/; '
                 f"TensorBoard: tensorboard --logdir {h.esc(out)}).</p>")
-    return h.page(f"leakage sweep: {kinds or 'no grids'} ({out.name})", body)
+    return h.page(f"leakage sweep: {kinds or 'no grids'} ({out.name})", body, _threat_model(base, studies))
+
+
+def _threat_model(base: dict, studies: list[dict]) -> str:
+    """The threat model of the sweep's cells (their base config's server), or that the cells differ."""
+    varied = [s["key"] for s in studies if str(s.get("key", "")).startswith(SERVER_KEYS)]
+    if varied:
+        return f"per cell (the study varies {varied[0]}; each cell's report names its own)"
+    data = base.get("data") or {}
+    try:
+        return make_server(data.get("server", "honest"), data.get("dataset"),
+                           **{k: data.get(k) for k in SERVER_SETTINGS}).describe()
+    except ValueError:  # a cell's own run refuses it, in its own line
+        return f"server {data.get('server')!r} (see the cells)"
+
 
 
 def write_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies: list[dict], rows: list[dict],
