@@ -239,7 +239,7 @@ def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path)
     # the hparams view and report.html carry the kind's metrics too, as numbers (not nan SSIM)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(out / "hparams" / "adult.batch_size=1"))
+    acc = EventAccumulator(str(out / "hparams" / "tableak.batch_size=1"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"hparam/accuracy", "hparam/accuracy_categorical", "hparam/accuracy_continuous"} <= tags
@@ -250,4 +250,4 @@ def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path)
     header = next(r for r in page.rows if r[:2] == ["B", "label accuracy"])
     assert header[2:5] == ["mean accuracy", "categorical accuracy", "continuous accuracy"]
     assert next(r for r in page.rows if r[0] == "1")[2] == "1.000"
-    assert "SSIM" not in " ".join(page.text) and (out / "adult.png").stat().st_size > 0
+    assert "SSIM" not in " ".join(page.text) and (out / "tableak.png").stat().st_size > 0
