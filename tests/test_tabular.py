@@ -132,7 +132,21 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     assert [f["type"] for f in schema["features"]] == ["categorical", "continuous", "continuous", "categorical"]
     report = json.loads((run / "metrics.json").read_text())
     assert report["summary"]["accuracy_mean"] >= 0.9  # 100% from 60 steps
-    assert "Victim 0" in (run / "report.html").read_text()
+    # report.html: the per-feature accuracy chart, every victim's rows (truth against reconstruction,
+    # with entropies), and the per-victim table with the kind's scalars (TabLeak's accuracies, not SSIM)
+    from htmlpage import embedded_pngs, read_page
+
+    from leakage.htmlreport import fmt
+
+    page = read_page(run / "report.html")
+    assert "Victim 0" in page.text and len(embedded_pngs(page)) >= 1
+    assert any(r[0] == "true 0" for r in page.rows) and any(r[0] == "rec 0" and "(H " in r[2] for r in page.rows)
+    header = next(r for r in page.rows if r[:2] == ["victim", "indices"])
+    assert header[5:8] == ["accuracy", "categorical accuracy", "continuous accuracy"] and "SSIM" not in header
+    victim = report["victims"][0]
+    (row,) = [r for r in page.rows if len(r) == len(header) and r[0] == "0"]
+    assert row[5:8] == [fmt(victim[k]) for k in ("accuracy", "accuracy_categorical", "accuracy_continuous")]
+    assert row[-1] == ("reconstructed" if victim["accuracy"] >= 0.9 else "not reconstructed")
 
 
 @pytest.mark.parametrize("text, extra, message", [
@@ -173,6 +187,21 @@ def test_the_python_api_attacks_a_record_with_idlg_labels():
                             restarts=3, **settings)
     assert torch.equal(result.labels, dm.secret.labels)
     assert float(obs.kind.evaluate(result.images, dm.secret.images)["accuracy"][0]) >= 0.9
+    # leakage.report scores the table with the kind's metrics: accuracy, per feature, the pooled entropy
+    x, y = dm.secret.images[0], dm.secret.labels[0]
+    rep = leakage.report(result, x, y)
+    F = len(obs.kind.schema.features)
+    assert rep.rows[0]["accuracy"] == float(obs.kind.evaluate(result.images, dm.secret.images)["accuracy"][0]) >= 0.9
+    assert rep.summary["accuracy_mean"] == rep.rows[0]["accuracy"] and rep.summary["success"] == 1
+    assert rep.metrics["feature_accuracy"].shape == (1, F) and result.entropy.shape == (1, 1, F)
+    assert rep.metrics["entropy"].shape == (1, 1, F) and torch.isfinite(rep.metrics["entropy"]).all()
+    text = str(rep)
+    assert "records' accuracy (TabLeak's): " in text and "SSIM" not in text
+    assert "overall accuracy" in text and all(f.name in text for f in obs.kind.schema.features)
+    with pytest.raises(ValueError, match="feature 'workclass' is not one-hot"):
+        leakage.report(result, x * 2, y)
+    with pytest.raises(ValueError, match="data_range .* applies to images, not to tabular data"):
+        leakage.report(result, x, y, data_range=1.0)
 
 
 def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path):
@@ -198,11 +227,27 @@ def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path)
     one = json.loads((out / "cells" / "tableak.batch_size=1.json").read_text())
     assert one["score"] == 1.0  # one record at 120 steps (100% from 70)
     md = (out / "results.md").read_text()
-    assert ("| B | label accuracy | mean accuracy | PSNR | victims with accuracy >= 0.9 | client updates | time (s) | "
-            "gradient entries per unknown |" in md), md
-    assert "| 1 | 100% | 1.000 | nan | 100% (1/1) | 1 |" in md, md
-    assert "success: accuracy >= 0.9." in md and "SSIM" not in md
+    assert ("| B | label accuracy | mean accuracy | categorical accuracy | continuous accuracy | victims with accuracy "
+            ">= 0.9 | client updates | time (s) | gradient entries per unknown |" in md), md
+    assert "| 1 | 100% | 1.000 | 1.000 | 1.000 | 100% (1/1) | 1 |" in md, md
+    assert "success: accuracy >= 0.9." in md and "SSIM" not in md and "PSNR" not in md and "nan" not in md
     rows = list(__import__("csv").DictReader(open(out / "results.csv")))
     assert [(r["value"], r["score_label"], float(r["score"]) == c["score"]) for r, c in zip(rows, [
         json.loads((out / "cells" / f"tableak.batch_size={b}.json").read_text()) for b in (1, 2)])] == [
         ("1", "accuracy", True), ("2", "accuracy", True)]
+    assert "ssim" not in rows[0] and float(rows[0]["accuracy_categorical"]) == one["accuracy_categorical"]
+    # the hparams view and report.html carry the kind's metrics too, as numbers (not nan SSIM)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "hparams" / "tableak.batch_size=1"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"hparam/accuracy", "hparam/accuracy_categorical", "hparam/accuracy_continuous"} <= tags
+    assert not any("ssim" in t or "psnr" in t for t in tags) and acc.Scalars("hparam/accuracy")[-1].value == 1.0
+    from htmlpage import read_page
+
+    page = read_page(out / "report.html")
+    header = next(r for r in page.rows if r[:2] == ["B", "label accuracy"])
+    assert header[2:5] == ["mean accuracy", "categorical accuracy", "continuous accuracy"]
+    assert next(r for r in page.rows if r[0] == "1")[2] == "1.000"
+    assert "SSIM" not in " ".join(page.text) and (out / "tableak.png").stat().st_size > 0

@@ -13,7 +13,8 @@ from typing import Any
 from .. import htmlreport as h
 from ..server import SERVER_SETTINGS, make_server
 from .paths import confined, fmt
-from .tables import HEADERS, METRICS, STUDY_HEADERS, STUDY_METRICS, defense_args, defense_cells, study_rows
+from .tables import (defense_args, defense_cells, headers, metrics, score_label, study_headers, study_metrics,
+                     study_rows)
 
 
 def _attack_settings(base: dict) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def sweep_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies
     kinds = " and ".join(k for k, on in (("defenses", defenses), ("studies", studies)) if on)
     body = [f'<p class="outcome">{len([r for r in rows if r.get("status") == "ok"])} cells done '
             f'({len([r for r in rows if r.get("status") != "ok"])} could not run). A victim counts as '
-            f"reconstructed at SSIM &ge; {h.esc(cfg['success_ssim'])}"
+            f"reconstructed at {h.esc(score_label(rows))} &ge; {h.esc(cfg['success_ssim'])}"
             + (f"; a defense holds where at most {100 * float(cfg['target_success']):.0f}% of the victims are "
                "reconstructed, and its <b>breaking point</b> is the weakest setting that holds (refined by "
                f"bisection, {h.esc(cfg['refine'])} steps)." if defenses else ".") + "</p>",
@@ -101,14 +102,14 @@ def sweep_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies
                     f"{h.esc(', ' + desc if desc else '')}</h2>")
         body.append(f"<p>{h.esc(d['param'])} from weakest to strongest ({'larger' if d['stronger'] == 'larger' else 'smaller'}"
                     " values defend more); rows between grid values are the bisection.</p>")
-        body.append(_table(out, d["param"], HEADERS, METRICS, mine, extra=["reconstructed", "cell report"]))
+        body.append(_table(out, d["param"], headers(mine), metrics(mine), mine, extra=["reconstructed", "cell report"]))
         body.append(_plot(out, d["name"], f"{d['name']}: each metric against {d['param']} (red line: breaking point)."))
     for s in studies:
         mine = study_rows(rows, s)
         if not mine:
             continue
         body.append(f"<h2>Study {h.esc(s['name'])}: {h.esc(s['key'])}</h2>")
-        body.append(_table(out, s["label"], STUDY_HEADERS, STUDY_METRICS, mine, extra=["reconstructed", "cell report"]))
+        body.append(_table(out, s["label"], study_headers(mine), study_metrics(mine), mine, extra=["reconstructed", "cell report"]))
         body.append(_plot(out, s["name"], f"{s['name']}: each metric against {s['key']}."))
     body.append(f'<p class="meta">Sweep folder: {h.esc(out)} (results.csv, results.md, plots, cells/, runs/; '
                 f"TensorBoard: tensorboard --logdir {h.esc(out)}).</p>")
