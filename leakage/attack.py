@@ -27,6 +27,7 @@ from .losses import DISTANCES, gradient_distance
 from .optim import BatchedLBFGS, SignedAdam
 from .precision import full_precision
 from .seeding import generator
+from .stopping import StoppingRule
 
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
 INITS = ("randn", "uniform", "constant")
@@ -118,6 +119,12 @@ class GradientInversion(Attack):
             change nothing. Each check reads one flag back. None (auto): every step with
             ``lbfgs_early_exit`` (which reads flags back anyway), else every 10 steps; 0: never
             (always run to ``max_steps``).
+        stop_loss, stop_change, stall_steps, stall_improvement: a budget that adapts, per problem
+            (:class:`leakage.stopping.StoppingRule`): a problem stops once its matching loss is at
+            most ``stop_loss``, or changed by less than ``stop_change`` (relative) in one step, or
+            its best loss improved by less than ``stall_improvement`` (relative) over the last
+            ``stall_steps`` steps; the run ends when every problem has stopped (``max_steps`` is
+            then a cap). 0 turns a test off; all 0 (the default): a fixed budget.
     """
 
     def __init__(
@@ -151,6 +158,10 @@ class GradientInversion(Attack):
         relax: bool = False,
         ensemble: Literal["best", "pool"] = "best",
         refine_steps: int = 0,
+        stop_loss: float = 0.0,
+        stop_change: float = 0.0,
+        stall_steps: int = 0,
+        stall_improvement: float = 0.0,
     ) -> None:
         super().__init__()
         for value, allowed, what in (
@@ -194,6 +205,7 @@ class GradientInversion(Attack):
         if lr <= 0 or tv_weight < 0 or bn_weight < 0:
             raise ValueError(f"lr must be > 0 and tv_weight, bn_weight >= 0, got lr={lr}, tv_weight={tv_weight}, "
                              f"bn_weight={bn_weight}")
+        self.stopping = StoppingRule(stop_loss, stop_change, stall_steps, stall_improvement)
         self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights)
         self._bn_layers = batchnorm_layers(self.target) if bn_weight > 0 else []
         if bn_weight > 0 and not self._bn_layers:
@@ -451,6 +463,7 @@ class GradientInversion(Attack):
         if refine >= self.trainer.max_steps:
             raise ValueError(f"refine_steps ({refine}) must be below --trainer.max_steps ({self.trainer.max_steps}): "
                              f"the first stage, which finds the categorical features, needs steps")
+        self.stopping.reset()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         refine = self.hparams.get("refine_steps", 0)
@@ -500,7 +513,14 @@ class GradientInversion(Attack):
             optimizer_closure()
             return self.problem_losses
 
+        params = [p for group in opt.param_groups for p in group["params"]]
+        if isinstance(opt, BatchedLBFGS):
+            opt.frozen = self.stopping.stopped  # stopped problems: not evaluated, not moved
+        else:
+            self.stopping.hold(params, moved=False)
         optimizer.step(closure=closure)
+        if not isinstance(opt, BatchedLBFGS):
+            self.stopping.hold(params, moved=True)
         self._evaluating = None
         if isinstance(opt, BatchedLBFGS):
             self.failed |= opt.failed.to(self.failed.device)
@@ -509,8 +529,11 @@ class GradientInversion(Attack):
                 self.kind.project_(self.dummy_data)
 
     def done(self) -> Tensor:
-        """Mask ``[P]`` of problems with nothing left to do: failed, or (L-BFGS) at a fixed point."""
+        """Mask ``[P]`` of problems with nothing left to do: failed, stopped by the stopping rule, or
+        (L-BFGS) at a fixed point."""
         done = self.failed.clone()
+        if self.stopping.stopped is not None:
+            done |= self.stopping.stopped.to(done.device)
         if self._trainer is not None and self.trainer.optimizers:
             opt = self.trainer.optimizers[0]
             opt = opt.optimizer if hasattr(opt, "optimizer") else opt
@@ -527,6 +550,8 @@ class GradientInversion(Attack):
             # step (each self.log goes through Lightning's result collection); the bar shows one value
             mean = torch.where(ok, self.problem_losses, torch.zeros_like(self.problem_losses)).sum() / ok.sum()
             self.log(LOGGED_METRICS[0], mean, prog_bar=True, on_step=True, logger=False)
+            if self.stopping.enabled:
+                self.stopping.update(self.problem_losses)
         every = self.done_check_interval
         # every problem failed or converged: nothing is left to do. Sharded over processes, the run
         # ends only when that holds on every rank (one all-reduce, the same answer everywhere), so all

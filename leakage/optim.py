@@ -45,7 +45,8 @@ class BatchedLBFGS(Optimizer):
     its last finite point and frozen; the others carry on untouched. A problem that a whole step
     left where it was is at a fixed point (the next step starts from the same point, gradient and
     history and does the same): :attr:`stalled` marks those, so a caller can stop when every
-    problem is stalled or failed.
+    problem is stalled or failed. Problems in the mask :attr:`frozen` (set by the caller) are left
+    alone: not evaluated, not moved, and so stalled.
 
     The closure must return a tensor of shape ``[P]`` (the per-problem losses) after
     back-propagating their sum. Before each call :attr:`evaluating` holds the mask ``[P]`` of
@@ -99,6 +100,9 @@ class BatchedLBFGS(Optimizer):
                              "it needs early_exit=True")
         self.early_exit = early_exit
         self.active_only = active_only
+        #: mask ``[P]`` of problems a caller has stopped (:mod:`leakage.stopping`): a step leaves them
+        #: where they are and does not evaluate them; they count as :attr:`stalled`
+        self.frozen: Optional[Tensor] = None
 
     # ------------------------------------------------------------------ helpers
     def _flat_grad(self, sel: Optional[Tensor] = None) -> Tensor:
@@ -195,6 +199,9 @@ class BatchedLBFGS(Optimizer):
             everyone = ~state["failed"]
         else:
             everyone = torch.ones(P, dtype=torch.bool, device=self._params[0].device)
+        frozen = self.frozen
+        if frozen is not None:  # problems the caller has stopped: neither evaluated nor moved
+            everyone = everyone & ~frozen.to(everyone.device)
         orig_losses, flat_grad = evaluate(everyone, None)
         loss = orig_losses.clone()
         device, dtype = flat_grad.device, flat_grad.dtype
@@ -230,8 +237,8 @@ class BatchedLBFGS(Optimizer):
 
         # a problem that is already non-finite at its current point fails right here
         failed |= everyone & ~(torch.isfinite(loss) & torch.isfinite(flat_grad).all(dim=1))
-        state["func_evals"] += (~failed).long()
-        active = ~failed & ~(flat_grad.abs().amax(dim=1) <= tol_grad)
+        state["func_evals"] += (everyone & ~failed).long()
+        active = everyone & ~failed & ~(flat_grad.abs().amax(dim=1) <= tol_grad)
 
         for n_iter in range(1, max_iter + 1):
             if self.early_exit and not bool(active.any()):
