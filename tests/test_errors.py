@@ -36,6 +36,7 @@ def _err(capsys, tmp_path, *args):
         (["--data.source", "gradients"], "source=gradients needs --data.gradient_file PATH"),
         (["--model.restarts", "0"], "restarts must be >= 1"),
         (["--model.lr", "-1"], "lr must be > 0"),
+        (["--model.stall_steps", "-1"], "stall_steps must be an integer >= 0 (0: off), got -1"),
     ],
 )
 def test_bad_settings_fail_before_the_run(capsys, tmp_path, args, expected):
