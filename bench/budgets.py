@@ -128,6 +128,9 @@ def main() -> None:
     if bad or not 1 <= args.victims <= 20:
         sys.exit(f"budgets: sources are cifar10, {', '.join(SOURCES)}; victims 1 to 20 (got {args.sources!r}, "
                  f"{args.victims})")
+    for name in names:  # fetch the images first: a missing registry is one line, before any table
+        if name != "cifar10":
+            folder(name)
     role = {"imagenet": "tuned on", "cifar10": "bundled, judged", "cifar100": "held out, judged",
             "fashion": "held out, judged"}
     print(f"fast preset (configs/cifar_fast.yaml{' ' + ' '.join(extra) if extra else ''}), "
