@@ -27,14 +27,15 @@ STEPS = 40
 
 @pytest.fixture(scope="module")
 def fit_run(tmp_path_factory):
-    """A 40-step run of the fast preset on 3 MNIST images, with a defense (L-BFGS kept short)."""
+    """A 40-step run of the fast preset on 3 MNIST images, with a defense (L-BFGS kept short; the
+    preset's stopping rule off, so the run takes all its steps)."""
     save_dir = tmp_path_factory.mktemp("dash_run")
     defense = save_dir / "defense.yaml"
     defense.write_text("trainer:\n  callbacks:\n    - class_path: leakage.defenses.NormClip\n"
                        "      init_args: {max_norm: 1000.0}\n")
     args = cli_args(save_dir, "--config", str(CONFIGS / "cifar_fast.yaml"), "--config", str(defense),
                     "--data.dataset", "mnist", "--data.num_victims", "3", "--model.lbfgs_max_iter", "2",
-                    "--trainer.max_steps", str(STEPS))
+                    "--trainer.max_steps", str(STEPS), "--model.stall_steps", "0", "--model.stall_improvement", "0")
     with contextlib.redirect_stdout(io.StringIO()):
         main(args)
     (run,) = run_dirs(save_dir)
