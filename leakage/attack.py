@@ -77,7 +77,7 @@ class GradientInversion(Attack):
         relax: TabLeak's relaxation of table rows: the dummy holds a softmax's logits for each
             categorical feature and a sigmoid's argument for each continuous one (mapped into its
             bounds). Tables only.
-        ensemble: ``best`` (the restart with the lowest final matching loss) or ``pool`` (TabLeak's
+        ensemble: ``best`` (the restart with the lowest matching loss) or ``pool`` (TabLeak's
             pooled ensembling: every restart's batch slots matched to the best restart's by the
             Hungarian algorithm, then combined by the data kind: mean of the softmaxes and median
             for tables; it gives an entropy per reconstructed feature).
@@ -85,8 +85,9 @@ class GradientInversion(Attack):
             the last layer's gradient; batch size 1), or a batch label restoration fixed before the
             attack: ``bias_count``, ``weight_count``, ``yin`` (see :mod:`leakage.labels`), or
             ``known``: the labels are public (the data's ``public_labels``; TabLeak's setting).
-        restarts: independent dummies per victim; the one with the lowest final matching loss
-            is kept.
+        restarts: independent dummies per victim; the one whose best iterate has the lowest
+            matching loss is kept. Every problem reports its best iterate (the dummies with the
+            lowest objective evaluated, :mod:`leakage.bestiterate`), not its last.
         group_weight: weight of group consistency (GradInversion, Yin et al., 2021): before every
             step the restarts of a victim are aligned to its first restart (an optimal assignment
             of batch slots with equal labels on pixel MSE) and averaged, and each restart is
