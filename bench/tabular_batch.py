@@ -3,10 +3,14 @@ the same client updates of the bundled Adult records (labels known, TabLeak's un
 d-100-100-2 MLP), one victim per batch size: records 0..B-1 of the complete records.
 
     python bench/tabular_batch.py [--batch-sizes 1 2 4 8 16 32 64 128] [--attacks tableak cosine dlg]
-                                  [--steps 1500] [--restarts 30] [--victims 1]
+                                  [--steps 1500] [--restarts 30] [--victims 1] [--refine-steps 0]
 
-Each row: TabLeak's accuracy (overall, categorical, continuous) and the wall time of the attack
-alone (the Trainer's fit), for each attack; the settings are those of configs/adult_*.yaml.
+Each row: TabLeak's accuracy (overall, categorical, continuous), the wall time of the attack alone
+(the Trainer's fit) and its CPU time (the process's; less sensitive to other jobs on a shared
+machine than the wall time), for each attack; for pooled TabLeak also the entropy calibration: the
+accuracy of the cells in each quarter of the entropies (lowest first), per feature type; the settings are those of configs/adult_*.yaml.
+``--refine-steps N`` gives TabLeak and the cosine baseline TabLeak's two-staged mode: the last N of
+the steps with the categorical features fixed to their argmax (``--model.refine_steps``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import time
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader
 
 from leakage.attack import GradientInversion
@@ -29,20 +34,32 @@ ATTACKS = {
 }
 
 
-def run(batch: int, attack: str, steps: int, restarts: int, victims: int) -> dict:
+def run(batch: int, attack: str, steps: int, restarts: int, victims: int, refine: int = 0) -> dict:
     dm = VictimDataModule(source="bundled", dataset="adult", batch_size=batch, num_victims=victims, public_labels=True)
     settings = {"restarts": restarts, **BASE, **ATTACKS[attack]}
+    if refine and attack != "dlg":
+        settings["refine_steps"] = refine
     module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **settings)
     module.attach(dm.prepare(module.target))
     budget = 300 if attack == "dlg" else steps
     trainer = pl.Trainer(max_steps=budget, logger=False, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(module, train_dataloaders=DataLoader(_Steps(), batch_size=None))
     result = module.results(module.final_evaluation())
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     m = module.kind.evaluate(result["recon"], dm.secret.images, result["entropy"])
-    return {"B": batch, "attack": attack, "steps": budget, "restarts": settings["restarts"], "seconds": round(seconds, 1),
+    out = {}
+    if "entropy" in m:  # calibration: accuracy of the cells by entropy quartile, per feature type
+        cat = torch.tensor([f.type == "categorical" for f in module.kind.schema.features])
+        for name, cols in (("categorical", cat), ("continuous", ~cat)):
+            ent, ok = m["entropy"][..., cols].flatten(), m["correct"][..., cols].flatten()
+            q = ent.quantile(torch.tensor([0.25, 0.5, 0.75]))
+            bins = torch.bucketize(ent, q)
+            out[f"{name}_accuracy_by_entropy_quartile"] = [round(100 * float(ok[bins == i].mean()), 1) for i in range(4)]
+    return {**out, "B": batch, "attack": attack, "steps": budget, "refine_steps": settings.get("refine_steps", 0),
+            "restarts": settings["restarts"], "seconds": round(seconds, 1),
+            "cpu_seconds": round(cpu, 1),
             **{k: round(100 * float(m[k].mean()), 1) for k in ("accuracy", "accuracy_categorical", "accuracy_continuous")}}
 
 
@@ -53,10 +70,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--restarts", type=int, default=30)
     ap.add_argument("--victims", type=int, default=1)
+    ap.add_argument("--refine-steps", type=int, default=0)
     args = ap.parse_args()
     for b in args.batch_sizes:
         for a in args.attacks:
-            print(json.dumps(run(b, a, args.steps, args.restarts, args.victims)), flush=True)
+            print(json.dumps(run(b, a, args.steps, args.restarts, args.victims, args.refine_steps)), flush=True)
 
 
 if __name__ == "__main__":

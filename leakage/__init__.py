@@ -7,7 +7,11 @@ The command line is ``leakage fit`` / ``leakage sweep``; from Python, :func:`cli
 from .analytic import AnalyticInversion
 from .api import InversionResult, Report, bundled_images, client_update, invert, report
 from .attack import GradientInversion
+from .cpa import CocktailPartyAttack
 from .fedavg import FedAvgClient
+from .malicious import ImprintAttack, TrapWeightAttack
+from .server import ImprintServer, TrapWeightServer
 
 __all__ = ["client_update", "invert", "report", "bundled_images", "FedAvgClient", "InversionResult", "Report",
-           "GradientInversion", "AnalyticInversion"]
+           "GradientInversion", "AnalyticInversion", "CocktailPartyAttack", "ImprintAttack", "TrapWeightAttack",
+           "ImprintServer", "TrapWeightServer"]

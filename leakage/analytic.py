@@ -32,28 +32,30 @@ from torch import Tensor, nn
 
 from .closedform import ClosedFormAttack
 from .data import Observation
-from .labels import BATCH_STRATEGIES, observed_labels
+from .labels import BATCH_STRATEGIES, label_gradients, observed_labels
 
 LABELS = ("idlg", *BATCH_STRATEGIES)
 #: a victim is exact when its first-layer update is rank one to this relative tolerance
 RANK_ONE_TOLERANCE = 1e-4
 
 
-def first_linear(model: nn.Module, input_shape: Sequence[int], name: str = "the model") -> tuple[str, nn.Linear]:
+def first_linear(model: nn.Module, input_shape: Sequence[int], name: str = "the model",
+                 attack: str = "the analytic attack") -> tuple[str, nn.Linear]:
     """The model's first parametrised layer, which must be an ``nn.Linear`` with a bias fed the
-    flattened input (checked on a probe input of ``input_shape``); a one-line ``ValueError`` otherwise."""
+    flattened input (checked on a probe input of ``input_shape``); a one-line ``ValueError`` naming
+    ``attack`` otherwise."""
     found = next(((n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))), None)
     if found is None:
-        raise ValueError(f"the analytic attack needs a first layer with parameters; {name} has none")
+        raise ValueError(f"{attack} needs a first layer with parameters; {name} has none")
     layer_name, layer = found
     what = f"the first parametrised layer of {name}, {layer_name!r} ({type(layer).__name__}),"
     if not isinstance(layer, nn.Linear):
-        raise ValueError(f"the analytic attack inverts a fully connected first layer: {what} is not an nn.Linear "
+        raise ValueError(f"{attack} needs a fully connected first layer: {what} is not an nn.Linear "
                          "(use the built-in mlp or a model whose first layer is nn.Linear with a bias)")
     if layer.bias is None:
-        raise ValueError(f"the analytic attack needs the first layer's bias gradient: {what} has no bias")
+        raise ValueError(f"{attack} needs the first layer's bias gradient: {what} has no bias")
     if layer.in_features != math.prod(input_shape):
-        raise ValueError(f"the analytic attack needs the first layer fed the flattened input: {what} takes "
+        raise ValueError(f"{attack} needs the first layer fed the flattened input: {what} takes "
                          f"{layer.in_features} features, the input has {math.prod(input_shape)}")
     seen: list[Tensor] = []
     hook = layer.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach()))
@@ -64,7 +66,7 @@ def first_linear(model: nn.Module, input_shape: Sequence[int], name: str = "the 
     finally:
         hook.remove()
     if len(seen) != 1 or not torch.equal(seen[0].cpu().reshape(2, -1), probe.reshape(2, -1)):
-        raise ValueError(f"the analytic attack needs the first layer fed the flattened input: {what} "
+        raise ValueError(f"{attack} needs the first layer fed the flattened input: {what} "
                          "gets something else (a transformed input, or it runs more than once)")
     return layer_name, layer
 
@@ -85,7 +87,7 @@ class AnalyticInversion(ClosedFormAttack):
         model_weights: optional weights file (``.pt``/``.pth``, ``.ckpt``, ``.safetensors``), read
             without unpickling.
         labels: ``idlg`` (the label of one record from the last layer's gradient) or a batch label
-            restoration: ``bias_count``, ``weight_count``, ``yin`` (see :mod:`leakage.labels`).
+            restoration: ``bias_count``, ``weight_count``, ``yin``, ``ilrg`` (see :mod:`leakage.labels`).
         min_relative_bias: rows whose bias gradient is at least this fraction of the largest one are
             combined (least squares, weighted by the bias gradient); in [0, 1).
     """
@@ -97,7 +99,7 @@ class AnalyticInversion(ClosedFormAttack):
         num_classes: int = 10,
         model_seed: int = 1234,
         model_weights: Optional[str] = None,
-        labels: Literal["idlg", "bias_count", "weight_count", "yin"] = "idlg",
+        labels: Literal["idlg", "bias_count", "weight_count", "yin", "ilrg"] = "idlg",
         min_relative_bias: float = 1e-3,
     ) -> None:
         super().__init__()
@@ -108,6 +110,10 @@ class AnalyticInversion(ClosedFormAttack):
         self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights)
         self.layer_name, _ = first_linear(self.target, input_shape, f"model {self.hparams.model!r}")
 
+    def receive(self, model: nn.Module) -> None:
+        super().receive(model)  # a malicious server's model: its own first layer is the one to invert
+        self.layer_name, _ = first_linear(self.target, self.hparams.input_shape, "the model the server sent")
+
     def solve(self, observation: Observation) -> tuple[Tensor, Tensor, Tensor]:
         V, B = observation.num_victims, observation.batch_size
         dW = observation.gradients[f"{self.layer_name}.weight"].to(self.device)  # [V, H, D]
@@ -117,7 +123,7 @@ class AnalyticInversion(ClosedFormAttack):
         x = torch.bmm(weight[:, None, :], dW)[:, 0] / (weight * db).sum(dim=1, keepdim=True)  # [V, D]; 0/0: NaN
         residual = torch.linalg.vector_norm(torch.baddbmm(dW, db[..., None], x[:, None, :], alpha=-1), dim=(1, 2))
         exact = (residual <= RANK_ONE_TOLERANCE * torch.linalg.vector_norm(dW, dim=(1, 2))) & (B == 1)
-        labels = observed_labels(self.target, observation.gradient_estimate(), B, observation.input_shape,
+        labels = observed_labels(self.target, label_gradients(observation), B, observation.input_shape,
                                  self.hparams.labels, observation.data_range)
         x = x.view(V, 1, *observation.input_shape).expand(V, B, *observation.input_shape).contiguous()
         return x, labels, exact

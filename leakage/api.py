@@ -31,15 +31,15 @@ from torch.utils.data import DataLoader
 from .callbacks import format_table, summarize, victim_rows
 from .client import CLIENT_MODES, check_labels, client_gradients, validate_gradients
 from .data import Observation, _Steps
-from .kinds import DataKind
+from .kinds import DataKind, ImageKind
 from .defenses import Defense, SecureAggregation
 from .errors import LIGHTNING_HINTS
 from .family import Attack, attack_class
 from .fedavg import FedAvgClient, client_updates
-from .metrics import reconstruction_metrics
 from .models import check_weights, model_name
 from .presets import preset
 from .seeding import position_key
+from .server import HONEST, Server
 
 
 def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tuple[Tensor, Tensor]:
@@ -102,7 +102,10 @@ class InversionResult:
     ``images`` ``[V, B, *input_shape]`` (model inputs: pixels, or encoded table rows), ``labels`` ``[V, B]``; ``matching_loss``, ``grad_l2``,
     ``grad_cosine`` ``[V]`` at the end; ``best_restart`` ``[V]``; ``failed`` ``[V]`` is True where
     every restart failed numerically (NaN or infinite loss). ``module`` is the attack itself;
-    ``exact`` ``[V]`` is True where a closed-form attack's result is exact by construction.
+    ``exact`` ``[V]`` is True where a closed-form attack's result is exact by construction;
+    ``entropy`` is the pooled restarts' uncertainty (tables with ``ensemble="pool"``: ``[V, B, F]``,
+    one per reconstructed cell), else None. ``kind`` decodes the records
+    (``result.kind.schema.decode(result.images[v])`` for a table's values).
     """
 
     images: Tensor
@@ -114,10 +117,16 @@ class InversionResult:
     failed: Tensor
     module: Attack
     exact: Optional[Tensor] = None
+    entropy: Optional[Tensor] = None
+
+    @property
+    def kind(self) -> DataKind:
+        """The kind of data reconstructed (:mod:`leakage.kinds`): it decodes, scores and shows it."""
+        return self.module.kind
 
     def __repr__(self) -> str:
         V, B = self.labels.shape
-        return (f"InversionResult({V} update(s) of {B} image(s) of shape {tuple(self.images.shape[2:])}, "
+        return (f"InversionResult({V} update(s) of {B} {self.kind.name} record(s) of shape {tuple(self.images.shape[2:])}, "
                 f"failed {int(self.failed.sum())})")
 
 
@@ -194,6 +203,7 @@ def invert(
     seed: int = 0,
     progress_bar: bool = False,
     kind: Optional[DataKind] = None,
+    server: Optional[Server] = None,
     trainer_options: Optional[dict[str, Any]] = None,
     **options: Any,
 ) -> InversionResult:
@@ -205,9 +215,11 @@ def invert(
             or several (a leading update dimension).
         input_shape, num_classes, batch_size: public metadata: ``[C, H, W]``, the number of classes,
             the images in one update.
-        attack: a preset: ``dlg``, ``idlg``, ``inverting_gradients``, ``fast`` (optimisation attacks) or
+        attack: a preset: ``dlg``, ``idlg``, ``inverting_gradients``, ``fast`` (optimisation attacks),
             ``analytic`` (the closed-form inversion of a fully connected first layer; exact for one
-            image per update) (:mod:`leakage.presets`).
+            image per update), ``cpa`` (the Cocktail Party Attack: ICA unmixes a batch from a fully
+            connected first layer's gradient), ``imprint`` or ``trap_weights`` (a malicious ``server``'s
+            closed-form read-outs) (:mod:`leakage.presets`).
         restarts: independent starts per update; the one with the lowest matching loss is kept
             (a closed-form attack has one solution: 1).
         steps: attack iterations (default: the preset's).
@@ -218,6 +230,10 @@ def invert(
         data_range: the range of the images' values.
         kind: the kind of data (:mod:`leakage.kinds`), e.g. ``TabularKind(schema)`` for table rows
             ``input_shape = [D]``; default: images of ``input_shape`` in ``data_range``.
+        server: the server (:mod:`leakage.server`) when it was malicious: an ``ImprintServer`` or
+            ``TrapWeightServer`` whose ``send(global_model, input_shape)`` gave ``model``, the model the
+            client trained (the ``imprint`` and ``trap_weights`` attacks read what it planted). None:
+            honest-but-curious.
         seed: seed of the dummies (each problem draws from its own generator; a closed form draws none).
         progress_bar: show Lightning's progress bar and start-up lines.
         trainer_options: further ``lightning.pytorch.Trainer`` arguments (not those ``invert`` sets:
@@ -240,14 +256,22 @@ def invert(
         raise TypeError(f"update must be a mapping {{parameter name: tensor}} (what client_update returns), "
                         f"got {type(update).__name__}")
     trainer_settings = _trainer_settings(trainer_options)
+    if server is not None and not isinstance(server, Server):
+        raise TypeError(f"server must be a leakage.server.Server (ImprintServer, TrapWeightServer), got {type(server).__name__}")
+    if server is not None and server.malicious and server.model is not model:
+        raise ValueError("server= is the malicious server whose send(global_model, input_shape) returned the model "
+                         "the client trained: pass that model as model=")
     hardware = _accelerator(device, model)
     target = copy.deepcopy(model).cpu()
     grads = validate_gradients(dict(update), target, source="update")
     grads = {k: v.cpu() for k, v in grads.items()}
     if fedavg is not None:
         fedavg.mini_batch(batch_size)
+    if server is not None and server.malicious:  # the attack targets a copy of what the server sent, as it does `model`
+        server = copy.copy(server)
+        server.model = target
     observation = Observation(grads, batch_size, tuple(input_shape), num_classes, tuple(data_range),
-                              client_mode=client_mode, client=fedavg, kind=kind)
+                              client_mode=client_mode, client=fedavg, kind=kind, server=server)
     settings = {**chosen.settings, **options}
     cls = attack_class(chosen.attack)
     if cls.family == "optimisation":
@@ -279,46 +303,59 @@ def invert(
         failed=failed.cpu(),
         module=module,
         exact=module.exact()[best.cpu()],
+        entropy=None if result["entropy"] is None else result["entropy"].cpu(),
     )
 
 
 @dataclass
 class Report:
-    """Per-update rows (the columns of ``metrics.csv``) and their summary; ``str()`` is the table."""
+    """Per-update rows (the columns of ``metrics.csv``) and their summary; ``str()`` is the threat
+    model (its first line), the table, the outcome and the kind's details (tables: per-feature
+    accuracy and entropy, and every update's rows, true against reconstructed, wrong cells marked).
+
+    ``metrics`` is the kind's whole evaluation (:meth:`~leakage.kinds.DataKind.evaluate`; tables:
+    ``feature_accuracy`` ``[V, F]``, ``correct`` ``[V, B, F]``, ``entropy`` ``[V, B, F]`` in the true
+    rows' order, ``perm``); ``details`` its text view."""
 
     rows: list[dict]
     summary: dict[str, float]
     success_ssim: float
+    #: who attacked (:mod:`leakage.server`): the table's first line
+    threat_model: str = HONEST
+    kind: Optional[DataKind] = None
+    metrics: Optional[dict] = None
+    details: str = ""
 
     def __str__(self) -> str:
-        s = self.summary
-        return (f"{format_table(self.rows)}\nreconstructed (SSIM >= {self.success_ssim}): {s['success']}/{s['victims']}"
-                f"  mean SSIM {s['ssim_mean']:.3f}  mean PSNR {s['psnr_mean']:.2f} dB"
-                f"  label accuracy {100 * s['label_acc']:.1f}%  failed {s['failed']}")
+        outcome = (self.kind or ImageKind()).outcome(self.summary, self.success_ssim)
+        return (f"threat model: {self.threat_model}\n{format_table(self.rows)}\n{outcome}"
+                + (f"\n{self.details}" if self.details else ""))
 
 
 def report(result: InversionResult, x: Tensor, y: Tensor, success_ssim: float = 0.9,
            data_range: Optional[float] = None) -> Report:
-    """Score a reconstruction against the client's true batch: SSIM, PSNR, MSE (after matching the
-    batch's images to the reconstructions) and label accuracy, per update and summarised.
+    """Score a reconstruction against the client's true batch with its kind's metrics, per update
+    and summarised: images SSIM, PSNR, MSE (after matching the batch's images to the
+    reconstructions); tables TabLeak's accuracy overall, per type and per feature, with the entropy
+    of the pooled restarts (rows Hungarian-matched); and label accuracy. A victim counts as
+    reconstructed when the kind's score reaches ``success_ssim``.
 
-    ``x`` must lie in the data range the reconstruction was made for (``invert``'s ``data_range``)
-    and ``y`` hold class indices of the model. ``data_range``: the width of the range for SSIM and
-    PSNR; default that of ``invert``'s ``data_range``."""
+    ``x`` holds what the client trained on, as the model takes it: images in the data range the
+    reconstruction was made for (``invert``'s ``data_range``), or table rows encoded by the schema
+    (``TableSchema.encode``); ``y`` class indices of the model. ``data_range`` (images): the width of
+    the range for SSIM and PSNR; default that of ``invert``'s ``data_range``."""
     xb, yb, _ = _batched(x, y)
+    kind = result.kind
     if tuple(xb.shape) != tuple(result.images.shape):
-        raise ValueError(f"the true images {tuple(xb.shape)} do not fit the reconstruction {tuple(result.images.shape)}")
+        raise ValueError(f"the true records {tuple(xb.shape)} do not fit the reconstruction {tuple(result.images.shape)}")
     check_labels(yb, result.module.hparams.num_classes)
-    lo, hi = result.module.observation.data_range
-    tol = 1e-6 * max(1.0, hi - lo)
-    if not xb.is_floating_point():
-        raise ValueError(f"the true images must be floating-point, got {xb.dtype}")
-    if float(xb.min()) < lo - tol or float(xb.max()) > hi + tol:
-        raise ValueError(f"the true images hold values in [{float(xb.min()):g}, {float(xb.max()):g}], outside the data "
-                         f"range [{lo:g}, {hi:g}] the reconstruction was made for: give x in that range "
-                         "(or invert with its data_range)")
-    metrics = reconstruction_metrics(result.images, xb.cpu(), hi - lo if data_range is None else data_range)
+    if data_range is not None:
+        kind = kind.with_metric_range(data_range)
+    kind.check_truth(xb)
+    truth = xb.detach().cpu()
+    metrics = kind.evaluate(result.images, truth, result.entropy)
     evaluation = {"loss": result.matching_loss, "grad_l2": result.grad_l2, "grad_cosine": result.grad_cosine}
     rows = victim_rows(result.images, result.labels, evaluation, result.best_restart, result.failed, metrics,
                        yb.cpu().long())
-    return Report(rows, summarize(rows, success_ssim), success_ssim)
+    return Report(rows, summarize(rows, success_ssim), success_ssim, result.module.observation.threat_model, kind,
+                  metrics, kind.details(result.images, truth, metrics)["text"])

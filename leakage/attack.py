@@ -23,7 +23,7 @@ from .data import Observation
 from .distributed import all_done
 from .family import Attack
 from .fedavg import per_problem_updates, schedules
-from .labels import observed_labels, public_labels
+from .labels import label_gradients, observed_labels, public_labels
 from .losses import DISTANCES, gradient_distance
 from .optim import BatchedLBFGS, SignedAdam
 from .precision import full_precision
@@ -31,7 +31,7 @@ from .seeding import generator
 
 OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
 INITS = ("randn", "uniform", "constant")
-LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin", "known")
+LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin", "ilrg", "known")
 ENSEMBLES = ("best", "pool")
 #: what the attack logs through ``self.log`` (what an EarlyStopping or ModelCheckpoint may monitor)
 LOGGED_METRICS = ("attack/loss",)
@@ -81,9 +81,13 @@ class GradientInversion(Attack):
             pooled ensembling: every restart's batch slots matched to the best restart's by the
             Hungarian algorithm, then combined by the data kind: mean of the softmaxes and median
             for tables; it gives an entropy per reconstructed feature).
+        refine_steps: TabLeak's two-staged mode (tables): the last this many of ``max_steps`` fix
+            every categorical feature to its current argmax and optimize the continuous features
+            alone (the optimizer's state restarted), so the final loss, and the best restart, are
+            those of hard one-hot rows. 0 disables it.
         labels: ``joint`` (DLG: soft labels optimized with the images), ``idlg`` (analytic, from
             the last layer's gradient; batch size 1), or a batch label restoration fixed before the
-            attack: ``bias_count``, ``weight_count``, ``yin`` (see :mod:`leakage.labels`), or
+            attack: ``bias_count``, ``weight_count``, ``yin``, ``ilrg`` (see :mod:`leakage.labels`), or
             ``known``: the labels are public (the data's ``public_labels``; TabLeak's setting).
         restarts: independent dummies per victim; the one whose best iterate has the lowest
             matching loss is kept. Every problem reports its best iterate (the dummies with the
@@ -137,7 +141,7 @@ class GradientInversion(Attack):
         init: Literal["randn", "uniform", "constant"] = "randn",
         init_seed: int = 0,
         box_constraint: bool = False,
-        labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin", "known"] = "joint",
+        labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin", "ilrg", "known"] = "joint",
         restarts: int = 1,
         group_weight: float = 0.0,
         lr_decay: bool = False,
@@ -148,6 +152,7 @@ class GradientInversion(Attack):
         check_done_every: Optional[int] = None,
         relax: bool = False,
         ensemble: Literal["best", "pool"] = "best",
+        refine_steps: int = 0,
     ) -> None:
         super().__init__()
         for value, allowed, what in (
@@ -168,6 +173,11 @@ class GradientInversion(Attack):
             raise ValueError(f"check_done_every must be >= 0 (0: never), got {check_done_every}")
         if restarts < 1:
             raise ValueError(f"restarts must be >= 1, got {restarts}")
+        if refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0 (0: off), got {refine_steps}")
+        if refine_steps > 0 and optimizer == "lbfgs":
+            raise ValueError("refine_steps needs optimizer adam or signed_adam (it restarts the optimizer's state "
+                             "mid-run, which L-BFGS's per-problem history does not support)")
         if group_weight < 0:
             raise ValueError(f"group_weight must be >= 0, got {group_weight}")
         if group_weight > 0 and restarts < 2:
@@ -197,8 +207,22 @@ class GradientInversion(Attack):
         self._evaluating: Optional[Tensor] = None  # problems the optimizer asks to evaluate
         self._compiled = None  # the compiled objective, once built; False after a fallback
         self.best = BestIterate()  # every problem's lowest-loss dummies so far: what the attack reports
+        self._free: Optional[Tensor] = None  # refine_steps: the dummy entries still optimized
 
     # -------------------------------------------------------------- set-up
+    @staticmethod
+    def check_budget(settings: dict, max_steps: int) -> None:
+        refine = settings.get("refine_steps") or 0
+        if isinstance(refine, int) and refine >= max_steps:
+            raise ValueError(f"refine_steps ({refine}) must be below --trainer.max_steps ({max_steps}): "
+                             f"the first stage, which finds the categorical features, needs steps")
+
+    def receive(self, model: nn.Module) -> None:
+        super().receive(model)
+        self._bn_layers = batchnorm_layers(self.target) if self.hparams.bn_weight > 0 else []
+        self.param_names = [n for n, _ in self.target.named_parameters()]
+        self._client_net = None
+
     def check_memory(self, victims: int, batch_size: int, local_steps: int = 1, trainer=None) -> None:
         memory.check_attack(self, victims, batch_size, local_steps, trainer)
 
@@ -209,6 +233,10 @@ class GradientInversion(Attack):
         unused = [w for w in ("tv_weight", "bn_weight") if hp[w] > 0 and w not in self.kind.priors]
         if unused:
             raise ValueError(f"{unused[0]} is a prior of images; {self.kind.name} data has none: set it to 0")
+        if hp.get("refine_steps", 0) > 0 and not self.kind.can_harden:
+            raise ValueError(f"refine_steps (fixing categorical features, then refining the rest) applies to tables, "
+                             f"not to {self.kind.name} data: set it to 0")
+        self._free = None
         self._client_net = None
         V, B, R = observation.num_victims, observation.batch_size, hp.restarts
         P = V * R
@@ -227,8 +255,9 @@ class GradientInversion(Attack):
         if hp.labels == "joint":
             self.dummy_labels = nn.Parameter(label_logits)
         else:
-            y = public_labels(observation) if hp.labels == "known" else observed_labels(
-                self.target, observed, B, observation.input_shape, hp.labels, observation.data_range)  # [V, B]
+            y = public_labels(observation) if hp.labels == "known" else observed_labels(  # [V, B]
+                self.target, label_gradients(observation), B, observation.input_shape, hp.labels,
+                observation.data_range)
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
         self.best.reset()
@@ -443,11 +472,28 @@ class GradientInversion(Attack):
     def on_fit_start(self) -> None:
         if self.trainer.max_steps is None or self.trainer.max_steps < 1:
             raise ValueError("set the attack budget with --trainer.max_steps N (one step is one attack iteration)")
+        refine = self.hparams.get("refine_steps", 0)
+        if refine >= self.trainer.max_steps:
+            raise ValueError(f"refine_steps ({refine}) must be below --trainer.max_steps ({self.trainer.max_steps}): "
+                             f"the first stage, which finds the categorical features, needs steps")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        refine = self.hparams.get("refine_steps", 0)
+        if refine and self._free is None and self.trainer.global_step >= self.trainer.max_steps - refine:
+            self.start_refining()
         if self.hparams.group_weight > 0:
             with full_precision():
                 self.update_consensus()
+
+    @torch.no_grad()
+    def start_refining(self) -> None:
+        """Stage two of ``refine_steps``: categorical features fixed to their argmax (the kind's
+        :meth:`harden_`), their gradient masked out from now on, the optimizer's state restarted."""
+        self._free = self.kind.harden_(self.dummy_data)
+        self.dummy_data.register_hook(lambda g: g * self._free.to(g))
+        self.best.reset()  # stage two reports hard rows: its best iterate is kept from here on
+        for opt in self.trainer.optimizers:
+            (opt.optimizer if hasattr(opt, "optimizer") else opt).state.clear()
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         subset = self._evaluating

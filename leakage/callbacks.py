@@ -20,13 +20,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from . import checks, htmlreport
-from .dashboard import (OUTCOMES, SETTINGS, figure_png, final_scalars, history_figure, log10,
-                        overview_layout, png_array, summary_markdown, write_hparams)
+from .dashboard import (SETTINGS, figure_png, final_scalars, history_figure, log10, outcomes, overview_layout,
+                        png_array, summary_markdown, write_hparams)
 from .distributed import gather, world_size
 from .errors import one_line
 from .kinds import ImageKind
 from .metrics import label_accuracy
+from .interrupt import StepInterrupt
 from .runfiles import Artifacts, mark_ended, mark_running
+from .server import HONEST
 
 COLUMNS = (
     "victim", "indices", "true_labels", "recovered_labels", "label_acc", "ssim", "psnr", "mse",
@@ -113,6 +115,7 @@ def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
     out = {"victims": n, "failed": n - len(ok), "grad_l2_mean": mean("grad_l2")}
     if have_table:  # a failed victim's records count as not reconstructed (accuracy 0)
         out.update(accuracy_mean=sum(r["accuracy"] for r in ok) / n, label_acc=sum(r["label_acc"] for r in rows) / n,
+                   success=sum(r["accuracy"] >= success_ssim for r in ok),
                    accuracy_categorical_mean=mean("accuracy_categorical"),
                    accuracy_continuous_mean=mean("accuracy_continuous"))
     if have_images:
@@ -237,6 +240,7 @@ class LeakageReport(pl.Callback):
         self.unwritten: list[str] = []
         self._claimed = False  # every rank asked for the run folder (a collective)
         self._started = False  # the run folder is marked RUNNING: the run ends by marking it complete or partial
+        self._interrupt = StepInterrupt()  # Ctrl+C stops the attack at a step boundary
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
@@ -261,6 +265,7 @@ class LeakageReport(pl.Callback):
             "victims": pl_module.total_victims if obs is not None else None,
             "batch_size": obs.batch_size if obs is not None else None,
             "steps": trainer.max_steps, "attack": pl_module.describe(),
+            "threat_model": obs.threat_model if obs is not None else HONEST,
         }
         for key in ("model", "distance", "optimizer", "lr", "labels", "init", "restarts", "tv_weight"):
             out[key] = hp.get(key)
@@ -346,9 +351,11 @@ class LeakageReport(pl.Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer, pl_module) -> None:
+        if world_size(trainer) == 1:
+            self._interrupt.install()
         tb = _tb(trainer)
         if tb is not None and pl_module.observation is not None:
-            tb.add_custom_scalars(overview_layout(self.success_ssim, pl_module.total_victims))
+            tb.add_custom_scalars(overview_layout(self.success_ssim, pl_module.total_victims, pl_module.observation.kind))
         self._claim_run_dir(trainer)
         if self.save_artifacts and trainer.is_global_zero:
             try:
@@ -363,6 +370,7 @@ class LeakageReport(pl.Callback):
 
         On one process the per-victim rows are each victim's best so far; on several (a gather is a
         collective the other ranks may not reach) rank 0 writes the marker only."""
+        self._interrupt.restore()
         if not self._started or self.rows:
             return
         self._started = False
@@ -383,6 +391,7 @@ class LeakageReport(pl.Callback):
         mark_ended(self.run_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._interrupt.check()  # a Ctrl+C during the step stops the attack here, its state whole
         if pl_module.best_losses is None:
             return
         best, best_loss, failed = self._current_best(pl_module)
@@ -412,7 +421,11 @@ class LeakageReport(pl.Callback):
                                                      self._outcome_title(f"step {step}", metrics, failed)))
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._interrupt.restore()
         self._finish(trainer, pl_module)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._interrupt.restore()  # however the fit ended
 
     def _finish(self, trainer, pl_module, partial: Optional[str] = None) -> None:
         """The per-victim results at the current step and the run's report (``partial``: why the
@@ -470,24 +483,15 @@ class LeakageReport(pl.Callback):
 
     def _report(self, trainer, pl_module, recon, labels, metrics, partial: Optional[str] = None) -> None:
         s = self.summary
-        # a partial run says so first; then who attacked, with which defenses
-        lines = [f"partial run: {partial}; the table holds each victim's best so far"] if partial else []
+        # the threat model first; then whether the run is partial, who attacked, with which defenses
+        lines = [f"threat model: {pl_module.observation.threat_model}"]
+        lines += [f"partial run: {partial}; the table holds each victim's best so far"] if partial else []
         lines += [f"attack: {pl_module.describe()}"]
         lines += [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
                  for i, d in enumerate(self.defenses_of(trainer))]
         text = "\n".join([*lines, format_table(self.rows)])
-        if "success" in s and "ssim_mean" in s:
-            psnr = "n/a" if math.isnan(s["psnr_mean"]) else f"{s['psnr_mean']:.2f} dB"
-            text += (
-                f"\nreconstructed (SSIM >= {self.success_ssim}): {s['success']}/{s['victims']}  "
-                f"mean SSIM {s['ssim_mean']:.3f}  mean PSNR {psnr}  "
-                f"label accuracy {100 * s['label_acc']:.1f}%  failed {s['failed']}"
-            )
-            if s["images"] > s["victims"]:
-                text += f"\nimages reconstructed (SSIM >= {self.success_ssim}): {s['image_success']}/{s['images']}"
-        elif "accuracy_mean" in s:
-            text += (f"\nrecords' accuracy (TabLeak's): {100 * s['accuracy_mean']:.1f}%  label accuracy "
-                     f"{100 * s['label_acc']:.1f}%  failed {s['failed']}")
+        if f"{self._kind.score_name}_mean" in s:  # the victims' data is known: the kind's outcome
+            text += "\n" + self._kind.outcome(s, self.success_ssim)
         else:
             text += f"\nno victim images (attacking captured gradients): mean gradient L2 {s['grad_l2_mean']:.3g}"
         details = self._kind.details(recon, self._secret(trainer).images if self._secret(trainer) is not None else None,
@@ -521,11 +525,11 @@ class LeakageReport(pl.Callback):
             for key, value in finals.items():
                 tb.add_scalar(f"final/{key}", value, step)
             self._log_images(tb, step, gallery, history)
-            tb.add_text("summary", summary_markdown(self.rows, s, self.success_ssim, settings), step)
+            tb.add_text("summary", summary_markdown(self.rows, s, self.success_ssim, settings, self._kind), step)
             if details["markdown"]:
                 tb.add_text("rows", details["markdown"], step)
             if self.hparams:
-                write_hparams(tb, settings, [f"final/{k}" for k in OUTCOMES])
+                write_hparams(tb, settings, [f"final/{k}" for k in outcomes(self._kind)])
             tb.flush()
         if not self.save_artifacts or not trainer.is_global_zero:
             return
@@ -557,7 +561,7 @@ class LeakageReport(pl.Callback):
                 files.write("history.png", history)
             files.write("report.html", fit_report(self.rows, s, self.success_ssim, settings,
                                                   self.defenses_of(trainer), gallery, history, self.run_dir,
-                                                  details_html))
+                                                  details_html, self._kind))
             status = {"status": "complete"} if partial is None else {
                 "status": "partial", "reason": partial, "step": trainer.global_step}
             files.write("metrics.json", json.dumps({**status, "summary": s, "success_ssim": self.success_ssim,
@@ -574,20 +578,15 @@ class LeakageReport(pl.Callback):
 
 def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: dict[str, Any],
                defenses: list[dict], gallery: Optional[bytes], history: Optional[bytes], run_dir: Path,
-               details: str = "") -> str:
-    """The run's ``report.html``: outcome, settings, defenses, gallery, history and per-victim table."""
+               details: str = "", kind=None) -> str:
+    """The run's ``report.html``: outcome, settings, defenses, gallery, history and per-victim table
+    (the ``kind``'s per-victim scalars, default images: SSIM, PSNR, MSE)."""
     h = htmlreport
     s = summary
-    if "accuracy_mean" in s:
-        outcome = (f"<b>records reconstructed with {100 * s['accuracy_mean']:.1f}% accuracy</b> (TabLeak's: categorical "
-                   f"exact, continuous within 0.319 standard deviations); label accuracy {100 * s['label_acc']:.1f}%, "
-                   f"{s['failed']} numerically failed.")
-    elif "success" in s:
-        outcome = (f"<b>{s['success']}/{s['victims']} victims reconstructed</b> (SSIM &ge; {success_ssim:g}); "
-                   f"mean SSIM {s['ssim_mean']:.3f}, mean PSNR {h.esc(h.fmt(s['psnr_mean']))} dB, label accuracy "
-                   f"{100 * s['label_acc']:.1f}%, {s['failed']} numerically failed.")
-        if s["images"] > s["victims"]:
-            outcome += f" Images reconstructed: {s['image_success']}/{s['images']}."
+    kind = kind if kind is not None else ImageKind()
+    scored = f"{kind.score_name}_mean" in s  # the victims' data is known
+    if scored:
+        outcome = kind.outcome(s, success_ssim, "html")
     else:
         outcome = (f"No victim images (captured gradients): mean gradient L2 distance "
                    f"{h.esc(h.fmt(s['grad_l2_mean']))}; {s['failed']} numerically failed.")
@@ -597,33 +596,32 @@ def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: d
         body += ["<h3>Client-side defenses, in order</h3>", "<ol>" + "".join(
             f"<li>{h.esc(d['defense'])}: " + h.esc(", ".join(f"{k} = {h.fmt(v)}" for k, v in d.items() if k != "defense"))
             + "</li>" for d in defenses) + "</ol>"]
-    if "accuracy_mean" in s:
-        body += ["<h2>Records</h2>"] + ([h.image(gallery, "per-feature accuracy",
-                 "TabLeak's accuracy of every feature over the victims' records.")] if gallery is not None else [])
-        body.append(details)
-    elif gallery is not None:
-        body += ["<h2>Reconstructions</h2>", h.image(gallery, "gallery of victims and reconstructions",
-                 "Victim images (top, with dataset index and label) and their reconstructions (below, with the "
-                 "recovered label and SSIM; green: reconstructed, red: not reconstructed or failed).")]
+    if gallery is not None or details:
+        body.append(f"<h2>{h.esc(kind.figure_heading)}</h2>")
+        if gallery is not None:
+            body.append(h.image(gallery, kind.figure_alt, kind.figure_caption))
+        if details:
+            body.append(details)
     if history is not None:
         body += ["<h2>Matching loss over the attack</h2>", h.image(
             history, "matching loss history", "Gradient-matching loss of every victim's best restart, log scale.")]
     body.append("<h2>Per victim</h2>")
-    headers = ["victim", "indices", "true labels", "recovered labels", "label acc", "SSIM", "PSNR", "MSE",
+    scalars = kind.scalar_headers()
+    headers = ["victim", "indices", "true labels", "recovered labels", "label acc", *scalars.values(),
                "grad L2", "grad cosine", "final loss", "restart", "status"]
     table_rows, classes = [], []
     for r in rows:
         if r["status"] == "failed":
             status, cls = "failed numerically", "failed"
-        elif "success" in s:
-            status, cls = ("reconstructed", "") if r["ssim"] >= success_ssim else ("not reconstructed", "bad")
+        elif scored:
+            status, cls = ("reconstructed", "") if r[kind.score_name] >= success_ssim else ("not reconstructed", "bad")
         else:
             status, cls = "ok", ""
         table_rows.append([r["victim"], r["indices"], r["true_labels"], r["recovered_labels"], r["label_acc"],
-                           r["ssim"], r["psnr"], r["mse"], r["grad_l2"], r["grad_cosine"], r["final_loss"],
-                           r["best_restart"], status])
+                           *(r.get(key, float("nan")) for key in scalars), r["grad_l2"], r["grad_cosine"],
+                           r["final_loss"], r["best_restart"], status])
         classes.append(cls)
-    body.append(h.table(headers, table_rows, classes, text_columns=(12,)))
+    body.append(h.table(headers, table_rows, classes, text_columns=(len(headers) - 1,)))
     body.append(f'<p class="meta">Run folder: {h.esc(run_dir)} (metrics.csv, metrics.json, gallery.png, '
                 "history.png, TensorBoard events, config.yaml).</p>")
-    return h.page(title, body)
+    return h.page(title, body, settings.get("threat_model", HONEST))

@@ -91,6 +91,9 @@ def main(args: list[str] | None = None) -> None:
         _fail(getattr(err, "leakage_line", None) or parser_error_line(str(err)))
     except (ValueError, FileNotFoundError) as err:
         _fail(one_line(err))
+    except KeyboardInterrupt:  # before or after the attack (during it, the run ends as a partial run)
+        print("leakage: interrupted", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .kinds.image import ImageKind
+from .server import HONEST
+
 #: tiles per row of the gallery at most (an update's images stay together)
 GALLERY_COLUMNS = 10
 #: the final scalars whose names say what they count (``final/<name>``), in the order of the card
 FINAL_COUNTS = ("victims", "reconstructed", "not_reconstructed", "numerically_failed")
-#: the outcome columns of a run's HPARAMS entry (scalars ``final/<name>``)
-OUTCOMES = ("reconstructed", "not_reconstructed", "numerically_failed", "ssim_mean", "psnr_mean", "mse_mean",
-            "label_acc", "grad_l2_mean")
 #: the attack settings of a run's HPARAMS entry, in this order
-SETTINGS = ("attack", "dataset", "source", "victims", "batch_size", "model", "distance", "optimizer", "lr", "steps",
+SETTINGS = ("threat_model", "attack", "dataset", "source", "victims", "batch_size", "model", "distance", "optimizer", "lr", "steps",
             "labels", "init", "restarts", "tv_weight", "defenses", "success_ssim")
 
 _OK, _BAD = "#1a7f37", "#cf222e"  # green, red (readable in print)
@@ -43,18 +43,27 @@ def log10(value: float) -> Optional[float]:
     return math.log10(max(value, 1e-38))
 
 
-def overview_layout(success_ssim: float, victims: int) -> dict:
-    """The CUSTOM SCALARS layout: every victim a line of one chart per metric, losses in log10."""
+def overview_layout(success_ssim: float, victims: int, kind=None) -> dict:
+    """The CUSTOM SCALARS layout: every victim a line of one chart per metric of the ``kind`` (default
+    images: SSIM, PSNR, MSE), losses in log10."""
+    kind = kind if kind is not None else ImageKind()
     return {
         "overview": {
-            f"victims reconstructed (SSIM >= {success_ssim:g}), of {victims}": ["Multiline", [r"^attack/reconstructed$"]],
+            f"victims reconstructed ({kind.score_label} >= {success_ssim:g}), of {victims}":
+                ["Multiline", [r"^attack/reconstructed$"]],
             "matching loss of every victim, log10": ["Multiline", [r"^victim_\d+/log10_loss$"]],
             "median matching loss over the victims, log10": ["Multiline", [r"^attack/log10_median_loss$"]],
-            "SSIM of every victim": ["Multiline", [r"^victim_\d+/ssim$"]],
-            "PSNR of every victim (dB)": ["Multiline", [r"^victim_\d+/psnr$"]],
-            "MSE of every victim, log10": ["Multiline", [r"^victim_\d+/log10_mse$"]],
+            **{title: ["Multiline", [tag]] for title, tag in kind.overview_charts().items()},
         },
     }
+
+
+def outcomes(kind=None) -> tuple[str, ...]:
+    """The outcome columns of a run's HPARAMS entry (scalars ``final/<name>``): the counts, the means
+    of the ``kind``'s per-victim scalars (default images: SSIM, PSNR, MSE), label accuracy, gradient distance."""
+    kind = kind if kind is not None else ImageKind()
+    return ("reconstructed", "not_reconstructed", "numerically_failed", *(f"{k}_mean" for k in kind.scalar_names()),
+            "label_acc", "grad_l2_mean")
 
 
 def final_scalars(summary: dict[str, float]) -> dict[str, float]:
@@ -64,8 +73,8 @@ def final_scalars(summary: dict[str, float]) -> dict[str, float]:
         out["reconstructed"] = summary["success"]
         out["not_reconstructed"] = summary["victims"] - summary["success"]
     out["numerically_failed"] = summary["failed"]
-    for key in ("ssim_mean", "psnr_mean", "mse_mean", "accuracy_mean", "label_acc", "grad_l2_mean",
-                "entries_per_unknown"):
+    for key in ("ssim_mean", "psnr_mean", "mse_mean", "accuracy_mean", "accuracy_categorical_mean",
+                "accuracy_continuous_mean", "label_acc", "grad_l2_mean", "entries_per_unknown"):
         if key in summary:
             out[key] = summary[key]
     if "images" in summary and summary["images"] > summary["victims"]:
@@ -254,27 +263,25 @@ def _fmt(v: Any) -> str:
     return fmt(v)
 
 
-def summary_markdown(rows: list[dict], summary: dict, success_ssim: float, settings: dict[str, Any]) -> str:
-    """The summary card: outcome, settings and the per-victim table, as Markdown."""
-    lines = []
-    if "success" in summary:
-        lines.append(f"**{summary['success']}/{summary['victims']} victims reconstructed** (SSIM >= {success_ssim:g}); "
-                     f"mean SSIM {summary['ssim_mean']:.3f}, mean PSNR {_fmt(summary['psnr_mean'])} dB, "
-                     f"label accuracy {100 * summary['label_acc']:.1f}%, numerically failed {summary['failed']}.")
-    elif "accuracy_mean" in summary:
-        lines.append(f"**records reconstructed with {100 * summary['accuracy_mean']:.1f}% accuracy** (TabLeak's); "
-                     f"label accuracy {100 * summary['label_acc']:.1f}%, numerically failed {summary['failed']}.")
+def summary_markdown(rows: list[dict], summary: dict, success_ssim: float, settings: dict[str, Any], kind=None) -> str:
+    """The summary card: the threat model (its first line), outcome, settings and the per-victim
+    table (the ``kind``'s headline metrics, default images: SSIM, PSNR), as Markdown."""
+    kind = kind if kind is not None else ImageKind()
+    scored = f"{kind.score_name}_mean" in summary  # the victims' data is known
+    lines = [f"**Threat model: {settings.get('threat_model', HONEST)}.**", ""]
+    if scored:
+        lines.append(kind.outcome(summary, success_ssim, "markdown"))
     else:
         lines.append(f"No victim images (captured gradients): mean gradient L2 distance {_fmt(summary['grad_l2_mean'])}; "
                      f"numerically failed {summary['failed']}.")
     lines += ["", "Settings: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {_fmt(v)}"
-                                           for k, v in settings.items()), ""]
-    cols = ("victim", "indices", "true_labels", "recovered_labels", "ssim", "psnr", "final_loss", "status")
+                                           for k, v in settings.items() if k != "threat_model"), ""]
+    cols = ("victim", "indices", "true_labels", "recovered_labels", *kind.headline_metrics, "final_loss", "status")
     lines.append("| " + " | ".join(c.replace("_", " ") for c in cols) + " |")
     lines.append("|" + "---|" * len(cols))
     for r in rows:
-        status = r["status"] if r["status"] == "failed" or "success" not in summary else (
-            "reconstructed" if r["ssim"] >= success_ssim else "not reconstructed")
+        status = r["status"] if r["status"] == "failed" or not scored else (
+            "reconstructed" if r[kind.score_name] >= success_ssim else "not reconstructed")
         lines.append("| " + " | ".join(status if c == "status" else _fmt(r.get(c, "")) for c in cols) + " |")
     return "\n".join(lines)
 

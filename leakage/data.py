@@ -31,6 +31,7 @@ from .kinds.tabular import read_csv
 from .fedavg import SHARES, FedAvgClient, client_updates, epochs_to_steps
 from .imagefolder import read_labelled_folder
 from .seeding import position_key, update_key
+from .server import HONEST, Server, make_server
 
 #: name -> (input shape, classes, torchvision class, shipped in the package)
 DATASETS: dict[str, tuple[tuple[int, int, int], int, str]] = {
@@ -91,6 +92,14 @@ class Observation:
     kind: Optional[DataKind] = None
     #: the victims' labels ``[V, B]`` when they are public (TabLeak's threat model: labels known)
     labels: Optional[Tensor] = None
+    #: the server (:mod:`leakage.server`): None or an honest one is honest-but-curious; a malicious one
+    #: records what it changed and the model it sent, which the clients trained and the attack targets
+    server: Optional[Server] = None
+
+    @property
+    def threat_model(self) -> str:
+        """Who attacks, in a few words: the first line of every report."""
+        return HONEST if self.server is None else self.server.describe()
 
     def __post_init__(self) -> None:
         if self.kind is None:
@@ -115,7 +124,8 @@ class Observation:
 
     def gradient_estimate(self) -> dict[str, Tensor]:
         """The shared updates as gradients: as shared for FedSGD; for FedAvg the pseudo-gradient
-        ``(w_0 - w_K) / local_lr``, the mean of the local gradients (read by label restoration)."""
+        ``(w_0 - w_K) / local_lr``, the sum of the local gradients (label restoration reads it
+        divided by ``local_steps``: :func:`leakage.labels.label_gradients`)."""
         if self.client is None:
             return self.gradients
         return {k: self.client.gradient_estimate(v) for k, v in self.gradients.items()}
@@ -244,6 +254,14 @@ class VictimDataModule(pl.LightningDataModule):
             clients do: BatchNorm normalises with the batch's own statistics; dropout off) or
             ``eval`` (running statistics). Public: the attack simulates the same mode. Models without
             BatchNorm give the same update either way.
+        server: the threat model (:mod:`leakage.server`): ``honest`` (honest-but-curious: the model
+            is sent as it is), or a malicious server that changes the model before the clients
+            compute their updates: ``imprint`` (Robbing the Fed's imprint module at the input) or
+            ``trap_weights`` (trap weights in a fully connected first layer).
+        num_bins: ``imprint``: the module's bins (default 64).
+        feature_mean, feature_std: ``imprint``: the public Gaussian of the mean value of one input
+            whose quantiles cut the bins (default: the dataset's, :data:`leakage.server.FEATURE_STATISTICS`).
+        trap_scale: ``trap_weights``: the scale, in (0, 1), of each row's positive weights (default 0.7).
 
     A setting the chosen source does not read (:data:`SOURCE_SETTINGS`: ``root`` and ``download``
     but with ``torchvision``, ``folder``, ``gradient_file``, and ``indices`` / ``num_victims`` with
@@ -278,6 +296,11 @@ class VictimDataModule(pl.LightningDataModule):
         shuffle_seed: int = 0,
         share: Literal["delta", "pseudo_gradient"] = "delta",
         client_mode: Literal["train", "eval"] = "train",
+        server: Literal["honest", "imprint", "trap_weights"] = "honest",
+        num_bins: Optional[int] = None,
+        feature_mean: Optional[float] = None,
+        feature_std: Optional[float] = None,
+        trap_scale: Optional[float] = None,
     ) -> None:
         super().__init__()
         if client_mode not in CLIENT_MODES:
@@ -336,6 +359,10 @@ class VictimDataModule(pl.LightningDataModule):
         self.secret: Optional[Secret] = None
         self.client = self._client(protocol, local_steps, local_epochs, local_lr, local_batch_size, shuffle,
                                    shuffle_seed, share)
+        if server != "honest" and source == "gradients":
+            raise ValueError(f"--data.server {server} changes the model before the clients compute their updates: "
+                             "it needs the victims' data, not captured gradients")
+        self.server = make_server(server, self.dataset, num_bins, feature_mean, feature_std, trap_scale)
         if self.table is not None:
             kind = self.table[0]
             self.input_shape = kind.sample_shape
@@ -489,6 +516,7 @@ class VictimDataModule(pl.LightningDataModule):
         else:
             self.secret = self.load_victims()
             keys = tuple(update_key(ix) for ix in self.secret.indices)
+            model = self.server.send(model, self.input_shape)  # the model the clients receive and train
             if self.client is None:
                 grads = client_gradients(model, self.secret.images, self.secret.labels, self.client_mode)
             else:
@@ -502,7 +530,7 @@ class VictimDataModule(pl.LightningDataModule):
         try:
             self.observation = Observation(grads, self.batch_size, self.input_shape, self.num_classes,
                                            update_keys=keys, client_mode=self.client_mode, client=self.client,
-                                           kind=kind, labels=labels)
+                                           kind=kind, labels=labels, server=self.server)
         except ValueError as err:
             if self.source != "gradients":
                 raise

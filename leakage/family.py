@@ -25,7 +25,9 @@ galleries and the sweep read through these members only:
   and :meth:`results` (per victim: reconstruction, labels, best problem, failed, entropy), the
   record the report and the sweep's cells read;
 - :meth:`exact` ``[P]`` and :meth:`describe`: whether a result is exact by construction, and the
-  attack in a few words, as reports state it.
+  attack in a few words, as reports state it;
+- :meth:`receive`: a malicious server's model (:mod:`leakage.server`) becomes the target, since the
+  clients trained it.
 
 An attack is one class plus its config; :data:`ATTACKS` names the classes a config may select
 (``attack: analytic`` in a ``leakage fit`` config, ``leakage.invert(..., attack="analytic")``).
@@ -33,6 +35,7 @@ An attack is one class plus its config; :data:`ATTACKS` names the classes a conf
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 from typing import Optional, Sequence, Union
@@ -51,6 +54,9 @@ from .precision import check_precision, full_precision
 ATTACKS = {
     "gradient_inversion": "leakage.attack.GradientInversion",
     "analytic": "leakage.analytic.AnalyticInversion",
+    "cpa": "leakage.cpa.CocktailPartyAttack",
+    "imprint": "leakage.malicious.ImprintAttack",
+    "trap_weights": "leakage.malicious.TrapWeightAttack",
 }
 DEFAULT_ATTACK = "gradient_inversion"
 
@@ -138,6 +144,9 @@ class Attack(pl.LightningModule):
                 f"the data has input shape {tuple(observation.input_shape)} and {observation.num_classes} classes, "
                 f"the model was built for {tuple(hp.input_shape)} and {hp.num_classes}"
             )
+        sent = observation.server.model if observation.server is not None else None
+        if sent is not None:  # a malicious server's model: what the clients trained, and so the attack's target
+            self.receive(copy.deepcopy(sent))
         self.check_memory(observation.num_victims, observation.batch_size,
                           observation.client.local_steps if observation.client is not None else 1, self._trainer)
         # the dummy is the model input itself unless the attack relaxes it (TabLeak's ``relax``)
@@ -149,6 +158,20 @@ class Attack(pl.LightningModule):
         self.total_victims = V if total_victims is None else total_victims
         if len(self.victims) != V:
             raise ValueError(f"{len(self.victims)} victim positions for {V} updates")
+
+    def receive(self, model: nn.Module) -> None:
+        """Target the model a malicious server sent (the observation's ``server.model``) instead of the
+        global model: the clients computed their updates on it. An attack that derives state from its
+        target in ``__init__`` derives it again here."""
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.target = model.to(self.device)
+
+    @staticmethod
+    def check_budget(settings: dict, max_steps: int) -> None:
+        """Refuse, in one line and before any run folder is made, settings of this attack that do not
+        fit a budget of ``max_steps`` steps (``settings``: the config's ``model`` section). Every
+        budget fits by default."""
 
     def check_memory(self, victims: int, batch_size: int, local_steps: int = 1, trainer=None) -> None:
         """Refuse, before anything is allocated, the problems of ``victims`` updates of ``batch_size``

@@ -260,6 +260,7 @@ class LeakageCLI(LightningCLI):
                 "set the attack budget with --trainer.max_steps N (one step is one attack iteration): "
                 f"N must be >= 1, got {steps}"
             )
+        self.model_class.check_budget(config.get("model") or {}, steps)  # before a run folder is made
         _own_tensorboard_logger(trainer.get("logger"))
         check_run_settings(trainer)
         # Without a logger, Lightning writes a run's files (config.yaml, the report's artifacts) into

@@ -14,12 +14,21 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .server import HONEST
+
 THREAT_MODEL = (
     "An honest-but-curious server knows the model architecture and its current weights, receives a "
     "client's shared update (the gradient of its loss, averaged over its batch, after any client-side "
     "defenses) and public metadata (input shape, number of classes, batch size), and reconstructs the "
     "client's private images and labels from that alone; the victims' images are read only to score "
     "the reconstructions."
+)
+MALICIOUS_THREAT_MODEL = (
+    "A malicious server changed the model it sent (named in the first line) before the clients computed "
+    "their updates; the clients trained the changed model. The server knows its change, the model and its "
+    "weights, receives a client's shared update (after any client-side defenses) and public metadata, and "
+    "reconstructs the client's private inputs and labels from that alone; the victims' data are read only "
+    "to score the reconstructions."
 )
 
 CSS = """
@@ -94,14 +103,18 @@ def settings_list(settings: dict[str, Any]) -> str:
         f"<dt>{esc(k)}</dt><dd>{esc(setting(v))}</dd>" for k, v in settings.items()) + "</dl>"
 
 
-def page(title: str, body: Sequence[str]) -> str:
-    """A whole page: title, the time it was written, the threat model, then ``body``."""
+def page(title: str, body: Sequence[str], threat_model: str = HONEST) -> str:
+    """A whole page: the threat model in its first line (``threat_model``: who attacked, as
+    :meth:`leakage.server.Server.describe` says it), the title, the time it was written, what the
+    threat model means, then ``body``."""
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    meaning = THREAT_MODEL if threat_model == HONEST else MALICIOUS_THREAT_MODEL
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f"<title>{esc(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+        f'<p class="threat-line"><b>Threat model: {esc(threat_model)}.</b></p>',
         f"<h1>{esc(title)}</h1>", f'<p class="meta">written by leakage on {esc(when)}</p>',
-        f'<p class="threat"><b>Threat model.</b> {esc(THREAT_MODEL)}</p>',
+        f'<p class="threat"><b>Threat model.</b> {esc(meaning)}</p>',
         *body, "</body>", "</html>", ""])
 
 

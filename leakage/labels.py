@@ -22,7 +22,7 @@ def idlg_labels(last_weight_grad: Tensor, last_bias_grad: Tensor | None = None) 
     return last_weight_grad.sum(dim=-1).argmin(dim=-1)
 
 
-BATCH_STRATEGIES = ("bias_count", "weight_count", "yin")
+BATCH_STRATEGIES = ("bias_count", "weight_count", "yin", "ilrg")
 
 
 def last_linear(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
@@ -55,6 +55,47 @@ def probe_statistics(model: torch.nn.Module, input_shape, data_range=(0.0, 1.0),
     finally:
         hook.remove()
     return p_bar.cpu(), float(torch.cat(feats).mean())
+
+
+def _check_logits_layer(model: torch.nn.Module, name: str, layer: torch.nn.Linear, input_shape) -> None:
+    """Refuse in one line a model whose output is not its last ``nn.Linear``'s output (iLRG needs the logits)."""
+    seen = []
+    hook = layer.register_forward_hook(lambda m, inp, out: seen.append(out))
+    probe = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0))
+    training = model.training
+    model.eval()  # no side effect on running statistics
+    try:
+        with torch.no_grad():
+            out = model(probe.to(layer.weight.device))
+    finally:
+        hook.remove()
+        model.train(training)
+    if len(seen) != 1 or seen[0].shape != out.shape or not torch.equal(seen[0], out):
+        raise ValueError(f"strategy 'ilrg' needs the model's output (the logits) to be its last nn.Linear's output; "
+                         f"the output of {name!r} is not what the model returns")
+
+
+def ilrg_counts(layer: torch.nn.Linear, weight_grad: Tensor, bias_grad: Tensor, batch_size: int) -> Tensor:
+    """iLRG (Ma et al., ICLR 2023): estimated class counts ``[V, K]`` from the last layer's gradient.
+
+    With cross-entropy averaged over the batch, class ``c``'s rows are ``dW_c = mean_n g_nc h_n``
+    and ``db_c = mean_n g_nc`` (``g = softmax(z) - onehot(y)``), so ``dW_c / db_c`` is an average of
+    the batch's embeddings ``h_n`` dominated by the images of class ``c``. Through the last layer
+    and a softmax it gives that class's mean prediction ``P[c]``; the bias gradient then satisfies
+    ``B db_j = sum_c counts_c P[c, j] - counts_j``, which with ``sum_c counts_c = B`` is solved for
+    the counts by least squares (:func:`torch.linalg.lstsq`).
+    """
+    gw, gb = weight_grad.double(), bias_grad.double()  # [V, K, F], [V, K]
+    V, K = gb.shape
+    safe = torch.where(gb == 0, torch.ones_like(gb), gb)
+    emb = torch.where((gb == 0)[..., None], torch.zeros_like(gw), gw / safe[..., None])  # [V, K, F]
+    logits = torch.nn.functional.linear(emb, layer.weight.detach().double().cpu(), layer.bias.detach().double().cpu())
+    probs = torch.softmax(logits, dim=-1)  # [V, K (class of the embedding), K]
+    eye = torch.eye(K, dtype=probs.dtype)
+    system = torch.cat([torch.ones(V, 1, K, dtype=probs.dtype), probs.transpose(1, 2) - eye], dim=1)  # [V, 1 + K, K]
+    rhs = torch.cat([torch.full((V, 1), float(batch_size), dtype=probs.dtype), batch_size * gb], dim=1)
+    counts = torch.linalg.lstsq(system, rhs[..., None], driver="gelsd").solution[..., 0]
+    return torch.nan_to_num(counts, nan=0.0).clamp(0, batch_size).float()  # an ill-posed system: no count above B
 
 
 def _round_to_total(estimate: Tensor, total: int) -> Tensor:
@@ -100,6 +141,10 @@ def restore_batch_labels(
       its row sums are ``(p_bar - counts / B) * s_bar`` with ``s_bar`` the mean summed feature.
     - ``yin`` (GradInversion, Yin et al. 2021): the ``B`` classes whose weight-gradient rows have
       the most negative minimum; assumes the batch's labels are all different (``B <= K``).
+    - ``ilrg`` (iLRG, Ma et al. 2023): the count system of ``bias_count`` with each class's own
+      mean prediction, from the class-average embeddings ``dW_c / db_c`` (:func:`ilrg_counts`),
+      instead of one mean prediction on random inputs; needs a last ``nn.Linear`` with a bias
+      whose output the model returns.
 
     The estimates are exact when the model's predictions hardly depend on the input (an untrained
     network); on a trained model they degrade, which the label-restoration benchmark measures.
@@ -114,6 +159,12 @@ def restore_batch_labels(
             raise ValueError(f"strategy 'yin' assumes distinct labels: batch_size {batch_size} > {K} classes")
         picked = gw.amin(dim=2).topk(batch_size, dim=1, largest=False).indices
         return picked.sort(dim=1).values
+    if strategy == "ilrg":
+        if layer.bias is None:
+            raise ValueError("strategy 'ilrg' needs a last nn.Linear layer with a bias; use 'weight_count'")
+        _check_logits_layer(model, name, layer, input_shape)
+        estimate = ilrg_counts(layer, gw, gradients[f"{name}.bias"].float().cpu(), batch_size)
+        return _counts_to_labels(_round_to_total(estimate, batch_size))
     p_bar, s_bar = probe_statistics(model, input_shape, data_range, probes, seed)
     if strategy == "bias_count":
         if layer.bias is None:
@@ -128,11 +179,11 @@ def observed_labels(model: torch.nn.Module, gradients: dict[str, Tensor], batch_
                     strategy: str, data_range=(0.0, 1.0)) -> Tensor:
     """Labels ``[V, B]`` fixed from the shared updates before an attack: ``idlg`` (one image per
     update) or a batch restoration (:func:`restore_batch_labels`). ``gradients`` are the updates as
-    gradients (:meth:`leakage.data.Observation.gradient_estimate`)."""
+    batch-mean gradients (:func:`label_gradients`)."""
     V = next(iter(gradients.values())).shape[0]
     if strategy == "idlg" and batch_size != 1:
         raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
-                         "labels 'joint' or a batch strategy (bias_count, weight_count, yin)")
+                         f"labels 'joint' or a batch strategy ({', '.join(BATCH_STRATEGIES)})")
     if V == 0:  # a process with an empty shard: nothing to restore
         return torch.zeros(0, batch_size, dtype=torch.long)
     if strategy == "idlg":
@@ -140,6 +191,17 @@ def observed_labels(model: torch.nn.Module, gradients: dict[str, Tensor], batch_
         bias = gradients[f"{name}.bias"] if layer.bias is not None else None
         return idlg_labels(gradients[f"{name}.weight"], bias).view(V, 1)
     return restore_batch_labels(model, gradients, batch_size, input_shape, strategy, data_range)
+
+
+def label_gradients(observation) -> dict[str, Tensor]:
+    """The shared updates as the batch-mean gradients the label strategies read: as shared for
+    FedSGD; for FedAvg the pseudo-gradient (the sum of the ``local_steps`` local gradients,
+    :meth:`leakage.data.Observation.gradient_estimate`) divided by ``local_steps``: the mean of the
+    local mini-batch gradients, the batch's gradient when the weights move little between steps."""
+    grads = observation.gradient_estimate()
+    if observation.client is None or observation.client.local_steps == 1:
+        return grads
+    return {k: v / observation.client.local_steps for k, v in grads.items()}
 
 
 def public_labels(observation) -> Tensor:

@@ -44,6 +44,19 @@ PRESETS: dict[str, Preset] = {
         {"labels": "idlg"}, 1, "mnist_analytic",
         "the analytic inversion of a fully connected first layer with a bias (Phong et al., 2018): closed form, "
         "exact for one image per update", attack="analytic"),
+    "cpa": Preset(
+        {"labels": "bias_count"}, 1, "mnist_cpa",
+        "the Cocktail Party Attack (Kariyappa et al., 2023): ICA unmixes a batch from a fully connected first "
+        "layer's gradient, closed form", attack="cpa"),
+    "imprint": Preset(
+        {"labels": "bias_count"}, 1, "mnist_imprint",
+        "a malicious server's imprint module (Fowl et al., 2022): every input alone in its bin read off the update "
+        "in closed form; needs the server that sent it (invert's server=)", attack="imprint"),
+    "trap_weights": Preset(
+        {"labels": "bias_count"}, 1, "mnist_trap_weights",
+        "a malicious server's trap weights in a fully connected first layer (Boenisch et al., 2023): inputs read "
+        "off the rows that fired for one input only; needs the server that sent it (invert's server=)",
+        attack="trap_weights"),
 }
 
 

@@ -68,7 +68,8 @@ def test_the_cli_recovers_one_mnist_image_exactly_with_an_optimisation_attack_s_
     summary = json.loads((run / "metrics.json").read_text())["summary"]
     assert summary["success"] == 1 and summary["exact"] == 1
     text = (run / "metrics.txt").read_text()
-    assert "attack: analytic first-layer inversion (closed form)" in text
+    assert text.splitlines()[:2] == ["threat model: honest-but-curious server",
+                                     "attack: analytic first-layer inversion (closed form)"]
     assert "exact by construction (closed form, certified by the update): 1/1 victims" in text
     assert yaml.safe_load((run / "config.yaml").read_text())["attack"] == "analytic"
     events = sorted(run.glob("events.out.tfevents.*"))

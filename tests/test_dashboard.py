@@ -108,6 +108,7 @@ def test_summary_card_holds_the_per_victim_table(fit_run):
     (event,) = acc.Tensors("summary/text_summary")
     text = event.tensor_proto.string_val[0].decode()
     s = report["summary"]
+    assert text.splitlines()[0] == "**Threat model: honest-but-curious server.**"
     assert f"{s['success']}/3 victims reconstructed" in text
     rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
     assert len(rows) == 3

@@ -197,7 +197,7 @@ def test_idlg_with_batches_of_two(capsys, tmp_path):
                                       "--data.indices", "[0,1]"))
     assert line == (
         "leakage: error: label strategy 'idlg' recovers the label of a single image: "
-        "use batch_size 1, labels 'joint' or a batch strategy (bias_count, weight_count, yin)"
+        "use batch_size 1, labels 'joint' or a batch strategy (bias_count, weight_count, yin, ilrg)"
     )
 
 

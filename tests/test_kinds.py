@@ -63,3 +63,9 @@ def test_tabular_accuracy_matches_rows_and_counts_the_tolerance():
     assert m["perm"][0].tolist() == [2, 1, 3, 0]
     assert float(m["feature_accuracy"][0, 0]) == 0.75
     assert abs(float(m["accuracy"][0]) - (1 - 1 / (4 * len(kind.schema.features)))) < 1e-6
+    # the rows, true against reconstructed: the one wrong cell (row 1's age) and only it is marked
+    shown = kind.details(recon[None], truth[None], m)
+    rec = {line.split("  ")[0]: line for line in shown["text"].splitlines() if line.startswith("rec ")}
+    assert [k for k, line in rec.items() if "*" in line] == ["rec 1"] and rec["rec 1"].count("*") == 1
+    assert rec["rec 1"].split()[2].endswith("*")  # "rec", "1", the age cell
+    assert shown["html"].count("color:#cf222e") == 1 and shown["markdown"].count("~~") == 2

@@ -30,7 +30,8 @@ def test_the_python_example_reconstructs_the_image(capsys):
     exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
     out = capsys.readouterr().out
     assert "reconstructed (SSIM >= 0.9): 1/1" in out
-    row = out.splitlines()[1].split()
+    assert out.splitlines()[0] == "threat model: honest-but-curious server"
+    row = out.splitlines()[2].split()
     assert row[1] == row[2] == "7" and float(row[3]) >= 0.9  # true and recovered label, SSIM
 
 

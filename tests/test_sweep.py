@@ -98,6 +98,8 @@ def test_sweep_writes_tables_plots_and_hparams(tmp_path, capsys):
     from leakage.htmlreport import fmt
 
     page = read_page(out / "report.html")
+    body = (out / "report.html").read_text().split("<body>", 1)[1].lstrip()  # the threat model first
+    assert body.startswith('<p class="threat-line"><b>Threat model: honest-but-curious server.</b></p>')
     text = " ".join(page.text)
     assert "honest-but-curious server" in text and "Breaking points" in text
     header = next(r for r in page.rows if r[:3] == ["defense", "parameter", "breaking point"])
@@ -555,7 +557,7 @@ def test_a_lock_of_a_dead_process_is_taken_over_held_while_running_and_released(
     assert [(r["defense"], r["value"], r["status"]) for r in rows] == [("noise", "0.0", "ok")]
 
 
-def test_the_lock_is_released_when_a_sweep_fails(tmp_path, monkeypatch):
+def test_the_lock_is_released_when_a_sweep_fails(tmp_path, monkeypatch, capsys):
     lock = tmp_path / "sweep" / "sweep.lock"
     held = []
 
@@ -564,8 +566,9 @@ def test_the_lock_is_released_when_a_sweep_fails(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Sweep, "_run", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stop:
         main(["sweep", "--config", str(_one_defense(tmp_path, NOISE)), *TINY])
+    assert stop.value.code == 1 and capsys.readouterr().err.strip().endswith("leakage: interrupted")
     assert held == [os.getpid()] and not lock.exists()
 
 

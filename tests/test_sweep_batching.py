@@ -207,3 +207,24 @@ def test_sweep_batch_must_be_true_or_false(tmp_path, value):
         parse(["--config", str(cfg), "--sweep.batch", value])
     assert parse(["--config", str(cfg), "--sweep.batch", "false"]).cfg["batch"] is False
     assert parse(["--config", str(cfg)]).cfg["batch"] is True
+
+
+def test_a_batched_sweep_of_tables_shares_one_fit_and_shows_tableak_s_accuracy(tmp_path, capsys):
+    """configs/adult_defense_sweep.yaml cut down: the cells of TabLeak on tables (public labels: each cell's
+    victims' labels go with its updates) share one fit; the tables, plot and hparams carry TabLeak's accuracy."""
+    cfg = yaml.safe_load((CONFIGS / "adult_defense_sweep.yaml").read_text())
+    cfg["sweep"].update(output=str(tmp_path / "sweep"), defenses=[{**cfg["sweep"]["defenses"][0], "values": [0.0, 3.0]}],
+                        refine=0)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    main(["sweep", "--config", str(path), "--data.num_victims", "2", "--data.batch_size", "2", "--model.restarts", "2",
+          "--trainer.max_steps", "20", "--report.image_every_n_steps", "0"])
+    assert "failed" not in capsys.readouterr().err
+    out = tmp_path / "sweep"
+    cells = _cells(out)
+    assert all(sorted(c["group_cells"]) == ["noise=0", "noise=3"] for c in cells.values())
+    assert cells["noise=0"]["score"] > cells["noise=3"]["score"] and cells["noise=0"]["kind"] == "tabular"
+    md = (out / "results.md").read_text()
+    assert "| sigma | label accuracy | accuracy | categorical accuracy | continuous accuracy | attack success rate |" in md
+    assert "nan" not in md and "SSIM" not in md and (out / "noise.png").stat().st_size > 0
+    assert {"hparam/accuracy", "hparam/success_rate"} <= _tfevent_tags(out / "hparams" / "noise=3")

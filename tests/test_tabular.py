@@ -84,6 +84,29 @@ def test_tableak_beats_the_unrelaxed_cosine_baseline():
     assert float(tableak["accuracy"][0]) > float(baseline["accuracy"][0])
 
 
+def test_refine_steps_fix_the_categories_then_refine_the_continuous_features(tmp_path, capsys):
+    """TabLeak's two-staged mode: the last steps run with every categorical feature one-hot at its
+    argmax (to float32 rounding), the continuous ones still optimized."""
+    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=1, num_victims=2, public_labels=True)
+    module, m = _attack(dm, 120, restarts=2, refine_steps=40, **{**TABLEAK, "ensemble": "best"})
+    x = module.reconstruction()
+    for sl in module.kind._cat:
+        assert float(x[..., sl].max(-1).values.min()) > 1 - 1e-6
+    assert m["accuracy"].tolist() == [1.0, 1.0], m["feature_accuracy"]
+    with pytest.raises(ValueError, match=r"refine_steps \(40\) must be below --trainer.max_steps \(40\)"):
+        _attack(dm, 40, restarts=1, refine_steps=40, **TABLEAK)
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--trainer.max_steps", "100"))
+    assert line.startswith("leakage: error: refine_steps (150) must be below --trainer.max_steps (100)"), line
+    assert not run_dirs(tmp_path)  # refused before a run folder is made
+    with pytest.raises(ValueError, match="refine_steps needs optimizer adam or signed_adam"):
+        GradientInversion(model="tabular_mlp", input_shape=(8,), num_classes=2, optimizer="lbfgs", refine_steps=5)
+    images = VictimDataModule(source="bundled", dataset="mnist", batch_size=1)
+    attack = GradientInversion(model="mlp", input_shape=images.input_shape, num_classes=images.num_classes,
+                               optimizer="adam", refine_steps=5)
+    with pytest.raises(ValueError, match="refine_steps .* applies to tables, not to image data"):
+        attack.attach(images.prepare(attack.target))
+
+
 def _csv(tmp_path, text: str):
     path = tmp_path / "t.csv"
     path.write_text(text)
@@ -99,7 +122,8 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     path = _csv(tmp_path, OWN)
     main(cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv",
                   "--data.path", str(path), "--data.label_column", "outcome", "--data.batch_size", "2",
-                  "--model.restarts", "3", "--trainer.max_steps", "100", "--report.image_every_n_steps", "0"))
+                  "--model.restarts", "3", "--trainer.max_steps", "100", "--model.refine_steps", "40",
+                  "--report.image_every_n_steps", "0"))
     out = capsys.readouterr().out
     assert "overall accuracy" in out and "colour" in out
     (run,) = run_dirs(tmp_path)
@@ -108,7 +132,21 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     assert [f["type"] for f in schema["features"]] == ["categorical", "continuous", "continuous", "categorical"]
     report = json.loads((run / "metrics.json").read_text())
     assert report["summary"]["accuracy_mean"] >= 0.9  # 100% from 60 steps
-    assert "Victim 0" in (run / "report.html").read_text()
+    # report.html: the per-feature accuracy chart, every victim's rows (truth against reconstruction,
+    # with entropies), and the per-victim table with the kind's scalars (TabLeak's accuracies, not SSIM)
+    from htmlpage import embedded_pngs, read_page
+
+    from leakage.htmlreport import fmt
+
+    page = read_page(run / "report.html")
+    assert "Victim 0" in page.text and len(embedded_pngs(page)) >= 1
+    assert any(r[0] == "true 0" for r in page.rows) and any(r[0] == "rec 0" and "(H " in r[2] for r in page.rows)
+    header = next(r for r in page.rows if r[:2] == ["victim", "indices"])
+    assert header[5:8] == ["accuracy", "categorical accuracy", "continuous accuracy"] and "SSIM" not in header
+    victim = report["victims"][0]
+    (row,) = [r for r in page.rows if len(r) == len(header) and r[0] == "0"]
+    assert row[5:8] == [fmt(victim[k]) for k in ("accuracy", "accuracy_categorical", "accuracy_continuous")]
+    assert row[-1] == ("reconstructed" if victim["accuracy"] >= 0.9 else "not reconstructed")
 
 
 @pytest.mark.parametrize("text, extra, message", [
@@ -149,6 +187,21 @@ def test_the_python_api_attacks_a_record_with_idlg_labels():
                             restarts=3, **settings)
     assert torch.equal(result.labels, dm.secret.labels)
     assert float(obs.kind.evaluate(result.images, dm.secret.images)["accuracy"][0]) >= 0.9
+    # leakage.report scores the table with the kind's metrics: accuracy, per feature, the pooled entropy
+    x, y = dm.secret.images[0], dm.secret.labels[0]
+    rep = leakage.report(result, x, y)
+    F = len(obs.kind.schema.features)
+    assert rep.rows[0]["accuracy"] == float(obs.kind.evaluate(result.images, dm.secret.images)["accuracy"][0]) >= 0.9
+    assert rep.summary["accuracy_mean"] == rep.rows[0]["accuracy"] and rep.summary["success"] == 1
+    assert rep.metrics["feature_accuracy"].shape == (1, F) and result.entropy.shape == (1, 1, F)
+    assert rep.metrics["entropy"].shape == (1, 1, F) and torch.isfinite(rep.metrics["entropy"]).all()
+    text = str(rep)
+    assert "records' accuracy (TabLeak's): " in text and "SSIM" not in text
+    assert "overall accuracy" in text and all(f.name in text for f in obs.kind.schema.features)
+    with pytest.raises(ValueError, match="feature 'workclass' is not one-hot"):
+        leakage.report(result, x * 2, y)
+    with pytest.raises(ValueError, match="data_range .* applies to images, not to tabular data"):
+        leakage.report(result, x, y, data_range=1.0)
 
 
 def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path):
@@ -157,7 +210,8 @@ def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path)
     import yaml
 
     cfg = yaml.safe_load((CONFIGS / "adult_batch_sweep.yaml").read_text())
-    cfg["sweep"]["studies"][0]["values"] = [1, 2]
+    assert [s["name"] for s in cfg["sweep"]["studies"]] == ["tableak", "cosine", "dlg", "analytic"]
+    cfg["sweep"]["studies"] = [dict(cfg["sweep"]["studies"][0], values=[1, 2])]  # TabLeak's study only
     cfg["sweep"]["output"] = str(tmp_path / "sweep")
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -165,19 +219,35 @@ def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path)
           "--report.image_every_n_steps", "0"])
     out = tmp_path / "sweep"
     for b in (1, 2):
-        row = json.loads((out / "cells" / f"adult.batch_size={b}.json").read_text())
+        row = json.loads((out / "cells" / f"tableak.batch_size={b}.json").read_text())
         metrics = json.loads((out / "runs" / row["cell"] / "metrics.json").read_text())["summary"]
         assert row["status"] == "ok" and row["score_label"] == "accuracy"
         assert row["score"] == metrics["accuracy_mean"] and row["success"] == int(row["score"] >= 0.9)
         assert row["images"] == 1 and row["image_success"] == row["success"]  # one victim: its rows together
-    one = json.loads((out / "cells" / "adult.batch_size=1.json").read_text())
+    one = json.loads((out / "cells" / "tableak.batch_size=1.json").read_text())
     assert one["score"] == 1.0  # one record at 120 steps (100% from 70)
     md = (out / "results.md").read_text()
-    assert ("| B | label accuracy | mean accuracy | PSNR | victims with accuracy >= 0.9 | client updates | time (s) | "
-            "gradient entries per unknown |" in md), md
-    assert "| 1 | 100% | 1.000 | nan | 100% (1/1) | 1 |" in md, md
-    assert "success: accuracy >= 0.9." in md and "SSIM" not in md
+    assert ("| B | label accuracy | mean accuracy | categorical accuracy | continuous accuracy | victims with accuracy "
+            ">= 0.9 | client updates | time (s) | gradient entries per unknown |" in md), md
+    assert "| 1 | 100% | 1.000 | 1.000 | 1.000 | 100% (1/1) | 1 |" in md, md
+    assert "success: accuracy >= 0.9." in md and "SSIM" not in md and "PSNR" not in md and "nan" not in md
     rows = list(__import__("csv").DictReader(open(out / "results.csv")))
     assert [(r["value"], r["score_label"], float(r["score"]) == c["score"]) for r, c in zip(rows, [
-        json.loads((out / "cells" / f"adult.batch_size={b}.json").read_text()) for b in (1, 2)])] == [
+        json.loads((out / "cells" / f"tableak.batch_size={b}.json").read_text()) for b in (1, 2)])] == [
         ("1", "accuracy", True), ("2", "accuracy", True)]
+    assert "ssim" not in rows[0] and float(rows[0]["accuracy_categorical"]) == one["accuracy_categorical"]
+    # the hparams view and report.html carry the kind's metrics too, as numbers (not nan SSIM)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "hparams" / "tableak.batch_size=1"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"hparam/accuracy", "hparam/accuracy_categorical", "hparam/accuracy_continuous"} <= tags
+    assert not any("ssim" in t or "psnr" in t for t in tags) and acc.Scalars("hparam/accuracy")[-1].value == 1.0
+    from htmlpage import read_page
+
+    page = read_page(out / "report.html")
+    header = next(r for r in page.rows if r[:2] == ["B", "label accuracy"])
+    assert header[2:5] == ["mean accuracy", "categorical accuracy", "continuous accuracy"]
+    assert next(r for r in page.rows if r[0] == "1")[2] == "1.000"
+    assert "SSIM" not in " ".join(page.text) and (out / "tableak.png").stat().st_size > 0

@@ -28,6 +28,11 @@ class DataKind(ABC):
     success_unit: str = "victims"
     #: the attack's prior weights that apply to this kind (others must stay 0)
     priors: tuple[str, ...] = ()
+    #: the per-victim metrics a summary of runs shows (a sweep's tables, plots and hparams: their
+    #: means over a cell's victims), in order, each ``(key, header, format spec)``; the score among them
+    summary_metrics: tuple[tuple[str, str, str], ...] = ()
+    #: the keys of those a compact table shows (a study's table and plot, the summary card), the score first
+    headline_metrics: tuple[str, ...] = ()
 
     def __init__(self, sample_shape: tuple[int, ...]) -> None:
         self.sample_shape = tuple(int(s) for s in sample_shape)
@@ -46,6 +51,14 @@ class DataKind(ABC):
     def to_input(self, dummy: Tensor) -> Tensor:
         """The model input ``[..., B, *sample_shape]`` the dummy parameters stand for."""
         return dummy
+
+    #: whether :meth:`harden_` applies (the attack's ``refine_steps``)
+    can_harden = False
+
+    def harden_(self, dummy: Tensor) -> Tensor:
+        """Fix the discrete part of the dummy parameters in place (TabLeak's two-staged mode) and
+        return the mask of the entries still optimized; only kinds with discrete features have one."""
+        raise ValueError(f"{self.name} data has no discrete features to fix")
 
     def project_(self, dummy: Tensor) -> None:
         """Project the dummy parameters in place after a step (``box_constraint``); default: none."""
@@ -100,6 +113,44 @@ class DataKind(ABC):
     def scalar_names(self) -> tuple[str, ...]:
         """Per-victim metrics logged as scalars (each ``[V]`` in :meth:`evaluate`'s result)."""
         return (self.score_name,)
+
+    def scalar_headers(self) -> dict[str, str]:
+        """How tables head the per-victim scalars (:meth:`scalar_names`)."""
+        names = {key: header for key, header, _ in self.summary_metrics}
+        return {key: names.get(key, key) for key in self.scalar_names()}
+
+    def overview_charts(self) -> dict[str, str]:
+        """TensorBoard's CUSTOM SCALARS charts of the per-victim scalars: title -> tag pattern."""
+        return {f"{header} of every victim": rf"^victim_\d+/{key}$" for key, header in self.scalar_headers().items()}
+
+    def check_truth(self, truth: Tensor) -> None:
+        """Refuse, in one line, true records ``[V, B, *sample_shape]`` this kind cannot score."""
+        if not truth.is_floating_point():
+            raise ValueError(f"the true {self.name} data must be floating-point, got {truth.dtype}")
+
+    def with_metric_range(self, width: float) -> "DataKind":
+        """This kind scoring over a value range of ``width`` (SSIM's and PSNR's data range)."""
+        raise ValueError(f"data_range (the value range of SSIM and PSNR) applies to images, not to {self.name} data")
+
+    #: the report's heading, alt text and caption of :meth:`figure`
+    figure_heading: str = "Reconstructions"
+    figure_alt: str = "reconstructions"
+    figure_caption: str = ""
+
+    def outcome(self, summary: dict, success: float, style: str = "text") -> str:
+        """The outcome of a summary (:func:`leakage.callbacks.summarize`) of victims whose data is
+        known, as ``text`` (printed, one or two lines), ``markdown`` (TensorBoard's summary card) or
+        ``html`` (report.html)."""
+        s = summary
+        if style == "text":
+            return (f"reconstructed ({self.score_label} >= {success}): {s['success']}/{s['victims']}  mean "
+                    f"{self.score_label} {s[f'{self.score_name}_mean']:.3f}  label accuracy {100 * s['label_acc']:.1f}%  "
+                    f"failed {s['failed']}")
+        ge = "&ge;" if style == "html" else ">="
+        bold = ("<b>", "</b>") if style == "html" else ("**", "**")
+        return (f"{bold[0]}{s['success']}/{s['victims']} victims reconstructed{bold[1]} ({self.score_label} {ge} "
+                f"{success:g}); mean {self.score_label} {s[f'{self.score_name}_mean']:.3f}, label accuracy "
+                f"{100 * s['label_acc']:.1f}%, numerically failed {s['failed']}.")
 
     def figure(self, recon: Tensor, labels: Tensor, *, truth: Optional[Tensor], true_labels: Optional[Tensor],
                indices: Optional[list], metrics: Optional[dict], failed: list[bool], success: float,

@@ -3,6 +3,7 @@ total variation, matching and scoring by SSIM (:mod:`leakage.metrics`), shown as
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
@@ -19,10 +20,15 @@ class ImageKind(DataKind):
     score_name = "ssim"
     success_unit = "images"  # every image of a batch is scored on its own
     priors = ("tv_weight", "bn_weight")
+    summary_metrics = (("mse", "MSE", ".4f"), ("ssim", "SSIM", ".3f"), ("psnr", "PSNR", ".2f"))
+    headline_metrics = ("ssim", "psnr")
 
-    def __init__(self, sample_shape: tuple[int, ...] = (3, 32, 32), data_range: tuple[float, float] = (0.0, 1.0)):
+    def __init__(self, sample_shape: tuple[int, ...] = (3, 32, 32), data_range: tuple[float, float] = (0.0, 1.0),
+                 metric_range: Optional[float] = None):
         super().__init__(sample_shape)
         self.data_range = (float(data_range[0]), float(data_range[1]))
+        #: the value range SSIM and PSNR use (default the width of ``data_range``)
+        self.metric_range = self.data_range[1] - self.data_range[0] if metric_range is None else float(metric_range)
 
     def initial(self, batch_size: int, init: str, generator: torch.Generator) -> Tensor:
         lo, hi = self.data_range
@@ -45,12 +51,57 @@ class ImageKind(DataKind):
         return aligned.mean(0), aligned.std(0, unbiased=False)
 
     def evaluate(self, recon: Tensor, truth: Tensor, entropy: Optional[Tensor] = None) -> dict[str, Any]:
-        metrics = reconstruction_metrics(recon, truth, self.data_range[1])
+        metrics = reconstruction_metrics(recon, truth, self.metric_range)
         metrics["score"] = metrics["ssim"]
         return metrics
 
     def scalar_names(self) -> tuple[str, ...]:
         return ("ssim", "psnr", "mse")
+
+    def overview_charts(self) -> dict[str, str]:
+        return {"SSIM of every victim": r"^victim_\d+/ssim$", "PSNR of every victim (dB)": r"^victim_\d+/psnr$",
+                "MSE of every victim, log10": r"^victim_\d+/log10_mse$"}
+
+    def check_truth(self, truth: Tensor) -> None:
+        super().check_truth(truth)
+        lo, hi = self.data_range
+        tol = 1e-6 * max(1.0, hi - lo)
+        if float(truth.min()) < lo - tol or float(truth.max()) > hi + tol:
+            raise ValueError(f"the true images hold values in [{float(truth.min()):g}, {float(truth.max()):g}], outside "
+                             f"the data range [{lo:g}, {hi:g}] the reconstruction was made for: give x in that range "
+                             "(or invert with its data_range)")
+
+    def with_metric_range(self, width: float) -> "ImageKind":
+        return ImageKind(self.sample_shape, self.data_range, width)
+
+    figure_heading = "Reconstructions"
+    figure_alt = "gallery of victims and reconstructions"
+    figure_caption = ("Victim images (top, with dataset index and label) and their reconstructions (below, with the "
+                      "recovered label and SSIM; green: reconstructed, red: not reconstructed or failed).")
+
+    def outcome(self, summary: dict, success: float, style: str = "text") -> str:
+        from ..htmlreport import fmt
+
+        s = summary
+        if style == "text":
+            psnr = "n/a" if math.isnan(s["psnr_mean"]) else f"{s['psnr_mean']:.2f} dB"
+            text = (f"reconstructed (SSIM >= {success}): {s['success']}/{s['victims']}  mean SSIM {s['ssim_mean']:.3f}  "
+                    f"mean PSNR {psnr}  label accuracy {100 * s['label_acc']:.1f}%  failed {s['failed']}")
+            if s["images"] > s["victims"]:
+                text += f"\nimages reconstructed (SSIM >= {success}): {s['image_success']}/{s['images']}"
+            return text
+        if style == "markdown":
+            return (f"**{s['success']}/{s['victims']} victims reconstructed** (SSIM >= {success:g}); "
+                    f"mean SSIM {s['ssim_mean']:.3f}, mean PSNR {fmt(s['psnr_mean'])} dB, "
+                    f"label accuracy {100 * s['label_acc']:.1f}%, numerically failed {s['failed']}.")
+        from ..htmlreport import esc
+
+        text = (f"<b>{s['success']}/{s['victims']} victims reconstructed</b> (SSIM &ge; {success:g}); "
+                f"mean SSIM {s['ssim_mean']:.3f}, mean PSNR {esc(fmt(s['psnr_mean']))} dB, label accuracy "
+                f"{100 * s['label_acc']:.1f}%, {s['failed']} numerically failed.")
+        if s["images"] > s["victims"]:
+            text += f" Images reconstructed: {s['image_success']}/{s['images']}."
+        return text
 
     def figure(self, recon, labels, *, truth, true_labels, indices, metrics, failed, success, title):
         from ..dashboard import gallery_png

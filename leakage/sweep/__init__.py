@@ -6,7 +6,8 @@ A sweep config is a ``fit`` config (trainer, model, data: the attack and its vic
 
     sweep:
       output: logs/defense_sweep      # everything lands here
-      success_ssim: 0.6               # a victim is reconstructed at SSIM >= this
+      success_ssim: 0.6               # a victim is reconstructed at its kind's score >= this
+                                      # (images: SSIM; tables: TabLeak's accuracy over its records)
       target_success: 0.1             # a defense holds when the success rate is <= this
       refine: 3                       # bisection steps between the last leaking and first holding value
       batch: true                     # defense cells that share the attack run as one fit (false: one fit per cell)
@@ -57,7 +58,9 @@ A cell that cannot run (a bad setting, an unknown config key) is recorded as fai
 one-line error. A sweep started again skips completed cells and redoes interrupted ones, so it
 never loses or corrupts what it wrote. Tables (``results.csv``, ``results.md``), one plot per
 defense and per study (``<name>.png``) and the TensorBoard hparams view are rebuilt from the cell
-files after every cell.
+files after every cell; they show the metrics of the cells' kind of data (a cell records its
+kind's name; :attr:`~leakage.kinds.DataKind.summary_metrics`: images MSE, SSIM, PSNR; tables
+TabLeak's accuracy overall, categorical and continuous).
 
 A sweep config is data, checked before anything runs:
 

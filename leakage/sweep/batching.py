@@ -206,7 +206,9 @@ class GroupReport(pl.Callback):
         V, R = base.num_victims, pl_module.hparams.restarts
         gradients = {n: torch.cat([o.gradients[n] for _, o, _ in parts]) for n in base.gradients}
         dm.observation = replace(base, gradients=gradients,
-                                 update_keys=tuple(k for _, o, _ in parts for k in o.update_keys))
+                                 update_keys=tuple(k for _, o, _ in parts for k in o.update_keys),
+                                 # public labels (labels: known, TabLeak's setting): every cell's victims'
+                                 labels=None if base.labels is None else torch.cat([o.labels for _, o, _ in parts]))
         if secret is not None:
             dm.secret = Secret(images=torch.cat([s.images for _, _, s in parts]),
                                labels=torch.cat([s.labels for _, _, s in parts]),

@@ -339,8 +339,8 @@ class Sweep:
                 "success_rate": success / s["victims"], "images": units,
                 "image_success": unit_success, "image_success_rate": unit_success / units,
                 "score": s[f"{kind.score_name}_mean"], "score_label": kind.score_label, "success_unit": kind.success_unit,
-                "label_acc": s["label_acc"], "mse": s.get("mse_mean", nan), "ssim": s.get("ssim_mean", nan),
-                "psnr": s.get("psnr_mean", nan),
+                "label_acc": s["label_acc"], **{key: s.get(f"{key}_mean", nan) for key, _, _ in kind.summary_metrics},
+                "kind": kind.name,
                 "time_s": elapsed, "entries_per_unknown": float(report.summary["entries_per_unknown"]),
                 "dataset": dataset, "model": model, "defenses": defenses}
 

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .paths import confined
-from .tables import METRICS
+from .tables import metrics as shown_metrics
 
-#: the outcome columns, ``hparam/<name>`` scalars in each cell's session, the attack's success first
-OUTCOMES = ("success_rate", "success", *(m for m in METRICS if m != "success_rate"), "image_success_rate", "time_s",
-            "entries_per_unknown")
+
+def outcomes(rows: list[dict]) -> tuple[str, ...]:
+    """The outcome columns, ``hparam/<name>`` scalars in each cell's session: the attack's success
+    first, then the cells' kind's metrics (images: SSIM, PSNR, MSE; tables: TabLeak's accuracies)."""
+    return ("success_rate", "success", *(m for m in shown_metrics(rows) if m != "success_rate"), "image_success_rate",
+            "time_s", "entries_per_unknown")
 
 
 def cell_hparams(row: dict) -> dict[str, Any]:
@@ -55,7 +58,8 @@ def write_hparams(out: Path, rows: list[dict]) -> None:
         for k, v in c.items():
             if not isinstance(v, (bool, int, float, str)):
                 c[k] = str(v)
-    metrics = {f"hparam/{m}": 0.0 for m in OUTCOMES}
+    names = outcomes(ok)
+    metrics = {f"hparam/{m}": 0.0 for m in names}
     columns: dict[str, Any] = {}
     for c in cells:
         for k, v in c.items():
@@ -69,6 +73,6 @@ def write_hparams(out: Path, rows: list[dict]) -> None:
             fw = w._get_file_writer()
             fw.add_summary(start)
             fw.add_summary(end)
-            for m in OUTCOMES:
+            for m in names:
                 if isinstance(r.get(m), (int, float)):
                     w.add_scalar(f"hparam/{m}", float(r[m]), 0)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..dashboard import figure_png
 from .paths import atomic_write, confined, fmt
-from .tables import HEADERS, METRICS, STUDY_HEADERS, STUDY_METRICS, study_rows
+from .tables import headers, metrics, study_headers, study_metrics, study_rows
 
 
 def write_plots(out: Path, defenses: list[dict], studies: list[dict], rows: list[dict], points: list[dict]) -> None:
@@ -21,11 +22,12 @@ def write_plots(out: Path, defenses: list[dict], studies: list[dict], rows: list
         if not mine:
             continue
         xs = [r["value"] for r in mine]
-        fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3))
+        shown, names = metrics(mine), headers(mine)  # the kind's metrics (images: SSIM, PSNR, MSE; tables: accuracies)
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3))
         positive = [x for x in xs if x > 0]
-        for ax, m in zip(axes, METRICS):
-            ax.plot(xs, [r[m] for r in mine], "o-")
-            ax.set_title(HEADERS[m], fontsize=9)
+        for ax, m in zip(axes, shown):
+            ax.plot(xs, [r.get(m, float("nan")) for r in mine], "o-")
+            ax.set_title(names[m], fontsize=9)
             ax.set_xlabel(d["param"])
             if positive and len(positive) == len(xs):
                 ax.set_xscale("log")
@@ -45,10 +47,15 @@ def write_plots(out: Path, defenses: list[dict], studies: list[dict], rows: list
         values = [r["value"] for r in mine]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         xs = values if numeric else list(range(len(values)))
-        fig, axes = plt.subplots(2, 3, figsize=(10, 6))
-        for ax, m in zip(axes.flat, STUDY_METRICS):
+        shown, names = study_metrics(mine), study_headers(mine)
+        cols = 3 if len(shown) <= 6 else 4
+        rows_ = math.ceil(len(shown) / cols)
+        fig, axes = plt.subplots(rows_, cols, figsize=(10 / 3 * cols, 3 * rows_), squeeze=False)
+        for ax in axes.flat[len(shown):]:
+            ax.set_visible(False)
+        for ax, m in zip(axes.flat, shown):
             ax.plot(xs, [r.get(m, float("nan")) for r in mine], "o-")
-            ax.set_title(STUDY_HEADERS[m], fontsize=9)
+            ax.set_title(names[m], fontsize=9)
             ax.set_xlabel(s["label"])
             if m in ("label_acc", "image_success_rate"):
                 ax.set_ylim(-0.05, 1.05)

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import htmlreport as h
+from ..server import SERVER_SETTINGS, make_server
 from .paths import confined, fmt
-from .tables import HEADERS, METRICS, STUDY_HEADERS, STUDY_METRICS, defense_args, defense_cells, study_rows
+from .tables import (defense_args, defense_cells, headers, metrics, score_label, study_headers, study_metrics,
+                     study_rows)
 
 
 def _attack_settings(base: dict) -> dict[str, Any]:
@@ -59,6 +61,10 @@ def _table(out: Path, label: str, headers: dict, metrics: tuple, rows: list[dict
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>"
 
 
+#: the fit options that set the threat model
+SERVER_KEYS = ("data.server", *(f"data.{k}" for k in SERVER_SETTINGS))
+
+
 def _plot(out: Path, name: str, caption: str) -> str:
     path = confined(out, f"{name}.png")
     return h.image(path.read_bytes(), f"{name} plot", caption) if path.exists() else ""
@@ -70,7 +76,7 @@ def sweep_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies
     kinds = " and ".join(k for k, on in (("defenses", defenses), ("studies", studies)) if on)
     body = [f'<p class="outcome">{len([r for r in rows if r.get("status") == "ok"])} cells done '
             f'({len([r for r in rows if r.get("status") != "ok"])} could not run). A victim counts as '
-            f"reconstructed at SSIM &ge; {h.esc(cfg['success_ssim'])}"
+            f"reconstructed at {h.esc(score_label(rows))} &ge; {h.esc(cfg['success_ssim'])}"
             + (f"; a defense holds where at most {100 * float(cfg['target_success']):.0f}% of the victims are "
                "reconstructed, and its <b>breaking point</b> is the weakest setting that holds (refined by "
                f"bisection, {h.esc(cfg['refine'])} steps)." if defenses else ".") + "</p>",
@@ -96,18 +102,32 @@ def sweep_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies
                     f"{h.esc(', ' + desc if desc else '')}</h2>")
         body.append(f"<p>{h.esc(d['param'])} from weakest to strongest ({'larger' if d['stronger'] == 'larger' else 'smaller'}"
                     " values defend more); rows between grid values are the bisection.</p>")
-        body.append(_table(out, d["param"], HEADERS, METRICS, mine, extra=["reconstructed", "cell report"]))
+        body.append(_table(out, d["param"], headers(mine), metrics(mine), mine, extra=["reconstructed", "cell report"]))
         body.append(_plot(out, d["name"], f"{d['name']}: each metric against {d['param']} (red line: breaking point)."))
     for s in studies:
         mine = study_rows(rows, s)
         if not mine:
             continue
         body.append(f"<h2>Study {h.esc(s['name'])}: {h.esc(s['key'])}</h2>")
-        body.append(_table(out, s["label"], STUDY_HEADERS, STUDY_METRICS, mine, extra=["reconstructed", "cell report"]))
+        body.append(_table(out, s["label"], study_headers(mine), study_metrics(mine), mine, extra=["reconstructed", "cell report"]))
         body.append(_plot(out, s["name"], f"{s['name']}: each metric against {s['key']}."))
     body.append(f'<p class="meta">Sweep folder: {h.esc(out)} (results.csv, results.md, plots, cells/, runs/; '
                 f"TensorBoard: tensorboard --logdir {h.esc(out)}).</p>")
-    return h.page(f"leakage sweep: {kinds or 'no grids'} ({out.name})", body)
+    return h.page(f"leakage sweep: {kinds or 'no grids'} ({out.name})", body, _threat_model(base, studies))
+
+
+def _threat_model(base: dict, studies: list[dict]) -> str:
+    """The threat model of the sweep's cells (their base config's server), or that the cells differ."""
+    varied = [s["key"] for s in studies if str(s.get("key", "")).startswith(SERVER_KEYS)]
+    if varied:
+        return f"per cell (the study varies {varied[0]}; each cell's report names its own)"
+    data = base.get("data") or {}
+    try:
+        return make_server(data.get("server", "honest"), data.get("dataset"),
+                           **{k: data.get(k) for k in SERVER_SETTINGS}).describe()
+    except ValueError:  # a cell's own run refuses it, in its own line
+        return f"server {data.get('server')!r} (see the cells)"
+
 
 
 def write_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies: list[dict], rows: list[dict],

@@ -6,17 +6,54 @@ import csv
 import io
 from collections.abc import Callable
 
+from ..kinds import DataKind, kind_class
 from .paths import fmt, study_cell_id
 
-METRICS = ("label_acc", "mse", "ssim", "psnr", "success_rate")
-HEADERS = {"label_acc": "label accuracy", "mse": "MSE", "ssim": "SSIM", "psnr": "PSNR", "success_rate": "attack success rate"}
-#: what a study's table and plot show, after the swept value
-STUDY_METRICS = ("label_acc", "ssim", "psnr", "image_success_rate", "time_s", "entries_per_unknown")
-STUDY_HEADERS = {"label_acc": "label accuracy", "ssim": "mean SSIM", "psnr": "PSNR",
-                 "image_success_rate": "images reconstructed",
-                 "time_s": "time (s)", "entries_per_unknown": "gradient entries per unknown"}
-CSV_FIELDS = ("defense", "param", "study", "key", "value", "status", "victims", "failed", "success", *METRICS,
-              "score_label", "score", "images", "image_success", "image_success_rate", "time_s", "group_time_s", "entries_per_unknown", "cell", "error")
+nan = float("nan")
+
+#: the columns every cell has besides its kind's metrics (``label_acc`` first, the rest last)
+COMMON_HEADERS = {"label_acc": "label accuracy", "success_rate": "attack success rate",
+                  "time_s": "time (s)", "entries_per_unknown": "gradient entries per unknown"}
+
+
+def _kinds(rows: list[dict]) -> list[type[DataKind]]:
+    """The kinds of the cells that ran, in order of appearance; images when none ran. A cell file
+    written before cells named their kind is an image cell."""
+    kinds = dict.fromkeys(kind_class(r.get("kind", "image")) for r in rows if r.get("status") == "ok")
+    return list(kinds) or [kind_class("image")]
+
+
+def kind_metrics(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The kinds' summary metrics ``(key, header, format spec)`` (SSIM's for images, TabLeak's
+    accuracies for tables; both when a study mixes kinds)."""
+    return list(dict.fromkeys(m for k in _kinds(rows) for m in k.summary_metrics))
+
+
+def metrics(rows: list[dict]) -> tuple[str, ...]:
+    """What a defense's table and plot show: label accuracy, the kind's metrics, the success rate."""
+    return ("label_acc", *(key for key, _, _ in kind_metrics(rows)), "success_rate")
+
+
+def headers(rows: list[dict]) -> dict[str, str]:
+    return {**COMMON_HEADERS, **{key: header for key, header, _ in kind_metrics(rows)}}
+
+
+def study_metrics(rows: list[dict]) -> tuple[str, ...]:
+    """What a study's table and plot show, after the swept value."""
+    keys = dict.fromkeys(key for k in _kinds(rows) for key in k.headline_metrics)
+    return ("label_acc", *keys, "image_success_rate", "time_s", "entries_per_unknown")
+
+
+def study_headers(rows: list[dict]) -> dict[str, str]:
+    scores = {k.score_name for k in _kinds(rows)}
+    return {**headers(rows), **{key: f"mean {header}" for key, header, _ in kind_metrics(rows) if key in scores},
+            "image_success_rate": f"{success_unit(rows)} reconstructed"}
+
+
+def csv_fields(rows: list[dict]) -> tuple[str, ...]:
+    return ("defense", "param", "study", "key", "value", "status", "victims", "failed", "success", *metrics(rows),
+            "score_label", "score", "images", "image_success", "image_success_rate", "time_s", "group_time_s",
+            "entries_per_unknown", "cell", "error")
 
 
 def md_table(label: str, columns: list[str], rows: list[dict], cells: Callable[[dict], list[str]]) -> list[str]:
@@ -26,12 +63,6 @@ def md_table(label: str, columns: list[str], rows: list[dict], cells: Callable[[
         body = cells(r) if r.get("status") == "ok" else [f"failed: {r.get('error', '')}"] + [""] * (len(columns) - 1)
         lines.append(f"| {fmt(r['value'])} | " + " | ".join(body) + " |")
     return lines + [""]
-
-
-def score(row: dict) -> float:
-    """A cell's headline score: its kind's (SSIM for images, TabLeak's accuracy for tables); a cell
-    written before cells named it holds SSIM."""
-    return row.get("score", row.get("ssim", float("nan")))
 
 
 def score_label(rows: list[dict]) -> str:
@@ -70,7 +101,7 @@ def results_tables(cfg: dict, defenses: list[dict], studies: list[dict], rows: l
     by_study = sorted((r for r in rows if "study" in r),
                       key=lambda r: (*order.get(r["cell"], (len(order), 0)), r["cell"]))
     table = io.StringIO(newline="")
-    w = csv.DictWriter(table, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
+    w = csv.DictWriter(table, fieldnames=list(csv_fields(rows)), extrasaction="ignore")
     w.writeheader()
     for r in defense_rows + by_study:
         w.writerow(r)
@@ -84,8 +115,9 @@ def results_tables(cfg: dict, defenses: list[dict], studies: list[dict], rows: l
         desc = defense_args(d)
         md.append(f"### {d['name']} ({d['class_path'].rsplit('.', 1)[-1]}{', ' + desc if desc else ''})")
         md.append("")
-        md += md_table(d["param"], [score_label(mine) if m == "ssim" else HEADERS[m] for m in METRICS], mine, lambda r: [
-            f"{100 * r['label_acc']:.0f}%", f"{r['mse']:.4f}", f"{score(r):.3f}", f"{r['psnr']:.2f}",
+        shown = kind_metrics(mine)
+        md += md_table(d["param"], [headers(mine)[m] for m in metrics(mine)], mine, lambda r: [
+            f"{100 * r['label_acc']:.0f}%", *(format(r.get(key, nan), spec) for key, _, spec in shown),
             f"{100 * r['success_rate']:.0f}% ({r['success']}/{r['victims']})"])
     for s in studies:
         mine = study_rows(rows, s)
@@ -94,10 +126,13 @@ def results_tables(cfg: dict, defenses: list[dict], studies: list[dict], rows: l
         md.append(f"### {s['name']} ({s['key']})")
         md.append("")
         label = score_label(mine)
-        columns = ["label accuracy", f"mean {label}", "PSNR", f"{success_unit(mine)} with {label} >= {cfg['success_ssim']}",
+        specs = {key: spec for key, _, spec in kind_metrics(mine)}
+        shown = study_metrics(mine)[1:-3]  # the kind's metrics
+        columns = ["label accuracy", *(study_headers(mine)[m] for m in shown),
+                   f"{success_unit(mine)} with {label} >= {cfg['success_ssim']}",
                    "client updates", "time (s)", "gradient entries per unknown"]
         md += md_table(s["label"], columns, mine, lambda r: [
-            f"{100 * r['label_acc']:.0f}%", f"{score(r):.3f}", f"{r['psnr']:.2f}",
+            f"{100 * r['label_acc']:.0f}%", *(format(r.get(m, nan), specs[m]) for m in shown),
             f"{100 * r['image_success_rate']:.0f}% ({r['image_success']}/{r['images']})", str(r["victims"]),
             f"{r['time_s']:.1f}", f"{r['entries_per_unknown']:.2f}"])
         ok = [r for r in mine if r.get("status") == "ok"]
