@@ -142,7 +142,7 @@ def engine(n: int, steps: int, device: str, preset: str | None, compile: str = "
     with torch.no_grad():
         losses = module.final_evaluation()["loss"]
     best, _ = module.best_restarts(losses)
-    recon = module.dummy_data.detach()[best]
+    recon = module.reconstruction()[best]  # each problem's best iterate
     labels = module.recovered_labels()[best]
     if device == "cuda":
         torch.cuda.synchronize()

@@ -17,6 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from . import checks, memory
+from .bestiterate import BestIterate
 from .client import batchnorm_layers, client_view, per_problem_gradients
 from .data import Observation
 from .distributed import all_done
@@ -77,7 +78,7 @@ class GradientInversion(Attack):
         relax: TabLeak's relaxation of table rows: the dummy holds a softmax's logits for each
             categorical feature and a sigmoid's argument for each continuous one (mapped into its
             bounds). Tables only.
-        ensemble: ``best`` (the restart with the lowest final matching loss) or ``pool`` (TabLeak's
+        ensemble: ``best`` (the restart with the lowest matching loss) or ``pool`` (TabLeak's
             pooled ensembling: every restart's batch slots matched to the best restart's by the
             Hungarian algorithm, then combined by the data kind: mean of the softmaxes and median
             for tables; it gives an entropy per reconstructed feature).
@@ -89,8 +90,9 @@ class GradientInversion(Attack):
             the last layer's gradient; batch size 1), or a batch label restoration fixed before the
             attack: ``bias_count``, ``weight_count``, ``yin``, ``ilrg`` (see :mod:`leakage.labels`), or
             ``known``: the labels are public (the data's ``public_labels``; TabLeak's setting).
-        restarts: independent dummies per victim; the one with the lowest final matching loss
-            is kept.
+        restarts: independent dummies per victim; the one whose best iterate has the lowest
+            matching loss is kept. Every problem reports its best iterate (the dummies with the
+            lowest objective evaluated, :mod:`leakage.bestiterate`), not its last.
         group_weight: weight of group consistency (GradInversion, Yin et al., 2021): before every
             step the restarts of a victim are aligned to its first restart (an optimal assignment
             of batch slots with equal labels on pixel MSE) and averaged, and each restart is
@@ -216,6 +218,7 @@ class GradientInversion(Attack):
         self.consensus: Optional[Tensor] = None  # group consistency targets [P, B, ...]
         self._evaluating: Optional[Tensor] = None  # problems the optimizer asks to evaluate
         self._compiled = None  # the compiled objective, once built; False after a fallback
+        self.best = BestIterate()  # every problem's lowest-loss dummies so far: what the attack reports
         self._free: Optional[Tensor] = None  # refine_steps: the dummy entries still optimized
 
     # -------------------------------------------------------------- set-up
@@ -269,6 +272,7 @@ class GradientInversion(Attack):
                 observation.data_range)
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
+        self.best.reset()
 
     def initial_dummies(self, observation: Observation) -> tuple[Tensor, Tensor]:
         """Every problem's initial dummies ``[P, B, *sample_shape]`` (the kind's parameters) and
@@ -316,10 +320,30 @@ class GradientInversion(Attack):
     def observed(self) -> list[Tensor]:
         return [getattr(self, f"observed_{i}") for i in range(len(self.param_names))]
 
-    def recovered_labels(self) -> Tensor:
-        """Hard labels ``[P, B]`` of every problem."""
+    def point(self) -> tuple[Tensor, ...]:
+        """The current iterate: the dummies and, with joint labels, the soft-label logits."""
         if self.hparams.labels == "joint":
-            return self.dummy_labels.detach().argmax(dim=-1)
+            return self.dummy_data, self.dummy_labels
+        return (self.dummy_data,)
+
+    def _reported(self) -> tuple[Tensor, ...]:
+        """The reported iterate: each problem's best so far (the current one before any evaluation)."""
+        return tuple(p.detach() for p in self.point()) if self.best.empty else self.best.point
+
+    @property
+    def best_losses(self) -> Optional[Tensor]:
+        """Each problem's lowest loss so far ``[P]``: the loss of what :meth:`reconstruction` reports."""
+        return self.best.loss
+
+    def reconstruction(self) -> Tensor:
+        """Every problem's best iterate as the model input it stands for ``[P, B, *sample_shape]``."""
+        with torch.no_grad():
+            return self.kind.to_input(self._reported()[0])
+
+    def recovered_labels(self) -> Tensor:
+        """Hard labels ``[P, B]`` of every problem's best iterate."""
+        if self.hparams.labels == "joint":
+            return self._reported()[1].argmax(dim=-1)
         return self.fixed_labels
 
     # -------------------------------------------------------------- objective
@@ -385,7 +409,8 @@ class GradientInversion(Attack):
         if P == 0:
             return
         groups = x.view(P // R, R, B, -1)
-        labels = self.recovered_labels().view(P // R, R, B).cpu()
+        current = self.dummy_labels.detach().argmax(dim=-1) if self.hparams.labels == "joint" else self.fixed_labels
+        labels = current.view(P // R, R, B).cpu()
         perms = torch.empty(P // R, R, B, dtype=torch.long)  # restart r's slot for the first restart's slot i
         for v in range(P // R):
             for r in range(R):
@@ -479,6 +504,7 @@ class GradientInversion(Attack):
         :meth:`harden_`), their gradient masked out from now on, the optimizer's state restarted."""
         self._free = self.kind.harden_(self.dummy_data)
         self.dummy_data.register_hook(lambda g: g * self._free.to(g))
+        self.best.reset()  # stage two reports hard rows: its best iterate is kept from here on
         for opt in self.trainer.optimizers:
             (opt.optimizer if hasattr(opt, "optimizer") else opt).state.clear()
 
@@ -492,6 +518,8 @@ class GradientInversion(Attack):
             self.problem_losses = detached
         else:
             self.problem_losses = torch.where(evaluated, detached, self.problem_losses)
+        # the losses were evaluated at the parameters as they are now (L-BFGS's trial points too)
+        self.best.offer(detached, self.point())
         return losses.nansum()
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
@@ -542,13 +570,13 @@ class GradientInversion(Attack):
         return done
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.problem_losses is not None:
-            ok = torch.isfinite(self.problem_losses)
+        if self.best_losses is not None:
+            ok = torch.isfinite(self.best_losses)
             # the mean over the finite losses, without reading the mask back (NaN when none is finite);
             # progress bar only: TensorBoard gets the median and the per-victim losses (leakage.dashboard).
             # Logged once per step, not from training_step, which L-BFGS runs up to max_iter times a
             # step (each self.log goes through Lightning's result collection); the bar shows one value
-            mean = torch.where(ok, self.problem_losses, torch.zeros_like(self.problem_losses)).sum() / ok.sum()
+            mean = torch.where(ok, self.best_losses, torch.zeros_like(self.best_losses)).sum() / ok.sum()
             self.log(LOGGED_METRICS[0], mean, prog_bar=True, on_step=True, logger=False)
             if self.stopping.enabled:
                 self.stopping.update(self.problem_losses)
@@ -578,8 +606,16 @@ class GradientInversion(Attack):
     # ------------------------------------------------------------- results
     @torch.no_grad()
     def final_evaluation(self) -> dict[str, Tensor]:
-        """Per-problem objective, gradient L2 and cosine distances at the current dummies."""
+        """Per-problem objective, gradient L2 and cosine distances at each problem's best iterate
+        (the last iterate, which no step has evaluated yet, is offered first)."""
         with full_precision():
-            out = {"loss": self.matching_loss(), "grad_l2": self.matching_loss("l2", prior=False),
-                   "grad_cosine": self.matching_loss("cosine", prior=False)}
+            self.best.offer(self.matching_loss(), self.point())
+            if self.num_problems == 0:
+                empty = torch.zeros(0, device=self.dummy_data.device)
+                return {"loss": empty, "grad_l2": empty, "grad_cosine": empty}
+            x, *labels = self._reported()
+            labels = labels[0] if labels else None
+            out = {"loss": self._objective(x, labels, None),
+                   "grad_l2": self._objective(x, labels, None, "l2", prior=False),
+                   "grad_cosine": self._objective(x, labels, None, "cosine", prior=False)}
         return {k: v.detach() for k, v in out.items()}

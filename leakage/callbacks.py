@@ -251,7 +251,7 @@ class LeakageReport(pl.Callback):
     @staticmethod
     def _current_best(pl_module) -> tuple[Tensor, Tensor, Tensor]:
         """Each victim's best problem so far, its matching loss and whether every restart failed."""
-        losses = pl_module.problem_losses
+        losses = pl_module.best_losses  # the loss of each problem's reported (best) iterate
         best, failed = pl_module.best_restarts(losses)
         return best, losses[best], failed
 
@@ -379,7 +379,7 @@ class LeakageReport(pl.Callback):
         else:
             reason = f"failed at step {trainer.global_step} of {trainer.max_steps}: {one_line(exception)}"
         try:
-            if world_size(trainer) == 1 and pl_module.problem_losses is not None:
+            if world_size(trainer) == 1 and pl_module.best_losses is not None:
                 self._finish(trainer, pl_module, partial=reason)
                 return
         except Exception as err:  # noqa: BLE001 - the run is failing already: its own error is the one to raise
@@ -392,7 +392,7 @@ class LeakageReport(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._interrupt.check()  # a Ctrl+C during the step stops the attack here, its state whole
-        if pl_module.problem_losses is None:
+        if pl_module.best_losses is None:
             return
         best, best_loss, failed = self._current_best(pl_module)
         self.history.append(best_loss.detach().cpu())

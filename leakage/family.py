@@ -11,10 +11,12 @@ galleries and the sweep read through these members only:
 - ``hparams``: the attack's settings, at least ``model`` (the target's name) and ``restarts``;
 - ``observation``, ``victims``, ``total_victims``: what it attacks (:meth:`attach`; :meth:`setup`
   takes a process's shard);
-- ``dummy_data`` ``[P, B, *input_shape]``: every problem's reconstruction, ``P = victims x restarts``
+- ``dummy_data`` ``[P, B, *input_shape]``: every problem's current iterate, ``P = victims x restarts``
   (restart ``r`` of victim ``v`` is problem ``v * restarts + r``);
 - :meth:`recovered_labels` ``[P, B]``;
-- ``problem_losses`` ``[P]`` (None before the first step): each problem's score, lower is better;
+- ``problem_losses`` ``[P]`` (None before the first step): each problem's score at its last
+  evaluation, lower is better; ``best_losses`` ``[P]``: the score of what is reported (an
+  optimisation attack reports each problem's best iterate, :mod:`leakage.bestiterate`);
 - ``failed`` ``[P]``: problems that failed numerically;
 - :meth:`final_evaluation`: ``loss``, ``grad_l2`` and ``grad_cosine`` ``[P]`` at the end;
 - :meth:`best_restarts`: which restart of each victim is kept, and whether all of them failed;
@@ -181,6 +183,12 @@ class Attack(pl.LightningModule):
 
     # ------------------------------------------------------------- results
     @property
+    def best_losses(self) -> Optional[Tensor]:
+        """Each problem's score of what :meth:`reconstruction` reports ``[P]`` (None before the first
+        step): the last evaluation's, unless the attack keeps a better iterate."""
+        return self.problem_losses
+
+    @property
     def num_problems(self) -> int:
         return self.dummy_data.shape[0]
 
@@ -203,7 +211,7 @@ class Attack(pl.LightningModule):
         return f"{type(self).__name__} ({self.family})"
 
     def reconstruction(self) -> Tensor:
-        """Every problem's reconstruction as the model input it stands for ``[P, B, *sample_shape]``."""
+        """Every problem's reported reconstruction as the model input it stands for ``[P, B, *sample_shape]``."""
         with torch.no_grad():
             return self.kind.to_input(self.dummy_data.detach())
 

@@ -25,9 +25,10 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "dlg": Preset(
-        {"distance": "l2", "optimizer": "lbfgs", "lr": 1.0, "labels": "joint", "init": "randn"}, 300, "cifar_dlg",
+        {"distance": "l2", "optimizer": "lbfgs", "lr": 1.0, "labels": "joint", "init": "uniform",
+         "lbfgs_tolerance_change": 1e-7}, 100, "cifar_dlg",
         "Deep Leakage from Gradients (Zhu et al., 2019): L-BFGS on the l2 gradient distance, soft labels optimized "
-        "with the images"),
+        "with the images, from a uniform start in the data range (configs/cifar_dlg.yaml adds 4 restarts)"),
     "idlg": Preset(
         {"distance": "l2", "optimizer": "lbfgs", "lr": 1.0, "labels": "idlg", "init": "randn"}, 300, "cifar_idlg",
         "iDLG (Zhao et al., 2020): the label from the last layer's gradient, then DLG's L-BFGS on the images"),

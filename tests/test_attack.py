@@ -30,6 +30,17 @@ class LossRecorder(pl.Callback):
         self.losses.append(pl_module.problem_losses.detach().clone())
 
 
+class PointRecorder(pl.Callback):
+    """Every closure evaluation: the per-problem losses and the dummies they were evaluated at."""
+
+    def __init__(self):
+        self.losses, self.points = [], []
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self.losses.append(pl_module.problem_losses.detach().clone())
+        self.points.append(pl_module.dummy_data.detach().clone())
+
+
 def attack(tmp_path, dm, steps, save=False, callbacks=(), **hparams):
     module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **hparams)
     report = LeakageReport(save_artifacts=save)
@@ -60,8 +71,9 @@ def test_idlg_lbfgs_reconstructs_an_mnist_digit(tmp_path):
 def test_joint_labels_with_restarts_keep_the_best(tmp_path):
     """DLG's joint soft labels; with 3 restarts the reported one has the lowest final loss."""
     dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1])
+    rec = PointRecorder()
     module, report, _ = attack(
-        tmp_path, dm, 3, model="mlp", labels="joint", restarts=3, init="uniform", lbfgs_max_iter=10
+        tmp_path, dm, 3, model="mlp", labels="joint", restarts=3, init="uniform", lbfgs_max_iter=10, callbacks=[rec]
     )
     assert module.num_problems == 6
     final = module.final_evaluation()["loss"].view(2, 3)
@@ -69,6 +81,17 @@ def test_joint_labels_with_restarts_keep_the_best(tmp_path):
         assert row["best_restart"] == int(final[v].argmin())
         assert row["final_loss"] == pytest.approx(float(final[v].min()))
     assert module.dummy_labels.shape == (6, 1, 10)
+    # each problem reports the lowest-loss point L-BFGS evaluated (its trial points and the point
+    # where the last step ended), and the loss reported is the one evaluated at that very point
+    with torch.no_grad():
+        end = module.matching_loss()
+    losses = torch.cat([torch.stack(rec.losses), end[None]])
+    points = torch.cat([torch.stack(rec.points), module.dummy_data.detach()[None]])
+    best = losses.argmin(dim=0)
+    for p in range(6):
+        assert torch.equal(module.reconstruction()[p], points[best[p], p])
+        assert float(module.best_losses[p]) == pytest.approx(float(losses[best[p], p]), rel=1e-5)
+    assert torch.allclose(final.flatten(), module.best_losses, rtol=1e-4)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "signed_adam"])
@@ -89,6 +112,35 @@ def test_adam_variants_reduce_the_loss(tmp_path, optimizer):
     sched = trainer.lr_scheduler_configs[0].scheduler
     assert sched.milestones == {5: 1, 9: 1, 13: 1}
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05e-3)
+
+
+# ------------------------------------------------------------------------------ best iterate
+def test_the_report_is_the_best_iterate_not_the_last(tmp_path):
+    """Adam with a learning rate too large for the problem: the loss falls, then the iterates
+    overshoot and climb away. The report is the evaluated point with the lowest loss, its loss and
+    SSIM that point's (a linear target: a few milliseconds per step)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[3])
+    rec = PointRecorder()
+    module, report, _ = attack(tmp_path, dm, 30, model=linear, labels="idlg", init="uniform", optimizer="adam",
+                               lr=0.5, callbacks=[rec])
+    losses = torch.stack(rec.losses)[:, 0]
+    truth = dm.secret.images
+    with torch.no_grad():
+        last_loss = float(module.matching_loss()[0])
+    last = float(module.kind.evaluate(module.dummy_data.detach(), truth)["score"][0])
+    best = int(losses.argmin())
+    (row,) = report.rows
+    assert row["status"] == "ok"
+    # the run got worse: its last iterate is well above the best loss it evaluated
+    assert last_loss > 1.2 * float(losses[best])
+    # the report is that best point, its loss recomputed there
+    assert torch.equal(module.reconstruction(), rec.points[best])
+    assert row["final_loss"] == pytest.approx(float(losses[best]), rel=1e-4)
+    kept = float(module.kind.evaluate(rec.points[best], truth)["score"][0])
+    assert row["ssim"] == pytest.approx(kept, abs=1e-6)
+    assert row["ssim"] > last + 0.1, (row["ssim"], last)
 
 
 # ------------------------------------------------------------------------------ NaN mid-attack

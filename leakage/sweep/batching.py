@@ -118,6 +118,11 @@ class _CellModule:
         return None if losses is None else losses[self._rows]
 
     @property
+    def best_losses(self):
+        losses = self._module.best_losses
+        return None if losses is None else losses[self._rows]
+
+    @property
     def failed(self):
         return self._module.failed[self._rows]
 
