@@ -80,6 +80,28 @@ def cli_args(save_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def fit_in_process(save_dir, config: str, *extra: str):
+    """``leakage fit --config configs/<config>`` in-process (as :func:`leakage.cli.main`, the console
+    script and the sweep's cells run it), keeping the CLI object to read the reconstruction; its
+    printed output is ``cli.stdout``."""
+    import contextlib
+    import io
+    import warnings
+
+    from leakage.attack import GradientInversion
+    from leakage.data import VictimDataModule
+    from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as out:
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS,
+                         save_config_kwargs={"overwrite": True},
+                         parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+                         args=cli_args(save_dir, "--config", str(CONFIGS / config), *extra))
+    cli.stdout = out.getvalue()
+    return cli
+
+
 def run_dirs(save_dir: Path) -> list[Path]:
     """Every TensorBoard run folder (``save_dir/<name>/version_N``) under ``save_dir``."""
     return sorted(p for p in save_dir.glob("*/version_*") if p.is_dir())

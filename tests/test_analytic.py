@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import sys
-import warnings
 
 import pytest
 import torch
@@ -23,12 +22,11 @@ from leakage.callbacks import COLUMNS
 from leakage.cli import main
 from leakage.data import VictimDataModule
 from leakage.defenses import GaussianNoise, TopK
-from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
 from leakage.kinds import TabularKind
 from leakage.metrics import reconstruction_metrics
 from leakage.models import build_model
 
-from conftest import CONFIGS, bundled_labels, cli_args, cli_error, run_dirs
+from conftest import CONFIGS, fit_in_process, bundled_labels, cli_args, cli_error, run_dirs
 
 SHAPE = (1, 28, 28)
 
@@ -37,21 +35,9 @@ def _mlp() -> nn.Module:
     return build_model("mlp", SHAPE, 10, seed=1234)
 
 
-def _fit(save_dir, *extra: str, config: str = "mnist_analytic.yaml") -> LeakageCLI:
-    """``leakage fit --config configs/<config>`` in-process (as :func:`leakage.cli.main`, the console
-    script and the sweep's cells run it), keeping the CLI object to read the reconstruction."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as out:
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS,
-                         save_config_kwargs={"overwrite": True},
-                         parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
-                         args=cli_args(save_dir, "--config", str(CONFIGS / config), *extra))
-    cli.stdout = out.getvalue()
-    return cli
-
 
 def test_the_cli_recovers_one_mnist_image_exactly_with_an_optimisation_attack_s_records(tmp_path):
-    cli = _fit(tmp_path, "--data.indices", "[0]", "--report.log_every_n_steps", "1")
+    cli = fit_in_process(tmp_path, "mnist_analytic.yaml", "--data.indices", "[0]", "--report.log_every_n_steps", "1")
     assert isinstance(cli.model, AnalyticInversion)  # the config's `attack: analytic`
     secret = cli.datamodule.secret
     recon = cli.model.dummy_data.detach()
@@ -98,7 +84,7 @@ def test_the_python_api_recovers_one_image_exactly_from_the_update_alone():
 def test_the_cli_recovers_one_adult_record_exactly_through_the_tabular_kind(tmp_path):
     """configs/adult_analytic.yaml: one bundled Adult record on TabLeak's tabular_mlp; the encoded row
     itself is reconstructed (not relaxed), decoded and scored with TabLeak's accuracy."""
-    cli = _fit(tmp_path, config="adult_analytic.yaml")
+    cli = fit_in_process(tmp_path, "adult_analytic.yaml")
     assert isinstance(cli.model, AnalyticInversion) and isinstance(cli.model.kind, TabularKind)
     truth = cli.datamodule.secret.images
     assert truth.shape == (1, 1, cli.model.kind.schema.width)

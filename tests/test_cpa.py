@@ -3,41 +3,24 @@ layer, through the CLI, scored after the metrics' Hungarian matching; refusals i
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import leakage
-from leakage.attack import GradientInversion
 from leakage.cpa import CocktailPartyAttack
-from leakage.data import VictimDataModule
-from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
 from leakage.metrics import reconstruction_metrics, ssim_per_image
 
-from conftest import CONFIGS, cli_args, cli_error, run_dirs
+from conftest import CONFIGS, fit_in_process, cli_args, cli_error, run_dirs
 
 SHAPE = (1, 28, 28)
 
 
-def _fit(save_dir, *extra: str) -> LeakageCLI:
-    """``leakage fit --config configs/mnist_cpa.yaml`` in-process, keeping the CLI object."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as out:
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS,
-                         save_config_kwargs={"overwrite": True},
-                         parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
-                         args=cli_args(save_dir, "--config", str(CONFIGS / "mnist_cpa.yaml"), *extra))
-    cli.stdout = out.getvalue()
-    return cli
-
 
 def test_the_cli_recovers_most_of_a_16_image_mnist_batch_matched_to_the_true_images(tmp_path):
-    cli = _fit(tmp_path)
+    cli = fit_in_process(tmp_path, "mnist_cpa.yaml")
     assert isinstance(cli.model, CocktailPartyAttack) and cli.trainer.global_step == 1
     recon, truth = cli.model.dummy_data.detach(), cli.datamodule.secret.images  # [1, 16, 1, 28, 28]
     metrics = reconstruction_metrics(recon, truth)

@@ -4,37 +4,21 @@ every report, and settings the model cannot take are refused in one line."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
-
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import leakage
-from leakage.attack import GradientInversion
 from leakage.data import VictimDataModule
-from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
 from leakage.malicious import ImprintAttack, TrapWeightAttack
 from leakage.metrics import reconstruction_metrics
 from leakage.models import build_model
 from leakage.server import ImprintServer, Imprinted
 
-from conftest import CONFIGS, cli_args, cli_error, run_dirs
+from conftest import fit_in_process, cli_args, cli_error, run_dirs
 
 SHAPE = (1, 28, 28)
 
-
-def _fit(save_dir, *extra: str) -> LeakageCLI:
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as out:
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS,
-                         save_config_kwargs={"overwrite": True},
-                         parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
-                         args=cli_args(save_dir, "--config", str(CONFIGS / "mnist_imprint.yaml"), *extra))
-    cli.stdout = out.getvalue()
-    return cli
 
 
 def _exact_images(recon: torch.Tensor, truth: torch.Tensor) -> int:
@@ -47,7 +31,7 @@ def _exact_images(recon: torch.Tensor, truth: torch.Tensor) -> int:
 def test_the_imprint_module_reads_most_of_a_batch_of_64_mnist_images_exactly(tmp_path):
     """configs/mnist_imprint.yaml: 64 images, 256 bins in front of LeNet; the client trained the changed
     model, the attack targets it, and every report says so in its first line."""
-    cli = _fit(tmp_path)
+    cli = fit_in_process(tmp_path, "mnist_imprint.yaml")
     obs = cli.datamodule.observation
     assert isinstance(cli.model, ImprintAttack) and isinstance(cli.model.target, Imprinted)
     assert "imprint.measure.weight" in obs.gradients and obs.gradients["imprint.measure.weight"].shape == (1, 256, 784)
