@@ -1,6 +1,7 @@
 """Shared fixtures and helpers for the leakage test suite.
 
-Everything runs on CPU with two threads; every output goes under pytest's tmp_path.
+Everything runs on CPU with one thread per process (on a busy 2-core machine, a second thread waits for
+a busy core and costs more than it gives); every output goes under pytest's tmp_path.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
