@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .closedform import ClosedFormAttack
 from .data import Observation
-from .labels import BATCH_STRATEGIES, label_gradients, observed_labels
+from .labels import BATCH_STRATEGIES
 
 LABELS = ("idlg", *BATCH_STRATEGIES)
 #: a victim is exact when its first-layer update is rank one to this relative tolerance
@@ -123,8 +123,7 @@ class AnalyticInversion(ClosedFormAttack):
         x = torch.bmm(weight[:, None, :], dW)[:, 0] / (weight * db).sum(dim=1, keepdim=True)  # [V, D]; 0/0: NaN
         residual = torch.linalg.vector_norm(torch.baddbmm(dW, db[..., None], x[:, None, :], alpha=-1), dim=(1, 2))
         exact = (residual <= RANK_ONE_TOLERANCE * torch.linalg.vector_norm(dW, dim=(1, 2))) & (B == 1)
-        labels = observed_labels(self.target, label_gradients(observation), B, observation.input_shape,
-                                 self.hparams.labels, observation.data_range)
+        labels = self.restored_labels(observation)
         x = x.view(V, 1, *observation.input_shape).expand(V, B, *observation.input_shape).contiguous()
         return x, labels, exact
 

@@ -484,10 +484,7 @@ class GradientInversion(Attack):
     def on_fit_start(self) -> None:
         if self.trainer.max_steps is None or self.trainer.max_steps < 1:
             raise ValueError("set the attack budget with --trainer.max_steps N (one step is one attack iteration)")
-        refine = self.hparams.get("refine_steps", 0)
-        if refine >= self.trainer.max_steps:
-            raise ValueError(f"refine_steps ({refine}) must be below --trainer.max_steps ({self.trainer.max_steps}): "
-                             f"the first stage, which finds the categorical features, needs steps")
+        self.check_budget(self.hparams, self.trainer.max_steps)  # the API's runs too, not only the CLI's
         self.stopping.reset()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:

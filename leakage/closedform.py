@@ -25,6 +25,7 @@ from .client import client_view, per_problem_gradients
 from .data import Observation
 from .family import Attack
 from .fedavg import per_problem_updates, schedules
+from .labels import label_gradients, observed_labels
 from .losses import gradient_distance
 from .precision import full_precision
 
@@ -52,6 +53,12 @@ class ClosedFormAttack(Attack):
         self.solve_seconds: Optional[float] = None
         self._evaluation: Optional[dict[str, Tensor]] = None
         self._exact = torch.zeros(0, dtype=torch.bool)
+
+    def restored_labels(self, observation: Observation) -> Tensor:
+        """Every victim's labels ``[V, B]`` by the attack's ``labels`` setting (iDLG for one record, or
+        a batch restoration of :mod:`leakage.labels`), from the update as batch-mean gradients."""
+        return observed_labels(self.target, label_gradients(observation), observation.batch_size,
+                               observation.input_shape, self.hparams.labels, observation.data_range)
 
     def solve(self, observation: Observation) -> tuple[Tensor, Tensor, Tensor]:
         """Every victim's reconstruction ``[V, B, *input_shape]``, labels ``[V, B]`` and whether it is

@@ -39,13 +39,11 @@ from typing import Literal, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .analytic import first_linear
+from .analytic import LABELS, first_linear
 from .closedform import ClosedFormAttack
 from .data import Observation
-from .labels import BATCH_STRATEGIES, label_gradients, observed_labels
 from .seeding import derive_seed
 
-LABELS = ("idlg", *BATCH_STRATEGIES)
 #: a refined component this close (cosine) to an earlier one holds the same record: it is restarted
 DUPLICATE_COSINE = 0.95
 RESTART_ROUNDS = 5
@@ -163,8 +161,7 @@ class CocktailPartyAttack(ClosedFormAttack):
             unmix(dW[v].double() - lo * db[v].double()[:, None], db[v], B, hp.sparsity, hp.refine_steps,
                   hp.ica_iterations, seed=derive_seed("cpa", observation.update_keys[v]) % 2**32) + lo
             for v in range(V)]) if V else torch.zeros(0, B, math.prod(observation.input_shape))
-        labels = observed_labels(self.target, label_gradients(observation), B, observation.input_shape,
-                                 hp.labels, observation.data_range)
+        labels = self.restored_labels(observation)
         x = x.float().view(V, B, *observation.input_shape)
         return x, labels, torch.zeros(V, dtype=torch.bool)
 

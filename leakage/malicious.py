@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .closedform import ClosedFormAttack
 from .data import Observation
-from .labels import BATCH_STRATEGIES, label_gradients, observed_labels
+from .labels import BATCH_STRATEGIES
 from .server import ImprintServer, TrapWeightServer
 
 #: a bin or row holds an input when its bias gradient is above this fraction of the largest
@@ -76,10 +76,6 @@ class _MaliciousAttack(ClosedFormAttack):
             x[v, :n] = found[:n].view(n, *shape)
         return x
 
-    def _labels(self, observation: Observation) -> Tensor:
-        return observed_labels(self.target, label_gradients(observation), observation.batch_size,
-                               observation.input_shape, self.hparams.labels, observation.data_range)
-
 
 class ImprintAttack(_MaliciousAttack):
     """Read every input alone in its bin off a malicious server's imprint module (module docstring).
@@ -114,7 +110,7 @@ class ImprintAttack(_MaliciousAttack):
             counts.append(len(bins))
         B = observation.batch_size
         exact = torch.tensor([c == B for c in counts], dtype=torch.bool) & (observation.client is None)
-        return self._fill(observation, rows), self._labels(observation), exact
+        return self._fill(observation, rows), self.restored_labels(observation), exact
 
     def describe(self) -> str:
         return "imprint-module read-out (Robbing the Fed, closed form)"
@@ -159,7 +155,7 @@ class TrapWeightAttack(_MaliciousAttack):
             certified.append(sum(len(g) >= 2 for g in groups[:observation.batch_size]) if distinct else 0)
         B = observation.batch_size
         exact = torch.tensor([c == B for c in certified], dtype=torch.bool) & (observation.client is None)
-        return self._fill(observation, rows), self._labels(observation), exact
+        return self._fill(observation, rows), self.restored_labels(observation), exact
 
     @staticmethod
     def _groups(cand: Tensor) -> list[Tensor]:
