@@ -4,6 +4,7 @@ d-100-100-2 MLP), one victim per batch size: records 0..B-1 of the complete reco
 
     python bench/tabular_batch.py [--batch-sizes 1 2 4 8 16 32 64 128] [--attacks tableak cosine dlg]
                                   [--steps 1500] [--restarts 30] [--victims 1] [--refine-steps 0]
+                                  [--standardize-onehot]
 
 Each row: TabLeak's accuracy (overall, categorical, continuous), the wall time of the attack alone
 (the Trainer's fit) and its CPU time (the process's; less sensitive to other jobs on a shared
@@ -11,6 +12,9 @@ machine than the wall time), for each attack; for pooled TabLeak also the entrop
 accuracy of the cells in each quarter of the entropies (lowest first), per feature type; the settings are those of configs/adult_*.yaml.
 ``--refine-steps N`` gives TabLeak and the cosine baseline TabLeak's two-staged mode: the last N of
 the steps with the categorical features fixed to their argmax (``--model.refine_steps``).
+``--standardize-onehot``: TabLeak's encoding, the one-hot columns standardised too
+(``--data.standardize_onehot``, as in ``configs/adult_tableak.yaml``); default plain one-hot, as in
+``configs/adult_batch_sweep.yaml``.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ ATTACKS = {
 }
 
 
-def run(batch: int, attack: str, steps: int, restarts: int, victims: int, refine: int = 0) -> dict:
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=batch, num_victims=victims, public_labels=True)
+def run(batch: int, attack: str, steps: int, restarts: int, victims: int, refine: int = 0,
+        standardize_onehot: bool = False) -> dict:
+    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=batch, num_victims=victims, public_labels=True,
+                          standardize_onehot=standardize_onehot)
     settings = {"restarts": restarts, **BASE, **ATTACKS[attack]}
     if refine and attack != "dlg":
         settings["refine_steps"] = refine
@@ -57,7 +63,8 @@ def run(batch: int, attack: str, steps: int, restarts: int, victims: int, refine
             q = ent.quantile(torch.tensor([0.25, 0.5, 0.75]))
             bins = torch.bucketize(ent, q)
             out[f"{name}_accuracy_by_entropy_quartile"] = [round(100 * float(ok[bins == i].mean()), 1) for i in range(4)]
-    return {**out, "B": batch, "attack": attack, "steps": budget, "refine_steps": settings.get("refine_steps", 0),
+    return {**out, "B": batch, "attack": attack, "standardize_onehot": standardize_onehot, "steps": budget,
+            "refine_steps": settings.get("refine_steps", 0),
             "restarts": settings["restarts"], "seconds": round(seconds, 1),
             "cpu_seconds": round(cpu, 1),
             **{k: round(100 * float(m[k].mean()), 1) for k in ("accuracy", "accuracy_categorical", "accuracy_continuous")}}
@@ -71,10 +78,11 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=30)
     ap.add_argument("--victims", type=int, default=1)
     ap.add_argument("--refine-steps", type=int, default=0)
+    ap.add_argument("--standardize-onehot", action="store_true")
     args = ap.parse_args()
     for b in args.batch_sizes:
         for a in args.attacks:
-            print(json.dumps(run(b, a, args.steps, args.restarts, args.victims, args.refine_steps)), flush=True)
+            print(json.dumps(run(b, a, args.steps, args.restarts, args.victims, args.refine_steps, args.standardize_onehot)), flush=True)
 
 
 if __name__ == "__main__":

@@ -224,6 +224,10 @@ class VictimDataModule(pl.LightningDataModule):
         schema: a table's public encoding as JSON (the ``schema.json`` of an earlier run, its
             ``schema`` entry); default: built from the table itself (categories, means, standard
             deviations and bounds of its complete records).
+        standardize_onehot: a table's one-hot columns standardised too, ``(onehot - frequency) /
+            std``, the frequencies of its complete records (TabLeak's encoding: its model sees
+            standardised one-hot columns); stored in the schema. Default (None): plain one-hot for a
+            schema built here; with ``schema`` the schema's encoding, which a True or False must match.
         public_labels: the victims' labels are public (the attack's ``labels: known``; TabLeak's
             setting).
         root: where torchvision datasets live.
@@ -276,6 +280,7 @@ class VictimDataModule(pl.LightningDataModule):
         label_column: Optional[str] = None,
         categorical_columns: Optional[list[str]] = None,
         schema: Optional[str] = None,
+        standardize_onehot: Optional[bool] = None,
         public_labels: bool = False,
         root: str = "data",
         download: bool = False,
@@ -309,7 +314,7 @@ class VictimDataModule(pl.LightningDataModule):
         if source not in SOURCES:
             raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
         self.public_labels = public_labels
-        self.table = self._table(source, dataset, path, label_column, categorical_columns, schema)
+        self.table = self._table(source, dataset, path, label_column, categorical_columns, schema, standardize_onehot)
         self.dataset = dataset.lower() if self.table is not None else _dataset_key(dataset)
         if source == "bundled" and self.dataset not in BUNDLED and self.table is None:
             raise ValueError(
@@ -379,12 +384,21 @@ class VictimDataModule(pl.LightningDataModule):
         self.input_shape: tuple[int, int, int] = (c, *hw)
         self.num_classes: int = classes if num_classes is None else num_classes
 
-    def _table(self, source, dataset, path, label_column, categorical_columns, schema):
+    def _table(self, source, dataset, path, label_column, categorical_columns, schema, standardize_onehot=None):
         """A table source's kind (its schema) and its encoded records, or None for images."""
+
+        def given_schema() -> TableSchema:
+            table_schema = _read_schema(schema)
+            if standardize_onehot is not None and standardize_onehot != table_schema.standardized_onehot:
+                raise ValueError(f"standardize_onehot is {str(standardize_onehot).lower()} but the schema {schema} "
+                                 f"encodes {'standardised' if table_schema.standardized_onehot else 'plain'} one-hot "
+                                 "columns (--data.standardize_onehot null uses the schema's encoding)")
+            return table_schema
+
         if source == "csv" and not path:
             raise ValueError("source=csv needs --data.path FILE.csv")
         if source == "gradients" and schema is not None:  # a captured update of a table: the schema is all
-            kind = TabularKind(_read_schema(schema))
+            kind = TabularKind(given_schema())
             return kind, torch.zeros(0, kind.schema.width), torch.zeros(0, dtype=torch.long)
         if source == "csv":
             where = Path(path)
@@ -394,12 +408,14 @@ class VictimDataModule(pl.LightningDataModule):
         else:
             if dataset.lower() in TABLES:
                 raise ValueError(f"{dataset} is a table: use --data.source bundled (or csv with --data.path)")
+            if standardize_onehot:
+                raise ValueError("standardize_onehot applies to tables (one-hot columns), not to image data")
             return None
         header, rows, dropped = read_csv(where)
         if schema is not None:
-            table_schema = _read_schema(schema)
+            table_schema = given_schema()
         else:
-            table_schema = TableSchema.infer(header, rows, label_column, categorical_columns)
+            table_schema = TableSchema.infer(header, rows, label_column, categorical_columns, bool(standardize_onehot))
         x, y = table_schema.encode(header, rows, source=str(where.name))
         #: records left out for a missing value, said in the run's output
         self.dropped_records = dropped

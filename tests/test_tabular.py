@@ -58,6 +58,38 @@ def test_schema_encoding_round_trips(tmp_path):
     assert torch.equal(again.encode(header, rows[:50])[0], x[:50])
 
 
+def test_standardized_onehot_columns_are_tableaks_encoding(tmp_path):
+    """``standardize_onehot``: the one-hot columns standardised by the records' frequencies, as
+    TabLeak's model sees them; decoding, scoring, pooling and hardening undo it; TabLeak recovers a
+    record through it."""
+    dm = VictimDataModule(source="bundled", dataset="adult", standardize_onehot=True, batch_size=1, public_labels=True)
+    kind, x, _ = dm.table
+    plain = VictimDataModule(source="bundled", dataset="adult").table
+    cat = kind.schema.column_stats()[1] != 1  # the standardised columns (none of a constant column)
+    assert cat.sum() > 70 and torch.allclose(x[:, cat].mean(0), torch.zeros(int(cat.sum())), atol=1e-5)
+    assert torch.allclose(x[:, cat].std(0, unbiased=False), torch.ones(int(cat.sum())), atol=1e-4)
+    assert kind.schema.decode(x[:50]) == plain[0].schema.decode(plain[1][:50])
+    again = TableSchema.from_json(kind.schema.to_json())
+    assert again.standardized_onehot and torch.equal(again.encode(*read_csv(CONFIGS.parent / "leakage" / "assets" / "tabular" / "adult_test_0_999.csv")[:2])[0][:8], x[:8])
+    assert torch.equal(kind.distributions(x[:8])[:, cat].round(), plain[1][:8, cat]) and torch.equal(x[:, ~cat], plain[1][:, ~cat])
+    kind.check_truth(x[None, :8])
+    assert float(kind.evaluate(x[None, :8], x[None, :8])["accuracy"][0]) == 1.0
+    logits = kind.distributions(x[:8]).clone() * 30  # a hard relaxed dummy: continuous entries via the sigmoid
+    assert torch.allclose(kind.to_input(logits)[:, cat], x[:8, cat], atol=1e-4)
+    pooled, _ = kind.combine(x[:8].repeat(3, 1, 1))
+    assert torch.allclose(pooled, x[:8], atol=1e-5)
+    raw = kind.relaxed(False)
+    noisy = x[:8] + 0.01
+    raw.harden_(noisy)
+    assert torch.allclose(noisy[:, cat], x[:8, cat], atol=1e-5)
+    _, m = _attack(dm, 120, restarts=3, **TABLEAK)
+    assert float(m["accuracy"][0]) == 1.0, m["feature_accuracy"]
+    path = tmp_path / "schema.json"
+    path.write_text(plain[0].schema.to_json())
+    with pytest.raises(ValueError, match="standardize_onehot is true but the schema .* encodes plain one-hot columns"):
+        VictimDataModule(source="bundled", dataset="adult", standardize_onehot=True, schema=str(path))
+
+
 # budgets about twice what each outcome needs (measured: B = 1 is 100% from 70 steps, B = 4 96% at 200)
 @pytest.mark.parametrize("batch_size, steps", [(1, 120), (4, 200)])
 def test_tableak_recovers_adult_records(batch_size, steps):
@@ -162,7 +194,7 @@ def test_a_csv_that_does_not_fit_is_one_line(tmp_path, capsys, text, extra, mess
 
 
 def test_a_category_not_in_the_schema_is_one_line(tmp_path, capsys):
-    dm = VictimDataModule(source="bundled", dataset="adult")
+    dm = VictimDataModule(source="bundled", dataset="adult", standardize_onehot=True)  # the preset's encoding
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps({"schema": json.loads(dm.table[0].schema.to_json())}))
     own = (CONFIGS.parent / "leakage" / "assets" / "tabular" / "adult_test_0_999.csv").read_text().splitlines()

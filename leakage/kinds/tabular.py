@@ -4,7 +4,9 @@ encoding, the public schema the attacker knows).
 The dummy is ``[B, D]`` encoded rows. With ``relax`` (TabLeak) the dummy holds free parameters: a
 softmax over each categorical feature's one-hot block, and each continuous value squashed into its
 standardised bounds by a sigmoid; without it (the Inverting Gradients and DLG baselines) the dummy
-is the encoded row itself. Decoding takes the argmax category and de-standardises the continuous
+is the encoded row itself. With ``standardize_onehot`` (TabLeak's own encoding) the one-hot columns
+are standardised too, ``(onehot - frequency) / std``, as TabLeak's model sees them. Decoding takes
+the argmax category (of the de-standardised block) and de-standardises the continuous
 values (clamped to their bounds); rows are matched to the truth by the Hungarian algorithm on
 TabLeak's error, and scored by TabLeak's accuracy: a categorical value is right when exact, a
 continuous one when within ``0.319`` times the feature's standard deviation.
@@ -40,6 +42,10 @@ class Feature:
     min: float = 0.0
     max: float = 0.0
     integer: bool = False  # every value a whole number: decoded values are rounded
+    #: categorical, standardised one-hot columns (TabLeak's encoding): each category's frequency and
+    #: the standard deviation of its 0/1 column (``sqrt(p (1 - p))``, 1 when 0); empty: plain one-hot
+    onehot_mean: list[float] = field(default_factory=list)
+    onehot_std: list[float] = field(default_factory=list)
 
     @property
     def width(self) -> int:
@@ -58,6 +64,22 @@ class TableSchema:
     def width(self) -> int:
         return sum(f.width for f in self.features)
 
+    @property
+    def standardized_onehot(self) -> bool:
+        """Whether the one-hot columns are standardised (TabLeak's encoding)."""
+        return any(f.onehot_std for f in self.features)
+
+    def column_stats(self) -> tuple[Tensor, Tensor]:
+        """Per encoded column ``[D]``: the mean and standard deviation the one-hot columns are
+        standardised with (0 and 1 for plain one-hot and for continuous columns, which are stored
+        standardised already)."""
+        mean, std = torch.zeros(self.width), torch.ones(self.width)
+        for f, sl in self.blocks():
+            if f.type == "categorical" and f.onehot_std:
+                mean[sl] = torch.tensor(f.onehot_mean)
+                std[sl] = torch.tensor(f.onehot_std)
+        return mean, std
+
     def blocks(self) -> list[tuple[Feature, slice]]:
         out, start = [], 0
         for f in self.features:
@@ -68,9 +90,10 @@ class TableSchema:
     # ------------------------------------------------------------ building
     @classmethod
     def infer(cls, header: Sequence[str], rows: Sequence[Sequence[str]], label: Optional[str] = None,
-              categorical: Optional[Sequence[str]] = None) -> "TableSchema":
+              categorical: Optional[Sequence[str]] = None, standardize_onehot: bool = False) -> "TableSchema":
         """The schema of complete records (no missing value): the label column (default: the last),
-        categorical columns as named, else every column with a value that is not a number."""
+        categorical columns as named, else every column with a value that is not a number;
+        ``standardize_onehot``: the one-hot columns standardised by the records' frequencies (TabLeak's encoding)."""
         header = [h.strip() for h in header]
         label = header[-1] if label is None else label
         if label not in header:
@@ -89,7 +112,13 @@ class TableSchema:
             values = [r[i] for r in rows]
             numbers = [_number(v) for v in values]
             if (categorical is not None and name in categorical) or (categorical is None and None in numbers):
-                features.append(Feature(name, "categorical", sorted(set(values))))
+                cats = sorted(set(values))
+                feat = Feature(name, "categorical", cats)
+                if standardize_onehot:
+                    freq = [values.count(c) / len(values) for c in cats]
+                    feat.onehot_mean = freq
+                    feat.onehot_std = [math.sqrt(p * (1 - p)) or 1.0 for p in freq]
+                features.append(feat)
             else:
                 if None in numbers:
                     bad = values[numbers.index(None)]
@@ -122,6 +151,7 @@ class TableSchema:
         li = header.index(self.label)
         x = torch.zeros(len(rows), self.width)
         y = torch.zeros(len(rows), dtype=torch.long)
+        stats = {f.name: (torch.tensor(f.onehot_mean), torch.tensor(f.onehot_std)) for f in self.features if f.onehot_std}
         for n, r in enumerate(rows):
             if r[li] not in self.classes:
                 raise ValueError(f"{source}, record {n}: label {r[li]!r} is not a class of the schema ({', '.join(self.classes)})")
@@ -132,6 +162,8 @@ class TableSchema:
                     if v not in f.categories:
                         raise ValueError(f"{source}, record {n}: {f.name} {v!r} is not a category of the schema")
                     x[n, sl.start + f.categories.index(v)] = 1.0
+                    if f.name in stats:
+                        x[n, sl] = (x[n, sl] - stats[f.name][0]) / stats[f.name][1]
                 else:
                     num = _number(v)
                     if num is None:
@@ -143,7 +175,8 @@ class TableSchema:
         """Rows ``[N, D]`` (encoded or relaxed) as values: argmax categories, de-standardised
         continuous values clamped to the feature's bounds."""
         out = []
-        for row in x.detach().cpu().double():
+        mean, std = self.column_stats()
+        for row in (x.detach().cpu().double() * std.double() + mean.double()) if self.standardized_onehot else x.detach().cpu().double():
             vals: list[Any] = []
             for f, sl in self.blocks():
                 if f.type == "categorical":
@@ -214,6 +247,21 @@ class TabularKind(DataKind):
         feats = [f for f in schema.features if f.type == "continuous"]
         self._lo = torch.tensor([(f.min - f.mean) / f.std for f in feats])
         self._hi = torch.tensor([(f.max - f.mean) / f.std for f in feats])
+        self._standardized = schema.standardized_onehot
+        self._mean, self._std = schema.column_stats()
+
+    def distributions(self, x: Tensor) -> Tensor:
+        """Model inputs ``[..., D]`` with every categorical block as its (soft) one-hot, the
+        standardisation of the one-hot columns undone (the same tensor for plain one-hot)."""
+        if not self._standardized:
+            return x
+        return x * self._std.to(x) + self._mean.to(x)
+
+    def standardized(self, x: Tensor) -> Tensor:
+        """The inverse of :meth:`distributions`: one-hot blocks as the model sees them."""
+        if not self._standardized:
+            return x
+        return (x - self._mean.to(x)) / self._std.to(x)
 
     def relaxed(self, relax: bool) -> "TabularKind":
         """The same table with or without TabLeak's relaxation of the dummy."""
@@ -237,7 +285,7 @@ class TabularKind(DataKind):
             idx = self._cont.to(dummy.device)
             lo, hi = self._lo.to(dummy), self._hi.to(dummy)
             parts[..., idx] = lo + (hi - lo) * torch.sigmoid(dummy[..., idx])
-        return parts
+        return self.standardized(parts)
 
     can_harden = True
     #: a fixed categorical feature's logits: its argmax this, the others 0 (softmax one-hot to ~1e-13)
@@ -248,10 +296,14 @@ class TabularKind(DataKind):
         argmax, one-hot (relaxed: logits ``HARD_LOGIT`` and 0, a softmax one-hot to float32
         rounding); returns the mask of the entries still free (the continuous ones)."""
         free = torch.ones_like(dummy)
+        dist = dummy if self.relax else self.distributions(dummy)
         for sl in self._cat:
-            block = dummy[..., sl]
+            block = dist[..., sl]
             one_hot = torch.nn.functional.one_hot(block.argmax(-1), block.shape[-1]).to(dummy)
-            dummy[..., sl] = one_hot * (self.HARD_LOGIT if self.relax else 1.0)
+            if self.relax:
+                dummy[..., sl] = one_hot * self.HARD_LOGIT
+            else:  # the encoded row: standardised one-hot when the schema standardises it
+                dummy[..., sl] = (one_hot - self._mean[sl].to(dummy)) / self._std[sl].to(dummy)
             free[..., sl] = 0
         return free
 
@@ -268,6 +320,7 @@ class TabularKind(DataKind):
         differential entropy ``0.5 + 0.5 log(2 pi sigma^2)`` of the restarts' spread (TabLeak's),
         NaN with one restart."""
         R = aligned.shape[0]
+        aligned = self.distributions(aligned)
         pooled = aligned.mean(0)
         ents = []
         for f, sl in self.schema.blocks():
@@ -283,7 +336,7 @@ class TabularKind(DataKind):
                 pooled[..., sl.start] = col.median(0).values
                 sd = col.std(0) if R > 1 else torch.full_like(col[0], float("nan"))
                 ents.append(0.5 + 0.5 * torch.log(2 * math.pi * sd.pow(2) + 1e-12))
-        return pooled, torch.stack(ents, -1)
+        return self.standardized(pooled), torch.stack(ents, -1)
 
     def match_cost(self, reference: Tensor, other: Tensor) -> Tensor:
         """TabLeak's matching: the share of features on which two rows disagree (its error), ties
@@ -295,9 +348,10 @@ class TabularKind(DataKind):
         """TabLeak's error of every reconstructed row against every true row and feature
         ``[Br, Bt, F]`` (0 right, 1 wrong)."""
         out = []
+        recon_d, truth_d = self.distributions(recon), self.distributions(truth)
         for f, sl in self.schema.blocks():
             if f.type == "categorical":
-                out.append((recon[:, None, sl].argmax(-1) != truth[None, :, sl].argmax(-1)).float())
+                out.append((recon_d[:, None, sl].argmax(-1) != truth_d[None, :, sl].argmax(-1)).float())
             else:
                 lo, hi = (f.min - f.mean) / f.std, (f.max - f.mean) / f.std
                 r = recon[:, None, sl.start].clamp(lo, hi)
@@ -344,10 +398,13 @@ class TabularKind(DataKind):
         """True rows must be encoded as the schema encodes them (:meth:`TableSchema.encode`): every
         categorical block one-hot."""
         super().check_truth(truth)
+        dist = self.distributions(truth.float())
         for f, sl in self.schema.blocks():
             if f.type != "categorical":
                 continue
-            block = truth[..., sl]
+            block = dist[..., sl]
+            if self._standardized:  # de-standardised in float32: one-hot to rounding
+                block = torch.where((block - block.round()).abs() < 1e-4, block.round(), block)
             if not bool(((block == 0) | (block == 1)).all() and (block.sum(-1) == 1).all()):
                 raise ValueError(f"the true rows are not encoded rows of the schema: feature {f.name!r} is not one-hot "
                                  "(encode records with the schema, e.g. TableSchema.encode)")
