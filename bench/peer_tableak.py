@@ -89,11 +89,11 @@ def checkout(source: str) -> Path:
     path = Path(source).expanduser()
     if (path / "run_inversion_attacks.py").is_file():
         return path.resolve()
-    dest = CACHE / "tableak"
-    if (dest / "run_inversion_attacks.py").is_file():
-        return dest
     if not (path.exists() or "://" in source or source.startswith("git@")):
         fail(f"TabLeak's code is unavailable: {source} is neither a checkout, a git repository nor a URL")
+    dest = CACHE / "tableak"
+    if (dest / "run_inversion_attacks.py").is_file():
+        return dest  # cloned before
     dest.parent.mkdir(parents=True, exist_ok=True)
     print(f"cloning TabLeak's code from {source} into {dest} ...", flush=True)
     done = _run(["git", "clone", "-q", "--no-checkout", str(path) if path.exists() else source, str(dest)])
@@ -188,7 +188,8 @@ def values(schema, encoded) -> list[list]:
     """Encoded rows as values: argmax categories, continuous values de-standardised and clamped to the
     schema's bounds, not rounded (the schema's ``decode`` rounds whole-number features)."""
     rows = []
-    for row in encoded.detach().double():
+    mean, std = schema.column_stats()  # standardised one-hot columns back to their (soft) one-hot
+    for row in encoded.detach().double() * std.double() + mean.double():
         vals = []
         for f, sl in schema.blocks():
             if f.type == "categorical":
@@ -201,7 +202,7 @@ def values(schema, encoded) -> list[list]:
 
 def scoring_schema(schema, categories: dict, stats: dict | None = None):
     """Our schema with every category TabLeak knows added (a category absent from the 927 records is
-    then a wrong answer, not an encoding error) and, with ``stats``, TabLeak's means and standard
+    then a wrong answer, not an encoding error; plain one-hot: the score reads the argmax only) and, with ``stats``, TabLeak's means and standard
     deviations instead of ours (bounds and tolerance rule unchanged)."""
     from dataclasses import replace
 
@@ -211,7 +212,7 @@ def scoring_schema(schema, categories: dict, stats: dict | None = None):
     for f in schema.features:
         if f.type == "categorical":
             extra = [c for c in categories.get(f.name, []) if c not in f.categories]
-            feats.append(replace(f, categories=list(f.categories) + extra))
+            feats.append(replace(f, categories=list(f.categories) + extra, onehot_mean=[], onehot_std=[]))
         elif stats is not None:
             feats.append(replace(f, mean=stats["mean"][f.name], std=stats["std"][f.name]))
         else:
