@@ -146,7 +146,8 @@ def run_tableak(code: Path, python: str, batches: list[list[int]], steps: int, r
         return {**json.loads(out.read_text()), "commit": commit, "reused": str(out)}
     job_file = runs / f"{out.stem}.job.json"
     job_file.write_text(json.dumps(job))
-    print(f"TabLeak's code ({commit[:8]}): B = {len(batches[0])}, {len(batches)} batches, {steps} steps x {restarts} "
+    n = f"{len(batches)} batch{'es' if len(batches) > 1 else ''}"
+    print(f"TabLeak's code ({commit[:8]}): B = {len(batches[0])}, {n}, {steps} steps x {restarts} "
           "restarts ...", flush=True)
     log = runs / f"{out.stem}.log"
     with open(log, "w") as f:

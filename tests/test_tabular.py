@@ -70,8 +70,10 @@ def test_standardized_onehot_columns_are_tableaks_encoding(tmp_path):
     assert torch.allclose(x[:, cat].std(0, unbiased=False), torch.ones(int(cat.sum())), atol=1e-4)
     assert kind.schema.decode(x[:50]) == plain[0].schema.decode(plain[1][:50])
     again = TableSchema.from_json(kind.schema.to_json())
-    assert again.standardized_onehot and torch.equal(again.encode(*read_csv(CONFIGS.parent / "leakage" / "assets" / "tabular" / "adult_test_0_999.csv")[:2])[0][:8], x[:8])
-    assert torch.equal(kind.distributions(x[:8])[:, cat].round(), plain[1][:8, cat]) and torch.equal(x[:, ~cat], plain[1][:, ~cat])
+    header, rows, _ = read_csv(CONFIGS.parent / "leakage" / "assets" / "tabular" / "adult_test_0_999.csv")
+    assert again.standardized_onehot and torch.equal(again.encode(header, rows[:8])[0], x[:8])
+    assert torch.equal(kind.distributions(x[:8])[:, cat].round(), plain[1][:8, cat])
+    assert torch.equal(x[:, ~cat], plain[1][:, ~cat])  # the continuous columns as before
     kind.check_truth(x[None, :8])
     assert float(kind.evaluate(x[None, :8], x[None, :8])["accuracy"][0]) == 1.0
     logits = kind.distributions(x[:8]).clone() * 30  # a hard relaxed dummy: continuous entries via the sigmoid

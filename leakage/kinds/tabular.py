@@ -151,7 +151,8 @@ class TableSchema:
         li = header.index(self.label)
         x = torch.zeros(len(rows), self.width)
         y = torch.zeros(len(rows), dtype=torch.long)
-        stats = {f.name: (torch.tensor(f.onehot_mean), torch.tensor(f.onehot_std)) for f in self.features if f.onehot_std}
+        stats = {f.name: (torch.tensor(f.onehot_mean), torch.tensor(f.onehot_std))
+                 for f in self.features if f.onehot_std}
         for n, r in enumerate(rows):
             if r[li] not in self.classes:
                 raise ValueError(f"{source}, record {n}: label {r[li]!r} is not a class of the schema ({', '.join(self.classes)})")
@@ -175,8 +176,8 @@ class TableSchema:
         """Rows ``[N, D]`` (encoded or relaxed) as values: argmax categories, de-standardised
         continuous values clamped to the feature's bounds."""
         out = []
-        mean, std = self.column_stats()
-        for row in (x.detach().cpu().double() * std.double() + mean.double()) if self.standardized_onehot else x.detach().cpu().double():
+        mean, std = self.column_stats()  # standardised one-hot columns back to 0/1 (identity for plain ones)
+        for row in x.detach().cpu().double() * std.double() + mean.double():
             vals: list[Any] = []
             for f, sl in self.blocks():
                 if f.type == "categorical":
