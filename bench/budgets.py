@@ -39,6 +39,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL = "foolbox==3.3.4"
@@ -91,15 +92,19 @@ def folder(name: str) -> Path:
     return out
 
 
-def run(name: str, victims: int, extra: list[str], logs: Path) -> dict:
+def run(name: str, victims: int, extra: list[str], logs: Path, trace: Optional[Path] = None) -> dict:
     args = ["fit", "--config", str(ROOT / "configs" / "cifar_fast.yaml"), "--data.num_victims", str(victims),
             "--trainer.logger.init_args.save_dir", str(logs), "--trainer.logger.init_args.name", name]
     if name != "cifar10":
         args += ["--data.source", "folder", "--data.folder", str(folder(name)),
                  "--data.num_classes", str(SOURCES[name][1])]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "leakage.cli"]
+    if trace is not None:  # the same fit, with bench/budget_trace.py's callback recording every step
+        trace.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, str(ROOT / "bench" / "budget_trace.py"), str(trace / f"{name}.pt")]
     start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    got = subprocess.run([sys.executable, "-m", "leakage.cli", *args, *extra], capture_output=True, text=True,
+    got = subprocess.run([*command, *args, *extra], capture_output=True, text=True,
                          env=env, cwd=ROOT)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -122,6 +127,9 @@ def main() -> None:
     ap.add_argument("--sources", default="imagenet,cifar10,cifar100")
     ap.add_argument("--victims", type=int, default=20)
     ap.add_argument("--losses", action="store_true", help="also print each victim's final loss and SSIM")
+    ap.add_argument("--trace", type=Path, default=None,
+                    help="write DIR/<source>.pt: every problem's loss, SSIM and evaluations after every step "
+                         "(bench/budget_trace.py; replay rules on it with bench/budget_trace.py's replay)")
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.sources.split(",") if s.strip()]
     bad = [s for s in names if s != "cifar10" and s not in SOURCES]
@@ -139,7 +147,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as logs:
         for name in names:
-            r = run(name, args.victims, extra, Path(logs))
+            r = run(name, args.victims, extra, Path(logs), args.trace)
             print(f"| {name} | {role[name]} | {r['ok']}/{r['n']} | {r['ssim']:.3f} | "
                   f"{'max_steps cap' if r['capped'] else 'stopping rule'} | {r['wall']:.0f} s | {r['cpu']:.0f} s |", flush=True)
             if args.losses:
