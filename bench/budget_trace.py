@@ -10,7 +10,7 @@ per problem. It writes them to ``path`` (a ``torch.save`` of tensors) when the r
 :func:`replay` feeds a trace's losses through :class:`leakage.stopping.StoppingRule` and says, for
 each problem, the step its rule stopped it at, its SSIM there and the evaluations it had spent: what
 the run with that rule reports and costs, without rerunning it (problems are independent: L-BFGS
-gives each the same iterates whether the others run or not).
+gives each the same iterates whether the others run or not, up to float32 rounding).
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 Runs ``leakage fit --config configs/cifar_fast.yaml`` (one thread) on each source and prints one
 row per source: images reconstructed (SSIM >= 0.9), mean SSIM, whether a run reached its
 ``max_steps`` cap, and the wall and CPU time of the whole command (start-up included; CPU time is
-the child's user + system time, which a loaded machine inflates less than wall time).
+the child's user + system time, which a loaded machine inflates less than wall time). With
+``--trace DIR`` each run also records every problem after every step (``bench/budget_trace.py``:
+loss, SSIM, evaluations) into ``DIR/<source>.pt``, and the table adds the attack's own CPU time
+(its steps alone: no start-up, report or tracing).
 
 Sources (20 images each, one image per client update, LeNet):
 
@@ -21,7 +24,7 @@ The foolbox images are not shipped with ``leakage``: the first run downloads the
 ``$LEAKAGE_CACHE``) and unpacks its samples there; without the package registry it says so in one
 line and exits 1.
 
-    python bench/budgets.py [--sources imagenet,cifar10,cifar100] [--victims 20] [-- LEAKAGE ARGS]
+    python bench/budgets.py [--sources imagenet,cifar10,cifar100] [--victims 20] [--trace DIR] [-- LEAKAGE ARGS]
 
 Arguments after ``--`` are added to every ``leakage fit`` command (``-- --model.stall_steps 8``).
 """
@@ -114,8 +117,14 @@ def run(name: str, victims: int, extra: list[str], logs: Path, trace: Optional[P
     run_dir = sorted((logs / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
     summary = json.loads((run_dir / "metrics.json").read_text())["summary"]
     capped = "max_steps=" in got.stdout + got.stderr
+    # with --trace: the attack's own CPU time (its steps, without start-up, the trace's SSIM and the report)
+    attack_cpu = None
+    if trace is not None:
+        import torch
+
+        attack_cpu = float(torch.load(trace / f"{name}.pt")["cpu"][-1])
     return {"source": name, "ok": summary["success"], "n": summary["victims"], "ssim": summary["ssim_mean"],
-            "capped": capped, "wall": wall, "cpu": cpu,
+            "capped": capped, "wall": wall, "cpu": cpu, "attack_cpu": attack_cpu,
             "losses": [(v["final_loss"], v["ssim"]) for v in json.loads((run_dir / "metrics.json").read_text())["victims"]]}
 
 
@@ -143,13 +152,14 @@ def main() -> None:
             "fashion": "held out, judged"}
     print(f"fast preset (configs/cifar_fast.yaml{' ' + ' '.join(extra) if extra else ''}), "
           f"{args.victims} images per source, one thread")
-    print("| source | role | reconstructed (SSIM >= 0.9) | mean SSIM | stopped by | wall time | CPU time |")
-    print("|---|---|---|---|---|---|---|")
+    print("| source | role | reconstructed (SSIM >= 0.9) | mean SSIM | stopped by | wall time | CPU time | attack CPU time |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as logs:
         for name in names:
             r = run(name, args.victims, extra, Path(logs), args.trace)
             print(f"| {name} | {role[name]} | {r['ok']}/{r['n']} | {r['ssim']:.3f} | "
-                  f"{'max_steps cap' if r['capped'] else 'stopping rule'} | {r['wall']:.0f} s | {r['cpu']:.0f} s |", flush=True)
+                  f"{'max_steps cap' if r['capped'] else 'stopping rule'} | {r['wall']:.0f} s | {r['cpu']:.0f} s | "
+                  f"{'-' if r['attack_cpu'] is None else format(r['attack_cpu'], '.1f') + ' s'} |", flush=True)
             if args.losses:
                 print("  final loss / SSIM: " + ", ".join(f"{l:.2e}/{q:.2f}" for l, q in r["losses"]))
 
