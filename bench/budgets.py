@@ -3,7 +3,10 @@
 Runs ``leakage fit --config configs/cifar_fast.yaml`` (one thread) on each source and prints one
 row per source: images reconstructed (SSIM >= 0.9), mean SSIM, whether a run reached its
 ``max_steps`` cap, and the wall and CPU time of the whole command (start-up included; CPU time is
-the child's user + system time, which a loaded machine inflates less than wall time).
+the child's user + system time, which a loaded machine inflates less than wall time). With
+``--trace DIR`` each run also records every problem after every step (``bench/budget_trace.py``:
+loss, SSIM, evaluations) into ``DIR/<source>.pt``, and the table adds the attack's own CPU time
+(its steps alone: no start-up, report or tracing).
 
 Sources (20 images each, one image per client update, LeNet):
 
@@ -21,7 +24,7 @@ The foolbox images are not shipped with ``leakage``: the first run downloads the
 ``$LEAKAGE_CACHE``) and unpacks its samples there; without the package registry it says so in one
 line and exits 1.
 
-    python bench/budgets.py [--sources imagenet,cifar10,cifar100] [--victims 20] [-- LEAKAGE ARGS]
+    python bench/budgets.py [--sources imagenet,cifar10,cifar100] [--victims 20] [--trace DIR] [-- LEAKAGE ARGS]
 
 Arguments after ``--`` are added to every ``leakage fit`` command (``-- --model.stall_steps 8``).
 """
@@ -39,6 +42,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL = "foolbox==3.3.4"
@@ -91,15 +95,19 @@ def folder(name: str) -> Path:
     return out
 
 
-def run(name: str, victims: int, extra: list[str], logs: Path) -> dict:
+def run(name: str, victims: int, extra: list[str], logs: Path, trace: Optional[Path] = None) -> dict:
     args = ["fit", "--config", str(ROOT / "configs" / "cifar_fast.yaml"), "--data.num_victims", str(victims),
             "--trainer.logger.init_args.save_dir", str(logs), "--trainer.logger.init_args.name", name]
     if name != "cifar10":
         args += ["--data.source", "folder", "--data.folder", str(folder(name)),
                  "--data.num_classes", str(SOURCES[name][1])]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "leakage.cli"]
+    if trace is not None:  # the same fit, with bench/budget_trace.py's callback recording every step
+        trace.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, str(ROOT / "bench" / "budget_trace.py"), str(trace / f"{name}.pt")]
     start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    got = subprocess.run([sys.executable, "-m", "leakage.cli", *args, *extra], capture_output=True, text=True,
+    got = subprocess.run([*command, *args, *extra], capture_output=True, text=True,
                          env=env, cwd=ROOT)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -109,8 +117,14 @@ def run(name: str, victims: int, extra: list[str], logs: Path) -> dict:
     run_dir = sorted((logs / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
     summary = json.loads((run_dir / "metrics.json").read_text())["summary"]
     capped = "max_steps=" in got.stdout + got.stderr
+    # with --trace: the attack's own CPU time (its steps, without start-up, the trace's SSIM and the report)
+    attack_cpu = None
+    if trace is not None:
+        import torch
+
+        attack_cpu = float(torch.load(trace / f"{name}.pt")["cpu"][-1])
     return {"source": name, "ok": summary["success"], "n": summary["victims"], "ssim": summary["ssim_mean"],
-            "capped": capped, "wall": wall, "cpu": cpu,
+            "capped": capped, "wall": wall, "cpu": cpu, "attack_cpu": attack_cpu,
             "losses": [(v["final_loss"], v["ssim"]) for v in json.loads((run_dir / "metrics.json").read_text())["victims"]]}
 
 
@@ -122,6 +136,9 @@ def main() -> None:
     ap.add_argument("--sources", default="imagenet,cifar10,cifar100")
     ap.add_argument("--victims", type=int, default=20)
     ap.add_argument("--losses", action="store_true", help="also print each victim's final loss and SSIM")
+    ap.add_argument("--trace", type=Path, default=None,
+                    help="write DIR/<source>.pt: every problem's loss, SSIM and evaluations after every step "
+                         "(bench/budget_trace.py; replay rules on it with bench/budget_trace.py's replay)")
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.sources.split(",") if s.strip()]
     bad = [s for s in names if s != "cifar10" and s not in SOURCES]
@@ -135,13 +152,14 @@ def main() -> None:
             "fashion": "held out, judged"}
     print(f"fast preset (configs/cifar_fast.yaml{' ' + ' '.join(extra) if extra else ''}), "
           f"{args.victims} images per source, one thread")
-    print("| source | role | reconstructed (SSIM >= 0.9) | mean SSIM | stopped by | wall time | CPU time |")
-    print("|---|---|---|---|---|---|---|")
+    print("| source | role | reconstructed (SSIM >= 0.9) | mean SSIM | stopped by | wall time | CPU time | attack CPU time |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as logs:
         for name in names:
-            r = run(name, args.victims, extra, Path(logs))
+            r = run(name, args.victims, extra, Path(logs), args.trace)
             print(f"| {name} | {role[name]} | {r['ok']}/{r['n']} | {r['ssim']:.3f} | "
-                  f"{'max_steps cap' if r['capped'] else 'stopping rule'} | {r['wall']:.0f} s | {r['cpu']:.0f} s |", flush=True)
+                  f"{'max_steps cap' if r['capped'] else 'stopping rule'} | {r['wall']:.0f} s | {r['cpu']:.0f} s | "
+                  f"{'-' if r['attack_cpu'] is None else format(r['attack_cpu'], '.1f') + ' s'} |", flush=True)
             if args.losses:
                 print("  final loss / SSIM: " + ", ".join(f"{l:.2e}/{q:.2f}" for l, q in r["losses"]))
 

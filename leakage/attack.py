@@ -121,9 +121,11 @@ class GradientInversion(Attack):
             change nothing. Each check reads one flag back. None (auto): every step with
             ``lbfgs_early_exit`` (which reads flags back anyway), else every 10 steps; 0: never
             (always run to ``max_steps``).
-        stop_loss, stop_change, stall_steps, stall_improvement: a budget that adapts, per problem
-            (:class:`leakage.stopping.StoppingRule`): a problem stops once its matching loss is at
-            most ``stop_loss``, or changed by less than ``stop_change`` (relative) in one step, or
+        stop_loss, stop_relative, stop_change, stall_steps, stall_improvement: a budget that adapts,
+            per problem (:class:`leakage.stopping.StoppingRule`): a problem stops once its matching
+            loss is at most ``stop_loss``, or at most ``stop_relative`` times its observation's own
+            scale (``l2``: the squared norm of the observed gradient, the loss of a dummy whose
+            gradient is 0; ``cosine``: 1), or changed by less than ``stop_change`` (relative) in one step, or
             its best loss improved by less than ``stall_improvement`` (relative) over the last
             ``stall_steps`` steps; the run ends when every problem has stopped (``max_steps`` is
             then a cap). 0 turns a test off; all 0 (the default): a fixed budget.
@@ -164,6 +166,7 @@ class GradientInversion(Attack):
         stop_change: float = 0.0,
         stall_steps: int = 0,
         stall_improvement: float = 0.0,
+        stop_relative: float = 0.0,
     ) -> None:
         super().__init__()
         for value, allowed, what in (
@@ -207,7 +210,7 @@ class GradientInversion(Attack):
         if lr <= 0 or tv_weight < 0 or bn_weight < 0:
             raise ValueError(f"lr must be > 0 and tv_weight, bn_weight >= 0, got lr={lr}, tv_weight={tv_weight}, "
                              f"bn_weight={bn_weight}")
-        self.stopping = StoppingRule(stop_loss, stop_change, stall_steps, stall_improvement)
+        self.stopping = StoppingRule(stop_loss, stop_change, stall_steps, stall_improvement, stop_relative)
         self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights)
         self._bn_layers = batchnorm_layers(self.target) if bn_weight > 0 else []
         if bn_weight > 0 and not self._bn_layers:
@@ -220,6 +223,7 @@ class GradientInversion(Attack):
         self._compiled = None  # the compiled objective, once built; False after a fallback
         self.best = BestIterate()  # every problem's lowest-loss dummies so far: what the attack reports
         self._free: Optional[Tensor] = None  # refine_steps: the dummy entries still optimized
+        self._loss_scale: Optional[Tensor] = None  # [P]: what stop_relative is a fraction of
 
     # -------------------------------------------------------------- set-up
     @staticmethod
@@ -272,6 +276,7 @@ class GradientInversion(Attack):
                 observation.data_range)
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
+        self._loss_scale = None
         self.best.reset()
 
     def initial_dummies(self, observation: Observation) -> tuple[Tensor, Tensor]:
@@ -334,6 +339,19 @@ class GradientInversion(Attack):
     def best_losses(self) -> Optional[Tensor]:
         """Each problem's lowest loss so far ``[P]``: the loss of what :meth:`reconstruction` reports."""
         return self.best.loss
+
+    @property
+    def loss_scale(self) -> Tensor:
+        """Each problem's own loss scale ``[P]``, which ``stop_relative`` is a fraction of: for ``l2`` the
+        squared norm of its observed gradient (the distance of a dummy whose gradient is 0); ``cosine``
+        is relative already (1)."""
+        if self._loss_scale is None or self._loss_scale.shape[0] != self.num_problems:
+            observed = self.observed()
+            if self.hparams.distance == "l2":
+                self._loss_scale = sum(o.detach().double().flatten(1).pow(2).sum(1) for o in observed)
+            else:
+                self._loss_scale = torch.ones(self.num_problems, dtype=torch.float64, device=observed[0].device)
+        return self._loss_scale
 
     def reconstruction(self) -> Tensor:
         """Every problem's best iterate as the model input it stands for ``[P, B, *sample_shape]``."""
@@ -576,7 +594,7 @@ class GradientInversion(Attack):
             mean = torch.where(ok, self.best_losses, torch.zeros_like(self.best_losses)).sum() / ok.sum()
             self.log(LOGGED_METRICS[0], mean, prog_bar=True, on_step=True, logger=False)
             if self.stopping.enabled:
-                self.stopping.update(self.problem_losses)
+                self.stopping.update(self.problem_losses, self.loss_scale if self.stopping.stop_relative > 0 else None)
         every = self.done_check_interval
         # every problem failed or converged: nothing is left to do. Sharded over processes, the run
         # ends only when that holds on every rank (one all-reduce, the same answer everywhere), so all

@@ -38,10 +38,10 @@ PRESETS: dict[str, Preset] = {
         "Inverting Gradients (Geiping et al., 2020): cosine distance + total variation, signed Adam with step decay, "
         "images kept in the data range"),
     "fast": Preset(
-        {"distance": "l2", "optimizer": "lbfgs", "lr": 1.0, "labels": "idlg", "init": "uniform",
-         "stall_steps": 10, "stall_improvement": 0.3}, 300, "cifar_fast",
-        "the recommended fast preset: iDLG labels, L-BFGS from a uniform init in the data range, each problem "
-        "stopped once its loss stalls (300 steps at most)"),
+        {"distance": "l2", "optimizer": "lbfgs", "lr": 1.0, "labels": "idlg", "init": "constant",
+         "stop_relative": 1e-8, "stall_steps": 20, "stall_improvement": 0.3}, 300, "cifar_fast",
+        "the recommended fast preset: iDLG labels, L-BFGS from a constant grey start in the data range, each "
+        "problem stopped once its loss has converged (1e-8 of its observation's scale) or stalls (300 steps at most)"),
     "analytic": Preset(
         {"labels": "idlg"}, 1, "mnist_analytic",
         "the analytic inversion of a fully connected first layer with a bias (Phong et al., 2018): closed form, "

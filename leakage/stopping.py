@@ -3,8 +3,10 @@
 A run's ``trainer.max_steps`` is a cap; :class:`StoppingRule` decides, after every attack step and
 for every problem on its own, whether it is done:
 
-- **converged**: its matching loss is at most ``stop_loss``, or changed by less than
-  ``stop_change`` (relative) over the last step;
+- **converged**: its matching loss is at most ``stop_loss``, or at most ``stop_relative`` times the
+  observation's own scale (given to :meth:`StoppingRule.update`; the attack gives the squared norm of
+  the observed gradient for the ``l2`` distance, 1 for ``cosine``, which is relative already), or
+  changed by less than ``stop_change`` (relative) over the last step;
 - **stalled**: its best loss improved by less than ``stall_improvement`` (relative) over the last
   ``stall_steps`` steps.
 
@@ -28,12 +30,15 @@ class StoppingRule:
     """The stopping tests of ``P`` problems, fed the per-problem losses ``[P]`` after every step."""
 
     def __init__(self, stop_loss: float = 0.0, stop_change: float = 0.0, stall_steps: int = 0,
-                 stall_improvement: float = 0.0) -> None:
+                 stall_improvement: float = 0.0, stop_relative: float = 0.0) -> None:
         for name, value in (("stop_loss", stop_loss), ("stop_change", stop_change),
-                            ("stall_improvement", stall_improvement)):
+                            ("stall_improvement", stall_improvement), ("stop_relative", stop_relative)):
             checks.float32_number(name, value)
         if stop_loss < 0:
             raise ValueError(f"stop_loss must be >= 0 (0: off), got {stop_loss}")
+        if not 0 <= stop_relative < 1:
+            raise ValueError(f"stop_relative is a fraction of each problem's loss scale: it must be in [0, 1) "
+                             f"(0: off), got {stop_relative}")
         for name, value in (("stop_change", stop_change), ("stall_improvement", stall_improvement)):
             if not 0 <= value < 1:
                 raise ValueError(f"{name} is a relative change: it must be in [0, 1) (0: off), got {value}")
@@ -43,6 +48,7 @@ class StoppingRule:
             raise ValueError(f"stall_improvement {stall_improvement} needs stall_steps >= 1: the number of steps "
                              "over which a problem must improve by that much")
         self.stop_loss, self.stop_change = float(stop_loss), float(stop_change)
+        self.stop_relative = float(stop_relative)
         self.stall_steps, self.stall_improvement = stall_steps, float(stall_improvement)
         self.stopped: Optional[Tensor] = None  # [P]: problems this rule has stopped
         self.stopped_at: Optional[Tensor] = None  # [P]: the step after which each stopped (-1: running)
@@ -58,10 +64,15 @@ class StoppingRule:
 
     @property
     def enabled(self) -> bool:
-        return self.stop_loss > 0 or self.stop_change > 0 or self.stall_steps > 0
+        return self.stop_loss > 0 or self.stop_change > 0 or self.stall_steps > 0 or self.stop_relative > 0
 
-    def update(self, losses: Tensor) -> Tensor:
-        """Record the losses ``[P]`` after a step; the mask ``[P]`` of problems stopped so far."""
+    def update(self, losses: Tensor, scale: Optional[Tensor] = None) -> Tensor:
+        """Record the losses ``[P]`` after a step; the mask ``[P]`` of problems stopped so far.
+
+        ``scale`` (``[P]`` or a number): each problem's own loss scale, which ``stop_relative`` is a
+        fraction of; needed when ``stop_relative`` is set."""
+        if self.stop_relative > 0 and scale is None:
+            raise ValueError("stop_relative needs each problem's loss scale: StoppingRule.update(losses, scale)")
         losses = losses.detach().to(torch.float64)
         if self.stopped is None or self.stopped.shape != losses.shape:
             self.stopped = torch.zeros_like(losses, dtype=torch.bool)
@@ -72,6 +83,8 @@ class StoppingRule:
         new = torch.zeros_like(self.stopped)
         if self.stop_loss > 0:
             new |= now <= self.stop_loss
+        if self.stop_relative > 0:
+            new |= now <= self.stop_relative * torch.as_tensor(scale, dtype=torch.float64, device=now.device)
         if self.stop_change > 0 and self._last is not None:
             new |= finite & ((self._last - now).abs() < self.stop_change * self._last)
         self._last = now

@@ -32,6 +32,19 @@ def test_a_converged_run_ends_early_with_its_images_back(tmp_path):
     assert bool((ssim > 0.85).all()), ssim
 
 
+def test_a_relative_threshold_stops_each_problem_at_its_own_scale(tmp_path):
+    """stop_relative R stops a problem once its loss is at most R x its observed gradient's squared norm
+    (measured: both images stopped after 6 of 60 steps, loss 4e-4 and 5e-4 against scales 890 and 756,
+    SSIM 0.89 and 0.90), with their images back."""
+    module, trainer, dm = _fit(tmp_path, 60, stop_relative=1e-6)
+    assert trainer.global_step < 20 and bool(module.stopping.stopped.all())
+    scale = sum(o.double().flatten(1).pow(2).sum(1) for o in module.observed())
+    torch.testing.assert_close(module.loss_scale, scale)
+    assert bool((module.problem_losses.double() <= 1e-6 * scale).all())
+    ssim = ssim_per_image(module.reconstruction()[:, 0].clamp(0, 1), dm.secret.images[:, 0])
+    assert bool((ssim > 0.8).all()), ssim
+
+
 def test_a_stalled_problem_is_stopped_where_it_stood(tmp_path):
     """Demanding a 99.99% improvement every 2 steps stalls every problem early: each is left where its
     rule stopped it (what a fixed budget of that many steps gives it) and the run ends before max_steps."""
@@ -64,6 +77,9 @@ def test_adam_rows_of_stopped_problems_stay_put(tmp_path):
     ({"stop_change": -0.1}, "stop_change is a relative change"),
     ({"stop_loss": -1.0}, "stop_loss must be >= 0"),
     ({"stop_loss": float("nan")}, "stop_loss must be a finite number"),
+    ({"stop_relative": 1.0}, "stop_relative is a fraction of each problem's loss scale: it must be in [0, 1)"),
+    ({"stop_relative": -1e-9}, "stop_relative is a fraction"),
+    ({"stop_relative": float("inf")}, "stop_relative must be a finite number"),
 ])
 def test_bad_stopping_settings_are_one_line_errors(settings, message):
     with pytest.raises(ValueError, match=None) as err:
