@@ -17,6 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from . import checks, memory
+from .allocator import keep_freed_memory
 from .bestiterate import BestIterate
 from .client import batchnorm_layers, client_view, per_problem_gradients
 from .data import Observation
@@ -546,6 +547,8 @@ class GradientInversion(Attack):
             raise ValueError("set the attack budget with --trainer.max_steps N (one step is one attack iteration)")
         self.check_budget(self.hparams, self.trainer.max_steps)  # the API's runs too, not only the CLI's
         self.stopping.reset()
+        if self.device.type == "cpu":  # every step frees and allocates the same tensors: keep their pages
+            keep_freed_memory()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         refine = self.hparams.get("refine_steps", 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import sys
 
 import lightning.pytorch as pl
 import pytest
@@ -346,6 +347,14 @@ def test_large_models_evaluate_one_problem_at_a_time_on_the_cpu():
     assert GradientInversion(model="resnet18", problems_per_chunk=3).problems_at_once() == 3
     assert GradientInversion(model="resnet18", compile="on").problems_at_once() is None
     assert GradientInversion(model="lenet").problems_at_once() is None  # small: batched with vmap
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_memory_is_kept_in_the_process_on_linux():
+    """The CPU attack keeps freed pages (no page faults every step): glibc takes the settings."""
+    from leakage.allocator import keep_freed_memory
+
+    assert keep_freed_memory() and keep_freed_memory()  # set, and setting again is harmless
 
 
 def test_final_evaluation_gives_each_distance_as_its_own_evaluation_would():
