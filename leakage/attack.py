@@ -110,7 +110,8 @@ class GradientInversion(Attack):
         problems_per_chunk: evaluate at most this many problems at once (bounds the memory of
             the model's double backward; the result is the same to float32 rounding). None (auto):
             one at a time on the CPU for a model of at least :data:`SERIAL_PARAMETERS` parameters
-            (batching them is slower there), all at once otherwise.
+            (batching them is slower there), all at once otherwise. One at a time, a problem's
+            gradient goes through ``torch.autograd.grad`` instead of ``vmap(grad)``.
         compile: compile the objective and its backward with ``torch.compile`` (on CUDA in
             ``reduce-overhead`` mode: replayed as a CUDA graph). ``auto``: on a GPU only (on the
             CPU inductor's compile time, about a minute, outweighs its gain for short runs);
