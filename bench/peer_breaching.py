@@ -51,6 +51,10 @@ Settings (``--settings``, comma-separated):
 ``--images`` caps every setting (``resnet`` uses at most 2, ``fedavg`` and ``noise`` at most 5).
 
 ``--steps`` scales every budget (``--steps 0.1``: a tenth). Default: ``dlg,dlg300,fast,resnet,fedavg,noise``.
+
+After the table, a second one gives each run's CPU time per problem-iteration (``time.process_time``
+of the attack process over the span of its wall time), the ratio leakage / breaching, and the
+1-minute load average before and after each run: on a shared machine that ratio is the one to quote.
 """
 
 from __future__ import annotations
@@ -265,10 +269,10 @@ def leakage_job(job_dir: Path, config: str, budget: int | None, scale: float) ->
     trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0,
                          accelerator="cpu", devices=1)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.fit(module, datamodule=dm)
     result = module.results(module.final_evaluation())
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     evals = steps * V * restarts  # Adam: one evaluation per problem and step
     if module.hparams.optimizer == "lbfgs":  # the batched L-BFGS counts each problem's evaluations
         try:
@@ -278,7 +282,7 @@ def leakage_job(job_dir: Path, config: str, budget: int | None, scale: float) ->
     torch.save({"recon": result["recon"].detach().cpu(), "labels": result["labels"].detach().cpu()},
                job_dir / f"leakage-{config}.pt")
     (job_dir / f"leakage-{config}.json").write_text(json.dumps(
-        {"seconds": seconds, "evals": evals, "steps": steps, "restarts": restarts,
+        {"seconds": seconds, "cpu_seconds": cpu_seconds, "evals": evals, "steps": steps, "restarts": restarts,
          "update_sha256": update_sha(dm.observation.gradients), "threads": torch.get_num_threads()}))
 
 
@@ -354,12 +358,16 @@ def main(argv: list[str] | None = None) -> None:
                    "breaching_attack": s["breaching"], "steps": b_steps, "restarts": b_restarts, "seed": 0,
                    "client_mode": mode, "breaching_overrides": list(s.get("breaching_overrides", ())),
                    "fedavg": fedavg}
+            load = os.getloadavg()[0]
             breaching_runs[bkey] = run_breaching(python, job_dir, job)
+            breaching_runs[bkey]["load"] = (load, os.getloadavg()[0])
         b = breaching_runs[bkey]
         lkey = (job_dir, s["config"], s["steps"])
         if lkey not in leakage_runs:
             print(f"[{name}] leakage configs/{s['config']}.yaml ...", flush=True)
+            load = os.getloadavg()[0]
             leakage_runs[lkey] = run_leakage(job_dir, s["config"], s["steps"], a.steps)
+            leakage_runs[lkey]["load"] = (load, os.getloadavg()[0])
         lk = leakage_runs[lkey]
         inputs = torch.load(job_dir / "inputs.pt", weights_only=True)
         images, labels = inputs["images"], inputs["labels"]
@@ -383,8 +391,9 @@ def main(argv: list[str] | None = None) -> None:
                 run = f"`configs/{s['config']}.yaml`"
                 acc = f"{int((r['labels'].view(-1) == labels.view(-1)).sum())}/{n}"
             per = r["seconds"] / r["evals"] * 1e3 if r["evals"] else float("nan")
+            cpu_per = r["cpu_seconds"] / r["evals"] * 1e3 if r["evals"] else float("nan")
             rows.append(dict(setting=name, tool=tool, run=run, steps=steps, restarts=restarts, sc=sc, acc=acc,
-                             seconds=r["seconds"], per=per, n=n))
+                             seconds=r["seconds"], per=per, cpu_per=cpu_per, load=r["load"], n=n))
         lb, ll = rows[-2], rows[-1]
         ll["ratio"] = f"{ll['seconds'] / lb['seconds']:.2f} / {ll['per'] / lb['per']:.2f}"
     threads = {b["threads"] for b in breaching_runs.values()} | {r["threads"] for r in leakage_runs.values()}
@@ -399,6 +408,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {r['setting']} | {r['tool']} | {r['run']} | {r['steps']} x {r['restarts']} | {sc['success']}/{r['n']} | "
               f"{sc['ssim']:.3f} | {sc['psnr']:.2f} dB | {r['acc']} | {r['seconds']:.1f} s | {r['per']:.2f} ms | "
               f"{r.get('ratio', '')} |")
+    print("\n| setting | tool | CPU time per problem-iteration | leakage / breaching | 1-minute load average "
+          "before / after the run |")
+    print("|---|---|---|---|---|")
+    for i, r in enumerate(rows):
+        ratio = f"{r['cpu_per'] / rows[i - 1]['cpu_per']:.2f}" if r["tool"] == "leakage" else ""
+        print(f"| {r['setting']} | {r['tool']} | {r['cpu_per']:.2f} ms | {ratio} | {r['load'][0]:.2f} / {r['load'][1]:.2f} |")
+    print(f"({os.cpu_count()} cores; CPU time: the attack process's time.process_time over the same span as the wall time, "
+          "less inflated than wall time when other processes share the cores)")
     print("\nwall time: the attack alone (breaching: its reconstruct calls; leakage: Trainer.fit and the final "
           "evaluation; process start and imports excluded); per problem-iteration: wall time / "
           "objective evaluations summed over problems (L-BFGS: every closure evaluation; Adam: one per step).")

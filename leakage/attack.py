@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from . import checks, memory
+from .allocator import keep_freed_memory
 from .bestiterate import BestIterate
 from .client import batchnorm_layers, client_view, per_problem_gradients
 from .data import Observation
@@ -24,7 +26,7 @@ from .distributed import all_done
 from .family import Attack
 from .fedavg import per_problem_updates, schedules
 from .labels import label_gradients, observed_labels, public_labels
-from .losses import DISTANCES, gradient_distance
+from .losses import DISTANCES, gradient_distance, squared_norms
 from .optim import BatchedLBFGS, SignedAdam
 from .precision import full_precision
 from .seeding import generator
@@ -36,6 +38,11 @@ LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin", "ilrg", "known")
 ENSEMBLES = ("best", "pool")
 #: what the attack logs through ``self.log`` (what an EarlyStopping or ModelCheckpoint may monitor)
 LOGGED_METRICS = ("attack/loss",)
+#: on the CPU a model with at least this many parameters evaluates its problems one at a time unless
+#: ``problems_per_chunk`` says otherwise: there, batching problems with ``vmap`` costs more than it
+#: saves (CPU time per problem, 4 problems batched against one alone, one thread: 0.79M parameters
+#: 1.01x, 1.2M 0.84x, 2.7M 1.47x, 6.6M 1.49x, ResNet-18's 11.2M 1.17x; README, Compared with breaching)
+SERIAL_PARAMETERS = 2_000_000
 
 
 class GradientInversion(Attack):
@@ -101,7 +108,10 @@ class GradientInversion(Attack):
         lr_decay: for Adam, divide the lr by 10 at 3/8, 5/8 and 7/8 of ``max_steps`` (as
             Inverting Gradients does).
         problems_per_chunk: evaluate at most this many problems at once (bounds the memory of
-            the model's double backward; the result is the same). None: all at once.
+            the model's double backward; the result is the same to float32 rounding). None (auto):
+            one at a time on the CPU for a model of at least :data:`SERIAL_PARAMETERS` parameters
+            (batching them is slower there), all at once otherwise. One at a time, a problem's
+            gradient goes through ``torch.autograd.grad`` instead of ``vmap(grad)``.
         compile: compile the objective and its backward with ``torch.compile`` (on CUDA in
             ``reduce-overhead`` mode: replayed as a CUDA graph). ``auto``: on a GPU only (on the
             CPU inductor's compile time, about a minute, outweighs its gain for short runs);
@@ -224,6 +234,7 @@ class GradientInversion(Attack):
         self.best = BestIterate()  # every problem's lowest-loss dummies so far: what the attack reports
         self._free: Optional[Tensor] = None  # refine_steps: the dummy entries still optimized
         self._loss_scale: Optional[Tensor] = None  # [P]: what stop_relative is a fraction of
+        self._observed_sq: Optional[Tensor] = None  # [P]: squared norms of the observed gradients (cosine)
 
     # -------------------------------------------------------------- set-up
     @staticmethod
@@ -254,6 +265,7 @@ class GradientInversion(Attack):
                              f"not to {self.kind.name} data: set it to 0")
         self._free = None
         self._client_net = None
+        self._observed_sq = None
         V, B, R = observation.num_victims, observation.batch_size, hp.restarts
         P = V * R
         observed = observation.gradient_estimate()  # FedAvg: pseudo-gradient units, whichever the client shares
@@ -325,6 +337,36 @@ class GradientInversion(Attack):
     def observed(self) -> list[Tensor]:
         return [getattr(self, f"observed_{i}") for i in range(len(self.param_names))]
 
+    def observed_sq_norm(self) -> Tensor:
+        """Each problem's squared norm of its observed gradient ``[P]``, the cosine distance's constant:
+        computed once (per attach, device and dtype), not at every evaluation."""
+        first = self.observed_0
+        cached = self._observed_sq
+        if cached is None or cached.device != first.device or cached.dtype != first.dtype:
+            with torch.inference_mode(False), torch.no_grad():
+                cached = self._observed_sq = squared_norms(self.observed())
+        return cached
+
+    def problems_at_once(self, device: Optional[torch.device] = None) -> Optional[int]:
+        """The most problems one evaluation takes (None: all) on ``device`` (default: the module's):
+        ``problems_per_chunk``, or by default 1 on the CPU for a model of at least
+        :data:`SERIAL_PARAMETERS` parameters that is not compiled."""
+        chunk = self.hparams.get("problems_per_chunk")
+        device = self.device if device is None else torch.device(device)
+        if (chunk is None and device.type == "cpu" and self.hparams.get("compile", "auto") != "on"
+                and sum(p.numel() for p in self.target.parameters()) >= SERIAL_PARAMETERS):
+            return 1
+        return chunk
+
+    @staticmethod
+    def _chunks(P: int, idx: Optional[Tensor], chunk: int) -> list:
+        """The problems ``idx`` (all ``P`` when None) in runs of at most ``chunk``: slices of
+        consecutive problems when ``idx`` is None (views of the dummies and the observed gradients,
+        no copies), index tensors otherwise."""
+        if idx is None:
+            return [slice(s, min(s + chunk, P)) for s in range(0, P, chunk)]
+        return list(idx.split(chunk))
+
     def point(self) -> tuple[Tensor, ...]:
         """The current iterate: the dummies and, with joint labels, the soft-label logits."""
         if self.hparams.labels == "joint":
@@ -385,9 +427,30 @@ class GradientInversion(Attack):
             total = total + (mean - layer.running_mean).norm(dim=-1) + (var - layer.running_var).norm(dim=-1)
         return total
 
-    def _objective(self, x: Tensor, label_logits: Optional[Tensor], idx: Optional[Tensor],
+    def _one_problem_gradients(self, x: Tensor, targets: Tensor, net: nn.Module) -> dict[str, Tensor]:
+        """:func:`leakage.client.per_problem_gradients` of one problem (``x`` ``[1, B, ...]``) through
+        ``torch.autograd.grad`` instead of ``vmap(grad)``: the same gradient (to float32 rounding), and
+        on ResNet-18 on one CPU thread 12% cheaper with its double backward (188 against 213 ms).
+        The parameters are fresh detached leaves: the attack's backward, which asks only for the
+        dummies' gradient (the chunked path of :meth:`matching_loss`), never computes theirs."""
+        params = {k: v.detach().requires_grad_() for k, v in self.target.named_parameters()}
+        buffers = {k: v.detach() for k, v in net.named_buffers()}
+        graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            loss = F.cross_entropy(functional_call(net, (params, buffers), (x[0],)), targets[0])
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=graph)
+        return {k: g.unsqueeze(0) for k, g in zip(params, grads)}
+
+    def _objective(self, x: Tensor, label_logits: Optional[Tensor], idx: Optional[Union[Tensor, slice]],
                    distance: Optional[str] = None, prior: bool = True) -> Tensor:
-        """Objective of the problems ``idx`` (all when None) at dummies ``x`` and label logits."""
+        """Objective of the problems ``idx`` (all when None; an index tensor or a slice) at dummies
+        ``x`` and label logits."""
+        return self._objectives(x, label_logits, idx, ((distance, prior),))[0]
+
+    def _objectives(self, x: Tensor, label_logits: Optional[Tensor], idx: Optional[Union[Tensor, slice]],
+                    terms: Sequence[tuple[Optional[str], bool]]) -> list[Tensor]:
+        """The objective of the problems ``idx`` once per ``(distance, prior)`` of ``terms`` (distance
+        None: the attack's), all from one evaluation of the per-problem gradients."""
         dummy, x = x, self.kind.to_input(x)
         observed = self.observed()
         if label_logits is not None:
@@ -398,25 +461,35 @@ class GradientInversion(Attack):
             observed = [o[idx] for o in observed]
             targets = targets if label_logits is not None else targets[idx]
         net = self.client_net(x.device)
-        bn = prior and self.hparams.bn_weight > 0
+        bn = any(prior for _, prior in terms) and self.hparams.bn_weight > 0
         client = self.observation.client
         if client is not None:  # FedAvg: the client's local steps, simulated per problem
             sched = self.schedule if idx is None else self.schedule[idx]
             grads = per_problem_updates(self.target, x, targets, client, sched, forward=net)
         elif bn:
             grads, moments = per_problem_gradients(self.target, x, targets, forward=net, bn_layers=self._bn_layers)
+        elif x.shape[0] == 1 and self.problems_at_once() == 1:
+            grads = self._one_problem_gradients(x, targets, net)
         else:
             grads = per_problem_gradients(self.target, x, targets, forward=net)
-        loss = gradient_distance([grads[n] for n in self.param_names], observed, distance or self.hparams.distance)
-        if bn:
-            loss = loss + self.hparams.bn_weight * self.bn_prior(moments)
-        kind_prior = self.kind.prior(dummy, x, {"tv_weight": self.hparams.tv_weight}) if prior else None
-        if kind_prior is not None:
-            loss = loss + kind_prior
-        if prior and self.hparams.group_weight > 0 and self.consensus is not None:
-            target = self.consensus if idx is None else self.consensus[idx]
-            loss = loss + self.hparams.group_weight * (dummy - target).pow(2).flatten(1).mean(1)
-        return loss
+        mine = [grads[n] for n in self.param_names]
+        norm = None
+        if any((d or self.hparams.distance) == "cosine" for d, _ in terms):
+            norm = self.observed_sq_norm() if idx is None else self.observed_sq_norm()[idx]
+        out = []
+        for distance, prior in terms:
+            kind = distance or self.hparams.distance
+            loss = gradient_distance(mine, observed, kind, norm if kind == "cosine" else None)
+            if prior and bn:
+                loss = loss + self.hparams.bn_weight * self.bn_prior(moments)
+            kind_prior = self.kind.prior(dummy, x, {"tv_weight": self.hparams.tv_weight}) if prior else None
+            if kind_prior is not None:
+                loss = loss + kind_prior
+            if prior and self.hparams.group_weight > 0 and self.consensus is not None:
+                target = self.consensus if idx is None else self.consensus[idx]
+                loss = loss + self.hparams.group_weight * (dummy - target).pow(2).flatten(1).mean(1)
+            out.append(loss)
+        return out
 
     @torch.no_grad()
     def update_consensus(self) -> None:
@@ -447,9 +520,10 @@ class GradientInversion(Attack):
 
         With a boolean ``subset`` mask only those problems are evaluated (the others' rows of the
         result are NaN and receive no gradient); with :attr:`fixed_shape` every problem is
-        evaluated and the others' rows are masked to NaN afterwards (no data-dependent shape). With ``problems_per_chunk`` set, problems are
-        evaluated chunk by chunk and each chunk's graph is freed at once; the result's backward
-        gives the same gradients as the unchunked one.
+        evaluated and the others' rows are masked to NaN afterwards (no data-dependent shape). With
+        :meth:`problems_at_once` below the problems evaluated, they are evaluated chunk by chunk and
+        each chunk's graph is freed at once; the result's backward gives the same gradients as the
+        unchunked one (to float32 rounding).
         """
         joint = self.hparams.labels == "joint"
         labels = self.dummy_labels if joint else None
@@ -458,23 +532,28 @@ class GradientInversion(Attack):
             loss = self.matching_loss(distance, prior)
             return torch.where(subset, loss, torch.full_like(loss, float("nan")))
         idx = None if subset is None or bool(subset.all()) else subset.nonzero().squeeze(1)
-        chunk = self.hparams.problems_per_chunk
+        chunk = self.problems_at_once()
         n = P if idx is None else idx.numel()
         if n == 0:  # nothing left to evaluate (every problem failed): NaN rows, zero gradients
             return torch.full((P,), float("nan"), device=self.dummy_data.device) + self.dummy_data.flatten()[:0].sum()
-        if chunk is None or n <= chunk or not torch.is_grad_enabled():
+        # one at a time (chunk 1) always takes the chunked path: its backward asks for the dummies' gradient
+        # alone, which the parameters' leaves of _one_problem_gradients need
+        if chunk is None or (n <= chunk and chunk > 1):
             if idx is None:
                 if distance is None and prior and torch.is_grad_enabled() and self.compiled:
                     return self._compiled_objective(self.dummy_data, labels)
                 return self._objective(self.dummy_data, labels, None, distance, prior)
             loss = self._objective(self.dummy_data[idx], labels[idx] if joint else None, idx, distance, prior)
             return torch.full((P,), float("nan"), device=loss.device, dtype=loss.dtype).index_put((idx,), loss)
+        losses = torch.full((P,), float("nan"), device=self.dummy_data.device)
+        if not torch.is_grad_enabled():  # nothing to back-propagate: each chunk's losses
+            for c in self._chunks(P, idx, chunk):
+                losses[c] = self._objective(self.dummy_data[c], labels[c] if joint else None, c, distance, prior)
+            return losses
         # chunked: gradients per chunk now, a surrogate carries them to Lightning's backward
         params = [self.dummy_data] + ([self.dummy_labels] if joint else [])
         total = [torch.zeros_like(p) for p in params]
-        losses = torch.full((P,), float("nan"), device=self.dummy_data.device)
-        rows = torch.arange(P, device=self.dummy_data.device) if idx is None else idx
-        for c in rows.split(chunk):
+        for c in self._chunks(P, idx, chunk):
             leaves = [p.detach()[c].requires_grad_() for p in params]
             loss = self._objective(leaves[0], leaves[1] if joint else None, c, distance, prior)
             for t, g in zip(total, torch.autograd.grad(loss.nansum(), leaves)):
@@ -487,6 +566,8 @@ class GradientInversion(Attack):
     def _compiled_objective(self, x: Tensor, label_logits: Optional[Tensor]) -> Tensor:
         """The training objective of every problem through ``torch.compile``; eager if that fails."""
         self.client_net(x.device)  # built (a model copy) before capture, not inside the compiled graph
+        if self.hparams.distance == "cosine":
+            self.observed_sq_norm()  # computed eagerly, once: the compiled graph reads it
         if self._compiled is None:
             mode = "reduce-overhead" if x.device.type == "cuda" else None
             self._compiled = torch.compile(self._objective, mode=mode, dynamic=False)
@@ -504,6 +585,8 @@ class GradientInversion(Attack):
             raise ValueError("set the attack budget with --trainer.max_steps N (one step is one attack iteration)")
         self.check_budget(self.hparams, self.trainer.max_steps)  # the API's runs too, not only the CLI's
         self.stopping.reset()
+        if self.device.type == "cpu":  # every step frees and allocates the same tensors: keep their pages
+            keep_freed_memory()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         refine = self.hparams.get("refine_steps", 0)
@@ -630,7 +713,13 @@ class GradientInversion(Attack):
                 return {"loss": empty, "grad_l2": empty, "grad_cosine": empty}
             x, *labels = self._reported()
             labels = labels[0] if labels else None
-            out = {"loss": self._objective(x, labels, None),
-                   "grad_l2": self._objective(x, labels, None, "l2", prior=False),
-                   "grad_cosine": self._objective(x, labels, None, "cosine", prior=False)}
+            # the three distances from one evaluation of the gradients, chunk by chunk like the attack's
+            terms = ((None, True), ("l2", False), ("cosine", False))
+            chunk = self.problems_at_once()
+            if chunk is None or chunk >= self.num_problems:
+                parts = [self._objectives(x, labels, None, terms)]
+            else:
+                parts = [self._objectives(x[c], labels[c] if labels is not None else None, c, terms)
+                         for c in self._chunks(self.num_problems, None, chunk)]
+            out = {k: torch.cat([p[i] for p in parts]) for i, k in enumerate(("loss", "grad_l2", "grad_cosine"))}
         return {k: v.detach() for k, v in out.items()}

@@ -147,6 +147,6 @@ def check_attack(module: nn.Module, victims: int, batch_size: int, local_steps: 
     parts = estimate(module.target, victims=victims, restarts=hp.restarts, batch_size=batch_size,
                      input_shape=tuple(hp.input_shape), num_classes=hp.num_classes,
                      joint_labels=hp.labels == "joint", optimizer=hp.optimizer, history_size=hp.lbfgs_history_size,
-                     problems_per_chunk=hp.problems_per_chunk, local_steps=local_steps, element=element)
+                     problems_per_chunk=module.problems_at_once(device), local_steps=local_steps, element=element)
     check_memory(parts, victims=victims, restarts=hp.restarts, device=device, processes=processes,
                  optimizer="adam" if hp.optimizer != "lbfgs" else "lbfgs")

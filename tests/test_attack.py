@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import sys
 
 import lightning.pytorch as pl
 import pytest
@@ -316,6 +317,55 @@ def test_chunked_evaluation_gives_the_same_losses_and_gradients(labels):
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         assert a[2].abs().max() == 0  # the problem that was not evaluated gets no gradient
+
+
+def test_chunks_of_consecutive_problems_give_the_losses_and_gradients_of_one_evaluation():
+    """Without a subset the chunks are slices (views of the dummies and observed gradients, no copies);
+    cosine and TV, whose observed-gradient norm is computed once, give the same numbers."""
+    dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=2)
+    results = []
+    for chunk in (None, 1):
+        module = GradientInversion(input_shape=dm.input_shape, labels="idlg", restarts=2, problems_per_chunk=chunk,
+                                   distance="cosine", tv_weight=1e-3)
+        module.attach(dm.prepare(module.target))
+        assert module._chunks(4, None, 3) == [slice(0, 3), slice(3, 4)]
+        losses = module.matching_loss()
+        losses.sum().backward()
+        with torch.no_grad():
+            unbatched = module.matching_loss()
+        results.append((losses.detach(), unbatched, module.dummy_data.grad.clone()))
+    (l0, n0, g0), (l1, n1, g1) = results
+    torch.testing.assert_close(l1, l0)
+    torch.testing.assert_close(n1, l1, rtol=0, atol=0)  # chunked without grad: the same chunks
+    torch.testing.assert_close(g1, g0, rtol=1e-5, atol=1e-6)
+
+
+def test_large_models_evaluate_one_problem_at_a_time_on_the_cpu():
+    big = GradientInversion(model="resnet18")  # 11.2M parameters
+    assert sum(p.numel() for p in big.target.parameters()) >= leakage.attack.SERIAL_PARAMETERS
+    assert big.problems_at_once() == 1 and big.problems_at_once(torch.device("cuda")) is None
+    assert GradientInversion(model="resnet18", problems_per_chunk=3).problems_at_once() == 3
+    assert GradientInversion(model="resnet18", compile="on").problems_at_once() is None
+    assert GradientInversion(model="lenet").problems_at_once() is None  # small: batched with vmap
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_memory_is_kept_in_the_process_on_linux():
+    """The CPU attack keeps freed pages (no page faults every step): glibc takes the settings."""
+    from leakage.allocator import keep_freed_memory
+
+    assert keep_freed_memory() and keep_freed_memory()  # set, and setting again is harmless
+
+
+def test_final_evaluation_gives_each_distance_as_its_own_evaluation_would():
+    dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=2)
+    module = GradientInversion(input_shape=dm.input_shape, labels="joint", distance="l2", tv_weight=1e-2)
+    module.attach(dm.prepare(module.target))
+    final = module.final_evaluation()
+    x, labels = module._reported()
+    with torch.no_grad():
+        for key, distance, prior in (("loss", None, True), ("grad_l2", "l2", False), ("grad_cosine", "cosine", False)):
+            assert torch.equal(final[key], module._objective(x, labels, None, distance, prior)), key
 
 
 def test_chunked_attack_follows_the_unchunked_one(tmp_path):

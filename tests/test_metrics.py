@@ -9,7 +9,7 @@ import torch
 
 from leakage.callbacks import format_table, summarize
 from leakage.data import VictimDataModule
-from leakage.losses import gradient_distance, total_variation
+from leakage.losses import gradient_distance, squared_norms, total_variation
 from leakage.metrics import label_accuracy, match_batch, reconstruction_metrics
 
 
@@ -74,6 +74,7 @@ def test_gradient_distances():
     # scale invariance of the cosine distance, and 0 for identical gradients
     torch.testing.assert_close(gradient_distance([5 * x for x in g], o, "cosine"), cos)
     torch.testing.assert_close(gradient_distance(g, g, "cosine"), torch.zeros(2), atol=1e-6, rtol=0)
+    assert torch.equal(gradient_distance(g, o, "cosine", squared_norms(o)), cos)  # the norm precomputed
     with pytest.raises(ValueError, match="unknown distance 'l1'; choose one of l2, cosine"):
         gradient_distance(g, o, "l1")
 
