@@ -163,23 +163,15 @@ def run_tableak(code: Path, python: str, batches: list[list[int]], steps: int, r
 def run_ours(batch: list[int], settings: dict, data: dict, steps: int, seed: int):
     import lightning.pytorch as pl
     import torch
-    from torch.utils.data import DataLoader
+    from tabular_batch import timed_attack  # bench/, the script's own folder
 
-    from leakage.attack import GradientInversion
-    from leakage.data import VictimDataModule, _Steps
+    from leakage.data import VictimDataModule
 
     torch.set_num_threads(1)
     pl.seed_everything(seed, verbose=False)
     data = {k: v for k, v in data.items() if k != "num_victims"}
     dm = VictimDataModule(**{**data, "batch_size": len(batch), "indices": batch})
-    module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **settings)
-    module.attach(dm.prepare(module.target))
-    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                         enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0)
-    wall, cpu = time.perf_counter(), time.process_time()
-    trainer.fit(module, train_dataloaders=DataLoader(_Steps(), batch_size=None))
-    result = module.results(module.final_evaluation())
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    module, result, wall, cpu = timed_attack(dm, settings, steps)
     own = module.kind.evaluate(result["recon"], dm.secret.images)
     return module.kind, result["recon"][0], dm.secret.images[0], wall, cpu, own
 

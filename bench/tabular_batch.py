@@ -38,6 +38,20 @@ ATTACKS = {
 }
 
 
+def timed_attack(dm: VictimDataModule, settings: dict, steps: int) -> tuple:
+    """One attack of ``steps`` steps on ``dm``'s update, as ``leakage fit`` runs it without logging: the
+    module, its results (the best iterate, decoded), and the wall and CPU time of the fit and the final
+    evaluation."""
+    module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **settings)
+    module.attach(dm.prepare(module.target))
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0)
+    start, cpu = time.perf_counter(), time.process_time()
+    trainer.fit(module, train_dataloaders=DataLoader(_Steps(), batch_size=None))
+    result = module.results(module.final_evaluation())
+    return module, result, time.perf_counter() - start, time.process_time() - cpu
+
+
 def run(batch: int, attack: str, steps: int, restarts: int, victims: int, refine: int = 0,
         standardize_onehot: bool = False) -> dict:
     dm = VictimDataModule(source="bundled", dataset="adult", batch_size=batch, num_victims=victims, public_labels=True,
@@ -45,15 +59,8 @@ def run(batch: int, attack: str, steps: int, restarts: int, victims: int, refine
     settings = {"restarts": restarts, **BASE, **ATTACKS[attack]}
     if refine and attack != "dlg":
         settings["refine_steps"] = refine
-    module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **settings)
-    module.attach(dm.prepare(module.target))
     budget = 300 if attack == "dlg" else steps
-    trainer = pl.Trainer(max_steps=budget, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                         enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0)
-    start, cpu = time.perf_counter(), time.process_time()
-    trainer.fit(module, train_dataloaders=DataLoader(_Steps(), batch_size=None))
-    result = module.results(module.final_evaluation())
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    module, result, seconds, cpu = timed_attack(dm, settings, budget)
     m = module.kind.evaluate(result["recon"], dm.secret.images, result["entropy"])
     out = {}
     if "entropy" in m:  # calibration: accuracy of the cells by entropy quartile, per feature type
