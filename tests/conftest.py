@@ -175,3 +175,38 @@ def quiet_trainer(max_steps: int, callbacks=(), root: Path | None = None, logger
         callbacks=list(callbacks),
         default_root_dir=str(root) if root is not None else None,
     )
+
+
+#: what float32 promises when one update is computed two ways (another batching, vmap against a plain
+#: backward, another summation order, float64 as the reference): a relative error, norm-wise, of a few
+#: hundred to a few thousand units of float32 rounding (2**-23 = 1.2e-7) through a small network's
+#: layers. Element-wise comparisons are not promised: an entry near zero (a convolution's bias before
+#: BatchNorm, whose gradient is 0 in theory) moves by far more than its own rounding.
+FLOAT32_UPDATE_TOLERANCE = 1e-4
+
+
+def relative_error(got, reference) -> float:
+    """Norm-wise relative error of ``got`` against ``reference``: tensors, or dicts of tensors taken
+    together (a whole update), in float64."""
+    if isinstance(reference, dict):
+        assert set(got) == set(reference), (sorted(got), sorted(reference))
+        diff = sum(float((got[k].double() - reference[k].double()).pow(2).sum()) for k in reference)
+        norm = sum(float(r.double().pow(2).sum()) for r in reference.values())
+    else:
+        diff = float((got.double() - reference.double()).pow(2).sum())
+        norm = float(reference.double().pow(2).sum())
+    return (diff / norm) ** 0.5 if norm > 0 else diff ** 0.5
+
+
+def assert_same_update(got, reference, tolerance: float = FLOAT32_UPDATE_TOLERANCE, floor: float = 1e-2) -> None:
+    """``got`` is ``reference`` to what float32 promises: the whole update norm-wise within
+    ``tolerance``, and each parameter within ``tolerance`` of its own norm or, for a parameter whose
+    gradient is almost nothing (below ``floor`` of the update's norm), of that floor."""
+    if not isinstance(reference, dict):
+        got, reference = {"": got}, {"": reference}
+    assert relative_error(got, reference) <= tolerance, f"update off by {relative_error(got, reference):.2e}"
+    total = sum(float(r.double().pow(2).sum()) for r in reference.values()) ** 0.5
+    for k, r in reference.items():
+        err = float((got[k].double() - r.double()).norm())
+        bound = tolerance * max(float(r.double().norm()), floor * total)
+        assert err <= bound, f"{k}: off by {err:.2e} (allowed {bound:.2e})"

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from leakage.client import client_gradients, load_gradients, per_problem_gradients, save_gradients, validate_gradients
 from leakage.models import build_model
 
+from conftest import assert_same_update
+
 
 def reference_gradients(model, x, y):
     """What a client computes: ``cross_entropy(model(x_v), y_v).backward()``, victim by victim."""
@@ -38,7 +40,7 @@ def test_client_gradients_equal_plain_backward(batch_size):
     for name, g in got.items():
         assert g.shape == (V, *dict(model.named_parameters())[name].shape)
         assert not g.requires_grad
-        torch.testing.assert_close(g, ref[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_same_update(got, ref)  # vmap against a plain backward: what float32 promises, norm-wise
     # the victims' updates differ (the per-victim split is real)
     assert not torch.allclose(got["fc.bias"][0], got["fc.bias"][1])
 
