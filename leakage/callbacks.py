@@ -489,6 +489,8 @@ class LeakageReport(pl.Callback):
         lines = [f"threat model: {pl_module.observation.threat_model}"]
         lines += [f"partial run: {partial}; the table holds each victim's best so far"] if partial else []
         lines += [f"attack: {pl_module.describe()}"]
+        data_name = getattr(trainer.datamodule, "data_name", None)  # the user's data by name (a CSV run: its file)
+        lines += [f"data: {data_name}"] if data_name else []
         lines += [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
                  for i, d in enumerate(self.defenses_of(trainer))]
         text = "\n".join([*lines, format_table(self.rows)])

@@ -146,6 +146,7 @@ def test_a_csv_run_names_its_file_speaks_of_records_and_writes_strict_json(tmp_p
     first = "threat model: honest-but-curious server; the labels are public (known to the server)"
     assert out.split("\n\n", 1)[1].splitlines()[0] == first
     assert (run / "metrics.txt").read_text().splitlines()[0] == first
+    assert "\ndata: clinic_visits.csv\n" in out
     html = (run / "report.html").read_text()
     page = read_page(run / "report.html")
     assert "clinic_visits.csv" in page.text and "cifar10" not in html and "adult" not in html.lower().replace(
