@@ -204,6 +204,7 @@ def invert(
     progress_bar: bool = False,
     kind: Optional[DataKind] = None,
     server: Optional[Server] = None,
+    known_labels: Optional[Tensor] = None,
     trainer_options: Optional[dict[str, Any]] = None,
     **options: Any,
 ) -> InversionResult:
@@ -234,6 +235,10 @@ def invert(
             ``TrapWeightServer`` whose ``send(global_model, input_shape)`` gave ``model``, the model the
             client trained (the ``imprint`` and ``trap_weights`` attacks read what it planted). None:
             honest-but-curious.
+        known_labels: the victims' labels when the server knows them (TabLeak's setting: labels are
+            public metadata), ``[B]`` for one update or ``[V, B]``: the attack uses them as they are
+            (label strategy ``known``, set for you) and reports name the threat model with them.
+            None: the attack recovers the labels itself (the preset's or ``labels=`` strategy).
         seed: seed of the dummies (each problem draws from its own generator; a closed form draws none).
         progress_bar: show Lightning's progress bar and start-up lines.
         trainer_options: further ``lightning.pytorch.Trainer`` arguments (not those ``invert`` sets:
@@ -274,6 +279,17 @@ def invert(
                               client_mode=client_mode, client=fedavg, kind=kind, server=server)
     settings = {**chosen.settings, **options}
     cls = attack_class(chosen.attack)
+    if known_labels is not None:
+        observation.labels = _known_labels(known_labels, observation.num_victims, batch_size, num_classes)
+        if cls.family != "optimisation":
+            raise ValueError(f"attack {attack!r} solves in closed form and reads its labels from the update: "
+                             "known_labels= applies to the optimisation attacks")
+        if options.get("labels", "known") != "known":
+            raise ValueError(f"known_labels= gives the attack the labels, but labels={options['labels']!r} asks it to "
+                             "recover them: leave labels= out (or use labels='known')")
+        settings["labels"] = "known"
+    elif settings.get("labels") == "known":
+        raise ValueError("labels='known' needs the labels the server knows: pass known_labels=y")
     if cls.family == "optimisation":
         settings.update(restarts=restarts, init_seed=seed)
     elif restarts != 1:
@@ -305,6 +321,20 @@ def invert(
         exact=module.exact()[best.cpu()],
         entropy=None if result["entropy"] is None else result["entropy"].cpu(),
     )
+
+
+def _known_labels(y: Any, victims: int, batch_size: int, num_classes: int) -> Tensor:
+    """``known_labels`` as ``[V, B]`` class indices, checked against the updates and the batch size."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"known_labels must be a tensor of class indices ([B] or [V, B]), got {type(y).__name__}")
+    labels = y.detach().cpu()
+    if labels.dim() == 1:
+        labels = labels[None]
+    if tuple(labels.shape) != (victims, batch_size):
+        raise ValueError(f"known_labels of shape {tuple(y.shape)} do not fit {victims} update(s) of batch_size "
+                         f"{batch_size}: give [{batch_size}] for one update or [{victims}, {batch_size}]")
+    check_labels(labels, num_classes)
+    return labels.long()
 
 
 @dataclass
@@ -342,16 +372,21 @@ def report(result: InversionResult, x: Tensor, y: Tensor, success_ssim: float = 
 
     ``x`` holds what the client trained on, as the model takes it: images in the data range the
     reconstruction was made for (``invert``'s ``data_range``), or table rows encoded by the schema
-    (``TableSchema.encode``); ``y`` class indices of the model. ``data_range`` (images): the width of
-    the range for SSIM and PSNR; default that of ``invert``'s ``data_range``."""
+    (``TableSchema.encode``: one-hot categories, standardised continuous values); ``y`` class indices
+    of the model. True data the kind cannot score as it is (rows of another width, raw unstandardised
+    values outside the schema's encoded bounds, a categorical block that is not one-hot) is refused
+    in one line, never scored: a raw value read as an encoded one would mark right reconstructions
+    wrong. ``data_range`` (images): the width of the range for SSIM and PSNR; default that of
+    ``invert``'s ``data_range``."""
     xb, yb, _ = _batched(x, y)
     kind = result.kind
+    kind.check_truth(xb)  # the kind's own words first (a table: its width, encoding and bounds)
     if tuple(xb.shape) != tuple(result.images.shape):
-        raise ValueError(f"the true records {tuple(xb.shape)} do not fit the reconstruction {tuple(result.images.shape)}")
+        raise ValueError(f"the true {kind.records} {tuple(xb.shape)} do not fit the reconstruction "
+                         f"{tuple(result.images.shape)} ([V, B, ...]: updates, batch size, one record's shape)")
     check_labels(yb, result.module.hparams.num_classes)
     if data_range is not None:
         kind = kind.with_metric_range(data_range)
-    kind.check_truth(xb)
     truth = xb.detach().cpu()
     metrics = kind.evaluate(result.images, truth, result.entropy)
     evaluation = {"loss": result.matching_loss, "grad_l2": result.grad_l2, "grad_cosine": result.grad_cosine}

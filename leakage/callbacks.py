@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -27,15 +26,17 @@ from .errors import one_line
 from .kinds import ImageKind
 from .metrics import label_accuracy
 from .interrupt import StepInterrupt
-from .runfiles import Artifacts, mark_ended, mark_running
+from .runfiles import Artifacts, json_text, mark_ended, mark_running
 from .server import HONEST
 
 COLUMNS = (
     "victim", "indices", "true_labels", "recovered_labels", "label_acc", "ssim", "psnr", "mse",
     "grad_l2", "grad_cosine", "final_loss", "best_restart", "status", "ssim_images",
 )
-#: the columns tables add (TabLeak's accuracy, and the categorical features' mean entropy when pooled)
-TABLE_COLUMNS = ("accuracy", "accuracy_categorical", "accuracy_continuous", "entropy_categorical")
+#: the columns tables add (TabLeak's accuracy, and the mean entropy of the categorical and of the continuous
+#: cells when restarts are pooled; absent when not)
+#: (two scales: categorical 0-1, continuous in nats; see leakage.kinds.tabular.TabularKind.combine)
+TABLE_COLUMNS = ("accuracy", "accuracy_categorical", "accuracy_continuous", "entropy_categorical", "entropy_continuous")
 
 
 def _tb(trainer: pl.Trainer) -> Optional[Any]:
@@ -261,7 +262,8 @@ class LeakageReport(pl.Callback):
         dm = trainer.datamodule
         obs = pl_module.observation
         out: dict[str, Any] = {
-            "dataset": getattr(dm, "dataset", None), "source": getattr(dm, "source", None),
+            # the user's data by its name (a CSV run: the file's), never a default dataset it did not read
+            "dataset": getattr(dm, "data_name", getattr(dm, "dataset", None)), "source": getattr(dm, "source", None),
             "victims": pl_module.total_victims if obs is not None else None,
             "batch_size": obs.batch_size if obs is not None else None,
             "steps": trainer.max_steps, "attack": pl_module.describe(),
@@ -386,8 +388,8 @@ class LeakageReport(pl.Callback):
             reason += f" (the table so far could not be made: {one_line(err)})"
         files = Artifacts(self.run_dir)
         files.write("metrics.txt", f"partial run: {reason}; no table\n")
-        files.write("metrics.json", json.dumps({"status": "partial", "reason": reason, "step": trainer.global_step,
-                                                "victims": []}, indent=2))
+        files.write("metrics.json", json_text({"status": "partial", "reason": reason, "step": trainer.global_step,
+                                               "victims": []}, indent=2))
         mark_ended(self.run_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -487,13 +489,15 @@ class LeakageReport(pl.Callback):
         lines = [f"threat model: {pl_module.observation.threat_model}"]
         lines += [f"partial run: {partial}; the table holds each victim's best so far"] if partial else []
         lines += [f"attack: {pl_module.describe()}"]
+        data_name = getattr(trainer.datamodule, "data_name", None)  # the user's data by name (a CSV run: its file)
+        lines += [f"data: {data_name}"] if data_name else []
         lines += [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
                  for i, d in enumerate(self.defenses_of(trainer))]
         text = "\n".join([*lines, format_table(self.rows)])
         if f"{self._kind.score_name}_mean" in s:  # the victims' data is known: the kind's outcome
             text += "\n" + self._kind.outcome(s, self.success_ssim)
         else:
-            text += f"\nno victim images (attacking captured gradients): mean gradient L2 {s['grad_l2_mean']:.3g}"
+            text += f"\nno victim {self._kind.records} (attacking captured gradients): mean gradient L2 {s['grad_l2_mean']:.3g}"
         details = self._kind.details(recon, self._secret(trainer).images if self._secret(trainer) is not None else None,
                                      metrics)
         if details["text"]:
@@ -526,8 +530,8 @@ class LeakageReport(pl.Callback):
                 tb.add_scalar(f"final/{key}", value, step)
             self._log_images(tb, step, gallery, history)
             tb.add_text("summary", summary_markdown(self.rows, s, self.success_ssim, settings, self._kind), step)
-            if details["markdown"]:
-                tb.add_text("rows", details["markdown"], step)
+            if details["markdown"]:  # the threat model first, as on every card
+                tb.add_text("rows", f"**Threat model: {settings.get('threat_model', HONEST)}.**\n\n{details['markdown']}", step)
             if self.hparams:
                 write_hparams(tb, settings, [f"final/{k}" for k in outcomes(self._kind)])
             tb.flush()
@@ -554,7 +558,7 @@ class LeakageReport(pl.Callback):
             files.write("metrics.csv", table.getvalue())
             files.write("metrics.txt", text + "\n")
             # the public description of the data (a table's schema): what a later attack on a captured update needs
-            files.write("schema.json", json.dumps(self._kind.describe(), indent=2) + "\n")
+            files.write("schema.json", json_text(self._kind.describe(), indent=2) + "\n")
             if gallery is not None:
                 files.write("gallery.png", gallery)
             if history is not None:
@@ -564,9 +568,10 @@ class LeakageReport(pl.Callback):
                                                   details_html, self._kind))
             status = {"status": "complete"} if partial is None else {
                 "status": "partial", "reason": partial, "step": trainer.global_step}
-            files.write("metrics.json", json.dumps({**status, "summary": s, "success_ssim": self.success_ssim,
-                                                    "defenses": self.defenses_of(trainer), "victims": self.rows},
-                                                   indent=2, default=float))
+            # strict JSON: a metric with nothing to measure (NaN) is null
+            files.write("metrics.json", json_text({**status, "summary": s, "success_ssim": self.success_ssim,
+                                                   "defenses": self.defenses_of(trainer), "victims": self.rows},
+                                                  indent=2, default=float))
             if "metrics.json" not in files.unwritten:  # else the folder holds no result: it stays RUNNING
                 mark_ended(self.run_dir)
         self._started = False
@@ -588,7 +593,7 @@ def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: d
     if scored:
         outcome = kind.outcome(s, success_ssim, "html")
     else:
-        outcome = (f"No victim images (captured gradients): mean gradient L2 distance "
+        outcome = (f"No victim {kind.records} (captured gradients): mean gradient L2 distance "
                    f"{h.esc(h.fmt(s['grad_l2_mean']))}; {s['failed']} numerically failed.")
     title = f"Gradient inversion: {settings.get('dataset', 'captured gradients')}, {settings.get('model', '')}"
     body = [f'<p class="outcome">{outcome}</p>', "<h2>Settings</h2>", h.settings_list(settings)]
@@ -624,4 +629,4 @@ def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: d
     body.append(h.table(headers, table_rows, classes, text_columns=(len(headers) - 1,)))
     body.append(f'<p class="meta">Run folder: {h.esc(run_dir)} (metrics.csv, metrics.json, gallery.png, '
                 "history.png, TensorBoard events, config.yaml).</p>")
-    return h.page(title, body, settings.get("threat_model", HONEST))
+    return h.page(title, body, settings.get("threat_model", HONEST), kind.records)

@@ -272,7 +272,7 @@ def summary_markdown(rows: list[dict], summary: dict, success_ssim: float, setti
     if scored:
         lines.append(kind.outcome(summary, success_ssim, "markdown"))
     else:
-        lines.append(f"No victim images (captured gradients): mean gradient L2 distance {_fmt(summary['grad_l2_mean'])}; "
+        lines.append(f"No victim {kind.records} (captured gradients): mean gradient L2 distance {_fmt(summary['grad_l2_mean'])}; "
                      f"numerically failed {summary['failed']}.")
     lines += ["", "Settings: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {_fmt(v)}"
                                            for k, v in settings.items() if k != "threat_model"), ""]

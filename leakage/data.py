@@ -31,7 +31,7 @@ from .kinds.tabular import read_csv
 from .fedavg import SHARES, FedAvgClient, client_updates, epochs_to_steps
 from .imagefolder import read_labelled_folder
 from .seeding import position_key, update_key
-from .server import HONEST, Server, make_server
+from .server import HONEST, PUBLIC_LABELS, Server, make_server
 
 #: name -> (input shape, classes, torchvision class, shipped in the package)
 DATASETS: dict[str, tuple[tuple[int, int, int], int, str]] = {
@@ -98,8 +98,10 @@ class Observation:
 
     @property
     def threat_model(self) -> str:
-        """Who attacks, in a few words: the first line of every report."""
-        return HONEST if self.server is None else self.server.describe()
+        """Who attacks, in a few words: the first line of every report (with the labels when they are
+        public: TabLeak's setting, where the server knows them)."""
+        who = HONEST if self.server is None else self.server.describe()
+        return who + (PUBLIC_LABELS if self.labels is not None else "")
 
     def __post_init__(self) -> None:
         if self.kind is None:
@@ -316,6 +318,11 @@ class VictimDataModule(pl.LightningDataModule):
         self.public_labels = public_labels
         self.table = self._table(source, dataset, path, label_column, categorical_columns, schema, standardize_onehot)
         self.dataset = dataset.lower() if self.table is not None else _dataset_key(dataset)
+        #: the data's name in reports, HPARAMS and metrics: the CSV file's name for source=csv, the
+        #: captured update's file for a captured table's update, else the dataset
+        self.data_name = (Path(path).name if source == "csv" else
+                          Path(gradient_file).name if source == "gradients" and self.table is not None and gradient_file
+                          else self.dataset)
         if source == "bundled" and self.dataset not in BUNDLED and self.table is None:
             raise ValueError(
                 f"the package bundles {' and '.join(BUNDLED)} images only; for {self.dataset} use "

@@ -14,22 +14,24 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .server import HONEST
+from .server import HONEST, PUBLIC_LABELS
 
 THREAT_MODEL = (
     "An honest-but-curious server knows the model architecture and its current weights, receives a "
     "client's shared update (the gradient of its loss, averaged over its batch, after any client-side "
     "defenses) and public metadata (input shape, number of classes, batch size), and reconstructs the "
-    "client's private images and labels from that alone; the victims' images are read only to score "
+    "client's private {records} and labels from that alone; the victims' {records} are read only to score "
     "the reconstructions."
 )
 MALICIOUS_THREAT_MODEL = (
     "A malicious server changed the model it sent (named in the first line) before the clients computed "
     "their updates; the clients trained the changed model. The server knows its change, the model and its "
     "weights, receives a client's shared update (after any client-side defenses) and public metadata, and "
-    "reconstructs the client's private inputs and labels from that alone; the victims' data are read only "
-    "to score the reconstructions."
+    "reconstructs the client's private {records} and labels from that alone; the victims' {records} are read "
+    "only to score the reconstructions."
 )
+LABELS_KNOWN = " The victims' labels are public metadata here (TabLeak's setting): the server is given them."
+
 
 CSS = """
 body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; font-size: 11pt; color: #111;
@@ -103,12 +105,16 @@ def settings_list(settings: dict[str, Any]) -> str:
         f"<dt>{esc(k)}</dt><dd>{esc(setting(v))}</dd>" for k, v in settings.items()) + "</dl>"
 
 
-def page(title: str, body: Sequence[str], threat_model: str = HONEST) -> str:
+def page(title: str, body: Sequence[str], threat_model: str = HONEST, records: str = "images") -> str:
     """A whole page: the threat model in its first line (``threat_model``: who attacked, as
-    :meth:`leakage.server.Server.describe` says it), the title, the time it was written, what the
-    threat model means, then ``body``."""
+    :attr:`leakage.data.Observation.threat_model` says it), the title, the time it was written, what
+    the threat model means for the data (``records``: what the client holds, as the kind names it,
+    ``images`` or ``records``), then ``body``."""
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    meaning = THREAT_MODEL if threat_model == HONEST else MALICIOUS_THREAT_MODEL
+    who = threat_model[:-len(PUBLIC_LABELS)] if threat_model.endswith(PUBLIC_LABELS) else threat_model
+    meaning = (THREAT_MODEL if who == HONEST else MALICIOUS_THREAT_MODEL).format(records=records)
+    if who != threat_model:
+        meaning += LABELS_KNOWN
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f"<title>{esc(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",

@@ -14,18 +14,50 @@ The rule a reader of a run folder goes by (README, "Set up and run"):
 Every artifact is written to a temporary file beside it and moved into place (:func:`atomic_write`),
 so a full disk never leaves a truncated ``gallery.png``: the file is the old one, the new one, or
 absent.
+
+Every JSON file the package writes is strict JSON (:func:`json_text`): a number that is not finite
+(a metric with nothing to measure, such as the continuous accuracy of a table without continuous
+features, or a mean over victims that all failed) is written as ``null``, never as the ``NaN`` or
+``Infinity`` that Python's ``json`` writes by default and other parsers refuse.
 """
 
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 RUNNING = "RUNNING"
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every float that is not finite (NaN, infinity) replaced by None, through dicts,
+    lists and tuples; other values as they are (tensors and NumPy scalars as Python numbers)."""
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()  # a 0-d tensor or a NumPy scalar
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def json_text(value: Any, **kwargs: Any) -> str:
+    """Strict JSON of ``value`` (``json.dumps`` arguments in ``kwargs``): non-finite floats as ``null``
+    (:func:`finite_or_null`); anything else that JSON cannot hold is an error, never a ``NaN`` literal."""
+    default = kwargs.pop("default", None)
+    if default is not None:  # what ``default`` makes of an object is made strict too
+        kwargs["default"] = lambda obj: finite_or_null(default(obj))
+    return json.dumps(finite_or_null(value), allow_nan=False, **kwargs)
 
 
 def atomic_write(path: Path, data: Union[str, bytes]) -> None:

@@ -38,6 +38,8 @@ from torch import Tensor, nn
 SERVERS = ("honest", "imprint", "trap_weights")
 #: what an honest server's reports say first
 HONEST = "honest-but-curious server"
+#: what the threat model's line adds when the victims' labels are public (TabLeak's setting)
+PUBLIC_LABELS = "; the labels are public (known to the server)"
 MAX_BINS = 4096
 #: the imprint module's weights (``num_bins x`` input values) at most: a larger module is refused
 MAX_IMPRINT_WEIGHTS = 2 ** 25

@@ -24,6 +24,8 @@ class DataKind(ABC):
     #: the name of the headline per-victim score in [0, 1] (images ``ssim``, tables ``accuracy``)
     score_name: str = ""
     score_label: str = ""  # how reports name it
+    #: what a client's private data are, in reports' words (images, records)
+    records: str = "data"
     #: what a success count counts (a victim is reconstructed when its score reaches the bar)
     success_unit: str = "victims"
     #: the attack's prior weights that apply to this kind (others must stay 0)

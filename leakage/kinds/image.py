@@ -16,6 +16,7 @@ from .base import DataKind
 
 class ImageKind(DataKind):
     name = "image"
+    records = "images"
     score_label = "SSIM"
     score_name = "ssim"
     success_unit = "images"  # every image of a batch is scored on its own

@@ -133,7 +133,7 @@ class TableSchema:
 
     def to_json(self) -> str:
         return json.dumps({"label": self.label, "classes": self.classes,
-                           "features": [asdict(f) for f in self.features]}, indent=2)
+                           "features": [asdict(f) for f in self.features]}, indent=2, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> "TableSchema":
@@ -189,6 +189,22 @@ class TableSchema:
         return out
 
 
+#: what the entropy of a reconstructed cell means, where a report shows it
+ENTROPY_NOTE = ("entropy of the pooled restarts (TabLeak's, two scales): categorical H over log(categories), "
+                "0 certain to 1 uniform; continuous H the Gaussian differential entropy of the restarts' spread "
+                "in nats (standardised units; negative when they agree within 0.24 standard deviations; "
+                "empty with one restart)")
+
+
+def entropy_text(value: float) -> str:
+    """An entropy as the reports print it: three decimals, never ``-0.000``; empty when there is none
+    (NaN: one restart, nothing to spread)."""
+    if not math.isfinite(value):
+        return ""
+    text = f"{value:.3f}"
+    return "0.000" if float(text) == 0 else text
+
+
 def _number(value: str) -> Optional[float]:
     try:
         v = float(value)
@@ -231,6 +247,7 @@ def read_csv(path: str | Path) -> tuple[list[str], list[list[str]], int]:
 
 class TabularKind(DataKind):
     name = "tabular"
+    records = "records"
     score_label = "accuracy"
     score_name = "accuracy"
     summary_metrics = (("accuracy", "accuracy", ".3f"), ("accuracy_categorical", "categorical accuracy", ".3f"),
@@ -316,10 +333,12 @@ class TabularKind(DataKind):
 
     def combine(self, aligned: Tensor) -> tuple[Tensor, Tensor]:
         """TabLeak's pooling: the mean of the softmaxes for categorical features, the median for
-        continuous ones. Entropy per cell ``[B, F]``: a categorical feature's entropy of the pooled
-        distribution over log(categories) (0: certain, 1: uniform); a continuous one's Gaussian
-        differential entropy ``0.5 + 0.5 log(2 pi sigma^2)`` of the restarts' spread (TabLeak's),
-        NaN with one restart."""
+        continuous ones. Entropy per cell ``[B, F]``, on two scales as TabLeak computes and reports
+        them (its ``calculate_entropy_heat_map``), which are not comparable with each other: a
+        categorical feature's entropy of the pooled distribution over log(categories) (0: certain, 1:
+        uniform); a continuous one's Gaussian differential entropy ``0.5 + 0.5 log(2 pi sigma^2)``, in
+        nats, of the restarts' spread ``sigma`` in standardised units (negative below sigma 0.24), NaN
+        with one restart (no spread to measure)."""
         R = aligned.shape[0]
         aligned = self.distributions(aligned)
         pooled = aligned.mean(0)
@@ -331,7 +350,8 @@ class TabularKind(DataKind):
                 p = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
                 pooled[..., sl] = p
                 k = sl.stop - sl.start
-                ents.append((-(p * (p + 1e-7).log()).sum(-1) / math.log(k)) if k > 1 else torch.zeros(p.shape[0]))
+                # entr(p) = -p log p, exactly 0 at p = 0 and 1: a certain feature's entropy is 0, never -0
+                ents.append(torch.special.entr(p).sum(-1) / math.log(k) if k > 1 else torch.zeros(p.shape[0]))
             else:
                 col = aligned[..., sl.start]
                 pooled[..., sl.start] = col.median(0).values
@@ -363,7 +383,9 @@ class TabularKind(DataKind):
         """TabLeak's accuracy after matching rows: ``accuracy`` ``[V]`` over all cells,
         ``accuracy_categorical``/``accuracy_continuous`` ``[V]``, ``feature_accuracy`` ``[V, F]``,
         ``correct`` ``[V, B, F]`` (in the truth's row order), ``perm`` ``[V, B]``; with an
-        ``entropy`` ``[V, B, F]`` of the reconstruction, it in the truth's order and its mean."""
+        ``entropy`` ``[V, B, F]`` of the reconstruction (pooled restarts), it in the truth's order and
+        its means over the categorical cells (``entropy_categorical``, 0-1) and over the continuous
+        ones (``entropy_continuous``, nats; NaN with one restart)."""
         recon = recon.detach().float().cpu()
         truth = truth.detach().float().cpu()
         V, B = truth.shape[:2]
@@ -386,19 +408,28 @@ class TabularKind(DataKind):
             "perm": perm_t,
         }
         out["score"] = out["accuracy"]
-        if entropy is not None:
+        if entropy is not None:  # two scales (see combine): each type's mean apart
             ent = torch.stack([entropy[v].cpu()[perm_t[v]] for v in range(V)])
             out["entropy"] = ent
             out["entropy_categorical"] = ent[..., cat].nanmean((1, 2)) if cat.any() else nan
+            out["entropy_continuous"] = ent[..., ~cat].nanmean((1, 2)) if (~cat).any() else nan
         return out
 
     def scalar_names(self) -> tuple[str, ...]:
         return ("accuracy", "accuracy_categorical", "accuracy_continuous")
 
     def check_truth(self, truth: Tensor) -> None:
-        """True rows must be encoded as the schema encodes them (:meth:`TableSchema.encode`): every
-        categorical block one-hot."""
+        """True rows must be encoded as the schema encodes them (:meth:`TableSchema.encode`): the
+        schema's width, every categorical block one-hot, every continuous value standardised and
+        within the schema's bounds (a value outside them cannot be reconstructed, whose values are
+        clamped to the bounds, and a raw unstandardised value lies outside them)."""
         super().check_truth(truth)
+        hint = "encode the records with the schema: TableSchema.encode(header, rows)"
+        if truth.shape[-1] != self.schema.width:
+            raise ValueError(f"the true rows have {truth.shape[-1]} columns; the schema encodes a record in "
+                             f"{self.schema.width} (one-hot categories, standardised continuous values): {hint}")
+        if not bool(torch.isfinite(truth).all()):
+            raise ValueError(f"the true rows hold a value that is not finite: {hint}")
         dist = self.distributions(truth.float())
         for f, sl in self.schema.blocks():
             if f.type != "categorical":
@@ -409,6 +440,15 @@ class TabularKind(DataKind):
             if not bool(((block == 0) | (block == 1)).all() and (block.sum(-1) == 1).all()):
                 raise ValueError(f"the true rows are not encoded rows of the schema: feature {f.name!r} is not one-hot "
                                  "(encode records with the schema, e.g. TableSchema.encode)")
+        for (f, sl), lo, hi in zip([b for b in self.schema.blocks() if b[0].type == "continuous"], self._lo, self._hi):
+            col = truth[..., sl.start].double()
+            tol = 1e-4 * (1 + max(abs(float(lo)), abs(float(hi))))  # float32 rounding of the encoded bounds
+            bad = (col < float(lo) - tol) | (col > float(hi) + tol)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"the true rows are not encoded rows of the schema: {f.name} holds {float(col[bad][0]):.6g}, outside "
+                    f"its encoded range [{float(lo):.3g}, {float(hi):.3g}] (values {f.min:g} to {f.max:g}, standardised "
+                    f"by mean {f.mean:.6g} and std {f.std:.6g}; a raw value is not standardised): {hint}")
 
     figure_heading = "Records"
     figure_alt = "per-feature accuracy"
@@ -445,19 +485,32 @@ class TabularKind(DataKind):
         if metrics is not None:
             acc = metrics["feature_accuracy"].mean(0)
             ent = metrics.get("entropy")
-            lines = ["feature            type         accuracy  entropy"]
+            if ent is None:
+                lines = ["feature            type         accuracy"]
+            else:  # the two scales in two columns (combine): a categorical and a continuous H never side by side
+                lines = ["feature            type         accuracy  H cat (0-1)  H cont (nats)"]
             for j, f in enumerate(self.schema.features):
-                e = float(ent[..., j].nanmean()) if ent is not None else float("nan")
-                lines.append(f"{f.name:<18} {f.type:<12} {100 * float(acc[j]):7.1f}%  {e:7.3f}")
+                line = f"{f.name:<18} {f.type:<12} {100 * float(acc[j]):7.1f}%"
+                if ent is not None:
+                    e = entropy_text(float(ent[..., j].nanmean()))
+                    line += f"  {e:>11}  {'':>13}" if f.type == "categorical" else f"  {'':>11}  {e:>13}"
+                lines.append(line.rstrip())
+            lines.append(ENTROPY_NOTE if ent is not None else
+                         "no entropy: it measures how the pooled restarts disagree (ensemble='pool' with restarts > 1); "
+                         "this attack did not pool restarts")
             lines.append(f"overall accuracy {100 * float(metrics['accuracy'].mean()):.1f}%  (categorical "
                          f"{100 * float(metrics['accuracy_categorical'].mean()):.1f}%, continuous "
                          f"{100 * float(metrics['accuracy_continuous'].mean()):.1f}%; a continuous value counts "
                          f"within {TOLERANCE} x its standard deviation)")
             text.append("\n".join(lines))
             html.append("<pre>" + "\n".join(lines).replace("&", "&amp;").replace("<", "&lt;") + "</pre>")
+        pooled = metrics is not None and metrics.get("entropy") is not None
+        if pooled:
+            md.append(f"H: {ENTROPY_NOTE}.")
         for v in range(recon.shape[0]):
             table = views.row_table(self.schema, recon, truth, metrics, v)
-            text.append(f"victim {v} (wrong cells end in *; H: entropy of the pooled feature)\n" + views.rows_text(*table))
+            legend = "wrong cells end in *" + ("; H: the cell's entropy, scales above" if pooled else "")
+            text.append(f"victim {v} ({legend})\n" + views.rows_text(*table))
             md.append(f"**victim {v}**\n\n" + views.rows_markdown(*table))
             html.append(f"<h3>Victim {v}</h3>" + views.rows_html(*table))
         return {"text": "\n".join(text), "markdown": "\n\n".join(md), "html": "\n".join(html)}

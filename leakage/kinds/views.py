@@ -4,13 +4,13 @@ cells marked and the entropy of every reconstructed cell (text, Markdown for Ten
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from .. import htmlreport as h
+from .tabular import entropy_text
 from ..dashboard import _plt, figure_png
 
 
@@ -52,7 +52,8 @@ def row_table(schema, recon: Tensor, truth: Optional[Tensor], metrics: Optional[
         r = rec_rows[int(perm[i])]
         marks = []
         for j, c in enumerate(r):
-            e = "" if ent is None or not math.isfinite(float(ent[v, i, j])) else f" (H {float(ent[v, i, j]):.2f})"
+            e = "" if ent is None else entropy_text(float(ent[v, i, j]))
+            e = f" (H {e})" if e else ""
             marks.append(_cell(c) + e)
         cells.append([f"rec {i}"] + marks)
         wrong.append([False] + [bool(correct[i, j] < 0.5) for j in range(len(names))])

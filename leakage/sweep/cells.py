@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from ..distributed import launched_as_rank_zero
+from ..runfiles import json_text
 from .config import check_sweep, defense_class, set_key
 from .hparams import write_hparams
 from .lock import SweepLock
@@ -194,7 +195,7 @@ class Sweep:
         fingerprint = self.fingerprint(cfg)
         if path.exists():
             try:
-                done = json.loads(path.read_text())
+                done = _numbers(json.loads(path.read_text()))
             except ValueError:  # cannot happen with atomic writes, but never trust a broken file
                 done = None
             if not isinstance(done, dict):
@@ -211,7 +212,7 @@ class Sweep:
     def _save(self, p: "_Pending", row: dict, tables: bool = True) -> dict:
         """Write a cell's result (rank 0 only; every rank returns it); one that cannot be written (a
         full disk) stays in the tables of this sweep."""
-        text = json.dumps(row, indent=2)
+        text = json_text(row, indent=2)  # strict JSON: a NaN metric is null (read back as NaN: _numbers)
         if self.writer and not self._write(f"cells/{p.cid}.json", lambda: atomic_write(p.path, text)):
             self._unsaved[p.cid] = row
         if tables and self.writer:
@@ -367,7 +368,7 @@ class Sweep:
         finally:
             if private is not None:
                 private.cleanup()
-        return self._summary(row, report, cli.datamodule.dataset, cli.model.hparams.model,
+        return self._summary(row, report, cli.datamodule.data_name, cli.model.hparams.model,
                              report.defenses_of(cli.trainer), elapsed)
 
     def _run_group(self, group: list[_Pending], specs: list[dict]) -> list[dict]:
@@ -420,7 +421,7 @@ class Sweep:
                 rows.append({**p.row, "status": "failed", "error": cell_error(m.error)})
                 continue
             write_config(confined(self.out, "runs", p.cid), cli.cell_config(m))
-            row = self._summary(p.row, m.report, cli.datamodule.dataset, cli.model.hparams.model,
+            row = self._summary(p.row, m.report, cli.datamodule.data_name, cli.model.hparams.model,
                                 m.report.defenses_of(m.trainer), elapsed / len(ran))
             rows.append({**row, "group_time_s": elapsed, "group_cells": [q.cid for q in ran]})
         return rows
@@ -443,7 +444,7 @@ class Sweep:
                 points = [self.breaking_point(d) for d in self.defenses]
             if self.defenses and self.writer:
                 self._write("breaking_points.json", lambda: atomic_write(confined(self.out, "breaking_points.json"),
-                                                                         json.dumps(points, indent=2)))
+                                                                         json_text(points, indent=2)))
             for s in self.studies:
                 for v in s["values"]:
                     self.study_result(s, v)
@@ -458,7 +459,7 @@ class Sweep:
         out = []
         for f in sorted(confined(self.out, "cells").glob("*.json")):
             try:
-                row = json.loads(f.read_text())
+                row = _numbers(json.loads(f.read_text()))
             except (OSError, ValueError):
                 continue
             if isinstance(row, dict) and row.get("cell") == f.name[:-len(".json")] and self.current(row):
@@ -486,3 +487,15 @@ class Sweep:
         self._write("report.html", lambda: write_report(self.out, self.cfg, self.base, self.defenses, self.studies,
                                                         rows, points, self.overrides))
         return self.table
+
+
+#: a cell's numbers that its file holds as null when they are NaN (nothing to measure): read back as NaN
+_NUMBER_KEYS = ("score", "label_acc", "success_rate", "image_success_rate", "time_s", "entries_per_unknown",
+                "ssim", "psnr", "mse", "accuracy", "accuracy_categorical", "accuracy_continuous")
+
+
+def _numbers(row: Any) -> Any:
+    """A cell's row as read from its (strict JSON) file: its metrics' nulls back to NaN."""
+    if not isinstance(row, dict):
+        return row
+    return {k: (float("nan") if v is None and k in _NUMBER_KEYS else v) for k, v in row.items()}

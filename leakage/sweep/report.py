@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import htmlreport as h
-from ..server import SERVER_SETTINGS, make_server
+from ..server import PUBLIC_LABELS, SERVER_SETTINGS, make_server
 from .paths import confined, fmt
 from .tables import (defense_args, defense_cells, headers, metrics, score_label, study_headers, study_metrics,
                      study_rows)
@@ -113,7 +113,9 @@ def sweep_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies
         body.append(_plot(out, s["name"], f"{s['name']}: each metric against {s['key']}."))
     body.append(f'<p class="meta">Sweep folder: {h.esc(out)} (results.csv, results.md, plots, cells/, runs/; '
                 f"TensorBoard: tensorboard --logdir {h.esc(out)}).</p>")
-    return h.page(f"leakage sweep: {kinds or 'no grids'} ({out.name})", body, _threat_model(base, studies))
+    data = {r.get("kind") for r in rows}  # what the clients held: images, table records, or both
+    records = {frozenset({"image"}): "images", frozenset({"tabular"}): "records"}.get(frozenset(data), "data")
+    return h.page(f"leakage sweep: {kinds or 'no grids'} ({out.name})", body, _threat_model(base, studies), records)
 
 
 def _threat_model(base: dict, studies: list[dict]) -> str:
@@ -124,7 +126,8 @@ def _threat_model(base: dict, studies: list[dict]) -> str:
     data = base.get("data") or {}
     try:
         return make_server(data.get("server", "honest"), data.get("dataset"),
-                           **{k: data.get(k) for k in SERVER_SETTINGS}).describe()
+                           **{k: data.get(k) for k in SERVER_SETTINGS}).describe() + (
+            PUBLIC_LABELS if data.get("public_labels") else "")
     except ValueError:  # a cell's own run refuses it, in its own line
         return f"server {data.get('server')!r} (see the cells)"
 
