@@ -99,7 +99,7 @@ def test_cli_reconstructs_the_flower_clients_image(tmp_path):
     _, _, x, y, _ = _federation(tmp_path, rounds=1)
     capture = tmp_path / "capture" / "round_001" / "client_c1.safetensors"
     # the attack's own model seed differs: only the capture's global weights make the target right
-    cli = _fit(_attack_args(tmp_path, capture, "--model.model_seed", "5", "--trainer.max_steps", "20"))
+    cli = _fit(_attack_args(tmp_path, capture, "--model.model_seed", "5", "--trainer.max_steps", "10"))
     _, weights, _ = read_capture(capture)
     assert (build_model("lenet", (1, 28, 28), 10, seed=5).fc.weight - weights["fc.weight"]).abs().max() > 0.1
     torch.testing.assert_close(cli.model.target.fc.weight, weights["fc.weight"], rtol=0, atol=0)
