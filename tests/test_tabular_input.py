@@ -71,6 +71,8 @@ def test_numeric_labels_and_codes_are_one_class_per_number_shown_as_the_table_wr
     x, y = dm.table.encode(range(4))
     assert y.tolist() == [2, 0, 1, 0]
     assert dm.table.kind.label_names(y.tolist()) == ["10", "1", "2", "1"]
+    with pytest.raises(ValueError, match="column 'x' holds a number that is not finite"):
+        TableSchema.infer(["x", "y"], [["1", "a"], ["inf", "b"]])
     assert canonical("01") == "1" and canonical("0.50") == "0.5" and canonical("abc") == "abc"
     ev = {"loss": torch.zeros(1), "grad_l2": torch.zeros(1), "grad_cosine": torch.zeros(1)}
     rows = victim_rows(x[None], y[None], ev, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.bool),

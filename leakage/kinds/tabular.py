@@ -163,6 +163,9 @@ class TableSchema:
                 features.append(feat)
             else:
                 t = col.values()
+                if not np.isfinite(t).all():
+                    raise ValueError(f"column {name!r} holds a number that is not finite: leave such records out "
+                                     "(drop_nonfinite) before inferring the schema")
                 std = float(t.std()) or 1.0
                 features.append(Feature(name, "continuous", [], float(t.mean()), std, float(t.min()), float(t.max()),
                                         bool((t == np.round(t)).all())))
@@ -350,8 +353,8 @@ class _Column:
 
     def first_text(self) -> str:
         """The first value (in record order) that is not a number."""
-        texts = np.flatnonzero(self.is_text)
-        return str(self.uniq[texts[np.argmax(np.isin(texts, self.inverse))]]) if texts.size else ""
+        mask = self.is_text[self.inverse]
+        return str(self.uniq[self.inverse[np.argmax(mask)]]) if mask.any() else ""
 
     def values(self) -> np.ndarray:
         return self.numbers[self.inverse]
