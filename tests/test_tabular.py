@@ -179,6 +179,11 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     header = next(r for r in page.rows if r[:2] == ["victim", "indices"])
     assert header[5:8] == ["accuracy", "categorical accuracy", "continuous accuracy"] and "SSIM" not in header
     victim = report["victims"][0]
+    # labels as the table writes them, everywhere (metrics.json, metrics.txt, report.html), not class indices
+    assert victim["true_labels"] == ["yes", "no"] and victim["recovered_labels"] == ["yes", "no"]
+    assert " yes,no " in (run / "metrics.txt").read_text()
+    assert json.loads((run / "schema.json").read_text())["schema"]["origin"] == (
+        "inferred from t.csv, the attacked table itself (victims included)")
     (row,) = [r for r in page.rows if len(r) == len(header) and r[0] == "0"]
     assert row[5:8] == [fmt(victim[k]) for k in ("accuracy", "accuracy_categorical", "accuracy_continuous")]
     assert row[-1] == ("reconstructed" if victim["accuracy"] >= 0.9 else "not reconstructed")
