@@ -415,6 +415,9 @@ class VictimDataModule(pl.LightningDataModule):
                 raise ValueError(f"standardize_onehot is {str(standardize_onehot).lower()} but the schema {schema} "
                                  f"encodes {'standardised' if table_schema.standardized_onehot else 'plain'} one-hot "
                                  "columns (--data.standardize_onehot null uses the schema's encoding)")
+            if label_column is not None and label_column != table_schema.label:
+                raise ValueError(f"--data.label_column {label_column} differs from the schema's label column "
+                                 f"{table_schema.label!r}")
             table_schema.origin = f"schema file {schema}" + (f" ({table_schema.origin})" if table_schema.origin else "")
             return table_schema
 
@@ -432,6 +435,9 @@ class VictimDataModule(pl.LightningDataModule):
 
         if schema is not None and schema_from is not None:
             raise ValueError("give the table's schema one way: --data.schema FILE.json or --data.schema_from FILE.csv")
+        if schema is not None and (categorical_columns or continuous_columns):
+            raise ValueError("--data.schema fixes every column's type: --data.categorical_columns and "
+                             "--data.continuous_columns type the columns of a schema inferred here")
         if source == "csv" and not path:
             raise ValueError("source=csv needs --data.path FILE.csv")
         default_label = TABLES[dataset.lower()][1] if dataset.lower() in TABLES else None

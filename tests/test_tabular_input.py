@@ -125,6 +125,27 @@ def test_the_schema_origin_is_a_named_reference_table_or_the_victims_own_with_a_
     assert dm.table.kind.schema.origin == f"schema file {saved} (reference table {reference})"
     with pytest.raises(ValueError, match="give the table's schema one way"):
         _dm(victims, schema=str(saved), schema_from=str(reference))
+    with pytest.raises(ValueError, match="--data.schema fixes every column's type"):
+        _dm(victims, schema=str(saved), categorical_columns=["x"])
+    with pytest.raises(ValueError, match="--data.label_column w differs from the schema's label column 'y'"):
+        _dm(victims, schema=str(saved), label_column="w")
+    # a captured update of a table: the schema from the reference alone
+    dm = VictimDataModule(source="gradients", dataset="credit", gradient_file="u.safetensors",
+                          schema_from=str(reference))
+    assert dm.table.kind.schema.origin == f"reference table {reference}" and dm.input_shape == (7,)
+
+
+def test_a_bad_schema_file_is_one_line_from_the_cli(tmp_path, capsys):
+    from conftest import CONFIGS, cli_args, cli_error
+
+    victims = _table(tmp_path, "x,code,w,y\n" + _rows())
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(_schema(x={"std": 0})))
+    args = ["--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv", "--data.path", str(victims)]
+    line = cli_error(capsys, cli_args(tmp_path, *args, "--data.schema", str(path)))
+    assert line == f"leakage: error: cannot read the table schema {path}: schema feature 'x': std 0 must be > 0"
+    line = cli_error(capsys, cli_args(tmp_path, *args, "--data.schema", str(tmp_path / "none.json")))
+    assert line == f"leakage: error: schema file not found: {tmp_path / 'none.json'}"
 
 
 def _schema(**changes) -> dict:
