@@ -8,7 +8,6 @@ The module keeps two things apart:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from http.client import HTTPException
