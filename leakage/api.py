@@ -391,6 +391,6 @@ def report(result: InversionResult, x: Tensor, y: Tensor, success_ssim: float = 
     metrics = kind.evaluate(result.images, truth, result.entropy)
     evaluation = {"loss": result.matching_loss, "grad_l2": result.grad_l2, "grad_cosine": result.grad_cosine}
     rows = victim_rows(result.images, result.labels, evaluation, result.best_restart, result.failed, metrics,
-                       yb.cpu().long())
+                       yb.cpu().long(), kind=kind)
     return Report(rows, summarize(rows, success_ssim), success_ssim, result.module.observation.threat_model, kind,
                   metrics, kind.details(result.images, truth, metrics)["text"])

@@ -137,15 +137,17 @@ def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
 
 def victim_rows(recon: Tensor, labels: Tensor, evaluation: dict[str, Tensor], best_restart: Tensor,
                 failed: Tensor, metrics: Optional[dict[str, Tensor]] = None, true_labels: Optional[Tensor] = None,
-                indices: Optional[list[list[int]]] = None) -> list[dict]:
+                indices: Optional[list[list[int]]] = None, kind=None) -> list[dict]:
     """One result row per victim (the columns of ``metrics.csv``).
 
     ``recon`` ``[V, B, C, H, W]`` and ``labels`` ``[V, B]`` are each victim's best reconstruction;
     ``evaluation`` holds its ``loss``, ``grad_l2`` and ``grad_cosine`` ``[V]``; ``failed`` ``[V]``
     marks victims whose every restart failed numerically. ``metrics`` (from
     :func:`leakage.metrics.reconstruction_metrics`), ``true_labels`` and ``indices`` come from the
-    secret and are left out (NaN, empty) when the victims' data is unknown.
+    secret and are left out (NaN, empty) when the victims' data is unknown. Labels are shown as
+    ``kind`` names them (a table's own class values; images: class indices).
     """
+    names = kind.label_names if kind is not None else (lambda labels: labels)
     acc = label_accuracy(labels, true_labels) if true_labels is not None else None
     rows = []
     nan = float("nan")
@@ -155,8 +157,8 @@ def victim_rows(recon: Tensor, labels: Tensor, evaluation: dict[str, Tensor], be
         rows.append({
             "victim": v,
             "indices": list(indices[v]) if indices is not None else [],
-            "true_labels": true_labels[v].tolist() if true_labels is not None else [],
-            "recovered_labels": labels[v].tolist(),
+            "true_labels": names(true_labels[v].tolist()) if true_labels is not None else [],
+            "recovered_labels": names(labels[v].tolist()),
             "label_acc": float(acc[v]) if acc is not None else float("nan"),
             "ssim": float(metrics["ssim"][v]) if "ssim" in metrics else nan,
             "psnr": float(metrics["psnr"][v]) if "psnr" in metrics else nan,
@@ -458,7 +460,8 @@ class LeakageReport(pl.Callback):
         metrics = self._kind.evaluate(recon, secret.images, joined.get("entropy")) if secret is not None else None
         self.rows = victim_rows(
             recon, labels, joined["evaluation"], joined["restart"], joined["failed"], metrics,
-            secret.labels if secret is not None else None, secret.indices if secret is not None else None)
+            secret.labels if secret is not None else None, secret.indices if secret is not None else None,
+            kind=self._kind)
         self.summary = summarize(self.rows, self.success_ssim)
         self.summary["entries_per_unknown"] = pl_module.observation.entries_per_unknown
         self.summary["exact"] = int(joined["exact"].sum())  # victims solved exactly by construction

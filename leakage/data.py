@@ -8,7 +8,6 @@ The module keeps two things apart:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from http.client import HTTPException
@@ -18,7 +17,7 @@ from typing import Iterator, Literal, Optional, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
@@ -27,7 +26,7 @@ from torchvision import datasets, transforms
 from .capture import check_settings, is_capture, load_global_weights, read_capture
 from .client import CLIENT_MODES, client_gradients, load_gradients, validate_gradients
 from .kinds import DataKind, ImageKind, TableSchema, TabularKind
-from .kinds.tabular import read_csv
+from .kinds.tabular import drop_nonfinite, numeric_columns, read_csv, read_schema
 from .fedavg import SHARES, FedAvgClient, client_updates, epochs_to_steps
 from .imagefolder import read_labelled_folder
 from .seeding import position_key, update_key
@@ -60,6 +59,7 @@ SOURCE_SETTINGS = {
     "path": (None, ("csv",), "only source=csv reads a CSV file"),
     "label_column": (None, ("csv",), "only source=csv names the label column (a bundled table has its own)"),
     "categorical_columns": (None, ("csv",), "only source=csv names its categorical columns"),
+    "continuous_columns": (None, ("csv",), "only source=csv names its continuous columns"),
     "indices": (None, _VICTIM_DATA, "every update in the gradient file is a victim; there are no images to pick"),
     "num_victims": (1, _VICTIM_DATA, "every update in the gradient file is a victim; there are no images to count"),
 }
@@ -166,13 +166,23 @@ class Secret:
     indices: list[list[int]]  # dataset index of every image, per victim
 
 
-def _read_schema(path: str) -> TableSchema:
-    """A table's schema from JSON: a run's ``schema.json`` (its ``schema`` entry) or the schema itself."""
-    try:
-        data = json.loads(Path(path).read_text())
-        return TableSchema.from_json(json.dumps(data.get("schema", data)))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"cannot read the table schema {path}: {(str(err).splitlines() or [type(err).__name__])[0][:200]}") from None
+@dataclass
+class Table:
+    """A table source: its kind (the public schema) and its complete records as read, encoded only
+    when picked (:meth:`encode`): a large table is not held densely."""
+
+    kind: TabularKind
+    header: list[str]
+    rows: list
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def encode(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Records ``indices`` encoded ``[N, D]`` and their labels ``[N]``."""
+        indices = list(indices)
+        return self.kind.schema.encode(self.header, [self.rows[i] for i in indices], source=self.name, numbers=indices)
 
 
 class _Steps(IterableDataset):
@@ -220,12 +230,18 @@ class VictimDataModule(pl.LightningDataModule):
             overridden below).
         path: the CSV file for ``source=csv`` (a header row; records with a missing value, ``?``
             or empty, are left out and counted).
-        label_column: a table's label column (default: ``income`` for Adult, else the last column).
-        categorical_columns: a table's categorical columns (default: every column holding a value
-            that is not a number).
+        label_column: a table's label column (default: ``income`` when ``dataset`` is ``adult``,
+            else the last column).
+        categorical_columns: columns read as categorical besides those inferred (inferred: a column
+            holding a value that is not a number, or whole numbers with at most 10 distinct values
+            each seen 5 times on average, such as codes 1-4).
+        continuous_columns: columns read as continuous although inferred categorical (numbers only).
         schema: a table's public encoding as JSON (the ``schema.json`` of an earlier run, its
-            ``schema`` entry); default: built from the table itself (categories, means, standard
-            deviations and bounds of its complete records).
+            ``schema`` entry).
+        schema_from: a public reference table (CSV, the same columns) the schema is inferred from
+            (categories, means, standard deviations, bounds); with neither this nor ``schema`` it is
+            inferred from the attacked table itself, victims included (a warning says so). The
+            run's ``schema.json`` records which (``origin``).
         standardize_onehot: a table's one-hot columns standardised too, ``(onehot - frequency) /
             std``, the frequencies of its complete records (TabLeak's encoding: its model sees
             standardised one-hot columns); stored in the schema. Default (None): plain one-hot for a
@@ -281,7 +297,9 @@ class VictimDataModule(pl.LightningDataModule):
         path: Optional[str] = None,
         label_column: Optional[str] = None,
         categorical_columns: Optional[list[str]] = None,
+        continuous_columns: Optional[list[str]] = None,
         schema: Optional[str] = None,
+        schema_from: Optional[str] = None,
         standardize_onehot: Optional[bool] = None,
         public_labels: bool = False,
         root: str = "data",
@@ -316,7 +334,8 @@ class VictimDataModule(pl.LightningDataModule):
         if source not in SOURCES:
             raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
         self.public_labels = public_labels
-        self.table = self._table(source, dataset, path, label_column, categorical_columns, schema, standardize_onehot)
+        self.table = self._table(source, dataset, path, label_column, categorical_columns, schema, standardize_onehot,
+                                 schema_from, continuous_columns)
         self.dataset = dataset.lower() if self.table is not None else _dataset_key(dataset)
         #: the data's name in reports, HPARAMS and metrics: the CSV file's name for source=csv, the
         #: captured update's file for a captured table's update, else the dataset
@@ -376,7 +395,7 @@ class VictimDataModule(pl.LightningDataModule):
                              "it needs the victims' data, not captured gradients")
         self.server = make_server(server, self.dataset, num_bins, feature_mean, feature_std, trap_scale)
         if self.table is not None:
-            kind = self.table[0]
+            kind = self.table.kind
             self.input_shape = kind.sample_shape
             self.num_classes = len(kind.schema.classes)
             return
@@ -391,45 +410,82 @@ class VictimDataModule(pl.LightningDataModule):
         self.input_shape: tuple[int, int, int] = (c, *hw)
         self.num_classes: int = classes if num_classes is None else num_classes
 
-    def _table(self, source, dataset, path, label_column, categorical_columns, schema, standardize_onehot=None):
-        """A table source's kind (its schema) and its encoded records, or None for images."""
+    def _table(self, source, dataset, path, label_column, categorical_columns, schema, standardize_onehot=None,
+               schema_from=None, continuous_columns=None) -> Optional[Table]:
+        """A table source's kind (its schema, and where it came from) and its complete records, or None
+        for images."""
 
         def given_schema() -> TableSchema:
-            table_schema = _read_schema(schema)
+            table_schema = read_schema(schema)
             if standardize_onehot is not None and standardize_onehot != table_schema.standardized_onehot:
                 raise ValueError(f"standardize_onehot is {str(standardize_onehot).lower()} but the schema {schema} "
                                  f"encodes {'standardised' if table_schema.standardized_onehot else 'plain'} one-hot "
                                  "columns (--data.standardize_onehot null uses the schema's encoding)")
+            if label_column is not None and label_column != table_schema.label:
+                raise ValueError(f"--data.label_column {label_column} differs from the schema's label column "
+                                 f"{table_schema.label!r}")
+            table_schema.origin = f"schema file {schema}" + (f" ({table_schema.origin})" if table_schema.origin else "")
             return table_schema
 
+        def inferred(where: Path, origin: str) -> tuple[TableSchema, list[str], list, int]:
+            header, rows, dropped = read_csv(where)
+            numeric = [c for c in numeric_columns(header, rows) if c not in (categorical_columns or ())]
+            rows, note = drop_nonfinite(header, rows, numeric, source=where.name)
+            if note:
+                rank_zero_warn(note)
+            label = label_column if label_column is not None else default_label
+            table_schema = TableSchema.infer(header, rows, label, categorical_columns, bool(standardize_onehot),
+                                             continuous_columns, origin)
+            rank_zero_info(f"schema inferred from {where.name}: {table_schema.summary}")
+            return table_schema, header, rows, dropped
+
+        if schema is not None and schema_from is not None:
+            raise ValueError("give the table's schema one way: --data.schema FILE.json or --data.schema_from FILE.csv")
+        if schema is not None and (categorical_columns or continuous_columns):
+            raise ValueError("--data.schema fixes every column's type: --data.categorical_columns and "
+                             "--data.continuous_columns type the columns of a schema inferred here")
         if source == "csv" and not path:
             raise ValueError("source=csv needs --data.path FILE.csv")
-        if source == "gradients" and schema is not None:  # a captured update of a table: the schema is all
-            kind = TabularKind(given_schema())
-            return kind, torch.zeros(0, kind.schema.width), torch.zeros(0, dtype=torch.long)
+        default_label = TABLES[dataset.lower()][1] if dataset.lower() in TABLES else None
+        if source == "gradients" and (schema is not None or schema_from is not None):  # the schema is all
+            if schema is not None:
+                table_schema = given_schema()
+            else:
+                table_schema = inferred(Path(schema_from), f"reference table {schema_from}")[0]
+            return Table(TabularKind(table_schema), [], [], "gradients")
         if source == "csv":
             where = Path(path)
         elif dataset.lower() in TABLES and source in ("bundled", "gradients"):
-            file, label_column = TABLES[dataset.lower()][0], label_column or TABLES[dataset.lower()][1]
-            where = Path(str(resources.files("leakage") / "assets" / "tabular" / file))
+            where = Path(str(resources.files("leakage") / "assets" / "tabular" / TABLES[dataset.lower()][0]))
         else:
             if dataset.lower() in TABLES:
                 raise ValueError(f"{dataset} is a table: use --data.source bundled (or csv with --data.path)")
             if standardize_onehot:
                 raise ValueError("standardize_onehot applies to tables (one-hot columns), not to image data")
+            if schema is not None or schema_from is not None:
+                raise ValueError("--data.schema and --data.schema_from describe a table; this source reads images")
             return None
-        header, rows, dropped = read_csv(where)
-        if schema is not None:
-            table_schema = given_schema()
+        if schema is not None or schema_from is not None:
+            table_schema = given_schema() if schema is not None else inferred(
+                Path(schema_from), f"reference table {schema_from}")[0]
+            header, rows, dropped = read_csv(where)
+            continuous = [f.name for f in table_schema.features if f.type == "continuous"]
+            rows, note = drop_nonfinite(header, rows, [c for c in continuous if c in header], source=where.name)
+            if note:
+                rank_zero_warn(note)
+            table_schema.encode(header, rows[:0], source=where.name)  # the schema's columns are there
         else:
-            table_schema = TableSchema.infer(header, rows, label_column, categorical_columns, bool(standardize_onehot))
-        x, y = table_schema.encode(header, rows, source=str(where.name))
+            table_schema, header, rows, dropped = inferred(
+                where, f"inferred from {where.name}, the attacked table itself (victims included)")
+            rank_zero_warn(f"the table's schema (categories, means, standard deviations, bounds) is inferred from "
+                           f"{where.name} itself, victims included: name a public reference table with "
+                           "--data.schema_from FILE.csv, or an earlier schema with --data.schema FILE.json")
         #: records left out for a missing value, said in the run's output
         self.dropped_records = dropped
         if dropped:
             rank_zero_info(f"{where.name}: {dropped} of {dropped + len(rows)} records have a missing value ('?' or "
                            f"empty) and are left out; indices count the {len(rows)} complete records")
-        return TabularKind(table_schema), x, y
+        return Table(TabularKind(table_schema), header, rows, where.name)
 
     def _client(self, protocol, local_steps, local_epochs, local_lr, local_batch_size, shuffle, shuffle_seed,
                 share) -> Optional[FedAvgClient]:
@@ -475,9 +531,8 @@ class VictimDataModule(pl.LightningDataModule):
         """Read the selected images and labels, or table records (the secret)."""
         size = self.input_shape[1:]
         if self.table is not None:
-            _, records, labels = self.table
-            chosen = self._selected(len(records))
-            x, y = records[chosen], labels[chosen]
+            chosen = self._selected(len(self.table))
+            x, y = self.table.encode(chosen)
         elif self.source in ("bundled", "folder"):
             if self.source == "bundled" and self.dataset in BUNDLED_ARRAYS:
                 images, labels = bundled_array(self.dataset)
@@ -528,7 +583,7 @@ class VictimDataModule(pl.LightningDataModule):
     # -------------------------------------------------------------------- setup
     def prepare(self, model: nn.Module) -> Observation:
         """Build the observation (and, for image sources, the secret) for a target model."""
-        kind = self.table[0] if self.table is not None else None
+        kind = self.table.kind if self.table is not None else None
         if self.source == "gradients" and is_capture(self.gradient_file):  # type: ignore[arg-type]
             grads, keys = self._read_capture(model)
             self.secret = None

@@ -101,9 +101,9 @@ def test_the_cli_recovers_one_adult_record_exactly_through_the_tabular_kind(tmp_
 
 def test_the_python_api_recovers_one_adult_record_exactly():
     dm = VictimDataModule(source="bundled", dataset="adult", indices=[7])
-    kind = dm.table[0]
+    kind = dm.table.kind
     model = build_model("tabular_mlp", dm.input_shape, dm.num_classes, seed=1234)
-    truth, y = dm.table[1][7:8], dm.table[2][7:8]
+    truth, y = dm.table.encode([7])
     update = leakage.client_update(model, truth, y)
     result = leakage.invert(model, update, dm.input_shape, dm.num_classes, attack="analytic",
                             kind=TabularKind(kind.schema))

@@ -27,7 +27,7 @@ def test_image_kind_keeps_the_pixels_and_boxes_them():
 
 
 def test_tabular_relaxation_gives_one_hot_blocks_and_bounded_values():
-    kind = _adult().table[0]
+    kind = _adult().table.kind
     x = kind.to_input(kind.initial(4, "uniform", generator("dummy", 0, 1, 0)) * 5)
     for f, sl in kind.schema.blocks():
         if f.type == "categorical":
@@ -40,8 +40,8 @@ def test_tabular_relaxation_gives_one_hot_blocks_and_bounded_values():
 def test_pooling_undoes_the_restarts_row_order():
     """Rows of every restart are matched to the reference by the Hungarian algorithm before pooling."""
     dm = _adult(batch_size=3)
-    kind = dm.table[0].relaxed(False)
-    truth = dm.table[1][:3]
+    kind = dm.table.kind.relaxed(False)
+    truth = dm.table.encode(range(3))[0]
     restarts = torch.stack([truth, truth[[2, 0, 1]], truth[[1, 2, 0]]])[None]  # [V=1, R=3, B, D]
     pooled, labels, entropy = kind.pool(restarts, torch.zeros(1, 3, 3, dtype=torch.long), torch.tensor([0]))
     assert torch.allclose(pooled[0], truth, atol=1e-6)
@@ -53,8 +53,8 @@ def test_pooling_undoes_the_restarts_row_order():
 
 def test_tabular_accuracy_matches_rows_and_counts_the_tolerance():
     dm = _adult(batch_size=4)
-    kind: TabularKind = dm.table[0]
-    truth = dm.table[1][:4]
+    kind: TabularKind = dm.table.kind
+    truth = dm.table.encode(range(4))[0]
     recon = truth[[3, 1, 0, 2]].clone()
     age = kind.schema.blocks()[0][1].start
     recon[0, age] += 0.3  # within 0.319 standard deviations: right

@@ -47,7 +47,7 @@ def _attack(dm: VictimDataModule, steps: int, **settings) -> tuple[GradientInver
 
 def test_schema_encoding_round_trips(tmp_path):
     dm = VictimDataModule(source="bundled", dataset="adult")
-    kind, x, _ = dm.table
+    kind, (x, _) = dm.table.kind, dm.table.encode(range(50))
     header, rows, dropped = read_csv(CONFIGS.parent / "leakage" / "assets" / "tabular" / "adult_test_0_999.csv")
     assert dropped == 73 and len(rows) == 927 and dm.input_shape == (kind.schema.width,)
     li = header.index("income")
@@ -63,8 +63,9 @@ def test_standardized_onehot_columns_are_tableaks_encoding(tmp_path):
     TabLeak's model sees them; decoding, scoring, pooling and hardening undo it; TabLeak recovers a
     record through it."""
     dm = VictimDataModule(source="bundled", dataset="adult", standardize_onehot=True, batch_size=1, public_labels=True)
-    kind, x, _ = dm.table
-    plain = VictimDataModule(source="bundled", dataset="adult").table
+    kind, (x, _) = dm.table.kind, dm.table.encode(range(len(dm.table)))
+    plain_table = VictimDataModule(source="bundled", dataset="adult").table
+    plain = (plain_table.kind, plain_table.encode(range(len(plain_table)))[0])
     cat = kind.schema.column_stats()[1] != 1  # the standardised columns (none of a constant column)
     assert cat.sum() > 70 and torch.allclose(x[:, cat].mean(0), torch.zeros(int(cat.sum())), atol=1e-5)
     assert torch.allclose(x[:, cat].std(0, unbiased=False), torch.ones(int(cat.sum())), atol=1e-4)
@@ -178,6 +179,11 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     header = next(r for r in page.rows if r[:2] == ["victim", "indices"])
     assert header[5:8] == ["accuracy", "categorical accuracy", "continuous accuracy"] and "SSIM" not in header
     victim = report["victims"][0]
+    # labels as the table writes them, everywhere (metrics.json, metrics.txt, report.html), not class indices
+    assert victim["true_labels"] == ["yes", "no"] and victim["recovered_labels"] == ["yes", "no"]
+    assert " yes,no " in (run / "metrics.txt").read_text()
+    assert json.loads((run / "schema.json").read_text())["schema"]["origin"] == (
+        "inferred from t.csv, the attacked table itself (victims included)")
     (row,) = [r for r in page.rows if len(r) == len(header) and r[0] == "0"]
     assert row[5:8] == [fmt(victim[k]) for k in ("accuracy", "accuracy_categorical", "accuracy_continuous")]
     assert row[-1] == ("reconstructed" if victim["accuracy"] >= 0.9 else "not reconstructed")
@@ -185,20 +191,28 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize("text, extra, message", [
     ("a,b\n1,2\n3,4\n", ["--data.label_column", "y"], "no label column 'y' in the table (columns: a, b)"),
-    ("a,b,y\n1,2,x\nq,4,z\n", ["--data.label_column", "y", "--data.categorical_columns", "[b]"],
-     "column 'a' is continuous but holds 'q', not a number"),
+    ("a,b,y\n1,2,x\nq,4,z\n", ["--data.label_column", "y", "--data.continuous_columns", "[a]"],
+     "column 'a' is named continuous but holds 'q', not a number"),
+    ("a,b,y\n1,2,x\nq,4,z\n", ["--data.label_column", "y", "--data.continuous_columns", "[a]",
+                                "--data.categorical_columns", "[a]"], "column 'a' is named both categorical and continuous"),
+    ("a,b,a\n1,2,x\n3,4,z\n", [], "CSV file {path}: column name 'a' appears twice in the header (columns 1 and 3)"),
+    ("a,,y\n1,2,x\n3,4,z\n", [], "CSV file {path}: column 2 of the header has no name"),
+    # one typo in a column of numbers is refused, not read as a category
+    ("a,b,y\n" + "".join(f"{i},{i % 3},{'xz'[i % 2]}\n" for i in range(40)).replace("17,2", "1 7,2"), ["--data.label_column", "y"],
+     "column 'a' holds numbers but also '1 7' (2.5% of the records): correct it, mark it missing ('?'), or name "
+     "the column in --data.categorical_columns"),
 ])
 def test_a_csv_that_does_not_fit_is_one_line(tmp_path, capsys, text, extra, message):
     path = _csv(tmp_path, text)
     line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv",
                                       "--data.path", str(path), *extra))
-    assert line == f"leakage: error: {message}"
+    assert line == f"leakage: error: {message.format(path=path)}"
 
 
 def test_a_category_not_in_the_schema_is_one_line(tmp_path, capsys):
     dm = VictimDataModule(source="bundled", dataset="adult", standardize_onehot=True)  # the preset's encoding
     schema = tmp_path / "schema.json"
-    schema.write_text(json.dumps({"schema": json.loads(dm.table[0].schema.to_json())}))
+    schema.write_text(json.dumps({"schema": json.loads(dm.table.kind.schema.to_json())}))
     own = (CONFIGS.parent / "leakage" / "assets" / "tabular" / "adult_test_0_999.csv").read_text().splitlines()
     own[1] = own[1].replace("Private", "Martian")
     path = _csv(tmp_path, "\n".join(own) + "\n")

@@ -165,6 +165,10 @@ class DataKind(ABC):
         (TensorBoard) and ``html`` (report.html); empty strings when the kind has none."""
         return {"text": "", "markdown": "", "html": ""}
 
+    def label_names(self, labels: list[int]) -> list:
+        """Class indices as reports show them (images: the indices themselves)."""
+        return labels
+
     def describe(self) -> dict[str, Any]:
         """The public description of the data (stored with the run)."""
         return {"kind": self.name, "sample_shape": list(self.sample_shape)}

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from ..files import regular_file
 from .base import DataKind, hungarian
 
 #: TabLeak's tolerance of a continuous value, in standard deviations of the feature
@@ -59,6 +61,10 @@ class TableSchema:
     features: list[Feature]
     label: str
     classes: list[str]
+    #: where the schema came from (a public reference table, a schema file, or the attacked table itself)
+    origin: str = ""
+    #: what inference read (one line; not stored)
+    summary: str = field(default="", compare=False, repr=False)
 
     @property
     def width(self) -> int:
@@ -90,59 +96,168 @@ class TableSchema:
     # ------------------------------------------------------------ building
     @classmethod
     def infer(cls, header: Sequence[str], rows: Sequence[Sequence[str]], label: Optional[str] = None,
-              categorical: Optional[Sequence[str]] = None, standardize_onehot: bool = False) -> "TableSchema":
-        """The schema of complete records (no missing value): the label column (default: the last),
-        categorical columns as named, else every column with a value that is not a number;
-        ``standardize_onehot``: the one-hot columns standardised by the records' frequencies (TabLeak's encoding)."""
+              categorical: Optional[Sequence[str]] = None, standardize_onehot: bool = False,
+              continuous: Optional[Sequence[str]] = None, origin: str = "") -> "TableSchema":
+        """The schema of complete records (no missing value; see :func:`drop_nonfinite`): the label
+        column (default: the last); a column is categorical when one of its values is not a number, or
+        when it holds whole numbers only, at most :data:`FEW_VALUES` distinct ones, each seen
+        :data:`PER_VALUE` times on average (codes such as 1-4); otherwise continuous. ``categorical``
+        and ``continuous`` name columns whose inferred type they override (they add to the inferred
+        lists). A column of numbers with a few values that are not (at most :data:`TYPO_SHARE` of
+        the records) is refused as a typo, unless named categorical. Numeric categories and classes
+        are one per number (``1`` and ``1.0`` are the class ``1``), ordered by value; others sort as
+        text. ``standardize_onehot``: the one-hot columns standardised by the records'
+        frequencies (TabLeak's encoding). :attr:`summary` says what was inferred."""
         header = [h.strip() for h in header]
         label = header[-1] if label is None else label
         if label not in header:
             raise ValueError(f"no label column {label!r} in the table (columns: {', '.join(header)})")
-        for name in categorical or ():
-            if name not in header:
-                raise ValueError(f"categorical column {name!r} is not in the table (columns: {', '.join(header)})")
+        categorical, continuous = list(categorical or ()), list(continuous or ())
+        for kind_, names in (("categorical", categorical), ("continuous", continuous)):
+            for name in names:
+                if name not in header:
+                    raise ValueError(f"{kind_} column {name!r} is not in the table (columns: {', '.join(header)})")
+                if name == label:
+                    raise ValueError(f"{kind_} column {name!r} is the label column")
+        both = sorted(set(categorical) & set(continuous))
+        if both:
+            raise ValueError(f"column {both[0]!r} is named both categorical and continuous")
+        if not rows:
+            raise ValueError("the table has no complete record to build a schema from")
         li = header.index(label)
-        classes = sorted({r[li] for r in rows})
+        columns = list(zip(*rows))
+        classes = _Column(columns[li]).categories()
         if len(classes) < 2:
             raise ValueError(f"label column {label!r} holds {len(classes)} value(s); a classifier needs two or more")
-        features = []
+        features, few = [], []
         for i, name in enumerate(header):
             if i == li:
                 continue
-            values = [r[i] for r in rows]
-            numbers = [_number(v) for v in values]
-            if (categorical is not None and name in categorical) or (categorical is None and None in numbers):
-                cats = sorted(set(values))
+            col = _Column(columns[i])
+            if name in continuous:
+                as_cat = False
+                if not col.numeric:
+                    bad = col.first_text()
+                    raise ValueError(f"column {name!r} is named continuous but holds {bad!r}, not a number")
+            elif name in categorical:
+                as_cat = True
+            elif not col.numeric:
+                share = col.text_share()
+                if share <= TYPO_SHARE:
+                    bad = col.first_text()
+                    raise ValueError(
+                        f"column {name!r} holds numbers but also {bad!r} ({100 * share:.2g}% of the records): "
+                        "correct it, mark it missing ('?'), or name the column in --data.categorical_columns")
+                as_cat = True
+            else:
+                as_cat = col.few_integers()
+                if as_cat:
+                    few.append(name)
+            if as_cat:
+                cats, counts = col.categories(counts=True)
                 feat = Feature(name, "categorical", cats)
                 if standardize_onehot:
-                    freq = [values.count(c) / len(values) for c in cats]
+                    freq = [c / len(rows) for c in counts]
                     feat.onehot_mean = freq
                     feat.onehot_std = [math.sqrt(p * (1 - p)) or 1.0 for p in freq]
                 features.append(feat)
             else:
-                if None in numbers:
-                    bad = values[numbers.index(None)]
-                    raise ValueError(f"column {name!r} is continuous but holds {bad!r}, not a number")
-                t = torch.tensor(numbers, dtype=torch.float64)
-                std = float(t.std(unbiased=False)) or 1.0
+                t = col.values()
+                if not np.isfinite(t).all():
+                    raise ValueError(f"column {name!r} holds a number that is not finite: leave such records out "
+                                     "(drop_nonfinite) before inferring the schema")
+                std = float(t.std()) or 1.0
                 features.append(Feature(name, "continuous", [], float(t.mean()), std, float(t.min()), float(t.max()),
-                                        bool((t == t.round()).all())))
+                                        bool((t == np.round(t)).all())))
         if not features:
             raise ValueError("the table has no feature columns besides the label")
-        return cls(features, label, classes)
+        schema = cls(features, label, classes, origin)
+        n_cat = sum(f.type == "categorical" for f in features)
+        line = (f"{len(rows)} records, label {label!r} ({len(classes)} classes), {n_cat} categorical and "
+                f"{len(features) - n_cat} continuous columns")
+        if few:
+            line += (f"; read as categorical because they hold at most {FEW_VALUES} distinct whole numbers: "
+                     f"{', '.join(few)} (--data.continuous_columns to read one as continuous)")
+        schema.summary = line
+        return schema
 
     def to_json(self) -> str:
-        return json.dumps({"label": self.label, "classes": self.classes,
-                           "features": [asdict(f) for f in self.features]}, indent=2, allow_nan=False)
+        out = {"label": self.label, "classes": self.classes, "features": [asdict(f) for f in self.features]}
+        if self.origin:
+            out["origin"] = self.origin
+        return json.dumps(out, indent=2, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> "TableSchema":
-        data = json.loads(text)
-        return cls([Feature(**f) for f in data["features"]], data["label"], list(data["classes"]))
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "TableSchema":
+        """A schema from its JSON form, checked: at least one feature, known types, distinct names,
+        categories and classes; finite statistics, ``std > 0``, ``min <= max``; a standardised
+        block's frequencies in [0, 1] and standard deviations > 0, one per category (``ValueError``)."""
+        if not isinstance(data, dict):
+            raise ValueError("a schema is a JSON object with label, classes and features")
+        unknown = sorted(set(data) - {"label", "classes", "features", "origin"})
+        if unknown:
+            raise ValueError(f"unknown schema entry {unknown[0]!r} (known: label, classes, features, origin)")
+        label, classes, feats = data.get("label"), data.get("classes"), data.get("features")
+        if not isinstance(label, str) or not label:
+            raise ValueError("the schema names no label column (label: a column name)")
+        if not _strings(classes) or len(set(classes)) != len(classes) or len(classes) < 2:
+            raise ValueError("the schema's classes must be two or more distinct strings")
+        if not isinstance(feats, list) or not feats:
+            raise ValueError("the schema has no features (features: a non-empty list)")
+        known = {f.name for f in fields(Feature)}
+        features, names = [], set()
+        for n, f in enumerate(feats):
+            if not isinstance(f, dict):
+                raise ValueError(f"schema feature {n} is not an object")
+            extra = sorted(set(f) - known)
+            if extra:
+                raise ValueError(f"schema feature {n}: unknown entry {extra[0]!r}")
+            name = f.get("name")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"schema feature {n} has no name")
+            if name in names or name == label:
+                raise ValueError(f"schema feature {name!r} is named twice (or is the label)")
+            names.add(name)
+            if f.get("type") not in ("categorical", "continuous"):
+                raise ValueError(f"schema feature {name!r}: type {f.get('type')!r} is neither categorical nor continuous")
+            for key in ("mean", "std", "min", "max"):
+                v = f.get(key, 0.0)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ValueError(f"schema feature {name!r}: {key} {v!r} is not a finite number")
+            if not isinstance(f.get("integer", False), bool):
+                raise ValueError(f"schema feature {name!r}: integer must be true or false")
+            feat = Feature(**f)
+            if feat.type == "continuous":
+                if feat.std <= 0:
+                    raise ValueError(f"schema feature {name!r}: std {feat.std!r} must be > 0")
+                if feat.min > feat.max:
+                    raise ValueError(f"schema feature {name!r}: min {feat.min!r} > max {feat.max!r}")
+                if feat.categories or feat.onehot_mean or feat.onehot_std:
+                    raise ValueError(f"schema feature {name!r} is continuous but lists categories")
+            else:
+                cats = feat.categories
+                if not _strings(cats) or not cats or len(set(cats)) != len(cats):
+                    raise ValueError(f"schema feature {name!r}: categories must be a non-empty list of distinct strings")
+                mean, std = feat.onehot_mean, feat.onehot_std
+                if mean or std:
+                    if len(mean) != len(cats) or len(std) != len(cats):
+                        raise ValueError(f"schema feature {name!r}: onehot_mean and onehot_std need one entry per category")
+                    if not all(_finite(m) and 0 <= m <= 1 for m in mean) or not all(_finite(s) and s > 0 for s in std):
+                        raise ValueError(f"schema feature {name!r}: onehot_mean must lie in [0, 1] and onehot_std be > 0")
+            features.append(feat)
+        origin = data.get("origin", "")
+        return cls(features, label, list(classes), origin if isinstance(origin, str) else "")
 
     # ----------------------------------------------------------- encoding
-    def encode(self, header: Sequence[str], rows: Sequence[Sequence[str]], source: str = "the table") -> tuple[Tensor, Tensor]:
-        """Encoded rows ``[N, D]`` and labels ``[N]``; a value the schema cannot encode is an error."""
+    def encode(self, header: Sequence[str], rows: Sequence[Sequence[str]], source: str = "the table",
+               numbers: Optional[Sequence[int]] = None) -> tuple[Tensor, Tensor]:
+        """Encoded rows ``[N, D]`` and labels ``[N]``; a value the schema cannot encode is an error
+        naming the record (``numbers``: the records' indices in the table, default 0 to N-1). A
+        numeric category or class matches by number (``1.0`` is the category ``1``)."""
         header = [h.strip() for h in header]
         missing = [f.name for f in self.features if f.name not in header] + ([self.label] if self.label not in header else [])
         if missing:
@@ -151,26 +266,30 @@ class TableSchema:
         li = header.index(self.label)
         x = torch.zeros(len(rows), self.width)
         y = torch.zeros(len(rows), dtype=torch.long)
-        stats = {f.name: (torch.tensor(f.onehot_mean), torch.tensor(f.onehot_std))
-                 for f in self.features if f.onehot_std}
+        numbers = list(range(len(rows))) if numbers is None else list(numbers)
+        class_ix = _index(self.classes)
+        blocks = self.blocks()
+        cat_ix = {f.name: _index(f.categories) for f in self.features if f.type == "categorical"}
         for n, r in enumerate(rows):
-            if r[li] not in self.classes:
-                raise ValueError(f"{source}, record {n}: label {r[li]!r} is not a class of the schema ({', '.join(self.classes)})")
-            y[n] = self.classes.index(r[li])
-            for (f, sl), c in zip(self.blocks(), cols):
+            k = class_ix(r[li])
+            if k is None:
+                raise ValueError(f"{source}, record {numbers[n]}: label {r[li]!r} is not a class of the schema "
+                                 f"({', '.join(self.classes)})")
+            y[n] = k
+            for (f, sl), c in zip(blocks, cols):
                 v = r[c]
                 if f.type == "categorical":
-                    if v not in f.categories:
-                        raise ValueError(f"{source}, record {n}: {f.name} {v!r} is not a category of the schema")
-                    x[n, sl.start + f.categories.index(v)] = 1.0
-                    if f.name in stats:
-                        x[n, sl] = (x[n, sl] - stats[f.name][0]) / stats[f.name][1]
+                    k = cat_ix[f.name](v)
+                    if k is None:
+                        raise ValueError(f"{source}, record {numbers[n]}: {f.name} {v!r} is not a category of the schema")
+                    x[n, sl.start + k] = 1.0
                 else:
-                    num = _number(v)
-                    if num is None:
-                        raise ValueError(f"{source}, record {n}: {f.name} {v!r} is not a number")
+                    num = _parse(v)
+                    if not math.isfinite(num):
+                        raise ValueError(f"{source}, record {numbers[n]}: {f.name} {v!r} is not a finite number")
                     x[n, sl.start] = (num - f.mean) / f.std
-        return x, y
+        mean, std = self.column_stats()
+        return (x - mean) / std if self.standardized_onehot else x, y
 
     def decode(self, x: Tensor) -> list[list[Any]]:
         """Rows ``[N, D]`` (encoded or relaxed) as values: argmax categories, de-standardised
@@ -205,44 +324,190 @@ def entropy_text(value: float) -> str:
     return "0.000" if float(text) == 0 else text
 
 
-def _number(value: str) -> Optional[float]:
+#: a column of whole numbers with at most this many distinct values ...
+FEW_VALUES = 10
+#: ... each seen this many times on average is read as categorical (codes such as 1-4)
+PER_VALUE = 5
+#: a numeric column whose values are not numbers on at most this share of the records is a typo
+TYPO_SHARE = 0.05
+#: a schema file larger than this is refused unread
+SCHEMA_BYTES = 64 << 20
+
+
+def _parse(value: str) -> float:
+    """``value`` as a number (NaN when it is not one; ``inf``, ``nan`` and overflowing ones such as
+    ``1e309`` parse to non-finite numbers)."""
     try:
-        v = float(value)
+        return float(value)
     except ValueError:
-        return None
-    return v if math.isfinite(v) else None
+        return math.nan
+
+
+def canonical(value: str) -> str:
+    """A number's one spelling: ``1``, ``1.0`` and ``01`` are ``1``; ``0.50`` is ``0.5``; anything
+    else (text, non-finite numbers) as it is."""
+    x = _parse(value)
+    if not math.isfinite(x):
+        return value
+    if x == int(x) and abs(x) < 2 ** 53:
+        return str(int(x))
+    return repr(x)
+
+
+class _Column:
+    """One column's values, read once: the distinct values, their counts and their numbers."""
+
+    def __init__(self, values: Sequence[str]) -> None:
+        arr = np.asarray(values, dtype=str)
+        self.uniq, self.inverse, self.counts = np.unique(arr, return_inverse=True, return_counts=True)
+        self.numbers = np.array([_parse(v) for v in self.uniq], dtype=np.float64)
+        self.is_text = np.array([not _is_number(v) for v in self.uniq], dtype=bool)
+        self.numeric = not self.is_text.any()
+
+    def text_share(self) -> float:
+        return float(self.counts[self.is_text].sum()) / float(self.counts.sum())
+
+    def first_text(self) -> str:
+        """The first value (in record order) that is not a number."""
+        mask = self.is_text[self.inverse]
+        return str(self.uniq[self.inverse[np.argmax(mask)]]) if mask.any() else ""
+
+    def values(self) -> np.ndarray:
+        return self.numbers[self.inverse]
+
+    def few_integers(self) -> bool:
+        n = self.numbers
+        if not np.isfinite(n).all() or (n != np.round(n)).any():
+            return False
+        distinct = len(set(n.tolist()))
+        return distinct <= FEW_VALUES and distinct * PER_VALUE <= int(self.counts.sum())
+
+    def categories(self, counts: bool = False):
+        """Sorted categories (numbers: one per number, by value; else as text) and their counts."""
+        if self.numeric and np.isfinite(self.numbers).all():
+            merged: dict[float, int] = {}
+            for x, c in zip(self.numbers.tolist(), self.counts.tolist()):
+                merged[x] = merged.get(x, 0) + c
+            keys = sorted(merged)
+            cats = [canonical(repr(x)) for x in keys]
+            cnt = [merged[x] for x in keys]
+        else:
+            cats, cnt = [str(u) for u in self.uniq], self.counts.tolist()
+        return (cats, cnt) if counts else cats
+
+
+def _strings(items: Any) -> bool:
+    return isinstance(items, list) and all(isinstance(i, str) for i in items)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _index(names: Sequence[str]):
+    """A lookup of a value's position in ``names``: by the value itself, else (names all numbers)
+    by its number's one spelling (:func:`canonical`); None when not there."""
+    exact = {v: i for i, v in enumerate(names)}
+    numeric = all(canonical(v) == v and math.isfinite(_parse(v)) for v in names)
+
+    def find(value: str) -> Optional[int]:
+        k = exact.get(value)
+        return exact.get(canonical(value)) if k is None and numeric else k
+
+    return find
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def numeric_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The columns whose every value is a number (finite or not)."""
+    columns = list(zip(*rows)) if rows else [() for _ in header]
+    return [name for name, col in zip(header, columns) if all(_is_number(v) for v in set(col))]
+
+
+def drop_nonfinite(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[str],
+                   source: str = "the table") -> tuple[list[Sequence[str]], str]:
+    """The records whose values in the ``numeric`` columns are finite numbers, and one line naming
+    what was left out (``nan``, ``inf``, ``-Infinity``, an overflowing ``1e309``: missing values),
+    empty when nothing was."""
+    header = [h.strip() for h in header]
+    keep = np.ones(len(rows), dtype=bool)
+    found: list[str] = []
+    for name in numeric:
+        i = header.index(name)
+        col = _Column([r[i] for r in rows])
+        bad = ~np.isfinite(col.numbers) & ~col.is_text
+        if bad.any():
+            keep &= ~bad[col.inverse]
+            found.append(f"{name} ({', '.join(repr(str(u)) for u in col.uniq[bad][:3])})")
+    if keep.all():
+        return list(rows), ""
+    kept = [r for r, k in zip(rows, keep.tolist()) if k]
+    return kept, (f"{source}: {len(rows) - len(kept)} of {len(rows)} records hold a number that is not finite in "
+                  f"{'; '.join(found)} and are left out as missing")
 
 
 def read_csv(path: str | Path) -> tuple[list[str], list[list[str]], int]:
     """A CSV file's header and its complete records (fields stripped); records with a missing value
-    (``?`` or empty) are left out and counted."""
+    (``?`` or empty) are left out and counted. UTF-8, with or without a byte-order mark. A file that
+    is not a regular file, a header with an empty or a repeated column name, or a record with another
+    number of fields is a one-line error."""
     import csv
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"CSV file not found: {path}" if not path.exists() else f"{path} is not a file")
+    path = regular_file(path, "CSV file")
     try:
-        with open(path, newline="") as f:
-            lines = list(csv.reader(f))
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            if not header:
+                raise ValueError(f"CSV file {path} is empty")
+            for i, name in enumerate(header):
+                if not name:
+                    raise ValueError(f"CSV file {path}: column {i + 1} of the header has no name")
+                if header.index(name) != i:
+                    raise ValueError(f"CSV file {path}: column name {name!r} appears twice in the header "
+                                     f"(columns {header.index(name) + 1} and {i + 1})")
+            rows, dropped, width = [], 0, len(header)
+            for r in reader:
+                r = [v.strip() for v in r]
+                if not any(r):
+                    continue  # a blank line
+                if len(r) != width:
+                    raise ValueError(f"CSV file {path}, line {reader.line_num}: {len(r)} fields, the header has {width}")
+                if any(v in MISSING for v in r):
+                    dropped += 1
+                    continue
+                rows.append(r)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ValueError(f"cannot read CSV file {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    if not lines or not lines[0]:
-        raise ValueError(f"CSV file {path} is empty")
-    header = [h.strip() for h in lines[0]]
-    rows, dropped = [], 0
-    for n, r in enumerate(lines[1:], start=2):
-        if not any(v.strip() for v in r):
-            continue  # a blank line
-        if len(r) != len(header):
-            raise ValueError(f"CSV file {path}, line {n}: {len(r)} fields, the header has {len(header)}")
-        r = [v.strip() for v in r]
-        if any(v in MISSING for v in r):
-            dropped += 1
-            continue
-        rows.append(r)
     if not rows:
         raise ValueError(f"CSV file {path} has no complete record")
     return header, rows, dropped
+
+
+def read_schema(path: str | Path) -> TableSchema:
+    """A table's schema from a JSON file: a run's ``schema.json`` (its ``schema`` entry) or the schema
+    itself; checked as every input file is (a regular file, at most :data:`SCHEMA_BYTES`) and by
+    :meth:`TableSchema.from_dict`; one line when it cannot be used."""
+    path = regular_file(path, "schema file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(SCHEMA_BYTES + 1)
+        if len(raw) > SCHEMA_BYTES:
+            raise ValueError(f"larger than {SCHEMA_BYTES:,} bytes")
+        data = json.loads(raw.decode("utf-8-sig"))
+        if isinstance(data, dict) and isinstance(data.get("schema"), dict):
+            data = data["schema"]
+        return TableSchema.from_dict(data)
+    except (OSError, ValueError, RecursionError) as err:
+        text = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(f"cannot read the table schema {path}: {text}") from None
 
 
 class TabularKind(DataKind):
@@ -514,6 +779,10 @@ class TabularKind(DataKind):
             md.append(f"**victim {v}**\n\n" + views.rows_markdown(*table))
             html.append(f"<h3>Victim {v}</h3>" + views.rows_html(*table))
         return {"text": "\n".join(text), "markdown": "\n\n".join(md), "html": "\n".join(html)}
+
+    def label_names(self, labels: list[int]) -> list[str]:
+        """Class indices as the table's own label values (``schema.classes``)."""
+        return [self.schema.classes[int(i)] for i in labels]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "relax": self.relax, "schema": json.loads(self.schema.to_json())}
