@@ -18,7 +18,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 #: rows of the ``[B, B]`` matching cost computed at once (bounds cdist's work space)
 COST_ROWS = 256
 #: images scored by SSIM at once (torchmetrics holds about a dozen copies of the batch it scores)
-SCORE_CHUNK = 256
+SCORE_CHUNK = 64
 
 
 def ssim_per_image(a: Tensor, b: Tensor, data_range: float = 1.0) -> Tensor:
