@@ -8,7 +8,7 @@ accuracy) against the batch size B.
 Each B runs in a fresh process (one thread) that builds a victim batch ``[1, B, *sample_shape]`` and a
 reconstruction of it (the slots shuffled, Gaussian noise of 0.05 on images), then scores it with the
 kind's ``evaluate``, as the report does. Printed per B: the growth of the process's peak resident set
-(``ru_maxrss``) over its peak before scoring, in MB, that growth against the first B's (linear memory:
+(``ru_maxrss``) over its peak before scoring, in MiB, that growth against the first B's (linear memory:
 it grows as B does, quadratic: as B^2), and the seconds of scoring. Images are random pixels
 (uniform); tables the first B complete bundled Adult records (at most 927). Prints a Markdown table.
 """
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--data", choices=["mnist", "cifar10", "adult"], default="mnist")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     args = parser.parse_args()
-    print(f"| {args.data}: B | peak growth (MB) | against B = {args.sizes[0]} | B / {args.sizes[0]} | score | s |")
+    print(f"| {args.data}: B | peak growth (MiB) | against B = {args.sizes[0]} | B / {args.sizes[0]} | score | s |")
     print("|---|---|---|---|---|---|")
     first = None
     for b in args.sizes:
