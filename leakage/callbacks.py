@@ -27,7 +27,7 @@ from .errors import one_line
 from .kinds import ImageKind
 from .metrics import label_accuracy
 from .interrupt import StepInterrupt
-from .runfiles import Artifacts, mark_ended, mark_running
+from .runfiles import RECONSTRUCTIONS, Artifacts, mark_ended, mark_running, save_reconstructions
 from .server import HONEST
 
 COLUMNS = (
@@ -488,37 +488,22 @@ class LeakageReport(pl.Callback):
 
     def _save_reconstructions(self, trainer, pl_module, joined: dict, perm: Optional[Tensor] = None) -> Optional[str]:
         """Write ``reconstructions.safetensors`` (each victim's reconstruction, labels, best restart,
-        failed and exact flags, pooled entropy; with ``perm`` once scored) into the run folder,
-        atomically; the file's name, or None when it was not written (no run folder, not rank 0, or
-        the disk refused: named with the other unwritten files)."""
+        failed and exact flags, pooled entropy; with ``perm`` once scored) into the run folder; the
+        file's name, or None when it was not written (no run folder, not rank 0, or the disk refused:
+        named with the other unwritten files)."""
         if not self.save_artifacts or not trainer.is_global_zero or self.run_dir is None:
             return None
-        from safetensors.torch import save
-
         tensors = {"recon": joined["recon"], "labels": joined["labels"], "best_restart": joined["restart"],
                    "failed": joined["failed"], "exact": joined["exact"]}
         if joined.get("entropy") is not None:
             tensors["entropy"] = joined["entropy"]
         if perm is not None:
             tensors["perm"] = perm
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         obs = pl_module.observation
         meta = {"kind": json.dumps(self._kind.describe()), "threat_model": obs.threat_model if obs is not None else HONEST,
                 "step": str(trainer.global_step)}
-        name = "reconstructions.safetensors"
-        files = Artifacts(self.run_dir)
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            data = save(tensors, metadata=meta)
-        except OSError as err:
-            self._unsaved = err.strerror or str(err)
-            return None
-        files.write(name, data)
-        if files.unwritten:
-            self._unsaved = files.reason
-            return None
-        self._unsaved = None
-        return name
+        self._unsaved = save_reconstructions(self.run_dir, tensors, meta)
+        return None if self._unsaved else RECONSTRUCTIONS
 
     @property
     def _kind(self):
@@ -631,7 +616,7 @@ class LeakageReport(pl.Callback):
                 mark_ended(self.run_dir)
         self._started = False
         if self._unsaved:
-            files.unwritten.insert(0, "reconstructions.safetensors")
+            files.unwritten.insert(0, RECONSTRUCTIONS)
             files.reason = files.reason or self._unsaved
         self.unwritten = files.unwritten
         line = files.failure_line()

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 RUNNING = "RUNNING"
+#: the run's reconstructions, written before they are scored (safetensors: tensors and string metadata, no pickle)
+RECONSTRUCTIONS = "reconstructions.safetensors"
 
 
 def atomic_write(path: Path, data: Union[str, bytes]) -> None:
@@ -104,3 +106,17 @@ class Artifacts:
             return None
         return (f"could not write {', '.join(self.unwritten)} to {self.folder}: {self.reason} "
                 "(the table above is the run's result)")
+
+
+def save_reconstructions(folder: Path, tensors: dict, metadata: dict[str, str]) -> Optional[str]:
+    """Write the tensors ``{name: tensor}`` with their string ``metadata`` to ``folder/RECONSTRUCTIONS``,
+    atomically; None when written, else why not (a full disk, a folder that cannot be made)."""
+    from safetensors.torch import save
+
+    files = Artifacts(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return err.strerror or str(err)
+    files.write(RECONSTRUCTIONS, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
+    return files.reason if files.unwritten else None
