@@ -190,8 +190,10 @@ class LeakageReport(pl.Callback):
       ``numerically_failed``, the means), the ``summary`` text card (outcome, settings, per-victim
       table) and, with ``hparams``, an HPARAMS entry: the attack's settings with its outcome.
 
-    Files, at the end: the per-victim table printed and saved as ``metrics.csv``, ``metrics.json`` and
-    ``metrics.txt``, ``gallery.png``, ``history.png`` and ``report.html`` (one self-contained page).
+    Files, at the end: ``reconstructions.safetensors`` (written before scoring, so that a scoring that
+    fails loses no reconstruction: the run is then partial, said in one line), the per-victim table
+    printed and saved as ``metrics.csv``, ``metrics.json`` and ``metrics.txt``, ``gallery.png``,
+    ``history.png`` and ``report.html`` (one self-contained page).
     While the attack runs the folder holds ``RUNNING``; an interrupted (SIGINT) or failed attack
     writes the table so far with ``"status": "partial"`` in ``metrics.json`` (the rule is
     :mod:`leakage.runfiles`'). Each file is written atomically; files that cannot be written (a full

@@ -10,6 +10,8 @@ The rule a reader of a run folder goes by (README, "Set up and run"):
   that was interrupted (SIGINT, Ctrl+C) or failed, with ``"reason"`` and the ``"step"`` it reached;
   the table (``metrics.csv``, ``metrics.txt``) is then each victim's best reconstruction so far, and
   ``metrics.txt`` says so in its first line. ``metrics.json`` is written after the other artifacts.
+- ``reconstructions.safetensors`` (:data:`RECONSTRUCTIONS`) holds the reconstructions, written before
+  anything scores them; a run whose scoring fails is ``"partial"`` with the reason ``scoring failed: ...``.
 
 Every artifact is written to a temporary file beside it and moved into place (:func:`atomic_write`),
 so a full disk never leaves a truncated ``gallery.png``: the file is the old one, the new one, or
