@@ -58,7 +58,7 @@ def test_tabular_error_counts_are_the_rowwise_errors_of_every_pair():
     recon = records[12:24].clone()
     recon[:6] = truth[:6]
     counts = kind.error_counts(recon, truth)  # [12, 12]
-    pairwise = torch.stack([kind.errors(recon[i].expand(12, -1), truth).sum(-1) for i in range(12)]).double()
+    pairwise = torch.stack([kind.errors(recon[i].expand(12, -1), truth).sum(-1) for i in range(12)])
     assert torch.equal(counts, pairwise)
     assert bool((counts.diagonal()[:6] == 0).all())
 

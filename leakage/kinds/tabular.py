@@ -342,11 +342,11 @@ class TabularKind(DataKind):
     def match_cost(self, reference: Tensor, other: Tensor) -> Tensor:
         """TabLeak's matching: the share of features on which two rows disagree (its error), ties
         broken by the squared distance."""
-        err = self.error_counts(other, reference).t() / len(self.schema.features)
+        err = self.error_counts(other, reference).t().double() / len(self.schema.features)
         return err + 1e-6 * super().match_cost(reference, other) / reference.shape[-1]
 
     def _feature_errors(self, recon: Tensor, truth: Tensor, pairwise: bool):
-        """TabLeak's error (1.0 wrong, 0.0 right) of each feature in turn: ``[Br, Bt]`` of every
+        """TabLeak's error (True wrong, False right) of each feature in turn: ``[Br, Bt]`` of every
         reconstructed row against every true row (``pairwise``), else ``[B]`` of row ``i`` against
         row ``i``. A categorical value is wrong when its argmax differs, a continuous one (clamped to
         its bounds) when it is off by more than ``TOLERANCE`` standard deviations."""
@@ -359,20 +359,21 @@ class TabularKind(DataKind):
                 r, t = recon[:, sl.start].clamp(lo, hi), truth[:, sl.start]
             if pairwise:
                 r, t = r[:, None], t[None, :]
-            yield ((r != t) if f.type == "categorical" else ((r - t).abs() > TOLERANCE)).float()
+            yield (r != t) if f.type == "categorical" else (r - t).abs_() > TOLERANCE
 
     def error_counts(self, recon: Tensor, truth: Tensor) -> Tensor:
         """The number of features on which every reconstructed row disagrees with every true row,
-        ``[Br, Bt]`` (float64, exact), summed one feature at a time: memory ``Br x Bt``, not ``x F``."""
-        total = torch.zeros(recon.shape[0], truth.shape[0], dtype=torch.float64)
-        for err in self._feature_errors(recon, truth, pairwise=True):
-            total += err
+        ``[Br, Bt]`` (float32 integers, exact), summed one feature at a time: memory ``Br x Bt``,
+        never ``x F``."""
+        total = torch.zeros(recon.shape[0], truth.shape[0])
+        for wrong in self._feature_errors(recon, truth, pairwise=True):
+            total += wrong
         return total
 
     def errors(self, recon: Tensor, truth: Tensor) -> Tensor:
         """TabLeak's error of row ``i`` of ``recon`` against row ``i`` of ``truth``, per feature
         ``[B, F]`` (0 right, 1 wrong)."""
-        return torch.stack(list(self._feature_errors(recon, truth, pairwise=False)), -1)
+        return torch.stack(list(self._feature_errors(recon, truth, pairwise=False)), -1).float()
 
     def evaluate(self, recon: Tensor, truth: Tensor, entropy: Optional[Tensor] = None) -> dict[str, Any]:
         """TabLeak's accuracy after matching rows (the Hungarian algorithm on :meth:`error_counts`):
