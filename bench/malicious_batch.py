@@ -9,8 +9,9 @@ update of the first B bundled MNIST test images, on one FedAvg update (one local
 mini-batches of B/4 images, where B >= 4) and on the secure aggregate of 2 clients of B/2 images each (where
 B >= 2). The attack is the one ``leakage fit --attack imprint|trap_weights`` runs, on the observation
 the data module builds; labels are not scored here. Each true image is matched to a slot by the
-Hungarian algorithm on the l2 distance (the report's matching on SSIM builds all B^2 pairs, 65,536 at
-B = 256, which does not fit a small machine), then scored by SSIM. Prints a Markdown table.
+Hungarian algorithm on the l2 distance (the report's matching, ``leakage.metrics.match_batch``, sums
+squared l2 distances instead: the two can differ only on slots no image claims clearly), then scored by
+SSIM. Prints a Markdown table.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from .errors import one_line
 from .kinds import ImageKind
 from .metrics import label_accuracy
 from .interrupt import StepInterrupt
-from .runfiles import Artifacts, json_text, mark_ended, mark_running
+from .runfiles import RECONSTRUCTIONS, Artifacts, json_text, mark_ended, mark_running, save_reconstructions
 from .server import HONEST
 
 COLUMNS = (
@@ -193,8 +193,10 @@ class LeakageReport(pl.Callback):
       ``numerically_failed``, the means), the ``summary`` text card (outcome, settings, per-victim
       table) and, with ``hparams``, an HPARAMS entry: the attack's settings with its outcome.
 
-    Files, at the end: the per-victim table printed and saved as ``metrics.csv``, ``metrics.json`` and
-    ``metrics.txt``, ``gallery.png``, ``history.png`` and ``report.html`` (one self-contained page).
+    Files, at the end: ``reconstructions.safetensors`` (written before scoring, so that a scoring that
+    fails loses no reconstruction: the run is then partial, said in one line), the per-victim table
+    printed and saved as ``metrics.csv``, ``metrics.json`` and ``metrics.txt``, ``gallery.png``,
+    ``history.png`` and ``report.html`` (one self-contained page).
     While the attack runs the folder holds ``RUNNING``; an interrupted (SIGINT) or failed attack
     writes the table so far with ``"status": "partial"`` in ``metrics.json`` (the rule is
     :mod:`leakage.runfiles`'). Each file is written atomically; files that cannot be written (a full
@@ -241,6 +243,9 @@ class LeakageReport(pl.Callback):
         self.run_dir: Optional[Path] = None
         #: the artifacts that could not be written (a full disk): ``leakage fit`` then exits with status 1
         self.unwritten: list[str] = []
+        #: why the reconstructions could not be scored (``leakage fit`` then exits with status 1), or None
+        self.unscored: Optional[str] = None
+        self._unsaved: Optional[str] = None  # why reconstructions.safetensors could not be written
         self._claimed = False  # every rank asked for the run folder (a collective)
         self._started = False  # the run folder is marked RUNNING: the run ends by marking it complete or partial
         self._interrupt = StepInterrupt()  # Ctrl+C stops the attack at a step boundary
@@ -417,7 +422,7 @@ class LeakageReport(pl.Callback):
             return
         secret = self._secret(trainer)
         self._kind = pl_module.kind
-        metrics = self._kind.evaluate(recon, secret.images) if secret is not None else None
+        metrics, _ = self._evaluate(recon, secret)  # a failure here is the end's to report: logged unscored
         if scalars_due:
             self._scalars(tb, step, best_loss, metrics, failed)
         if images_due:
@@ -457,7 +462,18 @@ class LeakageReport(pl.Callback):
         self.history = list(joined["history"].t())
         secret = self._secret(trainer)
         self._kind = pl_module.kind
-        metrics = self._kind.evaluate(recon, secret.images, joined.get("entropy")) if secret is not None else None
+        # the reconstructions reach the run folder before anything reads the secret: a scoring that
+        # fails (memory, anything) loses none of them
+        if partial is None:
+            self._claim_run_dir(trainer)
+        saved = self._save_reconstructions(trainer, pl_module, joined)
+        metrics, error = self._evaluate(recon, secret, joined.get("entropy"))
+        if error is not None:
+            self.unscored = f"scoring failed: {error}; " + (
+                f"the reconstructions are saved in {self.run_dir / saved}" if saved else "the reconstructions were not saved")
+            partial = self.unscored if partial is None else f"{partial}; {self.unscored}"
+        elif metrics is not None and saved:  # the matching joins the saved file: which slot is which true sample
+            self._save_reconstructions(trainer, pl_module, joined, metrics["perm"])
         self.rows = victim_rows(
             recon, labels, joined["evaluation"], joined["restart"], joined["failed"], metrics,
             secret.labels if secret is not None else None, secret.indices if secret is not None else None,
@@ -466,6 +482,35 @@ class LeakageReport(pl.Callback):
         self.summary["entries_per_unknown"] = pl_module.observation.entries_per_unknown
         self.summary["exact"] = int(joined["exact"].sum())  # victims solved exactly by construction
         self._report(trainer, pl_module, recon, labels, metrics, partial)
+
+    def _evaluate(self, recon: Tensor, secret, entropy: Optional[Tensor] = None) -> tuple[Optional[dict], Optional[str]]:
+        """The kind's metrics of ``recon`` against the secret (None without one), and the one line
+        saying why scoring failed (None when it did not)."""
+        if secret is None:
+            return None, None
+        try:
+            return self._kind.evaluate(recon, secret.images, entropy), None
+        except Exception as err:  # noqa: BLE001 - memory or anything else: the run keeps its reconstructions
+            return None, f"{type(err).__name__}: {one_line(err)}"
+
+    def _save_reconstructions(self, trainer, pl_module, joined: dict, perm: Optional[Tensor] = None) -> Optional[str]:
+        """Write ``reconstructions.safetensors`` (each victim's reconstruction, labels, best restart,
+        failed and exact flags, pooled entropy; with ``perm`` once scored) into the run folder; the
+        file's name, or None when it was not written (no run folder, not rank 0, or the disk refused:
+        named with the other unwritten files)."""
+        if not self.save_artifacts or not trainer.is_global_zero or self.run_dir is None:
+            return None
+        tensors = {"recon": joined["recon"], "labels": joined["labels"], "best_restart": joined["restart"],
+                   "failed": joined["failed"], "exact": joined["exact"]}
+        if joined.get("entropy") is not None:
+            tensors["entropy"] = joined["entropy"]
+        if perm is not None:
+            tensors["perm"] = perm
+        obs = pl_module.observation
+        meta = {"kind": json.dumps(self._kind.describe()), "threat_model": obs.threat_model if obs is not None else HONEST,
+                "step": str(trainer.global_step)}
+        self._unsaved = save_reconstructions(self.run_dir, tensors, meta)
+        return None if self._unsaved else RECONSTRUCTIONS
 
     @property
     def _kind(self):
@@ -499,6 +544,8 @@ class LeakageReport(pl.Callback):
         text = "\n".join([*lines, format_table(self.rows)])
         if f"{self._kind.score_name}_mean" in s:  # the victims' data is known: the kind's outcome
             text += "\n" + self._kind.outcome(s, self.success_ssim)
+        elif self.unscored:
+            text += f"\nnot scored: {self.unscored}"
         else:
             text += f"\nno victim {self._kind.records} (attacking captured gradients): mean gradient L2 {s['grad_l2_mean']:.3g}"
         details = self._kind.details(recon, self._secret(trainer).images if self._secret(trainer) is not None else None,
@@ -568,7 +615,7 @@ class LeakageReport(pl.Callback):
                 files.write("history.png", history)
             files.write("report.html", fit_report(self.rows, s, self.success_ssim, settings,
                                                   self.defenses_of(trainer), gallery, history, self.run_dir,
-                                                  details_html, self._kind))
+                                                  details_html, self._kind, self.unscored))
             status = {"status": "complete"} if partial is None else {
                 "status": "partial", "reason": partial, "step": trainer.global_step}
             # strict JSON: a metric with nothing to measure (NaN) is null
@@ -578,15 +625,20 @@ class LeakageReport(pl.Callback):
             if "metrics.json" not in files.unwritten:  # else the folder holds no result: it stays RUNNING
                 mark_ended(self.run_dir)
         self._started = False
+        if self._unsaved:
+            files.unwritten.insert(0, RECONSTRUCTIONS)
+            files.reason = files.reason or self._unsaved
         self.unwritten = files.unwritten
         line = files.failure_line()
         if line:
             print(f"leakage: error: {line}", file=sys.stderr, flush=True)
+        if self.unscored:
+            print(f"leakage: error: {self.unscored}", file=sys.stderr, flush=True)
 
 
 def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: dict[str, Any],
                defenses: list[dict], gallery: Optional[bytes], history: Optional[bytes], run_dir: Path,
-               details: str = "", kind=None) -> str:
+               details: str = "", kind=None, unscored: Optional[str] = None) -> str:
     """The run's ``report.html``: outcome, settings, defenses, gallery, history and per-victim table
     (the ``kind``'s per-victim scalars, default images: SSIM, PSNR, MSE)."""
     h = htmlreport
@@ -595,6 +647,8 @@ def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: d
     scored = f"{kind.score_name}_mean" in s  # the victims' data is known
     if scored:
         outcome = kind.outcome(s, success_ssim, "html")
+    elif unscored:
+        outcome = f"Not scored: {h.esc(unscored)}; {s['failed']} numerically failed."
     else:
         outcome = (f"No victim {kind.records} (captured gradients): mean gradient L2 distance "
                    f"{h.esc(h.fmt(s['grad_l2_mean']))}; {s['failed']} numerically failed.")

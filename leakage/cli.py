@@ -85,8 +85,8 @@ def main(args: list[str] | None = None) -> None:
             parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
             args=args,  # None from the console: LightningCLI reads sys.argv itself
         )
-        if any(getattr(cb, "unwritten", None) for cb in cli.trainer.callbacks):
-            sys.exit(1)  # the table was printed, some of the run's files could not be written (said above)
+        if any(getattr(cb, "unwritten", None) or getattr(cb, "unscored", None) for cb in cli.trainer.callbacks):
+            sys.exit(1)  # the table was printed; some of the run's files could not be written, or not scored (said above)
     except ArgumentError as err:
         _fail(getattr(err, "leakage_line", None) or parser_error_line(str(err)))
     except (ValueError, FileNotFoundError) as err:

@@ -10,6 +10,8 @@ The rule a reader of a run folder goes by (README, "Set up and run"):
   that was interrupted (SIGINT, Ctrl+C) or failed, with ``"reason"`` and the ``"step"`` it reached;
   the table (``metrics.csv``, ``metrics.txt``) is then each victim's best reconstruction so far, and
   ``metrics.txt`` says so in its first line. ``metrics.json`` is written after the other artifacts.
+- ``reconstructions.safetensors`` (:data:`RECONSTRUCTIONS`) holds the reconstructions, written before
+  anything scores them; a run whose scoring fails is ``"partial"`` with the reason ``scoring failed: ...``.
 
 Every artifact is written to a temporary file beside it and moved into place (:func:`atomic_write`),
 so a full disk never leaves a truncated ``gallery.png``: the file is the old one, the new one, or
@@ -33,6 +35,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 RUNNING = "RUNNING"
+#: the run's reconstructions, written before they are scored (safetensors: tensors and string metadata, no pickle)
+RECONSTRUCTIONS = "reconstructions.safetensors"
 
 
 def finite_or_null(value: Any) -> Any:
@@ -136,3 +140,17 @@ class Artifacts:
             return None
         return (f"could not write {', '.join(self.unwritten)} to {self.folder}: {self.reason} "
                 "(the table above is the run's result)")
+
+
+def save_reconstructions(folder: Path, tensors: dict, metadata: dict[str, str]) -> Optional[str]:
+    """Write the tensors ``{name: tensor}`` with their string ``metadata`` to ``folder/RECONSTRUCTIONS``,
+    atomically; None when written, else why not (a full disk, a folder that cannot be made)."""
+    from safetensors.torch import save
+
+    files = Artifacts(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return err.strerror or str(err)
+    files.write(RECONSTRUCTIONS, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
+    return files.reason if files.unwritten else None

@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.nn.parallel import DistributedDataParallel
 
@@ -124,9 +126,13 @@ def test_fit_on_two_processes_equals_the_one_process_run_victim_for_victim(tmp_p
     # one set of artifacts, only rank 0's: one run folder, nothing written elsewhere
     assert sorted(p.name for p in two.iterdir() if not p.name.startswith("events.")) == sorted(
         ["config.yaml", "gallery.png", "history.png", "hparams.yaml", "metrics.csv", "metrics.json", "metrics.txt",
-         "report.html", "schema.json"])
+         "reconstructions.safetensors", "report.html", "schema.json"])
     assert len(list(two.glob("events.*"))) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # nothing else, anywhere
+    # rank 0 saved every rank's reconstructions, in the victims' order, as the one process did
+    saved_one, saved_two = load_file(one / "reconstructions.safetensors"), load_file(two / "reconstructions.safetensors")
+    assert saved_two["recon"].shape == saved_one["recon"].shape and saved_two["recon"].shape[0] == 3
+    assert torch.equal(saved_two["labels"], saved_one["labels"]) and torch.equal(saved_two["perm"], saved_one["perm"])
     # TensorBoard: every victim's scalars at every logged step, the last equal to the table
     acc = EventAccumulator(str(two), size_guidance={"scalars": 0})
     acc.Reload()

@@ -627,39 +627,54 @@ class TabularKind(DataKind):
     def match_cost(self, reference: Tensor, other: Tensor) -> Tensor:
         """TabLeak's matching: the share of features on which two rows disagree (its error), ties
         broken by the squared distance."""
-        err = self.errors(other, reference).mean(-1).t().double()
+        err = self.error_counts(other, reference).t().double() / len(self.schema.features)
         return err + 1e-6 * super().match_cost(reference, other) / reference.shape[-1]
 
-    def errors(self, recon: Tensor, truth: Tensor) -> Tensor:
-        """TabLeak's error of every reconstructed row against every true row and feature
-        ``[Br, Bt, F]`` (0 right, 1 wrong)."""
-        out = []
+    def _feature_errors(self, recon: Tensor, truth: Tensor, pairwise: bool):
+        """TabLeak's error (True wrong, False right) of each feature in turn: ``[Br, Bt]`` of every
+        reconstructed row against every true row (``pairwise``), else ``[B]`` of row ``i`` against
+        row ``i``. A categorical value is wrong when its argmax differs, a continuous one (clamped to
+        its bounds) when it is off by more than ``TOLERANCE`` standard deviations."""
         recon_d, truth_d = self.distributions(recon), self.distributions(truth)
         for f, sl in self.schema.blocks():
             if f.type == "categorical":
-                out.append((recon_d[:, None, sl].argmax(-1) != truth_d[None, :, sl].argmax(-1)).float())
+                r, t = recon_d[:, sl].argmax(-1), truth_d[:, sl].argmax(-1)
             else:
                 lo, hi = (f.min - f.mean) / f.std, (f.max - f.mean) / f.std
-                r = recon[:, None, sl.start].clamp(lo, hi)
-                out.append(((r - truth[None, :, sl.start]).abs() > TOLERANCE).float())
-        return torch.stack(out, -1)
+                r, t = recon[:, sl.start].clamp(lo, hi), truth[:, sl.start]
+            if pairwise:
+                r, t = r[:, None], t[None, :]
+            yield (r != t) if f.type == "categorical" else (r - t).abs_() > TOLERANCE
+
+    def error_counts(self, recon: Tensor, truth: Tensor) -> Tensor:
+        """The number of features on which every reconstructed row disagrees with every true row,
+        ``[Br, Bt]`` (float32 integers, exact), summed one feature at a time: memory ``Br x Bt``,
+        never ``x F``."""
+        total = torch.zeros(recon.shape[0], truth.shape[0])
+        for wrong in self._feature_errors(recon, truth, pairwise=True):
+            total += wrong
+        return total
+
+    def errors(self, recon: Tensor, truth: Tensor) -> Tensor:
+        """TabLeak's error of row ``i`` of ``recon`` against row ``i`` of ``truth``, per feature
+        ``[B, F]`` (0 right, 1 wrong)."""
+        return torch.stack(list(self._feature_errors(recon, truth, pairwise=False)), -1).float()
 
     def evaluate(self, recon: Tensor, truth: Tensor, entropy: Optional[Tensor] = None) -> dict[str, Any]:
-        """TabLeak's accuracy after matching rows: ``accuracy`` ``[V]`` over all cells,
-        ``accuracy_categorical``/``accuracy_continuous`` ``[V]``, ``feature_accuracy`` ``[V, F]``,
-        ``correct`` ``[V, B, F]`` (in the truth's row order), ``perm`` ``[V, B]``; with an
-        ``entropy`` ``[V, B, F]`` of the reconstruction (pooled restarts), it in the truth's order and
-        its means over the categorical cells (``entropy_categorical``, 0-1) and over the continuous
-        ones (``entropy_continuous``, nats; NaN with one restart)."""
+        """TabLeak's accuracy after matching rows (the Hungarian algorithm on :meth:`error_counts`):
+        ``accuracy`` ``[V]`` over all cells, ``accuracy_categorical``/``accuracy_continuous`` ``[V]``,
+        ``feature_accuracy`` ``[V, F]``, ``correct`` ``[V, B, F]`` (in the truth's row order),
+        ``perm`` ``[V, B]``; with an ``entropy`` ``[V, B, F]`` of the reconstruction (pooled restarts), it
+        in the truth's order and its means over the categorical cells (``entropy_categorical``, 0-1) and
+        over the continuous ones (``entropy_continuous``, nats; NaN with one restart)."""
         recon = recon.detach().float().cpu()
         truth = truth.detach().float().cpu()
         V, B = truth.shape[:2]
         perms, correct = [], []
         for v in range(V):
-            err = self.errors(recon[v], truth[v])  # [Br, Bt, F]
-            perm = hungarian(err.mean(-1))
+            perm = hungarian(self.error_counts(recon[v], truth[v]))
             perms.append(perm)
-            correct.append(1 - err[perm, torch.arange(B)])  # [Bt, F]
+            correct.append(1 - self.errors(recon[v][perm], truth[v]))  # [Bt, F]
         correct_t = torch.stack(correct)
         perm_t = torch.stack(perms)
         cat = torch.tensor([f.type == "categorical" for f in self.schema.features])
