@@ -507,7 +507,7 @@ class LeakageReport(pl.Callback):
         if perm is not None:
             tensors["perm"] = perm
         obs = pl_module.observation
-        meta = {"kind": json.dumps(self._kind.describe()), "threat_model": obs.threat_model if obs is not None else HONEST,
+        meta = {"kind": json_text(self._kind.describe()), "threat_model": obs.threat_model if obs is not None else HONEST,
                 "step": str(trainer.global_step)}
         self._unsaved = save_reconstructions(self.run_dir, tensors, meta)
         return None if self._unsaved else RECONSTRUCTIONS
