@@ -500,7 +500,8 @@ class LeakageReport(pl.Callback):
             text += "\n" + details["text"]
         text += f"\ngradient entries per unknown input value: {s['entries_per_unknown']:.2f}"
         if s["exact"]:
-            text += f"\nexact by construction (closed form, certified by the update): {s['exact']}/{s['victims']} victims"
+            proof = getattr(pl_module, "certificate", None) or "certified by the update"
+            text += f"\nexact ({proof}): {s['exact']}/{s['victims']} victims"
         if s["failed"]:
             text += (f"\n{s['failed']} of {s['victims']} victims failed numerically: every restart's matching loss "
                      "or gradient became NaN or infinite (status 'failed')")

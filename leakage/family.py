@@ -24,7 +24,7 @@ galleries and the sweep read through these members only:
   shows the reconstructions; :meth:`reconstruction` (the model inputs ``[P, B, *sample_shape]``)
   and :meth:`results` (per victim: reconstruction, labels, best problem, failed, entropy), the
   record the report and the sweep's cells read;
-- :meth:`exact` ``[P]`` and :meth:`describe`: whether a result is exact by construction, and the
+- :meth:`exact` ``[P]`` and :meth:`describe`: whether a result is proven exact by the update, and the
   attack in a few words, as reports state it;
 - :meth:`receive`: a malicious server's model (:mod:`leakage.server`) becomes the target, since the
   clients trained it.
@@ -202,8 +202,9 @@ class Attack(pl.LightningModule):
         raise NotImplementedError
 
     def exact(self) -> Tensor:
-        """Mask ``[P]`` of problems whose reconstruction is exact by construction (to float
-        rounding), not the result of a search: none, for an optimisation attack."""
+        """Mask ``[P]`` of problems whose reconstruction is proven exact by the observed update (to float
+        rounding; a closed form's certificate, :mod:`leakage.closedform`), not the result of a search: none,
+        for an optimisation attack."""
         return torch.zeros(self.num_problems, dtype=torch.bool)
 
     def describe(self) -> str:
