@@ -1,0 +1,96 @@
+"""Exact only where proven (leakage.closedform): a closed-form attack reports a victim exact only when every
+slot was read off the update and the recovered batch, its labels paired to the slots, reproduces the WHOLE
+observed update to CERTIFIED_RESIDUAL. Defended updates (noise, top-k, clipping, masked secure aggregation)
+fill every bin or row yet are never certified; clean ones whose batch comes back are."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import leakage
+from leakage.defenses import GaussianNoise, NormClip, TopK
+from leakage.closedform import CERTIFIED_RESIDUAL
+from leakage.models import build_model
+
+from conftest import fit_in_process
+
+SHAPE = (1, 28, 28)
+
+
+def _imprint_update(batch: int, bins: int, defenses=()):
+    server = leakage.ImprintServer(num_bins=bins, feature_mean=0.1239, feature_std=0.0407)  # MNIST brightness
+    sent = server.send(build_model("lenet", SHAPE, 10, seed=1234), SHAPE)
+    x, y = leakage.bundled_images("mnist", range(batch))
+    return server, sent, x, y, leakage.client_update(sent, x, y, defenses=defenses)
+
+
+def result_possible(server, sent, update) -> bool:
+    """Whether every one of the imprint's bins holds something (the old certificate's whole test)."""
+    db = update[f"{server.layer}.bias"]
+    size = (db - torch.cat([db[1:], torch.zeros(1)])).abs()
+    return bool((size > 1e-5 * size.max()).all())
+
+
+def _invert(server, sent, update, batch, attack="imprint"):
+    return leakage.invert(sent, update, input_shape=SHAPE, num_classes=10, batch_size=batch, attack=attack,
+                          server=server)
+
+
+def test_a_clean_imprint_update_is_certified_with_its_labels_paired_to_the_slots():
+    server, sent, x, y, update = _imprint_update(16, 256)
+    result = _invert(server, sent, update, 16)
+    assert result.exact.tolist() == [True]
+    assert float(result.module.relative_residual[0]) <= 1e-6  # measured 3.1e-7
+    # each slot holds one image to float32 rounding, and its label is that image's, not a sorted multiset
+    distance = torch.cdist(result.images[0].flatten(1), x.flatten(1))
+    slot_of = distance.argmin(dim=0)
+    assert (distance.min(dim=0).values <= 1e-3 * x.flatten(1).norm(dim=1)).all()
+    assert result.labels[0, slot_of].tolist() == y.tolist()
+
+
+@pytest.mark.parametrize("defense", [GaussianNoise(0.1), GaussianNoise(1e-6), TopK(0.3)],
+                         ids=["noise 0.1", "noise 1e-6", "top-k 0.3"])
+def test_a_noisy_or_sparsified_imprint_update_is_never_certified(defense):
+    """16 bins for 16 images: noise fills every bin, which a count of non-empty bins took for one image per
+    bin (the certificate before: "exact" with no image back)."""
+    server, sent, x, y, update = _imprint_update(16, 16, [defense])
+    if isinstance(defense, GaussianNoise):
+        assert result_possible(server, sent, update)
+    result = _invert(server, sent, update, 16)
+    assert result.exact.tolist() == [False]
+    assert float(result.module.relative_residual[0]) > 10 * CERTIFIED_RESIDUAL  # measured >= 3.4e-2
+
+
+def test_a_clipped_update_is_not_certified_even_when_every_image_comes_back():
+    server, sent, x, y, clean = _imprint_update(16, 256)
+    norm = float(sum(v.double().pow(2).sum() for v in clean.values()).sqrt())
+    _, _, _, _, update = _imprint_update(16, 256, [NormClip(0.999 * norm)])
+    result = _invert(server, sent, update, 16)
+    distance = torch.cdist(result.images[0].flatten(1), x.flatten(1)).min(dim=0).values
+    assert (distance <= 1e-3 * x.flatten(1).norm(dim=1)).all()  # the inputs are right (a ratio ignores scale)
+    assert result.exact.tolist() == [False]  # but the update is not the client's: 1e-3 off
+    assert float(result.module.relative_residual[0]) == pytest.approx(1e-3, rel=0.05)
+
+
+def test_filler_slots_are_never_certified_though_they_reproduce_the_update():
+    """Trap weights of scale 0.5 on 4 images: units fire for one image only, the other three leave the same
+    update whatever they are, so the filler reproduces the update (3e-8) and is still not exact."""
+    server = leakage.TrapWeightServer(trap_scale=0.5)
+    sent = server.send(build_model("mlp", SHAPE, 10, seed=1234), SHAPE)
+    x, y = leakage.bundled_images("mnist", range(4))
+    result = _invert(server, sent, leakage.client_update(sent, x, y), 4, attack="trap_weights")
+    assert float(result.module.relative_residual[0]) <= CERTIFIED_RESIDUAL
+    assert result.exact.tolist() == [False]
+
+
+def test_masked_secure_aggregation_is_not_certified_and_the_report_says_what_is(tmp_path):
+    cli = fit_in_process(tmp_path, "cifar_imprint.yaml", "--data.batch_size", "4", "--data.num_victims", "2",
+                         "--trainer.callbacks+=leakage.defenses.SecureAggregation", "--trainer.callbacks.clients", "2",
+                         "--trainer.callbacks.target", "masked")
+    assert cli.model.exact().tolist() == [False, False]
+    assert "exact (" not in cli.stdout
+    cli = fit_in_process(tmp_path, "cifar_imprint.yaml", "--data.batch_size", "4", "--data.num_victims", "2")
+    assert cli.model.exact().tolist() == [True, True]
+    assert ("exact (every slot read off the update, and the recovered batch reproduces the whole observed update "
+            f"to relative residual <= {CERTIFIED_RESIDUAL:g}): 2/2 victims") in cli.stdout
