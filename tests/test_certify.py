@@ -94,3 +94,25 @@ def test_masked_secure_aggregation_is_not_certified_and_the_report_says_what_is(
     assert cli.model.exact().tolist() == [True, True]
     assert ("exact (every slot read off the update, and the recovered batch reproduces the whole observed update "
             f"to relative residual <= {CERTIFIED_RESIDUAL:g}): 2/2 victims") in cli.stdout
+
+
+def test_an_imprint_defense_sweep_certifies_only_its_undefended_cells(tmp_path):
+    import csv
+
+    import yaml
+
+    from leakage.cli import main
+    from conftest import CONFIGS
+
+    cfg = yaml.safe_load((CONFIGS / "cifar_imprint.yaml").read_text())
+    cfg["data"].update(batch_size=4, num_victims=2)
+    cfg.pop("report", None)
+    cfg["sweep"] = {"output": str(tmp_path / "sweep"), "success_ssim": 0.99, "refine": 0, "defenses": [
+        {"name": "noise", "class_path": "leakage.defenses.GaussianNoise", "param": "sigma", "values": [0.0, 0.1],
+         "stronger": "larger"}]}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    main(["sweep", "--config", str(path)])
+    rows = {float(r["value"]): r for r in csv.DictReader(open(tmp_path / "sweep" / "results.csv"))}
+    assert rows[0.0]["status"] == "ok" and rows[0.0]["exact"] == "2" and rows[0.0]["image_success"] == "8"
+    assert rows[0.1]["status"] == "ok" and rows[0.1]["exact"] == "0" and rows[0.1]["image_success"] == "0"
