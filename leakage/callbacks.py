@@ -502,6 +502,8 @@ class LeakageReport(pl.Callback):
         if s["exact"]:
             proof = getattr(pl_module, "certificate", None) or "certified by the update"
             text += f"\nexact ({proof}): {s['exact']}/{s['victims']} victims"
+        for note in getattr(pl_module, "notes", None) or []:
+            text += f"\n{note}"
         if s["failed"]:
             text += (f"\n{s['failed']} of {s['victims']} victims failed numerically: every restart's matching loss "
                      "or gradient became NaN or infinite (status 'failed')")

@@ -117,7 +117,8 @@ class ClosedFormAttack(Attack):
         """Every victim's labels ``[V, B]`` by the attack's ``labels`` setting (iDLG for one record, or
         a batch restoration of :mod:`leakage.labels`), from the update as batch-mean gradients."""
         return observed_labels(self.target, label_gradients(observation), observation.batch_size,
-                               observation.input_shape, self.hparams.labels, observation.data_range)
+                               observation.input_shape, self.hparams.labels, observation.data_range,
+                               notes=self.notes)
 
     #: what a victim reported exact is proven to satisfy (reports state it)
     certificate = CERTIFICATE
@@ -163,12 +164,13 @@ class ClosedFormAttack(Attack):
         self.trainer.should_stop = True  # solved: the run ends after this step
 
     def _certify(self, x: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-        """The labels ``[V, B]`` paired to the slots, the residuals (:meth:`residuals`) with them and the
-        relative residual ``[V]`` of the whole update, which decides the certificate (module docstring).
+        """The labels ``[V, B]``, the residuals (:meth:`residuals`) with them and the relative residual ``[V]``
+        of the whole update, which decides the certificate (module docstring).
 
-        Two pairings are tried per victim (:func:`pair_labels`): the restored multiset assigned to the
-        slots, and each slot's most likely class; the multiset is kept unless only the other one
-        reproduces the update."""
+        The labels as restored (a multiset per victim) are tried first, then two pairings to the slots
+        (:func:`pair_labels`): the restored multiset assigned to the slots, then each slot's most likely
+        class. A victim keeps the first that reproduces the update to :data:`CERTIFIED_RESIDUAL` (its labels
+        are then proven, slot by slot), else its labels as restored and their residual."""
         obs = self.observation
         evaluation = self.residuals(x, labels)
         V, B = labels.shape[0], labels.shape[1] if labels.dim() > 1 else 1
@@ -186,13 +188,15 @@ class ClosedFormAttack(Attack):
             if torch.isfinite(x[v]).all():
                 paired[v], argmax[v] = pair_labels(net, name, x[v], labels[v], grads[f"{name}.weight"][v],
                                                    None if bias is None else bias[v])
-        first = self.residuals(x, paired)
-        second = self.residuals(x, argmax)
-        rel_first, rel_second = self._relative(first), self._relative(second)
-        other = (rel_second <= CERTIFIED_RESIDUAL) & ~(rel_first <= CERTIFIED_RESIDUAL)
-        chosen = torch.where(other[:, None].to(labels.device), argmax, paired)
-        evaluation = {k: torch.where(other.to(first[k].device), second[k], first[k]) for k in first}
-        return chosen, evaluation, torch.where(other, rel_second, rel_first)
+        rel = self._relative(evaluation)
+        for candidate in (paired, argmax):  # the restored multiset paired first
+            trial = self.residuals(x, candidate)
+            rel_trial = self._relative(trial)
+            better = (rel_trial <= CERTIFIED_RESIDUAL) & ~(rel <= CERTIFIED_RESIDUAL)
+            labels = torch.where(better[:, None].to(labels.device), candidate, labels)
+            evaluation = {k: torch.where(better.to(v.device), trial[k], v) for k, v in evaluation.items()}
+            rel = torch.where(better, rel_trial, rel)
+        return labels, evaluation, rel
 
     def _relative(self, evaluation: dict[str, Tensor]) -> Tensor:
         """``|g(x, y) - g_obs| / |g_obs|`` ``[V]`` from a residual's squared l2 distance."""

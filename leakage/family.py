@@ -24,6 +24,7 @@ galleries and the sweep read through these members only:
   shows the reconstructions; :meth:`reconstruction` (the model inputs ``[P, B, *sample_shape]``)
   and :meth:`results` (per victim: reconstruction, labels, best problem, failed, entropy), the
   record the report and the sweep's cells read;
+- ``notes``: one-line remarks on the result that reports state (labels completed from a shortfall, ...);
 - :meth:`exact` ``[P]`` and :meth:`describe`: whether a result is proven exact by the update, and the
   attack in a few words, as reports state it;
 - :meth:`receive`: a malicious server's model (:mod:`leakage.server`) becomes the target, since the
@@ -99,6 +100,8 @@ class Attack(pl.LightningModule):
         self.total_victims = 0
         self.problem_losses: Optional[Tensor] = None  # [P], from the last evaluation
         self.kind: Optional[DataKind] = None  # the observation's kind of data (an attack may relax it)
+        #: one-line notes on the result that the report states (a label shortfall completed, ...)
+        self.notes: list[str] = []
         self.register_buffer("failed", torch.zeros(0, dtype=torch.bool), persistent=False)
 
     def _settings_and_target(self, model: Union[nn.Module, str], input_shape: Sequence[int], num_classes: int,
@@ -151,6 +154,7 @@ class Attack(pl.LightningModule):
                           observation.client.local_steps if observation.client is not None else 1, self._trainer)
         # the dummy is the model input itself unless the attack relaxes it (TabLeak's ``relax``)
         self.kind = observation.kind.relaxed(hp.get("relax", False))
+        self.notes = []
         with full_precision():
             self._attach(observation)
         V = observation.num_victims

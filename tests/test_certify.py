@@ -69,8 +69,8 @@ def test_a_clipped_update_is_not_certified_even_when_every_image_comes_back():
     result = _invert(server, sent, update, 16)
     distance = torch.cdist(result.images[0].flatten(1), x.flatten(1)).min(dim=0).values
     assert (distance <= 1e-3 * x.flatten(1).norm(dim=1)).all()  # the inputs are right (a ratio ignores scale)
-    assert result.exact.tolist() == [False]  # but the update is not the client's: 1e-3 off
-    assert float(result.module.relative_residual[0]) == pytest.approx(1e-3, rel=0.05)
+    assert result.exact.tolist() == [False]  # but the update is not the client's: 1e-3 off with paired labels
+    assert float(result.module.relative_residual[0]) > CERTIFIED_RESIDUAL
 
 
 def test_filler_slots_are_never_certified_though_they_reproduce_the_update():
