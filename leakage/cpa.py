@@ -142,14 +142,22 @@ class CocktailPartyAttack(ClosedFormAttack):
                                               attack="the Cocktail Party Attack")
         self.width = layer.out_features
 
-    def _attach(self, observation: Observation) -> None:
+    def check_observation(self, observation: Observation) -> None:
+        super().check_observation(observation)
         B, D = observation.batch_size, math.prod(observation.input_shape)
-        if B > min(self.width, D):
-            what = (f"its first layer {self.layer_name!r} has {self.width} units" if B > self.width
+        if B == 1:
+            raise ValueError("the Cocktail Party Attack unmixes a batch of 2 records or more; for one record per "
+                             "update use --attack analytic, which inverts it exactly")
+        sent = observation.server.model if observation.server is not None else None
+        name, layer = ((self.layer_name, None) if sent is None else
+                       first_linear(sent, self.hparams.input_shape, "the model the server sent",
+                                    attack="the Cocktail Party Attack"))
+        width = self.width if layer is None else layer.out_features
+        if B > min(width, D):
+            what = (f"its first layer {name!r} has {width} units" if B > width
                     else f"the input has {D} features")
             raise ValueError(f"the Cocktail Party Attack unmixes at most as many records as {what}, "
                              f"the batch has {B}: use a smaller batch or a wider first layer")
-        super()._attach(observation)
 
     def solve(self, observation: Observation) -> tuple[Tensor, Tensor, Tensor]:
         V, B = observation.num_victims, observation.batch_size

@@ -147,6 +147,7 @@ class Attack(pl.LightningModule):
                 f"the data has input shape {tuple(observation.input_shape)} and {observation.num_classes} classes, "
                 f"the model was built for {tuple(hp.input_shape)} and {hp.num_classes}"
             )
+        self.check_observation(observation)
         sent = observation.server.model if observation.server is not None else None
         if sent is not None:  # a malicious server's model: what the clients trained, and so the attack's target
             self.receive(copy.deepcopy(sent))
@@ -170,6 +171,18 @@ class Attack(pl.LightningModule):
         for p in model.parameters():
             p.requires_grad_(False)
         self.target = model.to(self.device)
+
+    def check_observation(self, observation: Observation) -> None:
+        """Refuse, in one line, an observation this attack cannot attack as set up: a mismatch that the
+        settings alone decide (a label strategy that cannot give the batch's labels, a malicious server's
+        attack against another server, a batch an attack cannot take). ``leakage fit`` calls it once the
+        victims' updates are computed, before the run's folder exists; :meth:`attach` calls it too."""
+        strategy = self.hparams.get("labels")
+        if isinstance(strategy, str):
+            from .labels import check_strategy
+
+            check_strategy(strategy, observation.batch_size, observation.num_classes,
+                           public=observation.labels is not None)
 
     @staticmethod
     def check_budget(settings: dict, max_steps: int) -> None:

@@ -203,6 +203,20 @@ def restore_batch_labels(
     return _counts_to_labels(_round_to_total(estimate, batch_size))
 
 
+def check_strategy(strategy: str, batch_size: int, num_classes: int, public: bool = False) -> None:
+    """Refuse, in one line and before any attack runs, a label strategy that cannot give ``batch_size``
+    labels from an update of ``num_classes`` classes (``public``: the observation carries public labels)."""
+    if strategy == "idlg" and batch_size != 1:
+        raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
+                         f"labels 'joint' or a batch strategy ({', '.join(BATCH_STRATEGIES)})")
+    if strategy == "yin" and batch_size > num_classes:
+        raise ValueError(f"strategy 'yin' assumes distinct labels: batch_size {batch_size} > {num_classes} classes "
+                         "(use bias_count, weight_count or ilrg, which allow repeated labels)")
+    if strategy == "known" and not public:
+        raise ValueError("label strategy 'known' needs public labels: set --data.public_labels true "
+                         "(the threat model where the server knows the labels)")
+
+
 def observed_labels(model: torch.nn.Module, gradients: dict[str, Tensor], batch_size: int, input_shape,
                     strategy: str, data_range=(0.0, 1.0), notes: Optional[list] = None) -> Tensor:
     """Labels ``[V, B]`` fixed from the shared updates before an attack: ``idlg`` (one image per

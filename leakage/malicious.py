@@ -65,6 +65,14 @@ class _MaliciousAttack(ClosedFormAttack):
             raise ValueError(f"unknown label strategy {labels!r}; choose one of {', '.join(BATCH_STRATEGIES)}")
         self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights)
 
+    #: the server this attack reads, and its ``--data.server`` name
+    server_kind: type = object
+    server_name = ""
+
+    def check_observation(self, observation: Observation) -> None:
+        super().check_observation(observation)
+        _server(observation, self.server_kind, self.server_name, self.server_name)
+
     def _fill(self, observation: Observation, rows: list[Tensor]) -> Tensor:
         """Every victim's candidates ``[n_v, D]`` in the batch's slots ``[V, B, *input_shape]``, the rest
         the middle of the data range."""
@@ -87,6 +95,8 @@ class ImprintAttack(_MaliciousAttack):
         model_seed, model_weights: the global model's weights.
         labels: the batch label restoration: ``bias_count``, ``weight_count``, ``yin`` or ``ilrg``.
     """
+
+    server_kind, server_name = ImprintServer, "imprint"
 
     def __init__(self, model: Union[nn.Module, str] = "lenet", input_shape: Sequence[int] = (1, 28, 28),
                  num_classes: int = 10, model_seed: int = 1234, model_weights: Optional[str] = None,
@@ -126,6 +136,8 @@ class TrapWeightAttack(_MaliciousAttack):
         model_seed, model_weights: the global model's weights (the server replaces the first layer's).
         labels: the batch label restoration: ``bias_count``, ``weight_count``, ``yin`` or ``ilrg``.
     """
+
+    server_kind, server_name = TrapWeightServer, "trap_weights"
 
     def __init__(self, model: Union[nn.Module, str] = "mlp", input_shape: Sequence[int] = (1, 28, 28),
                  num_classes: int = 10, model_seed: int = 1234, model_weights: Optional[str] = None,

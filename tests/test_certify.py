@@ -116,3 +116,35 @@ def test_an_imprint_defense_sweep_certifies_only_its_undefended_cells(tmp_path):
     rows = {float(r["value"]): r for r in csv.DictReader(open(tmp_path / "sweep" / "results.csv"))}
     assert rows[0.0]["status"] == "ok" and rows[0.0]["exact"] == "2" and rows[0.0]["image_success"] == "8"
     assert rows[0.1]["status"] == "ok" and rows[0.1]["exact"] == "0" and rows[0.1]["image_success"] == "0"
+
+
+# ------------------------------------------------------- refused before the run's folder exists
+@pytest.mark.parametrize("config, extra, reason", [
+    ("mnist_dlg.yaml", ["--data.num_victims", "1", "--data.batch_size", "16", "--model.labels", "yin"],
+     "strategy 'yin' assumes distinct labels: batch_size 16 > 10 classes"),
+    ("mnist_imprint.yaml", ["--data.server", "honest", "--data.num_bins", "null"],
+     "the imprint attack reads what a malicious server planted: run it with --data.server imprint"),
+    ("mnist_trap_weights.yaml", ["--data.server", "imprint", "--data.trap_scale", "null"],
+     "the trap_weights attack reads what a malicious server planted: run it with --data.server trap_weights"),
+    ("mnist_cpa.yaml", ["--data.batch_size", "1"], "the Cocktail Party Attack unmixes a batch of 2 records or more"),
+    ("mnist_analytic.yaml", ["--data.batch_size", "2"], "label strategy 'idlg' recovers the label of a single image"),
+], ids=["yin B>K", "imprint honest", "trap on imprint", "cpa B=1", "idlg B=2"])
+def test_a_mismatch_the_settings_decide_is_one_line_and_leaves_no_run_folder(capsys, tmp_path, config, extra,
+                                                                                reason):
+    from conftest import CONFIGS, cli_args, cli_error, run_dirs
+
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / config), *extra))
+    assert reason in line
+    assert run_dirs(tmp_path) == [] and not any(tmp_path.rglob("*.tfevents.*")) and not any(tmp_path.rglob("config.yaml"))
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["--attack before --config", "--attack after --config"])
+def test_attack_on_the_command_line_wins_wherever_it_stands(capsys, tmp_path, before):
+    from conftest import CONFIGS, cli_args
+    from leakage.cli import main
+
+    attack = ["--attack", "trap_weights"]
+    config = ["--config", str(CONFIGS / "mnist_imprint.yaml")]
+    main(cli_args(tmp_path, *(attack + config if before else config + attack), "--data.server", "trap_weights",
+                  "--data.num_bins", "null", "--model.model", "mlp", "--data.batch_size", "4"))
+    assert "\nattack: trap-weight read-out" in capsys.readouterr().out
