@@ -165,10 +165,25 @@ class CocktailPartyAttack(ClosedFormAttack):
         hp = self.hparams
         dW = observation.gradients[f"{self.layer_name}.weight"]  # [V, H, D]
         db = observation.gradients[f"{self.layer_name}.bias"]  # [V, H]
-        x = torch.stack([
-            unmix(dW[v].double() - lo * db[v].double()[:, None], db[v], B, hp.sparsity, hp.refine_steps,
-                  hp.ica_iterations, seed=derive_seed("cpa", observation.update_keys[v]) % 2**32) + lo
-            for v in range(V)]) if V else torch.zeros(0, B, math.prod(observation.input_shape))
+        D = math.prod(observation.input_shape)
+        x = torch.full((V, B, D), float("nan"), dtype=torch.float64)
+        for v in range(V):
+            mixture = dW[v].double() - lo * db[v].double()[:, None]
+            rank = int(torch.linalg.matrix_rank(mixture)) if torch.isfinite(mixture).all() else -1
+            if rank < B:  # nothing to unmix: a failed result (NaN), said in one line, not an ICA error
+                why = ("is not finite" if rank < 0 else "is zero (no unit of the layer passed a gradient)" if rank == 0
+                       else f"has rank {rank}, fewer than the batch's {B} records")
+                self.notes.append(f"victim {v} failed: the Cocktail Party Attack needs the gradient of the first layer "
+                                  f"{self.layer_name!r} to mix {B} records, and it {why}")
+                continue
+            try:
+                x[v] = unmix(mixture, db[v], B, hp.sparsity, hp.refine_steps, hp.ica_iterations,
+                             seed=derive_seed("cpa", observation.update_keys[v]) % 2**32) + lo
+            except (ValueError, RuntimeError) as err:  # scikit-learn / LAPACK on a degenerate mixture
+                from .errors import one_line
+
+                self.notes.append(f"victim {v} failed: the Cocktail Party Attack could not unmix its first layer's "
+                                  f"gradient ({one_line(err)})")
         labels = self.restored_labels(observation)
         x = x.float().view(V, B, *observation.input_shape)
         return x, labels, torch.zeros(V, dtype=torch.bool)
