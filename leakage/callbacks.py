@@ -505,8 +505,10 @@ class LeakageReport(pl.Callback):
         for note in getattr(pl_module, "notes", None) or []:
             text += f"\n{note}"
         if s["failed"]:
-            text += (f"\n{s['failed']} of {s['victims']} victims failed numerically: every restart's matching loss "
-                     "or gradient became NaN or infinite (status 'failed')")
+            why = ("numerically (every restart's matching loss or gradient became NaN or infinite) or as noted above"
+                   if getattr(pl_module, "notes", None) else
+                   "numerically: every restart's matching loss or gradient became NaN or infinite")
+            text += f"\n{s['failed']} of {s['victims']} victims failed {why} (status 'failed')"
         if partial is None:
             self._claim_run_dir(trainer)
         if self.save_artifacts and trainer.is_global_zero:

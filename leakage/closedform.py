@@ -138,6 +138,9 @@ class ClosedFormAttack(Attack):
         self.register_buffer("fixed_labels", torch.zeros(V, B, dtype=torch.long), persistent=False)
         self.failed = torch.zeros(V, dtype=torch.bool)
         self._exact = torch.zeros(V, dtype=torch.bool)
+        #: victims whose update gave the attack nothing to read ``[V]`` (set by :meth:`solve`, with a note):
+        #: failed results, whatever their slots hold (filler, which a kind can still decode)
+        self.unread = torch.zeros(V, dtype=torch.bool)
         #: each victim's relative residual of the whole update ``[V]`` (NaN until solved)
         self.relative_residual = torch.full((V,), float("nan"))
         self._evaluation = None
@@ -157,7 +160,8 @@ class ClosedFormAttack(Attack):
             self.solve_seconds = time.perf_counter() - start
             self.dummy_data, self.fixed_labels = x, y
             self.problem_losses = self._evaluation["loss"]
-            self.failed = ~torch.isfinite(x.flatten(1)).all(dim=1) | ~torch.isfinite(self.problem_losses)
+            self.failed = (~torch.isfinite(x.flatten(1)).all(dim=1) | ~torch.isfinite(self.problem_losses)
+                           | self.unread.to(x.device))
             self._exact = (possible.cpu().bool() & ~self.failed.cpu()
                            & (self.relative_residual.cpu() <= CERTIFIED_RESIDUAL))
         self.optimizers().step()  # counted as the attack's one step

@@ -166,11 +166,13 @@ class CocktailPartyAttack(ClosedFormAttack):
         dW = observation.gradients[f"{self.layer_name}.weight"]  # [V, H, D]
         db = observation.gradients[f"{self.layer_name}.bias"]  # [V, H]
         D = math.prod(observation.input_shape)
-        x = torch.full((V, B, D), float("nan"), dtype=torch.float64)
+        hi = float(observation.data_range[1])
+        x = torch.full((V, B, D), (lo + hi) / 2, dtype=torch.float64)  # filler where nothing is unmixed (failed)
         for v in range(V):
             mixture = dW[v].double() - lo * db[v].double()[:, None]
             rank = int(torch.linalg.matrix_rank(mixture)) if torch.isfinite(mixture).all() else -1
-            if rank < B:  # nothing to unmix: a failed result (NaN), said in one line, not an ICA error
+            if rank < B:  # nothing to unmix: a failed result, said in one line, not an ICA error
+                self.unread[v] = True
                 why = ("is not finite" if rank < 0 else "is zero (no unit of the layer passed a gradient)" if rank == 0
                        else f"has rank {rank}, fewer than the batch's {B} records")
                 self.notes.append(f"victim {v} failed: the Cocktail Party Attack needs the gradient of the first layer "
@@ -182,6 +184,7 @@ class CocktailPartyAttack(ClosedFormAttack):
             except (ValueError, RuntimeError) as err:  # scikit-learn / LAPACK on a degenerate mixture
                 from .errors import one_line
 
+                self.unread[v] = True
                 self.notes.append(f"victim {v} failed: the Cocktail Party Attack could not unmix its first layer's "
                                   f"gradient ({one_line(err)})")
         labels = self.restored_labels(observation)

@@ -222,9 +222,11 @@ class LeakageCLI(LightningCLI):
 
     def __init__(self, *args: Any, parser_kwargs: dict | None = None, **kwargs: Any) -> None:
         given = kwargs.get("args")
-        if given is None or isinstance(given, (list, tuple)):  # (a dict of settings has no order)
-            kwargs["args"] = attack_last(list(sys.argv[1:] if given is None else given))
-        chosen = chosen_attack(list(kwargs["args"]))
+        if given is None:  # the console: LightningCLI reads sys.argv itself (and warns when given both)
+            sys.argv[1:] = attack_last(sys.argv[1:])
+        elif isinstance(given, (list, tuple)):  # (a dict of settings has no order)
+            kwargs["args"] = attack_last(list(given))
+        chosen = chosen_attack(list(sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]))
         if chosen is not None:
             args = (attack_class(chosen), *args[1:])
         parser_kwargs = dict(parser_kwargs or {})

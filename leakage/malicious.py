@@ -19,7 +19,10 @@ made is public to it, and the clients trained the changed model.
   slots (then single candidates). A victim is exact when ``B`` groups of two or more rows are found
   whose inputs are distinct (no two within :data:`DISTINCT_TOLERANCE`).
 
-Slots left over (fewer bins or candidates than inputs) hold the middle of the data range. Labels
+Slots left over (fewer bins or candidates than inputs) hold filler, the middle of the data range: not a
+reconstruction, so the report's notes count them, they are never certified exact, and a victim with no
+candidate at all (trap weights on a table whose encoded rows leave the data range, say) is a failed
+result, not ``B`` identical filler rows. Labels
 come from a batch label restoration of the last layer (:mod:`leakage.labels`); FedAvg updates are
 read in pseudo-gradient units. Under secure aggregation the aggregate of ``K`` clients is one
 update of ``K x B`` inputs, and both attacks read it the same way (Robbing the Fed's point);
@@ -55,6 +58,12 @@ def _server(observation: Observation, kind: type, attack: str, setting: str):
     return server
 
 
+def _listed(victims: list[int], most: int = 10) -> str:
+    """Victim numbers for a one-line note: the first ``most``, then how many more."""
+    shown = ", ".join(map(str, victims[:most]))
+    return shown + (f" and {len(victims) - most} more" if len(victims) > most else "")
+
+
 class _MaliciousAttack(ClosedFormAttack):
     """The settings both attacks share: the target and the labels' restoration."""
 
@@ -75,13 +84,30 @@ class _MaliciousAttack(ClosedFormAttack):
 
     def _fill(self, observation: Observation, rows: list[Tensor]) -> Tensor:
         """Every victim's candidates ``[n_v, D]`` in the batch's slots ``[V, B, *input_shape]``, the rest
-        the middle of the data range."""
+        filler: the middle of the data range. Filler is no reconstruction: the notes say how many slots
+        hold it, and a victim with no candidate at all is a failed result (``unread``), not ``B`` identical
+        rows reported ok."""
         V, B, shape = observation.num_victims, observation.batch_size, observation.input_shape
         lo, hi = observation.data_range
         x = torch.full((V, B, *shape), (lo + hi) / 2, device=self.device)
+        empty, partial = [], []
         for v, found in enumerate(rows):
             n = min(B, found.shape[0])
             x[v, :n] = found[:n].view(n, *shape)
+            if n == 0:
+                self.unread[v] = True
+                empty.append(v)
+            elif n < B:
+                partial.append((v, B - n))
+        what = "candidate rows" if isinstance(self, TrapWeightAttack) else "bins holding an input"
+        if empty:
+            self.notes.append(f"{len(empty)} of {V} victims failed: no {what} found in the update (victims "
+                              f"{_listed(empty)}), nothing was read")
+        if partial:
+            slots = sum(k for _, k in partial)
+            self.notes.append(f"{slots} of {len(partial) * B} slots in {len(partial)} of {V} victims hold filler (the middle "
+                              f"of the data range; fewer {what} than inputs): not reconstructions (victims "
+                              f"{_listed([v for v, _ in partial])})")
         return x
 
 

@@ -81,7 +81,29 @@ def test_filler_slots_are_never_certified_though_they_reproduce_the_update():
     x, y = leakage.bundled_images("mnist", range(4))
     result = _invert(server, sent, leakage.client_update(sent, x, y), 4, attack="trap_weights")
     assert float(result.module.relative_residual[0]) <= CERTIFIED_RESIDUAL
-    assert result.exact.tolist() == [False]
+    assert result.exact.tolist() == [False] and result.failed.tolist() == [False]
+    assert result.module.notes == ["3 of 4 slots in 1 of 1 victims hold filler (the middle of the data range; fewer "
+                                   "candidate rows than inputs): not reconstructions (victims 0)"]
+
+
+def test_trap_weights_that_read_nothing_off_a_table_give_a_failed_result_not_filler_rows_marked_ok():
+    """On Adult's encoded rows no trap-weight candidate lies in the data range: every slot would be the same
+    filler row; the victims are failed results and a note says nothing was read."""
+    from leakage.data import VictimDataModule
+    from leakage.kinds.tabular import TabularKind
+
+    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=4, num_victims=2)
+    kind = dm.table[0]
+    server = leakage.TrapWeightServer()
+    sent = server.send(build_model("tabular_mlp", dm.input_shape, dm.num_classes, seed=1234), dm.input_shape)
+    rows, labels = dm.table[1][:8], dm.table[2][:8]
+    update = {k: torch.stack([leakage.client_update(sent, rows[i:i + 4], labels[i:i + 4])[k] for i in (0, 4)])
+              for k in dict(sent.named_parameters())}
+    result = leakage.invert(sent, update, dm.input_shape, dm.num_classes, batch_size=4, attack="trap_weights",
+                            server=server, kind=TabularKind(kind.schema))
+    assert result.failed.tolist() == [True, True] and result.exact.tolist() == [False, False]
+    assert result.module.notes == ["2 of 2 victims failed: no candidate rows found in the update (victims 0, 1), "
+                                   "nothing was read"]
 
 
 def test_masked_secure_aggregation_is_not_certified_and_the_report_says_what_is(tmp_path):
