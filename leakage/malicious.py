@@ -8,16 +8,19 @@ made is public to it, and the clients trained the changed model.
   input in every row, so the difference of neighbouring rows holds the inputs of one bin:
   ``x = (dW_i - dW_{i+1}) / (db_i - db_{i+1})``, exactly one input where the bin holds one. The
   bins that hold any input (a bias difference above rounding) fill the batch's slots, the largest
-  first; a victim is exact when ``B`` bins do, for then each holds one input (FedSGD; under FedAvg
-  an input's bin can drift between local steps).
+  first. ``B`` bins holding an input is the read-out's condition for exact (FedSGD; under FedAvg an
+  input's bin can drift between local steps), not its proof: noise or masks fill every bin. A
+  victim is certified exact only when, besides, the recovered batch reproduces the whole update
+  (:mod:`leakage.closedform`).
 - :class:`TrapWeightAttack` (Boenisch et al., "When the Curious Abandon Honesty", EuroS&P 2023):
   every first-layer row with a bias gradient gives a candidate ``dW_i / db_i``, one input where the
   row fired for that input only, a mixture otherwise. Rows that fired for the same single input give
   the same candidate to float32 rounding: candidates in the data range are grouped when they agree to
   :data:`DUPLICATE_TOLERANCE` (tight: on an untrained model two inputs of one label have nearly the
   same output, and rows that fire for both repeat one mixture to about 4e-4), and the largest groups fill the batch's
-  slots (then single candidates). A victim is exact when ``B`` groups of two or more rows are found
-  whose inputs are distinct (no two within :data:`DISTINCT_TOLERANCE`).
+  slots (then single candidates). The read-out's condition for exact is ``B`` groups of two or more
+  rows whose inputs are distinct (no two within :data:`DISTINCT_TOLERANCE`); the certificate also
+  needs the recovered batch to reproduce the whole update (:mod:`leakage.closedform`).
 
 Slots left over (fewer bins or candidates than inputs) hold filler, the middle of the data range: not a
 reconstruction, so the report's notes count them, they are never certified exact, and a victim with no
