@@ -14,10 +14,11 @@ recovered batch, with its labels paired to the batch's slots, reproduces the WHO
 (every layer, computed as the client computed it) to a relative residual
 ``|g(x, y) - g_obs| / |g_obs| <=`` :data:`CERTIFIED_RESIDUAL`, and the attack's own read-out filled every
 slot (no filler). The second condition matters: an input that no first-layer unit fires for leaves the
-same update whatever it is, so a filler slot can reproduce the update without being the input (measured:
-trap weights of scale 0.5 on 4 MNIST images read 1 image and reproduce the update to 3e-8). A statistic of one layer (a bin count, a per-row ratio) proves nothing: noise, masks,
-top-k or clipping change the downstream layers too, so a defended update is not reproduced and is never
-certified. Labels restored as a multiset (:mod:`leakage.labels`) are paired to the slots by the last
+same update whatever it is, so a filler slot can reproduce the update without being the input
+(measured: trap weights of scale 0.5 on 4 MNIST images read 1 image and reproduce the update to 3e-8).
+A statistic of one layer (a bin count, a per-row ratio) proves nothing: noise, masks, top-k or
+clipping change the downstream layers too, so a defended update is not reproduced and is never
+certified; nor is an all-zero update. Labels restored as a multiset (:mod:`leakage.labels`) are paired to the slots by the last
 layer before the residual is taken (:func:`pair_labels`); a wrong pairing only fails the certificate.
 
 A subclass builds its target in ``__init__`` (:meth:`~leakage.family.Attack._settings_and_target`)
@@ -207,8 +208,10 @@ class ClosedFormAttack(Attack):
         names = [n for n, _ in self.target.named_parameters()]
         shared = self.observation.gradient_estimate()
         observed = squared_norms([shared[n].double() for n in names])
-        l2 = evaluation["loss"].double().cpu()
-        return (l2.clamp_min(0).sqrt() / observed.cpu().sqrt().clamp_min(1e-300)).float()
+        l2, observed = evaluation["loss"].double().cpu(), observed.cpu()
+        # an all-zero update proves nothing about its batch: NaN, never certified
+        return torch.where(observed > 0, l2.clamp_min(0).sqrt() / observed.sqrt().clamp_min(1e-300),
+                           float("nan")).float()
 
     def residuals(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """The l2 and cosine distances ``[P]`` between the observed updates and those of ``(x, labels)``,

@@ -23,8 +23,9 @@ The attack, per update:
    ``dL/db = A 1 = M c`` gives each component's scale ``c`` (sign included), and ``x = S / c + lo``.
 
 The recovered records come in ICA's order; the metrics assign them to the true ones by the Hungarian
-algorithm (:func:`leakage.metrics.match_batch`). Never exact (a mixture is unmixed up to the records'
-dependence). Needs ``B`` at most the first layer's width and the number of input features. FedSGD and
+algorithm (:func:`leakage.metrics.match_batch`). Reported exact only where the certificate of
+:mod:`leakage.closedform` holds (the unmixed batch reproduces the whole update): in practice never, as
+a mixture is unmixed up to the records' dependence. Needs ``B`` from 2 to the first layer's width and the number of input features. FedSGD and
 FedAvg alike (a FedAvg update's first layer is still ``A' X`` and its bias ``A' 1``); a defense that
 breaks the linear structure (noise, top-k) degrades it. Labels: a batch restoration
 (:mod:`leakage.labels`). Only the observation is read.
@@ -189,7 +190,7 @@ class CocktailPartyAttack(ClosedFormAttack):
                                   f"gradient ({one_line(err)})")
         labels = self.restored_labels(observation)
         x = x.float().view(V, B, *observation.input_shape)
-        return x, labels, torch.zeros(V, dtype=torch.bool)
+        return x, labels, ~self.unread  # every slot unmixed: the certificate decides
 
     def describe(self) -> str:
         return "Cocktail Party Attack: ICA on the first layer's gradient (closed form)"
