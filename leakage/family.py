@@ -181,8 +181,9 @@ class Attack(pl.LightningModule):
         if isinstance(strategy, str):
             from .labels import check_strategy
 
+            sent = observation.server.model if observation.server is not None else None
             check_strategy(strategy, observation.batch_size, observation.num_classes,
-                           public=observation.labels is not None)
+                           public=observation.labels is not None, model=sent if sent is not None else self.target)
 
     @staticmethod
     def check_budget(settings: dict, max_steps: int) -> None:

@@ -203,9 +203,15 @@ def restore_batch_labels(
     return _counts_to_labels(_round_to_total(estimate, batch_size))
 
 
-def check_strategy(strategy: str, batch_size: int, num_classes: int, public: bool = False) -> None:
+def check_strategy(strategy: str, batch_size: int, num_classes: int, public: bool = False,
+                   model: Optional[torch.nn.Module] = None) -> None:
     """Refuse, in one line and before any attack runs, a label strategy that cannot give ``batch_size``
-    labels from an update of ``num_classes`` classes (``public``: the observation carries public labels)."""
+    labels from an update of ``num_classes`` classes (``public``: the observation carries public labels)
+    of ``model`` (when given: a last ``nn.Linear``, with a bias for ``bias_count`` and ``ilrg``)."""
+    if model is not None and strategy in ("idlg", *BATCH_STRATEGIES):
+        _, layer = last_linear(model)
+        if strategy in ("bias_count", "ilrg") and layer.bias is None:
+            raise ValueError(f"strategy {strategy!r} needs a last nn.Linear layer with a bias; use 'weight_count'")
     if strategy == "idlg" and batch_size != 1:
         raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
                          f"labels 'joint' or a batch strategy ({', '.join(BATCH_STRATEGIES)})")

@@ -170,3 +170,16 @@ def test_attack_on_the_command_line_wins_wherever_it_stands(capsys, tmp_path, be
     main(cli_args(tmp_path, *(attack + config if before else config + attack), "--data.server", "trap_weights",
                   "--data.num_bins", "null", "--model.model", "mlp", "--data.batch_size", "4"))
     assert "\nattack: trap-weight read-out" in capsys.readouterr().out
+
+
+def test_bias_count_on_a_model_without_a_last_bias_is_refused_before_the_attack_runs():
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10, bias=False))
+    x, y = leakage.bundled_images("mnist", range(2))
+    update = leakage.client_update(model, x, y)
+    with pytest.raises(ValueError, match="^strategy 'bias_count' needs a last nn.Linear layer with a bias; "
+                                         "use 'weight_count'$"):
+        leakage.invert(model, update, SHAPE, 10, attack="cpa", batch_size=2, labels="bias_count")
+    result = leakage.invert(model, update, SHAPE, 10, attack="cpa", batch_size=2, labels="weight_count")
+    assert result.labels.shape == (1, 2)
