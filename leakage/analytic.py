@@ -9,12 +9,14 @@ make rows with a tiny bias gradient, where the ratio is mostly rounding, count f
 - **One record (B = 1)**, FedSGD or FedAvg: exact to float32 rounding. Under FedAvg every local step
   sees the same record, so the update's first layer is ``(sum_t delta_t) x^T`` and its bias
   ``sum_t delta_t``: the same ratio. The update certifies it: a victim is reported exact when its
-  first-layer update is rank one, ``|dW - db x^T| <= 1e-4 |dW|``.
+  first-layer update is rank one, ``|dW - db x^T| <= 1e-4 |dW|``, and the record with its label
+  reproduces the whole update (:data:`leakage.closedform.CERTIFIED_RESIDUAL`); rank one alone is no
+  proof (a noisy update's ratio is still some input).
 - **A batch (B > 1)**: ``dL/dW = sum_n delta_n x_n^T / B``, so the same formula gives a mixture of the
   batch's records, weighted by their bias gradients. The attack runs and puts that mixture in every
   slot of the batch, reported not exact; the metrics then say how close the mixture is to each record.
 - **Defenses** (noise, top-k, clipping): the formula still runs and degrades with them; the update is
-  then not rank one, so nothing is reported exact.
+  then not reproduced (nor, mostly, rank one), so nothing is reported exact.
 
 Labels: iDLG from the last layer for one record, or a batch restoration (:mod:`leakage.labels`).
 The attack reads only the observation (the model, the shared update, public metadata). It

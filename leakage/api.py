@@ -102,7 +102,8 @@ class InversionResult:
     ``images`` ``[V, B, *input_shape]`` (model inputs: pixels, or encoded table rows), ``labels`` ``[V, B]``; ``matching_loss``, ``grad_l2``,
     ``grad_cosine`` ``[V]`` at the end; ``best_restart`` ``[V]``; ``failed`` ``[V]`` is True where
     every restart failed numerically (NaN or infinite loss). ``module`` is the attack itself;
-    ``exact`` ``[V]`` is True where a closed-form attack's result is exact by construction;
+    ``exact`` ``[V]`` is True where a closed-form attack's result is proven exact: every slot read off the
+    update and the recovered batch reproduces the whole observed update (:data:`leakage.closedform.CERTIFIED_RESIDUAL`);
     ``entropy`` is the pooled restarts' uncertainty (tables with ``ensemble="pool"``: ``[V, B, F]``,
     one per reconstructed cell), else None. ``kind`` decodes the records
     (``result.kind.schema.decode(result.images[v])`` for a table's values).

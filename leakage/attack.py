@@ -285,7 +285,7 @@ class GradientInversion(Attack):
         else:
             y = public_labels(observation) if hp.labels == "known" else observed_labels(  # [V, B]
                 self.target, label_gradients(observation), B, observation.input_shape, hp.labels,
-                observation.data_range)
+                observation.data_range, notes=self.notes)
             self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
         self.failed = torch.zeros(P, dtype=torch.bool)
         self._loss_scale = None

@@ -554,10 +554,15 @@ class LeakageReport(pl.Callback):
             text += "\n" + details["text"]
         text += f"\ngradient entries per unknown input value: {s['entries_per_unknown']:.2f}"
         if s["exact"]:
-            text += f"\nexact by construction (closed form, certified by the update): {s['exact']}/{s['victims']} victims"
+            proof = getattr(pl_module, "certificate", None) or "certified by the update"
+            text += f"\nexact ({proof}): {s['exact']}/{s['victims']} victims"
+        for note in getattr(pl_module, "notes", None) or []:
+            text += f"\n{note}"
         if s["failed"]:
-            text += (f"\n{s['failed']} of {s['victims']} victims failed numerically: every restart's matching loss "
-                     "or gradient became NaN or infinite (status 'failed')")
+            why = ("numerically (every restart's matching loss or gradient became NaN or infinite) or as noted above"
+                   if getattr(pl_module, "notes", None) else
+                   "numerically: every restart's matching loss or gradient became NaN or infinite")
+            text += f"\n{s['failed']} of {s['victims']} victims failed {why} (status 'failed')"
         if partial is None:
             self._claim_run_dir(trainer)
         if self.save_artifacts and trainer.is_global_zero:

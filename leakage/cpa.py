@@ -23,8 +23,9 @@ The attack, per update:
    ``dL/db = A 1 = M c`` gives each component's scale ``c`` (sign included), and ``x = S / c + lo``.
 
 The recovered records come in ICA's order; the metrics assign them to the true ones by the Hungarian
-algorithm (:func:`leakage.metrics.match_batch`). Never exact (a mixture is unmixed up to the records'
-dependence). Needs ``B`` at most the first layer's width and the number of input features. FedSGD and
+algorithm (:func:`leakage.metrics.match_batch`). Reported exact only where the certificate of
+:mod:`leakage.closedform` holds (the unmixed batch reproduces the whole update): in practice never, as
+a mixture is unmixed up to the records' dependence. Needs ``B`` from 2 to the first layer's width and the number of input features. FedSGD and
 FedAvg alike (a FedAvg update's first layer is still ``A' X`` and its bias ``A' 1``); a defense that
 breaks the linear structure (noise, top-k) degrades it. Labels: a batch restoration
 (:mod:`leakage.labels`). Only the observation is read.
@@ -142,14 +143,22 @@ class CocktailPartyAttack(ClosedFormAttack):
                                               attack="the Cocktail Party Attack")
         self.width = layer.out_features
 
-    def _attach(self, observation: Observation) -> None:
+    def check_observation(self, observation: Observation) -> None:
+        super().check_observation(observation)
         B, D = observation.batch_size, math.prod(observation.input_shape)
-        if B > min(self.width, D):
-            what = (f"its first layer {self.layer_name!r} has {self.width} units" if B > self.width
+        if B == 1:
+            raise ValueError("the Cocktail Party Attack unmixes a batch of 2 records or more; for one record per "
+                             "update use --attack analytic, which inverts it exactly")
+        sent = observation.server.model if observation.server is not None else None
+        name, layer = ((self.layer_name, None) if sent is None else
+                       first_linear(sent, self.hparams.input_shape, "the model the server sent",
+                                    attack="the Cocktail Party Attack"))
+        width = self.width if layer is None else layer.out_features
+        if B > min(width, D):
+            what = (f"its first layer {name!r} has {width} units" if B > width
                     else f"the input has {D} features")
             raise ValueError(f"the Cocktail Party Attack unmixes at most as many records as {what}, "
                              f"the batch has {B}: use a smaller batch or a wider first layer")
-        super()._attach(observation)
 
     def solve(self, observation: Observation) -> tuple[Tensor, Tensor, Tensor]:
         V, B = observation.num_victims, observation.batch_size
@@ -157,13 +166,31 @@ class CocktailPartyAttack(ClosedFormAttack):
         hp = self.hparams
         dW = observation.gradients[f"{self.layer_name}.weight"]  # [V, H, D]
         db = observation.gradients[f"{self.layer_name}.bias"]  # [V, H]
-        x = torch.stack([
-            unmix(dW[v].double() - lo * db[v].double()[:, None], db[v], B, hp.sparsity, hp.refine_steps,
-                  hp.ica_iterations, seed=derive_seed("cpa", observation.update_keys[v]) % 2**32) + lo
-            for v in range(V)]) if V else torch.zeros(0, B, math.prod(observation.input_shape))
+        D = math.prod(observation.input_shape)
+        hi = float(observation.data_range[1])
+        x = torch.full((V, B, D), (lo + hi) / 2, dtype=torch.float64)  # filler where nothing is unmixed (failed)
+        for v in range(V):
+            mixture = dW[v].double() - lo * db[v].double()[:, None]
+            rank = int(torch.linalg.matrix_rank(mixture)) if torch.isfinite(mixture).all() else -1
+            if rank < B:  # nothing to unmix: a failed result, said in one line, not an ICA error
+                self.unread[v] = True
+                why = ("is not finite" if rank < 0 else "is zero (no unit of the layer passed a gradient)" if rank == 0
+                       else f"has rank {rank}, fewer than the batch's {B} records")
+                self.notes.append(f"victim {v} failed: the Cocktail Party Attack needs the gradient of the first layer "
+                                  f"{self.layer_name!r} to mix {B} records, and it {why}")
+                continue
+            try:
+                x[v] = unmix(mixture, db[v], B, hp.sparsity, hp.refine_steps, hp.ica_iterations,
+                             seed=derive_seed("cpa", observation.update_keys[v]) % 2**32) + lo
+            except (ValueError, RuntimeError) as err:  # scikit-learn / LAPACK on a degenerate mixture
+                from .errors import one_line
+
+                self.unread[v] = True
+                self.notes.append(f"victim {v} failed: the Cocktail Party Attack could not unmix its first layer's "
+                                  f"gradient ({one_line(err)})")
         labels = self.restored_labels(observation)
         x = x.float().view(V, B, *observation.input_shape)
-        return x, labels, torch.zeros(V, dtype=torch.bool)
+        return x, labels, ~self.unread  # every slot unmixed: the certificate decides
 
     def describe(self) -> str:
         return "Cocktail Party Attack: ICA on the first layer's gradient (closed form)"

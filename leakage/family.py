@@ -24,7 +24,8 @@ galleries and the sweep read through these members only:
   shows the reconstructions; :meth:`reconstruction` (the model inputs ``[P, B, *sample_shape]``)
   and :meth:`results` (per victim: reconstruction, labels, best problem, failed, entropy), the
   record the report and the sweep's cells read;
-- :meth:`exact` ``[P]`` and :meth:`describe`: whether a result is exact by construction, and the
+- ``notes``: one-line remarks on the result that reports state (labels completed from a shortfall, ...);
+- :meth:`exact` ``[P]`` and :meth:`describe`: whether a result is proven exact by the update, and the
   attack in a few words, as reports state it;
 - :meth:`receive`: a malicious server's model (:mod:`leakage.server`) becomes the target, since the
   clients trained it.
@@ -99,6 +100,8 @@ class Attack(pl.LightningModule):
         self.total_victims = 0
         self.problem_losses: Optional[Tensor] = None  # [P], from the last evaluation
         self.kind: Optional[DataKind] = None  # the observation's kind of data (an attack may relax it)
+        #: one-line notes on the result that the report states (a label shortfall completed, ...)
+        self.notes: list[str] = []
         self.register_buffer("failed", torch.zeros(0, dtype=torch.bool), persistent=False)
 
     def _settings_and_target(self, model: Union[nn.Module, str], input_shape: Sequence[int], num_classes: int,
@@ -144,6 +147,7 @@ class Attack(pl.LightningModule):
                 f"the data has input shape {tuple(observation.input_shape)} and {observation.num_classes} classes, "
                 f"the model was built for {tuple(hp.input_shape)} and {hp.num_classes}"
             )
+        self.check_observation(observation)
         sent = observation.server.model if observation.server is not None else None
         if sent is not None:  # a malicious server's model: what the clients trained, and so the attack's target
             self.receive(copy.deepcopy(sent))
@@ -151,6 +155,7 @@ class Attack(pl.LightningModule):
                           observation.client.local_steps if observation.client is not None else 1, self._trainer)
         # the dummy is the model input itself unless the attack relaxes it (TabLeak's ``relax``)
         self.kind = observation.kind.relaxed(hp.get("relax", False))
+        self.notes = []
         with full_precision():
             self._attach(observation)
         V = observation.num_victims
@@ -166,6 +171,19 @@ class Attack(pl.LightningModule):
         for p in model.parameters():
             p.requires_grad_(False)
         self.target = model.to(self.device)
+
+    def check_observation(self, observation: Observation) -> None:
+        """Refuse, in one line, an observation this attack cannot attack as set up: a mismatch that the
+        settings alone decide (a label strategy that cannot give the batch's labels, a malicious server's
+        attack against another server, a batch an attack cannot take). ``leakage fit`` calls it once the
+        victims' updates are computed, before the run's folder exists; :meth:`attach` calls it too."""
+        strategy = self.hparams.get("labels")
+        if isinstance(strategy, str):
+            from .labels import check_strategy
+
+            sent = observation.server.model if observation.server is not None else None
+            check_strategy(strategy, observation.batch_size, observation.num_classes,
+                           public=observation.labels is not None, model=sent if sent is not None else self.target)
 
     @staticmethod
     def check_budget(settings: dict, max_steps: int) -> None:
@@ -202,8 +220,9 @@ class Attack(pl.LightningModule):
         raise NotImplementedError
 
     def exact(self) -> Tensor:
-        """Mask ``[P]`` of problems whose reconstruction is exact by construction (to float
-        rounding), not the result of a search: none, for an optimisation attack."""
+        """Mask ``[P]`` of problems whose reconstruction is proven exact by the observed update (to float
+        rounding; a closed form's certificate, :mod:`leakage.closedform`), not the result of a search: none,
+        for an optimisation attack."""
         return torch.zeros(self.num_problems, dtype=torch.bool)
 
     def describe(self) -> str:

@@ -11,7 +11,9 @@ first and the trainer section's class paths checked before any is imported
 must monitor what the attack logs, the Trainer's own refusals (an accelerator this machine lacks,
 ...) become one-line errors, the attack's memory is estimated (:mod:`leakage.memory`) before the
 victims are read, and the victims are read and their
-gradients computed before the logger creates the run's folder.
+gradients computed before the logger creates the run's folder, and the attack checks that it can
+attack them (:meth:`leakage.family.Attack.check_observation`: a label strategy, a server, a batch
+size it cannot take) before the folder exists too.
 """
 
 from __future__ import annotations
@@ -84,11 +86,29 @@ def _config_attack(value: str) -> Any:
     return data.get("attack") if isinstance(data, dict) else None
 
 
+def attack_last(args: list[str]) -> list[str]:
+    """``args`` with every ``--attack NAME`` (or ``--attack=NAME``) moved to the end, in order: an attack
+    named on the command line wins over a config file's ``attack:`` wherever it stands, before or after
+    ``--config`` (the parser lets the last value win; the attack decides the ``--model.*`` options)."""
+    rest, attack = [], []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--attack" and i + 1 < len(args):
+            attack += args[i:i + 2]
+            i += 2
+            continue
+        (attack if a.startswith("--attack=") else rest).append(a)
+        i += 1
+    return rest + attack
+
+
 def chosen_attack(args: list[str]) -> Any:
-    """The attack a ``leakage fit`` command line selects (``--attack NAME`` or ``attack: NAME`` in a
-    config; the last one given wins, as in the parser), or None for the default. Read before the
-    parser is built, since the attack's class decides the ``--model.*`` options."""
+    """The attack a ``leakage fit`` command line selects (``--attack NAME`` wherever it stands, else the
+    last ``attack: NAME`` of the configs given), or None for the default. Read before the parser is
+    built, since the attack's class decides the ``--model.*`` options."""
     chosen = None
+    args = attack_last(args)
     for i, a in enumerate(args):
         if a in _CONFIG_FLAGS and i + 1 < len(args):
             chosen = _config_attack(args[i + 1]) or chosen
@@ -201,6 +221,11 @@ class LeakageCLI(LightningCLI):
     given (``GradientInversion``); the ``--model.*`` options are that class's arguments."""
 
     def __init__(self, *args: Any, parser_kwargs: dict | None = None, **kwargs: Any) -> None:
+        given = kwargs.get("args")
+        if given is None:  # the console: LightningCLI reads sys.argv itself (and warns when given both)
+            sys.argv[1:] = attack_last(sys.argv[1:])
+        elif isinstance(given, (list, tuple)):  # (a dict of settings has no order)
+            kwargs["args"] = attack_last(list(given))
         chosen = chosen_attack(list(sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]))
         if chosen is not None:
             args = (attack_class(chosen), *args[1:])
@@ -329,6 +354,11 @@ class LeakageCLI(LightningCLI):
                 self._check_memory()  # before the victims are read and the problems allocated
                 observation = self.datamodule.prepare(target)
                 self._check_memory(observation.num_victims)  # a gradient file says how many it holds
+        observation = getattr(self.datamodule, "observation", None) if self.datamodule is not None else None
+        if observation is not None and hasattr(self.model, "check_observation"):
+            # a mismatch the settings decide (yin with more images than classes, a malicious server's attack
+            # against another server, CPA on one record): refused now, before the run's folder exists
+            self.model.check_observation(observation)
         for cb in self.trainer.callbacks:  # Lightning would say so only after the attack, in a traceback
             monitor = getattr(cb, "monitor", None) if isinstance(cb, (EarlyStopping, ModelCheckpoint)) else None
             if monitor is not None and monitor not in LOGGED_METRICS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -99,14 +101,17 @@ def ilrg_counts(layer: torch.nn.Linear, weight_grad: Tensor, bias_grad: Tensor, 
 
 
 def _round_to_total(estimate: Tensor, total: int) -> Tensor:
-    """Non-negative integer counts close to ``estimate`` ``[V, K]`` that sum to ``total`` (largest remainders)."""
+    """Non-negative integer counts close to ``estimate`` ``[V, K]`` that sum to ``total`` (largest remainders;
+    a shortfall of more than one label per class is first spread evenly over the classes)."""
     est = estimate.clamp(min=0)
     counts = est.floor()
+    K = est.shape[1]
     for v in range(est.shape[0]):
         missing = int(total - counts[v].sum())
         if missing > 0:
+            counts[v] += missing // K  # a defended update's counts can fall short by more than K labels
             order = (est[v] - counts[v]).argsort(descending=True)
-            counts[v, order[:missing]] += 1
+            counts[v, order[:missing % K]] += 1
         elif missing < 0:  # too many: take from the smallest remainders among non-zero counts
             frac = torch.where(counts[v] > 0, est[v] - counts[v], torch.full_like(est[v], float("inf")))
             for _ in range(-missing):
@@ -114,6 +119,22 @@ def _round_to_total(estimate: Tensor, total: int) -> Tensor:
                 counts[v, c] -= 1
                 frac[c] = float("inf") if counts[v, c] == 0 else frac[c] + 1
     return counts.long()
+
+
+def _shortfall_notes(estimate: Tensor, total: int, strategy: str, notes: Optional[list]) -> None:
+    """Say, in ``notes``, where the update's estimated class counts ``[V, K]`` do not account for the batch's
+    ``total`` labels to within one (a defended or inconsistent update: noise shifts the bias gradient's sum);
+    :func:`_round_to_total` completes or trims them to ``total``."""
+    if notes is None:
+        return
+    found = estimate.clamp(min=0).sum(dim=1)
+    off = [(v, float(f)) for v, f in enumerate(found) if abs(float(f) - total) >= 1]
+    if off:
+        worst = max(off, key=lambda item: abs(item[1] - total))
+        how = "completed" if worst[1] < total else "trimmed"
+        notes.append(f"label strategy {strategy!r}: the update's class counts account for {worst[1]:.1f} of the batch's "
+                     f"{total} labels (victim {worst[0]}; {len(off)} of {estimate.shape[0]} victims off by one or more: a "
+                     f"defended or inconsistent update); the labels were {how} to {total} by largest remainders, a guess")
 
 
 def _counts_to_labels(counts: Tensor) -> Tensor:
@@ -130,6 +151,7 @@ def restore_batch_labels(
     data_range=(0.0, 1.0),
     probes: int = 256,
     seed: int = 0,
+    notes: Optional[list] = None,
 ) -> Tensor:
     """The multiset of labels of each update's batch, from its shared gradient: ``[V, B]`` sorted.
 
@@ -148,6 +170,10 @@ def restore_batch_labels(
 
     The estimates are exact when the model's predictions hardly depend on the input (an untrained
     network); on a trained model they degrade, which the label-restoration benchmark measures.
+
+    Always ``B`` labels per update: where a count strategy's counts do not sum to ``B`` to within one
+    label (noise on the update shifts them), they are completed (or trimmed) to ``B`` by largest
+    remainders, and a one-line note saying so is appended to ``notes`` (when given).
     """
     if strategy not in BATCH_STRATEGIES:
         raise ValueError(f"unknown label restoration strategy {strategy!r}; choose one of {', '.join(BATCH_STRATEGIES)}")
@@ -164,6 +190,7 @@ def restore_batch_labels(
             raise ValueError("strategy 'ilrg' needs a last nn.Linear layer with a bias; use 'weight_count'")
         _check_logits_layer(model, name, layer, input_shape)
         estimate = ilrg_counts(layer, gw, gradients[f"{name}.bias"].float().cpu(), batch_size)
+        _shortfall_notes(estimate, batch_size, strategy, notes)
         return _counts_to_labels(_round_to_total(estimate, batch_size))
     p_bar, s_bar = probe_statistics(model, input_shape, data_range, probes, seed)
     if strategy == "bias_count":
@@ -172,14 +199,35 @@ def restore_batch_labels(
         estimate = batch_size * (p_bar[None] - gradients[f"{name}.bias"].float().cpu())
     else:
         estimate = batch_size * (p_bar[None] - gw.sum(dim=2) / s_bar)
+    _shortfall_notes(estimate, batch_size, strategy, notes)
     return _counts_to_labels(_round_to_total(estimate, batch_size))
 
 
+def check_strategy(strategy: str, batch_size: int, num_classes: int, public: bool = False,
+                   model: Optional[torch.nn.Module] = None) -> None:
+    """Refuse, in one line and before any attack runs, a label strategy that cannot give ``batch_size``
+    labels from an update of ``num_classes`` classes (``public``: the observation carries public labels)
+    of ``model`` (when given: a last ``nn.Linear``, with a bias for ``bias_count`` and ``ilrg``)."""
+    if model is not None and strategy in ("idlg", *BATCH_STRATEGIES):
+        _, layer = last_linear(model)
+        if strategy in ("bias_count", "ilrg") and layer.bias is None:
+            raise ValueError(f"strategy {strategy!r} needs a last nn.Linear layer with a bias; use 'weight_count'")
+    if strategy == "idlg" and batch_size != 1:
+        raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
+                         f"labels 'joint' or a batch strategy ({', '.join(BATCH_STRATEGIES)})")
+    if strategy == "yin" and batch_size > num_classes:
+        raise ValueError(f"strategy 'yin' assumes distinct labels: batch_size {batch_size} > {num_classes} classes "
+                         "(use bias_count, weight_count or ilrg, which allow repeated labels)")
+    if strategy == "known" and not public:
+        raise ValueError("label strategy 'known' needs public labels: set --data.public_labels true "
+                         "(the threat model where the server knows the labels)")
+
+
 def observed_labels(model: torch.nn.Module, gradients: dict[str, Tensor], batch_size: int, input_shape,
-                    strategy: str, data_range=(0.0, 1.0)) -> Tensor:
+                    strategy: str, data_range=(0.0, 1.0), notes: Optional[list] = None) -> Tensor:
     """Labels ``[V, B]`` fixed from the shared updates before an attack: ``idlg`` (one image per
-    update) or a batch restoration (:func:`restore_batch_labels`). ``gradients`` are the updates as
-    batch-mean gradients (:func:`label_gradients`)."""
+    update) or a batch restoration (:func:`restore_batch_labels`; a shortfall it completed is said in
+    ``notes``). ``gradients`` are the updates as batch-mean gradients (:func:`label_gradients`)."""
     V = next(iter(gradients.values())).shape[0]
     if strategy == "idlg" and batch_size != 1:
         raise ValueError("label strategy 'idlg' recovers the label of a single image: use batch_size 1, "
@@ -190,7 +238,7 @@ def observed_labels(model: torch.nn.Module, gradients: dict[str, Tensor], batch_
         name, layer = last_linear(model)
         bias = gradients[f"{name}.bias"] if layer.bias is not None else None
         return idlg_labels(gradients[f"{name}.weight"], bias).view(V, 1)
-    return restore_batch_labels(model, gradients, batch_size, input_shape, strategy, data_range)
+    return restore_batch_labels(model, gradients, batch_size, input_shape, strategy, data_range, notes=notes)
 
 
 def label_gradients(observation) -> dict[str, Tensor]:

@@ -8,18 +8,24 @@ made is public to it, and the clients trained the changed model.
   input in every row, so the difference of neighbouring rows holds the inputs of one bin:
   ``x = (dW_i - dW_{i+1}) / (db_i - db_{i+1})``, exactly one input where the bin holds one. The
   bins that hold any input (a bias difference above rounding) fill the batch's slots, the largest
-  first; a victim is exact when ``B`` bins do, for then each holds one input (FedSGD; under FedAvg
-  an input's bin can drift between local steps).
+  first. ``B`` bins holding an input is the read-out's condition for exact (FedSGD; under FedAvg an
+  input's bin can drift between local steps), not its proof: noise or masks fill every bin. A
+  victim is certified exact only when, besides, the recovered batch reproduces the whole update
+  (:mod:`leakage.closedform`).
 - :class:`TrapWeightAttack` (Boenisch et al., "When the Curious Abandon Honesty", EuroS&P 2023):
   every first-layer row with a bias gradient gives a candidate ``dW_i / db_i``, one input where the
   row fired for that input only, a mixture otherwise. Rows that fired for the same single input give
   the same candidate to float32 rounding: candidates in the data range are grouped when they agree to
   :data:`DUPLICATE_TOLERANCE` (tight: on an untrained model two inputs of one label have nearly the
   same output, and rows that fire for both repeat one mixture to about 4e-4), and the largest groups fill the batch's
-  slots (then single candidates). A victim is exact when ``B`` groups of two or more rows are found
-  whose inputs are distinct (no two within :data:`DISTINCT_TOLERANCE`).
+  slots (then single candidates). The read-out's condition for exact is ``B`` groups of two or more
+  rows whose inputs are distinct (no two within :data:`DISTINCT_TOLERANCE`); the certificate also
+  needs the recovered batch to reproduce the whole update (:mod:`leakage.closedform`).
 
-Slots left over (fewer bins or candidates than inputs) hold the middle of the data range. Labels
+Slots left over (fewer bins or candidates than inputs) hold filler, the middle of the data range: not a
+reconstruction, so the report's notes count them, they are never certified exact, and a victim with no
+candidate at all (trap weights on a table whose encoded rows leave the data range, say) is a failed
+result, not ``B`` identical filler rows. Labels
 come from a batch label restoration of the last layer (:mod:`leakage.labels`); FedAvg updates are
 read in pseudo-gradient units. Under secure aggregation the aggregate of ``K`` clients is one
 update of ``K x B`` inputs, and both attacks read it the same way (Robbing the Fed's point);
@@ -55,6 +61,12 @@ def _server(observation: Observation, kind: type, attack: str, setting: str):
     return server
 
 
+def _listed(victims: list[int], most: int = 10) -> str:
+    """Victim numbers for a one-line note: the first ``most``, then how many more."""
+    shown = ", ".join(map(str, victims[:most]))
+    return shown + (f" and {len(victims) - most} more" if len(victims) > most else "")
+
+
 class _MaliciousAttack(ClosedFormAttack):
     """The settings both attacks share: the target and the labels' restoration."""
 
@@ -65,15 +77,40 @@ class _MaliciousAttack(ClosedFormAttack):
             raise ValueError(f"unknown label strategy {labels!r}; choose one of {', '.join(BATCH_STRATEGIES)}")
         self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights)
 
+    #: the server this attack reads, and its ``--data.server`` name
+    server_kind: type = object
+    server_name = ""
+
+    def check_observation(self, observation: Observation) -> None:
+        super().check_observation(observation)
+        _server(observation, self.server_kind, self.server_name, self.server_name)
+
     def _fill(self, observation: Observation, rows: list[Tensor]) -> Tensor:
         """Every victim's candidates ``[n_v, D]`` in the batch's slots ``[V, B, *input_shape]``, the rest
-        the middle of the data range."""
+        filler: the middle of the data range. Filler is no reconstruction: the notes say how many slots
+        hold it, and a victim with no candidate at all is a failed result (``unread``), not ``B`` identical
+        rows reported ok."""
         V, B, shape = observation.num_victims, observation.batch_size, observation.input_shape
         lo, hi = observation.data_range
         x = torch.full((V, B, *shape), (lo + hi) / 2, device=self.device)
+        empty, partial = [], []
         for v, found in enumerate(rows):
             n = min(B, found.shape[0])
             x[v, :n] = found[:n].view(n, *shape)
+            if n == 0:
+                self.unread[v] = True
+                empty.append(v)
+            elif n < B:
+                partial.append((v, B - n))
+        what = "candidate rows" if isinstance(self, TrapWeightAttack) else "bins holding an input"
+        if empty:
+            self.notes.append(f"{len(empty)} of {V} victims failed: no {what} found in the update (victims "
+                              f"{_listed(empty)}), nothing was read")
+        if partial:
+            slots = sum(k for _, k in partial)
+            self.notes.append(f"{slots} of {len(partial) * B} slots in {len(partial)} of {V} victims hold filler (the middle "
+                              f"of the data range; fewer {what} than inputs): not reconstructions (victims "
+                              f"{_listed([v for v, _ in partial])})")
         return x
 
 
@@ -87,6 +124,8 @@ class ImprintAttack(_MaliciousAttack):
         model_seed, model_weights: the global model's weights.
         labels: the batch label restoration: ``bias_count``, ``weight_count``, ``yin`` or ``ilrg``.
     """
+
+    server_kind, server_name = ImprintServer, "imprint"
 
     def __init__(self, model: Union[nn.Module, str] = "lenet", input_shape: Sequence[int] = (1, 28, 28),
                  num_classes: int = 10, model_seed: int = 1234, model_weights: Optional[str] = None,
@@ -126,6 +165,8 @@ class TrapWeightAttack(_MaliciousAttack):
         model_seed, model_weights: the global model's weights (the server replaces the first layer's).
         labels: the batch label restoration: ``bias_count``, ``weight_count``, ``yin`` or ``ilrg``.
     """
+
+    server_kind, server_name = TrapWeightServer, "trap_weights"
 
     def __init__(self, model: Union[nn.Module, str] = "mlp", input_shape: Sequence[int] = (1, 28, 28),
                  num_classes: int = 10, model_seed: int = 1234, model_weights: Optional[str] = None,

@@ -53,6 +53,36 @@ def test_counts_always_sum_to_the_batch_size():
     assert rec.shape == (5, 4) and ((rec >= 0) & (rec < 10)).all()
 
 
+@pytest.mark.parametrize("strategy", ["bias_count", "ilrg"])
+def test_a_shortfall_of_more_labels_than_classes_is_completed_and_said(strategy):
+    """A defended update's counts can account for far fewer than B labels (here the bias gradient shifted by
+    +0.5: none): the B labels are still given, never fewer, and a note says they are a guess."""
+    dm = VictimDataModule(dataset="mnist", num_victims=2, batch_size=64)
+    model = build_model("lenet", dm.input_shape, 10)
+    grads = dict(dm.prepare(model).gradients)
+    grads["fc.bias"] = grads["fc.bias"] + 0.5
+    notes: list[str] = []
+    rec = restore_batch_labels(model, grads, 64, dm.input_shape, strategy, notes=notes)
+    assert rec.shape == (2, 64) and ((rec >= 0) & (rec < 10)).all()
+    note, = notes
+    assert note.startswith(f"label strategy {strategy!r}: the update's class counts account for ")
+    assert "of the batch's 64 labels" in note and "to 64 by largest remainders, a guess" in note
+    clean: list[str] = []
+    restore_batch_labels(model, dm.prepare(model).gradients, 64, dm.input_shape, strategy, notes=clean)
+    assert clean == []
+
+
+def test_an_attack_on_an_update_whose_counts_fall_short_runs_and_its_report_says_so(tmp_path, capsys):
+    """The optimisation attack with bias_count on such an update: a result and the note, not a shape error."""
+    model = build_model("lenet", (1, 28, 28), 10)
+    x, y = leakage.bundled_images("mnist", range(16))
+    update = leakage.client_update(model, x, y)
+    update["fc.bias"] = update["fc.bias"] + 0.5
+    result = leakage.invert(model, update, (1, 28, 28), 10, attack="dlg", batch_size=16, steps=1, labels="bias_count")
+    assert result.labels.shape == (1, 16)
+    assert any("completed to 16 by largest remainders" in n for n in result.module.notes)
+
+
 def test_yin_picks_distinct_labels():
     wanted = [3, 8, 0, 6]
     dm = VictimDataModule(dataset="cifar10", indices=_batch("cifar10", wanted), batch_size=4)

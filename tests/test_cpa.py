@@ -56,3 +56,28 @@ def test_a_model_without_a_linear_first_layer_or_too_few_units_is_refused_in_one
     with pytest.raises(ValueError, match=r"at most as many records as its first layer 'fc1' has 8 units, "
                                          r"the batch has 16"):
         leakage.invert(narrow, leakage.client_update(narrow, x, y), SHAPE, 10, attack="cpa", batch_size=16)
+
+
+def test_a_first_layer_that_passes_no_gradient_is_a_failed_result_with_its_reason():
+    """No unit of the first layer fires (bias -1000): its gradient is zero, there is nothing to unmix; the
+    victim is marked failed and a note says why, instead of SciPy's 'array must not contain infs or NaNs'."""
+    from torch import nn
+
+    class Dead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(784, 32), nn.Linear(32, 10)
+            with torch.no_grad():
+                self.fc1.bias.fill_(-1e3)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+    x, y = leakage.bundled_images("mnist", range(4))
+    model = Dead()
+    update = leakage.client_update(model, x, y)
+    assert float(update["fc1.weight"].abs().max()) == 0.0
+    result = leakage.invert(model, update, (1, 28, 28), 10, attack="cpa", batch_size=4)
+    assert result.failed.tolist() == [True] and result.exact.tolist() == [False]
+    assert result.module.notes == ["victim 0 failed: the Cocktail Party Attack needs the gradient of the first layer "
+                                   "'fc1' to mix 4 records, and it is zero (no unit of the layer passed a gradient)"]

@@ -39,7 +39,8 @@ every cell logs to its own ``runs/<cell>/``.
 Every cell is a ``fit`` run in ``output/runs/<cell>/`` (TensorBoard events, metrics, gallery),
 named after its value's shortest text that reads back as the same float (``noise=0.01``,
 ``noise=0.004666412345678901``: distinct values never share a cell);
-its summary (metrics, ``time_s``: the fit's wall time, ``entries_per_unknown``: gradient entries
+its summary (metrics, ``exact``: the victims a closed-form attack proved exact, by the certificate of
+:mod:`leakage.closedform`, ``time_s``: the fit's wall time, ``entries_per_unknown``: gradient entries
 per unknown input value) is written atomically to ``output/cells/<cell>.json`` when it completes.
 
 With ``batch: true`` (the default) the sweep is one batched attack: the defense cells it needs

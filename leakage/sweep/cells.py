@@ -343,6 +343,8 @@ class Sweep:
                 "label_acc": s["label_acc"], **{key: s.get(f"{key}_mean", nan) for key, _, _ in kind.summary_metrics},
                 "kind": kind.name,
                 "time_s": elapsed, "entries_per_unknown": float(report.summary["entries_per_unknown"]),
+                # victims proven exact (a closed form's certificate, leakage.closedform; 0 for a search)
+                "exact": int(report.summary.get("exact", 0)),
                 "dataset": dataset, "model": model, "defenses": defenses}
 
     def _run(self, cid: str, cfg: dict, row: dict) -> dict:
