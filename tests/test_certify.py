@@ -93,10 +93,10 @@ def test_trap_weights_that_read_nothing_off_a_table_give_a_failed_result_not_fil
     from leakage.kinds.tabular import TabularKind
 
     dm = VictimDataModule(source="bundled", dataset="adult", batch_size=4, num_victims=2)
-    kind = dm.table[0]
+    kind = dm.table.kind
     server = leakage.TrapWeightServer()
     sent = server.send(build_model("tabular_mlp", dm.input_shape, dm.num_classes, seed=1234), dm.input_shape)
-    rows, labels = dm.table[1][:8], dm.table[2][:8]
+    rows, labels = dm.table.encode(range(8))
     update = {k: torch.stack([leakage.client_update(sent, rows[i:i + 4], labels[i:i + 4])[k] for i in (0, 4)])
               for k in dict(sent.named_parameters())}
     result = leakage.invert(sent, update, dm.input_shape, dm.num_classes, batch_size=4, attack="trap_weights",
