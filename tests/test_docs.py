@@ -94,3 +94,84 @@ def test_the_tabular_python_example_reconstructs_a_batch_with_known_labels(tmp_p
     assert out.splitlines()[0] == "threat model: honest-but-curious server; the labels are public (known to the server)"
     assert "records' accuracy (TabLeak's): 100.0%  label accuracy 100.0%" in out
     assert "H cat (0-1)" in out and "-0.000" not in out and "nan" not in out
+
+
+# --- every command and Python block of the docs and the README ---------------------------------
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+#: Commands the parse test does not parse, each with its reason; nothing else is left out.
+SKIPPED = {
+    # the reader's own module my_models.py: test_the_cli_example_attacks_the_same_module_by_import_path runs it
+    "fit --config configs/mnist_dlg.yaml --model.model my_models.MyNet --model.model.width 12 --model.labels idlg "
+    "--trainer.max_steps 30": "needs the reader's my_models.py (run above with it)",
+}
+
+
+def _commands() -> dict[tuple[str, ...], str]:
+    """Every ``leakage fit`` / ``leakage sweep`` line of a fenced bash block (continuations joined,
+    comments and leading ``VAR=value`` assignments dropped), once each, with the first page it is on."""
+    found: dict[tuple[str, ...], str] = {}
+    for page in PAGES:
+        for block in _blocks(page.read_text(), "bash"):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                while words and re.match(r"^[A-Za-z_]\w*=", words[0]):
+                    words = words[1:]
+                if words[:2] in (["leakage", "fit"], ["leakage", "sweep"]):
+                    found.setdefault(tuple(words[1:]), page.name)
+    return found
+
+
+def test_the_docs_hold_the_commands_they_are_tested_with():
+    commands = {" ".join(c) for c in _commands()}
+    assert "fit --config configs/cifar_dlg.yaml" in commands  # the README's first command
+    assert any(c.startswith("sweep ") for c in commands)
+    assert set(SKIPPED) <= commands, "a skipped command is no longer in the docs: drop it from SKIPPED"
+
+
+def test_every_leakage_command_in_the_docs_parses(monkeypatch, capsys):
+    """Each command is parsed in-process from the repository root, as a reader runs it: a fit with
+    ``--print_config`` (LightningCLI parses and validates it, then exits before the attack), ``--help``
+    as written, a sweep by the sweep command's own parser (its configs read and its cells built)."""
+    from leakage.cli import main
+    from leakage.sweep.command import parse
+
+    monkeypatch.chdir(ROOT)
+    failed = []
+    for command, page in _commands().items():
+        if " ".join(command) in SKIPPED:
+            continue
+        try:
+            if command[0] == "sweep":
+                parse(list(command[1:]))
+            else:
+                args = list(command) if "--help" in command else [*command, "--print_config"]
+                with pytest.raises(SystemExit) as done:
+                    main(args)
+                assert done.value.code in (0, None), f"exit status {done.value.code}"
+        except BaseException as err:  # noqa: BLE001 - every failure is collected and reported below
+            failed.append(f"{page}: leakage {' '.join(command)}: {type(err).__name__}: {err}\n"
+                          + capsys.readouterr().err[-500:])
+        capsys.readouterr()
+    assert not failed, "\n".join(failed)
+
+
+def test_every_python_block_in_the_docs_compiles():
+    """Blocks that run are run by the tests above; every other one at least compiles."""
+    count = 0
+    for page in PAGES:
+        for code in _blocks(page.read_text(), "python"):
+            compile(code, str(page.relative_to(ROOT)), "exec")
+            count += 1
+    assert count >= 2
+
+
+def test_the_site_builds_strictly(tmp_path):
+    """``mkdocs build --strict``: a broken link, anchor or page, or a failing reference hook, fails it."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "site" / "reference" / "index.html").read_text().count("--trainer.max_steps") >= 1
