@@ -221,3 +221,11 @@ def test_the_flower_example_builds_a_capturing_strategy(tmp_path, monkeypatch):
     from leakage.integrations.flower import CaptureStrategy
 
     assert isinstance(ns["strategy"], CaptureStrategy)
+
+
+def test_the_readme_links_to_pages_that_exist():
+    """The README is not part of the site: its relative links (docs/*.md, the picture) are checked here."""
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    assert len(links) >= 12
+    missing = [link for link in links if not (ROOT / link).is_file()]
+    assert not missing, missing
