@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leakage.attack import GradientInversion  # noqa: E402
-from leakage.data import VictimDataModule  # noqa: E402
+from leakage.attacks.gradient_inversion import GradientInversion  # noqa: E402
+from leakage.data.datamodule import VictimDataModule  # noqa: E402
 
 
 def measure(P: int, repeats: int) -> tuple[float, float]:

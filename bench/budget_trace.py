@@ -1,13 +1,13 @@
 """Trace a run problem by problem, step by step, and replay stopping rules on the trace offline.
 
-A tuning aid for :mod:`leakage.stopping` (``bench/budgets.py --trace``). :class:`Trace` is a Lightning
+A tuning aid for :mod:`leakage.engine.stopping` (``bench/budgets.py --trace``). :class:`Trace` is a Lightning
 callback: after every attack step it records, for every problem, the loss the stopping rule sees
 (``problem_losses``), its best loss, the SSIM of its best iterate against the victim, and the
 objective evaluations L-BFGS has spent on it (the optimizer state's ``func_evals``), plus the
 run's CPU time (``time.process_time``); once, the observation's scale ``||observed gradient||^2``
 per problem. It writes them to ``path`` (a ``torch.save`` of tensors) when the run ends.
 
-:func:`replay` feeds a trace's losses through :class:`leakage.stopping.StoppingRule` and says, for
+:func:`replay` feeds a trace's losses through :class:`leakage.engine.stopping.StoppingRule` and says, for
 each problem, the step its rule stopped it at, its SSIM there and the evaluations it had spent: what
 the run with that rule reports and costs, without rerunning it (problems are independent: L-BFGS
 gives each the same iterates whether the others run or not, up to float32 rounding).
@@ -21,9 +21,9 @@ from typing import Optional
 import torch
 from lightning.pytorch import Callback
 
-from leakage.metrics import ssim_per_image
-from leakage.optim import BatchedLBFGS
-from leakage.stopping import StoppingRule
+from leakage.engine.metrics import ssim_per_image
+from leakage.engine.optim import BatchedLBFGS
+from leakage.engine.stopping import StoppingRule
 
 
 class Trace(Callback):

@@ -1,4 +1,4 @@
-"""What the closed-form certificate says on clean and defended updates (leakage.closedform).
+"""What the closed-form certificate says on clean and defended updates (leakage.attacks.closedform).
 
     python bench/certify.py
 
@@ -17,10 +17,10 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 import leakage
-from leakage.closedform import CERTIFIED_RESIDUAL
-from leakage.defenses import GaussianNoise, NormClip, TopK, secure_aggregation
-from leakage.metrics import ssim_per_image
-from leakage.models import build_model
+from leakage.attacks.closedform import CERTIFIED_RESIDUAL
+from leakage.federated.defenses import GaussianNoise, NormClip, TopK, secure_aggregation
+from leakage.engine.metrics import ssim_per_image
+from leakage.engine.models import build_model
 
 SHAPE = (1, 28, 28)
 MNIST = {"feature_mean": 0.1239, "feature_std": 0.0407}  # the imprint's bins for MNIST's brightness

@@ -19,8 +19,8 @@ import argparse
 import torch
 
 import leakage
-from leakage.metrics import reconstruction_metrics
-from leakage.models import build_model
+from leakage.engine.metrics import reconstruction_metrics
+from leakage.engine.models import build_model
 
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 BUNDLED = {"mnist": 1000, "cifar10": 20}

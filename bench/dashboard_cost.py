@@ -13,10 +13,10 @@ import time
 import numpy as np
 import torch
 
-from leakage.client import per_problem_gradients
-from leakage.dashboard import figure_png, gallery_png, history_figure
-from leakage.losses import gradient_distance
-from leakage.models import build_model
+from leakage.federated.client import per_problem_gradients
+from leakage.reporting.dashboard import figure_png, gallery_png, history_figure
+from leakage.engine.losses import gradient_distance
+from leakage.engine.models import build_model
 
 
 def best_of(fn, repeats: int) -> float:

@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _victims(n: int):
-    from leakage.attack import GradientInversion
-    from leakage.data import VictimDataModule
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.data.datamodule import VictimDataModule
 
     dm = VictimDataModule(source="bundled", dataset="cifar10", num_victims=n)
     module = GradientInversion(model="lenet", model_seed=1234, init="randn", labels="joint", init_seed=0, restarts=1)
@@ -47,7 +47,7 @@ def _victims(n: int):
 
 def _result(name: str, recon, labels, secret, seconds: float, device: str, problem_evals: int = 0,
             batched_evals: int = 0) -> dict:
-    from leakage.metrics import label_accuracy, reconstruction_metrics
+    from leakage.engine.metrics import label_accuracy, reconstruction_metrics
 
     m = reconstruction_metrics(recon.cpu(), secret.images)
     ssim = torch.nan_to_num(m["ssim"], nan=0.0)
@@ -113,8 +113,8 @@ def engine(n: int, steps: int, device: str, preset: str | None, compile: str = "
     """(b) / (c): the batched engine through Lightning, all images at once."""
     import lightning.pytorch as pl
 
-    from leakage.attack import GradientInversion
-    from leakage.data import VictimDataModule
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.data.datamodule import VictimDataModule
 
     kwargs = dict(model="lenet", model_seed=1234, distance="l2", optimizer="lbfgs", lr=1.0, labels="joint",
                   init="randn", init_seed=0, restarts=1, compile=compile)

@@ -42,10 +42,10 @@ def main() -> None:
 
     import lightning.pytorch as pl
 
-    from leakage.attack import GradientInversion
-    from leakage.client import per_problem_gradients
-    from leakage.data import VictimDataModule
-    from leakage.losses import gradient_distance
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.federated.client import per_problem_gradients
+    from leakage.data.datamodule import VictimDataModule
+    from leakage.engine.losses import gradient_distance
 
     counts: Counter[int] = Counter()
     original = GradientInversion.matching_loss
@@ -123,10 +123,10 @@ def arithmetic(problems: int, repeats: int, compile_too: bool, evaluations: int 
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
-    from leakage.attack import GradientInversion
-    from leakage.client import per_problem_gradients
-    from leakage.data import VictimDataModule
-    from leakage.losses import gradient_distance
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.federated.client import per_problem_gradients
+    from leakage.data.datamodule import VictimDataModule
+    from leakage.engine.losses import gradient_distance
 
     module = GradientInversion(model="lenet", model_seed=1234, distance="l2", optimizer="lbfgs", lr=1.0,
                                labels="joint", init="randn", restarts=1)

@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, resource, sys, time, torch
-from leakage.attack import GradientInversion
-from leakage.data import VictimDataModule
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.data.datamodule import VictimDataModule
 model, steps, P = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 V = min(P, 20)  # the bundled images; more problems are restarts of them
 dm = VictimDataModule(dataset="mnist", num_victims=V, protocol="fedavg", local_steps=steps, local_lr=0.1)

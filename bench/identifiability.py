@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leakage.data import VictimDataModule  # noqa: E402
-from leakage.identifiability import gradient_jacobian_rank  # noqa: E402
-from leakage.models import build_model  # noqa: E402
+from leakage.data.datamodule import VictimDataModule  # noqa: E402
+from leakage.attacks.identifiability import gradient_jacobian_rank  # noqa: E402
+from leakage.engine.models import build_model  # noqa: E402
 
 
 def main() -> None:

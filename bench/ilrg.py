@@ -3,8 +3,8 @@
 For each model (``mlp``, ``lenet``: the built-ins, seed 1234), state (untrained; trained) and
 batch size B, draws ``--trials`` batches of B distinct images and restores their labels from the
 batch's shared gradient (one cross-entropy gradient averaged over the batch, as the client sends)
-with ``ilrg`` and ``bias_count`` (:func:`leakage.labels.restore_batch_labels`). Prints, per
-strategy, the share of labels recovered (multiset overlap, ``leakage.metrics.label_accuracy``) and
+with ``ilrg`` and ``bias_count`` (:func:`leakage.attacks.labels.restore_batch_labels`). Prints, per
+strategy, the share of labels recovered (multiset overlap, ``leakage.engine.metrics.label_accuracy``) and
 the share of batches whose labels all come back.
 
 - MNIST: the 1,000 bundled test images (indices 0-999), B = 1, 2, 4, ..., 512.
@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leakage.client import client_gradients  # noqa: E402
-from leakage.data import VictimDataModule, bundled_array  # noqa: E402
-from leakage.labels import restore_batch_labels  # noqa: E402
-from leakage.metrics import label_accuracy  # noqa: E402
-from leakage.models import build_model  # noqa: E402
+from leakage.federated.client import client_gradients  # noqa: E402
+from leakage.data.datamodule import VictimDataModule, bundled_array  # noqa: E402
+from leakage.attacks.labels import restore_batch_labels  # noqa: E402
+from leakage.engine.metrics import label_accuracy  # noqa: E402
+from leakage.engine.models import build_model  # noqa: E402
 
 STRATEGIES = ("ilrg", "bias_count")
 

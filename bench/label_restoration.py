@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leakage.client import client_gradients  # noqa: E402
-from leakage.data import VictimDataModule  # noqa: E402
-from leakage.labels import BATCH_STRATEGIES, restore_batch_labels  # noqa: E402
-from leakage.metrics import label_accuracy  # noqa: E402
-from leakage.models import build_model  # noqa: E402
+from leakage.federated.client import client_gradients  # noqa: E402
+from leakage.data.datamodule import VictimDataModule  # noqa: E402
+from leakage.attacks.labels import BATCH_STRATEGIES, restore_batch_labels  # noqa: E402
+from leakage.engine.metrics import label_accuracy  # noqa: E402
+from leakage.engine.models import build_model  # noqa: E402
 
 
 def main() -> None:

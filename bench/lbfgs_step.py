@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leakage.optim import BatchedLBFGS  # noqa: E402
+from leakage.engine.optim import BatchedLBFGS  # noqa: E402
 
 
 def _loss(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ update of the first B bundled MNIST test images, on one FedAvg update (one local
 mini-batches of B/4 images, where B >= 4) and on the secure aggregate of 2 clients of B/2 images each (where
 B >= 2). The attack is the one ``leakage fit --attack imprint|trap_weights`` runs, on the observation
 the data module builds; labels are not scored here. Each true image is matched to a slot by the
-Hungarian algorithm on the l2 distance (the report's matching, ``leakage.metrics.match_batch``, sums
+Hungarian algorithm on the l2 distance (the report's matching, ``leakage.engine.metrics.match_batch``, sums
 squared l2 distances instead: the two can differ only on slots no image claims clearly), then scored by
 SSIM. Prints a Markdown table.
 """
@@ -22,10 +22,11 @@ import time
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from leakage.data import VictimDataModule
-from leakage.defenses import SecureAggregation
-from leakage.malicious import ImprintAttack, TrapWeightAttack
-from leakage.metrics import ssim_per_image
+from leakage.data.datamodule import VictimDataModule
+from leakage.federated.defenses import SecureAggregation
+from leakage.attacks.imprint import ImprintAttack
+from leakage.attacks.trap_weights import TrapWeightAttack
+from leakage.engine.metrics import ssim_per_image
 
 
 def recovered(server: str, batch: int, protocol: str, **settings) -> tuple[int, int, float]:

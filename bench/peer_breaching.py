@@ -26,7 +26,7 @@ Each tool runs in its own process, one after the other, one thread each (``OMP_N
 module (the ``data:`` client settings, on the bundled CIFAR-10 images) with the update bytes as its
 observation, and one ``Trainer.fit`` of ``trainer.max_steps`` (the run's logging and reports left out). breaching runs its attack config (``deepleakage``: its DLG, 1,200 L-BFGS steps
 by default; ``invertinggradients``) with its normalisation off (mean 0, std 1: both work in [0, 1]).
-Both are scored by the same function, ``leakage.metrics.reconstruction_metrics`` (torchmetrics SSIM
+Both are scored by the same function, ``leakage.engine.metrics.reconstruction_metrics`` (torchmetrics SSIM
 and PSNR on [0, 1] images, batch slots matched). For breaching's DLG two label accuracies are shown:
 the label it optimised, and the one it reports (breaching 0.1.2 reports the argmax of its random
 label template, not of the optimised labels).
@@ -156,7 +156,7 @@ def read_config(name: str) -> dict:
 def data_module(cfg: dict, n_images: int):
     """The config's data module as ``leakage fit`` builds it, on the first ``n_images`` bundled CIFAR-10
     images, one per update (the config's client settings kept: mode, FedAvg protocol)."""
-    from leakage.data import VictimDataModule
+    from leakage.data.datamodule import VictimDataModule
 
     data = {**cfg.get("data", {}), "source": "bundled", "dataset": "cifar10", "num_victims": n_images, "batch_size": 1}
     data.pop("indices", None)
@@ -165,7 +165,7 @@ def data_module(cfg: dict, n_images: int):
 
 def attack_module(cfg: dict):
     """The config's attack as ``leakage fit`` builds it (its ``model:`` section)."""
-    from leakage.attack import GradientInversion
+    from leakage.attacks.gradient_inversion import GradientInversion
 
     return GradientInversion(**{**cfg["model"], "input_shape": (3, 32, 32), "num_classes": 10})
 
@@ -175,7 +175,7 @@ def prepare(job_dir: Path, setting: dict, cfg: dict, n_images: int, sigma: float
     ``leakage fit`` computes it (its data module's client, then the defense); return its SHA-256."""
     import torch
 
-    from leakage.defenses import GaussianNoise
+    from leakage.federated.defenses import GaussianNoise
 
     dm, module = data_module(cfg, n_images), attack_module(cfg)
     model = module.target
@@ -290,7 +290,7 @@ def leakage_job(job_dir: Path, config: str, budget: int | None, scale: float) ->
 def score(recon, images) -> dict:
     import torch
 
-    from leakage.metrics import reconstruction_metrics
+    from leakage.engine.metrics import reconstruction_metrics
 
     m = reconstruction_metrics(recon.float(), images)
     ssim = torch.nan_to_num(m["ssim"], nan=0.0)

@@ -165,7 +165,7 @@ def run_ours(batch: list[int], settings: dict, data: dict, steps: int, seed: int
     import torch
     from tabular_batch import timed_attack  # bench/, the script's own folder
 
-    from leakage.data import VictimDataModule
+    from leakage.data.datamodule import VictimDataModule
 
     torch.set_num_threads(1)
     pl.seed_everything(seed, verbose=False)
@@ -199,7 +199,7 @@ def scoring_schema(schema, categories: dict, stats: dict | None = None):
     deviations instead of ours (bounds and tolerance rule unchanged)."""
     from dataclasses import replace
 
-    from leakage.kinds.tabular import TableSchema
+    from leakage.data.kinds.tabular import TableSchema
 
     feats = []
     for f in schema.features:
@@ -217,7 +217,7 @@ def score(schema, truth: list[list], recon: list[list]) -> dict:
     """TabLeak's accuracy of ``recon`` against ``truth`` (value rows), by ``leakage``'s TabularKind.evaluate."""
     import torch
 
-    from leakage.kinds.tabular import TabularKind
+    from leakage.data.kinds.tabular import TabularKind
 
     header = [f.name for f in schema.features] + [schema.label]
     label = schema.classes[0]

@@ -37,10 +37,10 @@ def _sync(device: str) -> None:
 
 def measure(P: int, device: str, steps: int, warmup: int, compile: str, fixed_shape: bool | None) -> dict:
     sys.path.insert(0, str(ROOT))
-    from leakage.attack import GradientInversion
-    from leakage.data import VictimDataModule
-    from leakage.optim import BatchedLBFGS
-    from leakage.precision import full_precision
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.data.datamodule import VictimDataModule
+    from leakage.engine.optim import BatchedLBFGS
+    from leakage.engine.precision import full_precision
 
     victims = min(P, 20)
     if P % victims:

@@ -26,13 +26,13 @@ torch.set_num_threads(1)
 data, B = sys.argv[1], int(sys.argv[2])
 g = torch.Generator().manual_seed(0)
 if data == "adult":
-    from leakage.data import VictimDataModule
+    from leakage.data.datamodule import VictimDataModule
     dm = VictimDataModule(source="bundled", dataset="adult", batch_size=1)
     kind, records = dm.table[0], dm.table[1]
     truth = records[:B][None]
     recon = truth[:, torch.randperm(B, generator=g)].clone()
 else:
-    from leakage.kinds import ImageKind
+    from leakage.data.kinds import ImageKind
     kind = ImageKind({"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}[data])
     truth = torch.rand(1, B, *kind.sample_shape, generator=g)
     recon = (truth[:, torch.randperm(B, generator=g)] + 0.05 * torch.randn(truth.shape, generator=g)).clamp(0, 1)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 WORK = {
     "reference": "import csv\nwith open(PATH, newline='') as f:\n    rows = list(csv.reader(f))\n",
-    "leakage": ("from leakage.data import VictimDataModule\n"
+    "leakage": ("from leakage.data.datamodule import VictimDataModule\n"
                 "dm = VictimDataModule(source='csv', path=PATH, label_column='y', batch_size=8, "
                 "standardize_onehot=STD)\n"
                 "secret = dm.load_victims()\nassert secret.images.shape == (1, 8, dm.input_shape[0])\n"),
@@ -46,7 +46,7 @@ def table(path: Path, rows: int, categories: int) -> None:
 
 def measure(name: str, path: Path, standardize: bool) -> dict:
     code = (f"import resource, time\nPATH = {str(path)!r}\nSTD = {standardize}\n"
-            "import torch, numpy, leakage.data\n"  # imports are not the work: both pay them first
+            "import torch, numpy, leakage.data.datamodule\n"  # imports are not the work: both pay them first
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\nstart = time.perf_counter()\n"
             + WORK[name] +
             "import json\nprint(json.dumps({'seconds': time.perf_counter() - start, "

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tabular_batch import timed_attack  # noqa: E402
 
-from leakage.data import VictimDataModule  # noqa: E402
+from leakage.data.datamodule import VictimDataModule  # noqa: E402
 
 ADULT = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation", "relationship",
          "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country", "income"]

@@ -27,8 +27,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from leakage.attack import GradientInversion
-from leakage.data import VictimDataModule, _Steps
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.data.datamodule import VictimDataModule, _Steps
 
 BASE = dict(model="tabular_mlp", model_seed=1234, init="uniform", labels="known")
 ATTACKS = {

@@ -4,13 +4,14 @@ The command line is ``leakage fit`` / ``leakage sweep``; from Python, :func:`cli
 :func:`invert` and :func:`report` drive the same engine (:mod:`leakage.api`).
 """
 
-from .analytic import AnalyticInversion
-from .api import InversionResult, Report, bundled_images, client_update, invert, report
-from .attack import GradientInversion
-from .cpa import CocktailPartyAttack
-from .fedavg import FedAvgClient
-from .malicious import ImprintAttack, TrapWeightAttack
-from .server import ImprintServer, TrapWeightServer
+from leakage.attacks.analytic import AnalyticInversion
+from leakage.api import InversionResult, Report, bundled_images, client_update, invert, report
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.attacks.cpa import CocktailPartyAttack
+from leakage.federated.fedavg import FedAvgClient
+from leakage.attacks.imprint import ImprintAttack
+from leakage.attacks.trap_weights import TrapWeightAttack
+from leakage.federated.server import ImprintServer, TrapWeightServer
 
 __all__ = ["client_update", "invert", "report", "bundled_images", "FedAvgClient", "InversionResult", "Report",
            "GradientInversion", "AnalyticInversion", "CocktailPartyAttack", "ImprintAttack", "TrapWeightAttack",

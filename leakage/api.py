@@ -8,8 +8,8 @@
     print(leakage.report(result, x, y))                          # SSIM / PSNR / MSE / label accuracy
 
 :func:`invert` builds the same attack LightningModule as ``leakage fit`` (an optimisation attack,
-:class:`~leakage.attack.GradientInversion`, or a closed-form one such as
-:class:`~leakage.analytic.AnalyticInversion`) and runs it with a Lightning ``Trainer``, as the CLI does; :func:`report` scores it with the same metrics and
+:class:`~leakage.attacks.gradient_inversion.GradientInversion`, or a closed-form one such as
+:class:`~leakage.attacks.analytic.AnalyticInversion`) and runs it with a Lightning ``Trainer``, as the CLI does; :func:`report` scores it with the same metrics and
 table. Only :func:`report` reads the victims' data.
 """
 
@@ -28,24 +28,26 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .callbacks import format_table, summarize, victim_rows
-from .client import CLIENT_MODES, check_labels, client_gradients, validate_gradients
-from .data import Observation, _Steps
-from .kinds import DataKind, ImageKind
-from .defenses import Defense, SecureAggregation
-from .errors import LIGHTNING_HINTS
-from .family import Attack, attack_class
-from .fedavg import FedAvgClient, client_updates
-from .models import check_weights, model_name
-from .presets import preset
-from .seeding import position_key
-from .server import HONEST, Server
+from leakage.reporting.callbacks import format_table, summarize, victim_rows
+from leakage.federated.client import CLIENT_MODES, check_labels, client_gradients, validate_gradients
+from leakage.data.datamodule import _Steps
+from leakage.records import Observation
+from leakage.data.kinds import DataKind, ImageKind
+from leakage.federated.defenses import Defense, SecureAggregation
+from leakage.engine.errors import LIGHTNING_HINTS
+from leakage.attacks.family import Attack, attack_class
+from leakage.federated.fedavg import FedAvgClient, client_updates
+from leakage.engine.models import check_weights, model_name
+from leakage.presets import preset
+from leakage.engine.seeding import position_key
+from leakage.reporting.views import view_of
+from leakage.federated.server import HONEST, Server
 
 
 def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tuple[Tensor, Tensor]:
     """Images ``[N, C, H, W]`` in [0, 1] and labels ``[N]`` from the test images shipped in the package
     (``mnist``: test-split indices 0-999; ``cifar10``: 0-19): a private batch to try the attack on, offline."""
-    from .data import VictimDataModule
+    from leakage.data.datamodule import VictimDataModule
 
     secret = VictimDataModule(source="bundled", dataset=dataset, indices=list(indices)).load_victims()
     return secret.images.flatten(0, 1), secret.labels.flatten()
@@ -69,7 +71,7 @@ def client_update(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train",
     """What an FL client shares: the gradient of the mean cross-entropy of its batch, as
     ``model.train(); loss.backward()`` computes it (``mode="train"``: BatchNorm with the batch's own
     statistics, dropout off) or in eval mode, after the client-side ``defenses`` (noise, clipping,
-    top-k, DP; seeded per update). With ``fedavg`` (a :class:`~leakage.fedavg.FedAvgClient`: local
+    top-k, DP; seeded per update). With ``fedavg`` (a :class:`~leakage.federated.fedavg.FedAvgClient`: local
     steps, local lr, mini-batch size, ...) it is instead the FedAvg update after those local SGD
     steps; pass the same ``fedavg`` to :func:`invert`. The model, its running statistics included,
     is left as it was.
@@ -78,7 +80,7 @@ def client_update(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train",
     tensor shaped like the parameter}``; ``[V, B, ...]`` with ``[V, B]`` gives V updates ``{name: [V, *shape]}``.
     """
     xb, yb, single = _batched(x, y)
-    check_weights(model, model_name(model))  # the batch itself is checked by the client (leakage.client.check_batch)
+    check_weights(model, model_name(model))  # the batch itself is checked by the client (leakage.federated.client.check_batch)
     device = next(model.parameters()).device
     keys = [position_key(v) for v in range(xb.shape[0])]  # what invert keys the updates by
     if fedavg is None:
@@ -103,7 +105,7 @@ class InversionResult:
     ``grad_cosine`` ``[V]`` at the end; ``best_restart`` ``[V]``; ``failed`` ``[V]`` is True where
     every restart failed numerically (NaN or infinite loss). ``module`` is the attack itself;
     ``exact`` ``[V]`` is True where a closed-form attack's result is proven exact: every slot read off the
-    update and the recovered batch reproduces the whole observed update (:data:`leakage.closedform.CERTIFIED_RESIDUAL`);
+    update and the recovered batch reproduces the whole observed update (:data:`leakage.attacks.closedform.CERTIFIED_RESIDUAL`);
     ``entropy`` is the pooled restarts' uncertainty (tables with ``ensemble="pool"``: ``[V, B, F]``,
     one per reconstructed cell), else None. ``kind`` decodes the records
     (``result.kind.schema.decode(result.images[v])`` for a table's values).
@@ -122,7 +124,7 @@ class InversionResult:
 
     @property
     def kind(self) -> DataKind:
-        """The kind of data reconstructed (:mod:`leakage.kinds`): it decodes, scores and shows it."""
+        """The kind of data reconstructed (:mod:`leakage.data.kinds`): it decodes, scores and shows it."""
         return self.module.kind
 
     def __repr__(self) -> str:
@@ -230,9 +232,9 @@ def invert(
         fedavg: the client's public FedAvg settings when the update is a FedAvg update (several
             local SGD steps); the attack then simulates those steps. None: one gradient (FedSGD).
         data_range: the range of the images' values.
-        kind: the kind of data (:mod:`leakage.kinds`), e.g. ``TabularKind(schema)`` for table rows
+        kind: the kind of data (:mod:`leakage.data.kinds`), e.g. ``TabularKind(schema)`` for table rows
             ``input_shape = [D]``; default: images of ``input_shape`` in ``data_range``.
-        server: the server (:mod:`leakage.server`) when it was malicious: an ``ImprintServer`` or
+        server: the server (:mod:`leakage.federated.server`) when it was malicious: an ``ImprintServer`` or
             ``TrapWeightServer`` whose ``send(global_model, input_shape)`` gave ``model``, the model the
             client trained (the ``imprint`` and ``trap_weights`` attacks read what it planted). None:
             honest-but-curious.
@@ -263,7 +265,7 @@ def invert(
                         f"got {type(update).__name__}")
     trainer_settings = _trainer_settings(trainer_options)
     if server is not None and not isinstance(server, Server):
-        raise TypeError(f"server must be a leakage.server.Server (ImprintServer, TrapWeightServer), got {type(server).__name__}")
+        raise TypeError(f"server must be a leakage.federated.server.Server (ImprintServer, TrapWeightServer), got {type(server).__name__}")
     if server is not None and server.malicious and server.model is not model:
         raise ValueError("server= is the malicious server whose send(global_model, input_shape) returned the model "
                          "the client trained: pass that model as model=")
@@ -344,21 +346,21 @@ class Report:
     model (its first line), the table, the outcome and the kind's details (tables: per-feature
     accuracy and entropy, and every update's rows, true against reconstructed, wrong cells marked).
 
-    ``metrics`` is the kind's whole evaluation (:meth:`~leakage.kinds.DataKind.evaluate`; tables:
+    ``metrics`` is the kind's whole evaluation (:meth:`~leakage.data.kinds.DataKind.evaluate`; tables:
     ``feature_accuracy`` ``[V, F]``, ``correct`` ``[V, B, F]``, ``entropy`` ``[V, B, F]`` in the true
     rows' order, ``perm``); ``details`` its text view."""
 
     rows: list[dict]
     summary: dict[str, float]
     success_ssim: float
-    #: who attacked (:mod:`leakage.server`): the table's first line
+    #: who attacked (:mod:`leakage.federated.server`): the table's first line
     threat_model: str = HONEST
     kind: Optional[DataKind] = None
     metrics: Optional[dict] = None
     details: str = ""
 
     def __str__(self) -> str:
-        outcome = (self.kind or ImageKind()).outcome(self.summary, self.success_ssim)
+        outcome = view_of(self.kind or ImageKind()).outcome(self.summary, self.success_ssim)
         return (f"threat model: {self.threat_model}\n{format_table(self.rows)}\n{outcome}"
                 + (f"\n{self.details}" if self.details else ""))
 
@@ -394,4 +396,4 @@ def report(result: InversionResult, x: Tensor, y: Tensor, success_ssim: float = 
     rows = victim_rows(result.images, result.labels, evaluation, result.best_restart, result.failed, metrics,
                        yb.cpu().long(), kind=kind)
     return Report(rows, summarize(rows, success_ssim), success_ssim, result.module.observation.threat_model, kind,
-                  metrics, kind.details(result.images, truth, metrics)["text"])
+                  metrics, view_of(kind).details(result.images, truth, metrics)["text"])

@@ -11,10 +11,10 @@ import sys
 import warnings
 from argparse import ArgumentError
 
-from .attack import GradientInversion
-from .data import VictimDataModule
-from .errors import LIGHTNING_HINTS, one_line, parser_error_line
-from .fit import TRAINER_DEFAULTS, LeakageCLI
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.data.datamodule import VictimDataModule
+from leakage.engine.errors import LIGHTNING_HINTS, one_line, parser_error_line
+from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
 
 COMMANDS = ("fit", "sweep")
 
@@ -72,7 +72,7 @@ def main(args: list[str] | None = None) -> None:
         _fail(f"unknown command {command!r}: use `leakage fit` or `leakage sweep`")
     try:
         if command == "sweep":
-            from .sweep import main as sweep_main
+            from leakage.sweep import main as sweep_main
 
             sweep_main(argv[1:])
             return

@@ -9,10 +9,10 @@ first and the trainer section's class paths checked before any is imported
 [0, 2**63), the precision must be full (32 or 64), the step budget must be set (and not emptied by
 ``max_epochs`` or ``limit_train_batches`` 0), the run folder must be writable, an ``EarlyStopping``
 must monitor what the attack logs, the Trainer's own refusals (an accelerator this machine lacks,
-...) become one-line errors, the attack's memory is estimated (:mod:`leakage.memory`) before the
+...) become one-line errors, the attack's memory is estimated (:mod:`leakage.engine.memory`) before the
 victims are read, and the victims are read and their
 gradients computed before the logger creates the run's folder, and the attack checks that it can
-attack them (:meth:`leakage.family.Attack.check_observation`: a label strategy, a server, a batch
+attack them (:meth:`leakage.attacks.family.Attack.check_observation`: a label strategy, a server, a batch
 size it cannot take) before the folder exists too.
 """
 
@@ -31,22 +31,22 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer import Trainer
 
-from . import checks
-from .attack import LOGGED_METRICS
-from .callbacks import LeakageReport, fresh_run_dir
-from .classpaths import check_trainer_class_paths
-from .distributed import DDP_NAMES, ShardedDDPStrategy, launched_as_rank_zero
-from .errors import one_line, parser_error_line
-from .family import ATTACKS, DEFAULT_ATTACK, attack_class, attack_path
-from .loggers import CLASS_PATH as LOGGER_CLASS_PATH
-from .loggers import LIGHTNING_CLASS_PATHS
-from .precision import check_precision
-from .runfiles import check_writable
+from leakage.engine import checks
+from leakage.attacks.gradient_inversion import LOGGED_METRICS
+from leakage.reporting.callbacks import LeakageReport, fresh_run_dir
+from leakage.classpaths import check_trainer_class_paths
+from leakage.engine.distributed import DDP_NAMES, ShardedDDPStrategy, launched_as_rank_zero
+from leakage.engine.errors import one_line, parser_error_line
+from leakage.attacks.family import ATTACKS, DEFAULT_ATTACK, attack_class, attack_path
+from leakage.reporting.loggers import CLASS_PATH as LOGGER_CLASS_PATH
+from leakage.reporting.loggers import LIGHTNING_CLASS_PATHS
+from leakage.engine.precision import check_precision
+from leakage.reporting.runfiles import check_writable
 
 TRAINER_DEFAULTS = {
     "max_steps": 300,
     "logger": {
-        "class_path": "leakage.loggers.TensorBoardLogger",
+        "class_path": "leakage.reporting.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "logs", "name": "leakage"},
     },
     "enable_checkpointing": False,
@@ -60,7 +60,7 @@ FIT_DESCRIPTION = (
     "Run one gradient-inversion attack: reconstruct the victims' images and labels from the gradients "
     "their client shares. Every setting below can be given in a --config file or on the command line. "
     "On N processes (CPUs, GPUs or nodes): --trainer.strategy ddp --trainer.devices N (and --trainer.num_nodes M "
-    "under torchrun or SLURM) runs leakage.distributed.ShardedDDPStrategy: each process attacks its own "
+    "under torchrun or SLURM) runs leakage.engine.distributed.ShardedDDPStrategy: each process attacks its own "
     "shard of the victims, nothing is averaged across processes, and rank 0 writes the results of all."
 )
 
@@ -181,7 +181,7 @@ def _trainer_error(err: Exception, config: dict) -> ValueError:
 
 
 def _own_tensorboard_logger(logger: Any) -> None:
-    """Run a configured Lightning ``TensorBoardLogger`` as :class:`leakage.loggers.TensorBoardLogger`
+    """Run a configured Lightning ``TensorBoardLogger`` as :class:`leakage.reporting.loggers.TensorBoardLogger`
     (the same arguments, without ``epoch`` and ``hp_metric``), in place."""
     for item in logger if isinstance(logger, list) else [logger]:
         if not hasattr(item, "get") or item.get("class_path") not in LIGHTNING_CLASS_PATHS:
@@ -217,7 +217,7 @@ class LeakageCLI(LightningCLI):
     validate, test or predict).
 
     The attack class is the one the command line selects (``--attack`` or ``attack:`` in a config:
-    a name of :data:`leakage.family.ATTACKS`, never an arbitrary import path), else the model class
+    a name of :data:`leakage.attacks.family.ATTACKS`, never an arbitrary import path), else the model class
     given (``GradientInversion``); the ``--model.*`` options are that class's arguments."""
 
     def __init__(self, *args: Any, parser_kwargs: dict | None = None, **kwargs: Any) -> None:
@@ -302,7 +302,7 @@ class LeakageCLI(LightningCLI):
         strategy = kwargs.get("strategy", config.get("strategy", "auto"))
         if isinstance(strategy, str) and strategy in DDP_NAMES:
             # "ddp" is the attack's sharded DDP: Lightning's launching without averaging (see
-            # leakage.distributed.ShardedDDPStrategy)
+            # leakage.engine.distributed.ShardedDDPStrategy)
             kwargs["strategy"] = ShardedDDPStrategy(start_method=DDP_NAMES[strategy])
         trainer = self._trainer(**kwargs)
         chosen = trainer.strategy

@@ -1,7 +1,7 @@
 """The attack presets by name, shared by the Python API (``leakage.invert(..., attack="dlg")``) and
 the preset configs under ``configs/`` (a test keeps the two equal).
 
-Each preset is an attack class (:data:`leakage.family.ATTACKS`), its settings (that class's
+Each preset is an attack class (:data:`leakage.attacks.family.ATTACKS`), its settings (that class's
 arguments) and its step budget; the target model, the data and the number of restarts are the
 caller's.
 """
@@ -20,7 +20,7 @@ class Preset:
     steps: int
     config: str  # configs/<config>.yaml runs the same attack on the bundled images
     about: str = field(default="")
-    attack: str = "gradient_inversion"  # the attack class, a name of leakage.family.ATTACKS
+    attack: str = "gradient_inversion"  # the attack class, a name of leakage.attacks.family.ATTACKS
 
 
 PRESETS: dict[str, Preset] = {

@@ -89,8 +89,8 @@ def fit_in_process(save_dir, config: str, *extra: str):
     import io
     import warnings
 
-    from leakage.attack import GradientInversion
-    from leakage.data import VictimDataModule
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.data.datamodule import VictimDataModule
     from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as out:
@@ -140,21 +140,21 @@ def cli_error(capsys, args: list[str]) -> str:
 
 @pytest.fixture(scope="session")
 def lenet_cifar():
-    from leakage.models import build_model
+    from leakage.engine.models import build_model
 
     return build_model("lenet", (3, 32, 32), 10)
 
 
 @pytest.fixture(scope="session")
 def lenet_mnist():
-    from leakage.models import build_model
+    from leakage.engine.models import build_model
 
     return build_model("lenet", (1, 28, 28), 10)
 
 
 @pytest.fixture(scope="session")
 def mlp_mnist():
-    from leakage.models import build_model
+    from leakage.engine.models import build_model
 
     return build_model("mlp", (1, 28, 28), 10)
 

@@ -16,15 +16,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import leakage
-from leakage.analytic import AnalyticInversion
-from leakage.attack import GradientInversion
-from leakage.callbacks import COLUMNS
+from leakage.attacks.analytic import AnalyticInversion
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.reporting.callbacks import COLUMNS
 from leakage.cli import main
-from leakage.data import VictimDataModule
-from leakage.defenses import GaussianNoise, TopK
-from leakage.kinds import TabularKind
-from leakage.metrics import reconstruction_metrics
-from leakage.models import build_model
+from leakage.data.datamodule import VictimDataModule
+from leakage.federated.defenses import GaussianNoise, TopK
+from leakage.data.kinds import TabularKind
+from leakage.engine.metrics import reconstruction_metrics
+from leakage.engine.models import build_model
 
 from conftest import CONFIGS, fit_in_process, bundled_labels, cli_args, cli_error, run_dirs
 

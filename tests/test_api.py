@@ -1,5 +1,5 @@
 """The Python API's bad inputs: one clear ValueError/TypeError, never a raw exception or a silent
-wrong update; the client's batch checks are the CLI's too (leakage.client.check_batch)."""
+wrong update; the client's batch checks are the CLI's too (leakage.federated.client.check_batch)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import leakage
-from leakage.client import client_gradients
-from leakage.fedavg import FedAvgClient, client_updates
+from leakage.federated.client import client_gradients
+from leakage.federated.fedavg import FedAvgClient, client_updates
 
 
 class Tiny(nn.Module):

@@ -11,12 +11,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-import leakage.attack
-from leakage.attack import GradientInversion
-from leakage.callbacks import LeakageReport
-from leakage.client import save_gradients
-from leakage.data import VictimDataModule
-from leakage.optim import BatchedLBFGS
+import leakage.attacks.gradient_inversion
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.reporting.callbacks import LeakageReport
+from leakage.federated.client import save_gradients
+from leakage.data.datamodule import VictimDataModule
+from leakage.engine.optim import BatchedLBFGS
 
 from conftest import assert_same_outcome, assert_same_update, quiet_trainer
 
@@ -199,7 +199,7 @@ def test_victim_with_overflowing_gradient_fails_alone(tmp_path, mlp_mnist):
 
 # ----------------------------------------------------------------------- threat-model boundary
 def test_attack_source_never_mentions_the_secret():
-    for mod in (leakage.attack, leakage.optim, leakage.losses, leakage.labels):
+    for mod in (leakage.attacks.gradient_inversion, leakage.engine.optim, leakage.engine.losses, leakage.attacks.labels):
         assert not re.search("secret", inspect.getsource(mod), re.IGNORECASE), mod.__name__
 
 
@@ -341,7 +341,7 @@ def test_chunks_of_consecutive_problems_give_the_losses_and_gradients_of_one_eva
 
 def test_large_models_evaluate_one_problem_at_a_time_on_the_cpu():
     big = GradientInversion(model="resnet18")  # 11.2M parameters
-    assert sum(p.numel() for p in big.target.parameters()) >= leakage.attack.SERIAL_PARAMETERS
+    assert sum(p.numel() for p in big.target.parameters()) >= leakage.attacks.gradient_inversion.SERIAL_PARAMETERS
     assert big.problems_at_once() == 1 and big.problems_at_once(torch.device("cuda")) is None
     assert GradientInversion(model="resnet18", problems_per_chunk=3).problems_at_once() == 3
     assert GradientInversion(model="resnet18", compile="on").problems_at_once() is None
@@ -351,7 +351,7 @@ def test_large_models_evaluate_one_problem_at_a_time_on_the_cpu():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_memory_is_kept_in_the_process_on_linux():
     """The CPU attack keeps freed pages (no page faults every step): glibc takes the settings."""
-    from leakage.allocator import keep_freed_memory
+    from leakage.engine.allocator import keep_freed_memory
 
     assert keep_freed_memory() and keep_freed_memory()  # set, and setting again is harmless
 

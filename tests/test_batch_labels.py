@@ -10,10 +10,10 @@ import torch
 
 import leakage
 from leakage.cli import main
-from leakage.data import VictimDataModule
-from leakage.labels import restore_batch_labels
-from leakage.metrics import match_batch, reconstruction_metrics
-from leakage.models import build_model
+from leakage.data.datamodule import VictimDataModule
+from leakage.attacks.labels import restore_batch_labels
+from leakage.engine.metrics import match_batch, reconstruction_metrics
+from leakage.engine.models import build_model
 
 from conftest import CONFIGS, bundled_labels, cli_args, quiet_trainer, run_dirs
 
@@ -116,8 +116,8 @@ def test_assignment_recovers_a_permuted_batch():
 
 
 def test_batch_attack_recovers_two_images_with_restored_labels(tmp_path):
-    from leakage.attack import GradientInversion
-    from leakage.callbacks import LeakageReport
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.reporting.callbacks import LeakageReport
 
     dm = VictimDataModule(dataset="mnist", indices=[0, 1], batch_size=2)
     module = GradientInversion(model="mlp", input_shape=dm.input_shape, labels="bias_count", init="uniform")

@@ -1,4 +1,4 @@
-"""Exact only where proven (leakage.closedform): a closed-form attack reports a victim exact only when every
+"""Exact only where proven (leakage.attacks.closedform): a closed-form attack reports a victim exact only when every
 slot was read off the update and the recovered batch, its labels paired to the slots, reproduces the WHOLE
 observed update to CERTIFIED_RESIDUAL. Defended updates (noise, top-k, clipping, masked secure aggregation)
 fill every bin or row yet are never certified; clean ones whose batch comes back are."""
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import leakage
-from leakage.defenses import GaussianNoise, NormClip, TopK
-from leakage.closedform import CERTIFIED_RESIDUAL
-from leakage.models import build_model
+from leakage.federated.defenses import GaussianNoise, NormClip, TopK
+from leakage.attacks.closedform import CERTIFIED_RESIDUAL
+from leakage.engine.models import build_model
 
 from conftest import fit_in_process
 
@@ -89,8 +89,8 @@ def test_filler_slots_are_never_certified_though_they_reproduce_the_update():
 def test_trap_weights_that_read_nothing_off_a_table_give_a_failed_result_not_filler_rows_marked_ok():
     """On Adult's encoded rows no trap-weight candidate lies in the data range: every slot would be the same
     filler row; the victims are failed results and a note says nothing was read."""
-    from leakage.data import VictimDataModule
-    from leakage.kinds.tabular import TabularKind
+    from leakage.data.datamodule import VictimDataModule
+    from leakage.data.kinds.tabular import TabularKind
 
     dm = VictimDataModule(source="bundled", dataset="adult", batch_size=4, num_victims=2)
     kind = dm.table.kind
@@ -108,7 +108,7 @@ def test_trap_weights_that_read_nothing_off_a_table_give_a_failed_result_not_fil
 
 def test_masked_secure_aggregation_is_not_certified_and_the_report_says_what_is(tmp_path):
     cli = fit_in_process(tmp_path, "cifar_imprint.yaml", "--data.batch_size", "4", "--data.num_victims", "2",
-                         "--trainer.callbacks+=leakage.defenses.SecureAggregation", "--trainer.callbacks.clients", "2",
+                         "--trainer.callbacks+=leakage.federated.defenses.SecureAggregation", "--trainer.callbacks.clients", "2",
                          "--trainer.callbacks.target", "masked")
     assert cli.model.exact().tolist() == [False, False]
     assert "exact (" not in cli.stdout
@@ -130,7 +130,7 @@ def test_an_imprint_defense_sweep_certifies_only_its_undefended_cells(tmp_path):
     cfg["data"].update(batch_size=4, num_victims=2)
     cfg.pop("report", None)
     cfg["sweep"] = {"output": str(tmp_path / "sweep"), "success_ssim": 0.99, "refine": 0, "defenses": [
-        {"name": "noise", "class_path": "leakage.defenses.GaussianNoise", "param": "sigma", "values": [0.0, 0.1],
+        {"name": "noise", "class_path": "leakage.federated.defenses.GaussianNoise", "param": "sigma", "values": [0.0, 0.1],
          "stronger": "larger"}]}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))

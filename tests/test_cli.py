@@ -18,9 +18,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from leakage.cli import main
-from leakage.client import client_gradients, save_gradients
-from leakage.data import VictimDataModule
-from leakage.models import build_model
+from leakage.federated.client import client_gradients, save_gradients
+from leakage.data.datamodule import VictimDataModule
+from leakage.engine.models import build_model
 
 from conftest import CONFIGS, REPO, bundled_labels, cli_args, run_dirs
 

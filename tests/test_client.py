@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from leakage.client import client_gradients, load_gradients, per_problem_gradients, save_gradients, validate_gradients
-from leakage.models import build_model
+from leakage.federated.client import client_gradients, load_gradients, per_problem_gradients, save_gradients, validate_gradients
+from leakage.engine.models import build_model
 
 from conftest import assert_same_update
 

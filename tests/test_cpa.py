@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import leakage
-from leakage.cpa import CocktailPartyAttack
-from leakage.metrics import reconstruction_metrics, ssim_per_image
+from leakage.attacks.cpa import CocktailPartyAttack
+from leakage.engine.metrics import reconstruction_metrics, ssim_per_image
 
 from conftest import CONFIGS, fit_in_process, cli_args, cli_error, run_dirs
 

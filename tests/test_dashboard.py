@@ -17,7 +17,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
 
 from leakage.cli import main
-from leakage.dashboard import gallery_slots
+from leakage.reporting.dashboard import gallery_slots
 
 from conftest import CONFIGS, cli_args, run_dirs
 from htmlpage import embedded_pngs, read_page
@@ -31,7 +31,7 @@ def fit_run(tmp_path_factory):
     preset's stopping rule off, so the run takes all its steps)."""
     save_dir = tmp_path_factory.mktemp("dash_run")
     defense = save_dir / "defense.yaml"
-    defense.write_text("trainer:\n  callbacks:\n    - class_path: leakage.defenses.NormClip\n"
+    defense.write_text("trainer:\n  callbacks:\n    - class_path: leakage.federated.defenses.NormClip\n"
                        "      init_args: {max_norm: 1000.0}\n")
     args = cli_args(save_dir, "--config", str(CONFIGS / "cifar_fast.yaml"), "--config", str(defense),
                     "--data.dataset", "mnist", "--data.num_victims", "3", "--model.lbfgs_max_iter", "2",
@@ -180,7 +180,7 @@ def test_gallery_grid_keeps_an_update_together(victims, batch, expect_cols, expe
 
 
 def test_logger_leaves_out_epoch_and_hp_metric(tmp_path):
-    from leakage.loggers import TensorBoardLogger
+    from leakage.reporting.loggers import TensorBoardLogger
 
     logger = TensorBoardLogger(str(tmp_path), name="x", version=0)
     logger.log_hyperparams({"lr": 1.0})
@@ -194,10 +194,10 @@ def test_logger_leaves_out_epoch_and_hp_metric(tmp_path):
 
 
 def test_a_config_naming_lightnings_logger_gets_leakages(tmp_path):
-    from leakage.attack import GradientInversion
-    from leakage.data import VictimDataModule
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.data.datamodule import VictimDataModule
     from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
-    from leakage.loggers import TensorBoardLogger
+    from leakage.reporting.loggers import TensorBoardLogger
 
     cfg = tmp_path / "old.yaml"
     cfg.write_text("trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.TensorBoardLogger\n"

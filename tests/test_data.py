@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from leakage.client import client_gradients, save_gradients
-from leakage.data import VictimDataModule, read_labelled_folder
-from leakage.models import build_model
+from leakage.federated.client import client_gradients, save_gradients
+from leakage.data.datamodule import VictimDataModule, read_labelled_folder
+from leakage.engine.models import build_model
 
 from conftest import ASSETS, SAMPLES, bundled_labels
 
@@ -239,8 +239,8 @@ def test_folder_with_model_of_other_size(tmp_path):
 
 def test_smallest_scored_image_size_is_what_ssim_takes():
     """MIN_SCORED_SIZE is the smallest side the report's SSIM accepts (11x11 window, reflect padding)."""
-    from leakage.data import MIN_SCORED_SIZE
-    from leakage.metrics import ssim_per_image
+    from leakage.data.datamodule import MIN_SCORED_SIZE
+    from leakage.engine.metrics import ssim_per_image
 
     n = MIN_SCORED_SIZE
     x = torch.rand(1, 3, n, n, generator=torch.Generator().manual_seed(0))

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from leakage.data import VictimDataModule
-from leakage.defenses import (
+from leakage.data.datamodule import VictimDataModule
+from leakage.federated.defenses import (
     DPGaussian, GaussianNoise, NormClip, SecureAggregation, TopK, clip_updates, dp_epsilon, gaussian_noise,
     secure_aggregation, top_k,
 )
-from leakage.models import build_model
+from leakage.engine.models import build_model
 
 from conftest import CONFIGS, assert_same_update, run_dirs
 
@@ -98,7 +98,7 @@ def test_secure_aggregation_masks_cancel_in_the_sum(grads):
 
 def test_secure_aggregation_sum_is_exact_to_float_precision(grads):
     # the server's view: the float64 sum of masked updates equals the sum of the true updates
-    from leakage.defenses import pairwise_masks
+    from leakage.federated.defenses import pairwise_masks
 
     shapes = {k: g.shape[1:] for k, g in grads.items()}
     masks = pairwise_masks(4, shapes, seed=0, scale=100.0)
@@ -178,8 +178,8 @@ def test_defenses_compose_in_a_cli_run(tmp_path, capsys):
     cfg = tmp_path / "defense.yaml"
     cfg.write_text(
         "trainer:\n  callbacks:\n"
-        "    - class_path: leakage.defenses.SecureAggregation\n      init_args: {clients: 2, target: aggregate}\n"
-        "    - class_path: leakage.defenses.GaussianNoise\n      init_args: {sigma: 0.0}\n"
+        "    - class_path: leakage.federated.defenses.SecureAggregation\n      init_args: {clients: 2, target: aggregate}\n"
+        "    - class_path: leakage.federated.defenses.GaussianNoise\n      init_args: {sigma: 0.0}\n"
     )
     logs = tmp_path / "logs"
     main(["fit", "--config", str(CONFIGS / "cifar_dlg.yaml"), "--config", str(cfg),
@@ -207,7 +207,7 @@ def test_bad_defense_setting_in_a_fit_config_is_one_clear_line(tmp_path, capsys)
     from leakage.cli import main
 
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("trainer:\n  callbacks:\n    - class_path: leakage.defenses.TopK\n      init_args: {keep_ratio: 2.0}\n")
+    cfg.write_text("trainer:\n  callbacks:\n    - class_path: leakage.federated.defenses.TopK\n      init_args: {keep_ratio: 2.0}\n")
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(CONFIGS / "cifar_fast.yaml"), "--config", str(cfg),
               "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
@@ -228,7 +228,7 @@ def test_non_finite_noise_in_a_fit_config_is_one_clear_line(tmp_path, capsys, in
     from leakage.cli import main
 
     cfg = tmp_path / "noise.yaml"
-    cfg.write_text(f"trainer:\n  callbacks:\n    - class_path: leakage.defenses.GaussianNoise\n      init_args: {init_args}\n")
+    cfg.write_text(f"trainer:\n  callbacks:\n    - class_path: leakage.federated.defenses.GaussianNoise\n      init_args: {init_args}\n")
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(CONFIGS / "cifar_fast.yaml"), "--config", str(cfg),
               "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
@@ -245,14 +245,14 @@ def test_non_finite_noise_in_a_fit_config_is_one_clear_line(tmp_path, capsys, in
         (["--trainer.callbacks.sigma", ".nan"], "trainer.callbacks[0].init_args.sigma must be a finite number, got nan"),
         (["--trainer.callbacks.sigma", ".inf"], "trainer.callbacks[0].init_args.sigma must be a finite number, got inf"),
         (["--trainer.callbacks.sigma", "0.1", "--trainer.callbacks.seed", "1.5"],
-         "trainer.callbacks: leakage.defenses.GaussianNoise: seed: expected an int, got '1.5'"),
+         "trainer.callbacks: leakage.federated.defenses.GaussianNoise: seed: expected an int, got '1.5'"),
     ],
 )
 def test_non_finite_noise_on_the_command_line(tmp_path, capsys, args, expected):
     from leakage.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--trainer.callbacks+=leakage.defenses.GaussianNoise", *args,
+        main(["fit", "--trainer.callbacks+=leakage.federated.defenses.GaussianNoise", *args,
               "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
     assert exc.value.code == 2
     assert capsys.readouterr().err == f"leakage: error: {expected}\n"
@@ -260,11 +260,11 @@ def test_non_finite_noise_on_the_command_line(tmp_path, capsys, args, expected):
 
 
 def test_the_cli_takes_huge_finite_noise(tmp_path):
-    from leakage.attack import GradientInversion
+    from leakage.attacks.gradient_inversion import GradientInversion
     from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
 
     cli = LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS, run=False,
-                     args=["--trainer.callbacks+=leakage.defenses.GaussianNoise", "--trainer.callbacks.sigma", "1e30",
+                     args=["--trainer.callbacks+=leakage.federated.defenses.GaussianNoise", "--trainer.callbacks.sigma", "1e30",
                            "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
     (noise,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, GaussianNoise)]
     assert noise.sigma == 1e30
@@ -301,7 +301,7 @@ def test_secure_aggregation_mask_check_in_a_fit_is_one_clear_line(tmp_path, caps
     from leakage.cli import main
 
     cfg = tmp_path / "sa.yaml"
-    cfg.write_text("trainer:\n  callbacks:\n    - class_path: leakage.defenses.SecureAggregation\n"
+    cfg.write_text("trainer:\n  callbacks:\n    - class_path: leakage.federated.defenses.SecureAggregation\n"
                    "      init_args: {clients: 2, mask_scale: 1.0e+20}\n")
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(CONFIGS / "cifar_fast.yaml"), "--config", str(cfg), "--data.num_victims", "2",
@@ -313,16 +313,16 @@ def test_secure_aggregation_mask_check_in_a_fit_is_one_clear_line(tmp_path, caps
 
 def test_the_abstract_defense_is_refused_at_construction(tmp_path, capsys):
     from leakage.cli import main
-    from leakage.defenses import Defense
+    from leakage.federated.defenses import Defense
 
-    with pytest.raises(TypeError, match="leakage.defenses.Defense is an abstract defense and cannot be used itself"):
+    with pytest.raises(TypeError, match="leakage.federated.defenses.Defense is an abstract defense and cannot be used itself"):
         Defense()
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(CONFIGS / "cifar_fast.yaml"), "--trainer.callbacks+=leakage.defenses.Defense",
+        main(["fit", "--config", str(CONFIGS / "cifar_fast.yaml"), "--trainer.callbacks+=leakage.federated.defenses.Defense",
               "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
     assert exc.value.code == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert err == ["leakage: error: leakage.defenses.Defense is an abstract defense and cannot be used itself (it "
+    assert err == ["leakage: error: leakage.federated.defenses.Defense is an abstract defense and cannot be used itself (it "
                    "defines no apply): use one of GaussianNoise, NormClip, DPGaussian, TopK, SecureAggregation, or a "
                    "subclass that defines apply"]
     assert run_dirs(tmp_path / "logs") == []

@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.nn.parallel import DistributedDataParallel
 
-from leakage.attack import GradientInversion
-from leakage.data import VictimDataModule
-from leakage.distributed import ShardedDDPStrategy, check_strategy, launched_as_rank_zero, victim_shard
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.data.datamodule import VictimDataModule
+from leakage.engine.distributed import ShardedDDPStrategy, check_strategy, launched_as_rank_zero, victim_shard
 from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
 
 from conftest import CONFIGS, REPO, assert_same_outcome, run_dirs
@@ -164,7 +164,7 @@ def test_a_rank_without_victims_and_secure_aggregation_before_sharding(tmp_path)
     sharded: rank 1 gets none, and the result is the 1-process run's. Without a logger only rank 0
     makes a run folder."""
     defense = tmp_path / "secagg.yaml"
-    defense.write_text("trainer:\n  callbacks:\n    - class_path: leakage.defenses.SecureAggregation\n"
+    defense.write_text("trainer:\n  callbacks:\n    - class_path: leakage.federated.defenses.SecureAggregation\n"
                        "      init_args: {clients: 2, target: aggregate}\n")
     common = ["--config", str(defense), "--data.num_victims", "2", "--model.labels", "bias_count",
               "--trainer.logger", "false"]

@@ -190,7 +190,7 @@ def test_the_fragments_run_with_the_names_their_pages_give_them():
 
     import leakage
     from leakage.api import bundled_images, client_update
-    from leakage.models import build_model
+    from leakage.engine.models import build_model
 
     torch.manual_seed(0)
     model = build_model("mlp", (1, 28, 28), 10)

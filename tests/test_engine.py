@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leakage.attack import GradientInversion
-from leakage.data import VictimDataModule
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.data.datamodule import VictimDataModule
 
 from conftest import quiet_trainer
 from test_optim import _HostSyncs

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from leakage.cli import main
-from leakage.client import client_gradients, save_gradients
-from leakage.models import build_model
+from leakage.federated.client import client_gradients, save_gradients
+from leakage.engine.models import build_model
 
 from conftest import REPO, cli_args, cli_error, run_dirs
 
@@ -85,12 +85,12 @@ def _sole_line(capsys, tmp_path, *args):
         (["--data.indices", "[0,a]"], "data.indices: expected an int, got 'a'"),
         (["--trainer.callbacks+=no.such.Class"], "trainer.callbacks: cannot import 'no.such.Class': No module named 'no'"),
         (["--trainer.callbacks+=torch.nn.Linear"], "trainer.callbacks: torch.nn.Linear is not a Callback"),
-        (["--trainer.callbacks+=leakage.defenses.GaussianNoise", "--trainer.callbacks.sigmaa", "1"],
-         "trainer.callbacks: leakage.defenses.GaussianNoise: no option 'sigmaa'"),
-        (["--trainer.callbacks+=leakage.defenses.GaussianNoise"],
-         "trainer.callbacks: leakage.defenses.GaussianNoise: sigma must be given"),
-        (["--trainer.callbacks+=leakage.defenses.GaussianNoise", "--trainer.callbacks.sigma", "lots"],
-         "trainer.callbacks: leakage.defenses.GaussianNoise: sigma: expected a float, got 'lots'"),
+        (["--trainer.callbacks+=leakage.federated.defenses.GaussianNoise", "--trainer.callbacks.sigmaa", "1"],
+         "trainer.callbacks: leakage.federated.defenses.GaussianNoise: no option 'sigmaa'"),
+        (["--trainer.callbacks+=leakage.federated.defenses.GaussianNoise"],
+         "trainer.callbacks: leakage.federated.defenses.GaussianNoise: sigma must be given"),
+        (["--trainer.callbacks+=leakage.federated.defenses.GaussianNoise", "--trainer.callbacks.sigma", "lots"],
+         "trainer.callbacks: leakage.federated.defenses.GaussianNoise: sigma: expected a float, got 'lots'"),
         (["--trainer.logger", "nowhere.Logger"], "trainer.logger: cannot import 'nowhere.Logger': No module named 'nowhere'"),
         (["stray"], "unexpected argument 'stray': settings take the form --section.option VALUE"),
     ],
@@ -216,7 +216,7 @@ def test_missing_step_budget(capsys, tmp_path, steps):
         (["--model.lr", ".nan"], "model.lr must be a finite number, got nan"),
         (["--model.tv_weight", ".inf"], "model.tv_weight must be a finite number, got inf"),
         (["--report.success_ssim", ".nan"], "report.success_ssim must be a finite number, got nan"),
-        (["--trainer.callbacks+=leakage.defenses.TopK", "--trainer.callbacks.keep_ratio=-.inf"],
+        (["--trainer.callbacks+=leakage.federated.defenses.TopK", "--trainer.callbacks.keep_ratio=-.inf"],
          "trainer.callbacks[0].init_args.keep_ratio must be a finite number, got -inf"),
     ],
 )
@@ -482,7 +482,7 @@ _MLP = ("--data.dataset", "mnist", "--model.model", "mlp", "--trainer.max_steps"
         (["--model.model_seed", "18446744073709551616"],
          "model.model_seed must be an integer in [0, 2**63), got 18446744073709551616"),
         (["--model.init_seed", "-1"], "model.init_seed must be an integer in [0, 2**63), got -1"),
-        (["--trainer.callbacks+=leakage.defenses.SecureAggregation", "--trainer.callbacks.clients", "2",
+        (["--trainer.callbacks+=leakage.federated.defenses.SecureAggregation", "--trainer.callbacks.clients", "2",
           "--trainer.callbacks.seed", "18446744073709551616"],
          "trainer.callbacks[0].init_args.seed must be an integer in [0, 2**63), got 18446744073709551616"),
         (["--report.success_ssim", "-1"], "success_ssim must be in [0, 1], got -1.0"),
@@ -502,7 +502,7 @@ def test_reduced_precision_is_refused(capsys, tmp_path, precision):
 
 
 def test_secure_aggregation_takes_any_seed_in_range():
-    from leakage.defenses import pairwise_masks
+    from leakage.federated.defenses import pairwise_masks
 
     masks = pairwise_masks(3, {"w": torch.Size([4])}, seed=2**63 - 1, scale=1.0)  # overflowed int64 before
     assert torch.allclose(sum(m["w"] for m in masks), torch.zeros(4, dtype=torch.float64), atol=1e-12)
@@ -583,7 +583,7 @@ def test_trainer_class_path_of_a_user_module_is_refused_before_import(capsys, tm
 def test_trainer_class_paths_of_the_package_and_lightning_still_work(capsys, tmp_path):
     from conftest import cli_args
 
-    main(cli_args(tmp_path / "logs", *_MLP, "--trainer.callbacks+=leakage.defenses.TopK",
+    main(cli_args(tmp_path / "logs", *_MLP, "--trainer.callbacks+=leakage.federated.defenses.TopK",
                   "--trainer.callbacks.keep_ratio", "0.5", "--trainer.callbacks+=EarlyStopping",
                   "--trainer.callbacks.monitor", "attack/loss", "--trainer.callbacks.check_on_train_epoch_end", "true",
                   "--trainer.logger=lightning.pytorch.loggers.CSVLogger",

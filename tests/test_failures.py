@@ -8,9 +8,9 @@ import json
 import pytest
 
 from leakage.cli import main
-from leakage.client import client_gradients, save_gradients
-from leakage.data import VictimDataModule
-from leakage.models import build_model
+from leakage.federated.client import client_gradients, save_gradients
+from leakage.data.datamodule import VictimDataModule
+from leakage.engine.models import build_model
 
 from conftest import CONFIGS, cli_args, run_dirs
 
@@ -36,7 +36,7 @@ def _rows(run):
 def test_every_problem_non_finite_reports_every_victim_failed(capsys, tmp_path, sigma):
     """Noise so large that the matching loss overflows for every problem: a finished run, all failed."""
     out = _fit_ok(capsys, cli_args(tmp_path, *FAST, "--data.num_victims", "2",
-                                   "--trainer.callbacks+=leakage.defenses.GaussianNoise",
+                                   "--trainer.callbacks+=leakage.federated.defenses.GaussianNoise",
                                    "--trainer.callbacks.sigma", sigma))
     (run,) = run_dirs(tmp_path)
     rows = _rows(run)
@@ -64,9 +64,9 @@ def test_a_captured_update_scaled_by_1e30_fails_without_crashing(capsys, tmp_pat
 
 def test_a_run_that_fails_early_stops_early(tmp_path):
     """Nothing is left to attack once every problem failed: the run ends instead of idling to max_steps."""
-    from leakage.attack import GradientInversion
-    from leakage.callbacks import LeakageReport
-    from leakage.defenses import GaussianNoise
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.reporting.callbacks import LeakageReport
+    from leakage.federated.defenses import GaussianNoise
 
     from conftest import quiet_trainer
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from conftest import CONFIGS, assert_same_update, cli_args, cli_error, run_dirs
-from leakage.client import client_gradients
-from leakage.fedavg import (FedAvgClient, batch_schedule, client_updates, epochs_to_steps,
+from leakage.federated.client import client_gradients
+from leakage.federated.fedavg import (FedAvgClient, batch_schedule, client_updates, epochs_to_steps,
                             per_problem_updates, schedules)
 
 
@@ -122,7 +122,7 @@ def test_cli_refuses_a_fedavg_client_that_does_not_fit(tmp_path, capsys, extra, 
 def test_secure_aggregate_of_fedavg_updates_is_refused(tmp_path, capsys):
     line = cli_error(capsys, cli_args(
         tmp_path, "--config", str(CONFIGS / "mnist_fedavg.yaml"), "--data.num_victims", "2", "--trainer.max_steps", "1",
-        "--trainer.callbacks+=leakage.defenses.SecureAggregation", "--trainer.callbacks.clients", "2"))
+        "--trainer.callbacks+=leakage.federated.defenses.SecureAggregation", "--trainer.callbacks.clients", "2"))
     assert "modelled for FedSGD updates only" in line, line
 
 
@@ -142,7 +142,7 @@ def test_preset_reconstructs_mnist_from_five_step_updates(tmp_path):
 def test_simulation_equals_the_client_with_batchnorm_in_train_mode():
     """With BatchNorm, the client normalises every mini-batch with its own statistics (train mode);
     the simulation does the same per problem, and the model's running statistics stay untouched."""
-    from leakage.client import client_view
+    from leakage.federated.client import client_view
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),

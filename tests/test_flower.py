@@ -24,7 +24,7 @@ def _one_thread():
 
 
 def _images(indices):
-    from leakage.data import VictimDataModule
+    from leakage.data.datamodule import VictimDataModule
 
     secret = VictimDataModule(dataset="mnist", indices=list(indices), batch_size=1).load_victims()
     return secret.images[:, 0], secret.labels[:, 0]
@@ -34,7 +34,7 @@ def _federation(tmp_path, rounds=2, steps=3):
     from flwr.server.strategy import FedAvg
 
     from leakage.integrations.flower import CaptureStrategy, TorchFedAvgClient, initial_parameters, run_in_process
-    from leakage.models import build_model
+    from leakage.engine.models import build_model
 
     x, y = _images([0, 1])
     clients = {f"c{i}": TorchFedAvgClient(build_model("lenet", (1, 28, 28), 10, seed=99), x[i:i + 1], y[i:i + 1])
@@ -49,10 +49,10 @@ def _federation(tmp_path, rounds=2, steps=3):
 
 
 def test_capture_holds_the_real_clients_update(tmp_path):
-    from leakage.capture import read_capture
-    from leakage.fedavg import FedAvgClient, fedavg_update
+    from leakage.federated.capture import read_capture
+    from leakage.federated.fedavg import FedAvgClient, fedavg_update
     from leakage.integrations.flower import update_key
-    from leakage.models import build_model
+    from leakage.engine.models import build_model
 
     strategy, _, x, y, config = _federation(tmp_path)
     names = sorted(p.relative_to(tmp_path / "capture").as_posix() for p in strategy.saved)
@@ -75,8 +75,8 @@ def test_capture_holds_the_real_clients_update(tmp_path):
 
 def _fit(args):
     """``leakage fit`` in-process, as :func:`leakage.cli.main` runs it; returns the LightningCLI."""
-    from leakage.attack import GradientInversion
-    from leakage.data import VictimDataModule
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.data.datamodule import VictimDataModule
     from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
 
     return LeakageCLI(GradientInversion, VictimDataModule, trainer_defaults=TRAINER_DEFAULTS,
@@ -92,9 +92,9 @@ def _attack_args(tmp_path, capture, *extra):
 
 
 def test_cli_reconstructs_the_flower_clients_image(tmp_path):
-    from leakage.capture import read_capture
-    from leakage.metrics import ssim_per_image
-    from leakage.models import build_model
+    from leakage.federated.capture import read_capture
+    from leakage.engine.metrics import ssim_per_image
+    from leakage.engine.models import build_model
 
     _, _, x, y, _ = _federation(tmp_path, rounds=1)
     capture = tmp_path / "capture" / "round_001" / "client_c1.safetensors"
@@ -110,7 +110,7 @@ def test_cli_reconstructs_the_flower_clients_image(tmp_path):
 
 
 def test_capture_that_does_not_fit_is_one_line(tmp_path, capsys):
-    from leakage.capture import read_capture, save_capture
+    from leakage.federated.capture import read_capture, save_capture
 
     _federation(tmp_path, rounds=1, steps=1)
     capture = tmp_path / "capture" / "round_001" / "client_c0.safetensors"
@@ -136,7 +136,7 @@ def test_flower_arrays_that_do_not_fit_the_model_are_one_line():
     import numpy as np
 
     from leakage.integrations.flower import ndarrays_to_state, state_to_ndarrays
-    from leakage.models import build_model
+    from leakage.engine.models import build_model
 
     model = build_model("lenet", (1, 28, 28), 10)
     arrays = state_to_ndarrays(model)
@@ -149,7 +149,7 @@ def test_flower_arrays_that_do_not_fit_the_model_are_one_line():
 
 
 def test_core_never_imports_flwr():
-    code = ("import sys, leakage, leakage.fit, leakage.cli, leakage.data, leakage.attack, leakage.fedavg, "
-            "leakage.capture, leakage.integrations, leakage.sweep; "
+    code = ("import sys, leakage, leakage.fit, leakage.cli, leakage.data.datamodule, leakage.attacks.gradient_inversion, leakage.federated.fedavg, "
+            "leakage.federated.capture, leakage.integrations, leakage.sweep; "
             "assert 'flwr' not in sys.modules, 'flwr imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

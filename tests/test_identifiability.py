@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from leakage.identifiability import gradient_jacobian, gradient_jacobian_rank
+from leakage.attacks.identifiability import gradient_jacobian, gradient_jacobian_rank
 
 
 def _binary_linear() -> nn.Module:

@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from leakage.capture import save_capture
-from leakage.client import client_gradients, load_gradients, save_gradients
-from leakage.data import Observation, VictimDataModule, read_labelled_folder
-from leakage.models import build_model, load_weights
+from leakage.federated.capture import save_capture
+from leakage.federated.client import client_gradients, load_gradients, save_gradients
+from leakage.data.datamodule import VictimDataModule, read_labelled_folder
+from leakage.records import Observation
+from leakage.engine.models import build_model, load_weights
 
 from conftest import cli_args, cli_error, quiet_trainer, run_dirs
 
@@ -250,9 +251,9 @@ class ScalarNet(nn.Module):
 
 def test_a_model_with_a_scalar_parameter_is_attacked_from_its_file(tmp_path):
     """Its gradient file holds a 0-dimensional tensor: the attack and every defense take it."""
-    from leakage.attack import GradientInversion
-    from leakage.callbacks import LeakageReport
-    from leakage.defenses import GaussianNoise, NormClip, TopK
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.reporting.callbacks import LeakageReport
+    from leakage.federated.defenses import GaussianNoise, NormClip, TopK
 
     model = ScalarNet()
     x = torch.rand(2, 1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -332,7 +333,7 @@ def test_garbage_is_not_called_a_pickle_nor_advised_weights_only_false(tmp_path,
 
 
 def test_read_capture_refuses_a_fifo_unopened(tmp_path, alarm):
-    from leakage.capture import read_capture
+    from leakage.federated.capture import read_capture
 
     os.mkfifo(tmp_path / "c.safetensors")
     with pytest.raises(ValueError, match=r"capture file .*c\.safetensors is a FIFO \(named pipe\)"):

@@ -1,12 +1,15 @@
-"""The data kinds: one interface for images and tables (leakage.kinds)."""
+"""The data kinds: one interface for images and tables (leakage.data.kinds)."""
 
 from __future__ import annotations
 
 import torch
 
-from leakage.data import Observation, VictimDataModule
-from leakage.kinds import ImageKind, TabularKind
-from leakage.seeding import generator
+from leakage.data.datamodule import VictimDataModule
+
+from leakage.records import Observation
+from leakage.data.kinds import ImageKind, TabularKind
+from leakage.engine.seeding import generator
+from leakage.reporting.views import view_of
 
 
 def _adult(**kw) -> VictimDataModule:
@@ -64,7 +67,7 @@ def test_tabular_accuracy_matches_rows_and_counts_the_tolerance():
     assert float(m["feature_accuracy"][0, 0]) == 0.75
     assert abs(float(m["accuracy"][0]) - (1 - 1 / (4 * len(kind.schema.features)))) < 1e-6
     # the rows, true against reconstructed: the one wrong cell (row 1's age) and only it is marked
-    shown = kind.details(recon[None], truth[None], m)
+    shown = view_of(kind).details(recon[None], truth[None], m)
     rec = {line.split("  ")[0]: line for line in shown["text"].splitlines() if line.startswith("rec ")}
     assert [k for k, line in rec.items() if "*" in line] == ["rec 1"] and rec["rec 1"].count("*") == 1
     assert rec["rec 1"].split()[2].endswith("*")  # "rec", "1", the age cell

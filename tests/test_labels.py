@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leakage.attack import GradientInversion
-from leakage.labels import last_linear
-from leakage.data import VictimDataModule
-from leakage.labels import idlg_labels
-from leakage.models import build_model
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.attacks.labels import last_linear
+from leakage.data.datamodule import VictimDataModule
+from leakage.attacks.labels import idlg_labels
+from leakage.engine.models import build_model
 
 from conftest import bundled_labels
 

@@ -1,4 +1,4 @@
-"""A malicious server (leakage.server) and its closed-form attacks (leakage.malicious): the imprint
+"""A malicious server (leakage.federated.server) and its closed-form attacks (leakage.attacks.malicious): the imprint
 module reads most of a batch of 64 MNIST images exactly, trap weights some, the threat model heads
 every report, and settings the model cannot take are refused in one line."""
 
@@ -9,11 +9,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import leakage
-from leakage.data import VictimDataModule
-from leakage.malicious import ImprintAttack, TrapWeightAttack
-from leakage.metrics import reconstruction_metrics
-from leakage.models import build_model
-from leakage.server import ImprintServer, Imprinted
+from leakage.data.datamodule import VictimDataModule
+from leakage.attacks.imprint import ImprintAttack
+from leakage.attacks.trap_weights import TrapWeightAttack
+from leakage.engine.metrics import reconstruction_metrics
+from leakage.engine.models import build_model
+from leakage.federated.server import ImprintServer, Imprinted
 
 from conftest import fit_in_process, cli_args, cli_error, run_dirs
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import leakage.memory
-from leakage.attack import GradientInversion
-from leakage.data import VictimDataModule
-from leakage.memory import MiB, estimate, lbfgs_state_bytes
-from leakage.optim import BatchedLBFGS
+import leakage.engine.memory
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.data.datamodule import VictimDataModule
+from leakage.engine.memory import MiB, estimate, lbfgs_state_bytes
+from leakage.engine.optim import BatchedLBFGS
 
 from conftest import cli_args, cli_error, run_dirs
 
@@ -56,7 +56,7 @@ def test_dummies_observed_and_adam_terms_are_what_the_attack_allocates():
 def test_estimate_agrees_with_the_measured_cost_per_problem():
     # README, "Many problems at once": about 3 MiB per problem (3.02 to 3.32 MiB per added problem, peak
     # RSS) for DLG's settings on CIFAR-10 LeNet at history 100; the estimate must agree within 2x
-    from leakage.models import build_model
+    from leakage.engine.models import build_model
 
     model = build_model("lenet", (3, 32, 32), 10)
     parts = estimate(model, victims=20, restarts=50, batch_size=1, input_shape=(3, 32, 32), num_classes=10,
@@ -82,7 +82,7 @@ def test_attack_larger_than_the_machine_is_refused_before_the_run(capsys, tmp_pa
 
 
 def test_refusal_names_the_number(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(leakage.memory, "host_available", lambda: 4 * MiB)  # a machine with 4 MiB free
+    monkeypatch.setattr(leakage.engine.memory, "host_available", lambda: 4 * MiB)  # a machine with 4 MiB free
     line = cli_error(capsys, cli_args(tmp_path / "logs", "--data.dataset", "mnist", "--data.num_victims", "2",
                                       "--model.restarts", "2", "--trainer.max_steps", "1"))
     # LeNet on MNIST, history 100: 0.75 MiB per problem, most of it the L-BFGS history

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from leakage.callbacks import format_table, summarize
-from leakage.data import VictimDataModule
-from leakage.losses import gradient_distance, squared_norms, total_variation
-from leakage.metrics import label_accuracy, match_batch, reconstruction_metrics
+from leakage.reporting.callbacks import format_table, summarize
+from leakage.data.datamodule import VictimDataModule
+from leakage.engine.losses import gradient_distance, squared_norms, total_variation
+from leakage.engine.metrics import label_accuracy, match_batch, reconstruction_metrics
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leakage.models import build_model
+from leakage.engine.models import build_model
 
 
 @pytest.mark.parametrize("name", ["lenet", "simple_cnn", "mlp"])
@@ -104,7 +104,7 @@ def test_bad_shapes_and_class_counts(shape, classes, match):
 def test_check_model_on_any_module():
     from torch import nn
 
-    from leakage.models import check_model
+    from leakage.engine.models import check_model
 
     conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))
     with pytest.raises(ValueError, match=r"model Sequential cannot take inputs of shape \(3, 8, 8\): "):
@@ -130,7 +130,7 @@ BAD_WEIGHTS = {"int64": "is torch.int64, not floating point", "bool": "is torch.
 @pytest.mark.parametrize("kind", list(BAD_WEIGHTS))
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_weights_files_that_are_not_float_or_not_finite_are_refused(tmp_path, kind, suffix):
-    from leakage.client import save_gradients  # a tensor-only writer of both formats
+    from leakage.federated.client import save_gradients  # a tensor-only writer of both formats
 
     state = build_model("lenet", (1, 28, 28), 10).state_dict()
     state["fc.weight"] = _bad(kind, state["fc.weight"])
@@ -144,7 +144,7 @@ def test_integer_buffers_of_a_weights_file_are_kept(tmp_path):
     """BatchNorm's num_batches_tracked is an int64 buffer, not a weight: it loads as before."""
     from torch import nn
 
-    from leakage.models import load_weights
+    from leakage.engine.models import load_weights
 
     net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3))
     net.state_dict()["2.num_batches_tracked"].fill_(7)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leakage.optim import BatchedLBFGS, SignedAdam
+from leakage.engine.optim import BatchedLBFGS, SignedAdam
 
 F64 = torch.float64
 

@@ -18,11 +18,12 @@ import yaml
 from torch import nn
 
 import leakage
-from leakage.attack import GradientInversion
-from leakage.client import batchnorm_layers, client_gradients, client_view, per_problem_gradients
-from leakage.data import Observation, VictimDataModule
-from leakage.family import attack_class
-from leakage.models import build_model, load_weights
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.federated.client import batchnorm_layers, client_gradients, client_view, per_problem_gradients
+from leakage.data.datamodule import VictimDataModule
+from leakage.records import Observation
+from leakage.attacks.family import attack_class
+from leakage.engine.models import build_model, load_weights
 from leakage.presets import PRESETS
 
 from conftest import FLOAT32_UPDATE_TOLERANCE, assert_same_update, cli_error, relative_error

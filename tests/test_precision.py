@@ -6,12 +6,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-import leakage.attack
-import leakage.client
-from leakage.attack import GradientInversion
-from leakage.callbacks import LeakageReport
-from leakage.data import VictimDataModule
-from leakage.precision import full_precision, is_full_precision, precision_flags
+import leakage.attacks.gradient_inversion
+import leakage.federated.client
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.reporting.callbacks import LeakageReport
+from leakage.data.datamodule import VictimDataModule
+from leakage.engine.precision import full_precision, is_full_precision, precision_flags
 
 from conftest import quiet_trainer
 
@@ -56,7 +56,7 @@ class BackwardPrecision(pl.Callback):
 
 def test_attack_objective_and_client_run_in_full_precision(monkeypatch, tmp_path, user_allows_tf32):
     seen = {"client": [], "objective": []}
-    real = leakage.client.per_problem_gradients
+    real = leakage.federated.client.per_problem_gradients
 
     def client_spy(model, x, targets, **kwargs):
         seen["client"].append(is_full_precision())
@@ -66,8 +66,8 @@ def test_attack_objective_and_client_run_in_full_precision(monkeypatch, tmp_path
         seen["objective"].append(is_full_precision())
         return real(model, x, targets, **kwargs)
 
-    monkeypatch.setattr(leakage.client, "per_problem_gradients", client_spy)
-    monkeypatch.setattr(leakage.attack, "per_problem_gradients", objective_spy)
+    monkeypatch.setattr(leakage.federated.client, "per_problem_gradients", client_spy)
+    monkeypatch.setattr(leakage.attacks.gradient_inversion, "per_problem_gradients", objective_spy)
     dm = VictimDataModule(source="bundled", dataset="mnist", indices=[3])
     module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", lbfgs_max_iter=3)
     backward = BackwardPrecision()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leakage.attack import GradientInversion
-from leakage.callbacks import LeakageReport
-from leakage.data import VictimDataModule
-from leakage.defenses import GaussianNoise
-from leakage.seeding import derive_seed
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.reporting.callbacks import LeakageReport
+from leakage.data.datamodule import VictimDataModule
+from leakage.federated.defenses import GaussianNoise
+from leakage.engine.seeding import derive_seed
 
 from conftest import assert_same_outcome, quiet_trainer
 

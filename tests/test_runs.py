@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import leakage.runfiles
+import leakage.reporting.runfiles
 from leakage.cli import main
 
 from conftest import REPO, cli_args, cli_error, run_dirs
@@ -26,7 +26,7 @@ TINY = ["--data.dataset", "mnist", "--data.num_victims", "1", "--trainer.max_ste
 #: got there too: both then look for a free ``version_N`` at the same moment
 _TOGETHER = r"""
 import pathlib, sys, time
-from leakage.loggers import TensorBoardLogger
+from leakage.reporting.loggers import TensorBoardLogger
 original = TensorBoardLogger.version.fget
 def version(self):
     if self._version is None:
@@ -64,7 +64,7 @@ def test_two_runs_started_together_keep_their_own_folders(tmp_path):
         assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 1
         assert len(list(run.glob("events.out.tfevents.*"))) == 1
         assert json.loads((run / "metrics.json").read_text())["status"] == "complete"
-        assert not (run / leakage.runfiles.RUNNING).exists()
+        assert not (run / leakage.reporting.runfiles.RUNNING).exists()
 
 
 def _started(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
@@ -73,7 +73,7 @@ def _started(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "logs").glob(f"*/version_*/{leakage.runfiles.RUNNING}")):
+    while time.time() < deadline and not list((tmp_path / "logs").glob(f"*/version_*/{leakage.reporting.runfiles.RUNNING}")):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.1)
     (run,) = run_dirs(tmp_path / "logs")
@@ -95,20 +95,20 @@ def test_a_fit_interrupted_by_sigint_keeps_its_table_marked_partial(tmp_path):
     first, second = (run / "metrics.txt").read_text().splitlines()[:2]
     assert first == "threat model: honest-but-curious server" and second.startswith("partial run: interrupted")
     assert (run / "gallery.png").stat().st_size > 0
-    assert not (run / leakage.runfiles.RUNNING).exists()
+    assert not (run / leakage.reporting.runfiles.RUNNING).exists()
 
 
 def test_a_killed_fit_leaves_its_running_marker_and_no_result(tmp_path):
     proc, run = _started(tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    marker = (run / leakage.runfiles.RUNNING).read_text()
+    marker = (run / leakage.reporting.runfiles.RUNNING).read_text()
     assert f"pid {proc.pid} " in marker
     assert not (run / "metrics.json").exists() and not (run / "metrics.csv").exists()
 
 
 def test_a_fit_that_fails_midway_is_marked_partial(tmp_path, capsys, monkeypatch):
-    from leakage.attack import GradientInversion
+    from leakage.attacks.gradient_inversion import GradientInversion
 
     original = GradientInversion.on_train_batch_end
 
@@ -123,7 +123,7 @@ def test_a_fit_that_fails_midway_is_marked_partial(tmp_path, capsys, monkeypatch
     (run,) = run_dirs(tmp_path)
     result = json.loads((run / "metrics.json").read_text())
     assert result["status"] == "partial" and "out of memory (simulated)" in result["reason"]
-    assert result["step"] >= 2 and not (run / leakage.runfiles.RUNNING).exists()
+    assert result["step"] >= 2 and not (run / leakage.reporting.runfiles.RUNNING).exists()
 
 
 # ------------------------------------------------------------------------------- write failures
@@ -154,7 +154,7 @@ def test_a_read_only_run_folder_is_refused_before_the_attack(tmp_path, capsys, m
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(leakage.runfiles.os, "open", erofs)
+    monkeypatch.setattr(leakage.reporting.runfiles.os, "open", erofs)
     line = cli_error(capsys, ["fit", *TINY, "--trainer.logger.init_args.save_dir", str(readonly / "logs")])
     assert "Read-only file system" in line and str(readonly) in line
     assert "victim" not in capsys.readouterr().out
@@ -183,11 +183,11 @@ def _disk_full_after(tmp_path: Path, monkeypatch) -> None:
         f = real_open(path, mode, *args, **kwargs)
         return Full(f) if "w" in mode and Path(path).is_relative_to(tmp_path) else f
 
-    monkeypatch.setattr(leakage.runfiles, "open", full, raising=False)
+    monkeypatch.setattr(leakage.reporting.runfiles, "open", full, raising=False)
 
 
 def test_a_full_disk_after_the_attack_prints_the_table_and_names_what_was_not_written(tmp_path, capsys, monkeypatch):
-    from leakage.callbacks import LeakageReport
+    from leakage.reporting.callbacks import LeakageReport
 
     original = LeakageReport._write
 
@@ -210,7 +210,7 @@ def test_a_full_disk_after_the_attack_prints_the_table_and_names_what_was_not_wr
     (run,) = run_dirs(tmp_path)
     # nothing truncated is left: no half-written gallery.png, no temporary files
     assert not (run / "gallery.png").exists() and not list(run.glob(".*.tmp"))
-    assert not (run / "metrics.json").exists() and (run / leakage.runfiles.RUNNING).exists()
+    assert not (run / "metrics.json").exists() and (run / leakage.reporting.runfiles.RUNNING).exists()
 
 
 # ------------------------------------------------------------------------------- budgets that run nothing

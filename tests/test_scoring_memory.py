@@ -12,8 +12,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from leakage.cli import main
-from leakage.data import VictimDataModule
-from leakage.metrics import match_batch, pixel_cost, reconstruction_metrics
+from leakage.data.datamodule import VictimDataModule
+from leakage.engine.metrics import match_batch, pixel_cost, reconstruction_metrics
 
 from conftest import REPO, cli_args, run_dirs
 
@@ -75,13 +75,13 @@ torch.set_num_threads(1)
 what, B, headroom_mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 g = torch.Generator().manual_seed(0)
 if what == "image":
-    from leakage.metrics import reconstruction_metrics
+    from leakage.engine.metrics import reconstruction_metrics
     truth = torch.rand(1, B, 3, 32, 32, generator=g)
     order = torch.randperm(B, generator=g)
     recon = (truth[:, order] + 0.05 * torch.randn(truth.shape, generator=g)).clamp(0, 1)
     score = lambda r, t: reconstruction_metrics(r, t)
 else:
-    from leakage.data import VictimDataModule
+    from leakage.data.datamodule import VictimDataModule
     dm = VictimDataModule(source="bundled", dataset="adult", batch_size=4)
     kind, records = dm.table.kind, dm.table.encode(range(900))[0]
     truth = records[:B][None]
@@ -137,7 +137,7 @@ def test_a_scoring_failure_keeps_the_reconstructions_and_ends_in_one_line(tmp_pa
     """The allocator's failure is raised where scoring starts (a real one needs the memory to run out)."""
     from safetensors.torch import load_file
 
-    from leakage.kinds import ImageKind
+    from leakage.data.kinds import ImageKind
 
     def out_of_memory(self, recon, truth, entropy=None):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: "
@@ -170,7 +170,7 @@ def test_reconstructions_that_cannot_be_written_are_named_in_the_error_line(tmp_
     import os
     from pathlib import Path
 
-    import leakage.runfiles
+    import leakage.reporting.runfiles
 
     real_open = open
 
@@ -179,7 +179,7 @@ def test_reconstructions_that_cannot_be_written_are_named_in_the_error_line(tmp_
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(leakage.runfiles, "open", full, raising=False)
+    monkeypatch.setattr(leakage.reporting.runfiles, "open", full, raising=False)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(cli_args(tmp_path, *TRAP))

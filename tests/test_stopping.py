@@ -1,4 +1,4 @@
-"""Budgets that adapt (leakage.stopping): a problem stops when its loss has converged or stalled, and
+"""Budgets that adapt (leakage.engine.stopping): a problem stops when its loss has converged or stalled, and
 the run ends when every problem has stopped, before max_steps."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leakage.attack import GradientInversion
-from leakage.data import VictimDataModule
-from leakage.metrics import ssim_per_image
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.data.datamodule import VictimDataModule
+from leakage.engine.metrics import ssim_per_image
 
 from conftest import quiet_trainer
 

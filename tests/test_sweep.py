@@ -30,9 +30,9 @@ def _config(tmp_path: Path, **sweep) -> Path:
     cfg["data"]["dataset"] = "mnist"
     cfg["sweep"].update(output=str(tmp_path / "sweep"), **sweep)
     cfg["sweep"]["defenses"] = [
-        {"name": "noise", "class_path": "leakage.defenses.GaussianNoise", "param": "sigma",
+        {"name": "noise", "class_path": "leakage.federated.defenses.GaussianNoise", "param": "sigma",
          "values": [0.0, 1.0], "stronger": "larger"},
-        {"name": "topk", "class_path": "leakage.defenses.TopK", "param": "keep_ratio",
+        {"name": "topk", "class_path": "leakage.federated.defenses.TopK", "param": "keep_ratio",
          "values": [1.0, 0.01], "stronger": "smaller"},
     ]
     path = tmp_path / "sweep.yaml"
@@ -95,7 +95,7 @@ def test_sweep_writes_tables_plots_and_hparams(tmp_path, capsys):
     # report.html: the defense curves, the breaking points and every cell's own report
     from htmlpage import embedded_pngs, read_page
 
-    from leakage.htmlreport import fmt
+    from leakage.reporting.htmlreport import fmt
 
     page = read_page(out / "report.html")
     body = (out / "report.html").read_text().split("<body>", 1)[1].lstrip()  # the threat model first
@@ -169,7 +169,7 @@ def test_interrupted_sweep_resumes_without_redoing_or_losing_cells(tmp_path):
         (lambda c: c["sweep"]["defenses"][0].pop("param"), "needs 'param'"),
         (lambda c: c["sweep"]["defenses"][0].update(stronger="up"), "stronger"),
         (lambda c: c["sweep"].update(target_success=1.5), "target_success"),
-        (lambda c: c["sweep"]["defenses"][0].update(class_path="leakage.defenses.Nope"), "unknown defense class"),
+        (lambda c: c["sweep"]["defenses"][0].update(class_path="leakage.federated.defenses.Nope"), "unknown defense class"),
         (lambda c: c["sweep"].update(studies=[{"name": "b", "values": [1, 2]}]), "study entry 'b' needs 'key'"),
         (lambda c: c["sweep"].update(studies=[{"name": "b", "key": "data.batch_size"}]), "needs 'values'"),
         (lambda c: c["sweep"].update(studies=[{"name": "b", "key": "data.batch_size", "values": []}]),
@@ -209,7 +209,7 @@ def test_bad_sweep_configs_are_clear_errors(tmp_path, capsys, edit, match):
 def test_a_cell_with_a_bad_defense_setting_is_marked_failed_not_lost(tmp_path):
     cfg = _config(tmp_path, refine=0)
     data = yaml.safe_load(cfg.read_text())
-    data["sweep"]["defenses"] = [{"name": "topk", "class_path": "leakage.defenses.TopK", "param": "keep_ratio",
+    data["sweep"]["defenses"] = [{"name": "topk", "class_path": "leakage.federated.defenses.TopK", "param": "keep_ratio",
                                   "values": [1.0, 2.0], "stronger": "smaller"}]
     cfg.write_text(yaml.safe_dump(data))
     main(["sweep", "--config", str(cfg), *TINY])
@@ -362,7 +362,7 @@ def test_a_cell_computed_with_another_configuration_is_run_again_not_reused(tmp_
 
 
 # --------------------------------------------------------------------------- hostile or mistyped configs
-NOISE = {"name": "noise", "class_path": "leakage.defenses.GaussianNoise", "param": "sigma", "values": [0.0]}
+NOISE = {"name": "noise", "class_path": "leakage.federated.defenses.GaussianNoise", "param": "sigma", "values": [0.0]}
 
 
 def _one_defense(tmp_path: Path, defense: dict, **sweep) -> Path:
@@ -399,15 +399,15 @@ def test_a_defense_class_outside_the_package_is_refused_and_never_run(tmp_path, 
     ("os.system", "command"),
     ("builtins.eval", "source"),
     ("leakage.cli.main", "args"),  # inside the package, but not a defense
-    ("leakage.defenses.Defense", "sigma"),  # the base class, not a defense
-    ("leakage.defenses.gaussian_noise", "sigma"),
+    ("leakage.federated.defenses.Defense", "sigma"),  # the base class, not a defense
+    ("leakage.federated.defenses.gaussian_noise", "sigma"),
 ])
 def test_only_the_package_s_defense_classes_are_accepted_and_nothing_else_is_imported(
         tmp_path, capsys, monkeypatch, class_path, param):
     marker = tmp_path / "imported"
     (tmp_path / "evil_defense.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n"
-        "from leakage.defenses import GaussianNoise\n\n\nclass Evil(GaussianNoise):\n    pass\n")
+        "from leakage.federated.defenses import GaussianNoise\n\n\nclass Evil(GaussianNoise):\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = _one_defense(tmp_path, {"name": "evil", "class_path": class_path, "param": param, "values": [0]})
     try:
@@ -423,9 +423,9 @@ def test_a_defense_named_by_its_short_name_is_the_package_s_class(tmp_path):
     sweep = parse(["--config", str(_one_defense(tmp_path, {**NOISE, "class_path": "GaussianNoise",
                                                            "init_args": {"relative": True}}))])
     d = sweep.defenses[0]
-    assert d["class_path"] == "leakage.defenses.GaussianNoise"
+    assert d["class_path"] == "leakage.federated.defenses.GaussianNoise"
     assert sweep.defense_config(d, 0.5)["trainer"]["callbacks"][-1] == {
-        "class_path": "leakage.defenses.GaussianNoise", "init_args": {"relative": True, "sigma": 0.5}}
+        "class_path": "leakage.federated.defenses.GaussianNoise", "init_args": {"relative": True, "sigma": 0.5}}
 
 
 @pytest.mark.parametrize("kind", ["defense", "study"])
@@ -650,7 +650,7 @@ def test_a_full_disk_during_a_sweep_prints_the_table_and_says_what_was_not_writt
     fails with the reason, and one line names the files the sweep could not write."""
     import errno
 
-    from leakage.callbacks import LeakageReport
+    from leakage.reporting.callbacks import LeakageReport
 
     from test_runs import _disk_full_after
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import leakage
-from leakage.kinds import TableSchema, TabularKind
-from leakage.models import build_model
+from leakage.data.kinds import TableSchema, TabularKind
+from leakage.engine.models import build_model
 
 from conftest import CONFIGS, cli_args, run_dirs
 
@@ -46,7 +46,7 @@ def _table(text: str = OWN):
 
 
 def test_strict_json_refuses_nan_and_the_writer_writes_null():
-    from leakage.runfiles import json_text
+    from leakage.reporting.runfiles import json_text
 
     with pytest.raises(ValueError, match="not JSON: NaN"):
         strict_json(json.dumps({"a": float("nan")}))
@@ -118,7 +118,7 @@ def test_a_certain_categorical_feature_has_entropy_zero_not_minus_zero():
     _, ent = kind.combine(same)
     cat = torch.tensor([f.type == "categorical" for f in schema.features])
     assert (ent[:, cat] == 0).all() and not torch.signbit(ent[:, cat]).any()
-    from leakage.kinds.tabular import entropy_text
+    from leakage.data.kinds.tabular import entropy_text
 
     assert entropy_text(-0.0001) == "0.000" and entropy_text(float("nan")) == "" and entropy_text(-1.25) == "-1.250"
 

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from leakage.attack import GradientInversion
+from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.cli import main
-from leakage.data import VictimDataModule
-from leakage.kinds import TableSchema
-from leakage.kinds.tabular import read_csv
+from leakage.data.datamodule import VictimDataModule
+from leakage.data.kinds import TableSchema
+from leakage.data.kinds.tabular import read_csv
 
 from conftest import CONFIGS, cli_args, cli_error, run_dirs
 
@@ -34,7 +34,7 @@ def _attack(dm: VictimDataModule, steps: int, **settings) -> tuple[GradientInver
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
-    from leakage.data import _Steps
+    from leakage.data.datamodule import _Steps
 
     module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **settings)
     module.attach(dm.prepare(module.target))
@@ -171,7 +171,7 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     # with entropies), and the per-victim table with the kind's scalars (TabLeak's accuracies, not SSIM)
     from htmlpage import embedded_pngs, read_page
 
-    from leakage.htmlreport import fmt
+    from leakage.reporting.htmlreport import fmt
 
     page = read_page(run / "report.html")
     assert "Victim 0" in page.text and len(embedded_pngs(page)) >= 1
@@ -224,7 +224,7 @@ def test_a_category_not_in_the_schema_is_one_line(tmp_path, capsys):
 
 def test_the_python_api_attacks_a_record_with_idlg_labels():
     import leakage
-    from leakage.models import build_model
+    from leakage.engine.models import build_model
 
     dm = VictimDataModule(source="bundled", dataset="adult", indices=[5])
     model = build_model("tabular_mlp", dm.input_shape, dm.num_classes)

@@ -5,14 +5,14 @@ Needs the optional extra: ``pip install "leakage[flower]"``. Three pieces:
 - :class:`CaptureStrategy` wraps any Flower ``Strategy`` (``FedAvg``, ...). It passes everything
   through, and in ``aggregate_fit`` saves, per round and client, the update (the parameters the
   client returned minus the global parameters it received), the global weights and the client's
-  ``num_examples`` as a capture file (:mod:`leakage.capture`) that
+  ``num_examples`` as a capture file (:mod:`leakage.federated.capture`) that
   ``leakage fit --data.source gradients --data.gradient_file FILE`` attacks directly. Flower's
   ordered list of arrays is mapped to the model's ``state_dict`` names (parameters and buffers in
   ``state_dict`` order, the convention of Flower's PyTorch examples) and checked against the model.
   In ``configure_fit`` it adds each client's public ``update_key`` to the fit config, which seeds the
-  client's mini-batch order (:func:`leakage.fedavg.batch_schedule`).
+  client's mini-batch order (:func:`leakage.federated.fedavg.batch_schedule`).
 - :class:`TorchFedAvgClient`, a ``NumPyClient`` that trains a PyTorch model with FedAvg local steps
-  (:func:`leakage.fedavg.train_locally`) with the settings the server sends in its fit config.
+  (:func:`leakage.federated.fedavg.train_locally`) with the settings the server sends in its fit config.
 - :class:`InProcessClientProxy` and :func:`run_in_process`: Flower's own ``Server`` loop (configure,
   fit, aggregate, round after round) with clients called in the same process, no network.
 """
@@ -48,9 +48,9 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from torch import Tensor, nn
 
-from ..capture import CLIENT_SETTINGS, save_capture
-from ..fedavg import FedAvgClient, train_locally
-from ..seeding import derive_seed
+from leakage.federated.capture import CLIENT_SETTINGS, save_capture
+from leakage.federated.fedavg import FedAvgClient, train_locally
+from leakage.engine.seeding import derive_seed
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 

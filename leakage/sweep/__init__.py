@@ -13,7 +13,7 @@ A sweep config is a ``fit`` config (trainer, model, data: the attack and its vic
       batch: true                     # defense cells that share the attack run as one fit (false: one fit per cell)
       defenses:
         - name: noise
-          class_path: leakage.defenses.GaussianNoise
+          class_path: leakage.federated.defenses.GaussianNoise
           param: sigma                # the strength parameter, swept over `values`
           values: [0, 0.01, 0.1, 0.5, 1.0]
           stronger: larger            # larger values defend more ("smaller" for top-k keep ratios)
@@ -40,7 +40,7 @@ Every cell is a ``fit`` run in ``output/runs/<cell>/`` (TensorBoard events, metr
 named after its value's shortest text that reads back as the same float (``noise=0.01``,
 ``noise=0.004666412345678901``: distinct values never share a cell);
 its summary (metrics, ``exact``: the victims a closed-form attack proved exact, by the certificate of
-:mod:`leakage.closedform`, ``time_s``: the fit's wall time, ``entries_per_unknown``: gradient entries
+:mod:`leakage.attacks.closedform`, ``time_s``: the fit's wall time, ``entries_per_unknown``: gradient entries
 per unknown input value) is written atomically to ``output/cells/<cell>.json`` when it completes.
 
 With ``batch: true`` (the default) the sweep is one batched attack: the defense cells it needs
@@ -60,7 +60,7 @@ one-line error. A sweep started again skips completed cells and redoes interrupt
 never loses or corrupts what it wrote. Tables (``results.csv``, ``results.md``), one plot per
 defense and per study (``<name>.png``) and the TensorBoard hparams view are rebuilt from the cell
 files after every cell; they show the metrics of the cells' kind of data (a cell records its
-kind's name; :attr:`~leakage.kinds.DataKind.summary_metrics`: images MSE, SSIM, PSNR; tables
+kind's name; :attr:`~leakage.data.kinds.DataKind.summary_metrics`: images MSE, SSIM, PSNR; tables
 TabLeak's accuracy overall, categorical and continuous).
 
 A sweep config is data, checked before anything runs:
@@ -68,7 +68,7 @@ A sweep config is data, checked before anything runs:
 - only the keys above: a misspelt one (``outptu``, ``strongr``) is an error that lists the allowed keys;
 - a defense's ``class_path`` is one of the package's defenses, by short name (``GaussianNoise``,
   ``NormClip``, ``DPGaussian``, ``TopK``, ``SecureAggregation``) or by its path inside the package
-  (``leakage.defenses.TopK``); nothing else is imported or run, and ``init_args`` holds arguments
+  (``leakage.federated.defenses.TopK``); nothing else is imported or run, and ``init_args`` holds arguments
   of that class only;
 - ``values`` are finite numbers, no two of one grid within 1e-6 of each other, relative (they are
   one setting; the bisection stops, and says so, when its next value would be that close to an
@@ -87,9 +87,9 @@ that no longer runs on this host is taken over.
 # resuming cells), batching (defense cells as problems of one fit), search (breaking points, in
 # rounds), tables, plots, hparams, paths (cell names and the
 # only way to build a path under the output), lock (one sweep per output folder)
-# and command (`leakage sweep`'s arguments). They use the engine (leakage.fit, leakage.errors,
-# leakage.callbacks, leakage.defenses), never leakage.cli, which imports this package.
-from .cells import Sweep
-from .command import main, parse
+# and command (`leakage sweep`'s arguments). They use the engine (leakage.fit, leakage.engine.errors,
+# leakage.reporting.callbacks, leakage.federated.defenses), never leakage.cli, which imports this package.
+from leakage.sweep.cells import Sweep
+from leakage.sweep.command import main, parse
 
 __all__ = ["Sweep", "main", "parse"]

@@ -9,12 +9,12 @@ cells runs as one fit:
 - the victims' observation is built once, the config's own defenses (if any) apply to it as usual,
   then each cell's defense transforms that same observation on its own, and the defended
   observations are concatenated along the victim axis. Update keys repeat once per cell, so every
-  problem gets exactly the dummy init it gets in its cell's own fit (:mod:`leakage.seeding`), and a
+  problem gets exactly the dummy init it gets in its cell's own fit (:mod:`leakage.engine.seeding`), and a
   defense's noise is the same too (it is seeded by the update's key);
 - the attack, whose problems are independent (per-problem L-BFGS, per-problem label restoration),
   solves them all at once; the run ends when every problem of every cell is done or at
   ``max_steps``;
-- the report is split back per cell: each cell gets its own :class:`~leakage.callbacks.LeakageReport`
+- the report is split back per cell: each cell gets its own :class:`~leakage.reporting.callbacks.LeakageReport`
   that sees only its victims' problems, and writes ``runs/<cell>/`` as a cell's own fit does
   (TensorBoard scalars, gallery and history images, summary card, ``metrics.*``, ``gallery.png``,
   ``history.png``, ``report.html``, ``config.yaml``, ``hparams.yaml``). There is no run of the group
@@ -25,7 +25,7 @@ A defense that changes the number or size of the updates (secure aggregation wit
 its cells run as their own fits (:func:`batchable`). A cell whose defense fails on the observation
 fails alone with its one-line error. If the group's fit fails, its cells are run again one by one,
 so that each gets what its own fit gives; so does a group on several processes (``strategy ddp``),
-whose cells are sharded fits of their own (:mod:`leakage.distributed`).
+whose cells are sharded fits of their own (:mod:`leakage.engine.distributed`).
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
-from ..attack import GradientInversion
-from ..callbacks import LeakageReport
-from ..data import Observation, Secret
-from ..defenses import Defense, SecureAggregation
-from ..fit import LeakageCLI
-from ..loggers import TensorBoardLogger
-from .config import defense_class
+from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.reporting.callbacks import LeakageReport
+from leakage.records import Observation, Secret
+from leakage.federated.defenses import Defense, SecureAggregation
+from leakage.fit import LeakageCLI
+from leakage.reporting.loggers import TensorBoardLogger
+from leakage.sweep.config import defense_class
 
 
 class GroupError(RuntimeError):

@@ -20,16 +20,16 @@ from typing import Any
 
 import yaml
 
-from ..distributed import launched_as_rank_zero
-from ..runfiles import json_text
-from .config import check_sweep, defense_class, set_key
-from .hparams import write_hparams
-from .lock import SweepLock
-from .paths import atomic_write, cell_id, confined, fmt, study_cell_id
-from .plots import write_plots
-from .report import write_report
-from .search import breaking_point, breaking_points
-from .tables import results_tables
+from leakage.engine.distributed import launched_as_rank_zero
+from leakage.reporting.runfiles import json_text
+from leakage.sweep.config import check_sweep, defense_class, set_key
+from leakage.sweep.hparams import write_hparams
+from leakage.sweep.lock import SweepLock
+from leakage.sweep.paths import atomic_write, cell_id, confined, fmt, study_cell_id
+from leakage.sweep.plots import write_plots
+from leakage.sweep.report import write_report
+from leakage.sweep.search import breaking_point, breaking_points
+from leakage.sweep.tables import results_tables
 
 def _cell_errors() -> tuple[type[BaseException], ...]:
     from argparse import ArgumentError
@@ -78,7 +78,7 @@ def scale_free(overrides: list[str]) -> list[str]:
 
 def cell_error(err: Exception) -> str:
     """One line that says why a cell could not run."""
-    from ..errors import OWN_PHRASES, one_line
+    from leakage.engine.errors import OWN_PHRASES, one_line
 
     text = str(err)
     if isinstance(err, argparse.ArgumentError):  # the fit parser (exit_on_error=False) rejected the config
@@ -151,7 +151,7 @@ class Sweep:
         no completed result on disk: a defense cell (``defense``: the ``class_path`` and ``init_args``
         its config appends) in one fit with the other defense cells of the same attack (with
         ``sweep.batch``, see :mod:`leakage.sweep.batching`), every other cell in a fit of its own."""
-        from .batching import batchable, group_key
+        from leakage.sweep.batching import batchable, group_key
 
         done: dict[str, dict] = {}
         pending: list[tuple[_Pending, dict | None]] = []
@@ -300,7 +300,7 @@ class Sweep:
         trainer = cfg.get("trainer")
         if not isinstance(trainer, dict):
             trainer = cfg["trainer"] = {}
-        trainer["logger"] = {"class_path": "leakage.loggers.TensorBoardLogger",
+        trainer["logger"] = {"class_path": "leakage.reporting.loggers.TensorBoardLogger",
                              "init_args": {"save_dir": str(self.out), "name": "runs", "version": cid}}
         trainer.setdefault("enable_progress_bar", False)
         report_cfg = cfg.get("report")
@@ -323,7 +323,7 @@ class Sweep:
 
     def _summary(self, row: dict, report, dataset: str, model: str, defenses: list[dict], elapsed: float) -> dict:
         """``row`` with the cell's outcome from its report."""
-        from ..callbacks import summarize
+        from leakage.reporting.callbacks import summarize
 
         kind = report.kind  # the cell's headline score is the kind's (images: SSIM, tables: accuracy)
         bar = float(self.cfg["success_ssim"])
@@ -343,15 +343,15 @@ class Sweep:
                 "label_acc": s["label_acc"], **{key: s.get(f"{key}_mean", nan) for key, _, _ in kind.summary_metrics},
                 "kind": kind.name,
                 "time_s": elapsed, "entries_per_unknown": float(report.summary["entries_per_unknown"]),
-                # victims proven exact (a closed form's certificate, leakage.closedform; 0 for a search)
+                # victims proven exact (a closed form's certificate, leakage.attacks.closedform; 0 for a search)
                 "exact": int(report.summary.get("exact", 0)),
                 "dataset": dataset, "model": model, "defenses": defenses}
 
     def _run(self, cid: str, cfg: dict, row: dict) -> dict:
         """One full in-process ``fit`` of ``cfg`` as cell ``cid``; its summary added to ``row``."""
-        from ..attack import GradientInversion
-        from ..data import VictimDataModule
-        from ..fit import TRAINER_DEFAULTS, LeakageCLI
+        from leakage.attacks.gradient_inversion import GradientInversion
+        from leakage.data.datamodule import VictimDataModule
+        from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
 
         self._fresh_run_dir(cid)
         cfg_path, private = self._fit_config(cid, cfg)
@@ -376,11 +376,11 @@ class Sweep:
     def _run_group(self, group: list[_Pending], specs: list[dict]) -> list[dict]:
         """The cells of ``group`` (defense cells that differ only in their defense, ``specs``) as one
         ``fit``; each cell's summary. If that fit fails, the cells run one by one."""
-        from ..attack import GradientInversion
-        from ..data import VictimDataModule
-        from ..fit import TRAINER_DEFAULTS
-        from ..loggers import TensorBoardLogger
-        from .batching import GroupCLI, GroupError, Member, Sharded, write_config
+        from leakage.attacks.gradient_inversion import GradientInversion
+        from leakage.data.datamodule import VictimDataModule
+        from leakage.fit import TRAINER_DEFAULTS
+        from leakage.reporting.loggers import TensorBoardLogger
+        from leakage.sweep.batching import GroupCLI, GroupError, Member, Sharded, write_config
 
         members = []
         for p, spec in zip(group, specs):

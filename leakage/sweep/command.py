@@ -7,8 +7,8 @@ import sys
 
 import yaml
 
-from .cells import Sweep
-from .config import SWEEP_DEFAULTS, read_configs
+from leakage.sweep.cells import Sweep
+from leakage.sweep.config import SWEEP_DEFAULTS, read_configs
 
 
 class _Parser(argparse.ArgumentParser):

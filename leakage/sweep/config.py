@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from .. import checks
-from .paths import RESOLUTION, check_name, fmt, same_setting, study_cell_id
+from leakage.engine import checks
+from leakage.sweep.paths import RESOLUTION, check_name, fmt, same_setting, study_cell_id
 
 SWEEP_DEFAULTS = {"output": "logs/defense_sweep", "success_ssim": 0.6, "target_success": 0.1, "refine": 3,
                   "batch": True}
@@ -133,22 +133,21 @@ def _check_settings(settings: Any, where: str) -> dict:
 # ----------------------------------------------------------------------------- defense classes
 def defense_classes() -> dict[str, type]:
     """The defenses a sweep may use, by short name: the subclasses of
-    :class:`leakage.defenses.Defense` that :mod:`leakage.defenses` lists."""
-    from .. import defenses
-
+    :class:`leakage.federated.defenses.Defense` that :mod:`leakage.federated.defenses` lists."""
+    from leakage.federated import defenses
     return {name: obj for name, obj in sorted(vars(defenses).items())
             if isinstance(obj, type) and issubclass(obj, defenses.Defense) and obj is not defenses.Defense}
 
 
 def _allowed() -> str:
-    return ", ".join(defense_classes()) + " (or leakage.defenses.<Name>)"
+    return ", ".join(defense_classes()) + " (or leakage.federated.defenses.<Name>)"
 
 
 def defense_class(class_path: Any) -> type:
     """The defense class that ``class_path`` names: a short name from :func:`defense_classes` or a
     dotted path inside the ``leakage`` package to a subclass of ``Defense``. Nothing outside the
     package is imported."""
-    from ..defenses import Defense
+    from leakage.federated.defenses import Defense
 
     known = defense_classes()
     if isinstance(class_path, str) and class_path in known:

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .paths import confined
-from .tables import metrics as shown_metrics
+from leakage.sweep.paths import confined
+from leakage.sweep.tables import metrics as shown_metrics
 
 
 def outcomes(rows: list[dict]) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .paths import confined
+from leakage.sweep.paths import confined
 
 LOCK_NAME = "sweep.lock"
 #: a lock file that cannot be read (its holder died between creating and writing it) is stale after this

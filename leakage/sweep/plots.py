@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..dashboard import figure_png
-from .paths import atomic_write, confined, fmt
-from .tables import headers, metrics, study_headers, study_metrics, study_rows
+from leakage.reporting.dashboard import figure_png
+from leakage.sweep.paths import atomic_write, confined, fmt
+from leakage.sweep.tables import headers, metrics, study_headers, study_metrics, study_rows
 
 
 def write_plots(out: Path, defenses: list[dict], studies: list[dict], rows: list[dict], points: list[dict]) -> None:

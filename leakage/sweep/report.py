@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import htmlreport as h
-from ..server import PUBLIC_LABELS, SERVER_SETTINGS, make_server
-from .paths import confined, fmt
-from .tables import (defense_args, defense_cells, headers, metrics, score_label, study_headers, study_metrics,
+from leakage.reporting import htmlreport as h
+from leakage.federated.server import PUBLIC_LABELS, SERVER_SETTINGS, make_server
+from leakage.sweep.paths import confined, fmt
+from leakage.sweep.tables import (defense_args, defense_cells, headers, metrics, score_label, study_headers, study_metrics,
                      study_rows)
 
 

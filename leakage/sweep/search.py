@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Generator
 
-from .paths import RESOLUTION, fmt, same_setting
+from leakage.sweep.paths import RESOLUTION, fmt, same_setting
 
 
 def apart(a: float, b: float) -> tuple[str, str]:

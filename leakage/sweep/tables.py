@@ -6,8 +6,8 @@ import csv
 import io
 from collections.abc import Callable
 
-from ..kinds import DataKind, kind_class
-from .paths import fmt, study_cell_id
+from leakage.data.kinds import DataKind, kind_class
+from leakage.sweep.paths import fmt, study_cell_id
 
 nan = float("nan")
 

@@ -1,0 +1,727 @@
+"""The gradient-inversion attack as a LightningModule.
+
+Dummy images and dummy labels are ``nn.Parameter``s with a leading problem dimension
+``P = victims x restarts``; ``training_step`` returns the summed gradient-matching loss, so one
+optimizer step is one attack iteration for every problem at once and each dummy's gradient stays
+its own. The module reads only the observation (model, shared gradient, public metadata).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Sequence, Union
+
+from lightning.pytorch.utilities import rank_zero_warn
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from leakage.engine import checks
+
+from leakage.engine import memory
+from leakage.engine.allocator import keep_freed_memory
+from leakage.engine.bestiterate import BestIterate
+from leakage.federated.client import batchnorm_layers, client_view, per_problem_gradients
+from leakage.records import Observation
+from leakage.engine.distributed import all_done
+from leakage.attacks.family import Attack
+from leakage.federated.fedavg import per_problem_updates, schedules
+from leakage.attacks.labels import label_gradients, observed_labels, public_labels
+from leakage.engine.losses import DISTANCES, gradient_distance, squared_norms
+from leakage.engine.optim import BatchedLBFGS, SignedAdam
+from leakage.engine.precision import full_precision
+from leakage.engine.seeding import generator
+from leakage.engine.stopping import StoppingRule
+
+OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
+INITS = ("randn", "uniform", "constant")
+LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin", "ilrg", "known")
+ENSEMBLES = ("best", "pool")
+#: what the attack logs through ``self.log`` (what an EarlyStopping or ModelCheckpoint may monitor)
+LOGGED_METRICS = ("attack/loss",)
+#: on the CPU a model with at least this many parameters evaluates its problems one at a time unless
+#: ``problems_per_chunk`` says otherwise: there, batching problems with ``vmap`` costs more than it
+#: saves (CPU time per problem, 4 problems batched against one alone, one thread: 0.79M parameters
+#: 1.01x, 1.2M 0.84x, 2.7M 1.47x, 6.6M 1.49x, ResNet-18's 11.2M 1.17x; README, Compared with breaching)
+SERIAL_PARAMETERS = 2_000_000
+
+
+class GradientInversion(Attack):
+    """Reconstruct client data from shared gradients (DLG, iDLG, Inverting Gradients).
+
+    Args:
+        model: target model: a built-in name (``lenet``, DLG's; ``simple_cnn``; ``mlp``;
+            ``resnet18``, the CIFAR variant of Inverting Gradients; ``resnet18_imagenet``) or any
+            ``torch.nn.Module``, given in a config as ``class_path`` and ``init_args`` (an import
+            path of a class, or of a function returning a module) or on the command line as
+            ``--model.model my_package.MyNet --model.model.width 64``. The module is owned by the
+            attack from then on (its parameters are frozen).
+        input_shape: ``[C, H, W]``; linked from the data by the CLI.
+        num_classes: linked from the data by the CLI.
+        model_seed: seed of a built-in model's weights (a module given by import path is built by
+            its own code; seed it with ``seed_everything``).
+        model_weights: optional weights file: a state_dict (``.pt``/``.pth``), a Lightning
+            checkpoint (``.ckpt``, its ``state_dict``; a prefix such as ``model.`` is stripped when
+            only one fits) or ``.safetensors``; read without unpickling.
+        distance: ``l2`` (DLG) or ``cosine`` (Inverting Gradients).
+        tv_weight: weight of the total-variation prior (0 disables it).
+        bn_weight: weight of the BatchNorm-statistics prior (``R_BN`` of Yin et al., 2021): for every
+            BatchNorm layer, the L2 distances of the dummy batch's per-channel mean and variance at
+            that layer's input to the layer's running statistics, summed. For trained models (their
+            running statistics describe real data); needs BatchNorm layers; 0 disables it.
+        optimizer: ``lbfgs`` (batched, as DLG), ``adam`` or ``signed_adam``.
+        lr: learning rate.
+        lbfgs_max_iter: L-BFGS inner iterations per step (torch's default 20, as DLG).
+        lbfgs_history_size: L-BFGS curvature pairs kept per problem (torch's default 100).
+        lbfgs_tolerance_grad: L-BFGS stops a problem whose largest gradient entry is at most this
+            (torch's default 1e-7).
+        lbfgs_tolerance_change: L-BFGS ends a step for a problem whose loss or step changes by less
+            than this (torch's default 1e-9).
+        init: dummy image init: ``randn`` (DLG), ``uniform`` (in the data range) or ``constant``
+            (the middle of the data range).
+        init_seed: seed of the dummy init; each problem draws from its own generator, seeded by
+            ``(init_seed, its update's key, its restart)``.
+        box_constraint: project the dummies after every step (images: clamp to the data range;
+            unrelaxed table rows: continuous values clamped to their bounds).
+        relax: TabLeak's relaxation of table rows: the dummy holds a softmax's logits for each
+            categorical feature and a sigmoid's argument for each continuous one (mapped into its
+            bounds). Tables only.
+        ensemble: ``best`` (the restart with the lowest matching loss) or ``pool`` (TabLeak's
+            pooled ensembling: every restart's batch slots matched to the best restart's by the
+            Hungarian algorithm, then combined by the data kind: mean of the softmaxes and median
+            for tables; it gives an entropy per reconstructed feature).
+        refine_steps: TabLeak's two-staged mode (tables): the last this many of ``max_steps`` fix
+            every categorical feature to its current argmax and optimize the continuous features
+            alone (the optimizer's state restarted), so the final loss, and the best restart, are
+            those of hard one-hot rows. 0 disables it.
+        labels: ``joint`` (DLG: soft labels optimized with the images), ``idlg`` (analytic, from
+            the last layer's gradient; batch size 1), or a batch label restoration fixed before the
+            attack: ``bias_count``, ``weight_count``, ``yin``, ``ilrg`` (see :mod:`leakage.attacks.labels`), or
+            ``known``: the labels are public (the data's ``public_labels``; TabLeak's setting).
+        restarts: independent dummies per victim; the one whose best iterate has the lowest
+            matching loss is kept. Every problem reports its best iterate (the dummies with the
+            lowest objective evaluated, :mod:`leakage.engine.bestiterate`), not its last.
+        group_weight: weight of group consistency (GradInversion, Yin et al., 2021): before every
+            step the restarts of a victim are aligned to its first restart (an optimal assignment
+            of batch slots with equal labels on pixel MSE) and averaged, and each restart is
+            pulled towards that consensus by ``group_weight`` x its mean squared distance. Needs
+            ``restarts >= 2``; 0 disables it.
+        lr_decay: for Adam, divide the lr by 10 at 3/8, 5/8 and 7/8 of ``max_steps`` (as
+            Inverting Gradients does).
+        problems_per_chunk: evaluate at most this many problems at once (bounds the memory of
+            the model's double backward; the result is the same to float32 rounding). None (auto):
+            one at a time on the CPU for a model of at least :data:`SERIAL_PARAMETERS` parameters
+            (batching them is slower there), all at once otherwise. One at a time, a problem's
+            gradient goes through ``torch.autograd.grad`` instead of ``vmap(grad)``.
+        compile: compile the objective and its backward with ``torch.compile`` (on CUDA in
+            ``reduce-overhead`` mode: replayed as a CUDA graph). ``auto``: on a GPU only (on the
+            CPU inductor's compile time, about a minute, outweighs its gain for short runs);
+            ``on``; ``off``. Where compiling fails the attack runs eagerly and says so in one
+            line. Compiling implies ``fixed_shape`` (unless set), so shapes never change.
+        fixed_shape: evaluate every problem at every closure, masking out the rows L-BFGS no
+            longer needs, instead of indexing the active ones (a data-dependent shape): with it an
+            iteration has fixed shapes and reads nothing back to the host, which is what lets it
+            be captured as a graph; without it converged problems cost nothing. None (auto): fixed
+            on a GPU, variable on the CPU (measured faster there: README, Speed).
+        lbfgs_early_exit: end an L-BFGS step as soon as none of its problems is active, as
+            ``torch.optim.LBFGS`` does (one flag read back per inner iteration). False: every
+            step runs ``lbfgs_max_iter`` masked inner iterations and reads nothing back (the same
+            iterates, more arithmetic: measured 6x slower on the CPU once problems converge).
+        check_done_every: every this many steps, end the run if every problem is done: failed,
+            or (L-BFGS) left where it was by its last step, a fixed point where further steps
+            change nothing. Each check reads one flag back. None (auto): every step with
+            ``lbfgs_early_exit`` (which reads flags back anyway), else every 10 steps; 0: never
+            (always run to ``max_steps``).
+        stop_loss, stop_relative, stop_change, stall_steps, stall_improvement: a budget that adapts,
+            per problem (:class:`leakage.engine.stopping.StoppingRule`): a problem stops once its matching
+            loss is at most ``stop_loss``, or at most ``stop_relative`` times its observation's own
+            scale (``l2``: the squared norm of the observed gradient, the loss of a dummy whose
+            gradient is 0; ``cosine``: 1), or changed by less than ``stop_change`` (relative) in one step, or
+            its best loss improved by less than ``stall_improvement`` (relative) over the last
+            ``stall_steps`` steps; the run ends when every problem has stopped (``max_steps`` is
+            then a cap). 0 turns a test off; all 0 (the default): a fixed budget.
+    """
+
+    def __init__(
+        self,
+        model: Union[nn.Module, str] = "lenet",
+        input_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 10,
+        model_seed: int = 1234,
+        model_weights: Optional[str] = None,
+        distance: Literal["l2", "cosine"] = "l2",
+        tv_weight: float = 0.0,
+        bn_weight: float = 0.0,
+        optimizer: Literal["lbfgs", "adam", "signed_adam"] = "lbfgs",
+        lr: float = 1.0,
+        lbfgs_max_iter: int = 20,
+        lbfgs_history_size: int = 100,
+        lbfgs_tolerance_grad: float = 1e-7,
+        lbfgs_tolerance_change: float = 1e-9,
+        init: Literal["randn", "uniform", "constant"] = "randn",
+        init_seed: int = 0,
+        box_constraint: bool = False,
+        labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin", "ilrg", "known"] = "joint",
+        restarts: int = 1,
+        group_weight: float = 0.0,
+        lr_decay: bool = False,
+        problems_per_chunk: Optional[int] = None,
+        compile: Literal["auto", "on", "off"] = "auto",
+        fixed_shape: Optional[bool] = None,
+        lbfgs_early_exit: bool = True,
+        check_done_every: Optional[int] = None,
+        relax: bool = False,
+        ensemble: Literal["best", "pool"] = "best",
+        refine_steps: int = 0,
+        stop_loss: float = 0.0,
+        stop_change: float = 0.0,
+        stall_steps: int = 0,
+        stall_improvement: float = 0.0,
+        stop_relative: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for value, allowed, what in (
+            (distance, DISTANCES, "distance"),
+            (optimizer, OPTIMIZERS, "optimizer"),
+            (init, INITS, "init"),
+            (labels, LABELS, "label strategy"),
+            (ensemble, ENSEMBLES, "ensemble"),
+            (compile, ("auto", "on", "off"), "compile setting"),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+        if problems_per_chunk is not None and problems_per_chunk < 1:
+            raise ValueError(f"problems_per_chunk must be >= 1, got {problems_per_chunk}")
+        if compile == "on" and fixed_shape is False:
+            raise ValueError("compile 'on' needs fixed shapes: drop fixed_shape false or set compile off")
+        if check_done_every is not None and check_done_every < 0:
+            raise ValueError(f"check_done_every must be >= 0 (0: never), got {check_done_every}")
+        if restarts < 1:
+            raise ValueError(f"restarts must be >= 1, got {restarts}")
+        if refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0 (0: off), got {refine_steps}")
+        if refine_steps > 0 and optimizer == "lbfgs":
+            raise ValueError("refine_steps needs optimizer adam or signed_adam (it restarts the optimizer's state "
+                             "mid-run, which L-BFGS's per-problem history does not support)")
+        if group_weight < 0:
+            raise ValueError(f"group_weight must be >= 0, got {group_weight}")
+        if group_weight > 0 and restarts < 2:
+            raise ValueError("group consistency (group_weight > 0) needs restarts >= 2: it pulls a victim's restarts together")
+        if lbfgs_tolerance_grad < 0 or lbfgs_tolerance_change < 0:
+            raise ValueError("lbfgs_tolerance_grad and lbfgs_tolerance_change must be >= 0")
+        for name, value in (("lr", lr), ("tv_weight", tv_weight), ("bn_weight", bn_weight),
+                            ("group_weight", group_weight), ("lbfgs_tolerance_grad", lbfgs_tolerance_grad),
+                            ("lbfgs_tolerance_change", lbfgs_tolerance_change)):
+            checks.float32_number(name, value)
+        for name, value in (("lbfgs_max_iter", lbfgs_max_iter), ("lbfgs_history_size", lbfgs_history_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        checks.seed("model_seed", model_seed)
+        checks.seed("init_seed", init_seed)
+        if lr <= 0 or tv_weight < 0 or bn_weight < 0:
+            raise ValueError(f"lr must be > 0 and tv_weight, bn_weight >= 0, got lr={lr}, tv_weight={tv_weight}, "
+                             f"bn_weight={bn_weight}")
+        self.stopping = StoppingRule(stop_loss, stop_change, stall_steps, stall_improvement, stop_relative)
+        self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights)
+        self._bn_layers = batchnorm_layers(self.target) if bn_weight > 0 else []
+        if bn_weight > 0 and not self._bn_layers:
+            raise ValueError(f"bn_weight > 0 needs a model with BatchNorm layers that keep running statistics; "
+                             f"model {self.hparams.model!r} has none")
+        self._client_net: Optional[nn.Module] = None  # the client's forward (train or eval mode), per device
+        self.param_names = [n for n, _ in self.target.named_parameters()]
+        self.consensus: Optional[Tensor] = None  # group consistency targets [P, B, ...]
+        self._evaluating: Optional[Tensor] = None  # problems the optimizer asks to evaluate
+        self._compiled = None  # the compiled objective, once built; False after a fallback
+        self.best = BestIterate()  # every problem's lowest-loss dummies so far: what the attack reports
+        self._free: Optional[Tensor] = None  # refine_steps: the dummy entries still optimized
+        self._loss_scale: Optional[Tensor] = None  # [P]: what stop_relative is a fraction of
+        self._observed_sq: Optional[Tensor] = None  # [P]: squared norms of the observed gradients (cosine)
+
+    # -------------------------------------------------------------- set-up
+    @staticmethod
+    def check_budget(settings: dict, max_steps: int) -> None:
+        refine = settings.get("refine_steps") or 0
+        if isinstance(refine, int) and refine >= max_steps:
+            raise ValueError(f"refine_steps ({refine}) must be below --trainer.max_steps ({max_steps}): "
+                             f"the first stage, which finds the categorical features, needs steps")
+
+    def receive(self, model: nn.Module) -> None:
+        super().receive(model)
+        self._bn_layers = batchnorm_layers(self.target) if self.hparams.bn_weight > 0 else []
+        self.param_names = [n for n, _ in self.target.named_parameters()]
+        self._client_net = None
+
+    def check_memory(self, victims: int, batch_size: int, local_steps: int = 1, trainer=None) -> None:
+        memory.check_attack(self, victims, batch_size, local_steps, trainer)
+
+    def _attach(self, observation: Observation) -> None:
+        hp = self.hparams
+        self.observation = observation
+        self.kind = observation.kind.relaxed(hp.get("relax", False))
+        unused = [w for w in ("tv_weight", "bn_weight") if hp[w] > 0 and w not in self.kind.priors]
+        if unused:
+            raise ValueError(f"{unused[0]} is a prior of images; {self.kind.name} data has none: set it to 0")
+        if hp.get("refine_steps", 0) > 0 and not self.kind.can_harden:
+            raise ValueError(f"refine_steps (fixing categorical features, then refining the rest) applies to tables, "
+                             f"not to {self.kind.name} data: set it to 0")
+        self._free = None
+        self._client_net = None
+        self._observed_sq = None
+        V, B, R = observation.num_victims, observation.batch_size, hp.restarts
+        P = V * R
+        observed = observation.gradient_estimate()  # FedAvg: pseudo-gradient units, whichever the client shares
+        for i, name in enumerate(self.param_names):
+            g = observed[name].repeat_interleave(R, dim=0)
+            self.register_buffer(f"observed_{i}", g, persistent=False)
+        if observation.client is not None and hp.bn_weight > 0:
+            raise ValueError("bn_weight (the BatchNorm-statistics prior) is modelled for FedSGD updates only: "
+                             "use --model.bn_weight 0 with --data.protocol fedavg")
+        if observation.client is not None and V > 0:  # FedAvg: each problem's public mini-batch order
+            sched = schedules(observation.client, B, observation.update_keys).repeat_interleave(R, dim=0)
+            self.register_buffer("schedule", sched, persistent=False)
+        x, label_logits = self.initial_dummies(observation)
+        self.dummy_data = nn.Parameter(x)
+        if hp.labels == "joint":
+            self.dummy_labels = nn.Parameter(label_logits)
+        else:
+            y = public_labels(observation) if hp.labels == "known" else observed_labels(  # [V, B]
+                self.target, label_gradients(observation), B, observation.input_shape, hp.labels,
+                observation.data_range, notes=self.notes)
+            self.register_buffer("fixed_labels", y.repeat_interleave(R, dim=0), persistent=False)
+        self.failed = torch.zeros(P, dtype=torch.bool)
+        self._loss_scale = None
+        self.best.reset()
+
+    def initial_dummies(self, observation: Observation) -> tuple[Tensor, Tensor]:
+        """Every problem's initial dummies ``[P, B, *sample_shape]`` (the kind's parameters) and
+        soft-label logits ``[P, B, K]``.
+
+        Problem ``(victim v, restart r)`` draws from its own generator, seeded by ``(init_seed, the
+        update's key, r)``: its start, and so its result, do not depend on the other problems of the
+        run, their order, the chunking or the number of processes.
+        """
+        hp = self.hparams
+        B = observation.batch_size
+        if not observation.update_keys:  # a process with an empty shard
+            return torch.zeros(0, B, *observation.input_shape), torch.zeros(0, B, hp.num_classes)
+        kind = observation.kind.relaxed(hp.get("relax", False))
+        xs, logits = [], []
+        for key in observation.update_keys:
+            for r in range(hp.restarts):
+                gen = generator("dummy", hp.init_seed, key, r)
+                xs.append(kind.initial(B, hp.init, gen))
+                logits.append(torch.randn((observation.batch_size, hp.num_classes), generator=gen))
+        return torch.stack(xs), torch.stack(logits)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the objective is (to be) compiled (see ``compile``)."""
+        setting = self.hparams.get("compile", "auto")
+        if setting == "auto":
+            return self.device.type == "cuda" and self._compiled is not False
+        return setting == "on" and self._compiled is not False
+
+    @property
+    def fixed_shape(self) -> bool:
+        """Whether iterations run with fixed shapes and no host round-trip (see ``fixed_shape``)."""
+        if self.hparams.get("fixed_shape") is not None:
+            return bool(self.hparams.fixed_shape)
+        return self.device.type == "cuda" or self.hparams.get("compile", "auto") == "on"
+
+    @property
+    def done_check_interval(self) -> int:
+        every = self.hparams.check_done_every
+        if every is None:
+            return 1 if self.hparams.lbfgs_early_exit else 10
+        return every
+
+    def observed(self) -> list[Tensor]:
+        return [getattr(self, f"observed_{i}") for i in range(len(self.param_names))]
+
+    def observed_sq_norm(self) -> Tensor:
+        """Each problem's squared norm of its observed gradient ``[P]``, the cosine distance's constant:
+        computed once (per attach, device and dtype), not at every evaluation."""
+        first = self.observed_0
+        cached = self._observed_sq
+        if cached is None or cached.device != first.device or cached.dtype != first.dtype:
+            with torch.inference_mode(False), torch.no_grad():
+                cached = self._observed_sq = squared_norms(self.observed())
+        return cached
+
+    def problems_at_once(self, device: Optional[torch.device] = None) -> Optional[int]:
+        """The most problems one evaluation takes (None: all) on ``device`` (default: the module's):
+        ``problems_per_chunk``, or by default 1 on the CPU for a model of at least
+        :data:`SERIAL_PARAMETERS` parameters that is not compiled."""
+        chunk = self.hparams.get("problems_per_chunk")
+        device = self.device if device is None else torch.device(device)
+        if (chunk is None and device.type == "cpu" and self.hparams.get("compile", "auto") != "on"
+                and sum(p.numel() for p in self.target.parameters()) >= SERIAL_PARAMETERS):
+            return 1
+        return chunk
+
+    @staticmethod
+    def _chunks(P: int, idx: Optional[Tensor], chunk: int) -> list:
+        """The problems ``idx`` (all ``P`` when None) in runs of at most ``chunk``: slices of
+        consecutive problems when ``idx`` is None (views of the dummies and the observed gradients,
+        no copies), index tensors otherwise."""
+        if idx is None:
+            return [slice(s, min(s + chunk, P)) for s in range(0, P, chunk)]
+        return list(idx.split(chunk))
+
+    def point(self) -> tuple[Tensor, ...]:
+        """The current iterate: the dummies and, with joint labels, the soft-label logits."""
+        if self.hparams.labels == "joint":
+            return self.dummy_data, self.dummy_labels
+        return (self.dummy_data,)
+
+    def _reported(self) -> tuple[Tensor, ...]:
+        """The reported iterate: each problem's best so far (the current one before any evaluation)."""
+        return tuple(p.detach() for p in self.point()) if self.best.empty else self.best.point
+
+    @property
+    def best_losses(self) -> Optional[Tensor]:
+        """Each problem's lowest loss so far ``[P]``: the loss of what :meth:`reconstruction` reports."""
+        return self.best.loss
+
+    @property
+    def loss_scale(self) -> Tensor:
+        """Each problem's own loss scale ``[P]``, which ``stop_relative`` is a fraction of: for ``l2`` the
+        squared norm of its observed gradient (the distance of a dummy whose gradient is 0); ``cosine``
+        is relative already (1)."""
+        if self._loss_scale is None or self._loss_scale.shape[0] != self.num_problems:
+            observed = self.observed()
+            if self.hparams.distance == "l2":
+                self._loss_scale = sum(o.detach().double().flatten(1).pow(2).sum(1) for o in observed)
+            else:
+                self._loss_scale = torch.ones(self.num_problems, dtype=torch.float64, device=observed[0].device)
+        return self._loss_scale
+
+    def reconstruction(self) -> Tensor:
+        """Every problem's best iterate as the model input it stands for ``[P, B, *sample_shape]``."""
+        with torch.no_grad():
+            return self.kind.to_input(self._reported()[0])
+
+    def recovered_labels(self) -> Tensor:
+        """Hard labels ``[P, B]`` of every problem's best iterate."""
+        if self.hparams.labels == "joint":
+            return self._reported()[1].argmax(dim=-1)
+        return self.fixed_labels
+
+    # -------------------------------------------------------------- objective
+    def client_net(self, device: torch.device) -> nn.Module:
+        """The client's forward pass as the observation says it ran (train or eval mode), sharing
+        the target's parameters; BatchNorm in train mode keeps no running statistics, so the
+        target's running buffers are never touched (:func:`leakage.federated.client.client_view`)."""
+        net = self._client_net
+        if net is None or self._client_net_device != device:
+            mode = self.observation.client_mode if self.observation is not None else "train"
+            net = self._client_net = client_view(self.target, mode).to(device)
+            self._client_net_device = device
+        return net
+
+    def bn_prior(self, moments: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """``R_BN`` per problem ``[P]``: distances of the dummy batch's BatchNorm input statistics to
+        the target's running statistics, summed over layers."""
+        total = 0.0
+        for name, (mean, var) in moments.items():
+            layer = self.target.get_submodule(name)
+            total = total + (mean - layer.running_mean).norm(dim=-1) + (var - layer.running_var).norm(dim=-1)
+        return total
+
+    def _one_problem_gradients(self, x: Tensor, targets: Tensor, net: nn.Module) -> dict[str, Tensor]:
+        """:func:`leakage.federated.client.per_problem_gradients` of one problem (``x`` ``[1, B, ...]``) through
+        ``torch.autograd.grad`` instead of ``vmap(grad)``: the same gradient (to float32 rounding), and
+        on ResNet-18 on one CPU thread 12% cheaper with its double backward (188 against 213 ms).
+        The parameters are fresh detached leaves: the attack's backward, which asks only for the
+        dummies' gradient (the chunked path of :meth:`matching_loss`), never computes theirs."""
+        params = {k: v.detach().requires_grad_() for k, v in self.target.named_parameters()}
+        buffers = {k: v.detach() for k, v in net.named_buffers()}
+        graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            loss = F.cross_entropy(functional_call(net, (params, buffers), (x[0],)), targets[0])
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=graph)
+        return {k: g.unsqueeze(0) for k, g in zip(params, grads)}
+
+    def _objective(self, x: Tensor, label_logits: Optional[Tensor], idx: Optional[Union[Tensor, slice]],
+                   distance: Optional[str] = None, prior: bool = True) -> Tensor:
+        """Objective of the problems ``idx`` (all when None; an index tensor or a slice) at dummies
+        ``x`` and label logits."""
+        return self._objectives(x, label_logits, idx, ((distance, prior),))[0]
+
+    def _objectives(self, x: Tensor, label_logits: Optional[Tensor], idx: Optional[Union[Tensor, slice]],
+                    terms: Sequence[tuple[Optional[str], bool]]) -> list[Tensor]:
+        """The objective of the problems ``idx`` once per ``(distance, prior)`` of ``terms`` (distance
+        None: the attack's), all from one evaluation of the per-problem gradients."""
+        dummy, x = x, self.kind.to_input(x)
+        observed = self.observed()
+        if label_logits is not None:
+            targets = F.softmax(label_logits, dim=-1)
+        else:
+            targets = self.fixed_labels
+        if idx is not None:
+            observed = [o[idx] for o in observed]
+            targets = targets if label_logits is not None else targets[idx]
+        net = self.client_net(x.device)
+        bn = any(prior for _, prior in terms) and self.hparams.bn_weight > 0
+        client = self.observation.client
+        if client is not None:  # FedAvg: the client's local steps, simulated per problem
+            sched = self.schedule if idx is None else self.schedule[idx]
+            grads = per_problem_updates(self.target, x, targets, client, sched, forward=net)
+        elif bn:
+            grads, moments = per_problem_gradients(self.target, x, targets, forward=net, bn_layers=self._bn_layers)
+        elif x.shape[0] == 1 and self.problems_at_once() == 1:
+            grads = self._one_problem_gradients(x, targets, net)
+        else:
+            grads = per_problem_gradients(self.target, x, targets, forward=net)
+        mine = [grads[n] for n in self.param_names]
+        norm = None
+        if any((d or self.hparams.distance) == "cosine" for d, _ in terms):
+            norm = self.observed_sq_norm() if idx is None else self.observed_sq_norm()[idx]
+        out = []
+        for distance, prior in terms:
+            kind = distance or self.hparams.distance
+            loss = gradient_distance(mine, observed, kind, norm if kind == "cosine" else None)
+            if prior and bn:
+                loss = loss + self.hparams.bn_weight * self.bn_prior(moments)
+            kind_prior = self.kind.prior(dummy, x, {"tv_weight": self.hparams.tv_weight}) if prior else None
+            if kind_prior is not None:
+                loss = loss + kind_prior
+            if prior and self.hparams.group_weight > 0 and self.consensus is not None:
+                target = self.consensus if idx is None else self.consensus[idx]
+                loss = loss + self.hparams.group_weight * (dummy - target).pow(2).flatten(1).mean(1)
+            out.append(loss)
+        return out
+
+    @torch.no_grad()
+    def update_consensus(self) -> None:
+        """Group consistency: each restart's target is the mean of its victim's aligned restarts."""
+        R = self.hparams.restarts
+        x = self.dummy_data.detach()
+        P, B = x.shape[:2]
+        if P == 0:
+            return
+        groups = x.view(P // R, R, B, -1)
+        current = self.dummy_labels.detach().argmax(dim=-1) if self.hparams.labels == "joint" else self.fixed_labels
+        labels = current.view(P // R, R, B).cpu()
+        perms = torch.empty(P // R, R, B, dtype=torch.long)  # restart r's slot for the first restart's slot i
+        for v in range(P // R):
+            for r in range(R):
+                cost = torch.cdist(groups[v, 0], groups[v, r]).pow(2).cpu()
+                cost = cost + 1e6 * (labels[v, 0][:, None] != labels[v, r][None, :])  # equal labels first
+                rows, cols = linear_sum_assignment(cost.double().numpy())
+                perms[v, r, torch.as_tensor(rows)] = torch.as_tensor(cols)
+        perms = perms.to(x.device)
+        aligned = torch.gather(groups, 2, perms[..., None].expand_as(groups))  # [V, R, B, D] in restart 0's order
+        mean = aligned.mean(1, keepdim=True).expand_as(groups)
+        target = torch.empty_like(groups).scatter_(2, perms[..., None].expand_as(groups), mean)
+        self.consensus = target.view_as(x)
+
+    def matching_loss(self, distance: Optional[str] = None, prior: bool = True, subset: Optional[Tensor] = None) -> Tensor:
+        """Per-problem objective ``[P]``: gradient distance (plus the TV and group-consistency priors).
+
+        With a boolean ``subset`` mask only those problems are evaluated (the others' rows of the
+        result are NaN and receive no gradient); with :attr:`fixed_shape` every problem is
+        evaluated and the others' rows are masked to NaN afterwards (no data-dependent shape). With
+        :meth:`problems_at_once` below the problems evaluated, they are evaluated chunk by chunk and
+        each chunk's graph is freed at once; the result's backward gives the same gradients as the
+        unchunked one (to float32 rounding).
+        """
+        joint = self.hparams.labels == "joint"
+        labels = self.dummy_labels if joint else None
+        P = self.num_problems
+        if subset is not None and self.fixed_shape:
+            loss = self.matching_loss(distance, prior)
+            return torch.where(subset, loss, torch.full_like(loss, float("nan")))
+        idx = None if subset is None or bool(subset.all()) else subset.nonzero().squeeze(1)
+        chunk = self.problems_at_once()
+        n = P if idx is None else idx.numel()
+        if n == 0:  # nothing left to evaluate (every problem failed): NaN rows, zero gradients
+            return torch.full((P,), float("nan"), device=self.dummy_data.device) + self.dummy_data.flatten()[:0].sum()
+        # one at a time (chunk 1) always takes the chunked path: its backward asks for the dummies' gradient
+        # alone, which the parameters' leaves of _one_problem_gradients need
+        if chunk is None or (n <= chunk and chunk > 1):
+            if idx is None:
+                if distance is None and prior and torch.is_grad_enabled() and self.compiled:
+                    return self._compiled_objective(self.dummy_data, labels)
+                return self._objective(self.dummy_data, labels, None, distance, prior)
+            loss = self._objective(self.dummy_data[idx], labels[idx] if joint else None, idx, distance, prior)
+            return torch.full((P,), float("nan"), device=loss.device, dtype=loss.dtype).index_put((idx,), loss)
+        losses = torch.full((P,), float("nan"), device=self.dummy_data.device)
+        if not torch.is_grad_enabled():  # nothing to back-propagate: each chunk's losses
+            for c in self._chunks(P, idx, chunk):
+                losses[c] = self._objective(self.dummy_data[c], labels[c] if joint else None, c, distance, prior)
+            return losses
+        # chunked: gradients per chunk now, a surrogate carries them to Lightning's backward
+        params = [self.dummy_data] + ([self.dummy_labels] if joint else [])
+        total = [torch.zeros_like(p) for p in params]
+        for c in self._chunks(P, idx, chunk):
+            leaves = [p.detach()[c].requires_grad_() for p in params]
+            loss = self._objective(leaves[0], leaves[1] if joint else None, c, distance, prior)
+            for t, g in zip(total, torch.autograd.grad(loss.nansum(), leaves)):
+                t[c] = g
+            losses[c] = loss.detach()
+        # per problem, so each row's value is its loss and its gradient is its chunk's gradient
+        surrogate = sum((p * t).flatten(1).sum(1) for p, t in zip(params, total))
+        return losses + (surrogate - surrogate.detach())
+
+    def _compiled_objective(self, x: Tensor, label_logits: Optional[Tensor]) -> Tensor:
+        """The training objective of every problem through ``torch.compile``; eager if that fails."""
+        self.client_net(x.device)  # built (a model copy) before capture, not inside the compiled graph
+        if self.hparams.distance == "cosine":
+            self.observed_sq_norm()  # computed eagerly, once: the compiled graph reads it
+        if self._compiled is None:
+            mode = "reduce-overhead" if x.device.type == "cuda" else None
+            self._compiled = torch.compile(self._objective, mode=mode, dynamic=False)
+        try:
+            # a copy: under CUDA graphs the output's memory is reused by the next replay
+            return self._compiled(x, label_logits, None).clone()
+        except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
+            self._compiled = False
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            rank_zero_warn(f"torch.compile failed ({type(err).__name__}: {first}); the attack runs eagerly")
+            return self._objective(x, label_logits, None)
+
+    def on_fit_start(self) -> None:
+        if self.trainer.max_steps is None or self.trainer.max_steps < 1:
+            raise ValueError("set the attack budget with --trainer.max_steps N (one step is one attack iteration)")
+        self.check_budget(self.hparams, self.trainer.max_steps)  # the API's runs too, not only the CLI's
+        self.stopping.reset()
+        if self.device.type == "cpu":  # every step frees and allocates the same tensors: keep their pages
+            keep_freed_memory()
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        refine = self.hparams.get("refine_steps", 0)
+        if refine and self._free is None and self.trainer.global_step >= self.trainer.max_steps - refine:
+            self.start_refining()
+        if self.hparams.group_weight > 0:
+            with full_precision():
+                self.update_consensus()
+
+    @torch.no_grad()
+    def start_refining(self) -> None:
+        """Stage two of ``refine_steps``: categorical features fixed to their argmax (the kind's
+        :meth:`harden_`), their gradient masked out from now on, the optimizer's state restarted."""
+        self._free = self.kind.harden_(self.dummy_data)
+        self.dummy_data.register_hook(lambda g: g * self._free.to(g))
+        self.best.reset()  # stage two reports hard rows: its best iterate is kept from here on
+        for opt in self.trainer.optimizers:
+            (opt.optimizer if hasattr(opt, "optimizer") else opt).state.clear()
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        subset = self._evaluating
+        losses = self.matching_loss(subset=subset)
+        detached = losses.detach()
+        evaluated = torch.ones_like(self.failed) if subset is None else subset
+        self.failed |= evaluated & ~torch.isfinite(detached)
+        if self.problem_losses is None or subset is None:
+            self.problem_losses = detached
+        else:
+            self.problem_losses = torch.where(evaluated, detached, self.problem_losses)
+        # the losses were evaluated at the parameters as they are now (L-BFGS's trial points too)
+        self.best.offer(detached, self.point())
+        return losses.nansum()
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        # one attack iteration, objective and backward included, in full float32 (no TF32)
+        with full_precision():
+            self._optimizer_step(optimizer, optimizer_closure)
+
+    def _optimizer_step(self, optimizer, optimizer_closure) -> None:
+        # the batched optimizers take per-problem losses from the closure; Lightning's closure runs
+        # training_step, zero_grad and backward and returns the summed loss
+        opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        if self.num_problems == 0:  # a process with an empty shard keeps step with the others
+            optimizer_closure()
+            return
+
+        def closure() -> Tensor:
+            # BatchedLBFGS says which problems it still needs; the others are not evaluated
+            self._evaluating = getattr(opt, "evaluating", None)
+            optimizer_closure()
+            return self.problem_losses
+
+        params = [p for group in opt.param_groups for p in group["params"]]
+        if isinstance(opt, BatchedLBFGS):
+            opt.frozen = self.stopping.stopped  # stopped problems: not evaluated, not moved
+        else:
+            self.stopping.hold(params, moved=False)
+        optimizer.step(closure=closure)
+        if not isinstance(opt, BatchedLBFGS):
+            self.stopping.hold(params, moved=True)
+        self._evaluating = None
+        if isinstance(opt, BatchedLBFGS):
+            self.failed |= opt.failed.to(self.failed.device)
+        if self.hparams.box_constraint:
+            with torch.no_grad():
+                self.kind.project_(self.dummy_data)
+
+    def done(self) -> Tensor:
+        """Mask ``[P]`` of problems with nothing left to do: failed, stopped by the stopping rule, or
+        (L-BFGS) at a fixed point."""
+        done = self.failed.clone()
+        if self.stopping.stopped is not None:
+            done |= self.stopping.stopped.to(done.device)
+        if self._trainer is not None and self.trainer.optimizers:
+            opt = self.trainer.optimizers[0]
+            opt = opt.optimizer if hasattr(opt, "optimizer") else opt
+            if isinstance(opt, BatchedLBFGS):
+                done |= opt.stalled.to(done.device)
+        return done
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.best_losses is not None:
+            ok = torch.isfinite(self.best_losses)
+            # the mean over the finite losses, without reading the mask back (NaN when none is finite);
+            # progress bar only: TensorBoard gets the median and the per-victim losses (leakage.reporting.dashboard).
+            # Logged once per step, not from training_step, which L-BFGS runs up to max_iter times a
+            # step (each self.log goes through Lightning's result collection); the bar shows one value
+            mean = torch.where(ok, self.best_losses, torch.zeros_like(self.best_losses)).sum() / ok.sum()
+            self.log(LOGGED_METRICS[0], mean, prog_bar=True, on_step=True, logger=False)
+            if self.stopping.enabled:
+                self.stopping.update(self.problem_losses, self.loss_scale if self.stopping.stop_relative > 0 else None)
+        every = self.done_check_interval
+        # every problem failed or converged: nothing is left to do. Sharded over processes, the run
+        # ends only when that holds on every rank (one all-reduce, the same answer everywhere), so all
+        # ranks run the same steps and meet at the report's gathers
+        if every and (self.trainer.global_step % every == 0) and all_done(self.trainer, bool(self.done().all())):
+            self.trainer.should_stop = True
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [self.dummy_data] + ([self.dummy_labels] if hp.labels == "joint" else [])
+        if hp.optimizer == "lbfgs":
+            return BatchedLBFGS(params, lr=hp.lr, max_iter=hp.lbfgs_max_iter, history_size=hp.lbfgs_history_size,
+                                tolerance_grad=hp.lbfgs_tolerance_grad, tolerance_change=hp.lbfgs_tolerance_change,
+                                early_exit=hp.lbfgs_early_exit,
+                                active_only=hp.lbfgs_early_exit and not self.fixed_shape)
+        opt = (SignedAdam if hp.optimizer == "signed_adam" else torch.optim.Adam)(params, lr=hp.lr)
+        if not hp.lr_decay:
+            return opt
+        n = self.trainer.max_steps
+        milestones = [int(n * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------- results
+    @torch.no_grad()
+    def final_evaluation(self) -> dict[str, Tensor]:
+        """Per-problem objective, gradient L2 and cosine distances at each problem's best iterate
+        (the last iterate, which no step has evaluated yet, is offered first)."""
+        with full_precision():
+            self.best.offer(self.matching_loss(), self.point())
+            if self.num_problems == 0:
+                empty = torch.zeros(0, device=self.dummy_data.device)
+                return {"loss": empty, "grad_l2": empty, "grad_cosine": empty}
+            x, *labels = self._reported()
+            labels = labels[0] if labels else None
+            # the three distances from one evaluation of the gradients, chunk by chunk like the attack's
+            terms = ((None, True), ("l2", False), ("cosine", False))
+            chunk = self.problems_at_once()
+            if chunk is None or chunk >= self.num_problems:
+                parts = [self._objectives(x, labels, None, terms)]
+            else:
+                parts = [self._objectives(x[c], labels[c] if labels is not None else None, c, terms)
+                         for c in self._chunks(self.num_problems, None, chunk)]
+            out = {k: torch.cat([p[i] for p in parts]) for i, k in enumerate(("loss", "grad_l2", "grad_cosine"))}
+        return {k: v.detach() for k, v in out.items()}

@@ -1,0 +1,19 @@
+"""Kinds of data behind the one engine: :class:`ImageKind`, :class:`TabularKind` (see :mod:`.base`)."""
+
+from leakage.data.kinds.base import DataKind
+from leakage.data.kinds.image import ImageKind
+from leakage.data.kinds.tabular import TableSchema, TabularKind
+
+#: every kind by its ``name`` (what results record): summaries of stored results read a kind's
+#: class attributes (score, metrics, their names) from here
+KINDS: dict[str, type[DataKind]] = {k.name: k for k in (ImageKind, TabularKind)}
+
+
+def kind_class(name: str) -> type[DataKind]:
+    """The kind named ``name`` in a stored result."""
+    if name not in KINDS:
+        raise ValueError(f"unknown data kind {name!r}; the kinds are {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+__all__ = ["DataKind", "ImageKind", "KINDS", "TableSchema", "TabularKind", "kind_class"]

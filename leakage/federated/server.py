@@ -1,0 +1,252 @@
+"""The server of the threat model: honest-but-curious (the default), or malicious and what it changes.
+
+An FL server sends the global model to its clients; each client computes its update on the model it
+received. An honest-but-curious server sends the model as it is and only looks at the updates. A
+malicious server changes the model first, so that the updates give the inputs away:
+
+- :class:`ImprintServer` (Fowl et al., "Robbing the Fed", ICLR 2022) inserts an imprint module at
+  the model's input: ``num_bins`` ReLU units that all measure one feature of the input (its mean, the
+  brightness of an image), each with a bias that cuts the feature at one quantile of its public
+  distribution, then a fixed map back to the input's shape (the units' mean times a small gain, added
+  to every input value: the rest of the model sees the input shifted by a small constant). Unit ``i`` fires for the inputs whose feature
+  exceeds cut ``i``, and every unit passes the same gradient back, so rows ``i`` and ``i + 1`` of
+  the module's gradient differ by exactly the inputs whose feature falls between the two cuts: where
+  one input does, ``x = (dW_i - dW_{i+1}) / (db_i - db_{i+1})`` (:class:`leakage.attacks.imprint.ImprintAttack`).
+- :class:`TrapWeightServer` (Boenisch et al., "When the Curious Abandon Honesty", EuroS&P 2023)
+  plants trap weights in the model's fully connected first layer: every row is half negative, half
+  positive weights scaled by ``trap_scale < 1``, with no bias, so each ReLU unit fires for few
+  inputs; a row that fires for exactly one input gives it, ``x = dW_i / db_i``
+  (:class:`leakage.attacks.trap_weights.TrapWeightAttack`).
+
+The server is public to the attacker (it is the attacker): the observation records it
+(:attr:`leakage.records.Observation.server`), with the model it sent, and every report states it in its
+first line (:meth:`Server.describe`). The change is made before the client computes its update
+(:meth:`leakage.data.datamodule.VictimDataModule.prepare`): FedSGD and FedAvg clients train the changed model.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from statistics import NormalDist
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from leakage.engine.models import first_linear
+
+SERVERS = ("honest", "imprint", "trap_weights")
+#: what an honest server's reports say first
+HONEST = "honest-but-curious server"
+#: what the threat model's line adds when the victims' labels are public (TabLeak's setting)
+PUBLIC_LABELS = "; the labels are public (known to the server)"
+MAX_BINS = 4096
+#: the imprint module's weights (``num_bins x`` input values) at most: a larger module is refused
+MAX_IMPRINT_WEIGHTS = 2 ** 25
+#: public statistics of the imprint's feature, the mean value of one input (its brightness), per dataset:
+#: MNIST's measured on the bundled test images 500-999 (not those the presets attack, 0-255);
+#: CIFAR-10's mean is the training split's published channel means averaged, and its spread the
+#: published per-pixel standard deviation (wider than that of image means: the bins spread wider)
+FEATURE_STATISTICS = {"mnist": (0.1239, 0.0407), "cifar10": (0.4734, 0.25)}
+#: the imprint module's output gain: the rest of the model sees ``x + gain * mean(relu(feature - cuts))``
+IMPRINT_GAIN = 1e-2
+#: the scale its units measure at (their weights and biases): measured on FedAvg updates of MNIST
+#: (one epoch of mini-batches of B/4), small enough that ``w_K - w_0`` keeps the gradients' digits and
+#: large enough that the bins barely move over the local steps (16/16 and 60/64 images at 0.2; 4/16 at
+#: 1e-3, 13/16 at 1)
+IMPRINT_SCALE = 0.2
+
+
+class Server:
+    """The honest-but-curious server: it sends the global model unchanged."""
+
+    name = "honest"
+    malicious = False
+
+    def __init__(self) -> None:
+        #: the model this server sent, when it changed it (None: the global model as it is)
+        self.model: Optional[nn.Module] = None
+
+    def send(self, model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+        """The model the clients receive and train, for inputs of ``input_shape``."""
+        return model
+
+    def describe(self) -> str:
+        """The threat model in a few words: the first line of every report."""
+        return HONEST
+
+    def settings(self) -> dict:
+        return {"server": self.name}
+
+
+class ImprintBlock(nn.Module):
+    """Robbing the Fed's imprint module: ``len(cuts)`` ReLU units measuring the mean of the input, unit
+    ``i`` cut at ``cuts[i]`` (increasing), their mean added back to every input value.
+
+    The map back is fixed (no parameters): every unit passes the same gradient back, and keeps doing
+    so over a FedAvg client's local steps, which train only ``measure``. The units measure at
+    ``scale`` and the map back multiplies by ``gain / scale`` (breaching's gain): the rest of the model
+    sees the input shifted by ``gain`` times the mean of ``relu(feature - cut)``."""
+
+    def __init__(self, input_shape: Sequence[int], cuts: Tensor, gain: float = IMPRINT_GAIN,
+                 scale: float = IMPRINT_SCALE) -> None:
+        super().__init__()
+        self.measure = nn.Linear(math.prod(input_shape), len(cuts))
+        self.amplify = gain / scale
+        with torch.no_grad():
+            self.measure.weight.fill_(scale / math.prod(input_shape))
+            self.measure.bias.copy_(-scale * cuts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shift = self.amplify * F.relu(self.measure(x.flatten(1))).mean(dim=1)
+        return x + shift.view(-1, *([1] * (x.dim() - 1)))
+
+
+class Imprinted(nn.Module):
+    """The model a :class:`ImprintServer` sends: the imprint module, then the global model."""
+
+    def __init__(self, imprint: ImprintBlock, model: nn.Module) -> None:
+        super().__init__()
+        self.imprint = imprint
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(self.imprint(x))
+
+
+def _positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+class ImprintServer(Server):
+    """Insert an imprint module of ``num_bins`` bins at the model's input (see the module docstring).
+
+    Args:
+        num_bins: the module's units, 2 to :data:`MAX_BINS`; an input is recovered exactly when it is
+            alone in its bin, so more bins than inputs per update recover more.
+        feature_mean, feature_std: the public distribution of the feature (the mean value of one
+            input), a Gaussian whose quantiles ``1/num_bins, ..., (num_bins - 1)/num_bins`` are the cuts
+            (the first bin takes everything below).
+    """
+
+    name = "imprint"
+    malicious = True
+
+    def __init__(self, num_bins: int = 64, feature_mean: float = 0.5, feature_std: float = 0.25) -> None:
+        super().__init__()
+        num_bins = _positive_int("num_bins", num_bins)
+        if not 2 <= num_bins <= MAX_BINS:
+            raise ValueError(f"the imprint module takes 2 to {MAX_BINS} bins, got num_bins {num_bins}")
+        if not (math.isfinite(feature_mean) and math.isfinite(feature_std) and feature_std > 0):
+            raise ValueError(f"the imprint's feature statistics must be finite with feature_std > 0, got mean "
+                             f"{feature_mean} and std {feature_std}")
+        self.num_bins, self.feature_mean, self.feature_std = num_bins, float(feature_mean), float(feature_std)
+        gauss = NormalDist(self.feature_mean, self.feature_std)
+        inner = [gauss.inv_cdf(i / num_bins) for i in range(1, num_bins)]
+        # the first cut lies ten standard deviations below the mean: every input fires unit 0
+        self.cuts = torch.tensor([min(inner[0], self.feature_mean) - 10 * self.feature_std, *inner])
+        #: the parameter names of the module's measuring layer in the sent model
+        self.layer = "imprint.measure"
+
+    def send(self, model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+        size = math.prod(input_shape)
+        if self.num_bins * size > MAX_IMPRINT_WEIGHTS:
+            raise ValueError(f"no room for an imprint module of {self.num_bins} bins on inputs of shape "
+                             f"{tuple(input_shape)}: it needs {self.num_bins} x {size} weights, more than "
+                             f"{MAX_IMPRINT_WEIGHTS}; use fewer bins (at most {MAX_IMPRINT_WEIGHTS // size})")
+        device = next(model.parameters()).device
+        sent = Imprinted(ImprintBlock(input_shape, self.cuts), model).to(device)
+        try:
+            with torch.no_grad():
+                sent(torch.zeros(2, *input_shape, device=device))
+        except (RuntimeError, ValueError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise ValueError(f"no room for the imprint module: the model does not take the module's output, inputs "
+                             f"of shape {tuple(input_shape)} ({reason})") from None
+        self.model = sent
+        return sent
+
+    def describe(self) -> str:
+        return (f"malicious server: imprint module with {self.num_bins} bins (Robbing the Fed; mean-brightness "
+                f"cuts from a Gaussian of mean {self.feature_mean:g}, std {self.feature_std:g})")
+
+    def settings(self) -> dict:
+        return {"server": self.name, "num_bins": self.num_bins, "feature_mean": self.feature_mean,
+                "feature_std": self.feature_std}
+
+
+class TrapWeightServer(Server):
+    """Plant trap weights in the model's fully connected first layer (see the module docstring).
+
+    Args:
+        trap_scale: the factor, in (0, 1), of each row's positive weights: smaller fires each unit for
+            fewer inputs (a row fires for an input whose positive half outweighs its negative half by
+            ``1 / trap_scale``).
+        seed: the public seed of the weights and of which half of each row is negative.
+    """
+
+    name = "trap_weights"
+    malicious = True
+
+    def __init__(self, trap_scale: float = 0.7, seed: int = 0) -> None:
+        super().__init__()
+        if not (math.isfinite(trap_scale) and 0 < trap_scale < 1):
+            raise ValueError(f"trap_scale must be in (0, 1) (positive weights scaled down), got {trap_scale}")
+        self.trap_scale, self.seed = float(trap_scale), _positive_int("seed", seed)
+        self.layer: Optional[str] = None  # the first layer's name in the sent model, once sent
+
+    def send(self, model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+        sent = copy.deepcopy(model)
+        self.layer, layer = first_linear(sent, input_shape, "the model", attack="planting trap weights")
+        rows, size = layer.weight.shape
+        gen = torch.Generator().manual_seed(self.seed)
+        magnitude = torch.randn(rows, size, generator=gen).abs() / math.sqrt(size)
+        negative = torch.rand(rows, size, generator=gen).argsort(dim=1) < size // 2  # half of each row
+        weight = torch.where(negative, -magnitude, self.trap_scale * magnitude)
+        with torch.no_grad():
+            layer.weight.copy_(weight.to(layer.weight))
+            layer.bias.zero_()
+        self.model = sent
+        return sent
+
+    def describe(self) -> str:
+        return (f"malicious server: trap weights in the first layer (When the Curious Abandon Honesty; "
+                f"positive weights scaled by {self.trap_scale:g})")
+
+    def settings(self) -> dict:
+        return {"server": self.name, "trap_scale": self.trap_scale}
+
+
+#: the settings each server reads: name -> (default, the servers that read it)
+SERVER_SETTINGS = {
+    "num_bins": (None, ("imprint",)),
+    "feature_mean": (None, ("imprint",)),
+    "feature_std": (None, ("imprint",)),
+    "trap_scale": (None, ("trap_weights",)),
+}
+
+
+def make_server(server: str = "honest", dataset: Optional[str] = None, num_bins: Optional[int] = None,
+                feature_mean: Optional[float] = None, feature_std: Optional[float] = None,
+                trap_scale: Optional[float] = None) -> Server:
+    """The server a data module's ``--data.server`` names, with its settings; a setting the chosen
+    server does not read is refused. The imprint's feature statistics default to the dataset's
+    (:data:`FEATURE_STATISTICS`), else to the data range [0, 1] (mean 0.5, std 0.25)."""
+    if server not in SERVERS:
+        raise ValueError(f"unknown server {server!r}; choose one of {', '.join(SERVERS)}")
+    given = {"num_bins": num_bins, "feature_mean": feature_mean, "feature_std": feature_std, "trap_scale": trap_scale}
+    for name, (default, users) in SERVER_SETTINGS.items():
+        if server not in users and given[name] != default:
+            readers = " or ".join(f"--data.server {u}" for u in users)
+            raise ValueError(f"server {server} does not use --data.{name} (a setting of {readers}): leave it unset")
+    if server == "honest":
+        return Server()
+    if server == "imprint":
+        mean, std = FEATURE_STATISTICS.get(dataset or "", (0.5, 0.25))
+        return ImprintServer(64 if num_bins is None else num_bins, mean if feature_mean is None else feature_mean,
+                             std if feature_std is None else feature_std)
+    return TrapWeightServer(0.7 if trap_scale is None else trap_scale)
