@@ -30,7 +30,7 @@ def _refuse(key: str, path: str) -> None:
     raise ValueError(
         f"{key}: {path!r} is not a class of the package, Lightning or torch: trainer class paths (callbacks, "
         f"logger, strategy, ...) must be under {', '.join(a + '.' for a in ALLOWED)} (only --model.model "
-        "imports user code; README: What a config may run)"
+        "imports user code; docs/own-model.md: What a config may run)"
     )
 
 

@@ -61,7 +61,7 @@ def rows(run: Path) -> list[dict]:
 
 
 def assert_same_victims(one: list[dict], two: list[dict]) -> None:
-    """Victim for victim, what the README promises across processes: the same images, labels, status
+    """Victim for victim, what the docs promise across processes (docs/distributed.md): the same images, labels, status
     and outcome, and SSIM to 1e-3 where reconstructed (:func:`conftest.assert_same_outcome`)."""
     assert [r["indices"] for r in two] == [r["indices"] for r in one]
     assert [r["victim"] for r in two] == [r["victim"] for r in one]
@@ -146,7 +146,7 @@ def test_fit_on_two_processes_equals_the_one_process_run_victim_for_victim(tmp_p
         assert ssim[-1].value == pytest.approx(float(row["ssim"]), abs=1e-6)
         assert [e.step for e in acc.Scalars(f"victim_{v:02d}/loss")] == steps
     assert acc.Scalars("final/reconstructed")[-1].value == ref.Scalars("final/reconstructed")[-1].value
-    # the README's torchrun launch (one node here): torchrun starts the ranks, Lightning joins them
+    # the torchrun launch of docs/distributed.md (one node here): torchrun starts the ranks, Lightning joins them
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

@@ -54,7 +54,7 @@ def test_dummies_observed_and_adam_terms_are_what_the_attack_allocates():
 
 
 def test_estimate_agrees_with_the_measured_cost_per_problem():
-    # README, "Many problems at once": about 3 MiB per problem (3.02 to 3.32 MiB per added problem, peak
+    # docs/benchmarks.md, "Many problems at once": about 3 MiB per problem (3.02 to 3.32 MiB per added problem, peak
     # RSS) for DLG's settings on CIFAR-10 LeNet at history 100; the estimate must agree within 2x
     from leakage.engine.models import build_model
 

@@ -61,7 +61,7 @@ def test_sweep_writes_tables_plots_and_hparams(tmp_path, capsys):
         assert (run / "metrics.json").exists() and list(run.glob("events.out.tfevents.*"))
         defenses = json.loads((run / "metrics.json").read_text())["defenses"]
         assert defenses[-1]["defense"] in ("gaussian_noise", "top_k")
-    # the hparams view compares the cells, under the README's `tensorboard --logdir <output>`: one
+    # the hparams view compares the cells, under the docs' `tensorboard --logdir <output>`: one
     # experiment (the tab's columns) in the whole folder, one session (row) per cell
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer

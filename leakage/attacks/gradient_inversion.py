@@ -43,7 +43,7 @@ LOGGED_METRICS = ("attack/loss",)
 #: on the CPU a model with at least this many parameters evaluates its problems one at a time unless
 #: ``problems_per_chunk`` says otherwise: there, batching problems with ``vmap`` costs more than it
 #: saves (CPU time per problem, 4 problems batched against one alone, one thread: 0.79M parameters
-#: 1.01x, 1.2M 0.84x, 2.7M 1.47x, 6.6M 1.49x, ResNet-18's 11.2M 1.17x; README, Compared with breaching)
+#: 1.01x, 1.2M 0.84x, 2.7M 1.47x, 6.6M 1.49x, ResNet-18's 11.2M 1.17x; docs/benchmarks.md, Compared with breaching)
 SERIAL_PARAMETERS = 2_000_000
 
 
@@ -123,7 +123,7 @@ class GradientInversion(Attack):
             longer needs, instead of indexing the active ones (a data-dependent shape): with it an
             iteration has fixed shapes and reads nothing back to the host, which is what lets it
             be captured as a graph; without it converged problems cost nothing. None (auto): fixed
-            on a GPU, variable on the CPU (measured faster there: README, Speed).
+            on a GPU, variable on the CPU (measured faster there: docs/benchmarks.md, Speed).
         lbfgs_early_exit: end an L-BFGS step as soon as none of its problems is active, as
             ``torch.optim.LBFGS`` does (one flag read back per inner iteration). False: every
             step runs ``lbfgs_max_iter`` masked inner iterations and reads nothing back (the same

@@ -6,7 +6,7 @@ gradients, the observed gradients (repeated per restart), the optimizer's state 
 while a problem is evaluated, its share of the objective's double-backward graph. :func:`check_memory`
 refuses, with the number and the setting to change, an attack whose estimate is more than the
 machine has free (host memory from ``/proc/meminfo``, a GPU's from ``torch.cuda.mem_get_info``).
-Measured on CIFAR-10 LeNet at history 100 (README, "Many problems at once"): about 3 MiB per
+Measured on CIFAR-10 LeNet at history 100 (docs/benchmarks.md, "Many problems at once"): about 3 MiB per
 problem, which the estimate puts at 2.9 MiB.
 """
 

@@ -1,7 +1,7 @@
 """A run's files on disk: checked before the attack, written whole or not at all, and marked while
 the run is under way.
 
-The rule a reader of a run folder goes by (README, "Set up and run"):
+The rule a reader of a run folder goes by (docs/getting-started.md, "Set up and run"):
 
 - ``RUNNING`` (the process id, host and start time) is written when the attack starts and removed
   when the run ends in any way its process lives through. A folder that still holds it while no such
