@@ -121,6 +121,40 @@ def chosen_attack(args: list[str]) -> Any:
     return chosen
 
 
+def moved_settings(data_class: Any, model_class: Any) -> dict[str, str]:
+    """Every setting that has moved, ``{"data.num_bins": "its new place", ...}``: the ``MOVED`` class
+    attribute (``{old key: where it is now}``) of the data module's and the attack's classes. A setting
+    that moved into an object (a source, a client, a server; an objective, a label strategy, ...) is
+    refused in one line that names its new place: no alias keeps the old key working."""
+    moved = {}
+    for section, cls in (("data", data_class), ("model", model_class)):
+        for key, place in (getattr(cls, "MOVED", None) or {}).items():
+            moved[f"{section}.{key}"] = place
+    return moved
+
+
+def check_moved_settings(args: list[str], moved: dict[str, str]) -> None:
+    """Refuse, in one line naming its new place, a moved setting given on the command line
+    (``--data.num_bins 64``, ``--data.num_bins=64``) or in a ``--config`` file's ``data:``/``model:``."""
+    if not moved:
+        return
+    for a in args:
+        key = a[2:].split("=", 1)[0] if a.startswith("--") else None
+        if key in moved:
+            raise ValueError(f"--{key} has moved: {moved[key]}")
+    for value in _config_paths(args):
+        try:
+            path = Path(value)
+            data = yaml.safe_load(path.read_text() if path.is_file() else value)
+        except (OSError, ValueError, yaml.YAMLError):  # check_config_file says why it cannot be read
+            continue
+        for section in ("data", "model"):
+            block = data.get(section) if isinstance(data, dict) else None
+            for key in block if isinstance(block, dict) else ():
+                if f"{section}.{key}" in moved:
+                    raise ValueError(f"{value}: {section}.{key} has moved: {moved[f'{section}.{key}']}")
+
+
 def check_config_file(value: str) -> None:
     """Refuse a ``--config`` file that is a folder, unreadable, not YAML or not a mapping, naming it.
 
@@ -263,6 +297,7 @@ class LeakageCLI(LightningCLI):
                 check_config_file(value)
             # before the parser imports any class path: the trainer section names no user module
             check_trainer_class_paths(argv, _config_paths(argv))
+            check_moved_settings(argv, moved_settings(self.datamodule_class, self.model_class))
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:

@@ -253,3 +253,21 @@ def test_cli_attack_on_a_gradient_file(tmp_path, mnist_gradient_file):
     assert (run / "gallery.png").is_file()
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["data"]["source"] == "gradients"
+
+
+def test_a_moved_setting_is_refused_in_one_line_naming_its_new_place(tmp_path):
+    from leakage.fit import check_moved_settings, moved_settings
+
+    class Data:
+        MOVED = {"num_bins": "--data.server ImprintServer --data.server.num_bins N"}
+
+    moved = moved_settings(Data, object)
+    assert moved == {"data.num_bins": "--data.server ImprintServer --data.server.num_bins N"}
+    for args in (["--data.num_bins", "64"], ["--data.num_bins=64"]):
+        with pytest.raises(ValueError, match=r"^--data.num_bins has moved: --data.server ImprintServer"):
+            check_moved_settings(args, moved)
+    config = tmp_path / "old.yaml"
+    config.write_text("data:\n  num_bins: 64\n")
+    with pytest.raises(ValueError, match=r"old.yaml: data.num_bins has moved: --data.server ImprintServer"):
+        check_moved_settings(["--config", str(config)], moved)
+    check_moved_settings(["--data.batch_size", "4", "--model.num_bins", "1"], moved)  # others untouched
