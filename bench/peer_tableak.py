@@ -199,7 +199,7 @@ def scoring_schema(schema, categories: dict, stats: dict | None = None):
     deviations instead of ours (bounds and tolerance rule unchanged)."""
     from dataclasses import replace
 
-    from leakage.data.kinds.tabular import TableSchema
+    from leakage.data.tables import TableSchema
 
     feats = []
     for f in schema.features:

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import leakage
-from leakage.data.kinds import TableSchema, TabularKind
+from leakage.data.kinds import TabularKind
+from leakage.data.tables import TableSchema
 from leakage.engine.models import build_model
 
 from conftest import CONFIGS, cli_args, run_dirs

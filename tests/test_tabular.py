@@ -10,8 +10,8 @@ import torch
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.cli import main
 from leakage.data.datamodule import VictimDataModule
-from leakage.data.kinds import TableSchema
-from leakage.data.kinds.tabular import read_csv
+from leakage.data.csvtable import read_csv
+from leakage.data.tables import TableSchema
 
 from conftest import CONFIGS, cli_args, cli_error, run_dirs
 

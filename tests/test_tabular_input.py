@@ -12,7 +12,8 @@ import torch
 
 from leakage.reporting.callbacks import victim_rows
 from leakage.data.datamodule import VictimDataModule
-from leakage.data.kinds.tabular import TableSchema, canonical, read_csv
+from leakage.data.csvtable import canonical, read_csv
+from leakage.data.tables import TableSchema
 
 
 @pytest.fixture(autouse=True)
@@ -199,7 +200,7 @@ def test_a_schema_file_that_is_no_regular_file_is_refused_unread(tmp_path, monke
         VictimDataModule(source="csv", path=str(victims), schema=str(zero))
     big = tmp_path / "big.json"
     big.write_text(json.dumps(_schema()))
-    monkeypatch.setattr("leakage.data.kinds.tabular.SCHEMA_BYTES", 64)
+    monkeypatch.setattr("leakage.data.tables.SCHEMA_BYTES", 64)
     with pytest.raises(ValueError, match=r"big.json: larger than 64 bytes"):
         VictimDataModule(source="csv", path=str(victims), schema=str(big))
     with pytest.raises(ValueError, match=r"CSV file .*fifo.json is a FIFO"):

@@ -25,8 +25,9 @@ from torchvision import datasets, transforms
 
 from leakage.federated.capture import check_settings, is_capture, load_global_weights, read_capture
 from leakage.federated.client import CLIENT_MODES, client_gradients, load_gradients, validate_gradients
-from leakage.data.kinds import DataKind, ImageKind, TableSchema, TabularKind
-from leakage.data.kinds.tabular import drop_nonfinite, numeric_columns, read_csv, read_schema
+from leakage.data.csvtable import drop_nonfinite, numeric_columns, read_csv
+from leakage.data.kinds import DataKind, ImageKind, TabularKind
+from leakage.data.tables import TableSchema, read_schema
 from leakage.federated.fedavg import SHARES, FedAvgClient, client_updates, epochs_to_steps
 from leakage.data.imagefolder import read_labelled_folder
 from leakage.engine.seeding import position_key, update_key

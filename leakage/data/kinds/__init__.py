@@ -2,7 +2,7 @@
 
 from leakage.data.kinds.base import DataKind
 from leakage.data.kinds.image import ImageKind
-from leakage.data.kinds.tabular import TableSchema, TabularKind
+from leakage.data.kinds.tabular import TabularKind
 
 #: every kind by its ``name`` (what results record): summaries of stored results read a kind's
 #: class attributes (score, metrics, their names) from here
@@ -16,4 +16,4 @@ def kind_class(name: str) -> type[DataKind]:
     return KINDS[name]
 
 
-__all__ = ["DataKind", "ImageKind", "KINDS", "TableSchema", "TabularKind", "kind_class"]
+__all__ = ["DataKind", "ImageKind", "KINDS", "TabularKind", "kind_class"]
