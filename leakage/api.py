@@ -28,18 +28,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from leakage.reporting.callbacks import format_table, summarize, victim_rows
 from leakage.federated.client import CLIENT_MODES, check_labels, client_gradients, validate_gradients
 from leakage.data.datamodule import _Steps
-from leakage.records import Observation
+from leakage.records import InversionResult, Observation, summarize, victim_rows
 from leakage.data.kinds import DataKind, ImageKind
 from leakage.federated.defenses import Defense, SecureAggregation
 from leakage.engine.errors import LIGHTNING_HINTS
-from leakage.attacks.family import Attack, attack_class
+from leakage.attacks.family import attack_class
 from leakage.federated.fedavg import FedAvgClient, client_updates
 from leakage.engine.models import check_weights, model_name
 from leakage.presets import preset
 from leakage.engine.seeding import position_key
+from leakage.reporting.runreport import format_table
 from leakage.reporting.views import view_of
 from leakage.federated.server import HONEST, Server
 
@@ -95,42 +95,6 @@ def client_update(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train",
         for d in defenses:
             grads = d.apply(grads, keys)
     return {k: (v[0] if single else v) for k, v in grads.items()}
-
-
-@dataclass
-class InversionResult:
-    """What :func:`invert` recovered, per update ``v`` (its best restart).
-
-    ``images`` ``[V, B, *input_shape]`` (model inputs: pixels, or encoded table rows), ``labels`` ``[V, B]``; ``matching_loss``, ``grad_l2``,
-    ``grad_cosine`` ``[V]`` at the end; ``best_restart`` ``[V]``; ``failed`` ``[V]`` is True where
-    every restart failed numerically (NaN or infinite loss). ``module`` is the attack itself;
-    ``exact`` ``[V]`` is True where a closed-form attack's result is proven exact: every slot read off the
-    update and the recovered batch reproduces the whole observed update (:data:`leakage.attacks.closedform.CERTIFIED_RESIDUAL`);
-    ``entropy`` is the pooled restarts' uncertainty (tables with ``ensemble="pool"``: ``[V, B, F]``,
-    one per reconstructed cell), else None. ``kind`` decodes the records
-    (``result.kind.schema.decode(result.images[v])`` for a table's values).
-    """
-
-    images: Tensor
-    labels: Tensor
-    matching_loss: Tensor
-    grad_l2: Tensor
-    grad_cosine: Tensor
-    best_restart: Tensor
-    failed: Tensor
-    module: Attack
-    exact: Optional[Tensor] = None
-    entropy: Optional[Tensor] = None
-
-    @property
-    def kind(self) -> DataKind:
-        """The kind of data reconstructed (:mod:`leakage.data.kinds`): it decodes, scores and shows it."""
-        return self.module.kind
-
-    def __repr__(self) -> str:
-        V, B = self.labels.shape
-        return (f"InversionResult({V} update(s) of {B} {self.kind.name} record(s) of shape {tuple(self.images.shape[2:])}, "
-                f"failed {int(self.failed.sum())})")
 
 
 def _accelerator(device: Union[str, torch.device, None], model: nn.Module) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from lightning.pytorch.trainer import Trainer
 
 from leakage.engine import checks
 from leakage.attacks.gradient_inversion import LOGGED_METRICS
-from leakage.reporting.callbacks import LeakageReport, fresh_run_dir
+from leakage.reporting.callbacks import LeakageReport
+from leakage.reporting.runfiles import fresh_run_dir
 from leakage.classpaths import check_trainer_class_paths
 from leakage.engine.distributed import DDP_NAMES, ShardedDDPStrategy, launched_as_rank_zero
 from leakage.engine.errors import one_line, parser_error_line

@@ -2,20 +2,24 @@
 
 - :class:`Observation`: what the attacker sees (the shared gradients and public metadata), made by a
   data source (:mod:`leakage.data.datamodule`) and read by attacks, defenses and reports;
-- :class:`Secret`: the victims' images and labels, read only by metrics and galleries.
+- :class:`Secret`: the victims' images and labels, read only by metrics and galleries;
+- :class:`InversionResult`: what an attack recovered, per update (:func:`leakage.invert`);
+- the per-victim result rows (:func:`victim_rows`, the columns of ``metrics.csv``) and their summary
+  (:func:`summarize`), which the run's report, the API's :class:`leakage.api.Report` and the sweep read.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from leakage.data.kinds.base import DataKind
 from leakage.data.kinds.image import ImageKind
+from leakage.engine.metrics import label_accuracy
 from leakage.engine.seeding import position_key
 from leakage.federated.client import CLIENT_MODES
 from leakage.federated.fedavg import FedAvgClient
@@ -117,3 +121,125 @@ class Secret:
     images: Tensor  # the model inputs [V, B, *sample_shape]: images in [0, 1], or encoded table rows
     labels: Tensor  # [V, B]
     indices: list[list[int]]  # dataset index of every image, per victim
+
+
+@dataclass
+class InversionResult:
+    """What :func:`leakage.invert` recovered, per update ``v`` (its best restart).
+
+    ``images`` ``[V, B, *input_shape]`` (model inputs: pixels, or encoded table rows), ``labels`` ``[V, B]``; ``matching_loss``, ``grad_l2``,
+    ``grad_cosine`` ``[V]`` at the end; ``best_restart`` ``[V]``; ``failed`` ``[V]`` is True where
+    every restart failed numerically (NaN or infinite loss). ``module`` is the attack itself;
+    ``exact`` ``[V]`` is True where a closed-form attack's result is proven exact: every slot read off the
+    update and the recovered batch reproduces the whole observed update (:data:`leakage.attacks.closedform.CERTIFIED_RESIDUAL`);
+    ``entropy`` is the pooled restarts' uncertainty (tables with ``ensemble="pool"``: ``[V, B, F]``,
+    one per reconstructed cell), else None. ``kind`` decodes the records
+    (``result.kind.schema.decode(result.images[v])`` for a table's values).
+    """
+
+    images: Tensor
+    labels: Tensor
+    matching_loss: Tensor
+    grad_l2: Tensor
+    grad_cosine: Tensor
+    best_restart: Tensor
+    failed: Tensor
+    #: the attack (a :class:`leakage.attacks.family.Attack`) that made the result
+    module: Any
+    exact: Optional[Tensor] = None
+    entropy: Optional[Tensor] = None
+
+    @property
+    def kind(self) -> DataKind:
+        """The kind of data reconstructed (:mod:`leakage.data.kinds`): it decodes, scores and shows it."""
+        return self.module.kind
+
+    def __repr__(self) -> str:
+        V, B = self.labels.shape
+        return (f"InversionResult({V} update(s) of {B} {self.kind.name} record(s) of shape {tuple(self.images.shape[2:])}, "
+                f"failed {int(self.failed.sum())})")
+
+
+#: the columns of a per-victim result row (:func:`victim_rows`; ``metrics.csv``)
+COLUMNS = (
+    "victim", "indices", "true_labels", "recovered_labels", "label_acc", "ssim", "psnr", "mse",
+    "grad_l2", "grad_cosine", "final_loss", "best_restart", "status", "ssim_images",
+)
+#: the columns tables add (TabLeak's accuracy, and the mean entropy of the categorical and of the continuous
+#: cells when restarts are pooled; absent when not)
+#: (two scales: categorical 0-1, continuous in nats; see leakage.data.kinds.tabular.TabularKind.combine)
+TABLE_COLUMNS = ("accuracy", "accuracy_categorical", "accuracy_continuous", "entropy_categorical", "entropy_continuous")
+
+
+def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
+    """Aggregate numbers over victims: success count, means of the metrics, label accuracy."""
+    n = len(rows)
+    ok = [r for r in rows if r["status"] != "failed"]
+    have_images = any(not math.isnan(r["ssim"]) for r in rows)
+    have_table = any(not math.isnan(r.get("accuracy", float("nan"))) for r in rows)
+
+    def mean(key: str) -> float:
+        vals = [r[key] for r in ok if not math.isnan(r[key])]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    out = {"victims": n, "failed": n - len(ok), "grad_l2_mean": mean("grad_l2")}
+    if have_table:  # a failed victim's records count as not reconstructed (accuracy 0)
+        out.update(accuracy_mean=sum(r["accuracy"] for r in ok) / n, label_acc=sum(r["label_acc"] for r in rows) / n,
+                   success=sum(r["accuracy"] >= success_ssim for r in ok),
+                   accuracy_categorical_mean=mean("accuracy_categorical"),
+                   accuracy_continuous_mean=mean("accuracy_continuous"))
+    if have_images:
+        out.update(
+            success=sum(r["ssim"] >= success_ssim for r in ok),
+            # a failed victim counts as SSIM 0 (nothing reliably recovered); PSNR and MSE have no
+            # such value, so their means are over the victims that did not fail
+            ssim_mean=sum(r["ssim"] for r in ok if not math.isnan(r["ssim"])) / n,
+            psnr_mean=mean("psnr"),
+            mse_mean=mean("mse"),
+            label_acc=sum(r["label_acc"] for r in rows) / n,
+            # batches: every image counts; the images of a failed victim count as not reconstructed
+            images=sum(len(r.get("ssim_images") or [0]) for r in rows),
+            image_success=sum(sum(x >= success_ssim for x in (r.get("ssim_images") or [r["ssim"]])) for r in ok),
+        )
+    return out
+
+
+def victim_rows(recon: Tensor, labels: Tensor, evaluation: dict[str, Tensor], best_restart: Tensor,
+                failed: Tensor, metrics: Optional[dict[str, Tensor]] = None, true_labels: Optional[Tensor] = None,
+                indices: Optional[list[list[int]]] = None, kind=None) -> list[dict]:
+    """One result row per victim (the columns of ``metrics.csv``).
+
+    ``recon`` ``[V, B, C, H, W]`` and ``labels`` ``[V, B]`` are each victim's best reconstruction;
+    ``evaluation`` holds its ``loss``, ``grad_l2`` and ``grad_cosine`` ``[V]``; ``failed`` ``[V]``
+    marks victims whose every restart failed numerically. ``metrics`` (from
+    :func:`leakage.engine.metrics.reconstruction_metrics`), ``true_labels`` and ``indices`` come from the
+    secret and are left out (NaN, empty) when the victims' data is unknown. Labels are shown as
+    ``kind`` names them (a table's own class values; images: class indices).
+    """
+    names = kind.label_names if kind is not None else (lambda labels: labels)
+    acc = label_accuracy(labels, true_labels) if true_labels is not None else None
+    rows = []
+    nan = float("nan")
+    metrics = metrics or {}
+    for v in range(recon.shape[0]):
+        bad = bool(failed[v]) or not bool(torch.isfinite(recon[v]).all())
+        rows.append({
+            "victim": v,
+            "indices": list(indices[v]) if indices is not None else [],
+            "true_labels": names(true_labels[v].tolist()) if true_labels is not None else [],
+            "recovered_labels": names(labels[v].tolist()),
+            "label_acc": float(acc[v]) if acc is not None else float("nan"),
+            "ssim": float(metrics["ssim"][v]) if "ssim" in metrics else nan,
+            "psnr": float(metrics["psnr"][v]) if "psnr" in metrics else nan,
+            "mse": float(metrics["mse"][v]) if "mse" in metrics else nan,
+            "grad_l2": float(evaluation["grad_l2"][v]),
+            "grad_cosine": float(evaluation["grad_cosine"][v]),
+            "final_loss": float(evaluation["loss"][v]),
+            "best_restart": int(best_restart[v]),
+            "status": "failed" if bad else "ok",
+            # each victim image's SSIM against its matched reconstruction (B > 1: after assignment)
+            "ssim_images": [float(x) for x in metrics["ssim_images"][v]] if "ssim_images" in metrics else [],
+        })
+        if "accuracy" in metrics:  # tables: TabLeak's accuracy (and the pooled entropy)
+            rows[-1].update({k: float(metrics[k][v]) for k in TABLE_COLUMNS if k in metrics})
+    return rows

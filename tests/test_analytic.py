@@ -18,7 +18,7 @@ from torch import nn
 import leakage
 from leakage.attacks.analytic import AnalyticInversion
 from leakage.attacks.gradient_inversion import GradientInversion
-from leakage.reporting.callbacks import COLUMNS
+from leakage.records import COLUMNS
 from leakage.cli import main
 from leakage.data.datamodule import VictimDataModule
 from leakage.federated.defenses import GaussianNoise, TopK

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from leakage.reporting.callbacks import format_table, summarize
+from leakage.records import summarize
+from leakage.reporting.runreport import format_table
 from leakage.data.datamodule import VictimDataModule
 from leakage.engine.losses import gradient_distance, squared_norms, total_variation
 from leakage.engine.metrics import label_accuracy, match_batch, reconstruction_metrics

@@ -187,15 +187,15 @@ def _disk_full_after(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_a_full_disk_after_the_attack_prints_the_table_and_names_what_was_not_written(tmp_path, capsys, monkeypatch):
-    from leakage.reporting.callbacks import LeakageReport
+    from leakage.reporting import callbacks
 
-    original = LeakageReport._write
+    original = callbacks.write_run_files
 
-    def at_the_end(self, *args, **kwargs):
+    def at_the_end(*args, **kwargs):
         _disk_full_after(tmp_path, monkeypatch)
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(LeakageReport, "_write", at_the_end)
+    monkeypatch.setattr(callbacks, "write_run_files", at_the_end)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(cli_args(tmp_path, *TINY))

@@ -650,17 +650,17 @@ def test_a_full_disk_during_a_sweep_prints_the_table_and_says_what_was_not_writt
     fails with the reason, and one line names the files the sweep could not write."""
     import errno
 
-    from leakage.reporting.callbacks import LeakageReport
+    from leakage.reporting import callbacks
 
     from test_runs import _disk_full_after
 
-    original = LeakageReport._write
+    original = callbacks.write_run_files
 
-    def at_the_end(self, *args, **kwargs):
+    def at_the_end(*args, **kwargs):
         _disk_full_after(tmp_path, monkeypatch)
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(LeakageReport, "_write", at_the_end)
+    monkeypatch.setattr(callbacks, "write_run_files", at_the_end)
     cfg = _one_defense(tmp_path, {**NOISE, "values": [0.0, 1.0]}, batch=False)
     with pytest.raises(SystemExit) as exc:
         main(["sweep", "--config", str(cfg), *ONE])

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from leakage.reporting.callbacks import victim_rows
+from leakage.records import victim_rows
 from leakage.data.datamodule import VictimDataModule
 from leakage.data.csvtable import canonical, read_csv
 from leakage.data.tables import TableSchema

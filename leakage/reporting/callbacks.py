@@ -1,14 +1,12 @@
-"""Callbacks that are not the attack itself: metrics, TensorBoard dashboards and run artifacts.
+"""The callback that is not the attack itself: it gathers every rank's results, scores them, logs
+them to TensorBoard and has the run's artifacts written (:mod:`leakage.reporting.runreport`).
 
 :class:`LeakageReport` is the only code besides the data module that reads the secret victim data.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -18,28 +16,19 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from leakage.data.kinds import ImageKind
 from leakage.engine import checks
-
-from leakage.reporting import htmlreport
-from leakage.reporting.dashboard import (SETTINGS, figure_png, final_scalars, history_figure, log10, outcomes, overview_layout,
-                        png_array, write_hparams)
 from leakage.engine.distributed import gather, world_size
 from leakage.engine.errors import one_line
-from leakage.data.kinds import ImageKind
-from leakage.engine.metrics import label_accuracy
 from leakage.engine.interrupt import StepInterrupt
-from leakage.reporting.views import summary_markdown, view_of
-from leakage.reporting.runfiles import RECONSTRUCTIONS, Artifacts, json_text, mark_ended, mark_running, save_reconstructions
 from leakage.federated.server import HONEST
-
-COLUMNS = (
-    "victim", "indices", "true_labels", "recovered_labels", "label_acc", "ssim", "psnr", "mse",
-    "grad_l2", "grad_cosine", "final_loss", "best_restart", "status", "ssim_images",
-)
-#: the columns tables add (TabLeak's accuracy, and the mean entropy of the categorical and of the continuous
-#: cells when restarts are pooled; absent when not)
-#: (two scales: categorical 0-1, continuous in nats; see leakage.data.kinds.tabular.TabularKind.combine)
-TABLE_COLUMNS = ("accuracy", "accuracy_categorical", "accuracy_continuous", "entropy_categorical", "entropy_continuous")
+from leakage.records import summarize, victim_rows
+from leakage.reporting.dashboard import (SETTINGS, figure_png, final_scalars, history_figure, log10, outcomes, overview_layout,
+                                         png_array, write_hparams)
+from leakage.reporting.runfiles import (RECONSTRUCTIONS, Artifacts, fresh_run_dir, json_text, mark_ended, mark_running,
+                                        save_reconstructions)
+from leakage.reporting.runreport import run_text, write_run_files
+from leakage.reporting.views import summary_markdown, view_of
 
 
 def _tb(trainer: pl.Trainer) -> Optional[Any]:
@@ -66,117 +55,6 @@ def _joined(parts: list[Any]) -> Any:
     if isinstance(first, tuple):
         return tuple(_joined([p[i] for p in parts]) for i in range(len(first)))
     return torch.cat(parts, dim=0)
-
-
-def fresh_run_dir(base: Path, name: str = "leakage") -> Path:
-    """A new, empty ``base/name/version_N`` folder (``name`` "": ``base/version_N``), the next free
-    N, claimed with ``mkdir`` so that runs started at the same moment never share one."""
-    parent = base / name
-    parent.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name[len("version_"):]) for p in parent.glob("version_*") if p.name[len("version_"):].isdigit()]
-    n = max(taken, default=-1) + 1
-    while True:
-        run = parent / f"version_{n}"
-        try:
-            run.mkdir()
-            return run
-        except FileExistsError:  # another run took it meanwhile
-            n += 1
-
-
-def format_table(rows: list[dict]) -> str:
-    """A plain-text table of the per-victim results."""
-    shown = ("victim", "indices", "true_labels", "recovered_labels", "ssim", "psnr", "mse", "grad_l2", "status")
-    if any("accuracy" in r for r in rows):  # tables
-        shown = ("victim", "indices", "true_labels", "recovered_labels", "accuracy", "accuracy_categorical",
-                 "accuracy_continuous", "grad_l2", "status")
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return "nan" if math.isnan(v) else (f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:.3f}")
-        if isinstance(v, list):
-            return ",".join(str(i) for i in v)
-        return str(v)
-
-    cells = [[fmt(r.get(c, "")) for c in shown] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(shown)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(shown, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
-    """Aggregate numbers over victims: success count, means of the metrics, label accuracy."""
-    n = len(rows)
-    ok = [r for r in rows if r["status"] != "failed"]
-    have_images = any(not math.isnan(r["ssim"]) for r in rows)
-    have_table = any(not math.isnan(r.get("accuracy", float("nan"))) for r in rows)
-
-    def mean(key: str) -> float:
-        vals = [r[key] for r in ok if not math.isnan(r[key])]
-        return sum(vals) / len(vals) if vals else float("nan")
-
-    out = {"victims": n, "failed": n - len(ok), "grad_l2_mean": mean("grad_l2")}
-    if have_table:  # a failed victim's records count as not reconstructed (accuracy 0)
-        out.update(accuracy_mean=sum(r["accuracy"] for r in ok) / n, label_acc=sum(r["label_acc"] for r in rows) / n,
-                   success=sum(r["accuracy"] >= success_ssim for r in ok),
-                   accuracy_categorical_mean=mean("accuracy_categorical"),
-                   accuracy_continuous_mean=mean("accuracy_continuous"))
-    if have_images:
-        out.update(
-            success=sum(r["ssim"] >= success_ssim for r in ok),
-            # a failed victim counts as SSIM 0 (nothing reliably recovered); PSNR and MSE have no
-            # such value, so their means are over the victims that did not fail
-            ssim_mean=sum(r["ssim"] for r in ok if not math.isnan(r["ssim"])) / n,
-            psnr_mean=mean("psnr"),
-            mse_mean=mean("mse"),
-            label_acc=sum(r["label_acc"] for r in rows) / n,
-            # batches: every image counts; the images of a failed victim count as not reconstructed
-            images=sum(len(r.get("ssim_images") or [0]) for r in rows),
-            image_success=sum(sum(x >= success_ssim for x in (r.get("ssim_images") or [r["ssim"]])) for r in ok),
-        )
-    return out
-
-
-def victim_rows(recon: Tensor, labels: Tensor, evaluation: dict[str, Tensor], best_restart: Tensor,
-                failed: Tensor, metrics: Optional[dict[str, Tensor]] = None, true_labels: Optional[Tensor] = None,
-                indices: Optional[list[list[int]]] = None, kind=None) -> list[dict]:
-    """One result row per victim (the columns of ``metrics.csv``).
-
-    ``recon`` ``[V, B, C, H, W]`` and ``labels`` ``[V, B]`` are each victim's best reconstruction;
-    ``evaluation`` holds its ``loss``, ``grad_l2`` and ``grad_cosine`` ``[V]``; ``failed`` ``[V]``
-    marks victims whose every restart failed numerically. ``metrics`` (from
-    :func:`leakage.engine.metrics.reconstruction_metrics`), ``true_labels`` and ``indices`` come from the
-    secret and are left out (NaN, empty) when the victims' data is unknown. Labels are shown as
-    ``kind`` names them (a table's own class values; images: class indices).
-    """
-    names = kind.label_names if kind is not None else (lambda labels: labels)
-    acc = label_accuracy(labels, true_labels) if true_labels is not None else None
-    rows = []
-    nan = float("nan")
-    metrics = metrics or {}
-    for v in range(recon.shape[0]):
-        bad = bool(failed[v]) or not bool(torch.isfinite(recon[v]).all())
-        rows.append({
-            "victim": v,
-            "indices": list(indices[v]) if indices is not None else [],
-            "true_labels": names(true_labels[v].tolist()) if true_labels is not None else [],
-            "recovered_labels": names(labels[v].tolist()),
-            "label_acc": float(acc[v]) if acc is not None else float("nan"),
-            "ssim": float(metrics["ssim"][v]) if "ssim" in metrics else nan,
-            "psnr": float(metrics["psnr"][v]) if "psnr" in metrics else nan,
-            "mse": float(metrics["mse"][v]) if "mse" in metrics else nan,
-            "grad_l2": float(evaluation["grad_l2"][v]),
-            "grad_cosine": float(evaluation["grad_cosine"][v]),
-            "final_loss": float(evaluation["loss"][v]),
-            "best_restart": int(best_restart[v]),
-            "status": "failed" if bad else "ok",
-            # each victim image's SSIM against its matched reconstruction (B > 1: after assignment)
-            "ssim_images": [float(x) for x in metrics["ssim_images"][v]] if "ssim_images" in metrics else [],
-        })
-        if "accuracy" in metrics:  # tables: TabLeak's accuracy (and the pooled entropy)
-            rows[-1].update({k: float(metrics[k][v]) for k in TABLE_COLUMNS if k in metrics})
-    return rows
 
 
 class LeakageReport(pl.Callback):
@@ -536,36 +414,10 @@ class LeakageReport(pl.Callback):
 
     def _report(self, trainer, pl_module, recon, labels, metrics, partial: Optional[str] = None) -> None:
         s = self.summary
-        # the threat model first; then whether the run is partial, who attacked, with which defenses
-        lines = [f"threat model: {pl_module.observation.threat_model}"]
-        lines += [f"partial run: {partial}; the table holds each victim's best so far"] if partial else []
-        lines += [f"attack: {pl_module.describe()}"]
-        data_name = getattr(trainer.datamodule, "data_name", None)  # the user's data by name (a CSV run: its file)
-        lines += [f"data: {data_name}"] if data_name else []
-        lines += [f"defense {i + 1}: {d['defense']} " + ", ".join(f"{k}={v}" for k, v in d.items() if k != "defense")
-                 for i, d in enumerate(self.defenses_of(trainer))]
-        text = "\n".join([*lines, format_table(self.rows)])
-        if f"{self._kind.score_name}_mean" in s:  # the victims' data is known: the kind's outcome
-            text += "\n" + view_of(self._kind).outcome(s, self.success_ssim)
-        elif self.unscored:
-            text += f"\nnot scored: {self.unscored}"
-        else:
-            text += f"\nno victim {self._kind.records} (attacking captured gradients): mean gradient L2 {s['grad_l2_mean']:.3g}"
-        details = view_of(self._kind).details(recon, self._secret(trainer).images if self._secret(trainer) is not None else None,
-                                     metrics)
-        if details["text"]:
-            text += "\n" + details["text"]
-        text += f"\ngradient entries per unknown input value: {s['entries_per_unknown']:.2f}"
-        if s["exact"]:
-            proof = getattr(pl_module, "certificate", None) or "certified by the update"
-            text += f"\nexact ({proof}): {s['exact']}/{s['victims']} victims"
-        for note in getattr(pl_module, "notes", None) or []:
-            text += f"\n{note}"
-        if s["failed"]:
-            why = ("numerically (every restart's matching loss or gradient became NaN or infinite) or as noted above"
-                   if getattr(pl_module, "notes", None) else
-                   "numerically: every restart's matching loss or gradient became NaN or infinite")
-            text += f"\n{s['failed']} of {s['victims']} victims failed {why} (status 'failed')"
+        secret = self._secret(trainer)
+        details = view_of(self._kind).details(recon, secret.images if secret is not None else None, metrics)
+        text = run_text(pl_module, self.rows, s, self.success_ssim, self._kind, self.defenses_of(trainer),
+                        getattr(trainer.datamodule, "data_name", None), details["text"], partial, self.unscored)
         if partial is None:
             self._claim_run_dir(trainer)
         if self.save_artifacts and trainer.is_global_zero:
@@ -595,103 +447,7 @@ class LeakageReport(pl.Callback):
             tb.flush()
         if not self.save_artifacts or not trainer.is_global_zero:
             return
-        self._write(trainer, text, gallery, history, settings, partial, details["html"])
-
-    def _write(self, trainer, text: str, gallery: bytes, history: Optional[bytes], settings: dict,
-               partial: Optional[str], details_html: str = "") -> None:
-        """The run's files, each atomically; ``metrics.json`` (which says complete or partial) last,
-        then the RUNNING marker goes. What cannot be written is said in one line."""
-        s = self.summary
-        files = Artifacts(self.run_dir)
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            files.unwritten, files.reason = ["the run folder"], err.strerror or str(err)
-        if not files.unwritten:
-            table = io.StringIO(newline="")
-            w = csv.DictWriter(table, fieldnames=COLUMNS + tuple(c for c in TABLE_COLUMNS if any(c in r for r in self.rows)))
-            w.writeheader()
-            for r in self.rows:
-                w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
-            files.write("metrics.csv", table.getvalue())
-            files.write("metrics.txt", text + "\n")
-            # the public description of the data (a table's schema): what a later attack on a captured update needs
-            files.write("schema.json", json_text(self._kind.describe(), indent=2) + "\n")
-            if gallery is not None:
-                files.write("gallery.png", gallery)
-            if history is not None:
-                files.write("history.png", history)
-            files.write("report.html", fit_report(self.rows, s, self.success_ssim, settings,
-                                                  self.defenses_of(trainer), gallery, history, self.run_dir,
-                                                  details_html, self._kind, self.unscored))
-            status = {"status": "complete"} if partial is None else {
-                "status": "partial", "reason": partial, "step": trainer.global_step}
-            # strict JSON: a metric with nothing to measure (NaN) is null
-            files.write("metrics.json", json_text({**status, "summary": s, "success_ssim": self.success_ssim,
-                                                   "defenses": self.defenses_of(trainer), "victims": self.rows},
-                                                  indent=2, default=float))
-            if "metrics.json" not in files.unwritten:  # else the folder holds no result: it stays RUNNING
-                mark_ended(self.run_dir)
+        self.unwritten = write_run_files(self.run_dir, self.rows, s, self.success_ssim, text, gallery, history, settings,
+                                         self.defenses_of(trainer), self._kind, partial, step, details["html"],
+                                         self.unscored, self._unsaved)
         self._started = False
-        if self._unsaved:
-            files.unwritten.insert(0, RECONSTRUCTIONS)
-            files.reason = files.reason or self._unsaved
-        self.unwritten = files.unwritten
-        line = files.failure_line()
-        if line:
-            print(f"leakage: error: {line}", file=sys.stderr, flush=True)
-        if self.unscored:
-            print(f"leakage: error: {self.unscored}", file=sys.stderr, flush=True)
-
-
-def fit_report(rows: list[dict], summary: dict, success_ssim: float, settings: dict[str, Any],
-               defenses: list[dict], gallery: Optional[bytes], history: Optional[bytes], run_dir: Path,
-               details: str = "", kind=None, unscored: Optional[str] = None) -> str:
-    """The run's ``report.html``: outcome, settings, defenses, gallery, history and per-victim table
-    (the ``kind``'s per-victim scalars, default images: SSIM, PSNR, MSE)."""
-    h = htmlreport
-    s = summary
-    kind = kind if kind is not None else ImageKind()
-    scored = f"{kind.score_name}_mean" in s  # the victims' data is known
-    if scored:
-        outcome = view_of(kind).outcome(s, success_ssim, "html")
-    elif unscored:
-        outcome = f"Not scored: {h.esc(unscored)}; {s['failed']} numerically failed."
-    else:
-        outcome = (f"No victim {kind.records} (captured gradients): mean gradient L2 distance "
-                   f"{h.esc(h.fmt(s['grad_l2_mean']))}; {s['failed']} numerically failed.")
-    title = f"Gradient inversion: {settings.get('dataset', 'captured gradients')}, {settings.get('model', '')}"
-    body = [f'<p class="outcome">{outcome}</p>', "<h2>Settings</h2>", h.settings_list(settings)]
-    if defenses:
-        body += ["<h3>Client-side defenses, in order</h3>", "<ol>" + "".join(
-            f"<li>{h.esc(d['defense'])}: " + h.esc(", ".join(f"{k} = {h.fmt(v)}" for k, v in d.items() if k != "defense"))
-            + "</li>" for d in defenses) + "</ol>"]
-    if gallery is not None or details:
-        body.append(f"<h2>{h.esc(view_of(kind).figure_heading)}</h2>")
-        if gallery is not None:
-            body.append(h.image(gallery, view_of(kind).figure_alt, view_of(kind).figure_caption))
-        if details:
-            body.append(details)
-    if history is not None:
-        body += ["<h2>Matching loss over the attack</h2>", h.image(
-            history, "matching loss history", "Gradient-matching loss of every victim's best restart, log scale.")]
-    body.append("<h2>Per victim</h2>")
-    scalars = kind.scalar_headers()
-    headers = ["victim", "indices", "true labels", "recovered labels", "label acc", *scalars.values(),
-               "grad L2", "grad cosine", "final loss", "restart", "status"]
-    table_rows, classes = [], []
-    for r in rows:
-        if r["status"] == "failed":
-            status, cls = "failed numerically", "failed"
-        elif scored:
-            status, cls = ("reconstructed", "") if r[kind.score_name] >= success_ssim else ("not reconstructed", "bad")
-        else:
-            status, cls = "ok", ""
-        table_rows.append([r["victim"], r["indices"], r["true_labels"], r["recovered_labels"], r["label_acc"],
-                           *(r.get(key, float("nan")) for key in scalars), r["grad_l2"], r["grad_cosine"],
-                           r["final_loss"], r["best_restart"], status])
-        classes.append(cls)
-    body.append(h.table(headers, table_rows, classes, text_columns=(len(headers) - 1,)))
-    body.append(f'<p class="meta">Run folder: {h.esc(run_dir)} (metrics.csv, metrics.json, gallery.png, '
-                "history.png, TensorBoard events, config.yaml).</p>")
-    return h.page(title, body, settings.get("threat_model", HONEST), kind.records)

@@ -11,7 +11,7 @@ outcome) is written by :class:`leakage.reporting.callbacks.LeakageReport` at the
 
 Its ``version_N`` is claimed atomically: Lightning's picks the next N by listing the folder, so two
 runs started at the same moment both got ``version_0`` (one run's ``metrics.csv``, both runs' event
-files); this one creates the folder with ``mkdir`` (:func:`leakage.reporting.callbacks.fresh_run_dir`), and a
+files); this one creates the folder with ``mkdir`` (:func:`leakage.reporting.runfiles.fresh_run_dir`), and a
 run that finds its N taken takes the next. On several processes only rank 0 claims; the others
 learn rank 0's folder from ``trainer.log_dir`` (a broadcast), as with Lightning's.
 
@@ -28,7 +28,7 @@ from typing import Any, Optional, Union
 from lightning.pytorch.loggers import TensorBoardLogger as _LightningTensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from leakage.reporting.callbacks import fresh_run_dir
+from leakage.reporting.runfiles import fresh_run_dir
 
 #: class paths of Lightning's logger that ``leakage fit`` runs as :class:`TensorBoardLogger`
 LIGHTNING_CLASS_PATHS = (

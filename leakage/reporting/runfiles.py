@@ -154,3 +154,19 @@ def save_reconstructions(folder: Path, tensors: dict, metadata: dict[str, str]) 
         return err.strerror or str(err)
     files.write(RECONSTRUCTIONS, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
     return files.reason if files.unwritten else None
+
+
+def fresh_run_dir(base: Path, name: str = "leakage") -> Path:
+    """A new, empty ``base/name/version_N`` folder (``name`` "": ``base/version_N``), the next free
+    N, claimed with ``mkdir`` so that runs started at the same moment never share one."""
+    parent = base / name
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[len("version_"):]) for p in parent.glob("version_*") if p.name[len("version_"):].isdigit()]
+    n = max(taken, default=-1) + 1
+    while True:
+        run = parent / f"version_{n}"
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:  # another run took it meanwhile
+            n += 1

@@ -110,7 +110,7 @@ class KindView:
     figure_caption: str = ""
 
     def outcome(self, summary: dict, success: float, style: str = "text") -> str:
-        """The outcome of a summary (:func:`leakage.reporting.callbacks.summarize`) of victims whose data is
+        """The outcome of a summary (:func:`leakage.records.summarize`) of victims whose data is
         known, as ``text`` (printed, one or two lines), ``markdown`` (TensorBoard's summary card) or
         ``html`` (report.html)."""
         s = summary

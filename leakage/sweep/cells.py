@@ -323,7 +323,7 @@ class Sweep:
 
     def _summary(self, row: dict, report, dataset: str, model: str, defenses: list[dict], elapsed: float) -> dict:
         """``row`` with the cell's outcome from its report."""
-        from leakage.reporting.callbacks import summarize
+        from leakage.records import summarize
 
         kind = report.kind  # the cell's headline score is the kind's (images: SSIM, tables: accuracy)
         bar = float(self.cfg["success_ssim"])
