@@ -84,11 +84,11 @@ that no longer runs on this host is taken over.
 """
 
 # The package's parts: config (reading and checking the sweep section), cells (running and
-# resuming cells), batching (defense cells as problems of one fit), search (breaking points, in
+# resuming cells), fitargs (a cell's fit options and its one-line error), batching (defense cells as problems of one fit), search (breaking points, in
 # rounds), tables, plots, hparams, paths (cell names and the
 # only way to build a path under the output), lock (one sweep per output folder)
 # and command (`leakage sweep`'s arguments). They use the engine (leakage.fit, leakage.engine.errors,
-# leakage.reporting.callbacks, leakage.federated.defenses), never leakage.cli, which imports this package.
+# leakage.reporting.callbacks, leakage.records, leakage.federated.defenses), never leakage.cli, which imports this package.
 from leakage.sweep.cells import Sweep
 from leakage.sweep.command import main, parse
 

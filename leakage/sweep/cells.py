@@ -3,11 +3,9 @@ when its configuration changed."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -23,6 +21,7 @@ import yaml
 from leakage.engine.distributed import launched_as_rank_zero
 from leakage.reporting.runfiles import json_text
 from leakage.sweep.config import check_sweep, defense_class, set_key
+from leakage.sweep.fitargs import SCALE_KEYS, cell_error, cell_errors, scale_free, without_logger
 from leakage.sweep.hparams import write_hparams
 from leakage.sweep.lock import SweepLock
 from leakage.sweep.paths import atomic_write, cell_id, confined, fmt, study_cell_id
@@ -30,66 +29,6 @@ from leakage.sweep.plots import write_plots
 from leakage.sweep.report import write_report
 from leakage.sweep.search import breaking_point, breaking_points
 from leakage.sweep.tables import results_tables
-
-def _cell_errors() -> tuple[type[BaseException], ...]:
-    from argparse import ArgumentError
-
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    return (ValueError, TypeError, FileNotFoundError, RuntimeError, ArgumentError, MisconfigurationException)
-
-
-_UNKNOWN_KEY = re.compile(r"does not accept option '([^']+)'")
-#: trainer settings that say how many processes run a cell, not what it computes: left out of the
-#: cell fingerprints, so that a sweep restarted on another number of processes or nodes continues
-SCALE_KEYS = ("strategy", "devices", "num_nodes")
-
-
-def without_logger(overrides: list[str]) -> tuple[list[str], list[str]]:
-    """Command-line fit options without those that set the logger (``--trainer.logger ...``,
-    ``--trainer.logger.init_args.save_dir ...``, ``name``, ``version``, ...), and the flags left out:
-    a sweep logs every cell into its own ``runs/<cell>/``."""
-    out, dropped, skip = [], [], False
-    for arg in overrides:
-        flag = arg.split("=", 1)[0]
-        if skip:
-            skip = False
-        elif flag == "--trainer.logger" or flag.startswith("--trainer.logger."):
-            dropped.append(flag)
-            skip = "=" not in arg
-        else:
-            out.append(arg)
-    return out, dropped
-
-
-def scale_free(overrides: list[str]) -> list[str]:
-    """Command-line fit options without ``--trainer.strategy/devices/num_nodes`` (and their values)."""
-    flags = {f"--trainer.{k}" for k in SCALE_KEYS}
-    out, skip = [], False
-    for arg in overrides:
-        if skip:
-            skip = False
-        elif arg in flags:
-            skip = True
-        elif arg.split("=", 1)[0] not in flags:
-            out.append(arg)
-    return out
-
-
-def cell_error(err: Exception) -> str:
-    """One line that says why a cell could not run."""
-    from leakage.engine.errors import OWN_PHRASES, one_line
-
-    text = str(err)
-    if isinstance(err, argparse.ArgumentError):  # the fit parser (exit_on_error=False) rejected the config
-        m = _UNKNOWN_KEY.search(text)
-        if m:
-            return f"unknown config key {m.group(1)!r}: `leakage fit` has no such option (see `leakage fit --help`)"
-        lines = [ln.strip().lstrip("- ").strip() for ln in text.splitlines() if ln.strip()]
-        own = [ln for ln in lines[1:] if OWN_PHRASES.search(ln)]
-        line = own[-1] if own else " ".join(lines[:2])
-        return re.sub(r'^Parser key "([^"]+)":', r"invalid value for \1:", line)[:300]
-    return one_line(err)[:300]
 
 
 @dataclass(eq=False)
@@ -221,7 +160,7 @@ class Sweep:
 
     def fingerprint(self, cfg: dict | None) -> str:
         """What a cell's result depends on: its fit config, the command-line overrides, the success
-        bar; not the number of processes it runs on (:data:`SCALE_KEYS`)."""
+        bar; not the number of processes it runs on (:data:`leakage.sweep.fitargs.SCALE_KEYS`)."""
         if isinstance(cfg, dict) and isinstance(cfg.get("trainer"), dict):
             cfg = {**cfg, "trainer": {k: v for k, v in cfg["trainer"].items() if k not in SCALE_KEYS}}
         text = json.dumps({"config": cfg, "overrides": scale_free(self.overrides),
@@ -365,7 +304,7 @@ class Sweep:
                                  args=["fit", "--config", str(cfg_path), *self.overrides])
                 elapsed = time.perf_counter() - start
             report = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "LeakageReport")
-        except _cell_errors() as err:
+        except cell_errors() as err:
             return {**row, "status": "failed", "error": cell_error(err)}
         finally:
             if private is not None:
@@ -401,7 +340,7 @@ class Sweep:
                                parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
                                args=["fit", "--config", str(cfg_path), *self.overrides])
                 elapsed = time.perf_counter() - start
-        except (*_cell_errors(), GroupError) as err:
+        except (*cell_errors(), GroupError) as err:
             if isinstance(err, Sharded):  # said once: later cells are not grouped
                 if self.writer:
                     print("leakage sweep: on several processes the cells run one by one, each a fit sharded over "
