@@ -1,5 +1,5 @@
 """Tables: records of categorical and continuous features, one-hot and standardised (TabLeak's
-encoding, the public schema the attacker knows).
+encoding, the public schema the attacker knows: :class:`leakage.data.tables.TableSchema`).
 
 The dummy is ``[B, D]`` encoded rows. With ``relax`` (TabLeak) the dummy holds free parameters: a
 softmax over each categorical feature's one-hot block, and each continuous value squashed into its
