@@ -6,7 +6,6 @@ them to TensorBoard and has the run's artifacts written (:mod:`leakage.reporting
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -23,8 +22,8 @@ from leakage.engine.errors import one_line
 from leakage.engine.interrupt import StepInterrupt
 from leakage.federated.server import HONEST
 from leakage.records import summarize, victim_rows
-from leakage.reporting.dashboard import (SETTINGS, figure_png, final_scalars, history_figure, log10, outcomes, overview_layout,
-                                         png_array, write_hparams)
+from leakage.reporting.dashboard import (SETTINGS, figure_png, final_scalars, history_figure, outcomes, overview_layout,
+                                         png_array, step_scalars, write_hparams)
 from leakage.reporting.runfiles import (RECONSTRUCTIONS, Artifacts, fresh_run_dir, json_text, mark_ended, mark_running,
                                         save_reconstructions)
 from leakage.reporting.runreport import run_text, write_run_files
@@ -167,32 +166,7 @@ class LeakageReport(pl.Callback):
 
     def _scalars(self, tb, step: int, losses: Tensor, metrics: Optional[dict], failed: Tensor) -> None:
         """The per-victim and overview scalars at ``step``."""
-        scalars: dict[str, float] = {}
-        finite = []
-        for v in range(losses.numel()):
-            loss = float(losses[v])
-            if math.isfinite(loss):
-                finite.append(loss)
-                scalars[f"victim_{v:02d}/loss"] = loss
-                scalars[f"victim_{v:02d}/log10_loss"] = log10(loss)
-        if finite:
-            median = float(torch.tensor(finite, dtype=torch.float64).median())
-            scalars["attack/median_loss"] = median
-            scalars["attack/log10_median_loss"] = log10(median)
-        if metrics is not None:
-            names = self._kind.scalar_names()
-            for v in range(losses.numel()):
-                for key in names:
-                    value = float(metrics[key][v])
-                    if math.isfinite(value):
-                        scalars[f"victim_{v:02d}/{key}"] = value
-                if "mse" in metrics:
-                    mse = log10(float(metrics["mse"][v]))
-                    if mse is not None:
-                        scalars[f"victim_{v:02d}/log10_mse"] = mse
-            for key in names:
-                scalars[f"attack/{key}_mean"] = float(torch.nan_to_num(metrics[key]).mean())
-            scalars["attack/reconstructed"] = float(((metrics["score"] >= self.success_ssim) & ~failed).sum())
+        scalars = step_scalars(losses, metrics, failed, self._kind.scalar_names(), self.success_ssim)
         for name, value in scalars.items():
             if value is not None:
                 tb.add_scalar(name, value, step)

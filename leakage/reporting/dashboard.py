@@ -1,6 +1,7 @@
 """What a run shows, in TensorBoard and in its files.
 
-- the overview layout of TensorBoard's CUSTOM SCALARS tab: one chart per metric, every victim a line;
+- the scalars of a logging step, and the overview layout of TensorBoard's CUSTOM SCALARS tab: one chart
+  per metric, every victim a line;
 - the labelled gallery and the loss-history figures (TensorBoard images, ``gallery.png``,
   ``history.png`` and ``report.html`` all use the same figures);
 - the summary card (a TensorBoard text card) and the run's HPARAMS entry (settings and outcome).
@@ -41,6 +42,41 @@ def log10(value: float) -> Optional[float]:
     if not math.isfinite(value) or value < 0:
         return None
     return math.log10(max(value, 1e-38))
+
+
+def step_scalars(losses: Tensor, metrics: Optional[dict], failed: Tensor, names: Sequence[str],
+                 success_ssim: float) -> dict[str, float]:
+    """The scalars of one logging step: per victim (its best restart so far) ``victim_NN/loss`` and
+    ``log10_loss``, and with ``metrics`` each of the kind's scalar ``names`` and ``log10_mse``; over the
+    victims ``attack/median_loss``, ``attack/log10_median_loss``, ``attack/<name>_mean`` and
+    ``attack/reconstructed`` (score >= ``success_ssim``, not ``failed``). A value that cannot be
+    plotted is None (the caller skips it)."""
+    scalars: dict[str, float] = {}
+    finite = []
+    for v in range(losses.numel()):
+        loss = float(losses[v])
+        if math.isfinite(loss):
+            finite.append(loss)
+            scalars[f"victim_{v:02d}/loss"] = loss
+            scalars[f"victim_{v:02d}/log10_loss"] = log10(loss)
+    if finite:
+        median = float(torch.tensor(finite, dtype=torch.float64).median())
+        scalars["attack/median_loss"] = median
+        scalars["attack/log10_median_loss"] = log10(median)
+    if metrics is not None:
+        for v in range(losses.numel()):
+            for key in names:
+                value = float(metrics[key][v])
+                if math.isfinite(value):
+                    scalars[f"victim_{v:02d}/{key}"] = value
+            if "mse" in metrics:
+                mse = log10(float(metrics["mse"][v]))
+                if mse is not None:
+                    scalars[f"victim_{v:02d}/log10_mse"] = mse
+        for key in names:
+            scalars[f"attack/{key}_mean"] = float(torch.nan_to_num(metrics[key]).mean())
+        scalars["attack/reconstructed"] = float(((metrics["score"] >= success_ssim) & ~failed).sum())
+    return scalars
 
 
 def overview_layout(success_ssim: float, victims: int, kind=None) -> dict:
