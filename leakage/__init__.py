@@ -8,11 +8,11 @@ from leakage.attacks.analytic import AnalyticInversion
 from leakage.api import InversionResult, Report, bundled_images, client_update, invert, report
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.attacks.cpa import CocktailPartyAttack
-from leakage.federated.fedavg import FedAvgClient
+from leakage.federated.fedavg import FedAvg, FedAvgClient
 from leakage.attacks.imprint import ImprintAttack
 from leakage.attacks.trap_weights import TrapWeightAttack
 from leakage.federated.server import ImprintServer, TrapWeightServer
 
-__all__ = ["client_update", "invert", "report", "bundled_images", "FedAvgClient", "InversionResult", "Report",
+__all__ = ["client_update", "invert", "report", "bundled_images", "FedAvg", "FedAvgClient", "InversionResult", "Report",
            "GradientInversion", "AnalyticInversion", "CocktailPartyAttack", "ImprintAttack", "TrapWeightAttack",
            "ImprintServer", "TrapWeightServer"]

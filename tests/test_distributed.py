@@ -30,7 +30,7 @@ from conftest import CONFIGS, REPO, assert_same_outcome, run_dirs
 STEPS = 2
 #: bundled MNIST on the fast preset, long enough that the victims converge (SSIM > 0.999): the test that
 #: compares reconstructions across processes compares reconstructed victims, not chaotic paths
-CONVERGED = ["--data.dataset", "mnist", "--trainer.max_steps", "20"]
+CONVERGED = ["--data.source.dataset", "mnist", "--trainer.max_steps", "20"]
 TWO = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 

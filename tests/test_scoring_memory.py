@@ -52,7 +52,7 @@ def test_a_nan_slot_is_matched_last_and_scored_nan():
 
 
 def test_tabular_error_counts_are_the_rowwise_errors_of_every_pair():
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=4)
+    dm = VictimDataModule(BundledTable(), batch_size=4)
     kind, records = dm.table.kind, dm.table.encode(range(24))[0]
     truth = records[:12]
     recon = records[12:24].clone()
@@ -71,6 +71,7 @@ def test_tabular_error_counts_are_the_rowwise_errors_of_every_pair():
 _BOUNDED = r"""
 import resource, sys
 import torch
+from leakage.data.sources import Bundled, BundledTable
 torch.set_num_threads(1)
 what, B, headroom_mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 g = torch.Generator().manual_seed(0)
@@ -127,7 +128,7 @@ def test_the_reconstructions_are_saved_with_their_matching(tmp_path):
     assert set(saved) == {"recon", "labels", "best_restart", "failed", "exact", "perm"}
     assert saved["recon"].shape == (1, 8, 1, 28, 28) and saved["labels"].shape == (1, 8)
     assert json.loads(meta["kind"])["kind"] == "image" and meta["threat_model"].startswith("malicious server")
-    truth = VictimDataModule(source="bundled", dataset="mnist", batch_size=8).load_victims().images
+    truth = VictimDataModule(Bundled("mnist"), batch_size=8).load_victims().images
     again = reconstruction_metrics(saved["recon"], truth)
     assert torch.equal(again["perm"], saved["perm"])
     assert again["ssim_images"][0].tolist() == pytest.approx(result["victims"][0]["ssim_images"], abs=1e-6)
