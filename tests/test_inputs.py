@@ -22,7 +22,7 @@ from leakage.records import Observation
 from leakage.engine.models import build_model, load_weights
 
 from conftest import cli_args, cli_error, quiet_trainer, run_dirs
-from leakage.data.sources import CapturedGradients
+from leakage.data.sources import Bundled, CapturedGradients, ImageFolder
 
 RAMP16 = np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1))  # 0 ... 65535 along x
 
@@ -272,24 +272,33 @@ def test_a_model_with_a_scalar_parameter_is_attacked_from_its_file(tmp_path):
 
 # ----------------------------------------------------------------------------- settings a source ignores
 @pytest.mark.parametrize("kwargs, flag", [
-    (dict(source="gradients", gradient_file="g.safetensors", indices=[0]), "--data.indices"),
-    (dict(source="gradients", gradient_file="g.safetensors", num_victims=3), "--data.num_victims"),
-    (dict(source="bundled", gradient_file="g.safetensors"), "--data.source.gradient_file"),
-    (dict(source="bundled", folder="my_images"), "--data.source.folder"),
-    (dict(source="folder", folder="my_images", root="/datasets"), "--data.source.root"),
-    (dict(source="gradients", gradient_file="g.safetensors", download=True), "--data.source.download"),
+    (dict(indices=[0]), "--data.indices"),
+    (dict(num_victims=3), "--data.num_victims"),
 ])
-def test_a_setting_the_source_does_not_use_is_refused(kwargs, flag):
-    with pytest.raises(ValueError, match=f"^source={kwargs['source']} does not use {flag} "):
-        VictimDataModule(**kwargs)
+def test_a_victim_count_is_refused_for_captured_gradients(kwargs, flag):
+    with pytest.raises(ValueError, match=f"^CapturedGradients does not use {flag}: every update in the gradient file"):
+        VictimDataModule(CapturedGradients("g.safetensors"), **kwargs)
+
+
+@pytest.mark.parametrize("make, setting", [
+    (lambda: Bundled(gradient_file="g.safetensors"), "gradient_file"),
+    (lambda: Bundled(folder="my_images"), "folder"),
+    (lambda: ImageFolder("my_images", root="/datasets"), "root"),
+    (lambda: CapturedGradients("g.safetensors", download=True), "download"),
+])
+def test_a_setting_the_source_does_not_read_cannot_be_given(make, setting):
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{setting}'"):
+        make()
 
 
 def test_cli_refuses_victim_counts_for_a_gradient_file(capsys, tmp_path, update):
     path = tmp_path / "g.safetensors"
     save_gradients(update, path)
     line = cli_error(capsys, cli_args(tmp_path / "logs", *GRAD, str(path), "--data.num_victims", "5"))
-    assert line == ("leakage: error: source=gradients does not use --data.num_victims (every update in the "
-                    "gradient file is a victim; there are no images to count): leave it at its default (1)")
+    assert line == ("leakage: error: CapturedGradients does not use --data.num_victims: every update in the "
+                    "gradient file is a victim; there are no images to pick or count")
+    line = cli_error(capsys, cli_args(tmp_path / "logs", *GRAD, str(path), "--data.source.root", "data"))
+    assert line == "leakage: error: data.source: leakage.data.sources.CapturedGradients: no option 'root'"
 
 
 # ----------------------------------------------------------------------------- refused pickles

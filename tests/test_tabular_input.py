@@ -13,7 +13,7 @@ import torch
 from leakage.reporting.callbacks import victim_rows
 from leakage.data.datamodule import VictimDataModule
 from leakage.data.kinds.tabular import TableSchema, canonical, read_csv
-from leakage.data.sources import CSVTable, CapturedGradients
+from leakage.data.sources import BundledTable, CSVTable, CapturedGradients
 
 
 @pytest.fixture(autouse=True)
@@ -35,10 +35,14 @@ def _rows(n: int = 40) -> str:
     return "".join(f"{1.5 * i + 0.25},{1 + i % 4},{'ab'[i % 2]},{'yn'[(i // 2) % 2]}\n" for i in range(n))
 
 
+KEPT = ("batch_size", "indices", "num_victims", "public_labels")  # the data module's own settings
+
+
 def _dm(path, **kw):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dm = VictimDataModule(source="csv", path=str(path), **kw)
+        dm = VictimDataModule(CSVTable(str(path), **{k: v for k, v in kw.items() if k not in KEPT}),
+                              **{k: v for k, v in kw.items() if k in KEPT})
     return dm, [str(w.message) for w in caught]
 
 
@@ -99,13 +103,14 @@ def test_small_integer_codes_are_categorical_and_the_settings_add_to_inference(t
     assert dm.table.kind.schema.features[1].type == "continuous"
 
 
-def test_the_label_column_default_is_income_for_adult(tmp_path):
+def test_the_label_column_is_the_last_unless_named(tmp_path):
     text = "income,x,code,w\n" + "".join(",".join([r.split(",")[3].strip(), *r.split(",")[:3]]) + "\n"
                                          for r in _rows().splitlines())
-    dm, _ = _dm(_table(tmp_path, text), dataset="adult")
+    dm, _ = _dm(_table(tmp_path, text), label_column="income")
     assert dm.table.kind.schema.label == "income"
     dm, _ = _dm(_table(tmp_path, text, "other.csv"))
     assert dm.table.kind.schema.label == "w"  # else the last column
+    assert VictimDataModule(BundledTable()).table.kind.schema.label == "income"  # the bundled table's own
 
 
 def test_the_schema_origin_is_a_named_reference_table_or_the_victims_own_with_a_warning(tmp_path):
@@ -126,7 +131,7 @@ def test_the_schema_origin_is_a_named_reference_table_or_the_victims_own_with_a_
     assert dm.table.kind.schema.origin == f"schema file {saved} (reference table {reference})"
     with pytest.raises(ValueError, match="give the table's schema one way"):
         _dm(victims, schema=str(saved), schema_from=str(reference))
-    with pytest.raises(ValueError, match="--data.source.schema fixes every column's type"):
+    with pytest.raises(ValueError, match="a schema fixes every column's type"):
         _dm(victims, schema=str(saved), categorical_columns=["x"])
     with pytest.raises(ValueError, match="--data.source.label_column w differs from the schema's label column 'y'"):
         _dm(victims, schema=str(saved), label_column="w")
