@@ -145,9 +145,9 @@ def test_an_imprint_defense_sweep_certifies_only_its_undefended_cells(tmp_path):
 @pytest.mark.parametrize("config, extra, reason", [
     ("mnist_dlg.yaml", ["--data.num_victims", "1", "--data.batch_size", "16", "--model.labels", "yin"],
      "strategy 'yin' assumes distinct labels: batch_size 16 > 10 classes"),
-    ("mnist_imprint.yaml", ["--data.server", "Server", "--data.server.num_bins", "null"],
+    ("mnist_imprint.yaml", ["--data.server", "Server"],
      "the imprint attack reads what a malicious server planted: run it with --data.server ImprintServer"),
-    ("mnist_trap_weights.yaml", ["--data.server", "ImprintServer", "--data.server.trap_scale", "null"],
+    ("mnist_trap_weights.yaml", ["--data.server", "ImprintServer"],
      "the trap_weights attack reads what a malicious server planted: run it with --data.server TrapWeightServer"),
     ("mnist_cpa.yaml", ["--data.batch_size", "1"], "the Cocktail Party Attack unmixes a batch of 2 records or more"),
     ("mnist_analytic.yaml", ["--data.batch_size", "2"], "label strategy 'idlg' recovers the label of a single image"),
@@ -169,7 +169,7 @@ def test_attack_on_the_command_line_wins_wherever_it_stands(capsys, tmp_path, be
     attack = ["--attack", "trap_weights"]
     config = ["--config", str(CONFIGS / "mnist_imprint.yaml")]
     main(cli_args(tmp_path, *(attack + config if before else config + attack), "--data.server", "TrapWeightServer",
-                  "--data.server.num_bins", "null", "--model.model", "mlp", "--data.batch_size", "4"))
+                  "--model.model", "mlp", "--data.batch_size", "4"))
     assert "\nattack: trap-weight read-out" in capsys.readouterr().out
 
 

@@ -184,7 +184,7 @@ SWEEP = """\
 seed_everything: 0
 trainer: {max_steps: 2}
 model: {model: lenet, labels: idlg, init: uniform, lbfgs_max_iter: 2}
-data: {source: bundled, dataset: mnist, num_victims: 3, batch_size: 1}
+data: {source: {class_path: leakage.data.sources.Bundled, init_args: {dataset: mnist}}, num_victims: 3, batch_size: 1}
 sweep:
   success_ssim: 0.3
   target_success: 0.1

@@ -365,7 +365,8 @@ def test_fit_attacks_a_module_given_by_import_path_on_the_command_line(tmp_path,
 def test_fit_attacks_a_module_given_by_class_path_in_a_config(tmp_path, user_models):
     config = tmp_path / "own.yaml"
     config.write_text(yaml.safe_dump({"model": {"model": {"class_path": "user_models.TinyNet", "init_args": {"width": 8}}},
-                                      "data": {"client_mode": "train"}}))
+                                      "data": {"client": {"class_path": "leakage.federated.client.FedSGD",
+                                                          "init_args": {"client_mode": "train"}}}}))
     _, rows = _fit_rows(tmp_path, "--config", str(config))
     assert float(rows[0]["ssim"]) >= 0.9
 
@@ -392,7 +393,7 @@ def test_the_resnet18_preset_runs_offline_with_batchnorm_in_train_mode(tmp_path)
     from leakage.cli import main
 
     config = yaml.safe_load((ROOT / "configs" / "cifar_resnet18.yaml").read_text())
-    assert config["data"]["client_mode"] == "train" and config["model"]["model"] == "resnet18"
+    assert config["data"]["client"]["init_args"]["client_mode"] == "train" and config["model"]["model"] == "resnet18"
     main(["fit", "--config", str(ROOT / "configs" / "cifar_resnet18.yaml"), "--trainer.max_steps", "2",
           "--data.num_victims", "1", "--trainer.logger.init_args.save_dir", str(tmp_path),
           "--trainer.enable_progress_bar", "false"])

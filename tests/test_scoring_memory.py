@@ -13,6 +13,7 @@ from scipy.optimize import linear_sum_assignment
 
 from leakage.cli import main
 from leakage.data.datamodule import VictimDataModule
+from leakage.data.sources import Bundled, BundledTable
 from leakage.engine.metrics import match_batch, pixel_cost, reconstruction_metrics
 
 from conftest import REPO, cli_args, run_dirs
@@ -71,7 +72,6 @@ def test_tabular_error_counts_are_the_rowwise_errors_of_every_pair():
 _BOUNDED = r"""
 import resource, sys
 import torch
-from leakage.data.sources import Bundled, BundledTable
 torch.set_num_threads(1)
 what, B, headroom_mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 g = torch.Generator().manual_seed(0)
@@ -83,7 +83,8 @@ if what == "image":
     score = lambda r, t: reconstruction_metrics(r, t)
 else:
     from leakage.data.datamodule import VictimDataModule
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=4)
+    from leakage.data.sources import BundledTable
+    dm = VictimDataModule(BundledTable(), batch_size=4)
     kind, records = dm.table.kind, dm.table.encode(range(900))[0]
     truth = records[:B][None]
     order = torch.randperm(B, generator=g)

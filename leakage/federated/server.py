@@ -59,7 +59,8 @@ IMPRINT_SCALE = 0.2
 
 
 class Server:
-    """The honest-but-curious server: it sends the global model unchanged."""
+    """The honest-but-curious server: it sends the global model unchanged (the data module's default;
+    ``--data.server ImprintServer`` or ``TrapWeightServer`` chooses a malicious one)."""
 
     name = "honest"
     malicious = False
@@ -127,10 +128,11 @@ class ImprintServer(Server):
     Args:
         num_bins: the module's units, 2 to :data:`MAX_BINS`; an input is recovered exactly when it is
             alone in its bin, so more bins than inputs per update recover more.
-        feature_mean, feature_std: the public distribution of the feature (the mean value of one
-            input), a Gaussian whose quantiles ``1/num_bins, ..., (num_bins - 1)/num_bins`` are the cuts
-            (the first bin takes everything below). Not given: the attacked dataset's public statistics
-            (:data:`FEATURE_STATISTICS`, filled in by the data module), else mean 0.5 and std 0.25.
+        feature_mean: the mean of the feature's public distribution (the feature: the mean value of
+            one input), a Gaussian whose quantiles ``1/num_bins, ..., (num_bins - 1)/num_bins`` are the
+            cuts (the first bin takes everything below). Not given: the attacked dataset's public
+            statistics (:data:`FEATURE_STATISTICS`, filled in by the data module), else 0.5.
+        feature_std: the standard deviation of that Gaussian. Not given: the dataset's, else 0.25.
     """
 
     name = "imprint"
