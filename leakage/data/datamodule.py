@@ -8,12 +8,11 @@ The module keeps two things apart (both plain data, :mod:`leakage.records`):
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from http.client import HTTPException
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -25,13 +24,13 @@ from torchvision import datasets, transforms
 
 from leakage.federated.capture import check_settings, is_capture, load_global_weights, read_capture
 from leakage.federated.client import Client, FedSGD, client_gradients, load_gradients, validate_gradients
-from leakage.data.kinds import DataKind, ImageKind, TableSchema, TabularKind
+from leakage.data.kinds import TableSchema, TabularKind
 from leakage.data.kinds.tabular import drop_nonfinite, numeric_columns, read_csv, read_schema
 from leakage.federated.fedavg import client_updates
 from leakage.data.imagefolder import read_labelled_folder
-from leakage.engine.seeding import position_key, update_key
+from leakage.engine.seeding import update_key
 from leakage.federated.server import ImprintServer, Server
-from leakage.data.sources import BUNDLED, DATASETS, TABLES, Bundled, Source
+from leakage.data.sources import DATASETS, TABLES, Bundled, Source
 from leakage.records import Observation, Secret
 
 #: bundled image sets stored as one array file under leakage/assets/<dataset>/ (uint8 ``images``
@@ -192,8 +191,9 @@ class VictimDataModule(pl.LightningDataModule):
             if not isinstance(value, base):
                 raise ValueError(f"{name} must be a {base.__name__} object, got {value!r}")
         s = source
-        self.source_object, self.protocol = source, client
-        self.source = s.name  # the source's name in reports
+        #: the source and the client protocol as given; ``source`` is the source's name, as reports print it
+        self.source_object, self.client_protocol = source, client
+        self.source = s.name
         self.client_mode = client.client_mode
         self.public_labels = public_labels
         self.table = self._table(s.name, s.dataset, s.path, s.label_column, s.categorical_columns, s.schema,
