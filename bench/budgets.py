@@ -100,7 +100,7 @@ def run(name: str, victims: int, extra: list[str], logs: Path, trace: Optional[P
             "--trainer.logger.init_args.save_dir", str(logs), "--trainer.logger.init_args.name", name]
     if name != "cifar10":
         args += ["--data.source", "ImageFolder", "--data.source.folder", str(folder(name)),
-                 "--data.source", "Bundled", "--data.source.num_classes", str(SOURCES[name][1])]
+                 "--data.source.num_classes", str(SOURCES[name][1])]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "leakage.cli"]
     if trace is not None:  # the same fit, with bench/budget_trace.py's callback recording every step
