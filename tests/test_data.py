@@ -322,3 +322,17 @@ def test_unreadable_image_names_the_file(tmp_path):
     (tmp_path / "b_2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     with pytest.raises(ValueError, match=r"cannot read image .*b_2\.png: "):
         read_labelled_folder(tmp_path, 3, None)
+
+
+def test_a_sweep_study_keys_a_server_setting_through_its_init_args():
+    import yaml
+
+    from conftest import CONFIGS
+    from leakage.sweep.config import set_key
+
+    cfg = yaml.safe_load((CONFIGS / "mnist_imprint.yaml").read_text())
+    set_key(cfg, "data.server.init_args.num_bins", 32)  # what a study over the server's bins sets in a cell
+    set_key(cfg, "data.source.init_args.dataset", "cifar10")
+    dm = VictimDataModule.from_config(cfg["data"])
+    assert isinstance(dm.server, ImprintServer) and dm.server.num_bins == 32 and dm.dataset == "cifar10"
+    assert dm.server.feature_mean == 0.4734  # the statistics follow the source's dataset
