@@ -12,8 +12,8 @@ from leakage.data.datamodule import VictimDataModule, read_labelled_folder
 from leakage.engine.models import build_model
 
 from conftest import ASSETS, SAMPLES, bundled_labels
-from leakage.data.sources import Bundled, BundledTable, CSVTable, CapturedGradients, ImageFolder, Torchvision
-from leakage.federated.client import FedSGD
+from leakage.data.sources import Bundled, BundledTable, CSVTable, CapturedGradients, ImageFolder, Source, Torchvision
+from leakage.federated.client import Client, FedSGD
 from leakage.federated.fedavg import FedAvg
 from leakage.federated.server import ImprintServer, TrapWeightServer
 
@@ -204,7 +204,9 @@ def test_each_object_checks_its_own_settings_in_one_line(make, match):
         (dict(batch_size="2"), "batch_size must be an integer, got '2'"),
         (dict(num_victims=1.5), "num_victims must be an integer, got 1.5"),
         (dict(indices=[0.5]), "indices must be integers"),
-        (dict(source="bundled"), "source must be a Source object, got 'bundled'"),
+        (dict(source="bundled"), "source must be a Source object of one kind .*, got 'bundled'"),
+        (dict(source=Source()), "source must be a Source object of one kind"),
+        (dict(client=Client()), "client must be a Client object of one kind"),
         (dict(client=FedAvg(local_batch_size=4), batch_size=2), "local_batch_size 4 is larger than the client's batch"),
         (dict(client=FedAvg(local_batch_size=3), batch_size=4), "local_batch_size 3 does not divide"),
         (dict(source=CapturedGradients("g.safetensors"), num_victims=2), "CapturedGradients does not use --data.num_victims"),

@@ -188,8 +188,9 @@ class VictimDataModule(pl.LightningDataModule):
         client = FedSGD() if client is None else client
         server = Server() if server is None else server
         for name, value, base in (("source", source, Source), ("client", client, Client), ("server", server, Server)):
-            if not isinstance(value, base):
-                raise ValueError(f"{name} must be a {base.__name__} object, got {value!r}")
+            if not isinstance(value, base) or type(value) in (Source, Client):  # a kind of it, not the bare base
+                raise ValueError(f"{name} must be a {base.__name__} object of one kind (see --data.{name}.help), "
+                                 f"got {value!r}")
         s = source
         #: the source and the client protocol as given; ``source`` is the source's name, as reports print it
         self.source_object, self.client_protocol = source, client
