@@ -23,12 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from leakage.attacks.gradient_inversion import GradientInversion  # noqa: E402
 from leakage.data.datamodule import VictimDataModule  # noqa: E402
+from leakage.data.sources import Bundled
 
 
 def measure(P: int, repeats: int) -> tuple[float, float]:
     victims = min(P, 20)
     restarts = max(1, P // victims)
-    dm = VictimDataModule(source="bundled", dataset="cifar10", num_victims=victims)
+    dm = VictimDataModule(Bundled("cifar10"), num_victims=victims)
     module = GradientInversion(model="lenet", input_shape=(3, 32, 32), num_classes=10, labels="joint",
                                restarts=restarts)
     module.attach(dm.prepare(module.target))

@@ -13,7 +13,7 @@ Sources (20 images each, one image per client update, LeNet):
 - ``imagenet``: the 20 ImageNet validation samples that the foolbox 3.3.4 wheel ships in
   ``foolbox/data/`` (224x224 JPEGs), resized to 32x32 by the folder source, label = ImageNet
   class mod 10 (LeNet has 10 outputs). The stopping settings of ``cifar_fast.yaml`` were tuned here.
-- ``cifar10``: the 20 bundled CIFAR-10 test images (``--data.source bundled``); not tuned on.
+- ``cifar10``: the 20 bundled CIFAR-10 test images (``--data.source Bundled``); not tuned on.
 - ``cifar100``: the foolbox wheel's 20 CIFAR-100 test samples, their fine labels (100 classes);
   never tuned on.
 - ``fashion``: the foolbox wheel's 20 Fashion-MNIST samples, grey 28x28 made RGB 32x32 by the folder
@@ -99,8 +99,8 @@ def run(name: str, victims: int, extra: list[str], logs: Path, trace: Optional[P
     args = ["fit", "--config", str(ROOT / "configs" / "cifar_fast.yaml"), "--data.num_victims", str(victims),
             "--trainer.logger.init_args.save_dir", str(logs), "--trainer.logger.init_args.name", name]
     if name != "cifar10":
-        args += ["--data.source", "folder", "--data.folder", str(folder(name)),
-                 "--data.num_classes", str(SOURCES[name][1])]
+        args += ["--data.source", "ImageFolder", "--data.source.folder", str(folder(name)),
+                 "--data.source.num_classes", str(SOURCES[name][1])]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "leakage.cli"]
     if trace is not None:  # the same fit, with bench/budget_trace.py's callback recording every step

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
+from leakage.data.sources import Bundled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def _victims(n: int):
     from leakage.attacks.gradient_inversion import GradientInversion
     from leakage.data.datamodule import VictimDataModule
 
-    dm = VictimDataModule(source="bundled", dataset="cifar10", num_victims=n)
+    dm = VictimDataModule(Bundled("cifar10"), num_victims=n)
     module = GradientInversion(model="lenet", model_seed=1234, init="randn", labels="joint", init_seed=0, restarts=1)
     obs = dm.prepare(module.target)
     return dm, module, obs
@@ -123,7 +124,7 @@ def engine(n: int, steps: int, device: str, preset: str | None, compile: str = "
         cfg = yaml.safe_load((ROOT / "configs" / preset).read_text())
         kwargs.update(cfg["model"])
         max_steps = cfg["trainer"]["max_steps"]
-    dm = VictimDataModule(source="bundled", dataset="cifar10", num_victims=n)
+    dm = VictimDataModule(Bundled("cifar10"), num_victims=n)
     module = GradientInversion(**kwargs)
     trainer = pl.Trainer(max_steps=max_steps, accelerator=device if device == "cuda" else "cpu", devices=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -26,6 +26,7 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
+from leakage.data.sources import Bundled
 
 
 def main() -> None:
@@ -56,7 +57,7 @@ def main() -> None:
         return original(self, *a, **k)
 
     GradientInversion.matching_loss = counting
-    dm = VictimDataModule(source="bundled", dataset="cifar10", num_victims=args.images)
+    dm = VictimDataModule(Bundled("cifar10"), num_victims=args.images)
     module = GradientInversion(model="lenet", model_seed=1234, distance="l2", optimizer="lbfgs", lr=1.0,
                                labels="joint", init="randn", init_seed=0, restarts=1)
     trainer = pl.Trainer(max_steps=args.steps, accelerator="cpu", devices=1, logger=False,
@@ -130,7 +131,7 @@ def arithmetic(problems: int, repeats: int, compile_too: bool, evaluations: int 
 
     module = GradientInversion(model="lenet", model_seed=1234, distance="l2", optimizer="lbfgs", lr=1.0,
                                labels="joint", init="randn", restarts=1)
-    observation = VictimDataModule(source="bundled", dataset="cifar10", num_victims=problems).prepare(module.target)
+    observation = VictimDataModule(Bundled("cifar10"), num_victims=problems).prepare(module.target)
     net, names = module.target, [n for n, _ in module.target.named_parameters()]
     observed = [observation.gradients[n] for n in names]
     x = torch.randn(problems, 1, 3, 32, 32, requires_grad=True)

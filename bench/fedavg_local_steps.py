@@ -29,7 +29,7 @@ def run(model: str, steps: int, out: Path, extra: list[str]) -> dict:
            "try:\n    main(sys.argv[1:])\nfinally:\n"
            "    print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)",
            "fit", "--config", str(REPO / "configs" / "mnist_fedavg.yaml"), "--model.model", model,
-           "--data.local_steps", str(steps), "--trainer.logger.init_args.save_dir", str(save),
+           "--data.client.local_steps", str(steps), "--trainer.logger.init_args.save_dir", str(save),
            "--trainer.enable_progress_bar", "false", *extra]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     t = time.perf_counter()

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from leakage.data.datamodule import VictimDataModule  # noqa: E402
 from leakage.attacks.identifiability import gradient_jacobian_rank  # noqa: E402
 from leakage.engine.models import build_model  # noqa: E402
+from leakage.data.sources import Bundled
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
     print("|---" * 9 + "|")
     for ds in args.datasets.split(","):
         for B in (int(b) for b in args.batch_sizes.split(",")):
-            dm = VictimDataModule(dataset=ds, num_victims=1, batch_size=B)
+            dm = VictimDataModule(Bundled(ds), num_victims=1, batch_size=B)
             secret = dm.load_victims()
             model = build_model(args.model, dm.input_shape, dm.num_classes)
             t = time.perf_counter()

@@ -33,6 +33,7 @@ from leakage.data.datamodule import VictimDataModule, bundled_array  # noqa: E40
 from leakage.attacks.labels import restore_batch_labels  # noqa: E402
 from leakage.engine.metrics import label_accuracy  # noqa: E402
 from leakage.engine.models import build_model  # noqa: E402
+from leakage.data.sources import Bundled
 
 STRATEGIES = ("ilrg", "bias_count")
 
@@ -91,7 +92,7 @@ def main() -> None:
         mnist[f"{name} trained ({100 * acc:.0f}% train acc)"] = cells(model, x, y, [2 ** k for k in range(10)],
                                                                       args.trials)
     table(f"MNIST, the 1,000 bundled images; trained: {args.epochs} epochs of Adam on them", mnist)
-    secret = VictimDataModule(dataset="cifar10", num_victims=20).load_victims()
+    secret = VictimDataModule(Bundled("cifar10"), num_victims=20).load_victims()
     x, y = secret.images[:, 0], secret.labels[:, 0]
     cifar = {f"{name} untrained": cells(build_model(name, tuple(x.shape[1:]), 10), x, y, [1, 2, 4, 8, 16], args.trials)
              for name in names}

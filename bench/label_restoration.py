@@ -24,6 +24,7 @@ from leakage.data.datamodule import VictimDataModule  # noqa: E402
 from leakage.attacks.labels import BATCH_STRATEGIES, restore_batch_labels  # noqa: E402
 from leakage.engine.metrics import label_accuracy  # noqa: E402
 from leakage.engine.models import build_model  # noqa: E402
+from leakage.data.sources import Bundled
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     print("| dataset | sampling | B | " + " | ".join(f"{s} exact / label acc" for s in BATCH_STRATEGIES) + " |")
     print("|---" * (3 + len(BATCH_STRATEGIES)) + "|")
     for ds in ("cifar10", "mnist"):
-        dm = VictimDataModule(dataset=ds, num_victims=20)
+        dm = VictimDataModule(Bundled(ds), num_victims=20)
         model = build_model(args.model, dm.input_shape, dm.num_classes, weights=args.model_weights)
         secret = dm.load_victims()
         x, y = secret.images[:, 0], secret.labels[:, 0]

@@ -23,6 +23,10 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from leakage.data.datamodule import VictimDataModule
+from leakage.data.sources import Bundled
+from leakage.federated.client import FedSGD
+from leakage.federated.fedavg import FedAvg
+from leakage.federated.server import ImprintServer, TrapWeightServer
 from leakage.federated.defenses import SecureAggregation
 from leakage.attacks.imprint import ImprintAttack
 from leakage.attacks.trap_weights import TrapWeightAttack
@@ -31,10 +35,10 @@ from leakage.engine.metrics import ssim_per_image
 
 def recovered(server: str, batch: int, protocol: str, **settings) -> tuple[int, int, float]:
     """(images with SSIM >= 0.99, images, seconds of the closed form) for one setting."""
-    fedavg = {"protocol": "fedavg", "local_epochs": 1, "local_batch_size": batch // 4} if protocol == "fedavg" else {}
+    client = FedAvg(local_epochs=1, local_batch_size=batch // 4) if protocol == "fedavg" else FedSGD()
     clients = 2 if protocol == "secure aggregate" else 1
-    dm = VictimDataModule(source="bundled", dataset="mnist", batch_size=batch // clients, num_victims=clients,
-                          server=server, **fedavg, **settings)
+    maker = ImprintServer if server == "imprint" else TrapWeightServer
+    dm = VictimDataModule(Bundled("mnist"), client, maker(**settings), batch_size=batch // clients, num_victims=clients)
     attack = (ImprintAttack(model="lenet") if server == "imprint" else TrapWeightAttack(model="mlp"))
     observation = dm.prepare(attack.target)
     secret = dm.secret

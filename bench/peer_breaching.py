@@ -158,9 +158,10 @@ def data_module(cfg: dict, n_images: int):
     images, one per update (the config's client settings kept: mode, FedAvg protocol)."""
     from leakage.data.datamodule import VictimDataModule
 
-    data = {**cfg.get("data", {}), "source": "bundled", "dataset": "cifar10", "num_victims": n_images, "batch_size": 1}
+    data = {**cfg.get("data", {}), "source": {"class_path": "leakage.data.sources.Bundled",
+                                              "init_args": {"dataset": "cifar10"}}, "num_victims": n_images, "batch_size": 1}
     data.pop("indices", None)
-    return VictimDataModule(**data)
+    return VictimDataModule.from_config(data)
 
 
 def attack_module(cfg: dict):

@@ -170,7 +170,7 @@ def run_ours(batch: list[int], settings: dict, data: dict, steps: int, seed: int
     torch.set_num_threads(1)
     pl.seed_everything(seed, verbose=False)
     data = {k: v for k, v in data.items() if k != "num_victims"}
-    dm = VictimDataModule(**{**data, "batch_size": len(batch), "indices": batch})
+    dm = VictimDataModule.from_config({**data, "batch_size": len(batch), "indices": batch})
     module, result, wall, cpu = timed_attack(dm, settings, steps)
     own = module.kind.evaluate(result["recon"], dm.secret.images)
     return module.kind, result["recon"][0], dm.secret.images[0], wall, cpu, own
@@ -250,7 +250,7 @@ def main() -> None:
     p.add_argument("--ours-steps", type=int, default=None, help="our steps (default: the config's trainer.max_steps)")
     p.add_argument("--ours-refine-steps", type=int, default=None, help="our refine_steps (default: the config's)")
     p.add_argument("--ours-standardize-onehot", choices=("true", "false"), default=None,
-                   help="our encoding's one-hot columns standardised, as TabLeak's (default: the config's data.standardize_onehot)")
+                   help="our encoding's one-hot columns standardised, as TabLeak's (default: the config's data.source.init_args.standardize_onehot)")
     p.add_argument("--seed", type=int, default=42, help="both nets' seed (TabLeak's default random_state)")
     p.add_argument("--rerun", action="store_true", help="run TabLeak's code again instead of reusing cached results")
     p.add_argument("--json", type=Path, default=None, help="also write every measurement to this file")
@@ -268,11 +268,14 @@ def main() -> None:
         settings["refine_steps"] = a.ours_refine_steps
     ours_steps = a.ours_steps or cfg["trainer"]["max_steps"]
     data = dict(cfg["data"])
+    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    source = data["source"] = {**source, "init_args": dict(source.get("init_args") or {})}
     if a.ours_standardize_onehot is not None:
-        data["standardize_onehot"] = a.ours_standardize_onehot == "true"
-    if (data.get("source"), data.get("dataset"), data.get("public_labels")) != ("bundled", "adult", True):
-        fail(f"{a.config} must attack the bundled Adult records with public labels (data.source bundled, "
-             "data.dataset adult, data.public_labels true)")
+        source["init_args"]["standardize_onehot"] = a.ours_standardize_onehot == "true"
+    if (str(source.get("class_path")).rpartition(".")[2], source["init_args"].get("dataset", "adult"),
+            data.get("public_labels")) != ("BundledTable", "adult", True):
+        fail(f"{a.config} must attack the bundled Adult records with public labels (data.source BundledTable, "
+             "data.public_labels true)")
     if settings.get("refine_steps", 0) >= ours_steps:
         fail(f"our refine_steps ({settings['refine_steps']}) must be below our steps ({ours_steps}): "
              "--ours-refine-steps lowers it")
@@ -331,7 +334,7 @@ def print_table(B: int, rows: list[dict], a, ours_steps: int, settings: dict, da
     refine = settings.get("refine_steps", 0)
     print(f"\n### B = {B}: leakage ({a.config.name}: {ours_steps} steps"
           f"{f', the last {refine} refining' if refine else ''}, {settings.get('restarts', 1)} restarts pooled, one-hot "
-          f"columns {'standardised' if data.get('standardize_onehot') else 'plain'}) "
+          f"columns {'standardised' if data['source']['init_args'].get('standardize_onehot') else 'plain'}) "
           f"against TabLeak's code ({theirs['commit'][:8]}, config 46: {a.steps} steps x {a.restarts} restarts, "
           f"median+softmax), labels known, one thread\n")
     print("accuracy: overall (categorical / continuous), scored by leakage's TabularKind.evaluate with our schema's "

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from dlg_throughput import run_isolated  # each P in its own process (bench/ is on sys.path)
+from leakage.data.sources import Bundled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ def measure(P: int, device: str, steps: int, warmup: int, compile: str, fixed_sh
     victims = min(P, 20)
     if P % victims:
         raise ValueError(f"P must be a multiple of 20 (or at most 20), got {P}")
-    dm = VictimDataModule(source="bundled", dataset="cifar10", num_victims=victims)
+    dm = VictimDataModule(Bundled("cifar10"), num_victims=victims)
     module = GradientInversion(model="lenet", model_seed=1234, distance="l2", optimizer="lbfgs", lr=1.0,
                                labels="joint", init="randn", restarts=P // victims, compile=compile,
                                fixed_shape=fixed_shape)

@@ -27,7 +27,8 @@ data, B = sys.argv[1], int(sys.argv[2])
 g = torch.Generator().manual_seed(0)
 if data == "adult":
     from leakage.data.datamodule import VictimDataModule
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=1)
+    from leakage.data.sources import BundledTable
+    dm = VictimDataModule(BundledTable("adult"), batch_size=1)
     kind, records = dm.table[0], dm.table[1]
     truth = records[:B][None]
     recon = truth[:, torch.randperm(B, generator=g)].clone()

@@ -6,7 +6,7 @@ file with the csv module alone (the floor), in time and peak memory.
 Generates an Adult-like table (6 continuous columns, 7 categorical ones of 2-16 categories, one with
 ``--categories`` categories, a 1-4 integer code and a two-class label) in a temporary folder, then
 runs, each in a fresh process: ``reference`` (``list(csv.reader(f))``) and ``leakage``
-(``VictimDataModule(source="csv", ...)`` inferring the schema from the file, then the 8 attacked
+(``VictimDataModule(CSVTable(...))`` inferring the schema from the file, then the 8 attacked
 records encoded by ``load_victims``). Prints each one's wall time and peak resident memory (the
 process's ``ru_maxrss``, less that of the same process before the work), and their ratios.
 """
@@ -24,8 +24,8 @@ from pathlib import Path
 WORK = {
     "reference": "import csv\nwith open(PATH, newline='') as f:\n    rows = list(csv.reader(f))\n",
     "leakage": ("from leakage.data.datamodule import VictimDataModule\n"
-                "dm = VictimDataModule(source='csv', path=PATH, label_column='y', batch_size=8, "
-                "standardize_onehot=STD)\n"
+                "from leakage.data.sources import CSVTable\n"
+                "dm = VictimDataModule(CSVTable(PATH, label_column='y', standardize_onehot=STD), batch_size=8)\n"
                 "secret = dm.load_victims()\nassert secret.images.shape == (1, 8, dm.input_shape[0])\n"),
 }
 

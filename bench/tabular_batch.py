@@ -13,7 +13,7 @@ accuracy of the cells in each quarter of the entropies (lowest first), per featu
 ``--refine-steps N`` gives TabLeak and the cosine baseline TabLeak's two-staged mode: the last N of
 the steps with the categorical features fixed to their argmax (``--model.refine_steps``).
 ``--standardize-onehot``: TabLeak's encoding, the one-hot columns standardised too
-(``--data.standardize_onehot``, as in ``configs/adult_tableak.yaml``); default plain one-hot, as in
+(``--data.source.standardize_onehot``, as in ``configs/adult_tableak.yaml``); default plain one-hot, as in
 ``configs/adult_batch_sweep.yaml``.
 """
 
@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.data.datamodule import VictimDataModule, _Steps
+from leakage.data.sources import BundledTable
 
 BASE = dict(model="tabular_mlp", model_seed=1234, init="uniform", labels="known")
 ATTACKS = {
@@ -54,8 +55,7 @@ def timed_attack(dm: VictimDataModule, settings: dict, steps: int) -> tuple:
 
 def run(batch: int, attack: str, steps: int, restarts: int, victims: int, refine: int = 0,
         standardize_onehot: bool = False) -> dict:
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=batch, num_victims=victims, public_labels=True,
-                          standardize_onehot=standardize_onehot)
+    dm = VictimDataModule(BundledTable(standardize_onehot=standardize_onehot), batch_size=batch, num_victims=victims, public_labels=True)
     settings = {"restarts": restarts, **BASE, **ATTACKS[attack]}
     if refine and attack != "dlg":
         settings["refine_steps"] = refine

@@ -8,12 +8,12 @@ from leakage.attacks.analytic import AnalyticInversion
 from leakage.api import Report, bundled_images, client_update, invert, report
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.attacks.cpa import CocktailPartyAttack
-from leakage.federated.fedavg import FedAvgClient
+from leakage.federated.fedavg import FedAvg, FedAvgClient
 from leakage.attacks.imprint import ImprintAttack
 from leakage.attacks.trap_weights import TrapWeightAttack
 from leakage.federated.server import ImprintServer, TrapWeightServer
 from leakage.records import InversionResult
 
-__all__ = ["client_update", "invert", "report", "bundled_images", "FedAvgClient", "InversionResult", "Report",
+__all__ = ["client_update", "invert", "report", "bundled_images", "FedAvg", "FedAvgClient", "InversionResult", "Report",
            "GradientInversion", "AnalyticInversion", "CocktailPartyAttack", "ImprintAttack", "TrapWeightAttack",
            "ImprintServer", "TrapWeightServer"]

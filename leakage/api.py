@@ -34,14 +34,15 @@ from leakage.records import InversionResult, Observation, summarize, victim_rows
 from leakage.data.kinds import DataKind, ImageKind
 from leakage.federated.defenses import Defense, SecureAggregation
 from leakage.engine.errors import LIGHTNING_HINTS
-from leakage.attacks.family import attack_class
-from leakage.federated.fedavg import FedAvgClient, client_updates
+from leakage.attacks.family import Attack, attack_class
+from leakage.federated.fedavg import FedAvg, FedAvgClient, client_updates
 from leakage.engine.models import check_weights, model_name
 from leakage.presets import preset
 from leakage.engine.seeding import position_key
 from leakage.reporting.runreport import format_table
 from leakage.reporting.views import view_of
 from leakage.federated.server import HONEST, Server
+from leakage.data.sources import Bundled
 
 
 def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tuple[Tensor, Tensor]:
@@ -49,7 +50,7 @@ def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tup
     (``mnist``: test-split indices 0-999; ``cifar10``: 0-19): a private batch to try the attack on, offline."""
     from leakage.data.datamodule import VictimDataModule
 
-    secret = VictimDataModule(source="bundled", dataset=dataset, indices=list(indices)).load_victims()
+    secret = VictimDataModule(Bundled(dataset), indices=list(indices)).load_victims()
     return secret.images.flatten(0, 1), secret.labels.flatten()
 
 
@@ -66,13 +67,27 @@ def _batched(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, bool]:
                      "[B, *sample_shape] (images [B, C, H, W], rows [B, D]) with labels [B], or [V, B, ...] with [V, B]")
 
 
+def _fedavg_client(fedavg: object, batch_size: int) -> Optional[FedAvgClient]:
+    """``fedavg`` for a batch of ``batch_size`` (a :class:`~leakage.federated.fedavg.FedAvg` client, as
+    ``--data.client FedAvg`` takes it, or its :class:`~leakage.federated.fedavg.FedAvgClient` settings), checked."""
+    if fedavg is None:
+        return None
+    if isinstance(fedavg, FedAvg):
+        return fedavg.for_batch(batch_size)
+    if not isinstance(fedavg, FedAvgClient):
+        raise TypeError(f"fedavg must be a leakage.FedAvg (or FedAvgClient), got {type(fedavg).__name__}")
+    fedavg.mini_batch(batch_size)  # a mini-batch that does not fit the batch is a one-line error
+    return fedavg
+
+
 def client_update(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train",
-                  defenses: Sequence[Defense] = (), fedavg: Optional[FedAvgClient] = None) -> dict[str, Tensor]:
+                  defenses: Sequence[Defense] = (), fedavg: Optional[FedAvg | FedAvgClient] = None) -> dict[str, Tensor]:
     """What an FL client shares: the gradient of the mean cross-entropy of its batch, as
     ``model.train(); loss.backward()`` computes it (``mode="train"``: BatchNorm with the batch's own
     statistics, dropout off) or in eval mode, after the client-side ``defenses`` (noise, clipping,
-    top-k, DP; seeded per update). With ``fedavg`` (a :class:`~leakage.federated.fedavg.FedAvgClient`: local
-    steps, local lr, mini-batch size, ...) it is instead the FedAvg update after those local SGD
+    top-k, DP; seeded per update). With ``fedavg`` (a :class:`~leakage.federated.fedavg.FedAvg` client: local
+    steps or epochs, local lr, mini-batch size, ...; or its :class:`~leakage.federated.fedavg.FedAvgClient`
+    settings) it is instead the FedAvg update after those local SGD
     steps; pass the same ``fedavg`` to :func:`invert`. The model, its running statistics included,
     is left as it was.
 
@@ -83,10 +98,10 @@ def client_update(model: nn.Module, x: Tensor, y: Tensor, mode: str = "train",
     check_weights(model, model_name(model))  # the batch itself is checked by the client (leakage.federated.client.check_batch)
     device = next(model.parameters()).device
     keys = [position_key(v) for v in range(xb.shape[0])]  # what invert keys the updates by
+    fedavg = _fedavg_client(fedavg, xb.shape[1])
     if fedavg is None:
         grads = client_gradients(model, xb.to(device), yb.to(device), mode)
     else:
-        fedavg.mini_batch(xb.shape[1])  # a mini-batch that does not fit the batch is a one-line error
         grads = client_updates(model, xb.to(device), yb.to(device), fedavg, keys, mode)
     if defenses:
         if any(isinstance(d, SecureAggregation) for d in defenses):
@@ -165,7 +180,7 @@ def invert(
     steps: Optional[int] = None,
     device: Union[str, torch.device, None] = None,
     client_mode: str = "train",
-    fedavg: Optional[FedAvgClient] = None,
+    fedavg: Optional[FedAvg | FedAvgClient] = None,
     data_range: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
     progress_bar: bool = False,
@@ -194,7 +209,8 @@ def invert(
         device: ``cpu``, ``cuda``, ``cuda:N``; default the model's device.
         client_mode: how the client ran the model (``train``: BatchNorm batch statistics; ``eval``).
         fedavg: the client's public FedAvg settings when the update is a FedAvg update (several
-            local SGD steps); the attack then simulates those steps. None: one gradient (FedSGD).
+            local SGD steps): the same ``FedAvg`` (or ``FedAvgClient``) given to :func:`client_update`; the
+            attack then simulates those steps. None: one gradient (FedSGD).
         data_range: the range of the images' values.
         kind: the kind of data (:mod:`leakage.data.kinds`), e.g. ``TabularKind(schema)`` for table rows
             ``input_shape = [D]``; default: images of ``input_shape`` in ``data_range``.
@@ -237,8 +253,7 @@ def invert(
     target = copy.deepcopy(model).cpu()
     grads = validate_gradients(dict(update), target, source="update")
     grads = {k: v.cpu() for k, v in grads.items()}
-    if fedavg is not None:
-        fedavg.mini_batch(batch_size)
+    fedavg = _fedavg_client(fedavg, batch_size)
     if server is not None and server.malicious:  # the attack targets a copy of what the server sent, as it does `model`
         server = copy.copy(server)
         server.model = target

@@ -282,6 +282,9 @@ class LeakageCLI(LightningCLI):
                  + "; ".join(f"{name} ({path})" for name, path in ATTACKS.items())
                  + ". `leakage fit --attack NAME --help` lists that attack's options")
         parser.add_lightning_class_args(LeakageReport, "report")
+        # the data module's objects by default (a source, a client, a server), named in --help and config.yaml
+        parser.set_defaults({f"data.{key}": value
+                             for key, value in (getattr(self.datamodule_class, "CLI_DEFAULTS", None) or {}).items()})
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 

@@ -27,6 +27,7 @@ from leakage.engine.metrics import reconstruction_metrics
 from leakage.engine.models import build_model
 
 from conftest import CONFIGS, fit_in_process, bundled_labels, cli_args, cli_error, run_dirs
+from leakage.data.sources import BundledTable
 
 SHAPE = (1, 28, 28)
 
@@ -100,7 +101,7 @@ def test_the_cli_recovers_one_adult_record_exactly_through_the_tabular_kind(tmp_
 
 
 def test_the_python_api_recovers_one_adult_record_exactly():
-    dm = VictimDataModule(source="bundled", dataset="adult", indices=[7])
+    dm = VictimDataModule(BundledTable(), indices=[7])
     kind = dm.table.kind
     model = build_model("tabular_mlp", dm.input_shape, dm.num_classes, seed=1234)
     truth, y = dm.table.encode([7])

@@ -121,3 +121,15 @@ def test_report_checks_the_true_images_range_and_labels(model):
     wide = _invert(model, leakage.client_update(model, x * 4, y), data_range=(0.0, 4.0))
     assert leakage.report(wide, x * 4, y).rows[0]["psnr"] == pytest.approx(
         leakage.report(wide, x * 4, y, data_range=4.0).rows[0]["psnr"])
+
+
+def test_the_api_takes_the_fedavg_client_of_the_cli_or_its_settings():
+    torch.manual_seed(0)
+    model, x, y = Tiny(), torch.rand(4, 1, 12, 12), torch.tensor([0, 1, 2, 0])
+    by_epochs = leakage.client_update(model, x, y, fedavg=leakage.FedAvg(local_epochs=2, local_batch_size=2))
+    by_steps = leakage.client_update(model, x, y, fedavg=FedAvgClient(local_steps=4, local_batch_size=2))
+    assert all(torch.equal(by_epochs[k], by_steps[k]) for k in by_steps)  # 2 epochs of 2 mini-batches: 4 steps
+    with pytest.raises(ValueError, match="local_batch_size 3 does not divide the client's batch of 4 images"):
+        leakage.client_update(model, x, y, fedavg=leakage.FedAvg(local_batch_size=3))
+    with pytest.raises(TypeError, match="fedavg must be a leakage.FedAvg"):
+        leakage.client_update(model, x, y, fedavg={"local_steps": 2})

@@ -19,6 +19,7 @@ from leakage.data.datamodule import VictimDataModule
 from leakage.engine.optim import BatchedLBFGS
 
 from conftest import assert_same_outcome, assert_same_update, quiet_trainer
+from leakage.data.sources import Bundled, CapturedGradients
 
 
 class LossRecorder(pl.Callback):
@@ -52,7 +53,7 @@ def attack(tmp_path, dm, steps, save=False, callbacks=(), **hparams):
 
 # ------------------------------------------------------------------------ real reconstruction
 def test_idlg_lbfgs_reconstructs_an_mnist_digit(tmp_path):
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[3])
+    dm = VictimDataModule(Bundled("mnist"), indices=[3])
     module, report, trainer = attack(
         tmp_path, dm, 10, model="lenet", labels="idlg", optimizer="lbfgs", distance="l2"
     )
@@ -71,7 +72,7 @@ def test_idlg_lbfgs_reconstructs_an_mnist_digit(tmp_path):
 
 def test_joint_labels_with_restarts_keep_the_best(tmp_path):
     """DLG's joint soft labels; with 3 restarts the reported one has the lowest final loss."""
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1])
+    dm = VictimDataModule(Bundled("mnist"), indices=[0, 1])
     rec = PointRecorder()
     module, report, _ = attack(
         tmp_path, dm, 3, model="mlp", labels="joint", restarts=3, init="uniform", lbfgs_max_iter=10, callbacks=[rec]
@@ -97,7 +98,7 @@ def test_joint_labels_with_restarts_keep_the_best(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["adam", "signed_adam"])
 def test_adam_variants_reduce_the_loss(tmp_path, optimizer):
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1])
+    dm = VictimDataModule(Bundled("mnist"), indices=[0, 1])
     rec = LossRecorder()
     module, report, trainer = attack(
         tmp_path, dm, 15, model="mlp", labels="idlg", optimizer=optimizer, lr=0.05, distance="cosine",
@@ -122,7 +123,7 @@ def test_the_report_is_the_best_iterate_not_the_last(tmp_path):
     SSIM that point's (a linear target: a few milliseconds per step)."""
     torch.manual_seed(0)
     linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[3])
+    dm = VictimDataModule(Bundled("mnist"), indices=[3])
     rec = PointRecorder()
     module, report, _ = attack(tmp_path, dm, 30, model=linear, labels="idlg", init="uniform", optimizer="adam",
                                lr=0.5, callbacks=[rec])
@@ -148,7 +149,7 @@ def test_the_report_is_the_best_iterate_not_the_last(tmp_path):
 def test_a_victim_that_goes_nan_mid_attack_is_reported_failed(tmp_path):
     # MLP target, constant init, L-BFGS with lr 10: the problems of some victims (#1 and #2 here)
     # overflow after a few finite iterations, the others' do not
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1, 2, 4])
+    dm = VictimDataModule(Bundled("mnist"), indices=[0, 1, 2, 4])
     rec = LossRecorder()
     module, report, _ = attack(
         tmp_path, dm, 3, model="mlp", labels="idlg", init="constant", lr=10.0, callbacks=[rec]
@@ -173,7 +174,7 @@ def test_a_victim_that_goes_nan_mid_attack_is_reported_failed(tmp_path):
 
 def test_victim_with_overflowing_gradient_fails_alone(tmp_path, mlp_mnist):
     """A captured update so large that the l2 distance overflows fails; the other is unaffected."""
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1])
+    dm = VictimDataModule(Bundled("mnist"), indices=[0, 1])
     module = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", init="constant")
     obs = dm.prepare(module.target)
     clean = {k: v.clone() for k, v in obs.gradients.items()}
@@ -186,7 +187,7 @@ def test_victim_with_overflowing_gradient_fails_alone(tmp_path, mlp_mnist):
     assert not math.isfinite(report.rows[1]["grad_l2"])
 
     # and victim 0 ends where it ends without the broken neighbour
-    dm0 = VictimDataModule(source="bundled", dataset="mnist", indices=[0])
+    dm0 = VictimDataModule(Bundled("mnist"), indices=[0])
     solo = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", init="constant")
     dm0.prepare(solo.target)
     # computed alone or beside another victim: the same update to float32 rounding (not bit for bit:
@@ -206,13 +207,13 @@ def test_attack_source_never_mentions_the_secret():
 def test_attack_on_captured_gradients_without_victim_data(tmp_path):
     kw = dict(model="lenet", labels="idlg", lbfgs_max_iter=5)
     # the client side: compute and save the shared updates
-    bundled = VictimDataModule(source="bundled", dataset="mnist", indices=[2, 3])
+    bundled = VictimDataModule(Bundled("mnist"), indices=[2, 3])
     ref_module, ref_report, _ = attack(tmp_path / "a", bundled, 2, **kw)
     path = tmp_path / "captured.safetensors"
     save_gradients(bundled.observation.gradients, path)
 
     # the attacker's side: only the gradient file
-    dm = VictimDataModule(source="gradients", dataset="mnist", gradient_file=str(path))
+    dm = VictimDataModule(CapturedGradients(dataset="mnist", gradient_file=str(path)))
     module, report, trainer = attack(tmp_path / "b", dm, 2, save=True, **kw)
     assert dm.secret is None
     assert len(report.rows) == 2
@@ -231,9 +232,9 @@ def test_attack_on_captured_gradients_without_victim_data(tmp_path):
 def test_the_secret_has_no_influence_on_the_attack(tmp_path):
     """The same observation with and without the victims' images: the same dummies, step for step."""
     kw = dict(model="lenet", labels="idlg", lbfgs_max_iter=5)
-    seen = VictimDataModule(source="bundled", dataset="mnist", indices=[2, 3])
+    seen = VictimDataModule(Bundled("mnist"), indices=[2, 3])
     ref_module, ref_report, _ = attack(tmp_path / "a", seen, 2, **kw)
-    blind = VictimDataModule(source="bundled", dataset="mnist", indices=[2, 3])
+    blind = VictimDataModule(Bundled("mnist"), indices=[2, 3])
     blind.prepare(GradientInversion(input_shape=blind.input_shape, num_classes=10, **kw).target)
     blind.secret = None  # the attacker's view: the observation alone
     module, report, _ = attack(tmp_path / "b", blind, 2, **kw)
@@ -262,14 +263,14 @@ def test_bad_hyperparameters(kwargs, match):
 
 
 def test_idlg_needs_batch_size_one(tmp_path):
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1], batch_size=2)
+    dm = VictimDataModule(Bundled("mnist"), indices=[0, 1], batch_size=2)
     module = GradientInversion(model="mlp", input_shape=dm.input_shape, num_classes=10, labels="idlg")
     with pytest.raises(ValueError, match="single image: use batch_size 1, labels 'joint' or a batch strategy"):
         quiet_trainer(1, root=tmp_path).fit(module, datamodule=dm)
 
 
 def test_observation_must_fit_the_model(lenet_cifar):
-    dm = VictimDataModule(source="bundled", dataset="cifar10")
+    dm = VictimDataModule(Bundled("cifar10"))
     obs = dm.prepare(lenet_cifar)
     module = GradientInversion(model="lenet", input_shape=(1, 28, 28), num_classes=10)
     with pytest.raises(ValueError, match=r"input shape \(3, 32, 32\) and 10 classes, the model was built for \(1, 28, 28\)"):
@@ -277,7 +278,7 @@ def test_observation_must_fit_the_model(lenet_cifar):
 
 
 def test_missing_step_budget(tmp_path):
-    dm = VictimDataModule(source="bundled", dataset="mnist")
+    dm = VictimDataModule(Bundled("mnist"))
     module = GradientInversion(model="mlp", input_shape=dm.input_shape, num_classes=10)
     trainer = pl.Trainer(max_steps=-1, max_epochs=1, logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(tmp_path))
@@ -286,7 +287,7 @@ def test_missing_step_budget(tmp_path):
 
 
 def test_batched_lbfgs_is_configured_from_hparams(tmp_path):
-    dm = VictimDataModule(source="bundled", dataset="mnist")
+    dm = VictimDataModule(Bundled("mnist"))
     module, _, trainer = attack(tmp_path, dm, 1, model="mlp", lr=0.5, lbfgs_max_iter=7, lbfgs_history_size=3,
                                 lbfgs_tolerance_grad=1e-12, lbfgs_tolerance_change=0.0)
     opt = trainer.optimizers[0]
@@ -300,7 +301,7 @@ def test_batched_lbfgs_is_configured_from_hparams(tmp_path):
 # ------------------------------------------------------------------------ problems_per_chunk
 @pytest.mark.parametrize("labels", ["joint", "idlg"])
 def test_chunked_evaluation_gives_the_same_losses_and_gradients(labels):
-    dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=3)
+    dm = VictimDataModule(Bundled("mnist"), num_victims=3)
     results = []
     for chunk in (None, 2):
         module = GradientInversion(input_shape=dm.input_shape, labels=labels, restarts=2, problems_per_chunk=chunk)
@@ -321,7 +322,7 @@ def test_chunked_evaluation_gives_the_same_losses_and_gradients(labels):
 def test_chunks_of_consecutive_problems_give_the_losses_and_gradients_of_one_evaluation():
     """Without a subset the chunks are slices (views of the dummies and observed gradients, no copies);
     cosine and TV, whose observed-gradient norm is computed once, give the same numbers."""
-    dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=2)
+    dm = VictimDataModule(Bundled("mnist"), num_victims=2)
     results = []
     for chunk in (None, 1):
         module = GradientInversion(input_shape=dm.input_shape, labels="idlg", restarts=2, problems_per_chunk=chunk,
@@ -357,7 +358,7 @@ def test_freed_memory_is_kept_in_the_process_on_linux():
 
 
 def test_final_evaluation_gives_each_distance_as_its_own_evaluation_would():
-    dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=2)
+    dm = VictimDataModule(Bundled("mnist"), num_victims=2)
     module = GradientInversion(input_shape=dm.input_shape, labels="joint", distance="l2", tv_weight=1e-2)
     module.attach(dm.prepare(module.target))
     final = module.final_evaluation()
@@ -368,7 +369,7 @@ def test_final_evaluation_gives_each_distance_as_its_own_evaluation_would():
 
 
 def test_chunked_attack_follows_the_unchunked_one(tmp_path):
-    dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=3)
+    dm = VictimDataModule(Bundled("mnist"), num_victims=3)
     runs = [attack(tmp_path / str(c), dm, 4, labels="idlg", restarts=1, problems_per_chunk=c, lbfgs_max_iter=5)[1]
             for c in (None, 1)]
     assert_same_outcome(runs[0].rows, runs[1].rows)
@@ -387,7 +388,7 @@ def test_group_consistency_needs_restarts():
 
 def test_consensus_aligns_restarts_by_label_before_averaging():
     # two victims' updates (batches of 3 MNIST digits, labels with a repeat), 3 restarts each
-    dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=2, batch_size=3)
+    dm = VictimDataModule(Bundled("mnist"), num_victims=2, batch_size=3)
     module = GradientInversion(model="mlp", input_shape=dm.input_shape, num_classes=10, labels="bias_count",
                                restarts=3, group_weight=1.0)
     module.attach(dm.prepare(module.target))
@@ -414,7 +415,7 @@ def test_consensus_aligns_restarts_by_label_before_averaging():
 
 def test_group_consistency_pulls_restarts_together(tmp_path):
     def spread(weight):
-        dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=1, batch_size=2)
+        dm = VictimDataModule(Bundled("mnist"), num_victims=1, batch_size=2)
         module, _, _ = attack(tmp_path, dm, 10, model="mlp", labels="bias_count", restarts=3, init="uniform",
                               optimizer="adam", lr=0.05, group_weight=weight)
         x = module.dummy_data.detach()

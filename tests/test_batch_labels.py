@@ -16,6 +16,7 @@ from leakage.engine.metrics import match_batch, reconstruction_metrics
 from leakage.engine.models import build_model
 
 from conftest import CONFIGS, bundled_labels, cli_args, quiet_trainer, run_dirs
+from leakage.data.sources import Bundled
 
 
 def _batch(dataset, labels_wanted):
@@ -37,7 +38,7 @@ def _batch(dataset, labels_wanted):
 ])
 @pytest.mark.parametrize("strategy", ["bias_count", "weight_count"])
 def test_count_strategies_recover_label_multisets_with_repeats(dataset, wanted, strategy):
-    dm = VictimDataModule(dataset=dataset, indices=_batch(dataset, wanted), batch_size=len(wanted))
+    dm = VictimDataModule(Bundled(dataset), indices=_batch(dataset, wanted), batch_size=len(wanted))
     model = build_model("lenet", dm.input_shape, 10)
     obs = dm.prepare(model)
     rec = restore_batch_labels(model, obs.gradients, len(wanted), dm.input_shape, strategy)
@@ -45,7 +46,7 @@ def test_count_strategies_recover_label_multisets_with_repeats(dataset, wanted, 
 
 
 def test_counts_always_sum_to_the_batch_size():
-    dm = VictimDataModule(dataset="cifar10", num_victims=5, batch_size=4)
+    dm = VictimDataModule(Bundled("cifar10"), num_victims=5, batch_size=4)
     model = build_model("lenet", dm.input_shape, 10)
     grads = dm.prepare(model).gradients
     noisy = {k: v + 0.05 * torch.randn_like(v) for k, v in grads.items()}  # estimates far from integers
@@ -57,7 +58,7 @@ def test_counts_always_sum_to_the_batch_size():
 def test_a_shortfall_of_more_labels_than_classes_is_completed_and_said(strategy):
     """A defended update's counts can account for far fewer than B labels (here the bias gradient shifted by
     +0.5: none): the B labels are still given, never fewer, and a note says they are a guess."""
-    dm = VictimDataModule(dataset="mnist", num_victims=2, batch_size=64)
+    dm = VictimDataModule(Bundled("mnist"), num_victims=2, batch_size=64)
     model = build_model("lenet", dm.input_shape, 10)
     grads = dict(dm.prepare(model).gradients)
     grads["fc.bias"] = grads["fc.bias"] + 0.5
@@ -85,7 +86,7 @@ def test_an_attack_on_an_update_whose_counts_fall_short_runs_and_its_report_says
 
 def test_yin_picks_distinct_labels():
     wanted = [3, 8, 0, 6]
-    dm = VictimDataModule(dataset="cifar10", indices=_batch("cifar10", wanted), batch_size=4)
+    dm = VictimDataModule(Bundled("cifar10"), indices=_batch("cifar10", wanted), batch_size=4)
     model = build_model("lenet", dm.input_shape, 10)
     rec = restore_batch_labels(model, dm.prepare(model).gradients, 4, dm.input_shape, "yin")
     assert rec.shape == (1, 4) and len(set(rec[0].tolist())) == 4
@@ -106,7 +107,7 @@ def test_restoration_errors():
 
 
 def test_assignment_recovers_a_permuted_batch():
-    dm = VictimDataModule(dataset="cifar10", num_victims=1, batch_size=6)
+    dm = VictimDataModule(Bundled("cifar10"), num_victims=1, batch_size=6)
     truth = dm.load_victims().images[0]
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
     noisy = (truth[perm] + 0.03 * torch.randn_like(truth)).clamp(0, 1)
@@ -119,7 +120,7 @@ def test_batch_attack_recovers_two_images_with_restored_labels(tmp_path):
     from leakage.attacks.gradient_inversion import GradientInversion
     from leakage.reporting.callbacks import LeakageReport
 
-    dm = VictimDataModule(dataset="mnist", indices=[0, 1], batch_size=2)
+    dm = VictimDataModule(Bundled("mnist"), indices=[0, 1], batch_size=2)
     module = GradientInversion(model="mlp", input_shape=dm.input_shape, labels="bias_count", init="uniform")
     report = LeakageReport(save_artifacts=False)
     quiet_trainer(40, [report], root=tmp_path).fit(module, datamodule=dm)
@@ -133,15 +134,15 @@ def test_entries_per_unknown_input_value():
     # LeNet with 10 classes on CIFAR-10 has 15,826 gradient entries; a batch of 8 has 24,576 unknowns
     model = build_model("lenet", (3, 32, 32), 10)
     assert sum(p.numel() for p in model.parameters()) == 15826
-    obs = VictimDataModule(dataset="cifar10", num_victims=1, batch_size=8).prepare(model)
+    obs = VictimDataModule(Bundled("cifar10"), num_victims=1, batch_size=8).prepare(model)
     assert obs.entries_per_unknown == pytest.approx(15826 / 24576)
-    obs1 = VictimDataModule(dataset="cifar10", num_victims=1).prepare(model)
+    obs1 = VictimDataModule(Bundled("cifar10"), num_victims=1).prepare(model)
     assert obs1.entries_per_unknown == pytest.approx(15826 / 3072)
 
 
 def test_ilrg_restores_every_label_of_batches_of_64_mnist_images():
     # untrained LeNet (DLG's init): iLRG's class-average embeddings dW_c / db_c are the classes' own
-    dm = VictimDataModule(dataset="mnist", num_victims=2, batch_size=64)
+    dm = VictimDataModule(Bundled("mnist"), num_victims=2, batch_size=64)
     model = build_model("lenet", dm.input_shape, 10)
     rec = restore_batch_labels(model, dm.prepare(model).gradients, 64, dm.input_shape, "ilrg")
     assert torch.equal(rec, dm.load_victims().labels.sort(dim=1).values)

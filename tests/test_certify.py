@@ -14,6 +14,7 @@ from leakage.attacks.closedform import CERTIFIED_RESIDUAL
 from leakage.engine.models import build_model
 
 from conftest import fit_in_process
+from leakage.data.sources import BundledTable
 
 SHAPE = (1, 28, 28)
 
@@ -92,7 +93,7 @@ def test_trap_weights_that_read_nothing_off_a_table_give_a_failed_result_not_fil
     from leakage.data.datamodule import VictimDataModule
     from leakage.data.kinds.tabular import TabularKind
 
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=4, num_victims=2)
+    dm = VictimDataModule(BundledTable(), batch_size=4, num_victims=2)
     kind = dm.table.kind
     server = leakage.TrapWeightServer()
     sent = server.send(build_model("tabular_mlp", dm.input_shape, dm.num_classes, seed=1234), dm.input_shape)
@@ -144,10 +145,10 @@ def test_an_imprint_defense_sweep_certifies_only_its_undefended_cells(tmp_path):
 @pytest.mark.parametrize("config, extra, reason", [
     ("mnist_dlg.yaml", ["--data.num_victims", "1", "--data.batch_size", "16", "--model.labels", "yin"],
      "strategy 'yin' assumes distinct labels: batch_size 16 > 10 classes"),
-    ("mnist_imprint.yaml", ["--data.server", "honest", "--data.num_bins", "null"],
-     "the imprint attack reads what a malicious server planted: run it with --data.server imprint"),
-    ("mnist_trap_weights.yaml", ["--data.server", "imprint", "--data.trap_scale", "null"],
-     "the trap_weights attack reads what a malicious server planted: run it with --data.server trap_weights"),
+    ("mnist_imprint.yaml", ["--data.server", "Server"],
+     "the imprint attack reads what a malicious server planted: run it with --data.server ImprintServer"),
+    ("mnist_trap_weights.yaml", ["--data.server", "ImprintServer"],
+     "the trap_weights attack reads what a malicious server planted: run it with --data.server TrapWeightServer"),
     ("mnist_cpa.yaml", ["--data.batch_size", "1"], "the Cocktail Party Attack unmixes a batch of 2 records or more"),
     ("mnist_analytic.yaml", ["--data.batch_size", "2"], "label strategy 'idlg' recovers the label of a single image"),
 ], ids=["yin B>K", "imprint honest", "trap on imprint", "cpa B=1", "idlg B=2"])
@@ -167,8 +168,8 @@ def test_attack_on_the_command_line_wins_wherever_it_stands(capsys, tmp_path, be
 
     attack = ["--attack", "trap_weights"]
     config = ["--config", str(CONFIGS / "mnist_imprint.yaml")]
-    main(cli_args(tmp_path, *(attack + config if before else config + attack), "--data.server", "trap_weights",
-                  "--data.num_bins", "null", "--model.model", "mlp", "--data.batch_size", "4"))
+    main(cli_args(tmp_path, *(attack + config if before else config + attack), "--data.server", "TrapWeightServer",
+                  "--model.model", "mlp", "--data.batch_size", "4"))
     assert "\nattack: trap-weight read-out" in capsys.readouterr().out
 
 

@@ -22,7 +22,8 @@ from leakage.federated.client import client_gradients, save_gradients
 from leakage.data.datamodule import VictimDataModule
 from leakage.engine.models import build_model
 
-from conftest import CONFIGS, REPO, bundled_labels, cli_args, run_dirs
+from conftest import CONFIGS, REPO, bundled_labels, cli_args, cli_error, run_dirs
+from leakage.data.sources import Bundled
 
 
 def _repo_logs():
@@ -188,7 +189,7 @@ def test_console_script_end_to_end(tmp_path):
 
 def test_console_script_bad_input(tmp_path):
     proc = subprocess.run(
-        [_leakage_exe(), *cli_args(tmp_path, "--data.dataset", "svhn")],
+        [_leakage_exe(), *cli_args(tmp_path, "--data.source.dataset", "svhn")],
         cwd=tmp_path, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 2
@@ -222,7 +223,7 @@ def test_console_script_without_a_command(tmp_path):
 @pytest.fixture
 def mnist_gradient_file(tmp_path):
     model = build_model("mlp", (1, 28, 28), 10)
-    secret = VictimDataModule(source="bundled", dataset="mnist", indices=[4, 5]).load_victims()
+    secret = VictimDataModule(Bundled("mnist"), indices=[4, 5]).load_victims()
     path = tmp_path / "captured.safetensors"
     save_gradients(client_gradients(model, secret.images, secret.labels), path)
     return path, secret.labels[:, 0].tolist()
@@ -234,9 +235,9 @@ def test_cli_attack_on_a_gradient_file(tmp_path, mnist_gradient_file):
     with contextlib.redirect_stdout(out):
         main(cli_args(
             tmp_path / "logs",
-            "--data.source", "gradients",
-            "--data.gradient_file", str(path),
-            "--data.dataset", "mnist",
+            "--data.source", "CapturedGradients",
+            "--data.source.gradient_file", str(path),
+            "--data.source.dataset", "mnist",
             "--model.model", "mlp",
             "--model.labels", "idlg",
             "--trainer.max_steps", "2",
@@ -252,7 +253,7 @@ def test_cli_attack_on_a_gradient_file(tmp_path, mnist_gradient_file):
     assert "no victim images (attacking captured gradients)" in out.getvalue()
     assert (run / "gallery.png").is_file()
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["data"]["source"] == "gradients"
+    assert cfg["data"]["source"]["class_path"] == "leakage.data.sources.CapturedGradients"
 
 
 def test_a_moved_setting_is_refused_in_one_line_naming_its_new_place(tmp_path):
@@ -271,3 +272,57 @@ def test_a_moved_setting_is_refused_in_one_line_naming_its_new_place(tmp_path):
     with pytest.raises(ValueError, match=r"old.yaml: data.num_bins has moved: --data.server ImprintServer"):
         check_moved_settings(["--config", str(config)], moved)
     check_moved_settings(["--data.batch_size", "4", "--model.num_bins", "1"], moved)  # others untouched
+
+
+@pytest.mark.parametrize("args, place", [
+    (["--data.num_bins", "64"], "--data.server ImprintServer --data.server.num_bins N (in a config: data.server.init_args.num_bins)"),
+    (["--data.protocol", "fedavg"], "--data.client FedAvg"),
+    (["--data.local_steps=5"], "--data.client FedAvg --data.client.local_steps VALUE (in a config: data.client.init_args.local_steps)"),
+    (["--data.dataset", "mnist"], "--data.source Bundled --data.source.dataset NAME"),
+    (["--data.root", "data"], "--data.source Torchvision --data.source.root PATH (in a config: data.source.init_args.root)"),
+    (["--data.trap_scale", "0.5"], "--data.server TrapWeightServer --data.server.trap_scale X"),
+])
+def test_a_removed_flat_data_setting_is_refused_naming_its_new_place(capsys, tmp_path, args, place):
+    line = cli_error(capsys, cli_args(tmp_path, *args))
+    assert line.startswith(f"leakage: error: {args[0][2:].split('=')[0]} has moved: {place}"), line
+
+
+def test_a_removed_flat_data_setting_in_a_config_is_refused_naming_its_new_place(capsys, tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  source: bundled\n  dataset: mnist\n  server: imprint\n  num_bins: 256\n")
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(old)))
+    assert line.startswith(f"leakage: error: {old}: data.dataset has moved: --data.source Bundled --data.source.dataset"), line
+    every = set(VictimDataModule.MOVED)
+    assert {"dataset", "root", "download", "folder", "path", "gradient_file", "label_column", "schema", "schema_from",
+            "standardize_onehot", "categorical_columns", "continuous_columns", "image_size", "channels", "num_classes",
+            "protocol", "client_mode", "local_steps", "local_epochs", "local_lr", "local_batch_size", "shuffle",
+            "shuffle_seed", "share", "num_bins", "feature_mean", "feature_std", "trap_scale"} == every
+
+
+def test_the_server_and_its_settings_from_the_command_line(capsys, tmp_path):
+    from leakage.cli import main
+
+    main(cli_args(tmp_path, "--attack", "imprint", "--model.model", "lenet", "--data.source.dataset", "mnist",
+                  "--data.batch_size", "8", "--data.server", "ImprintServer", "--data.server.num_bins", "64",
+                  "--trainer.max_steps", "1"))
+    out = capsys.readouterr().out
+    assert "imprint module with 64 bins" in out and "Gaussian of mean 0.1239" in out, out  # MNIST's statistics
+    (run,) = run_dirs(tmp_path)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["data"]["server"] == {"class_path": "leakage.ImprintServer",
+                                     "init_args": {"num_bins": 64, "feature_mean": None, "feature_std": None}}
+
+
+@pytest.mark.parametrize("section, name, shows, hides", [
+    ("server", "ImprintServer", "--data.server.num_bins", "--data.server.trap_scale"),
+    ("source", "Torchvision", "--data.source.download", "--data.source.gradient_file"),
+    ("client", "FedAvg", "--data.client.local_epochs", "--data.source"),
+])
+def test_one_class_help_lists_only_its_settings(capsys, section, name, shows, hides):
+    from leakage.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", f"--data.{section}.help", name])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert shows in out and hides not in out, out

@@ -30,7 +30,7 @@ from conftest import CONFIGS, REPO, assert_same_outcome, run_dirs
 STEPS = 2
 #: bundled MNIST on the fast preset, long enough that the victims converge (SSIM > 0.999): the test that
 #: compares reconstructions across processes compares reconstructed victims, not chaotic paths
-CONVERGED = ["--data.dataset", "mnist", "--trainer.max_steps", "20"]
+CONVERGED = ["--data.source.dataset", "mnist", "--trainer.max_steps", "20"]
 TWO = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 
@@ -184,7 +184,7 @@ SWEEP = """\
 seed_everything: 0
 trainer: {max_steps: 2}
 model: {model: lenet, labels: idlg, init: uniform, lbfgs_max_iter: 2}
-data: {source: bundled, dataset: mnist, num_victims: 3, batch_size: 1}
+data: {source: {class_path: leakage.data.sources.Bundled, init_args: {dataset: mnist}}, num_victims: 3, batch_size: 1}
 sweep:
   success_ssim: 0.3
   target_success: 0.1

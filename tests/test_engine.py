@@ -10,10 +10,11 @@ from leakage.data.datamodule import VictimDataModule
 
 from conftest import quiet_trainer
 from test_optim import _HostSyncs
+from leakage.data.sources import Bundled
 
 
 def _fit(tmp_path, steps, indices=(0, 3), **hparams):
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=list(indices))
+    dm = VictimDataModule(Bundled("mnist"), indices=list(indices))
     module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", init="uniform", **hparams)
     trainer = quiet_trainer(steps, [], root=tmp_path)
     trainer.fit(module, datamodule=dm)
@@ -36,7 +37,7 @@ def test_fixed_shape_attack_follows_the_variable_one(tmp_path):
 
 
 def test_fixed_shape_evaluation_reads_nothing_back(tmp_path):
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 3, 5])
+    dm = VictimDataModule(Bundled("mnist"), indices=[0, 3, 5])
     module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="joint", fixed_shape=True)
     module.attach(dm.prepare(module.target))
     subset = torch.tensor([True, False, True])

@@ -13,8 +13,9 @@ from leakage.data.datamodule import VictimDataModule
 from leakage.engine.models import build_model
 
 from conftest import CONFIGS, cli_args, run_dirs
+from leakage.data.sources import Bundled
 
-FAST = ["--config", str(CONFIGS / "cifar_fast.yaml"), "--data.dataset", "mnist", "--trainer.max_steps", "3",
+FAST = ["--config", str(CONFIGS / "cifar_fast.yaml"), "--data.source.dataset", "mnist", "--trainer.max_steps", "3",
         "--model.lbfgs_max_iter", "3"]
 
 
@@ -50,13 +51,13 @@ def test_every_problem_non_finite_reports_every_victim_failed(capsys, tmp_path, 
 
 def test_a_captured_update_scaled_by_1e30_fails_without_crashing(capsys, tmp_path):
     model = build_model("lenet", (1, 28, 28), 10)
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0])
+    dm = VictimDataModule(Bundled("mnist"), indices=[0])
     secret = dm.load_victims()
     grads = {k: v * 1e30 for k, v in client_gradients(model, secret.images, secret.labels).items()}
     path = tmp_path / "huge.safetensors"
     save_gradients(grads, path)
-    out = _fit_ok(capsys, cli_args(tmp_path / "logs", *FAST, "--data.source", "gradients", "--data.num_victims", "1",
-                                   "--data.gradient_file", str(path)))
+    out = _fit_ok(capsys, cli_args(tmp_path / "logs", *FAST, "--data.source", "CapturedGradients", "--data.num_victims", "1",
+                                   "--data.source.gradient_file", str(path)))
     (run,) = run_dirs(tmp_path / "logs")
     assert [r["status"] for r in _rows(run)] == ["failed"]
     assert "1 of 1 victims failed numerically" in out
@@ -70,7 +71,7 @@ def test_a_run_that_fails_early_stops_early(tmp_path):
 
     from conftest import quiet_trainer
 
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0])
+    dm = VictimDataModule(Bundled("mnist"), indices=[0])
     module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", init="uniform")
     trainer = quiet_trainer(50, [GaussianNoise(1e30), LeakageReport(save_artifacts=False)], root=tmp_path)
     trainer.fit(module, datamodule=dm)
@@ -86,7 +87,7 @@ def test_without_a_logger_artifacts_go_to_a_fresh_run_folder(capsys, tmp_path, m
     mine.write_text((CONFIGS / "cifar_fast.yaml").read_text())
     before = mine.read_text()
     for _ in range(2):
-        out = _fit_ok(capsys, ["fit", "--config", "config.yaml", "--data.dataset", "mnist", "--trainer.max_steps", "1",
+        out = _fit_ok(capsys, ["fit", "--config", "config.yaml", "--data.source.dataset", "mnist", "--trainer.max_steps", "1",
                                "--model.lbfgs_max_iter", "2", "--trainer.logger", "false",
                                "--trainer.enable_progress_bar", "false"])
     assert mine.read_text() == before

@@ -106,12 +106,12 @@ def test_bad_client_settings_are_one_line():
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--data.protocol", "fedavg", "--data.local_steps", "0"], "local_steps must be an integer >= 1"),
-    (["--data.protocol", "fedavg", "--data.batch_size", "2", "--data.local_batch_size", "4"],
+    (["--data.client", "FedAvg", "--data.client.local_steps", "0"], "local_steps must be an integer >= 1"),
+    (["--data.client", "FedAvg", "--data.batch_size", "2", "--data.client.local_batch_size", "4"],
      "local_batch_size 4 is larger than the client's batch of 2 images"),
-    (["--data.local_steps", "5"], "FedAvg client settings (--data.local_steps) need --data.protocol fedavg"),
-    (["--data.protocol", "fedavg", "--data.local_steps", "2", "--data.local_epochs", "2"],
-     "set --data.local_steps or --data.local_epochs, not both"),
+    (["--data.client.local_steps", "5"], "data.client: leakage.federated.client.FedSGD: no option 'local_steps'"),
+    (["--data.client", "FedAvg", "--data.client.local_steps", "2", "--data.client.local_epochs", "2"],
+     "set local_steps or local_epochs, not both"),
 ])
 def test_cli_refuses_a_fedavg_client_that_does_not_fit(tmp_path, capsys, extra, expected):
     line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "mnist_dlg.yaml"), *extra))
@@ -136,7 +136,7 @@ def test_preset_reconstructs_mnist_from_five_step_updates(tmp_path):
     assert [r["ssim"] > 0.9 for r in rows] == [True, True], [r["ssim"] for r in rows]
     assert all(r["label_acc"] == 1.0 for r in rows)
     config = (run / "config.yaml").read_text()
-    assert "protocol: fedavg" in config and "local_steps: 5" in config
+    assert "class_path: leakage.federated.fedavg.FedAvg" in config and "local_steps: 5" in config
 
 
 def test_simulation_equals_the_client_with_batchnorm_in_train_mode():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO, assert_same_update, cli_args, cli_error, run_dirs
+from leakage.data.sources import Bundled
 
 flwr = pytest.importorskip("flwr")  # installed by the test extra
 
@@ -26,7 +27,7 @@ def _one_thread():
 def _images(indices):
     from leakage.data.datamodule import VictimDataModule
 
-    secret = VictimDataModule(dataset="mnist", indices=list(indices), batch_size=1).load_victims()
+    secret = VictimDataModule(Bundled("mnist"), indices=list(indices), batch_size=1).load_victims()
     return secret.images[:, 0], secret.labels[:, 0]
 
 
@@ -85,10 +86,10 @@ def _fit(args):
 
 def _attack_args(tmp_path, capture, *extra):
     return cli_args(tmp_path / "logs", "--config", str(REPO / "configs" / "mnist_dlg.yaml"),
-                    "--data.source", "gradients", "--data.gradient_file", str(capture), "--data.dataset", "mnist",
+                    "--data.source", "CapturedGradients", "--data.source.gradient_file", str(capture), "--data.source.dataset", "mnist",
                     "--data.num_victims", "1",  # the preset's 20 images: a capture holds one update
-                    "--data.protocol", "fedavg", "--data.local_steps", "3", "--data.local_lr", "0.1",
-                    "--data.local_batch_size", "1", "--data.shuffle_seed", "7", "--model.labels", "idlg", *extra)
+                    "--data.client", "FedAvg", "--data.client.local_steps", "3", "--data.client.local_lr", "0.1",
+                    "--data.client.local_batch_size", "1", "--data.client.shuffle_seed", "7", "--model.labels", "idlg", *extra)
 
 
 def test_cli_reconstructs_the_flower_clients_image(tmp_path):
@@ -116,18 +117,18 @@ def test_capture_that_does_not_fit_is_one_line(tmp_path, capsys):
     capture = tmp_path / "capture" / "round_001" / "client_c0.safetensors"
     # the attack's client settings must be the ones the server sent
     line = cli_error(capsys, _attack_args(tmp_path, capture, "--trainer.max_steps", "1"))
-    assert "--data.local_steps 1" in line, line
+    assert "--data.client.local_steps 1" in line, line
     # a capture of another model: the global weights do not fit LeNet's state_dict
     update, weights, meta = read_capture(capture)
     weights["fc.weight"] = weights["fc.weight"][:, :10]
     bad = tmp_path / "bad.safetensors"
     save_capture(bad, update, weights, 1, update_key=meta["update_key"],
                  settings={k: meta[k] for k in ("local_steps", "local_lr", "local_batch_size", "shuffle", "shuffle_seed")})
-    line = cli_error(capsys, _attack_args(tmp_path, bad, "--data.local_steps", "1", "--trainer.max_steps", "1"))
+    line = cli_error(capsys, _attack_args(tmp_path, bad, "--data.client.local_steps", "1", "--trainer.max_steps", "1"))
     assert "update 'fc.weight' has shape (10, 588), its global weight (10, 10)" in line, line
     # the batch size must be the client's num_examples
-    line = cli_error(capsys, _attack_args(tmp_path, capture, "--data.local_steps", "1", "--data.batch_size", "2",
-                                          "--data.local_batch_size", "2", "--trainer.max_steps", "1"))
+    line = cli_error(capsys, _attack_args(tmp_path, capture, "--data.client.local_steps", "1", "--data.batch_size", "2",
+                                          "--data.client.local_batch_size", "2", "--trainer.max_steps", "1"))
     assert "trained on 1 examples: set --data.batch_size 1" in line, line
     assert run_dirs(tmp_path / "logs") == []
 

@@ -22,6 +22,7 @@ from leakage.records import Observation
 from leakage.engine.models import build_model, load_weights
 
 from conftest import cli_args, cli_error, quiet_trainer, run_dirs
+from leakage.data.sources import Bundled, CapturedGradients, ImageFolder
 
 RAMP16 = np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1))  # 0 ... 65535 along x
 
@@ -172,8 +173,8 @@ def test_an_image_that_is_not_a_regular_file_is_refused_unopened(tmp_path, alarm
 def test_a_gradient_or_weights_file_that_is_not_a_regular_file(capsys, tmp_path, alarm, kind, said):
     path = tmp_path / "g.pt"
     _odd(path, kind)
-    line = cli_error(capsys, cli_args(tmp_path / "logs", "--data.source", "gradients", "--data.dataset", "mnist",
-                                      "--data.gradient_file", str(path), "--trainer.max_steps", "1"))
+    line = cli_error(capsys, cli_args(tmp_path / "logs", "--data.source", "CapturedGradients", "--data.source.dataset", "mnist",
+                                      "--data.source.gradient_file", str(path), "--trainer.max_steps", "1"))
     assert line.startswith(f"leakage: error: gradient file {path} ") and said in line  # was "file not found"
     with pytest.raises((ValueError, FileNotFoundError), match=f"model weights file {path} .*{said[-20:]}"):
         load_weights(build_model("lenet", (1, 28, 28), 10), path)
@@ -186,8 +187,8 @@ def update(lenet_mnist):
     return {k: v[0] for k, v in client_gradients(lenet_mnist, x, torch.tensor([[3]])).items()}
 
 
-GRAD = ("--data.source", "gradients", "--data.dataset", "mnist", "--model.model", "lenet", "--model.labels", "idlg",
-        "--trainer.max_steps", "1", "--data.gradient_file")
+GRAD = ("--data.source", "CapturedGradients", "--data.source.dataset", "mnist", "--model.model", "lenet", "--model.labels", "idlg",
+        "--trainer.max_steps", "1", "--data.source.gradient_file")
 
 
 def _capture_error(capsys, tmp_path, update, model, **kw):
@@ -261,7 +262,7 @@ def test_a_model_with_a_scalar_parameter_is_attacked_from_its_file(tmp_path):
     path = tmp_path / "g.safetensors"
     save_gradients({k: v[0] for k, v in grads.items()}, path)  # one update: 'temperature' is 0-dimensional
     assert load_gradients(path, model)["temperature"].shape == (1,)
-    dm = VictimDataModule(source="gradients", dataset="mnist", gradient_file=str(path))
+    dm = VictimDataModule(CapturedGradients(dataset="mnist", gradient_file=str(path)))
     module = GradientInversion(model=model, input_shape=(1, 28, 28), num_classes=10, labels="idlg", lbfgs_max_iter=2)
     report = LeakageReport(save_artifacts=False)
     defenses = [NormClip(1.0), TopK(0.5), GaussianNoise(0.01, relative=True)]
@@ -271,24 +272,33 @@ def test_a_model_with_a_scalar_parameter_is_attacked_from_its_file(tmp_path):
 
 # ----------------------------------------------------------------------------- settings a source ignores
 @pytest.mark.parametrize("kwargs, flag", [
-    (dict(source="gradients", gradient_file="g.safetensors", indices=[0]), "--data.indices"),
-    (dict(source="gradients", gradient_file="g.safetensors", num_victims=3), "--data.num_victims"),
-    (dict(source="bundled", gradient_file="g.safetensors"), "--data.gradient_file"),
-    (dict(source="bundled", folder="my_images"), "--data.folder"),
-    (dict(source="folder", folder="my_images", root="/datasets"), "--data.root"),
-    (dict(source="gradients", gradient_file="g.safetensors", download=True), "--data.download"),
+    (dict(indices=[0]), "--data.indices"),
+    (dict(num_victims=3), "--data.num_victims"),
 ])
-def test_a_setting_the_source_does_not_use_is_refused(kwargs, flag):
-    with pytest.raises(ValueError, match=f"^source={kwargs['source']} does not use {flag} "):
-        VictimDataModule(**kwargs)
+def test_a_victim_count_is_refused_for_captured_gradients(kwargs, flag):
+    with pytest.raises(ValueError, match=f"^CapturedGradients does not use {flag}: every update in the gradient file"):
+        VictimDataModule(CapturedGradients("g.safetensors"), **kwargs)
+
+
+@pytest.mark.parametrize("make, setting", [
+    (lambda: Bundled(gradient_file="g.safetensors"), "gradient_file"),
+    (lambda: Bundled(folder="my_images"), "folder"),
+    (lambda: ImageFolder("my_images", root="/datasets"), "root"),
+    (lambda: CapturedGradients("g.safetensors", download=True), "download"),
+])
+def test_a_setting_the_source_does_not_read_cannot_be_given(make, setting):
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{setting}'"):
+        make()
 
 
 def test_cli_refuses_victim_counts_for_a_gradient_file(capsys, tmp_path, update):
     path = tmp_path / "g.safetensors"
     save_gradients(update, path)
     line = cli_error(capsys, cli_args(tmp_path / "logs", *GRAD, str(path), "--data.num_victims", "5"))
-    assert line == ("leakage: error: source=gradients does not use --data.num_victims (every update in the "
-                    "gradient file is a victim; there are no images to count): leave it at its default (1)")
+    assert line == ("leakage: error: CapturedGradients does not use --data.num_victims: every update in the "
+                    "gradient file is a victim; there are no images to pick or count")
+    line = cli_error(capsys, cli_args(tmp_path / "logs", *GRAD, str(path), "--data.source.root", "data"))
+    assert line == "leakage: error: data.source: leakage.data.sources.CapturedGradients: no option 'root'"
 
 
 # ----------------------------------------------------------------------------- refused pickles

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from leakage.data.datamodule import VictimDataModule
+from leakage.data.sources import BundledTable
 
 from leakage.records import Observation
 from leakage.data.kinds import ImageKind, TabularKind
@@ -13,7 +14,7 @@ from leakage.reporting.views import view_of
 
 
 def _adult(**kw) -> VictimDataModule:
-    return VictimDataModule(source="bundled", dataset="adult", **kw)
+    return VictimDataModule(BundledTable(), **kw)
 
 
 def test_observation_defaults_to_the_image_kind():

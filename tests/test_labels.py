@@ -12,12 +12,13 @@ from leakage.attacks.labels import idlg_labels
 from leakage.engine.models import build_model
 
 from conftest import bundled_labels
+from leakage.data.sources import Bundled
 
 
 @pytest.mark.parametrize("dataset, shape", [("cifar10", (3, 32, 32)), ("mnist", (1, 28, 28))])
 def test_idlg_recovers_every_bundled_label(dataset, shape):
     model = build_model("lenet", shape, 10)  # untrained: DLG's random init
-    dm = VictimDataModule(source="bundled", dataset=dataset, num_victims=20)
+    dm = VictimDataModule(Bundled(dataset), num_victims=20)
     obs = dm.prepare(model)
     truth = dm.secret.labels[:, 0]
     assert truth.tolist() == bundled_labels(dataset)
@@ -35,7 +36,7 @@ def test_idlg_recovers_every_bundled_label(dataset, shape):
 
 def test_idlg_labels_of_the_attack_module():
     """labels='idlg' fixes each problem's label from the observation alone (restarts share it)."""
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1, 2, 3, 4])
+    dm = VictimDataModule(Bundled("mnist"), indices=[0, 1, 2, 3, 4])
     module = GradientInversion(model="lenet", input_shape=dm.input_shape, num_classes=10, labels="idlg", restarts=2)
     obs = dm.prepare(module.target)
     module.attach(obs)

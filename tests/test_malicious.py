@@ -17,6 +17,8 @@ from leakage.engine.models import build_model
 from leakage.federated.server import ImprintServer, Imprinted
 
 from conftest import fit_in_process, cli_args, cli_error, run_dirs
+from leakage.federated.fedavg import FedAvg
+from leakage.data.sources import Bundled
 
 SHAPE = (1, 28, 28)
 
@@ -68,8 +70,7 @@ def test_trap_weights_recover_images_exactly_through_the_python_api():
 def test_the_imprint_attack_reads_a_fedavg_update():
     """One local epoch of 4 SGD steps on mini-batches of 4: every unit still passes the same gradient; the
     bins move a little over the steps, so the images come back to SSIM 0.99, not to float32 rounding."""
-    dm = VictimDataModule(source="bundled", dataset="mnist", batch_size=16, server="imprint", num_bins=256,
-                          protocol="fedavg", local_epochs=1, local_batch_size=4)
+    dm = VictimDataModule(Bundled("mnist"), client=FedAvg(local_epochs=1, local_batch_size=4), server=ImprintServer(num_bins=256), batch_size=16)
     attack = ImprintAttack(model="lenet")
     observation = dm.prepare(attack.target)
     attack.attach(observation)
@@ -80,12 +81,14 @@ def test_the_imprint_attack_reads_a_fedavg_update():
 
 def test_settings_a_malicious_server_cannot_take_are_one_line_errors(capsys, tmp_path):
     line = cli_error(capsys, cli_args(tmp_path, "--attack", "trap_weights", "--model.model", "lenet",
-                                      "--data.dataset", "mnist", "--data.server", "trap_weights"))
+                                      "--data.source.dataset", "mnist", "--data.server", "TrapWeightServer"))
     assert "planting trap weights needs a fully connected first layer" in line and "(Conv2d)" in line
-    line = cli_error(capsys, cli_args(tmp_path, "--data.num_bins", "64"))
-    assert line.endswith("server honest does not use --data.num_bins (a setting of --data.server imprint): leave it unset")
-    line = cli_error(capsys, cli_args(tmp_path, "--attack", "imprint", "--data.dataset", "mnist"))
-    assert "the imprint attack reads what a malicious server planted: run it with --data.server imprint" in line
+    line = cli_error(capsys, cli_args(tmp_path, "--data.server.num_bins", "64"))
+    assert line == "leakage: error: data.server: leakage.federated.server.Server: no option 'num_bins'"
+    line = cli_error(capsys, cli_args(tmp_path, "--data.server", "TrapWeightServer", "--data.server.num_bins", "64"))
+    assert line == "leakage: error: data.server: leakage.TrapWeightServer: no option 'num_bins'"
+    line = cli_error(capsys, cli_args(tmp_path, "--attack", "imprint", "--data.source.dataset", "mnist"))
+    assert "the imprint attack reads what a malicious server planted: run it with --data.server ImprintServer" in line
     with pytest.raises(ValueError, match="the imprint module takes 2 to 4096 bins, got num_bins 5000"):
         ImprintServer(5000)
     with pytest.raises(ValueError, match=r"no room for an imprint module of 4096 bins on inputs of shape \(3, 96, 96\)"):

@@ -13,6 +13,7 @@ from leakage.engine.memory import MiB, estimate, lbfgs_state_bytes
 from leakage.engine.optim import BatchedLBFGS
 
 from conftest import cli_args, cli_error, run_dirs
+from leakage.data.sources import Bundled
 
 
 def _state_bytes(opt) -> int:
@@ -36,7 +37,7 @@ def test_lbfgs_term_is_what_the_optimizer_allocates(history):
 
 
 def test_dummies_observed_and_adam_terms_are_what_the_attack_allocates():
-    dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=2)
+    dm = VictimDataModule(Bundled("mnist"), num_victims=2)
     module = GradientInversion(model="mlp", input_shape=(1, 28, 28), optimizer="adam", restarts=3)
     module.attach(dm.prepare(module.target))
     parts = estimate(module.target, victims=2, restarts=3, batch_size=1, input_shape=(1, 28, 28), num_classes=10,
@@ -83,7 +84,7 @@ def test_attack_larger_than_the_machine_is_refused_before_the_run(capsys, tmp_pa
 
 def test_refusal_names_the_number(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(leakage.engine.memory, "host_available", lambda: 4 * MiB)  # a machine with 4 MiB free
-    line = cli_error(capsys, cli_args(tmp_path / "logs", "--data.dataset", "mnist", "--data.num_victims", "2",
+    line = cli_error(capsys, cli_args(tmp_path / "logs", "--data.source.dataset", "mnist", "--data.num_victims", "2",
                                       "--model.restarts", "2", "--trainer.max_steps", "1"))
     # LeNet on MNIST, history 100: 0.75 MiB per problem, most of it the L-BFGS history
     assert line.startswith("leakage: error: the attack needs about 4.1 MiB for 4 problems (2 victims x 2 restarts, "

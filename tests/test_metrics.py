@@ -12,11 +12,12 @@ from leakage.reporting.runreport import format_table
 from leakage.data.datamodule import VictimDataModule
 from leakage.engine.losses import gradient_distance, squared_norms, total_variation
 from leakage.engine.metrics import label_accuracy, match_batch, reconstruction_metrics
+from leakage.data.sources import Bundled
 
 
 @pytest.fixture(scope="module")
 def cifar_batch():
-    return VictimDataModule(source="bundled", dataset="cifar10", num_victims=5).load_victims().images[:, 0]
+    return VictimDataModule(Bundled("cifar10"), num_victims=5).load_victims().images[:, 0]
 
 
 def test_match_batch_undoes_a_permutation(cifar_batch):

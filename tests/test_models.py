@@ -176,6 +176,6 @@ def test_fit_refuses_a_weights_file_holding_nan_in_one_line(capsys, tmp_path):
     state = build_model("lenet", (1, 28, 28), 10).state_dict()
     state["body.0.bias"] = _bad("nan", state["body.0.bias"])
     torch.save(state, tmp_path / "nan.pt")
-    line = cli_error(capsys, ["fit", "--data.dataset", "mnist", "--trainer.max_steps", "1", "--trainer.logger", "false",
+    line = cli_error(capsys, ["fit", "--data.source.dataset", "mnist", "--trainer.max_steps", "1", "--trainer.logger", "false",
                               "--trainer.default_root_dir", str(tmp_path), "--model.model_weights", str(tmp_path / "nan.pt")])
     assert f"weights file {tmp_path / 'nan.pt'}: 'body.0.bias' holds NaN or infinite values" in line

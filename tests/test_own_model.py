@@ -27,6 +27,7 @@ from leakage.engine.models import build_model, load_weights
 from leakage.presets import PRESETS
 
 from conftest import FLOAT32_UPDATE_TOLERANCE, assert_same_update, cli_error, relative_error
+from leakage.data.sources import Bundled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ class BNNet(nn.Module):
 
 
 def _mnist(indices):
-    secret = VictimDataModule(source="bundled", dataset="mnist", indices=list(indices), batch_size=len(indices)).load_victims()
+    secret = VictimDataModule(Bundled("mnist"), indices=list(indices), batch_size=len(indices)).load_victims()
     return secret.images[0], secret.labels[0]
 
 
@@ -194,7 +195,7 @@ def test_an_attack_on_a_batchnorm_model_leaves_its_running_statistics_unchanged(
     torch.manual_seed(3)
     model = _with_running_stats(BNNet(channels=1), channels=1)
     state = copy.deepcopy(model.state_dict())
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1], batch_size=2, image_size=16)
+    dm = VictimDataModule(Bundled("mnist", image_size=16), indices=[0, 1], batch_size=2)
     module = GradientInversion(model=model, input_shape=(1, 16, 16), labels="bias_count", optimizer="adam", lr=0.1,
                                bn_weight=0.01)
     pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -346,7 +347,7 @@ def user_models(tmp_path, monkeypatch):
 def _fit_rows(tmp_path, *args):
     from leakage.cli import main
 
-    main(["fit", "--data.dataset", "mnist", "--data.indices", "[0]", "--model.labels", "idlg",
+    main(["fit", "--data.source.dataset", "mnist", "--data.indices", "[0]", "--model.labels", "idlg",
           "--trainer.max_steps", "30", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "out"),
           "--trainer.enable_progress_bar", "false", "--seed_everything", "0", *args])
     (run,) = (tmp_path / "out" / "leakage").glob("version_*")
@@ -364,25 +365,26 @@ def test_fit_attacks_a_module_given_by_import_path_on_the_command_line(tmp_path,
 def test_fit_attacks_a_module_given_by_class_path_in_a_config(tmp_path, user_models):
     config = tmp_path / "own.yaml"
     config.write_text(yaml.safe_dump({"model": {"model": {"class_path": "user_models.TinyNet", "init_args": {"width": 8}}},
-                                      "data": {"client_mode": "train"}}))
+                                      "data": {"client": {"class_path": "leakage.federated.client.FedSGD",
+                                                          "init_args": {"client_mode": "train"}}}}))
     _, rows = _fit_rows(tmp_path, "--config", str(config))
     assert float(rows[0]["ssim"]) >= 0.9
 
 
 def test_fit_errors_for_a_model_that_does_not_fit(capsys, tmp_path, user_models):
-    base = ["fit", "--data.dataset", "mnist", "--trainer.max_steps", "1", "--trainer.logger", "false",
+    base = ["fit", "--data.source.dataset", "mnist", "--trainer.max_steps", "1", "--trainer.logger", "false",
             "--trainer.default_root_dir", str(tmp_path)]
     line = cli_error(capsys, base + ["--model.model", "nosuch_package.Net"])
     assert "'nosuch_package.Net' is not a built-in" in line and "importable" in line
     line = cli_error(capsys, base + ["--model.model", "user_models.TinyNet", "--model.model.num_classes", "7"])
     assert "gives (1, 7) for one input of shape (1, 28, 28), not [1, 10] logits" in line
-    line = cli_error(capsys, base + ["--data.dataset", "cifar10", "--model.model", "user_models.TinyNet"])
+    line = cli_error(capsys, base + ["--data.source.dataset", "cifar10", "--model.model", "user_models.TinyNet"])
     assert "cannot take inputs of shape (3, 32, 32)" in line
     torch.save(TinyNet(width=6).state_dict(), tmp_path / "other.pt")
     line = cli_error(capsys, base + ["--model.model", "user_models.TinyNet", "--model.model_weights",
                                      str(tmp_path / "other.pt")])
     assert "does not fit model 'user_models.TinyNet'" in line
-    line = cli_error(capsys, base + ["--data.client_mode", "training"])
+    line = cli_error(capsys, base + ["--data.client.client_mode", "training"])
     assert "client_mode" in line
     assert not list(tmp_path.glob("**/metrics.csv"))
 
@@ -391,7 +393,7 @@ def test_the_resnet18_preset_runs_offline_with_batchnorm_in_train_mode(tmp_path)
     from leakage.cli import main
 
     config = yaml.safe_load((ROOT / "configs" / "cifar_resnet18.yaml").read_text())
-    assert config["data"]["client_mode"] == "train" and config["model"]["model"] == "resnet18"
+    assert config["data"]["client"]["init_args"]["client_mode"] == "train" and config["model"]["model"] == "resnet18"
     main(["fit", "--config", str(ROOT / "configs" / "cifar_resnet18.yaml"), "--trainer.max_steps", "2",
           "--data.num_victims", "1", "--trainer.logger.init_args.save_dir", str(tmp_path),
           "--trainer.enable_progress_bar", "false"])

@@ -14,6 +14,7 @@ from leakage.data.datamodule import VictimDataModule
 from leakage.engine.precision import full_precision, is_full_precision, precision_flags
 
 from conftest import quiet_trainer
+from leakage.data.sources import Bundled
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_attack_objective_and_client_run_in_full_precision(monkeypatch, tmp_path
 
     monkeypatch.setattr(leakage.federated.client, "per_problem_gradients", client_spy)
     monkeypatch.setattr(leakage.attacks.gradient_inversion, "per_problem_gradients", objective_spy)
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[3])
+    dm = VictimDataModule(Bundled("mnist"), indices=[3])
     module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", lbfgs_max_iter=3)
     backward = BackwardPrecision()
     quiet_trainer(2, [LeakageReport(save_artifacts=False), backward], root=tmp_path).fit(module, datamodule=dm)
@@ -87,7 +88,7 @@ def test_settings_are_restored_when_the_block_raises(user_allows_tf32):
 
 
 def _one_mnist_victim(precision, steps, tmp_path):
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=[3])
+    dm = VictimDataModule(Bundled("mnist"), indices=[3])
     module = GradientInversion(model="mlp", input_shape=(1, 28, 28), labels="idlg")
     report = LeakageReport(save_artifacts=False)
     trainer = pl.Trainer(max_steps=steps, precision=precision, logger=False, enable_checkpointing=False,

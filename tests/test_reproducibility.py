@@ -13,6 +13,7 @@ from leakage.federated.defenses import GaussianNoise
 from leakage.engine.seeding import derive_seed
 
 from conftest import assert_same_outcome, quiet_trainer
+from leakage.data.sources import Bundled
 
 
 def _module(dm, **kw):
@@ -20,7 +21,7 @@ def _module(dm, **kw):
 
 
 def _dummies(indices, restarts=1, **kw):
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=indices)
+    dm = VictimDataModule(Bundled("mnist"), indices=indices)
     module = _module(dm, model="lenet", restarts=restarts, **kw)
     module.attach(dm.prepare(module.target))
     return module
@@ -53,7 +54,7 @@ def test_seeds_are_stable_across_processes():
 
 
 def _attack(tmp_path, indices, **kw):
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=indices)
+    dm = VictimDataModule(Bundled("mnist"), indices=indices)
     module = _module(dm, model="lenet", lbfgs_max_iter=5, **kw)
     report = LeakageReport(save_artifacts=False)
     quiet_trainer(4, [report], root=tmp_path).fit(module, datamodule=dm)
@@ -83,7 +84,7 @@ def test_an_images_reconstruction_does_not_depend_on_the_rest_of_the_run(tmp_pat
 
 def test_defense_noise_on_an_update_does_not_depend_on_the_other_updates():
     def noisy(indices):
-        dm = VictimDataModule(source="bundled", dataset="mnist", indices=indices)
+        dm = VictimDataModule(Bundled("mnist"), indices=indices)
         module = _module(dm, model="lenet")
         obs = dm.prepare(module.target)
         clean = {k: v.clone() for k, v in obs.gradients.items()}

@@ -13,6 +13,7 @@ from scipy.optimize import linear_sum_assignment
 
 from leakage.cli import main
 from leakage.data.datamodule import VictimDataModule
+from leakage.data.sources import Bundled, BundledTable
 from leakage.engine.metrics import match_batch, pixel_cost, reconstruction_metrics
 
 from conftest import REPO, cli_args, run_dirs
@@ -52,7 +53,7 @@ def test_a_nan_slot_is_matched_last_and_scored_nan():
 
 
 def test_tabular_error_counts_are_the_rowwise_errors_of_every_pair():
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=4)
+    dm = VictimDataModule(BundledTable(), batch_size=4)
     kind, records = dm.table.kind, dm.table.encode(range(24))[0]
     truth = records[:12]
     recon = records[12:24].clone()
@@ -82,7 +83,8 @@ if what == "image":
     score = lambda r, t: reconstruction_metrics(r, t)
 else:
     from leakage.data.datamodule import VictimDataModule
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=4)
+    from leakage.data.sources import BundledTable
+    dm = VictimDataModule(BundledTable(), batch_size=4)
     kind, records = dm.table.kind, dm.table.encode(range(900))[0]
     truth = records[:B][None]
     order = torch.randperm(B, generator=g)
@@ -127,7 +129,7 @@ def test_the_reconstructions_are_saved_with_their_matching(tmp_path):
     assert set(saved) == {"recon", "labels", "best_restart", "failed", "exact", "perm"}
     assert saved["recon"].shape == (1, 8, 1, 28, 28) and saved["labels"].shape == (1, 8)
     assert json.loads(meta["kind"])["kind"] == "image" and meta["threat_model"].startswith("malicious server")
-    truth = VictimDataModule(source="bundled", dataset="mnist", batch_size=8).load_victims().images
+    truth = VictimDataModule(Bundled("mnist"), batch_size=8).load_victims().images
     again = reconstruction_metrics(saved["recon"], truth)
     assert torch.equal(again["perm"], saved["perm"])
     assert again["ssim_images"][0].tolist() == pytest.approx(result["victims"][0]["ssim_images"], abs=1e-6)

@@ -11,10 +11,11 @@ from leakage.data.datamodule import VictimDataModule
 from leakage.engine.metrics import ssim_per_image
 
 from conftest import quiet_trainer
+from leakage.data.sources import Bundled
 
 
 def _fit(tmp_path, steps, indices=(0, 3), **hparams):
-    dm = VictimDataModule(source="bundled", dataset="mnist", indices=list(indices))
+    dm = VictimDataModule(Bundled("mnist"), indices=list(indices))
     module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", init="uniform", **hparams)
     trainer = quiet_trainer(steps, [], root=tmp_path)
     trainer.fit(module, datamodule=dm)

@@ -27,7 +27,7 @@ TINY = ["--trainer.max_steps", "2", "--model.lbfgs_max_iter", "2", "--data.num_v
 
 def _config(tmp_path: Path, **sweep) -> Path:
     cfg = yaml.safe_load((CONFIGS / "defense_sweep.yaml").read_text())
-    cfg["data"]["dataset"] = "mnist"
+    cfg["data"]["source"]["init_args"]["dataset"] = "mnist"
     cfg["sweep"].update(output=str(tmp_path / "sweep"), **sweep)
     cfg["sweep"]["defenses"] = [
         {"name": "noise", "class_path": "leakage.federated.defenses.GaussianNoise", "param": "sigma",
@@ -224,7 +224,7 @@ def test_a_cell_with_a_bad_defense_setting_is_marked_failed_not_lost(tmp_path):
 # --------------------------------------------------------------------------- studies over config keys
 def _study_config(tmp_path: Path, studies: list[dict], **sweep) -> Path:
     cfg = yaml.safe_load((CONFIGS / "defense_sweep.yaml").read_text())
-    cfg["data"]["dataset"] = "mnist"
+    cfg["data"]["source"]["init_args"]["dataset"] = "mnist"
     cfg["model"]["labels"] = "bias_count"  # iDLG's labels need B = 1
     del cfg["sweep"]["defenses"]
     cfg["sweep"].update(output=str(tmp_path / "sweep"), studies=studies, **sweep)
@@ -233,7 +233,7 @@ def _study_config(tmp_path: Path, studies: list[dict], **sweep) -> Path:
     return path
 
 
-BATCH_STUDY = {"name": "mnist", "key": "data.batch_size", "values": [1, 2], "set": {"data.dataset": "mnist"}}
+BATCH_STUDY = {"name": "mnist", "key": "data.batch_size", "values": [1, 2], "set": {"data.source.init_args.dataset": "mnist"}}
 
 
 def test_study_over_batch_size_writes_rows_tables_plot_and_hparams(tmp_path, capsys):
@@ -253,7 +253,7 @@ def test_study_over_batch_size_writes_rows_tables_plot_and_hparams(tmp_path, cap
         # the value reached the fit as an int: the run's own saved config holds it
         run_cfg = yaml.safe_load((out / "runs" / row["cell"] / "config.yaml").read_text())
         assert run_cfg["data"]["batch_size"] == b and type(run_cfg["data"]["batch_size"]) is int
-        assert run_cfg["data"]["dataset"] == "mnist"
+        assert run_cfg["data"]["source"]["init_args"]["dataset"] == "mnist"
         metrics = json.loads((out / "runs" / row["cell"] / "metrics.json").read_text())
         assert all(len(v["indices"]) == b for v in metrics["victims"])
         assert row["entries_per_unknown"] == pytest.approx(metrics["summary"]["entries_per_unknown"])
@@ -368,7 +368,7 @@ NOISE = {"name": "noise", "class_path": "leakage.federated.defenses.GaussianNois
 def _one_defense(tmp_path: Path, defense: dict, **sweep) -> Path:
     """A sweep config of one defense (one tiny cell per value) into ``tmp_path/sweep``."""
     cfg = yaml.safe_load((CONFIGS / "defense_sweep.yaml").read_text())
-    cfg["data"]["dataset"] = "mnist"
+    cfg["data"]["source"]["init_args"]["dataset"] = "mnist"
     cfg["sweep"].update({"output": str(tmp_path / "sweep"), "refine": 0, **sweep})
     cfg["sweep"]["defenses"] = [defense]
     path = tmp_path / "sweep.yaml"

@@ -33,7 +33,7 @@ SSIM_TOL = 0.02
 
 def _config(tmp_path: Path, name: str, defenses: list[dict], **sweep) -> Path:
     cfg = yaml.safe_load((CONFIGS / "defense_sweep.yaml").read_text())
-    cfg["data"]["dataset"] = "mnist"
+    cfg["data"]["source"]["init_args"]["dataset"] = "mnist"
     cfg["sweep"].update(output=str(tmp_path / name), defenses=defenses, **sweep)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -14,6 +14,7 @@ from leakage.data.csvtable import read_csv
 from leakage.data.tables import TableSchema
 
 from conftest import CONFIGS, cli_args, cli_error, run_dirs
+from leakage.data.sources import Bundled, BundledTable
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -46,7 +47,7 @@ def _attack(dm: VictimDataModule, steps: int, **settings) -> tuple[GradientInver
 
 
 def test_schema_encoding_round_trips(tmp_path):
-    dm = VictimDataModule(source="bundled", dataset="adult")
+    dm = VictimDataModule(BundledTable())
     kind, (x, _) = dm.table.kind, dm.table.encode(range(50))
     header, rows, dropped = read_csv(CONFIGS.parent / "leakage" / "assets" / "tabular" / "adult_test_0_999.csv")
     assert dropped == 73 and len(rows) == 927 and dm.input_shape == (kind.schema.width,)
@@ -62,9 +63,9 @@ def test_standardized_onehot_columns_are_tableaks_encoding(tmp_path):
     """``standardize_onehot``: the one-hot columns standardised by the records' frequencies, as
     TabLeak's model sees them; decoding, scoring, pooling and hardening undo it; TabLeak recovers a
     record through it."""
-    dm = VictimDataModule(source="bundled", dataset="adult", standardize_onehot=True, batch_size=1, public_labels=True)
+    dm = VictimDataModule(BundledTable(standardize_onehot=True), batch_size=1, public_labels=True)
     kind, (x, _) = dm.table.kind, dm.table.encode(range(len(dm.table)))
-    plain_table = VictimDataModule(source="bundled", dataset="adult").table
+    plain_table = VictimDataModule(BundledTable()).table
     plain = (plain_table.kind, plain_table.encode(range(len(plain_table)))[0])
     cat = kind.schema.column_stats()[1] != 1  # the standardised columns (none of a constant column)
     assert cat.sum() > 70 and torch.allclose(x[:, cat].mean(0), torch.zeros(int(cat.sum())), atol=1e-5)
@@ -90,19 +91,19 @@ def test_standardized_onehot_columns_are_tableaks_encoding(tmp_path):
     path = tmp_path / "schema.json"
     path.write_text(plain[0].schema.to_json())
     with pytest.raises(ValueError, match="standardize_onehot is true but the schema .* encodes plain one-hot columns"):
-        VictimDataModule(source="bundled", dataset="adult", standardize_onehot=True, schema=str(path))
+        VictimDataModule(BundledTable(standardize_onehot=True, schema=str(path)))
 
 
 # budgets about twice what each outcome needs (measured: B = 1 is 100% from 70 steps, B = 4 96% at 200)
 @pytest.mark.parametrize("batch_size, steps", [(1, 120), (4, 200)])
 def test_tableak_recovers_adult_records(batch_size, steps):
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=batch_size, public_labels=True)
+    dm = VictimDataModule(BundledTable(), batch_size=batch_size, public_labels=True)
     _, m = _attack(dm, steps, restarts=3, **TABLEAK)
     assert float(m["accuracy"][0]) >= 0.9, m["feature_accuracy"]
 
 
 def test_low_entropy_means_high_accuracy():
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=8, public_labels=True)
+    dm = VictimDataModule(BundledTable(), batch_size=8, public_labels=True)
     module, m = _attack(dm, 50, restarts=4, **TABLEAK)  # low-entropy cells 66% right, the others 25%
     cat = torch.tensor([f.type == "categorical" for f in module.kind.schema.features])
     ent, correct = m["entropy"][..., cat].flatten(), m["correct"][..., cat].flatten()
@@ -111,9 +112,9 @@ def test_low_entropy_means_high_accuracy():
 
 
 def test_tableak_beats_the_unrelaxed_cosine_baseline():
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=8, public_labels=True)
+    dm = VictimDataModule(BundledTable(), batch_size=8, public_labels=True)
     _, tableak = _attack(dm, 200, restarts=3, **TABLEAK)
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=8, public_labels=True)
+    dm = VictimDataModule(BundledTable(), batch_size=8, public_labels=True)
     _, baseline = _attack(dm, 200, restarts=1, **{**TABLEAK, "relax": False, "ensemble": "best",
                                                   "box_constraint": True})
     assert float(tableak["accuracy"][0]) > float(baseline["accuracy"][0])
@@ -122,7 +123,7 @@ def test_tableak_beats_the_unrelaxed_cosine_baseline():
 def test_refine_steps_fix_the_categories_then_refine_the_continuous_features(tmp_path, capsys):
     """TabLeak's two-staged mode: the last steps run with every categorical feature one-hot at its
     argmax (to float32 rounding), the continuous ones still optimized."""
-    dm = VictimDataModule(source="bundled", dataset="adult", batch_size=1, num_victims=2, public_labels=True)
+    dm = VictimDataModule(BundledTable(), batch_size=1, num_victims=2, public_labels=True)
     module, m = _attack(dm, 120, restarts=2, refine_steps=40, **{**TABLEAK, "ensemble": "best"})
     x = module.reconstruction()
     for sl in module.kind._cat:
@@ -135,7 +136,7 @@ def test_refine_steps_fix_the_categories_then_refine_the_continuous_features(tmp
     assert not run_dirs(tmp_path)  # refused before a run folder is made
     with pytest.raises(ValueError, match="refine_steps needs optimizer adam or signed_adam"):
         GradientInversion(model="tabular_mlp", input_shape=(8,), num_classes=2, optimizer="lbfgs", refine_steps=5)
-    images = VictimDataModule(source="bundled", dataset="mnist", batch_size=1)
+    images = VictimDataModule(Bundled("mnist"), batch_size=1)
     attack = GradientInversion(model="mlp", input_shape=images.input_shape, num_classes=images.num_classes,
                                optimizer="adam", refine_steps=5)
     with pytest.raises(ValueError, match="refine_steps .* applies to tables, not to image data"):
@@ -155,8 +156,8 @@ OWN = ("colour,height,score,city,outcome\n"
 
 def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     path = _csv(tmp_path, OWN)
-    main(cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv",
-                  "--data.path", str(path), "--data.label_column", "outcome", "--data.batch_size", "2",
+    main(cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "CSVTable",
+                  "--data.source.path", str(path), "--data.source.label_column", "outcome", "--data.batch_size", "2",
                   "--model.restarts", "3", "--trainer.max_steps", "100", "--model.refine_steps", "40",
                   "--report.image_every_n_steps", "0"))
     out = capsys.readouterr().out
@@ -190,35 +191,35 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text, extra, message", [
-    ("a,b\n1,2\n3,4\n", ["--data.label_column", "y"], "no label column 'y' in the table (columns: a, b)"),
-    ("a,b,y\n1,2,x\nq,4,z\n", ["--data.label_column", "y", "--data.continuous_columns", "[a]"],
+    ("a,b\n1,2\n3,4\n", ["--data.source.label_column", "y"], "no label column 'y' in the table (columns: a, b)"),
+    ("a,b,y\n1,2,x\nq,4,z\n", ["--data.source.label_column", "y", "--data.source.continuous_columns", "[a]"],
      "column 'a' is named continuous but holds 'q', not a number"),
-    ("a,b,y\n1,2,x\nq,4,z\n", ["--data.label_column", "y", "--data.continuous_columns", "[a]",
-                                "--data.categorical_columns", "[a]"], "column 'a' is named both categorical and continuous"),
+    ("a,b,y\n1,2,x\nq,4,z\n", ["--data.source.label_column", "y", "--data.source.continuous_columns", "[a]",
+                                "--data.source.categorical_columns", "[a]"], "column 'a' is named both categorical and continuous"),
     ("a,b,a\n1,2,x\n3,4,z\n", [], "CSV file {path}: column name 'a' appears twice in the header (columns 1 and 3)"),
     ("a,,y\n1,2,x\n3,4,z\n", [], "CSV file {path}: column 2 of the header has no name"),
     # one typo in a column of numbers is refused, not read as a category
-    ("a,b,y\n" + "".join(f"{i},{i % 3},{'xz'[i % 2]}\n" for i in range(40)).replace("17,2", "1 7,2"), ["--data.label_column", "y"],
+    ("a,b,y\n" + "".join(f"{i},{i % 3},{'xz'[i % 2]}\n" for i in range(40)).replace("17,2", "1 7,2"), ["--data.source.label_column", "y"],
      "column 'a' holds numbers but also '1 7' (2.5% of the records): correct it, mark it missing ('?'), or name "
-     "the column in --data.categorical_columns"),
+     "the column in --data.source.categorical_columns"),
 ])
 def test_a_csv_that_does_not_fit_is_one_line(tmp_path, capsys, text, extra, message):
     path = _csv(tmp_path, text)
-    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv",
-                                      "--data.path", str(path), *extra))
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "CSVTable",
+                                      "--data.source.path", str(path), *extra))
     assert line == f"leakage: error: {message.format(path=path)}"
 
 
 def test_a_category_not_in_the_schema_is_one_line(tmp_path, capsys):
-    dm = VictimDataModule(source="bundled", dataset="adult", standardize_onehot=True)  # the preset's encoding
+    dm = VictimDataModule(BundledTable(standardize_onehot=True))  # the preset's encoding
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps({"schema": json.loads(dm.table.kind.schema.to_json())}))
     own = (CONFIGS.parent / "leakage" / "assets" / "tabular" / "adult_test_0_999.csv").read_text().splitlines()
     own[1] = own[1].replace("Private", "Martian")
     path = _csv(tmp_path, "\n".join(own) + "\n")
-    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv",
-                                      "--data.path", str(path), "--data.label_column", "income",
-                                      "--data.schema", str(schema)))
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "CSVTable",
+                                      "--data.source.path", str(path), "--data.source.label_column", "income",
+                                      "--data.source.schema", str(schema)))
     assert line == "leakage: error: t.csv, record 0: workclass 'Martian' is not a category of the schema"
 
 
@@ -226,7 +227,7 @@ def test_the_python_api_attacks_a_record_with_idlg_labels():
     import leakage
     from leakage.engine.models import build_model
 
-    dm = VictimDataModule(source="bundled", dataset="adult", indices=[5])
+    dm = VictimDataModule(BundledTable(), indices=[5])
     model = build_model("tabular_mlp", dm.input_shape, dm.num_classes)
     obs = dm.prepare(model)
     update = {k: v[0] for k, v in obs.gradients.items()}

@@ -14,6 +14,7 @@ from leakage.records import victim_rows
 from leakage.data.datamodule import VictimDataModule
 from leakage.data.csvtable import canonical, read_csv
 from leakage.data.tables import TableSchema
+from leakage.data.sources import BundledTable, CSVTable, CapturedGradients
 
 
 @pytest.fixture(autouse=True)
@@ -35,10 +36,14 @@ def _rows(n: int = 40) -> str:
     return "".join(f"{1.5 * i + 0.25},{1 + i % 4},{'ab'[i % 2]},{'yn'[(i // 2) % 2]}\n" for i in range(n))
 
 
+KEPT = ("batch_size", "indices", "num_victims", "public_labels")  # the data module's own settings
+
+
 def _dm(path, **kw):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dm = VictimDataModule(source="csv", path=str(path), **kw)
+        dm = VictimDataModule(CSVTable(str(path), **{k: v for k, v in kw.items() if k not in KEPT}),
+                              **{k: v for k, v in kw.items() if k in KEPT})
     return dm, [str(w.message) for w in caught]
 
 
@@ -90,7 +95,7 @@ def test_small_integer_codes_are_categorical_and_the_settings_add_to_inference(t
     assert dm.table.kind.schema.features[1].categories == ["1", "2", "3", "4"]
     assert dm.table.kind.schema.summary == (
         "40 records, label 'y' (2 classes), 2 categorical and 1 continuous columns; read as categorical because "
-        "they hold at most 10 distinct whole numbers: code (--data.continuous_columns to read one as continuous)")
+        "they hold at most 10 distinct whole numbers: code (--data.source.continuous_columns to read one as continuous)")
     dm, _ = _dm(path, continuous_columns=["code"], categorical_columns=["x"])
     types = {f.name: f.type for f in dm.table.kind.schema.features}
     assert types == {"x": "categorical", "code": "continuous", "w": "categorical"}
@@ -99,13 +104,14 @@ def test_small_integer_codes_are_categorical_and_the_settings_add_to_inference(t
     assert dm.table.kind.schema.features[1].type == "continuous"
 
 
-def test_the_label_column_default_is_income_for_adult(tmp_path):
+def test_the_label_column_is_the_last_unless_named(tmp_path):
     text = "income,x,code,w\n" + "".join(",".join([r.split(",")[3].strip(), *r.split(",")[:3]]) + "\n"
                                          for r in _rows().splitlines())
-    dm, _ = _dm(_table(tmp_path, text), dataset="adult")
+    dm, _ = _dm(_table(tmp_path, text), label_column="income")
     assert dm.table.kind.schema.label == "income"
     dm, _ = _dm(_table(tmp_path, text, "other.csv"))
     assert dm.table.kind.schema.label == "w"  # else the last column
+    assert VictimDataModule(BundledTable()).table.kind.schema.label == "income"  # the bundled table's own
 
 
 def test_the_schema_origin_is_a_named_reference_table_or_the_victims_own_with_a_warning(tmp_path):
@@ -126,13 +132,12 @@ def test_the_schema_origin_is_a_named_reference_table_or_the_victims_own_with_a_
     assert dm.table.kind.schema.origin == f"schema file {saved} (reference table {reference})"
     with pytest.raises(ValueError, match="give the table's schema one way"):
         _dm(victims, schema=str(saved), schema_from=str(reference))
-    with pytest.raises(ValueError, match="--data.schema fixes every column's type"):
+    with pytest.raises(ValueError, match="a schema fixes every column's type"):
         _dm(victims, schema=str(saved), categorical_columns=["x"])
-    with pytest.raises(ValueError, match="--data.label_column w differs from the schema's label column 'y'"):
+    with pytest.raises(ValueError, match="--data.source.label_column w differs from the schema's label column 'y'"):
         _dm(victims, schema=str(saved), label_column="w")
     # a captured update of a table: the schema from the reference alone
-    dm = VictimDataModule(source="gradients", dataset="credit", gradient_file="u.safetensors",
-                          schema_from=str(reference))
+    dm = VictimDataModule(CapturedGradients(dataset="credit", gradient_file="u.safetensors", schema_from=str(reference)))
     assert dm.table.kind.schema.origin == f"reference table {reference}" and dm.input_shape == (7,)
 
 
@@ -142,10 +147,10 @@ def test_a_bad_schema_file_is_one_line_from_the_cli(tmp_path, capsys):
     victims = _table(tmp_path, "x,code,w,y\n" + _rows())
     path = tmp_path / "schema.json"
     path.write_text(json.dumps(_schema(x={"std": 0})))
-    args = ["--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "csv", "--data.path", str(victims)]
-    line = cli_error(capsys, cli_args(tmp_path, *args, "--data.schema", str(path)))
+    args = ["--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "CSVTable", "--data.source.path", str(victims)]
+    line = cli_error(capsys, cli_args(tmp_path, *args, "--data.source.schema", str(path)))
     assert line == f"leakage: error: cannot read the table schema {path}: schema feature 'x': std 0 must be > 0"
-    line = cli_error(capsys, cli_args(tmp_path, *args, "--data.schema", str(tmp_path / "none.json")))
+    line = cli_error(capsys, cli_args(tmp_path, *args, "--data.source.schema", str(tmp_path / "none.json")))
     assert line == f"leakage: error: schema file not found: {tmp_path / 'none.json'}"
 
 
@@ -180,11 +185,11 @@ def test_a_schema_file_that_cannot_be_right_is_one_line(tmp_path, schema, messag
     path = tmp_path / "schema.json"
     path.write_text(json.dumps(schema))
     with pytest.raises(ValueError) as err:
-        VictimDataModule(source="csv", path=str(victims), schema=str(path))
+        VictimDataModule(CSVTable(path=str(victims), schema=str(path)))
     assert str(err.value) == f"cannot read the table schema {path}: {message}"
     good = tmp_path / "good.json"
     good.write_text(json.dumps(_schema()))
-    dm = VictimDataModule(source="csv", path=str(victims), schema=str(good))  # the same file, right, is read
+    dm = VictimDataModule(CSVTable(path=str(victims), schema=str(good)))  # the same file, right, is read
     assert dm.input_shape == (3,) and dm.table.encode([0])[0].tolist() == [[-0.25, 1.0, 0.0]]
 
 
@@ -195,14 +200,14 @@ def test_a_schema_file_that_is_no_regular_file_is_refused_unread(tmp_path, monke
     os.mkfifo(fifo)
     zero.symlink_to("/dev/zero")
     with pytest.raises(ValueError, match=r"is a FIFO \(named pipe\), not a regular file"):
-        VictimDataModule(source="csv", path=str(victims), schema=str(fifo))
+        VictimDataModule(CSVTable(path=str(victims), schema=str(fifo)))
     with pytest.raises(ValueError, match=r"\(a link to /dev/zero\) is a character device, not a regular file"):
-        VictimDataModule(source="csv", path=str(victims), schema=str(zero))
+        VictimDataModule(CSVTable(path=str(victims), schema=str(zero)))
     big = tmp_path / "big.json"
     big.write_text(json.dumps(_schema()))
     monkeypatch.setattr("leakage.data.tables.SCHEMA_BYTES", 64)
     with pytest.raises(ValueError, match=r"big.json: larger than 64 bytes"):
-        VictimDataModule(source="csv", path=str(victims), schema=str(big))
+        VictimDataModule(CSVTable(path=str(victims), schema=str(big)))
     with pytest.raises(ValueError, match=r"CSV file .*fifo.json is a FIFO"):
         read_csv(fifo)
 

@@ -276,7 +276,7 @@ class GradientInversion(Attack):
             self.register_buffer(f"observed_{i}", g, persistent=False)
         if observation.client is not None and hp.bn_weight > 0:
             raise ValueError("bn_weight (the BatchNorm-statistics prior) is modelled for FedSGD updates only: "
-                             "use --model.bn_weight 0 with --data.protocol fedavg")
+                             "use --model.bn_weight 0 with --data.client FedAvg")
         if observation.client is not None and V > 0:  # FedAvg: each problem's public mini-batch order
             sched = schedules(observation.client, B, observation.update_keys).repeat_interleave(R, dim=0)
             self.register_buffer("schedule", sched, persistent=False)

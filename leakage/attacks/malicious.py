@@ -35,7 +35,7 @@ def _server(observation: Observation, kind: type, attack: str, setting: str):
     if not isinstance(server, kind):
         given = "an honest-but-curious server" if server is None or not server.malicious else server.describe()
         raise ValueError(f"the {attack} attack reads what a malicious server planted: run it with --data.server "
-                         f"{setting} (the observation has {given})")
+                         f"{kind.__name__} (the observation has {given})")
     return server
 
 

@@ -8,12 +8,11 @@ The module keeps two things apart (both plain data, :mod:`leakage.records`):
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from http.client import HTTPException
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -24,47 +23,21 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchvision import datasets, transforms
 
 from leakage.federated.capture import check_settings, is_capture, load_global_weights, read_capture
-from leakage.federated.client import CLIENT_MODES, client_gradients, load_gradients, validate_gradients
+from leakage.federated.client import Client, FedSGD, client_gradients, load_gradients, validate_gradients
 from leakage.data.csvtable import drop_nonfinite, numeric_columns, read_csv
 from leakage.data.kinds import DataKind, ImageKind, TabularKind
 from leakage.data.tables import TableSchema, read_schema
-from leakage.federated.fedavg import SHARES, FedAvgClient, client_updates, epochs_to_steps
+from leakage.federated.fedavg import client_updates
 from leakage.data.imagefolder import read_labelled_folder
-from leakage.engine.seeding import position_key, update_key
-from leakage.federated.server import HONEST, PUBLIC_LABELS, Server, make_server
+from leakage.engine.seeding import update_key
+from leakage.federated.server import ImprintServer, Server
+from leakage.data.sources import DATASETS, TABLES, Bundled, Source
 from leakage.records import Observation, Secret
 
-#: name -> (input shape, classes, torchvision class, shipped in the package)
-DATASETS: dict[str, tuple[tuple[int, int, int], int, str]] = {
-    "cifar10": ((3, 32, 32), 10, "CIFAR10"),
-    "cifar100": ((3, 32, 32), 100, "CIFAR100"),
-    "mnist": ((1, 28, 28), 10, "MNIST"),
-    "fashion_mnist": ((1, 28, 28), 10, "FashionMNIST"),
-}
-BUNDLED = ("cifar10", "mnist")
 #: bundled image sets stored as one array file under leakage/assets/<dataset>/ (uint8 ``images``
 #: ``[N, H, W]`` or ``[N, H, W, C]`` and ``labels`` ``[N]``, test-split indices 0 to N-1); the others
 #: are PNG folders read by :func:`~leakage.data.imagefolder.read_labelled_folder`
 BUNDLED_ARRAYS = {"mnist": "mnist_test_0_999.npz"}
-#: bundled tables: name -> (file under leakage/assets/tabular, label column)
-TABLES = {"adult": ("adult_test_0_999.csv", "income")}
-SOURCES = ("bundled", "torchvision", "folder", "gradients", "csv")
-PROTOCOLS = ("fedsgd", "fedavg")
-_VICTIM_DATA = tuple(s for s in SOURCES if s != "gradients")  # sources whose victims are picked by index
-#: settings that only some sources read: name -> (default, the sources that read it, why);
-#: any other value with another source is refused rather than silently ignored
-SOURCE_SETTINGS = {
-    "root": ("data", ("torchvision",), "only torchvision datasets are read from a root folder"),
-    "download": (False, ("torchvision",), "only torchvision datasets are downloaded"),
-    "folder": (None, ("folder",), "only source=folder reads an image folder"),
-    "gradient_file": (None, ("gradients",), "only source=gradients reads a gradient file"),
-    "path": (None, ("csv",), "only source=csv reads a CSV file"),
-    "label_column": (None, ("csv",), "only source=csv names the label column (a bundled table has its own)"),
-    "categorical_columns": (None, ("csv",), "only source=csv names its categorical columns"),
-    "continuous_columns": (None, ("csv",), "only source=csv names its continuous columns"),
-    "indices": (None, _VICTIM_DATA, "every update in the gradient file is a victim; there are no images to pick"),
-    "num_victims": (1, _VICTIM_DATA, "every update in the gradient file is a victim; there are no images to count"),
-}
 #: smallest image side the report can score: SSIM's 11x11 Gaussian window is reflect-padded by 5
 #: pixels, which needs more than 5 pixels per side (:func:`leakage.engine.metrics.ssim_per_image`)
 MIN_SCORED_SIZE = 6
@@ -114,159 +87,130 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _dataset_key(name: str) -> str:
-    key = name.lower().replace("-", "_")
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return key
+def _to_shape(images: Tensor, channels: int, size: tuple[int, int]) -> Tensor:
+    """Images ``[N, C, H, W]`` with ``channels`` channels (grey: the mean; colour: grey repeated) and
+    resized to ``size`` (bilinear, antialiased, as torchvision's ``Resize``)."""
+    if images.shape[1] != channels:
+        images = images.mean(dim=1, keepdim=True) if channels == 1 else images.expand(-1, channels, -1, -1)
+    if tuple(images.shape[2:]) != tuple(size):
+        images = torch.nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True,
+                                                 align_corners=False).clamp(0, 1)
+    return images
+
+
+#: where each setting the data module no longer takes lives now (refused in one line naming it)
+_SOURCE_KEYS = {
+    "dataset": "--data.source Bundled --data.source.dataset NAME (or the dataset of Torchvision, ImageFolder, "
+               "BundledTable, CapturedGradients)",
+    "root": "--data.source Torchvision --data.source.root PATH",
+    "download": "--data.source Torchvision --data.source.download true",
+    "folder": "--data.source ImageFolder --data.source.folder PATH",
+    "path": "--data.source CSVTable --data.source.path FILE.csv",
+    "label_column": "--data.source CSVTable --data.source.label_column NAME",
+    "gradient_file": "--data.source CapturedGradients --data.source.gradient_file FILE",
+    "image_size": "--data.source.image_size N (a setting of the image sources: Bundled, Torchvision, ImageFolder, "
+                  "CapturedGradients)",
+    "channels": "--data.source.channels N (a setting of the image sources: Bundled, Torchvision, ImageFolder, "
+                "CapturedGradients)",
+    "num_classes": "--data.source.num_classes N (a setting of ImageFolder and CapturedGradients)",
+    **{key: f"--data.source.{key} (a setting of the table sources: BundledTable, CSVTable; CapturedGradients)"
+       for key in ("categorical_columns", "continuous_columns", "schema", "schema_from", "standardize_onehot")},
+}
+_CLIENT_KEYS = {
+    "protocol": "--data.client FedAvg (or FedSGD, the default)",
+    "client_mode": "--data.client.client_mode MODE",
+    **{key: f"--data.client FedAvg --data.client.{key} VALUE"
+       for key in ("local_steps", "local_epochs", "local_lr", "local_batch_size", "shuffle", "shuffle_seed", "share")},
+}
+_SERVER_KEYS = {
+    "num_bins": "--data.server ImprintServer --data.server.num_bins N",
+    "feature_mean": "--data.server ImprintServer --data.server.feature_mean X",
+    "feature_std": "--data.server ImprintServer --data.server.feature_std X",
+    "trap_scale": "--data.server TrapWeightServer --data.server.trap_scale X",
+}
+
+
+def _moved(flag: str) -> str:
+    """``--data.a.b X`` with its config form: ``(in a config: data.a.init_args.b)``."""
+    first = flag.split(" (")[0].split()
+    keys = [w[len("--data."):] for w in first if w.startswith("--data.")]
+    last = keys[-1].split(".") if keys else []
+    where = f"data.{last[0]}.init_args.{last[1]}" if len(last) == 2 else f"data.{last[0]}: {{class_path: ...}}"
+    return f"{flag} (in a config: {where})"
 
 
 class VictimDataModule(pl.LightningDataModule):
-    """Victims and the gradients their client shares.
+    """Victims and the update their client shares: where the data comes from, how the client
+    computes its update, and what the server sends it, each an object with its own settings.
 
     Args:
-        source: ``bundled`` (the first 20 CIFAR-10 and the first 1,000 MNIST test images, and the
-            first 1,000 Adult test records, shipped in the package), ``torchvision`` (a full dataset under ``root``),
-            ``folder`` (your own images), ``csv`` (your own table, ``path``) or ``gradients``
-            (updates you captured, from ``gradient_file``; no victim data).
-        dataset: ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist`` or ``adult`` (a table);
-            sets the input shape and class count (for ``folder`` and ``gradients`` too, unless
-            overridden below).
-        path: the CSV file for ``source=csv`` (a header row; records with a missing value, ``?``
-            or empty, are left out and counted).
-        label_column: a table's label column (default: ``income`` when ``dataset`` is ``adult``,
-            else the last column).
-        categorical_columns: columns read as categorical besides those inferred (inferred: a column
-            holding a value that is not a number, or whole numbers with at most 10 distinct values
-            each seen 5 times on average, such as codes 1-4).
-        continuous_columns: columns read as continuous although inferred categorical (numbers only).
-        schema: a table's public encoding as JSON (the ``schema.json`` of an earlier run, its
-            ``schema`` entry).
-        schema_from: a public reference table (CSV, the same columns) the schema is inferred from
-            (categories, means, standard deviations, bounds); with neither this nor ``schema`` it is
-            inferred from the attacked table itself, victims included (a warning says so). The
-            run's ``schema.json`` records which (``origin``).
-        standardize_onehot: a table's one-hot columns standardised too, ``(onehot - frequency) /
-            std``, the frequencies of its complete records (TabLeak's encoding: its model sees
-            standardised one-hot columns); stored in the schema. Default (None): plain one-hot for a
-            schema built here; with ``schema`` the schema's encoding, which a True or False must match.
-        public_labels: the victims' labels are public (the attack's ``labels: known``; TabLeak's
-            setting).
-        root: where torchvision datasets live.
-        download: let torchvision download the dataset into ``root`` (needs the internet).
-        folder: the image folder for ``source=folder``.
-        image_size: resize folder images to this square size (default: the dataset's).
-        channels: 1 or 3 channels for folder images (default: the dataset's).
-        num_classes: override the class count (folder images, custom gradient files).
-        indices: test-split indices of the victims' images, grouped into batches of
-            ``batch_size``; when unset, the first ``num_victims * batch_size`` images.
+        source: where the victims come from (:mod:`leakage.data.sources`): ``Bundled`` (images shipped
+            in the package, the default: CIFAR-10), ``BundledTable`` (the Adult records shipped),
+            ``Torchvision``, ``ImageFolder``, ``CSVTable`` or ``CapturedGradients`` (no victim data).
+            None: ``Bundled()``, the bundled CIFAR-10 images.
+        client: the client protocol: ``FedSGD`` (one gradient of the batch's mean loss, the default)
+            or ``FedAvg`` (local SGD steps; :mod:`leakage.federated.fedavg`), public to the attacker.
+            None: ``FedSGD()``, in train mode.
+        server: the threat model (:mod:`leakage.federated.server`): ``Server`` (honest-but-curious:
+            the model is sent as it is; the default), or a malicious server that changes the model
+            before the clients compute their updates: ``ImprintServer`` (Robbing the Fed's imprint
+            module at the input) or ``TrapWeightServer`` (trap weights in a fully connected first layer).
+            None: ``Server()``, the honest server.
         num_victims: how many victims (client updates) when ``indices`` is unset.
-        batch_size: images in one client update.
-        gradient_file: ``.safetensors`` or ``.pt`` file of captured gradients for ``source=gradients``,
-            or a capture file of :mod:`leakage.federated.capture` (a FedAvg update with the global weights it
-            started from: the weights are loaded into the target model).
-        protocol: the client protocol: ``fedsgd`` (one gradient of the batch's mean loss) or
-            ``fedavg`` (local SGD steps; the settings below, public to the attacker).
-        local_steps: FedAvg: SGD steps per update.
-        local_epochs: FedAvg: passes over the batch instead of ``local_steps``
-            (``local_epochs x batch_size / local_batch_size`` steps).
-        local_lr: FedAvg: the client's SGD learning rate.
-        local_batch_size: FedAvg: images per mini-batch (a divisor of ``batch_size``); None: the
-            whole batch.
-        shuffle: FedAvg: a fresh seeded order of the batch every local epoch.
-        shuffle_seed: FedAvg: the public seed of the mini-batch order (with each update's key).
-        share: FedAvg: ``delta`` (``w_K - w_0``) or ``pseudo_gradient`` (``(w_0 - w_K) / local_lr``).
-        client_mode: how the client runs the model for its update: ``train`` (the default, what FL
-            clients do: BatchNorm normalises with the batch's own statistics; dropout off) or
-            ``eval`` (running statistics). Public: the attack simulates the same mode. Models without
-            BatchNorm give the same update either way.
-        server: the threat model (:mod:`leakage.federated.server`): ``honest`` (honest-but-curious: the model
-            is sent as it is), or a malicious server that changes the model before the clients
-            compute their updates: ``imprint`` (Robbing the Fed's imprint module at the input) or
-            ``trap_weights`` (trap weights in a fully connected first layer).
-        num_bins: ``imprint``: the module's bins (default 64).
-        feature_mean, feature_std: ``imprint``: the public Gaussian of the mean value of one input
-            whose quantiles cut the bins (default: the dataset's, :data:`leakage.federated.server.FEATURE_STATISTICS`).
-        trap_scale: ``trap_weights``: the scale, in (0, 1), of each row's positive weights (default 0.7).
+        indices: the victims' images (test-split indices) or records, grouped into batches of
+            ``batch_size``; when unset, the first ``num_victims * batch_size``.
+        batch_size: images or records in one client update.
+        public_labels: the victims' labels are public (the attack's ``labels: known``; TabLeak's setting).
 
-    A setting the chosen source does not read (:data:`SOURCE_SETTINGS`: ``root`` and ``download``
-    but with ``torchvision``, ``folder``, ``gradient_file``, and ``indices`` / ``num_victims`` with
-    ``gradients``) is refused, not ignored.
+    With captured gradients every update in the file is a victim: ``indices`` and ``num_victims``
+    are refused there, not ignored.
     """
+
+    #: what ``leakage fit`` starts from (its parser's defaults, so that ``--data.source.dataset mnist``
+    #: needs no ``--data.source Bundled`` and ``--help`` and a run's config.yaml name the classes)
+    CLI_DEFAULTS = {"source": {"class_path": "leakage.data.sources.Bundled"},
+                    "client": {"class_path": "leakage.federated.client.FedSGD"},
+                    "server": {"class_path": "leakage.federated.server.Server"}}
+    #: every flat setting that moved into the source, the client or the server, and where it is now
+    MOVED = {key: _moved(flag) for key, flag in {**_SOURCE_KEYS, **_CLIENT_KEYS, **_SERVER_KEYS}.items()}
 
     def __init__(
         self,
-        source: Literal["bundled", "torchvision", "folder", "gradients", "csv"] = "bundled",
-        dataset: str = "cifar10",
-        path: Optional[str] = None,
-        label_column: Optional[str] = None,
-        categorical_columns: Optional[list[str]] = None,
-        continuous_columns: Optional[list[str]] = None,
-        schema: Optional[str] = None,
-        schema_from: Optional[str] = None,
-        standardize_onehot: Optional[bool] = None,
-        public_labels: bool = False,
-        root: str = "data",
-        download: bool = False,
-        folder: Optional[str] = None,
-        image_size: Optional[int] = None,
-        channels: Optional[int] = None,
-        num_classes: Optional[int] = None,
-        indices: Optional[list[int]] = None,
+        source: Optional[Source] = None,
+        client: Optional[Client] = None,
+        server: Optional[Server] = None,
         num_victims: int = 1,
+        indices: Optional[list[int]] = None,
         batch_size: int = 1,
-        gradient_file: Optional[str] = None,
-        protocol: Literal["fedsgd", "fedavg"] = "fedsgd",
-        local_steps: int = 1,
-        local_epochs: Optional[int] = None,
-        local_lr: float = 0.1,
-        local_batch_size: Optional[int] = None,
-        shuffle: bool = True,
-        shuffle_seed: int = 0,
-        share: Literal["delta", "pseudo_gradient"] = "delta",
-        client_mode: Literal["train", "eval"] = "train",
-        server: Literal["honest", "imprint", "trap_weights"] = "honest",
-        num_bins: Optional[int] = None,
-        feature_mean: Optional[float] = None,
-        feature_std: Optional[float] = None,
-        trap_scale: Optional[float] = None,
+        public_labels: bool = False,
     ) -> None:
         super().__init__()
-        if client_mode not in CLIENT_MODES:
-            raise ValueError(f"unknown client_mode {client_mode!r}; choose one of {', '.join(CLIENT_MODES)}")
-        self.client_mode = client_mode
-        if source not in SOURCES:
-            raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
+        source = Bundled() if source is None else source
+        client = FedSGD() if client is None else client
+        server = Server() if server is None else server
+        for name, value, base in (("source", source, Source), ("client", client, Client), ("server", server, Server)):
+            if not isinstance(value, base) or type(value) in (Source, Client):  # a kind of it, not the bare base
+                raise ValueError(f"{name} must be a {base.__name__} object of one kind (see --data.{name}.help), "
+                                 f"got {value!r}")
+        s = source
+        #: the source and the client protocol as given; ``source`` is the source's name, as reports print it
+        self.source_object, self.client_protocol = source, client
+        self.source = s.name
+        self.client_mode = client.client_mode
         self.public_labels = public_labels
-        self.table = self._table(source, dataset, path, label_column, categorical_columns, schema, standardize_onehot,
-                                 schema_from, continuous_columns)
-        self.dataset = dataset.lower() if self.table is not None else _dataset_key(dataset)
-        #: the data's name in reports, HPARAMS and metrics: the CSV file's name for source=csv, the
+        self.table = self._table(s.name, s.dataset, s.path, s.label_column, s.categorical_columns, s.schema,
+                                 s.standardize_onehot, s.schema_from, s.continuous_columns)
+        self.dataset = s.dataset
+        #: the data's name in reports, HPARAMS and metrics: the CSV file's name for a CSV table, the
         #: captured update's file for a captured table's update, else the dataset
-        self.data_name = (Path(path).name if source == "csv" else
-                          Path(gradient_file).name if source == "gradients" and self.table is not None and gradient_file
+        self.data_name = (Path(s.path).name if s.name == "csv" else
+                          Path(s.gradient_file).name if s.name == "gradients" and self.table is not None
                           else self.dataset)
-        if source == "bundled" and self.dataset not in BUNDLED and self.table is None:
-            raise ValueError(
-                f"the package bundles {' and '.join(BUNDLED)} images only; for {self.dataset} use "
-                f"--data.source torchvision --data.root PATH (add --data.download true to fetch it)"
-            )
-        if source == "folder" and not folder:
-            raise ValueError("source=folder needs --data.folder PATH")
-        if source == "gradients" and not gradient_file:
-            raise ValueError("source=gradients needs --data.gradient_file PATH (.safetensors or .pt)")
-        for name, value in (("batch_size", batch_size), ("num_victims", num_victims), ("image_size", image_size),
-                            ("channels", channels), ("num_classes", num_classes)):
-            if value is not None and not _is_int(value):
+        for name, value in (("batch_size", batch_size), ("num_victims", num_victims)):
+            if not _is_int(value):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
         if batch_size < 1 or num_victims < 1:
             raise ValueError(f"batch_size and num_victims must be >= 1, got {batch_size} and {num_victims}")
-        if channels not in (None, 1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
-        if image_size is not None and image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
-        if num_classes is not None and num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (a classifier tells two classes or more apart), got {num_classes}")
         if indices is not None:
             if not all(_is_int(i) for i in indices):
                 raise ValueError(f"indices must be integers, got {indices}")
@@ -276,43 +220,38 @@ class VictimDataModule(pl.LightningDataModule):
                 )
             if any(i < 0 for i in indices):
                 raise ValueError(f"indices must be >= 0, got {indices}")
-        arguments = locals()  # every setting SOURCE_SETTINGS names is an argument of this __init__
-        given = {name: arguments[name] for name in SOURCE_SETTINGS}
-        for name, (default, users, reason) in SOURCE_SETTINGS.items():
-            if source not in users and given[name] != default:
-                raise ValueError(f"source={source} does not use --data.{name} ({reason}): "
-                                 f"leave it at its default ({default})")
-        self.source = source
-        self.root = root
-        self.download = download
-        self.folder = folder
+        if not s.has_victims and (indices is not None or num_victims != 1):
+            name = "indices" if indices is not None else "num_victims"
+            raise ValueError(f"{type(s).__name__} does not use --data.{name}: every update in the gradient file is "
+                             "a victim; there are no images to pick or count")
+        self.root, self.download, self.folder = s.root, s.download, s.folder
         self.indices = list(indices) if indices is not None else None
         self.num_victims = num_victims
         self.batch_size = batch_size
-        self.gradient_file = gradient_file
+        self.gradient_file = s.gradient_file
         self.observation: Optional[Observation] = None
         self.secret: Optional[Secret] = None
-        self.client = self._client(protocol, local_steps, local_epochs, local_lr, local_batch_size, shuffle,
-                                   shuffle_seed, share)
-        if server != "honest" and source == "gradients":
-            raise ValueError(f"--data.server {server} changes the model before the clients compute their updates: "
-                             "it needs the victims' data, not captured gradients")
-        self.server = make_server(server, self.dataset, num_bins, feature_mean, feature_std, trap_scale)
+        #: the FedAvg client's settings for this batch size (None: FedSGD)
+        self.client = client.for_batch(batch_size)
+        if server.malicious and not s.has_victims:
+            raise ValueError(f"--data.server {type(server).__name__} changes the model before the clients compute "
+                             "their updates: it needs the victims' data, not captured gradients")
+        self.server = server.for_dataset(self.dataset) if isinstance(server, ImprintServer) else server
         if self.table is not None:
             kind = self.table.kind
             self.input_shape = kind.sample_shape
             self.num_classes = len(kind.schema.classes)
             return
         shape, classes, _ = DATASETS[self.dataset]
-        c = channels or shape[0]
-        hw = (image_size, image_size) if image_size is not None else shape[1:]
-        if source != "gradients" and min(hw) < MIN_SCORED_SIZE:
+        c = s.channels or shape[0]
+        hw = (s.image_size, s.image_size) if s.image_size is not None else shape[1:]
+        if s.has_victims and min(hw) < MIN_SCORED_SIZE:
             raise ValueError(
-                f"image_size {image_size} is too small to score the reconstructions: SSIM needs images of at least "
+                f"image_size {s.image_size} is too small to score the reconstructions: SSIM needs images of at least "
                 f"{MIN_SCORED_SIZE}x{MIN_SCORED_SIZE} pixels"
             )
         self.input_shape: tuple[int, int, int] = (c, *hw)
-        self.num_classes: int = classes if num_classes is None else num_classes
+        self.num_classes: int = classes if s.num_classes is None else s.num_classes
 
     def _table(self, source, dataset, path, label_column, categorical_columns, schema, standardize_onehot=None,
                schema_from=None, continuous_columns=None) -> Optional[Table]:
@@ -324,9 +263,9 @@ class VictimDataModule(pl.LightningDataModule):
             if standardize_onehot is not None and standardize_onehot != table_schema.standardized_onehot:
                 raise ValueError(f"standardize_onehot is {str(standardize_onehot).lower()} but the schema {schema} "
                                  f"encodes {'standardised' if table_schema.standardized_onehot else 'plain'} one-hot "
-                                 "columns (--data.standardize_onehot null uses the schema's encoding)")
+                                 "columns (--data.source.standardize_onehot null uses the schema's encoding)")
             if label_column is not None and label_column != table_schema.label:
-                raise ValueError(f"--data.label_column {label_column} differs from the schema's label column "
+                raise ValueError(f"--data.source.label_column {label_column} differs from the schema's label column "
                                  f"{table_schema.label!r}")
             table_schema.origin = f"schema file {schema}" + (f" ({table_schema.origin})" if table_schema.origin else "")
             return table_schema
@@ -343,13 +282,6 @@ class VictimDataModule(pl.LightningDataModule):
             rank_zero_info(f"schema inferred from {where.name}: {table_schema.summary}")
             return table_schema, header, rows, dropped
 
-        if schema is not None and schema_from is not None:
-            raise ValueError("give the table's schema one way: --data.schema FILE.json or --data.schema_from FILE.csv")
-        if schema is not None and (categorical_columns or continuous_columns):
-            raise ValueError("--data.schema fixes every column's type: --data.categorical_columns and "
-                             "--data.continuous_columns type the columns of a schema inferred here")
-        if source == "csv" and not path:
-            raise ValueError("source=csv needs --data.path FILE.csv")
         default_label = TABLES[dataset.lower()][1] if dataset.lower() in TABLES else None
         if source == "gradients" and (schema is not None or schema_from is not None):  # the schema is all
             if schema is not None:
@@ -363,11 +295,11 @@ class VictimDataModule(pl.LightningDataModule):
             where = Path(str(resources.files("leakage") / "assets" / "tabular" / TABLES[dataset.lower()][0]))
         else:
             if dataset.lower() in TABLES:
-                raise ValueError(f"{dataset} is a table: use --data.source bundled (or csv with --data.path)")
+                raise ValueError(f"{dataset} is a table: use --data.source BundledTable (or CSVTable)")
             if standardize_onehot:
                 raise ValueError("standardize_onehot applies to tables (one-hot columns), not to image data")
             if schema is not None or schema_from is not None:
-                raise ValueError("--data.schema and --data.schema_from describe a table; this source reads images")
+                raise ValueError("schema and schema_from describe a table; this source reads images")
             return None
         if schema is not None or schema_from is not None:
             table_schema = given_schema() if schema is not None else inferred(
@@ -383,7 +315,7 @@ class VictimDataModule(pl.LightningDataModule):
                 where, f"inferred from {where.name}, the attacked table itself (victims included)")
             rank_zero_warn(f"the table's schema (categories, means, standard deviations, bounds) is inferred from "
                            f"{where.name} itself, victims included: name a public reference table with "
-                           "--data.schema_from FILE.csv, or an earlier schema with --data.schema FILE.json")
+                           "--data.source.schema_from FILE.csv, or an earlier schema with --data.source.schema FILE.json")
         #: records left out for a missing value, said in the run's output
         self.dropped_records = dropped
         if dropped:
@@ -391,29 +323,15 @@ class VictimDataModule(pl.LightningDataModule):
                            f"empty) and are left out; indices count the {len(rows)} complete records")
         return Table(TabularKind(table_schema), header, rows, where.name)
 
-    def _client(self, protocol, local_steps, local_epochs, local_lr, local_batch_size, shuffle, shuffle_seed,
-                share) -> Optional[FedAvgClient]:
-        """The FedAvg client's public settings (None for FedSGD), checked against the batch."""
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-        if share not in SHARES:
-            raise ValueError(f"unknown share {share!r}; choose one of {', '.join(SHARES)}")
-        if protocol == "fedsgd":
-            changed = [f"--data.{k}" for k, v, default in (
-                ("local_steps", local_steps, 1), ("local_epochs", local_epochs, None), ("local_lr", local_lr, 0.1),
-                ("local_batch_size", local_batch_size, None), ("shuffle", shuffle, True),
-                ("shuffle_seed", shuffle_seed, 0), ("share", share, "delta")) if v != default]
-            if changed:
-                raise ValueError(f"FedAvg client settings ({', '.join(changed)}) need --data.protocol fedavg")
-            return None
-        if local_epochs is not None:
-            if local_steps != 1:
-                raise ValueError("set --data.local_steps or --data.local_epochs, not both")
-            local_steps = epochs_to_steps(local_epochs, self.batch_size, local_batch_size)
-        client = FedAvgClient(local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size,
-                              shuffle=shuffle, shuffle_seed=shuffle_seed, share=share)
-        client.mini_batch(self.batch_size)  # a mini-batch that does not fit the batch is refused now
-        return client
+    @classmethod
+    def from_config(cls, section: dict) -> "VictimDataModule":
+        """The data module a config's ``data:`` section describes, built as ``leakage fit`` builds it
+        (``source``/``client``/``server`` as ``class_path`` and ``init_args``, or a class name)."""
+        from jsonargparse import ArgumentParser
+
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "data")
+        return parser.instantiate_classes(parser.parse_object({"data": section})).data
 
     # ------------------------------------------------------------------ victims
     def _selected(self, available: int) -> list[int]:
@@ -424,8 +342,8 @@ class VictimDataModule(pl.LightningDataModule):
         if bad and self.source == "bundled":
             raise ValueError(
                 f"the bundled {self.dataset} images are test-split indices 0-{available - 1}; index {bad[0]} is "
-                f"not shipped. For the full test split use --data.source torchvision --data.root PATH "
-                "(and --data.download true if it is not there yet)"
+                f"not shipped. For the full test split use --data.source Torchvision --data.source.root PATH "
+                "(and --data.source.download true if it is not there yet)"
             )
         if bad:
             raise ValueError(f"index {bad[0]} is out of range: the {self.source} data has {available} images")
@@ -440,6 +358,7 @@ class VictimDataModule(pl.LightningDataModule):
         elif self.source in ("bundled", "folder"):
             if self.source == "bundled" and self.dataset in BUNDLED_ARRAYS:
                 images, labels = bundled_array(self.dataset)
+                images = _to_shape(images, self.input_shape[0], size)
             else:
                 folder = Path(self.folder) if self.source == "folder" else Path(  # type: ignore[arg-type]
                     str(resources.files("leakage") / "assets" / self.dataset))
@@ -458,13 +377,13 @@ class VictimDataModule(pl.LightningDataModule):
                 if self.download:
                     raise ValueError(
                         f"downloading {self.dataset} into {self.root!r} failed ({reason}); check the internet "
-                        "connection, or fetch the dataset elsewhere and pass --data.root to where it is "
-                        "(without --data.download)"
+                        "connection, or fetch the dataset elsewhere and pass --data.source.root to where it is "
+                        "(without --data.source.download)"
                     ) from None
                 if isinstance(err, RuntimeError):  # torchvision: "Dataset not found or corrupted"
                     raise ValueError(
                         f"{self.dataset} not found under {self.root!r} ({reason}); "
-                        "pass --data.download true to fetch it, or --data.root to where it is"
+                        "pass --data.source.download true to fetch it, or --data.source.root to where it is"
                     ) from None
                 raise ValueError(f"cannot read {self.dataset} under {self.root!r}: {reason}") from None
             chosen = self._selected(len(ds))
@@ -528,8 +447,9 @@ class VictimDataModule(pl.LightningDataModule):
                              f"examples: set --data.batch_size {meta['num_examples']}")
         recorded_fedavg = meta["share"] != "pseudo_gradient" or meta.get("local_steps", 1) != 1
         if self.client is None and recorded_fedavg:
-            raise ValueError(f"{source} holds a FedAvg update ({meta['share']}): add --data.protocol fedavg "
-                             "and the client's settings (--data.local_steps, --data.local_lr, --data.local_batch_size)")
+            raise ValueError(f"{source} holds a FedAvg update ({meta['share']}): add --data.client FedAvg "
+                             "and the client's settings (--data.client.local_steps, --data.client.local_lr, "
+                             "--data.client.local_batch_size)")
         if self.client is not None:
             c = self.client
             check_settings(meta, {"share": c.share, "local_steps": c.local_steps, "local_lr": c.local_lr,

@@ -1,4 +1,4 @@
-"""A folder of the user's own images (``--data.source folder``): its layout rule and how an image is read.
+"""A folder of the user's own images (``--data.source ImageFolder``): its layout rule and how an image is read.
 
 Layout: a folder holds either class sub-folders (``folder/<class>/<image>``, labels 0, 1, ... by
 sorted class name, torchvision's ``ImageFolder``) or images directly, each named

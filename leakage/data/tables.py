@@ -138,7 +138,7 @@ class TableSchema:
                     bad = col.first_text()
                     raise ValueError(
                         f"column {name!r} holds numbers but also {bad!r} ({100 * share:.2g}% of the records): "
-                        "correct it, mark it missing ('?'), or name the column in --data.categorical_columns")
+                        "correct it, mark it missing ('?'), or name the column in --data.source.categorical_columns")
                 as_cat = True
             else:
                 as_cat = col.few_integers()
@@ -168,7 +168,7 @@ class TableSchema:
                 f"{len(features) - n_cat} continuous columns")
         if few:
             line += (f"; read as categorical because they hold at most {FEW_VALUES} distinct whole numbers: "
-                     f"{', '.join(few)} (--data.continuous_columns to read one as continuous)")
+                     f"{', '.join(few)} (--data.source.continuous_columns to read one as continuous)")
         schema.summary = line
         return schema
 

@@ -10,7 +10,7 @@ A capture file holds what an honest-but-curious server sees of one client in one
   ``round``, ``client`` and the client's public FedAvg settings (``local_steps``, ``local_lr``,
   ``local_batch_size``, ``shuffle``, ``shuffle_seed``) when the server sent them.
 
-``leakage fit --data.source gradients --data.gradient_file FILE`` reads it: the global weights are
+``leakage fit --data.source CapturedGradients --data.source.gradient_file FILE`` reads it: the global weights are
 loaded into the target model (names and shapes checked against it), the update becomes the
 observation. Files are read with safetensors only: nothing is unpickled.
 """
@@ -161,6 +161,6 @@ def check_settings(meta: Mapping[str, Any], wanted: Mapping[str, Any], source: s
         same = (got == v) if not (isinstance(got, float) or isinstance(v, float)) else (
             got is not None and v is not None and math.isclose(float(got), float(v), rel_tol=1e-6))
         if not same:
-            wrong.append(f"--data.{k} {got if isinstance(got, str) else json.dumps(got)}")
+            wrong.append(f"--data.client.{k} {got if isinstance(got, str) else json.dumps(got)}")
     if wrong:
         raise ValueError(f"{source} was made by a client with other settings than the attack's: set {' '.join(wrong)}")

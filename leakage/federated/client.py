@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Literal, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,49 @@ from leakage.engine.precision import full_precision
 #: with the batch's own statistics) or ``eval`` (running statistics)
 CLIENT_MODES = ("train", "eval")
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+class Client:
+    """A client protocol: how the victims' client computes the update it shares. Public to the attacker.
+
+    The data module takes one as its ``client`` (``--data.client FedAvg --data.client.local_steps 5``;
+    ``leakage fit --data.client.help FedAvg`` lists one protocol's settings).
+
+    Args:
+        client_mode: how the client runs the model for its update: ``train`` (the default, what FL
+            clients do: BatchNorm normalises with the batch's own statistics; dropout off) or ``eval``
+            (running statistics). The attack simulates the same mode. Models without BatchNorm give
+            the same update either way.
+    """
+
+    #: the protocol's name in reports
+    name = ""
+
+    def __init__(self, client_mode: str = "train") -> None:
+        if client_mode not in CLIENT_MODES:
+            raise ValueError(f"unknown client_mode {client_mode!r}; choose one of {', '.join(CLIENT_MODES)}")
+        self.client_mode = client_mode
+
+    def for_batch(self, batch_size: int):
+        """The FedAvg client's public settings for a batch of ``batch_size`` images
+        (:class:`leakage.federated.fedavg.FedAvgClient`), or None for FedSGD's one gradient."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(client_mode={self.client_mode!r})"
+
+
+class FedSGD(Client):
+    """FedSGD: the client shares one gradient of its batch's mean loss (the default).
+
+    Args:
+        client_mode: ``train`` or ``eval`` (see :class:`Client`).
+    """
+
+    name = "fedsgd"
+
+    def __init__(self, client_mode: Literal["train", "eval"] = "train") -> None:
+        super().__init__(client_mode)
 
 
 def client_view(model: nn.Module, mode: str = "train") -> nn.Module:

@@ -372,7 +372,7 @@ class SecureAggregation(Defense):
         if observation.client is not None and not observation.client.is_fedsgd:
             # the mean of K FedAvg updates is not one client's FedAvg update of the K batches together
             raise ValueError("secure aggregation target 'aggregate' is modelled for FedSGD updates only: use target "
-                             "'masked', or --data.protocol fedsgd")
+                             "'masked', or the FedSGD client (--data.client FedSGD)")
         K = self.clients
         keys = observation.update_keys
         obs = replace(observation, gradients=aggregate, batch_size=observation.batch_size * K,

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from leakage.federated.client import check_batch, client_view
+from leakage.federated.client import Client, check_batch, client_view
 from leakage.engine.precision import full_precision
 from leakage.engine.seeding import generator
 
@@ -81,7 +81,7 @@ class FedAvgClient:
         if b > batch_size:
             raise ValueError(
                 f"local_batch_size {b} is larger than the client's batch of {batch_size} images: "
-                f"use --data.local_batch_size {batch_size} or less"
+                f"use local_batch_size {batch_size} or less"
             )
         if batch_size % b:
             raise ValueError(
@@ -101,6 +101,58 @@ class FedAvgClient:
         is ``local_lr`` times smaller, its l2 matching loss ``local_lr**2`` times) and what label
         restoration strategies read the last layer's gradient from."""
         return update if self.share == "pseudo_gradient" else update / -self.local_lr
+
+
+class FedAvg(Client):
+    """FedAvg: the client runs local SGD steps on mini-batches of its batch and shares the result
+    (the settings are public to the attacker; :class:`FedAvgClient` holds them for one batch size).
+
+    Args:
+        local_steps: SGD steps per update.
+        local_epochs: passes over the batch instead of ``local_steps``
+            (``local_epochs x batch_size / local_batch_size`` steps).
+        local_lr: the client's SGD learning rate.
+        local_batch_size: images per mini-batch (a divisor of the data's ``batch_size``); None: the
+            whole batch.
+        shuffle: a fresh seeded order of the batch every local epoch.
+        shuffle_seed: the public seed of the mini-batch order (with each update's key).
+        share: ``delta`` (``w_K - w_0``) or ``pseudo_gradient`` (``(w_0 - w_K) / local_lr``).
+        client_mode: ``train`` or ``eval`` (see :class:`leakage.federated.client.Client`).
+    """
+
+    name = "fedavg"
+
+    def __init__(self, local_steps: int = 1, local_epochs: Optional[int] = None, local_lr: float = 0.1,
+                 local_batch_size: Optional[int] = None, shuffle: bool = True, shuffle_seed: int = 0,
+                 share: Literal["delta", "pseudo_gradient"] = "delta",
+                 client_mode: Literal["train", "eval"] = "train") -> None:
+        super().__init__(client_mode)
+        if local_epochs is not None:
+            if local_steps != 1:
+                raise ValueError("set local_steps or local_epochs, not both")
+            if not isinstance(local_epochs, int) or isinstance(local_epochs, bool) or local_epochs < 1:
+                raise ValueError(f"local_epochs must be an integer >= 1, got {local_epochs!r}")
+        if not isinstance(shuffle, bool):
+            raise ValueError(f"shuffle must be true or false, got {shuffle!r}")
+        # the settings that do not depend on the batch, checked now (one line each)
+        FedAvgClient(local_steps=local_steps, local_lr=local_lr, local_batch_size=local_batch_size,
+                     shuffle=shuffle, shuffle_seed=shuffle_seed, share=share)
+        self.local_steps, self.local_epochs, self.local_lr = local_steps, local_epochs, local_lr
+        self.local_batch_size, self.shuffle, self.shuffle_seed, self.share = local_batch_size, shuffle, shuffle_seed, share
+
+    def for_batch(self, batch_size: int) -> FedAvgClient:
+        """The client's settings for a batch of ``batch_size`` images: ``local_epochs`` made steps, and
+        a mini-batch that does not fit the batch refused now."""
+        steps = (self.local_steps if self.local_epochs is None
+                 else epochs_to_steps(self.local_epochs, batch_size, self.local_batch_size))
+        client = FedAvgClient(local_steps=steps, local_lr=self.local_lr, local_batch_size=self.local_batch_size,
+                              shuffle=self.shuffle, shuffle_seed=self.shuffle_seed, share=self.share)
+        client.mini_batch(batch_size)
+        return client
+
+    def __repr__(self) -> str:
+        return (f"FedAvg(local_steps={self.local_steps}, local_epochs={self.local_epochs}, local_lr={self.local_lr}, "
+                f"local_batch_size={self.local_batch_size}, share={self.share!r}, client_mode={self.client_mode!r})")
 
 
 def epochs_to_steps(local_epochs: int, batch_size: int, local_batch_size: Optional[int]) -> int:

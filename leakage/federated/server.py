@@ -37,7 +37,6 @@ from torch import Tensor, nn
 
 from leakage.engine.models import first_linear
 
-SERVERS = ("honest", "imprint", "trap_weights")
 #: what an honest server's reports say first
 HONEST = "honest-but-curious server"
 #: what the threat model's line adds when the victims' labels are public (TabLeak's setting)
@@ -60,7 +59,8 @@ IMPRINT_SCALE = 0.2
 
 
 class Server:
-    """The honest-but-curious server: it sends the global model unchanged."""
+    """The honest-but-curious server: it sends the global model unchanged (the data module's default;
+    ``--data.server ImprintServer`` or ``TrapWeightServer`` chooses a malicious one)."""
 
     name = "honest"
     malicious = False
@@ -128,29 +128,47 @@ class ImprintServer(Server):
     Args:
         num_bins: the module's units, 2 to :data:`MAX_BINS`; an input is recovered exactly when it is
             alone in its bin, so more bins than inputs per update recover more.
-        feature_mean, feature_std: the public distribution of the feature (the mean value of one
-            input), a Gaussian whose quantiles ``1/num_bins, ..., (num_bins - 1)/num_bins`` are the cuts
-            (the first bin takes everything below).
+        feature_mean: the mean of the feature's public distribution (the feature: the mean value of
+            one input), a Gaussian whose quantiles ``1/num_bins, ..., (num_bins - 1)/num_bins`` are the
+            cuts (the first bin takes everything below). Not given: the attacked dataset's public
+            statistics (:data:`FEATURE_STATISTICS`, filled in by the data module), else 0.5.
+        feature_std: the standard deviation of that Gaussian. Not given: the dataset's, else 0.25.
     """
 
     name = "imprint"
     malicious = True
 
-    def __init__(self, num_bins: int = 64, feature_mean: float = 0.5, feature_std: float = 0.25) -> None:
+    def __init__(self, num_bins: int = 64, feature_mean: Optional[float] = None,
+                 feature_std: Optional[float] = None) -> None:
         super().__init__()
         num_bins = _positive_int("num_bins", num_bins)
         if not 2 <= num_bins <= MAX_BINS:
             raise ValueError(f"the imprint module takes 2 to {MAX_BINS} bins, got num_bins {num_bins}")
+        for name, value in (("feature_mean", feature_mean), ("feature_std", feature_std)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        self.num_bins = num_bins
+        self._given = (feature_mean, feature_std)
+        self.for_dataset(None)
+        #: the parameter names of the module's measuring layer in the sent model
+        self.layer = "imprint.measure"
+
+    def for_dataset(self, dataset: Optional[str]) -> "ImprintServer":
+        """Fill the feature statistics not given with ``dataset``'s public ones
+        (:data:`FEATURE_STATISTICS`; else the data range [0, 1]: mean 0.5, std 0.25) and cut the bins."""
+        mean, std = FEATURE_STATISTICS.get(dataset or "", (0.5, 0.25))
+        given_mean, given_std = self._given
+        feature_mean = mean if given_mean is None else given_mean
+        feature_std = std if given_std is None else given_std
         if not (math.isfinite(feature_mean) and math.isfinite(feature_std) and feature_std > 0):
             raise ValueError(f"the imprint's feature statistics must be finite with feature_std > 0, got mean "
                              f"{feature_mean} and std {feature_std}")
-        self.num_bins, self.feature_mean, self.feature_std = num_bins, float(feature_mean), float(feature_std)
+        self.feature_mean, self.feature_std = float(feature_mean), float(feature_std)
         gauss = NormalDist(self.feature_mean, self.feature_std)
-        inner = [gauss.inv_cdf(i / num_bins) for i in range(1, num_bins)]
+        inner = [gauss.inv_cdf(i / self.num_bins) for i in range(1, self.num_bins)]
         # the first cut lies ten standard deviations below the mean: every input fires unit 0
         self.cuts = torch.tensor([min(inner[0], self.feature_mean) - 10 * self.feature_std, *inner])
-        #: the parameter names of the module's measuring layer in the sent model
-        self.layer = "imprint.measure"
+        return self
 
     def send(self, model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
         size = math.prod(input_shape)
@@ -221,32 +239,25 @@ class TrapWeightServer(Server):
         return {"server": self.name, "trap_scale": self.trap_scale}
 
 
-#: the settings each server reads: name -> (default, the servers that read it)
-SERVER_SETTINGS = {
-    "num_bins": (None, ("imprint",)),
-    "feature_mean": (None, ("imprint",)),
-    "feature_std": (None, ("imprint",)),
-    "trap_scale": (None, ("trap_weights",)),
-}
+#: the servers by class name (what ``--data.server NAME`` takes)
+SERVER_CLASSES = {cls.__name__: cls for cls in (Server, ImprintServer, TrapWeightServer)}
 
 
-def make_server(server: str = "honest", dataset: Optional[str] = None, num_bins: Optional[int] = None,
-                feature_mean: Optional[float] = None, feature_std: Optional[float] = None,
-                trap_scale: Optional[float] = None) -> Server:
-    """The server a data module's ``--data.server`` names, with its settings; a setting the chosen
-    server does not read is refused. The imprint's feature statistics default to the dataset's
-    (:data:`FEATURE_STATISTICS`), else to the data range [0, 1] (mean 0.5, std 0.25)."""
-    if server not in SERVERS:
-        raise ValueError(f"unknown server {server!r}; choose one of {', '.join(SERVERS)}")
-    given = {"num_bins": num_bins, "feature_mean": feature_mean, "feature_std": feature_std, "trap_scale": trap_scale}
-    for name, (default, users) in SERVER_SETTINGS.items():
-        if server not in users and given[name] != default:
-            readers = " or ".join(f"--data.server {u}" for u in users)
-            raise ValueError(f"server {server} does not use --data.{name} (a setting of {readers}): leave it unset")
-    if server == "honest":
+def server_from_config(value: object, dataset: Optional[str] = None) -> Server:
+    """The server a config's ``data.server`` describes (unset: the honest server; a class name, or
+    ``class_path``/``init_args`` of one of :data:`SERVER_CLASSES`), its imprint statistics filled
+    with ``dataset``'s: what a sweep's report names as the threat model before its cells run."""
+    if value is None:
         return Server()
-    if server == "imprint":
-        mean, std = FEATURE_STATISTICS.get(dataset or "", (0.5, 0.25))
-        return ImprintServer(64 if num_bins is None else num_bins, mean if feature_mean is None else feature_mean,
-                             std if feature_std is None else feature_std)
-    return TrapWeightServer(0.7 if trap_scale is None else trap_scale)
+    init_args: dict = {}
+    if isinstance(value, dict):
+        init_args = dict(value.get("init_args") or {})
+        value = value.get("class_path")
+    name = str(value).rpartition(".")[2]
+    if name not in SERVER_CLASSES:
+        raise ValueError(f"unknown server {value!r}; choose one of {', '.join(SERVER_CLASSES)}")
+    try:
+        server = SERVER_CLASSES[name](**init_args)
+    except TypeError as err:
+        raise ValueError(f"server {name}: {err}") from None
+    return server.for_dataset(dataset) if isinstance(server, ImprintServer) else server

@@ -6,7 +6,7 @@ Needs the optional extra: ``pip install "leakage[flower]"``. Three pieces:
   through, and in ``aggregate_fit`` saves, per round and client, the update (the parameters the
   client returned minus the global parameters it received), the global weights and the client's
   ``num_examples`` as a capture file (:mod:`leakage.federated.capture`) that
-  ``leakage fit --data.source gradients --data.gradient_file FILE`` attacks directly. Flower's
+  ``leakage fit --data.source CapturedGradients --data.source.gradient_file FILE`` attacks directly. Flower's
   ordered list of arrays is mapped to the model's ``state_dict`` names (parameters and buffers in
   ``state_dict`` order, the convention of Flower's PyTorch examples) and checked against the model.
   In ``configure_fit`` it adds each client's public ``update_key`` to the fit config, which seeds the

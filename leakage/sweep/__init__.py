@@ -22,7 +22,7 @@ A sweep config is a ``fit`` config (trainer, model, data: the attack and its vic
         - name: cifar10               # names the cells (cifar10.batch_size=4), the table and the plot
           key: data.batch_size        # a dotted path into the fit config, swept over `values`
           values: [1, 2, 4, 8, 16]    # run in this order; YAML types are kept (ints stay ints)
-          set: {data.dataset: cifar10}          # optional: fixed dotted-key settings of this study
+          set: {data.source.init_args.dataset: cifar10}  # optional: fixed dotted-key settings of this study
           per_value:                  # optional: extra dotted-key settings for single values
             2: {data.num_victims: 10}
           label: B                    # optional: the value column's header (default: B for a

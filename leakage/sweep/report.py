@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from leakage.reporting import htmlreport as h
-from leakage.federated.server import PUBLIC_LABELS, SERVER_SETTINGS, make_server
+from leakage.federated.server import PUBLIC_LABELS, server_from_config
 from leakage.sweep.paths import confined, fmt
 from leakage.sweep.tables import (defense_args, defense_cells, headers, metrics, score_label, study_headers, study_metrics,
                      study_rows)
@@ -62,7 +62,7 @@ def _table(out: Path, label: str, headers: dict, metrics: tuple, rows: list[dict
 
 
 #: the fit options that set the threat model
-SERVER_KEYS = ("data.server", *(f"data.{k}" for k in SERVER_SETTINGS))
+SERVER_KEYS = ("data.server",)
 
 
 def _plot(out: Path, name: str, caption: str) -> str:
@@ -125,8 +125,9 @@ def _threat_model(base: dict, studies: list[dict]) -> str:
         return f"per cell (the study varies {varied[0]}; each cell's report names its own)"
     data = base.get("data") or {}
     try:
-        return make_server(data.get("server", "honest"), data.get("dataset"),
-                           **{k: data.get(k) for k in SERVER_SETTINGS}).describe() + (
+        source = data.get("source")
+        dataset = ((source.get("init_args") or {}).get("dataset") if isinstance(source, dict) else None) or "cifar10"
+        return server_from_config(data.get("server"), str(dataset).lower()).describe() + (
             PUBLIC_LABELS if data.get("public_labels") else "")
     except ValueError:  # a cell's own run refuses it, in its own line
         return f"server {data.get('server')!r} (see the cells)"
