@@ -20,6 +20,7 @@ wall time, peak memory (each variant runs in its own child process: peak RSS on 
 
 from __future__ import annotations
 
+from leakage.attacks.settings import Dummies, LBFGS
 import argparse
 import json
 import multiprocessing as mp
@@ -40,7 +41,7 @@ def _victims(n: int):
     from leakage.data.datamodule import VictimDataModule
 
     dm = VictimDataModule(source="bundled", dataset="cifar10", num_victims=n)
-    module = GradientInversion(model="lenet", model_seed=1234, init="randn", labels="joint", init_seed=0, restarts=1)
+    module = GradientInversion(model="lenet", model_seed=1234, labels="joint", dummies=Dummies(init="randn", init_seed=0, restarts=1))
     obs = dm.prepare(module.target)
     return dm, module, obs
 
@@ -174,7 +175,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--preset", default="cifar_fast.yaml", help="config for variant (c)")
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                    help="the engine's --model.compile (auto: on a GPU only)")
+                    help="the engine's --model.objective.compile (auto: on a GPU only)")
     ap.add_argument("--skip-reference", action="store_true", help="run (b) and (c) only (no ratios)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()

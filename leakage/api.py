@@ -36,6 +36,7 @@ from leakage.data.kinds import DataKind, ImageKind
 from leakage.federated.defenses import Defense, SecureAggregation
 from leakage.engine.errors import LIGHTNING_HINTS
 from leakage.attacks.family import Attack, attack_class
+from leakage.attacks.settings import LBFGS, Adam, Budget, Dummies, Objective, SignedAdam
 from leakage.federated.fedavg import FedAvgClient, client_updates
 from leakage.engine.models import check_weights, model_name
 from leakage.presets import preset
@@ -246,8 +247,13 @@ def invert(
         progress_bar: show Lightning's progress bar and start-up lines.
         trainer_options: further ``lightning.pytorch.Trainer`` arguments (not those ``invert`` sets:
             ``max_steps`` is ``steps``, ``enable_progress_bar`` is ``progress_bar``).
-        **options: any attack setting of ``leakage fit`` (``--model.*``: ``distance``, ``tv_weight``,
-            ``labels``, ``optimizer``, ``lr``, ``bn_weight``, ...), overriding the preset's.
+        **options: the attack's settings, overriding the preset's: an argument of the attack class
+            (``labels="bias_count"``; for an optimisation attack its objects, ``objective=Objective(...)``,
+            ``optimizer=Adam(lr=0.1)``, ``budget=Budget(...)``: :mod:`leakage.attacks.settings`), or one
+            setting of those objects by its name, which changes only that setting of the preset's
+            object (``tv_weight=0.01``, ``lr=0.1``, ``max_iter=5``, ``stop_relative=1e-8``;
+            ``optimizer="adam"``, ``"signed_adam"`` or ``"lbfgs"`` picks the optimizer class and keeps
+            its ``lr``).
     """
     chosen = preset(attack)
     if client_mode not in CLIENT_MODES:
@@ -280,8 +286,8 @@ def invert(
         server.model = target
     observation = Observation(grads, batch_size, tuple(input_shape), num_classes, tuple(data_range),
                               client_mode=client_mode, client=fedavg, kind=kind, server=server)
-    settings = {**chosen.settings, **options}
     cls = attack_class(chosen.attack)
+    settings = _settings(chosen.settings, options, cls)
     if known_labels is not None:
         observation.labels = _known_labels(known_labels, observation.num_victims, batch_size, num_classes)
         if cls.family != "optimisation":
@@ -294,7 +300,7 @@ def invert(
     elif settings.get("labels") == "known":
         raise ValueError("labels='known' needs the labels the server knows: pass known_labels=y")
     if cls.family == "optimisation":
-        settings.update(restarts=restarts, init_seed=seed)
+        settings["dummies"] = settings.get("dummies", Dummies()).replace(restarts=restarts, init_seed=seed)
     elif restarts != 1:
         raise ValueError(f"attack {attack!r} solves in closed form, one solution per update: use restarts=1")
     with _quiet_lightning(progress_bar):
@@ -324,6 +330,45 @@ def invert(
         exact=module.exact()[best.cpu()],
         entropy=None if result["entropy"] is None else result["entropy"].cpu(),
     )
+
+
+#: the optimizer classes by the name ``optimizer=`` may give
+_OPTIMIZERS = {c.name: c for c in (Adam, SignedAdam, LBFGS)}
+#: the attack's objects and the settings each takes
+_GROUPS = {"objective": Objective, "dummies": Dummies, "budget": Budget}
+
+
+def _settings(preset_settings: dict[str, Any], options: dict[str, Any], cls: type) -> dict[str, Any]:
+    """The attack's arguments: the preset's, with ``options`` (arguments of ``cls``, or settings of its
+    objects by name) applied."""
+    settings = dict(preset_settings)
+    arguments = inspect.signature(cls).parameters
+    flat: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "optimizer" and isinstance(value, str):
+            if value not in _OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {value!r}; choose one of {', '.join(_OPTIMIZERS)}")
+            current = settings.get("optimizer", LBFGS())
+            settings["optimizer"] = _OPTIMIZERS[value](lr=current.lr)
+        elif key in arguments:
+            settings[key] = value
+        else:
+            flat[key] = value
+    if not flat:
+        return settings
+    if "optimizer" not in arguments:
+        raise ValueError(f"unknown attack option {next(iter(flat))!r}")
+    settings.setdefault("optimizer", LBFGS())
+    for name, group in _GROUPS.items():
+        settings.setdefault(name, group())
+    for key, value in flat.items():
+        owner = next((n for n in ("objective", "optimizer", "dummies", "budget") if key in settings[n].settings()), None)
+        if owner is None:
+            taken = [k for n in ("objective", "optimizer", "dummies", "budget") for k in settings[n].settings()]
+            raise ValueError(f"unknown attack option {key!r} (with optimizer {settings['optimizer'].name!r}); "
+                             f"the settings are: {', '.join(sorted(set(taken)))}")
+        settings[owner] = settings[owner].replace(**{key: value})
+    return settings
 
 
 def _known_labels(y: Any, victims: int, batch_size: int, num_classes: int) -> Tensor:

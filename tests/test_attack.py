@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import leakage.attacks.gradient_inversion
+from leakage.attacks.settings import Dummies, Objective
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.reporting.callbacks import LeakageReport
 from leakage.federated.client import save_gradients
@@ -174,7 +175,7 @@ def test_a_victim_that_goes_nan_mid_attack_is_reported_failed(tmp_path):
 def test_victim_with_overflowing_gradient_fails_alone(tmp_path, mlp_mnist):
     """A captured update so large that the l2 distance overflows fails; the other is unaffected."""
     dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1])
-    module = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", init="constant")
+    module = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", dummies=Dummies(init="constant"))
     obs = dm.prepare(module.target)
     clean = {k: v.clone() for k, v in obs.gradients.items()}
     for v in obs.gradients.values():
@@ -187,7 +188,7 @@ def test_victim_with_overflowing_gradient_fails_alone(tmp_path, mlp_mnist):
 
     # and victim 0 ends where it ends without the broken neighbour
     dm0 = VictimDataModule(source="bundled", dataset="mnist", indices=[0])
-    solo = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", init="constant")
+    solo = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", dummies=Dummies(init="constant"))
     dm0.prepare(solo.target)
     # computed alone or beside another victim: the same update to float32 rounding (not bit for bit:
     # floating point promises no more across batch sizes or library versions)
@@ -303,7 +304,7 @@ def test_chunked_evaluation_gives_the_same_losses_and_gradients(labels):
     dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=3)
     results = []
     for chunk in (None, 2):
-        module = GradientInversion(input_shape=dm.input_shape, labels=labels, restarts=2, problems_per_chunk=chunk)
+        module = GradientInversion(input_shape=dm.input_shape, labels=labels, objective=Objective(problems_per_chunk=chunk), dummies=Dummies(restarts=2))
         module.attach(dm.prepare(module.target))
         subset = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool)  # problem 2 is not evaluated
         losses = module.matching_loss(subset=subset)
@@ -324,8 +325,7 @@ def test_chunks_of_consecutive_problems_give_the_losses_and_gradients_of_one_eva
     dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=2)
     results = []
     for chunk in (None, 1):
-        module = GradientInversion(input_shape=dm.input_shape, labels="idlg", restarts=2, problems_per_chunk=chunk,
-                                   distance="cosine", tv_weight=1e-3)
+        module = GradientInversion(input_shape=dm.input_shape, labels="idlg", objective=Objective(problems_per_chunk=chunk, distance="cosine", tv_weight=1e-3), dummies=Dummies(restarts=2))
         module.attach(dm.prepare(module.target))
         assert module._chunks(4, None, 3) == [slice(0, 3), slice(3, 4)]
         losses = module.matching_loss()
@@ -343,8 +343,8 @@ def test_large_models_evaluate_one_problem_at_a_time_on_the_cpu():
     big = GradientInversion(model="resnet18")  # 11.2M parameters
     assert sum(p.numel() for p in big.target.parameters()) >= leakage.attacks.gradient_inversion.SERIAL_PARAMETERS
     assert big.problems_at_once() == 1 and big.problems_at_once(torch.device("cuda")) is None
-    assert GradientInversion(model="resnet18", problems_per_chunk=3).problems_at_once() == 3
-    assert GradientInversion(model="resnet18", compile="on").problems_at_once() is None
+    assert GradientInversion(model="resnet18", objective=Objective(problems_per_chunk=3)).problems_at_once() == 3
+    assert GradientInversion(model="resnet18", objective=Objective(compile="on")).problems_at_once() is None
     assert GradientInversion(model="lenet").problems_at_once() is None  # small: batched with vmap
 
 
@@ -358,7 +358,7 @@ def test_freed_memory_is_kept_in_the_process_on_linux():
 
 def test_final_evaluation_gives_each_distance_as_its_own_evaluation_would():
     dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=2)
-    module = GradientInversion(input_shape=dm.input_shape, labels="joint", distance="l2", tv_weight=1e-2)
+    module = GradientInversion(input_shape=dm.input_shape, labels="joint", objective=Objective(distance="l2", tv_weight=1e-2))
     module.attach(dm.prepare(module.target))
     final = module.final_evaluation()
     x, labels = module._reported()
@@ -376,20 +376,19 @@ def test_chunked_attack_follows_the_unchunked_one(tmp_path):
 
 def test_problems_per_chunk_must_be_positive():
     with pytest.raises(ValueError, match="problems_per_chunk"):
-        GradientInversion(problems_per_chunk=0)
+        GradientInversion(objective=Objective(problems_per_chunk=0))
 
 
 # ------------------------------------------------------------------------ group consistency
 def test_group_consistency_needs_restarts():
     with pytest.raises(ValueError, match="needs restarts >= 2"):
-        GradientInversion(group_weight=0.1, restarts=1)
+        GradientInversion(objective=Objective(group_weight=0.1), dummies=Dummies(restarts=1))
 
 
 def test_consensus_aligns_restarts_by_label_before_averaging():
     # two victims' updates (batches of 3 MNIST digits, labels with a repeat), 3 restarts each
     dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=2, batch_size=3)
-    module = GradientInversion(model="mlp", input_shape=dm.input_shape, num_classes=10, labels="bias_count",
-                               restarts=3, group_weight=1.0)
+    module = GradientInversion(model="mlp", input_shape=dm.input_shape, num_classes=10, labels="bias_count", objective=Objective(group_weight=1.0), dummies=Dummies(restarts=3))
     module.attach(dm.prepare(module.target))
     labels = module.recovered_labels().view(2, 3, 3)
     assert torch.equal(labels[:, 0], labels[:, 1])  # restored labels are the same for every restart

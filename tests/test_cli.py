@@ -40,7 +40,7 @@ def cifar_run(tmp_path_factory):
         "--config", str(CONFIGS / "cifar_dlg.yaml"),
         "--trainer.max_steps", "3",
         "--data.indices", "[0,3]",
-        "--model.lbfgs_max_iter", "2",
+        "--model.optimizer.max_iter", "2",
         "--trainer.log_every_n_steps", "1",
         "--report.log_every_n_steps", "1",
         "--report.image_every_n_steps", "2",
@@ -167,7 +167,7 @@ def test_console_script_end_to_end(tmp_path):
             "--data.num_victims", "2",
             "--model.model", "mlp",
             "--model.labels", "idlg",
-            "--model.init", "constant",
+            "--model.dummies.init", "constant",
         )],
         cwd=REPO, capture_output=True, text=True, timeout=180,
     )
@@ -202,7 +202,7 @@ def test_console_script_bad_input(tmp_path):
 def test_console_script_parser_error_is_one_line(tmp_path):
     """From the console LightningCLI reads sys.argv itself: its parser errors are one line too."""
     proc = subprocess.run(
-        [_leakage_exe(), *cli_args(tmp_path, "--model.distance", "manhattan")],
+        [_leakage_exe(), *cli_args(tmp_path, "--model.objective.distance", "manhattan")],
         cwd=tmp_path, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 2

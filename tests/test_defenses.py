@@ -183,7 +183,7 @@ def test_defenses_compose_in_a_cli_run(tmp_path, capsys):
     )
     logs = tmp_path / "logs"
     main(["fit", "--config", str(CONFIGS / "cifar_dlg.yaml"), "--config", str(cfg),
-          "--trainer.max_steps", "2", "--model.lbfgs_max_iter", "2", "--data.num_victims", "4",
+          "--trainer.max_steps", "2", "--model.optimizer.max_iter", "2", "--data.num_victims", "4",
           "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(logs)])
     (run,) = run_dirs(logs)
     report = json.loads((run / "metrics.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from leakage.attacks.settings import Budget, Dummies, Objective
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.data.datamodule import VictimDataModule
 
@@ -14,7 +15,7 @@ from test_optim import _HostSyncs
 
 def _fit(tmp_path, steps, indices=(0, 3), **hparams):
     dm = VictimDataModule(source="bundled", dataset="mnist", indices=list(indices))
-    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", init="uniform", **hparams)
+    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", **hparams, dummies=Dummies(init="uniform"))
     trainer = quiet_trainer(steps, [], root=tmp_path)
     trainer.fit(module, datamodule=dm)
     return module, trainer
@@ -27,7 +28,7 @@ def test_fixed_shape_attack_follows_the_variable_one(tmp_path):
     fixed, _ = _fit(tmp_path / "b", 2, fixed_shape=True, lbfgs_max_iter=4)
     fixed_all, _ = _fit(tmp_path / "c", 2, fixed_shape=True, lbfgs_early_exit=False, lbfgs_max_iter=4)
     assert fixed.fixed_shape and not var.fixed_shape
-    start = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", init="uniform")
+    start = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", dummies=Dummies(init="uniform"))
     moved = (var.dummy_data.detach() - start.initial_dummies(fixed.observation)[0]).abs().amax()
     assert moved > 0.1  # the attack really moved the dummies
     for other in (fixed, fixed_all):
@@ -37,7 +38,7 @@ def test_fixed_shape_attack_follows_the_variable_one(tmp_path):
 
 def test_fixed_shape_evaluation_reads_nothing_back(tmp_path):
     dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 3, 5])
-    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="joint", fixed_shape=True)
+    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="joint", objective=Objective(fixed_shape=True))
     module.attach(dm.prepare(module.target))
     subset = torch.tensor([True, False, True])
     mode = _HostSyncs()
@@ -48,7 +49,7 @@ def test_fixed_shape_evaluation_reads_nothing_back(tmp_path):
     assert torch.isnan(losses[1]) and bool(torch.isfinite(losses[[0, 2]]).all())
     assert float(module.dummy_data.grad[1].abs().max()) == 0.0
     # the variable shape gives the same rows, by indexing (which reads the mask back)
-    variable = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="joint", fixed_shape=False)
+    variable = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="joint", objective=Objective(fixed_shape=False))
     variable.attach(dm.prepare(variable.target))
     mode = _HostSyncs()
     with mode, torch.no_grad():
@@ -71,7 +72,7 @@ def test_the_run_stops_when_every_problem_is_done(tmp_path):
 
 def test_check_done_every_must_not_be_negative():
     with pytest.raises(ValueError, match="check_done_every"):
-        GradientInversion(check_done_every=-1)
+        GradientInversion(budget=Budget(check_done_every=-1))
 
 
 def test_compile_failure_falls_back_to_eager_in_one_line(tmp_path, monkeypatch):
@@ -97,8 +98,8 @@ def test_compile_failure_falls_back_to_eager_in_one_line(tmp_path, monkeypatch):
 
 def test_compile_settings_are_checked():
     with pytest.raises(ValueError, match="compile setting"):
-        GradientInversion(compile="maybe")
+        GradientInversion(objective=Objective(compile="maybe"))
     with pytest.raises(ValueError, match="fixed shapes"):
-        GradientInversion(compile="on", fixed_shape=False)
+        GradientInversion(objective=Objective(compile="on", fixed_shape=False))
     assert not GradientInversion().compiled  # auto: off on the CPU
     assert not GradientInversion().fixed_shape

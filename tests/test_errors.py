@@ -34,9 +34,9 @@ def _err(capsys, tmp_path, *args):
         (["--data.indices", "[0,1,2]", "--data.batch_size", "2"], "3 indices do not split into victims of batch_size 2"),
         (["--data.dataset", "cifar100"], "the package bundles cifar10 and mnist images only"),
         (["--data.source", "gradients"], "source=gradients needs --data.gradient_file PATH"),
-        (["--model.restarts", "0"], "restarts must be >= 1"),
-        (["--model.lr", "-1"], "lr must be > 0"),
-        (["--model.stall_steps", "-1"], "stall_steps must be an integer >= 0 (0: off), got -1"),
+        (["--model.dummies.restarts", "0"], "restarts must be >= 1"),
+        (["--model.optimizer.lr", "-1"], "lr must be > 0"),
+        (["--model.budget.stall_steps", "-1"], "stall_steps must be an integer >= 0 (0: off), got -1"),
     ],
 )
 def test_bad_settings_fail_before_the_run(capsys, tmp_path, args, expected):
@@ -48,10 +48,10 @@ def test_bad_settings_fail_before_the_run(capsys, tmp_path, args, expected):
 @pytest.mark.parametrize(
     "key, value, allowed",
     [
-        ("model.distance", "manhattan", "l2"),
+        ("model.objective.distance", "manhattan", "l2"),
         ("model.optimizer", "sgd", "lbfgs"),
         ("model.labels", "oracle", "idlg"),
-        ("model.init", "zeros", "randn"),
+        ("model.dummies.init", "zeros", "randn"),
         ("data.source", "hub", "bundled"),
     ],
 )
@@ -157,9 +157,9 @@ def test_no_command_prints_a_short_usage(capsys):
 def test_option_before_the_command(capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        main(["--model.lr", "1", "fit"])
+        main(["--model.optimizer.lr", "1", "fit"])
     assert exc.value.code == 2
-    assert capsys.readouterr().err == "leakage: error: start with a command: `leakage fit --model.lr ...` or `leakage sweep ...`\n"
+    assert capsys.readouterr().err == "leakage: error: start with a command: `leakage fit --model.optimizer.lr ...` or `leakage sweep ...`\n"
 
 
 def test_top_level_help_lists_fit_and_sweep(capsys):
@@ -179,7 +179,7 @@ def test_fit_help_still_prints_the_full_documentation(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: leakage [options] fit ")
     assert "Run one gradient-inversion attack" in out
-    for option in ("--model.distance {l2,cosine}", "--data.source", "--trainer.max_steps", "--report.success_ssim"):
+    for option in ("--model.objective.distance {l2,cosine}", "--data.source", "--trainer.max_steps", "--report.success_ssim"):
         assert option in out, option
     assert len(out.splitlines()) > 300
 
@@ -213,8 +213,8 @@ def test_missing_step_budget(capsys, tmp_path, steps):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--model.lr", ".nan"], "model.lr must be a finite number, got nan"),
-        (["--model.tv_weight", ".inf"], "model.tv_weight must be a finite number, got inf"),
+        (["--model.optimizer.lr", ".nan"], "model.lr must be a finite number, got nan"),
+        (["--model.objective.tv_weight", ".inf"], "model.tv_weight must be a finite number, got inf"),
         (["--report.success_ssim", ".nan"], "report.success_ssim must be a finite number, got nan"),
         (["--trainer.callbacks+=leakage.federated.defenses.TopK", "--trainer.callbacks.keep_ratio=-.inf"],
          "trainer.callbacks[0].init_args.keep_ratio must be a finite number, got -inf"),
@@ -475,13 +475,13 @@ _MLP = ("--data.dataset", "mnist", "--model.model", "mlp", "--trainer.max_steps"
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--model.lr", "1e39"], "model.lr must fit in float32 (|model.lr| <= 3.403e+38), got 1e+39"),
-        (["--model.tv_weight=-1e39"], "model.tv_weight must fit in float32 (|model.tv_weight| <= 3.403e+38), got -1e+39"),
-        (["--model.lbfgs_history_size", "0"], "lbfgs_history_size must be >= 1, got 0"),
-        (["--model.lbfgs_max_iter", "0"], "lbfgs_max_iter must be >= 1, got 0"),
+        (["--model.optimizer.lr", "1e39"], "model.lr must fit in float32 (|model.lr| <= 3.403e+38), got 1e+39"),
+        (["--model.objective.tv_weight=-1e39"], "model.tv_weight must fit in float32 (|model.tv_weight| <= 3.403e+38), got -1e+39"),
+        (["--model.optimizer.history_size", "0"], "lbfgs_history_size must be >= 1, got 0"),
+        (["--model.optimizer.max_iter", "0"], "lbfgs_max_iter must be >= 1, got 0"),
         (["--model.model_seed", "18446744073709551616"],
          "model.model_seed must be an integer in [0, 2**63), got 18446744073709551616"),
-        (["--model.init_seed", "-1"], "model.init_seed must be an integer in [0, 2**63), got -1"),
+        (["--model.dummies.init_seed", "-1"], "model.init_seed must be an integer in [0, 2**63), got -1"),
         (["--trainer.callbacks+=leakage.federated.defenses.SecureAggregation", "--trainer.callbacks.clients", "2",
           "--trainer.callbacks.seed", "18446744073709551616"],
          "trainer.callbacks[0].init_args.seed must be an integer in [0, 2**63), got 18446744073709551616"),

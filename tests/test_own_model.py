@@ -18,6 +18,7 @@ import yaml
 from torch import nn
 
 import leakage
+from leakage.attacks.settings import Adam, Dummies, Objective
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.federated.client import batchnorm_layers, client_gradients, client_view, per_problem_gradients
 from leakage.data.datamodule import VictimDataModule
@@ -195,8 +196,7 @@ def test_an_attack_on_a_batchnorm_model_leaves_its_running_statistics_unchanged(
     model = _with_running_stats(BNNet(channels=1), channels=1)
     state = copy.deepcopy(model.state_dict())
     dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1], batch_size=2, image_size=16)
-    module = GradientInversion(model=model, input_shape=(1, 16, 16), labels="bias_count", optimizer="adam", lr=0.1,
-                               bn_weight=0.01)
+    module = GradientInversion(model=model, input_shape=(1, 16, 16), labels="bias_count", objective=Objective(bn_weight=0.01), optimizer=Adam(lr=0.1))
     pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path).fit(module, datamodule=dm)
     assert all(torch.equal(state[k], t) for k, t in module.target.state_dict().items())
@@ -214,7 +214,7 @@ def test_dropout_is_off_in_the_client_so_its_update_is_reproducible():
 def test_bn_prior_is_the_distance_to_the_running_statistics():
     torch.manual_seed(4)
     model = _with_running_stats(BNNet())
-    module = GradientInversion(model=model, input_shape=(3, 16, 16), bn_weight=1.0)
+    module = GradientInversion(model=model, input_shape=(3, 16, 16), objective=Objective(bn_weight=1.0))
     x = torch.rand(2, 3, 3, 16, 16)
     _, moments = per_problem_gradients(module.target, x, torch.zeros(2, 3, dtype=torch.long),
                                        forward=client_view(module.target, "train"), bn_layers=batchnorm_layers(model))
@@ -228,7 +228,7 @@ def test_bn_prior_is_the_distance_to_the_running_statistics():
     assert prior.shape == (2,) and torch.allclose(prior, expected)
     assert layer.running_mean is not None
     with pytest.raises(ValueError, match="bn_weight > 0 needs a model with BatchNorm layers"):
-        GradientInversion(model=TinyNet(), input_shape=(1, 28, 28), bn_weight=0.1)
+        GradientInversion(model=TinyNet(), input_shape=(1, 28, 28), objective=Objective(bn_weight=0.1))
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
@@ -247,8 +247,7 @@ def test_one_problem_at_a_time_gives_the_objective_and_its_exact_gradient_with_b
         state = copy.deepcopy(model.state_dict())
         out = []
         for chunk in (None, 1):
-            module = GradientInversion(model=copy.deepcopy(model), input_shape=(3, 16, 16), labels="known",
-                                       distance="cosine", restarts=2, problems_per_chunk=chunk)
+            module = GradientInversion(model=copy.deepcopy(model), input_shape=(3, 16, 16), labels="known", objective=Objective(distance="cosine", problems_per_chunk=chunk), dummies=Dummies(restarts=2))
             module.attach(Observation(gradients=update, input_shape=(3, 16, 16), num_classes=10, batch_size=2,
                                       client_mode=mode, labels=y))
             losses = module.matching_loss()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from leakage.attacks.settings import Dummies
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.data.datamodule import VictimDataModule
 from leakage.engine.metrics import ssim_per_image
@@ -15,7 +16,7 @@ from conftest import quiet_trainer
 
 def _fit(tmp_path, steps, indices=(0, 3), **hparams):
     dm = VictimDataModule(source="bundled", dataset="mnist", indices=list(indices))
-    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", init="uniform", **hparams)
+    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", **hparams, dummies=Dummies(init="uniform"))
     trainer = quiet_trainer(steps, [], root=tmp_path)
     trainer.fit(module, datamodule=dm)
     return module, trainer, dm
