@@ -36,7 +36,7 @@ from leakage.data.kinds import DataKind, ImageKind
 from leakage.federated.defenses import Defense, SecureAggregation
 from leakage.engine.errors import LIGHTNING_HINTS
 from leakage.attacks.family import Attack, attack_class
-from leakage.attacks.settings import LBFGS, Adam, Budget, Dummies, Objective, SignedAdam
+from leakage.attacks.settings import Dummies, apply_options
 from leakage.federated.fedavg import FedAvgClient, client_updates
 from leakage.engine.models import check_weights, model_name
 from leakage.presets import preset
@@ -287,7 +287,7 @@ def invert(
     observation = Observation(grads, batch_size, tuple(input_shape), num_classes, tuple(data_range),
                               client_mode=client_mode, client=fedavg, kind=kind, server=server)
     cls = attack_class(chosen.attack)
-    settings = _settings(chosen.settings, options, cls)
+    settings = apply_options(chosen.settings, options, inspect.signature(cls).parameters)
     if known_labels is not None:
         observation.labels = _known_labels(known_labels, observation.num_victims, batch_size, num_classes)
         if cls.family != "optimisation":
@@ -330,45 +330,6 @@ def invert(
         exact=module.exact()[best.cpu()],
         entropy=None if result["entropy"] is None else result["entropy"].cpu(),
     )
-
-
-#: the optimizer classes by the name ``optimizer=`` may give
-_OPTIMIZERS = {c.name: c for c in (Adam, SignedAdam, LBFGS)}
-#: the attack's objects and the settings each takes
-_GROUPS = {"objective": Objective, "dummies": Dummies, "budget": Budget}
-
-
-def _settings(preset_settings: dict[str, Any], options: dict[str, Any], cls: type) -> dict[str, Any]:
-    """The attack's arguments: the preset's, with ``options`` (arguments of ``cls``, or settings of its
-    objects by name) applied."""
-    settings = dict(preset_settings)
-    arguments = inspect.signature(cls).parameters
-    flat: dict[str, Any] = {}
-    for key, value in options.items():
-        if key == "optimizer" and isinstance(value, str):
-            if value not in _OPTIMIZERS:
-                raise ValueError(f"unknown optimizer {value!r}; choose one of {', '.join(_OPTIMIZERS)}")
-            current = settings.get("optimizer", LBFGS())
-            settings["optimizer"] = _OPTIMIZERS[value](lr=current.lr)
-        elif key in arguments:
-            settings[key] = value
-        else:
-            flat[key] = value
-    if not flat:
-        return settings
-    if "optimizer" not in arguments:
-        raise ValueError(f"unknown attack option {next(iter(flat))!r}")
-    settings.setdefault("optimizer", LBFGS())
-    for name, group in _GROUPS.items():
-        settings.setdefault(name, group())
-    for key, value in flat.items():
-        owner = next((n for n in ("objective", "optimizer", "dummies", "budget") if key in settings[n].settings()), None)
-        if owner is None:
-            taken = [k for n in ("objective", "optimizer", "dummies", "budget") for k in settings[n].settings()]
-            raise ValueError(f"unknown attack option {key!r} (with optimizer {settings['optimizer'].name!r}); "
-                             f"the settings are: {', '.join(sorted(set(taken)))}")
-        settings[owner] = settings[owner].replace(**{key: value})
-    return settings
 
 
 def _known_labels(y: Any, victims: int, batch_size: int, num_classes: int) -> Tensor:

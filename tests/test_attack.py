@@ -12,14 +12,14 @@ import pytest
 import torch
 
 import leakage.attacks.gradient_inversion
-from leakage.attacks.settings import Dummies, Objective
+from leakage.attacks.settings import LBFGS, Adam, Budget, Dummies, Objective
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.reporting.callbacks import LeakageReport
 from leakage.federated.client import save_gradients
 from leakage.data.datamodule import VictimDataModule
 from leakage.engine.optim import BatchedLBFGS
 
-from conftest import assert_same_outcome, assert_same_update, quiet_trainer
+from conftest import assert_same_outcome, assert_same_update, gradient_inversion, quiet_trainer
 
 
 class LossRecorder(pl.Callback):
@@ -44,7 +44,7 @@ class PointRecorder(pl.Callback):
 
 
 def attack(tmp_path, dm, steps, save=False, callbacks=(), **hparams):
-    module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **hparams)
+    module = gradient_inversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **hparams)
     report = LeakageReport(save_artifacts=save)
     trainer = quiet_trainer(steps, [report, *callbacks], root=tmp_path)
     trainer.fit(module, datamodule=dm)
@@ -75,7 +75,7 @@ def test_joint_labels_with_restarts_keep_the_best(tmp_path):
     dm = VictimDataModule(source="bundled", dataset="mnist", indices=[0, 1])
     rec = PointRecorder()
     module, report, _ = attack(
-        tmp_path, dm, 3, model="mlp", labels="joint", restarts=3, init="uniform", lbfgs_max_iter=10, callbacks=[rec]
+        tmp_path, dm, 3, model="mlp", labels="joint", restarts=3, init="uniform", max_iter=10, callbacks=[rec]
     )
     assert module.num_problems == 6
     final = module.final_evaluation()["loss"].view(2, 3)
@@ -205,7 +205,7 @@ def test_attack_source_never_mentions_the_secret():
 
 
 def test_attack_on_captured_gradients_without_victim_data(tmp_path):
-    kw = dict(model="lenet", labels="idlg", lbfgs_max_iter=5)
+    kw = dict(model="lenet", labels="idlg", max_iter=5)
     # the client side: compute and save the shared updates
     bundled = VictimDataModule(source="bundled", dataset="mnist", indices=[2, 3])
     ref_module, ref_report, _ = attack(tmp_path / "a", bundled, 2, **kw)
@@ -231,11 +231,11 @@ def test_attack_on_captured_gradients_without_victim_data(tmp_path):
 
 def test_the_secret_has_no_influence_on_the_attack(tmp_path):
     """The same observation with and without the victims' images: the same dummies, step for step."""
-    kw = dict(model="lenet", labels="idlg", lbfgs_max_iter=5)
+    kw = dict(model="lenet", labels="idlg", max_iter=5)
     seen = VictimDataModule(source="bundled", dataset="mnist", indices=[2, 3])
     ref_module, ref_report, _ = attack(tmp_path / "a", seen, 2, **kw)
     blind = VictimDataModule(source="bundled", dataset="mnist", indices=[2, 3])
-    blind.prepare(GradientInversion(input_shape=blind.input_shape, num_classes=10, **kw).target)
+    blind.prepare(gradient_inversion(input_shape=blind.input_shape, num_classes=10, **kw).target)
     blind.secret = None  # the attacker's view: the observation alone
     module, report, _ = attack(tmp_path / "b", blind, 2, **kw)
     assert torch.equal(module.dummy_data, ref_module.dummy_data)
@@ -245,21 +245,36 @@ def test_the_secret_has_no_influence_on_the_attack(tmp_path):
 
 # ------------------------------------------------------------------------------ bad settings
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(distance="l1"), "unknown distance 'l1'; choose one of l2, cosine"),
-        (dict(optimizer="sgd"), "unknown optimizer 'sgd'; choose one of lbfgs, adam, signed_adam"),
-        (dict(labels="oracle"), "unknown label strategy 'oracle'; choose one of joint, idlg"),
-        (dict(init="zeros"), "unknown init 'zeros'"),
-        (dict(restarts=0), "restarts must be >= 1"),
-        (dict(lr=0.0), "lr must be > 0"),
-        (dict(lbfgs_tolerance_change=-1.0), "lbfgs_tolerance_grad and lbfgs_tolerance_change must be >= 0"),
-        (dict(model="vgg"), "unknown model 'vgg'"),
+    "make, message",
+    [  # each settings object refuses its own bad settings
+        (lambda: Objective(distance="l1"), "unknown distance 'l1'; choose one of l2, cosine"),
+        (lambda: Objective(tv_weight=-0.1), "tv_weight must be >= 0 (0: off), got -0.1"),
+        (lambda: Objective(problems_per_chunk=0), "problems_per_chunk must be >= 1, got 0"),
+        (lambda: Dummies(init="zeros"), "unknown init 'zeros'; choose one of randn, uniform, constant"),
+        (lambda: Dummies(restarts=0), "restarts must be >= 1, got 0"),
+        (lambda: Dummies(ensemble="vote"), "unknown ensemble 'vote'; choose one of best, pool"),
+        (lambda: Adam(lr=0.0), "lr must be > 0, got 0.0"),
+        (lambda: LBFGS(tolerance_change=-1.0), "tolerance_change must be >= 0, got -1.0"),
+        (lambda: LBFGS(history_size=0), "history_size must be >= 1, got 0"),
+        (lambda: Budget(refine_steps=-1), "refine_steps must be >= 0 (0: off), got -1"),
+        (lambda: Budget(refine_steps=5).check(5), "refine_steps (5) must be below --trainer.max_steps (5)"),
+        # the attack refuses its own arguments and a combination of objects that cannot run
+        (lambda: GradientInversion(labels="oracle"), "unknown label strategy 'oracle'; choose one of joint, idlg"),
+        (lambda: GradientInversion(model="vgg"), "unknown model 'vgg'"),
+        (lambda: GradientInversion(optimizer="lbfgs"),
+         "optimizer must be a leakage.attacks.settings.Optimizer, got str"),
+        (lambda: GradientInversion(optimizer=LBFGS(), budget=Budget(refine_steps=3)),
+         "budget.refine_steps needs optimizer Adam or SignedAdam"),
+        # settings by name (the Python API's options)
+        (lambda: gradient_inversion(optimizer="sgd"), "unknown optimizer 'sgd'; choose one of lbfgs, adam, signed_adam"),
+        (lambda: gradient_inversion(optimizer="adam", max_iter=3),
+         "unknown attack option 'max_iter' (with optimizer 'adam'); the settings are: "),
     ],
 )
-def test_bad_hyperparameters(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        GradientInversion(**kwargs)
+def test_bad_hyperparameters(make, message):
+    with pytest.raises(ValueError) as err:
+        make()
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
 
 
 def test_idlg_needs_batch_size_one(tmp_path):
@@ -288,8 +303,8 @@ def test_missing_step_budget(tmp_path):
 
 def test_batched_lbfgs_is_configured_from_hparams(tmp_path):
     dm = VictimDataModule(source="bundled", dataset="mnist")
-    module, _, trainer = attack(tmp_path, dm, 1, model="mlp", lr=0.5, lbfgs_max_iter=7, lbfgs_history_size=3,
-                                lbfgs_tolerance_grad=1e-12, lbfgs_tolerance_change=0.0)
+    module, _, trainer = attack(tmp_path, dm, 1, model="mlp", lr=0.5, max_iter=7, history_size=3,
+                                tolerance_grad=1e-12, tolerance_change=0.0)
     opt = trainer.optimizers[0]
     assert isinstance(opt, BatchedLBFGS)
     group = opt.param_groups[0]
@@ -369,7 +384,7 @@ def test_final_evaluation_gives_each_distance_as_its_own_evaluation_would():
 
 def test_chunked_attack_follows_the_unchunked_one(tmp_path):
     dm = VictimDataModule(source="bundled", dataset="mnist", num_victims=3)
-    runs = [attack(tmp_path / str(c), dm, 4, labels="idlg", restarts=1, problems_per_chunk=c, lbfgs_max_iter=5)[1]
+    runs = [attack(tmp_path / str(c), dm, 4, labels="idlg", restarts=1, problems_per_chunk=c, max_iter=5)[1]
             for c in (None, 1)]
     assert_same_outcome(runs[0].rows, runs[1].rows)
 
@@ -381,7 +396,7 @@ def test_problems_per_chunk_must_be_positive():
 
 # ------------------------------------------------------------------------ group consistency
 def test_group_consistency_needs_restarts():
-    with pytest.raises(ValueError, match="needs restarts >= 2"):
+    with pytest.raises(ValueError, match=r"needs dummies.restarts >= 2"):
         GradientInversion(objective=Objective(group_weight=0.1), dummies=Dummies(restarts=1))
 
 

@@ -477,8 +477,8 @@ _MLP = ("--data.dataset", "mnist", "--model.model", "mlp", "--trainer.max_steps"
     [
         (["--model.optimizer.lr", "1e39"], "model.lr must fit in float32 (|model.lr| <= 3.403e+38), got 1e+39"),
         (["--model.objective.tv_weight=-1e39"], "model.tv_weight must fit in float32 (|model.tv_weight| <= 3.403e+38), got -1e+39"),
-        (["--model.optimizer.history_size", "0"], "lbfgs_history_size must be >= 1, got 0"),
-        (["--model.optimizer.max_iter", "0"], "lbfgs_max_iter must be >= 1, got 0"),
+        (["--model.optimizer.history_size", "0"], "history_size must be >= 1, got 0"),
+        (["--model.optimizer.max_iter", "0"], "max_iter must be >= 1, got 0"),
         (["--model.model_seed", "18446744073709551616"],
          "model.model_seed must be an integer in [0, 2**63), got 18446744073709551616"),
         (["--model.dummies.init_seed", "-1"], "model.init_seed must be an integer in [0, 2**63), got -1"),

@@ -69,8 +69,8 @@ def test_estimate_agrees_with_the_measured_cost_per_problem():
 @pytest.mark.parametrize(
     "args, advice",
     [
-        (["--data.num_victims", "100000000"], "lower --model.lbfgs_history_size, --data.num_victims or --model.restarts"),
-        (["--model.dummies.restarts", "1000000000"], "lower --model.lbfgs_history_size, --data.num_victims or --model.restarts"),
+        (["--data.num_victims", "100000000"], "lower --model.optimizer.history_size, --data.num_victims or --model.dummies.restarts"),
+        (["--model.dummies.restarts", "1000000000"], "lower --model.optimizer.history_size, --data.num_victims or --model.dummies.restarts"),
         (["--model.dummies.restarts", "10000000", "--model.optimizer", "Adam", "--model.objective.problems_per_chunk", "10"],
          "lower --data.num_victims or --model.restarts"),
     ],
@@ -90,5 +90,5 @@ def test_refusal_names_the_number(capsys, tmp_path, monkeypatch):
     assert line.startswith("leakage: error: the attack needs about 4.1 MiB for 4 problems (2 victims x 2 restarts, "
                            "0.75 MiB each; most of it the optimizer), ")
     assert line.endswith("more than the 4.0 MiB this machine has free: "
-                         "lower --model.lbfgs_history_size, --data.num_victims or --model.restarts")
+                         "lower --model.optimizer.history_size, --data.num_victims or --model.dummies.restarts")
     assert run_dirs(tmp_path / "logs") == []

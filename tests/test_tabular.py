@@ -14,7 +14,7 @@ from leakage.data.datamodule import VictimDataModule
 from leakage.data.kinds import TableSchema
 from leakage.data.kinds.tabular import read_csv
 
-from conftest import CONFIGS, cli_args, cli_error, run_dirs
+from conftest import CONFIGS, cli_args, cli_error, gradient_inversion, run_dirs
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -37,7 +37,7 @@ def _attack(dm: VictimDataModule, steps: int, **settings) -> tuple[GradientInver
 
     from leakage.data.datamodule import _Steps
 
-    module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **settings)
+    module = gradient_inversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **settings)
     module.attach(dm.prepare(module.target))
     pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
                enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0).fit(

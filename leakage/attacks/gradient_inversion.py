@@ -113,6 +113,7 @@ class GradientInversion(Attack):
                                  ("dummies", dummies, Dummies), ("budget", budget, Budget)):
             if not isinstance(value, cls):
                 raise ValueError(f"{name} must be a {cls.__module__}.{cls.__name__}, got {type(value).__name__}")
+            value.settings()  # a default given as lazy_instance (the CLI's) sets its attributes at its first method call
         if budget.refine_steps > 0 and isinstance(optimizer, LBFGS):
             raise ValueError("budget.refine_steps needs optimizer Adam or SignedAdam (it restarts the optimizer's "
                              "state mid-run, which L-BFGS's per-problem history does not support)")

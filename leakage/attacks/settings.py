@@ -24,7 +24,7 @@ Each class validates its own settings in one-line ``ValueError``\\ s.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal, Optional
+from typing import Any, Iterable, Literal, Optional
 
 import torch
 
@@ -275,3 +275,48 @@ class Budget(Settings):
         if self.refine_steps and self.refine_steps >= max_steps:
             raise ValueError(f"refine_steps ({self.refine_steps}) must be below --trainer.max_steps ({max_steps}): "
                              f"the first stage, which finds the categorical features, needs steps")
+
+
+#: the optimizer classes by the name ``optimizer=`` may give (:func:`apply_options`)
+OPTIMIZERS = {c.name: c for c in (LBFGS, Adam, SignedAdam)}
+#: the attack's arguments that are settings objects, in the order a setting's name is looked up
+GROUPS = {"objective": Objective, "optimizer": LBFGS, "dummies": Dummies, "budget": Budget}
+
+
+def apply_options(settings: dict[str, Any], options: dict[str, Any], arguments: Iterable[str]) -> dict[str, Any]:
+    """The attack's arguments: ``settings`` (a preset's) with ``options`` applied, as the Python API's
+    ``invert(**options)`` takes them.
+
+    An option is an argument of the attack class (one of ``arguments``: ``labels="idlg"``,
+    ``objective=Objective(...)``, ``optimizer=Adam(lr=0.1)``), or one setting of the attack's objects by
+    its name, which changes only that setting (``tv_weight=0.01``, ``lr=0.1``, ``max_iter=5``); then the
+    object not given is its class's default. ``optimizer="adam"`` (``"signed_adam"``, ``"lbfgs"``)
+    picks the optimizer class and keeps the current ``lr``. Raises a one-line ``ValueError`` for an
+    unknown option or a setting the chosen optimizer does not have."""
+    arguments = set(arguments)
+    settings = dict(settings)
+    flat: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "optimizer" and "optimizer" in arguments and isinstance(value, str):
+            if value not in OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {value!r}; choose one of {', '.join(OPTIMIZERS)}")
+            current = settings.get("optimizer", LBFGS())
+            settings["optimizer"] = OPTIMIZERS[value](lr=current.lr)
+        elif key in arguments:
+            settings[key] = value
+        else:
+            flat[key] = value
+    if not flat:
+        return settings
+    if not set(GROUPS) <= arguments:
+        raise ValueError(f"unknown attack option {next(iter(flat))!r}")
+    for name, group in GROUPS.items():
+        settings.setdefault(name, group())
+    for key, value in flat.items():
+        owner = next((name for name in GROUPS if key in settings[name].settings()), None)
+        if owner is None:
+            taken = sorted({k for name in GROUPS for k in settings[name].settings()})
+            raise ValueError(f"unknown attack option {key!r} (with optimizer {settings['optimizer'].name!r}); "
+                             f"the settings are: {', '.join(taken)}")
+        settings[owner] = settings[owner].replace(**{key: value})
+    return settings
