@@ -219,8 +219,8 @@ def test_bad_defense_setting_in_a_fit_config_is_one_clear_line(tmp_path, capsys)
 @pytest.mark.parametrize(
     "init_args, expected",
     [
-        ("{sigma: .nan}", "trainer.callbacks[0].init_args.sigma must be a finite number, got nan"),
-        ("{sigma: .inf}", "trainer.callbacks[0].init_args.sigma must be a finite number, got inf"),
+        ("{sigma: .nan}", "trainer.callbacks[0].sigma must be a finite number, got nan"),
+        ("{sigma: .inf}", "trainer.callbacks[0].sigma must be a finite number, got inf"),
         ("{sigma: -1.0}", "noise sigma must be a finite number >= 0, got -1.0"),
     ],
 )
@@ -242,8 +242,8 @@ def test_non_finite_noise_in_a_fit_config_is_one_clear_line(tmp_path, capsys, in
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--trainer.callbacks.sigma", ".nan"], "trainer.callbacks[0].init_args.sigma must be a finite number, got nan"),
-        (["--trainer.callbacks.sigma", ".inf"], "trainer.callbacks[0].init_args.sigma must be a finite number, got inf"),
+        (["--trainer.callbacks.sigma", ".nan"], "trainer.callbacks[0].sigma must be a finite number, got nan"),
+        (["--trainer.callbacks.sigma", ".inf"], "trainer.callbacks[0].sigma must be a finite number, got inf"),
         (["--trainer.callbacks.sigma", "0.1", "--trainer.callbacks.seed", "1.5"],
          "trainer.callbacks: leakage.federated.defenses.GaussianNoise: seed: expected an int, got '1.5'"),
     ],

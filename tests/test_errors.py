@@ -48,17 +48,43 @@ def test_bad_settings_fail_before_the_run(capsys, tmp_path, args, expected):
 @pytest.mark.parametrize(
     "key, value, allowed",
     [
-        ("model.objective.distance", "manhattan", "l2"),
-        ("model.optimizer", "sgd", "lbfgs"),
         ("model.labels", "oracle", "idlg"),
-        ("model.dummies.init", "zeros", "randn"),
         ("data.source", "hub", "bundled"),
+        # a setting of an object: named with the object's class
+        ("model.objective.distance", "manhattan", "l2"),
+        ("model.dummies.init", "zeros", "randn"),
     ],
 )
 def test_unknown_choice_is_rejected_by_the_parser(capsys, tmp_path, key, value, allowed):
     line = _sole_line(capsys, tmp_path, f"--{key}", value)
+    section, _, name = key.rpartition(".")
+    if section in ("model.objective", "model.dummies"):
+        cls = {"model.objective": "Objective", "model.dummies": "Dummies"}[section]
+        key = f"{section}: leakage.attacks.settings.{cls}: {name}"
     assert line.startswith(f"leakage: error: {key}: '{value}' is not one of ")
     assert allowed in line.split("is not one of ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model.optimizer", "adam"], "model.optimizer 'adam': the optimizer is a class now: "
+                                        "--model.optimizer Adam (or LBFGS, SignedAdam)"),
+        (["--model.optimizer=signed_adam"], "model.optimizer 'signed_adam': the optimizer is a class now: "
+                                            "--model.optimizer SignedAdam (or Adam, LBFGS)"),
+        (["--model.optimizer", "sgd"], "model.optimizer 'sgd': unknown optimizer; choose one of "),
+    ],
+)
+def test_an_optimizer_by_its_old_name_is_refused_naming_its_class(capsys, tmp_path, args, expected):
+    assert _sole_line(capsys, tmp_path, *args).startswith(f"leakage: error: {expected}")
+
+
+def test_an_optimizer_by_its_old_name_in_a_config_is_refused(capsys, tmp_path):
+    config = tmp_path / "old.yaml"
+    config.write_text("model:\n  optimizer: lbfgs\n")
+    assert _sole_line(capsys, tmp_path, "--config", str(config)) == (
+        f"leakage: error: {config}: model.optimizer 'lbfgs': the optimizer is a class now: "
+        "--model.optimizer LBFGS (or Adam, SignedAdam)")
 
 
 def _sole_line(capsys, tmp_path, *args):
@@ -78,8 +104,9 @@ def _sole_line(capsys, tmp_path, *args):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--model.lrr", "0.1"],
-         "unknown option --model.lrr (did you mean --model.lr? `leakage fit --help` lists every option)"),
+        (["--model.labelz", "idlg"],
+         "unknown option --model.labelz (did you mean --model.labels? `leakage fit --help` lists every option)"),
+        (["--model.optimizer.lrr", "0.1"], "model.optimizer: leakage.attacks.settings.LBFGS: no option 'lrr'"),
         (["--model.no_such_option", "1"], "unknown option --model.no_such_option (`leakage fit --help` lists every option)"),
         (["--data.batch_size", "two"], "data.batch_size: expected an int, got 'two'"),
         (["--data.indices", "[0,a]"], "data.indices: expected an int, got 'a'"),
@@ -179,9 +206,34 @@ def test_fit_help_still_prints_the_full_documentation(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: leakage [options] fit ")
     assert "Run one gradient-inversion attack" in out
-    for option in ("--model.objective.distance {l2,cosine}", "--data.source", "--trainer.max_steps", "--report.success_ssim"):
+    for option in ("--model.objective OBJECTIVE", "--model.optimizer.help", "--data.source", "--trainer.max_steps",
+                   "--report.success_ssim"):
         assert option in out, option
     assert len(out.splitlines()) > 300
+
+
+@pytest.mark.parametrize(
+    "args, present, absent",
+    [
+        (["--model.optimizer.help", "Adam"], ["--model.optimizer.lr LR", "--model.optimizer.lr_decay"],
+         ["history_size"]),
+        (["--model.optimizer.help", "LBFGS"], ["--model.optimizer.history_size", "--model.optimizer.early_exit"],
+         ["lr_decay"]),
+        (["--model.objective.help", "Objective"], ["--model.objective.distance {l2,cosine}",
+                                                   "--model.objective.tv_weight"], ["restarts"]),
+        (["--model.budget.help", "Budget"], ["--model.budget.refine_steps"], ["distance"]),
+    ],
+)
+def test_one_settings_class_help(capsys, args, present, absent):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *args])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for text in present:
+        assert text in out, text
+    for text in absent:
+        assert text not in out, text
 
 
 @pytest.mark.parametrize("dataset, shipped, index", [("cifar10", 20, 25), ("mnist", 1000, 1000)])
@@ -217,7 +269,7 @@ def test_missing_step_budget(capsys, tmp_path, steps):
         (["--model.objective.tv_weight", ".inf"], "model.tv_weight must be a finite number, got inf"),
         (["--report.success_ssim", ".nan"], "report.success_ssim must be a finite number, got nan"),
         (["--trainer.callbacks+=leakage.federated.defenses.TopK", "--trainer.callbacks.keep_ratio=-.inf"],
-         "trainer.callbacks[0].init_args.keep_ratio must be a finite number, got -inf"),
+         "trainer.callbacks[0].keep_ratio must be a finite number, got -inf"),
     ],
 )
 def test_non_finite_settings(capsys, tmp_path, args, expected):
@@ -484,7 +536,7 @@ _MLP = ("--data.dataset", "mnist", "--model.model", "mlp", "--trainer.max_steps"
         (["--model.dummies.init_seed", "-1"], "model.init_seed must be an integer in [0, 2**63), got -1"),
         (["--trainer.callbacks+=leakage.federated.defenses.SecureAggregation", "--trainer.callbacks.clients", "2",
           "--trainer.callbacks.seed", "18446744073709551616"],
-         "trainer.callbacks[0].init_args.seed must be an integer in [0, 2**63), got 18446744073709551616"),
+         "trainer.callbacks[0].seed must be an integer in [0, 2**63), got 18446744073709551616"),
         (["--report.success_ssim", "-1"], "success_ssim must be in [0, 1], got -1.0"),
         (["--report.success_ssim", "2.0"], "success_ssim must be in [0, 1], got 2.0"),
     ],

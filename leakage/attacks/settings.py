@@ -23,6 +23,7 @@ Each class validates its own settings in one-line ``ValueError``\\ s.
 
 from __future__ import annotations
 
+import abc
 import inspect
 from typing import Any, Iterable, Literal, Optional
 
@@ -115,7 +116,7 @@ class Objective(Settings):
         self.problems_per_chunk, self.compile, self.fixed_shape = problems_per_chunk, compile, fixed_shape
 
 
-class Optimizer(Settings):
+class Optimizer(Settings, abc.ABC):
     """The optimizer of the dummies: :class:`Adam`, :class:`SignedAdam` or :class:`LBFGS`."""
 
     #: the optimizer's name in reports
@@ -127,9 +128,9 @@ class Optimizer(Settings):
             raise ValueError(f"lr must be > 0, got {lr}")
         self.lr = lr
 
+    @abc.abstractmethod
     def build(self, params: list[torch.Tensor], max_steps: int, fixed_shape: bool) -> Any:
         """What ``configure_optimizers`` returns for ``params`` and a budget of ``max_steps``."""
-        raise NotImplementedError
 
 
 class Adam(Optimizer):
