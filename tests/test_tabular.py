@@ -134,7 +134,7 @@ def test_refine_steps_fix_the_categories_then_refine_the_continuous_features(tmp
     line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--trainer.max_steps", "100"))
     assert line.startswith("leakage: error: refine_steps (150) must be below --trainer.max_steps (100)"), line
     assert not run_dirs(tmp_path)  # refused before a run folder is made
-    with pytest.raises(ValueError, match="refine_steps needs optimizer adam or signed_adam"):
+    with pytest.raises(ValueError, match="refine_steps needs optimizer Adam or SignedAdam"):
         GradientInversion(model="tabular_mlp", input_shape=(8,), num_classes=2, optimizer=LBFGS(), budget=Budget(refine_steps=5))
     images = VictimDataModule(source="bundled", dataset="mnist", batch_size=1)
     attack = GradientInversion(model="mlp", input_shape=images.input_shape, num_classes=images.num_classes, optimizer=Adam(), budget=Budget(refine_steps=5))

@@ -596,7 +596,8 @@ class GradientInversion(Attack):
 
     def configure_optimizers(self):
         params = [self.dummy_data] + ([self.dummy_labels] if self.hparams.labels == "joint" else [])
-        return self.optimizer.build(params, self.trainer.max_steps, self.fixed_shape)
+        max_steps = self.trainer.max_steps if self._trainer is not None else None  # (lr_decay reads it)
+        return self.optimizer.build(params, max_steps, self.fixed_shape)
 
     # ------------------------------------------------------------- results
     @torch.no_grad()

@@ -129,7 +129,7 @@ class Optimizer(Settings, abc.ABC):
         self.lr = lr
 
     @abc.abstractmethod
-    def build(self, params: list[torch.Tensor], max_steps: int, fixed_shape: bool) -> Any:
+    def build(self, params: list[torch.Tensor], max_steps: Optional[int], fixed_shape: bool) -> Any:
         """What ``configure_optimizers`` returns for ``params`` and a budget of ``max_steps``."""
 
 
@@ -148,10 +148,12 @@ class Adam(Optimizer):
         super().__init__(lr)
         self.lr_decay = lr_decay
 
-    def build(self, params: list[torch.Tensor], max_steps: int, fixed_shape: bool) -> Any:
+    def build(self, params: list[torch.Tensor], max_steps: Optional[int], fixed_shape: bool) -> Any:
         opt = self._optimizer(params, lr=self.lr)
         if not self.lr_decay:
             return opt
+        if max_steps is None:
+            raise ValueError("lr_decay needs the attack's budget: run the attack with a Trainer's max_steps")
         milestones = [int(max_steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -200,7 +202,7 @@ class LBFGS(Optimizer):
         self.max_iter, self.history_size = max_iter, history_size
         self.tolerance_grad, self.tolerance_change, self.early_exit = tolerance_grad, tolerance_change, early_exit
 
-    def build(self, params: list[torch.Tensor], max_steps: int, fixed_shape: bool) -> Any:
+    def build(self, params: list[torch.Tensor], max_steps: Optional[int], fixed_shape: bool) -> Any:
         return BatchedLBFGS(params, lr=self.lr, max_iter=self.max_iter, history_size=self.history_size,
                             tolerance_grad=self.tolerance_grad, tolerance_change=self.tolerance_change,
                             early_exit=self.early_exit, active_only=self.early_exit and not fixed_shape)
