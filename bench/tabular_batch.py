@@ -11,7 +11,7 @@ Each row: TabLeak's accuracy (overall, categorical, continuous), the wall time o
 machine than the wall time), for each attack; for pooled TabLeak also the entropy calibration: the
 accuracy of the cells in each quarter of the entropies (lowest first), per feature type; the settings are those of configs/adult_*.yaml.
 ``--refine-steps N`` gives TabLeak and the cosine baseline TabLeak's two-staged mode: the last N of
-the steps with the categorical features fixed to their argmax (``--model.refine_steps``).
+the steps with the categorical features fixed to their argmax (``--model.budget.refine_steps``).
 ``--standardize-onehot``: TabLeak's encoding, the one-hot columns standardised too
 (``--data.standardize_onehot``, as in ``configs/adult_tableak.yaml``); default plain one-hot, as in
 ``configs/adult_batch_sweep.yaml``.

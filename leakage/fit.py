@@ -212,6 +212,18 @@ def check_object_names(args: list[str], choices: dict[str, list[type]]) -> None:
                 check(name, block[name], f"{path}: model.{name} {block[name]!r}")
 
 
+def attack_arguments(section: dict, cls: Any) -> dict[str, Any]:
+    """The arguments of attack class ``cls`` that a config's ``model:`` section gives, its settings
+    objects built as ``leakage fit`` builds them (``optimizer:`` by ``class_path``, ``objective:`` as a
+    mapping); a setting the section leaves out is its default. Raises jsonargparse's error for a bad
+    section."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "model", instantiate=False, fail_untyped=False)
+    return dict(vars(parser.instantiate(parser.parse_object({"model": section})).model))
+
+
 def check_config_file(value: str) -> None:
     """Refuse a ``--config`` file that is a folder, unreadable, not YAML or not a mapping, naming it.
 

@@ -206,7 +206,8 @@ def test_console_script_parser_error_is_one_line(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 2
-    assert proc.stderr == "leakage: error: model.distance: 'manhattan' is not one of l2, cosine\n"
+    assert proc.stderr == ("leakage: error: model.objective: leakage.attacks.settings.Objective: distance: 'manhattan' "
+                           "is not one of l2, cosine\n")
     assert run_dirs(tmp_path) == []
 
 

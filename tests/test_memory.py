@@ -72,7 +72,7 @@ def test_estimate_agrees_with_the_measured_cost_per_problem():
         (["--data.num_victims", "100000000"], "lower --model.optimizer.history_size, --data.num_victims or --model.dummies.restarts"),
         (["--model.dummies.restarts", "1000000000"], "lower --model.optimizer.history_size, --data.num_victims or --model.dummies.restarts"),
         (["--model.dummies.restarts", "10000000", "--model.optimizer", "Adam", "--model.objective.problems_per_chunk", "10"],
-         "lower --data.num_victims or --model.restarts"),
+         "lower --data.num_victims or --model.dummies.restarts"),
     ],
 )
 def test_attack_larger_than_the_machine_is_refused_before_the_run(capsys, tmp_path, args, advice):
