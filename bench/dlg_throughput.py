@@ -117,12 +117,16 @@ def engine(n: int, steps: int, device: str, preset: str | None, compile: str = "
     from leakage.attacks.gradient_inversion import GradientInversion
     from leakage.data.datamodule import VictimDataModule
 
-    kwargs = dict(model="lenet", model_seed=1234, distance="l2", optimizer="lbfgs", lr=1.0, labels="joint",
-                  init="randn", init_seed=0, restarts=1, compile=compile)
+    from leakage.attacks.settings import Objective
+    from leakage.fit import attack_arguments
+
+    kwargs = dict(model="lenet", model_seed=1234, objective=Objective(distance="l2", compile=compile),
+                  optimizer=LBFGS(lr=1.0), labels="joint", dummies=Dummies(init="randn", init_seed=0, restarts=1))
     max_steps = steps
     if preset is not None:
         cfg = yaml.safe_load((ROOT / "configs" / preset).read_text())
-        kwargs.update(cfg["model"])
+        kwargs = attack_arguments(cfg["model"], GradientInversion)  # the preset's objects, as leakage fit builds them
+        kwargs["objective"] = kwargs["objective"].replace(compile=compile)
         max_steps = cfg["trainer"]["max_steps"]
     dm = VictimDataModule(source="bundled", dataset="cifar10", num_victims=n)
     module = GradientInversion(**kwargs)

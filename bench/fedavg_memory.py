@@ -24,11 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, resource, sys, time, torch
 from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.attacks.settings import Dummies
 from leakage.data.datamodule import VictimDataModule
 model, steps, P = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 V = min(P, 20)  # the bundled images; more problems are restarts of them
 dm = VictimDataModule(dataset="mnist", num_victims=V, protocol="fedavg", local_steps=steps, local_lr=0.1)
-m = GradientInversion(model, (1, 28, 28), 10, labels="idlg", restarts=P // V)
+m = GradientInversion(model, (1, 28, 28), 10, labels="idlg", dummies=Dummies(restarts=P // V))
 m.attach(dm.prepare(m.target))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []
