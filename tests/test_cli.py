@@ -97,8 +97,9 @@ def test_cli_saved_config_holds_the_overrides(cifar_run):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["trainer"]["max_steps"] == 3
     assert cfg["data"]["indices"] == [0, 3]
-    assert cfg["model"]["lbfgs_max_iter"] == 2
-    assert cfg["model"]["labels"] == "joint" and cfg["model"]["optimizer"] == "lbfgs"  # from the yaml
+    assert cfg["model"]["optimizer"]["class_path"] == "leakage.attacks.settings.LBFGS"  # from the yaml
+    assert cfg["model"]["optimizer"]["init_args"]["max_iter"] == 2
+    assert cfg["model"]["labels"] == "joint"
     assert cfg["trainer"]["logger"]["init_args"]["save_dir"] == str(save_dir)
 
 
@@ -272,3 +273,50 @@ def test_a_moved_setting_is_refused_in_one_line_naming_its_new_place(tmp_path):
     with pytest.raises(ValueError, match=r"old.yaml: data.num_bins has moved: --data.server ImprintServer"):
         check_moved_settings(["--config", str(config)], moved)
     check_moved_settings(["--data.batch_size", "4", "--model.num_bins", "1"], moved)  # others untouched
+
+
+def test_an_optimizer_class_and_its_settings_from_the_command_line(tmp_path):
+    """`--model.optimizer Adam --model.optimizer.lr 0.1` over a config's L-BFGS (with L-BFGS settings):
+    the attack runs Adam at that lr; the saved config and the flat hparams record say so."""
+    import torch
+
+    from leakage.attacks.settings import Adam, Objective
+
+    from conftest import fit_in_process
+
+    cli = fit_in_process(tmp_path, "cifar_dlg.yaml", "--model.optimizer", "Adam", "--model.optimizer.lr", "0.1",
+                         "--model.objective.tv_weight", "0.01", "--trainer.max_steps", "2", "--data.num_victims", "1")
+    assert cli.model.optimizer == Adam(lr=0.1)
+    assert cli.model.objective == Objective(distance="l2", tv_weight=0.01)
+    opt = cli.trainer.optimizers[0]
+    assert type(opt) is torch.optim.Adam and opt.param_groups[0]["lr"] == 0.1
+    assert cli.model.hparams["optimizer"] == "adam" and cli.model.hparams["lr"] == 0.1
+    assert "max_iter" not in cli.model.hparams  # only the chosen optimizer's settings
+    run = run_dirs(tmp_path)[0]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["optimizer"] == {"class_path": "leakage.attacks.settings.Adam",
+                                         "init_args": {"lr": 0.1, "lr_decay": False}}
+
+
+@pytest.mark.parametrize(
+    "key, value, place",
+    [
+        ("model.lbfgs_history_size", "3", "--model.optimizer LBFGS --model.optimizer.history_size N"),
+        ("model.restarts", "2", "--model.dummies.restarts (in a config: model.dummies.restarts)"),
+        ("model.distance", "cosine", "--model.objective.distance (in a config: model.objective.distance)"),
+        ("model.refine_steps", "20", "--model.budget.refine_steps (in a config: model.budget.refine_steps)"),
+        ("model.lr", "0.1", "--model.optimizer LBFGS|Adam|SignedAdam --model.optimizer.lr X"),
+    ],
+)
+def test_a_removed_attack_setting_is_refused_naming_its_new_place(capsys, tmp_path, key, value, place):
+    from conftest import cli_error
+
+    for args in ([f"--{key}", value], [f"--{key}={value}"]):
+        line = cli_error(capsys, cli_args(tmp_path, *args))
+        assert line.startswith(f"leakage: error: {key} has moved: {place}"), line
+    config = tmp_path / "old.yaml"
+    name = key.split(".", 1)[1]
+    config.write_text(f"model:\n  {name}: {value}\n")
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(config)))
+    assert line.startswith(f"leakage: error: {config}: {key} has moved: {place}"), line
+    assert run_dirs(tmp_path) == []
