@@ -256,10 +256,9 @@ def _numbers(value: Any, key: str) -> Iterator[tuple[str, float | int]]:
         yield key, value
     elif isinstance(value, dict) or hasattr(value, "items"):
         for k, v in value.items():
-            if k == "init_args":  # an object's settings: named as on the command line (model.optimizer.lr)
-                yield from _numbers(v, key)
-            else:
-                yield from _numbers(v, f"{key}.{k}" if key else str(k))
+            # an object's settings are named as on the command line (model.optimizer.lr), without init_args
+            k = ".".join(part for part in str(k).split(".") if part != "init_args")
+            yield from _numbers(v, f"{key}.{k}" if key and k else key or k)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             yield from _numbers(v, f"{key}[{i}]")

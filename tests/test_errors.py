@@ -220,7 +220,7 @@ def test_fit_help_still_prints_the_full_documentation(capsys):
         (["--model.optimizer.help", "LBFGS"], ["--model.optimizer.history_size", "--model.optimizer.early_exit"],
          ["lr_decay"]),
         (["--model.objective.help", "Objective"], ["--model.objective.distance {l2,cosine}",
-                                                   "--model.objective.tv_weight"], ["restarts"]),
+                                                   "--model.objective.tv_weight"], ["--model.objective.restarts"]),
         (["--model.budget.help", "Budget"], ["--model.budget.refine_steps"], ["distance"]),
     ],
 )
@@ -265,8 +265,8 @@ def test_missing_step_budget(capsys, tmp_path, steps):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--model.optimizer.lr", ".nan"], "model.lr must be a finite number, got nan"),
-        (["--model.objective.tv_weight", ".inf"], "model.tv_weight must be a finite number, got inf"),
+        (["--model.optimizer.lr", ".nan"], "model.optimizer.lr must be a finite number, got nan"),
+        (["--model.objective.tv_weight", ".inf"], "model.objective.tv_weight must be a finite number, got inf"),
         (["--report.success_ssim", ".nan"], "report.success_ssim must be a finite number, got nan"),
         (["--trainer.callbacks+=leakage.federated.defenses.TopK", "--trainer.callbacks.keep_ratio=-.inf"],
          "trainer.callbacks[0].keep_ratio must be a finite number, got -inf"),
@@ -527,13 +527,13 @@ _MLP = ("--data.dataset", "mnist", "--model.model", "mlp", "--trainer.max_steps"
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--model.optimizer.lr", "1e39"], "model.lr must fit in float32 (|model.lr| <= 3.403e+38), got 1e+39"),
-        (["--model.objective.tv_weight=-1e39"], "model.tv_weight must fit in float32 (|model.tv_weight| <= 3.403e+38), got -1e+39"),
+        (["--model.optimizer.lr", "1e39"], "model.optimizer.lr must fit in float32 (|model.optimizer.lr| <= 3.403e+38), got 1e+39"),
+        (["--model.objective.tv_weight=-1e39"], "model.objective.tv_weight must fit in float32 (|model.objective.tv_weight| <= 3.403e+38), got -1e+39"),
         (["--model.optimizer.history_size", "0"], "history_size must be >= 1, got 0"),
         (["--model.optimizer.max_iter", "0"], "max_iter must be >= 1, got 0"),
         (["--model.model_seed", "18446744073709551616"],
          "model.model_seed must be an integer in [0, 2**63), got 18446744073709551616"),
-        (["--model.dummies.init_seed", "-1"], "model.init_seed must be an integer in [0, 2**63), got -1"),
+        (["--model.dummies.init_seed", "-1"], "model.dummies.init_seed must be an integer in [0, 2**63), got -1"),
         (["--trainer.callbacks+=leakage.federated.defenses.SecureAggregation", "--trainer.callbacks.clients", "2",
           "--trainer.callbacks.seed", "18446744073709551616"],
          "trainer.callbacks[0].seed must be an integer in [0, 2**63), got 18446744073709551616"),

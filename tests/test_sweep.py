@@ -295,9 +295,9 @@ def test_study_config_applies_set_value_and_per_value_in_order(tmp_path):
     sweep = parse(["--config", str(_study_config(tmp_path, [study]))])
     s = sweep.studies[0]
     one, three = sweep.study_config(s, 1), sweep.study_config(s, 3)
-    assert one["data"]["num_victims"] == 5 and one["model"]["restarts"] == 1
+    assert one["data"]["num_victims"] == 5 and one["model"]["dummies"]["restarts"] == 1
     assert one["new_section"] == {"deep": {"key": "x"}}  # sections are created on the way
-    assert three["data"]["num_victims"] == 1 and three["model"]["restarts"] == 2  # per_value wins
+    assert three["data"]["num_victims"] == 1 and three["model"]["dummies"]["restarts"] == 2  # per_value wins
     assert sweep.base["data"]["num_victims"] == 20 and "new_section" not in sweep.base  # the base is untouched
     assert sweep.studies[0]["label"] == "model.dummies.restarts"
 
