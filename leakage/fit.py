@@ -182,8 +182,8 @@ def check_object_names(args: list[str], choices: dict[str, list[type]]) -> None:
     def check(name: str, value: Any, where: str) -> None:
         classes = choices[name]
         names = [c.__name__ for c in classes]
-        if not isinstance(value, str) or "." in value or value in names:
-            return
+        if not isinstance(value, str) or value.lstrip().startswith("{") or "." in value or value in names:
+            return  # a class by name or import path, or a mapping (class_path and init_args): the parser reads it
         meant = next((c.__name__ for c in classes
                       if c.__name__.lower() == value.replace("_", "").replace("-", "").lower()), None)
         if meant is None:

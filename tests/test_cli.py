@@ -320,3 +320,17 @@ def test_a_removed_attack_setting_is_refused_naming_its_new_place(capsys, tmp_pa
     line = cli_error(capsys, cli_args(tmp_path, "--config", str(config)))
     assert line.startswith(f"leakage: error: {config}: {key} has moved: {place}"), line
     assert run_dirs(tmp_path) == []
+
+
+def test_an_optimizer_by_class_name_import_path_or_mapping_is_left_to_the_parser():
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.fit import check_object_names, object_choices
+
+    choices = object_choices(GradientInversion)
+    assert sorted(c.__name__ for c in choices["optimizer"]) == ["Adam", "LBFGS", "SignedAdam"]
+    for value in ("Adam", "leakage.attacks.settings.SignedAdam", '{"class_path": "Adam", "init_args": {"lr": 0.1}}'):
+        check_object_names(["--model.optimizer", value], choices)
+        check_object_names([f"--model.optimizer={value}"], choices)
+    with pytest.raises(ValueError, match=r"^--model.optimizer 'lbfgs': the optimizer is a class now: "
+                                         r"--model.optimizer LBFGS \(or Adam, SignedAdam\)$"):
+        check_object_names(["--model.optimizer", "lbfgs"], choices)
