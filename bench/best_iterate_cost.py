@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from leakage.attacks.settings import Dummies
 from leakage.attacks.gradient_inversion import GradientInversion  # noqa: E402
 from leakage.data.datamodule import VictimDataModule  # noqa: E402
 from leakage.data.sources import Bundled
@@ -30,8 +31,7 @@ def measure(P: int, repeats: int) -> tuple[float, float]:
     victims = min(P, 20)
     restarts = max(1, P // victims)
     dm = VictimDataModule(Bundled("cifar10"), num_victims=victims)
-    module = GradientInversion(model="lenet", input_shape=(3, 32, 32), num_classes=10, labels="joint",
-                               restarts=restarts)
+    module = GradientInversion(model="lenet", input_shape=(3, 32, 32), num_classes=10, labels="joint", dummies=Dummies(restarts=restarts))
     module.attach(dm.prepare(module.target))
 
     def evaluate() -> torch.Tensor:

@@ -26,7 +26,7 @@ line and exits 1.
 
     python bench/budgets.py [--sources imagenet,cifar10,cifar100] [--victims 20] [--trace DIR] [-- LEAKAGE ARGS]
 
-Arguments after ``--`` are added to every ``leakage fit`` command (``-- --model.stall_steps 8``).
+Arguments after ``--`` are added to every ``leakage fit`` command (``-- --model.budget.stall_steps 8``).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ wall time, peak memory (each variant runs in its own child process: peak RSS on 
 
 from __future__ import annotations
 
+from leakage.attacks.settings import Dummies, LBFGS
 import argparse
 import json
 import multiprocessing as mp
@@ -41,7 +42,7 @@ def _victims(n: int):
     from leakage.data.datamodule import VictimDataModule
 
     dm = VictimDataModule(Bundled("cifar10"), num_victims=n)
-    module = GradientInversion(model="lenet", model_seed=1234, init="randn", labels="joint", init_seed=0, restarts=1)
+    module = GradientInversion(model="lenet", model_seed=1234, labels="joint", dummies=Dummies(init="randn", init_seed=0, restarts=1))
     obs = dm.prepare(module.target)
     return dm, module, obs
 
@@ -117,12 +118,16 @@ def engine(n: int, steps: int, device: str, preset: str | None, compile: str = "
     from leakage.attacks.gradient_inversion import GradientInversion
     from leakage.data.datamodule import VictimDataModule
 
-    kwargs = dict(model="lenet", model_seed=1234, distance="l2", optimizer="lbfgs", lr=1.0, labels="joint",
-                  init="randn", init_seed=0, restarts=1, compile=compile)
+    from leakage.attacks.settings import Objective
+    from leakage.fit import attack_arguments
+
+    kwargs = dict(model="lenet", model_seed=1234, objective=Objective(distance="l2", compile=compile),
+                  optimizer=LBFGS(lr=1.0), labels="joint", dummies=Dummies(init="randn", init_seed=0, restarts=1))
     max_steps = steps
     if preset is not None:
         cfg = yaml.safe_load((ROOT / "configs" / preset).read_text())
-        kwargs.update(cfg["model"])
+        kwargs = attack_arguments(cfg["model"], GradientInversion)  # the preset's objects, as leakage fit builds them
+        kwargs["objective"] = kwargs["objective"].replace(compile=compile)
         max_steps = cfg["trainer"]["max_steps"]
     dm = VictimDataModule(Bundled("cifar10"), num_victims=n)
     module = GradientInversion(**kwargs)
@@ -175,7 +180,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--preset", default="cifar_fast.yaml", help="config for variant (c)")
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                    help="the engine's --model.compile (auto: on a GPU only)")
+                    help="the engine's --model.objective.compile (auto: on a GPU only)")
     ap.add_argument("--skip-reference", action="store_true", help="run (b) and (c) only (no ratios)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()

@@ -20,6 +20,7 @@ evaluation, and how many evaluations it takes to pay the compile back.
 
 from __future__ import annotations
 
+from leakage.attacks.settings import Dummies, LBFGS, Objective
 import argparse
 import time
 from collections import Counter
@@ -58,8 +59,7 @@ def main() -> None:
 
     GradientInversion.matching_loss = counting
     dm = VictimDataModule(Bundled("cifar10"), num_victims=args.images)
-    module = GradientInversion(model="lenet", model_seed=1234, distance="l2", optimizer="lbfgs", lr=1.0,
-                               labels="joint", init="randn", init_seed=0, restarts=1)
+    module = GradientInversion(model="lenet", model_seed=1234, labels="joint", objective=Objective(distance="l2"), optimizer=LBFGS(lr=1.0), dummies=Dummies(init="randn", init_seed=0, restarts=1))
     trainer = pl.Trainer(max_steps=args.steps, accelerator="cpu", devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, limit_val_batches=0)
@@ -129,8 +129,7 @@ def arithmetic(problems: int, repeats: int, compile_too: bool, evaluations: int 
     from leakage.data.datamodule import VictimDataModule
     from leakage.engine.losses import gradient_distance
 
-    module = GradientInversion(model="lenet", model_seed=1234, distance="l2", optimizer="lbfgs", lr=1.0,
-                               labels="joint", init="randn", restarts=1)
+    module = GradientInversion(model="lenet", model_seed=1234, labels="joint", objective=Objective(distance="l2"), optimizer=LBFGS(lr=1.0), dummies=Dummies(init="randn", restarts=1))
     observation = VictimDataModule(Bundled("cifar10"), num_victims=problems).prepare(module.target)
     net, names = module.target, [n for n, _ in module.target.named_parameters()]
     observed = [observation.gradients[n] for n in names]

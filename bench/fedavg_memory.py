@@ -24,13 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, resource, sys, time, torch
 from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.attacks.settings import Dummies
 from leakage.data.datamodule import VictimDataModule
 from leakage.data.sources import Bundled
 from leakage.federated.fedavg import FedAvg
 model, steps, P = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 V = min(P, 20)  # the bundled images; more problems are restarts of them
 dm = VictimDataModule(Bundled("mnist"), FedAvg(local_steps=steps, local_lr=0.1), num_victims=V)
-m = GradientInversion(model, (1, 28, 28), 10, labels="idlg", restarts=P // V)
+m = GradientInversion(model, (1, 28, 28), 10, labels="idlg", dummies=Dummies(restarts=P // V))
 m.attach(dm.prepare(m.target))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []

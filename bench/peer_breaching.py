@@ -168,7 +168,10 @@ def attack_module(cfg: dict):
     """The config's attack as ``leakage fit`` builds it (its ``model:`` section)."""
     from leakage.attacks.gradient_inversion import GradientInversion
 
-    return GradientInversion(**{**cfg["model"], "input_shape": (3, 32, 32), "num_classes": 10})
+    from leakage.fit import attack_arguments
+
+    return GradientInversion(**{**attack_arguments(cfg["model"], GradientInversion), "input_shape": (3, 32, 32),
+                                "num_classes": 10})
 
 
 def prepare(job_dir: Path, setting: dict, cfg: dict, n_images: int, sigma: float) -> str:
@@ -349,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
             sha = prepare(job_dir, s, cfg, n, a.noise_sigma)
         else:
             sha = update_sha(torch.load(job_dir / "inputs.pt", weights_only=True)["update"])
-        restarts = int(cfg["model"].get("restarts", 1))
+        restarts = int((cfg["model"].get("dummies") or {}).get("restarts", 1))
         b_steps = scaled(s["breaching_steps"] or cfg["trainer"]["max_steps"], a.steps)
         b_restarts = restarts if s.get("same_restarts") else None  # None: breaching's own (1 trial)
         bkey = (job_dir, s["breaching"], b_steps, b_restarts, tuple(s.get("breaching_overrides", ())))

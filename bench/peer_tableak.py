@@ -263,9 +263,12 @@ def main() -> None:
     import yaml
 
     cfg = yaml.safe_load(a.config.read_text())
-    settings = dict(cfg["model"])
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.fit import attack_arguments
+
+    settings = attack_arguments(cfg["model"], GradientInversion)  # its objects, as leakage fit builds them
     if a.ours_refine_steps is not None:
-        settings["refine_steps"] = a.ours_refine_steps
+        settings["budget"] = settings["budget"].replace(refine_steps=a.ours_refine_steps)
     ours_steps = a.ours_steps or cfg["trainer"]["max_steps"]
     data = dict(cfg["data"])
     source = data.get("source") if isinstance(data.get("source"), dict) else {}
@@ -276,8 +279,8 @@ def main() -> None:
             data.get("public_labels")) != ("BundledTable", "adult", True):
         fail(f"{a.config} must attack the bundled Adult records with public labels (data.source BundledTable, "
              "data.public_labels true)")
-    if settings.get("refine_steps", 0) >= ours_steps:
-        fail(f"our refine_steps ({settings['refine_steps']}) must be below our steps ({ours_steps}): "
+    if settings["budget"].refine_steps >= ours_steps:
+        fail(f"our refine_steps ({settings['budget'].refine_steps}) must be below our steps ({ours_steps}): "
              "--ours-refine-steps lowers it")
     code = checkout(a.tableak)
     python = tableak_python(a.venv.expanduser())
@@ -331,9 +334,9 @@ def print_table(B: int, rows: list[dict], a, ours_steps: int, settings: dict, da
         mean[who] = {k: sum(r[who][k] for r in rows) / n for k in rows[0][who]}
     for t in ("ours_wall", "ours_cpu", "tableak_wall", "tableak_cpu"):
         mean[t] = sum(r[t] for r in rows) / n
-    refine = settings.get("refine_steps", 0)
+    refine = settings["budget"].refine_steps
     print(f"\n### B = {B}: leakage ({a.config.name}: {ours_steps} steps"
-          f"{f', the last {refine} refining' if refine else ''}, {settings.get('restarts', 1)} restarts pooled, one-hot "
+          f"{f', the last {refine} refining' if refine else ''}, {settings['dummies'].restarts} restarts pooled, one-hot "
           f"columns {'standardised' if data['source']['init_args'].get('standardize_onehot') else 'plain'}) "
           f"against TabLeak's code ({theirs['commit'][:8]}, config 46: {a.steps} steps x {a.restarts} restarts, "
           f"median+softmax), labels known, one thread\n")

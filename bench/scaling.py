@@ -18,6 +18,7 @@ P, in its own child process (so peak memory is that P's alone):
 
 from __future__ import annotations
 
+from leakage.attacks.settings import Dummies, LBFGS, Objective
 import argparse
 import resource
 import sys
@@ -47,9 +48,7 @@ def measure(P: int, device: str, steps: int, warmup: int, compile: str, fixed_sh
     if P % victims:
         raise ValueError(f"P must be a multiple of 20 (or at most 20), got {P}")
     dm = VictimDataModule(Bundled("cifar10"), num_victims=victims)
-    module = GradientInversion(model="lenet", model_seed=1234, distance="l2", optimizer="lbfgs", lr=1.0,
-                               labels="joint", init="randn", restarts=P // victims, compile=compile,
-                               fixed_shape=fixed_shape)
+    module = GradientInversion(model="lenet", model_seed=1234, labels="joint", objective=Objective(distance="l2", compile=compile, fixed_shape=fixed_shape), optimizer=LBFGS(lr=1.0), dummies=Dummies(init="randn", restarts=P // victims))
     observation = dm.prepare(module.target)
     module.attach(observation)
     module.to(device)

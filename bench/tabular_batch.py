@@ -11,7 +11,7 @@ Each row: TabLeak's accuracy (overall, categorical, continuous), the wall time o
 machine than the wall time), for each attack; for pooled TabLeak also the entropy calibration: the
 accuracy of the cells in each quarter of the entropies (lowest first), per feature type; the settings are those of configs/adult_*.yaml.
 ``--refine-steps N`` gives TabLeak and the cosine baseline TabLeak's two-staged mode: the last N of
-the steps with the categorical features fixed to their argmax (``--model.refine_steps``).
+the steps with the categorical features fixed to their argmax (``--model.budget.refine_steps``).
 ``--standardize-onehot``: TabLeak's encoding, the one-hot columns standardised too
 (``--data.source.standardize_onehot``, as in ``configs/adult_tableak.yaml``); default plain one-hot, as in
 ``configs/adult_batch_sweep.yaml``.
@@ -20,6 +20,7 @@ the steps with the categorical features fixed to their argmax (``--model.refine_
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 
@@ -28,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from leakage.attacks.gradient_inversion import GradientInversion
+from leakage.attacks.settings import apply_options
 from leakage.data.datamodule import VictimDataModule, _Steps
 from leakage.data.sources import BundledTable
 
@@ -43,7 +45,8 @@ def timed_attack(dm: VictimDataModule, settings: dict, steps: int) -> tuple:
     """One attack of ``steps`` steps on ``dm``'s update, as ``leakage fit`` runs it without logging: the
     module, its results (the best iterate, decoded), and the wall and CPU time of the fit and the final
     evaluation."""
-    module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **settings)
+    arguments = apply_options({}, settings, inspect.signature(GradientInversion).parameters)  # settings by name too
+    module = GradientInversion(**{**arguments, "input_shape": dm.input_shape, "num_classes": dm.num_classes})
     module.attach(dm.prepare(module.target))
     trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0)

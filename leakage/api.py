@@ -35,6 +35,7 @@ from leakage.data.kinds import DataKind, ImageKind
 from leakage.federated.defenses import Defense, SecureAggregation
 from leakage.engine.errors import LIGHTNING_HINTS
 from leakage.attacks.family import Attack, attack_class
+from leakage.attacks.settings import Dummies, apply_options
 from leakage.federated.fedavg import FedAvg, FedAvgClient, client_updates
 from leakage.engine.models import check_weights, model_name
 from leakage.presets import preset
@@ -226,8 +227,13 @@ def invert(
         progress_bar: show Lightning's progress bar and start-up lines.
         trainer_options: further ``lightning.pytorch.Trainer`` arguments (not those ``invert`` sets:
             ``max_steps`` is ``steps``, ``enable_progress_bar`` is ``progress_bar``).
-        **options: any attack setting of ``leakage fit`` (``--model.*``: ``distance``, ``tv_weight``,
-            ``labels``, ``optimizer``, ``lr``, ``bn_weight``, ...), overriding the preset's.
+        **options: the attack's settings, overriding the preset's: an argument of the attack class
+            (``labels="bias_count"``; for an optimisation attack its objects, ``objective=Objective(...)``,
+            ``optimizer=Adam(lr=0.1)``, ``budget=Budget(...)``: :mod:`leakage.attacks.settings`), or one
+            setting of those objects by its name, which changes only that setting of the preset's
+            object (``tv_weight=0.01``, ``lr=0.1``, ``max_iter=5``, ``stop_relative=1e-8``;
+            ``optimizer="adam"``, ``"signed_adam"`` or ``"lbfgs"`` picks the optimizer class and keeps
+            its ``lr``).
     """
     chosen = preset(attack)
     if client_mode not in CLIENT_MODES:
@@ -259,8 +265,8 @@ def invert(
         server.model = target
     observation = Observation(grads, batch_size, tuple(input_shape), num_classes, tuple(data_range),
                               client_mode=client_mode, client=fedavg, kind=kind, server=server)
-    settings = {**chosen.settings, **options}
     cls = attack_class(chosen.attack)
+    settings = apply_options(chosen.settings, options, inspect.signature(cls).parameters)
     if known_labels is not None:
         observation.labels = _known_labels(known_labels, observation.num_victims, batch_size, num_classes)
         if cls.family != "optimisation":
@@ -273,7 +279,7 @@ def invert(
     elif settings.get("labels") == "known":
         raise ValueError("labels='known' needs the labels the server knows: pass known_labels=y")
     if cls.family == "optimisation":
-        settings.update(restarts=restarts, init_seed=seed)
+        settings["dummies"] = settings.get("dummies", Dummies()).replace(restarts=restarts, init_seed=seed)
     elif restarts != 1:
         raise ValueError(f"attack {attack!r} solves in closed form, one solution per update: use restarts=1")
     with _quiet_lightning(progress_bar):

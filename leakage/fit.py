@@ -18,7 +18,9 @@ size it cannot take) before the folder exists too.
 
 from __future__ import annotations
 
+import inspect
 import sys
+import typing
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Iterator
@@ -156,6 +158,73 @@ def check_moved_settings(args: list[str], moved: dict[str, str]) -> None:
                     raise ValueError(f"{value}: {section}.{key} has moved: {moved[f'{section}.{key}']}")
 
 
+def _subclasses(cls: type) -> list[type]:
+    """``cls``'s subclasses, those jsonargparse makes for a ``lazy_instance`` default left out."""
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))
+            if not hasattr(c, "lazy_get_init_data")]
+
+
+def object_choices(model_class: Any) -> dict[str, list[type]]:
+    """The attack's arguments that take one of several classes (``optimizer``: ``LBFGS``, ``Adam``,
+    ``SignedAdam``), ``{argument: its classes}``."""
+    try:
+        hints = typing.get_type_hints(model_class.__init__)
+    except Exception:  # an annotation that does not resolve here: jsonargparse reports it
+        return {}
+    return {name: classes for name, hint in hints.items()
+            if inspect.isclass(hint) and hint.__module__.startswith("leakage.") and (classes := _subclasses(hint))}
+
+
+def check_object_names(args: list[str], choices: dict[str, list[type]]) -> None:
+    """Refuse, in one line naming the classes, a value of an argument that takes a class that is no
+    class's name or import path (``--model.optimizer adam``, or ``optimizer: adam`` in a config's
+    ``model:``): jsonargparse would only say that it expects an import path."""
+
+    def check(name: str, value: Any, where: str) -> None:
+        classes = choices[name]
+        names = [c.__name__ for c in classes]
+        if not isinstance(value, str) or value.lstrip().startswith("{") or "." in value or value in names:
+            return  # a class by name or import path, or a mapping (class_path and init_args): the parser reads it
+        meant = next((c.__name__ for c in classes
+                      if c.__name__.lower() == value.replace("_", "").replace("-", "").lower()), None)
+        if meant is None:
+            raise ValueError(f"{where}: unknown {name}; choose one of {', '.join(names)} "
+                             f"(--model.{name} NAME)")
+        others = ", ".join(n for n in sorted(names) if n != meant)
+        raise ValueError(f"{where}: the {name} is a class now: --model.{name} {meant} (or {others})")
+
+    if not choices:
+        return
+    for i, a in enumerate(args):
+        key, eq, value = a[2:].partition("=") if a.startswith("--model.") else ("", "", "")
+        name = key[len("model."):]
+        if name in choices:
+            if not eq:
+                value = args[i + 1] if i + 1 < len(args) else None
+            check(name, value, f"--model.{name} {value!r}")
+    for path in _config_paths(args):
+        try:
+            data = yaml.safe_load(Path(path).read_text() if Path(path).is_file() else path)
+        except (OSError, ValueError, yaml.YAMLError):  # check_config_file says why it cannot be read
+            continue
+        block = data.get("model") if isinstance(data, dict) else None
+        for name in choices:
+            if isinstance(block, dict) and name in block:
+                check(name, block[name], f"{path}: model.{name} {block[name]!r}")
+
+
+def attack_arguments(section: dict, cls: Any) -> dict[str, Any]:
+    """The arguments of attack class ``cls`` that a config's ``model:`` section gives, its settings
+    objects built as ``leakage fit`` builds them (``optimizer:`` by ``class_path``, ``objective:`` as a
+    mapping); a setting the section leaves out is its default. Raises jsonargparse's error for a bad
+    section."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "model", instantiate=False, fail_untyped=False)
+    return dict(vars(parser.instantiate(parser.parse_object({"model": section})).model))
+
+
 def check_config_file(value: str) -> None:
     """Refuse a ``--config`` file that is a folder, unreadable, not YAML or not a mapping, naming it.
 
@@ -188,7 +257,9 @@ def _numbers(value: Any, key: str) -> Iterator[tuple[str, float | int]]:
         yield key, value
     elif isinstance(value, dict) or hasattr(value, "items"):
         for k, v in value.items():
-            yield from _numbers(v, f"{key}.{k}" if key else str(k))
+            # an object's settings are named as on the command line (model.optimizer.lr), without init_args
+            k = ".".join(part for part in str(k).split(".") if part != "init_args")
+            yield from _numbers(v, f"{key}.{k}" if key and k else key or k)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             yield from _numbers(v, f"{key}[{i}]")
@@ -302,6 +373,7 @@ class LeakageCLI(LightningCLI):
             # before the parser imports any class path: the trainer section names no user module
             check_trainer_class_paths(argv, _config_paths(argv))
             check_moved_settings(argv, moved_settings(self.datamodule_class, self.model_class))
+            check_object_names(argv, object_choices(self.model_class))
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:

@@ -2,7 +2,7 @@
 the preset configs under ``configs/`` (a test keeps the two equal).
 
 Each preset is an attack class (:data:`leakage.attacks.family.ATTACKS`), its settings (that class's
-arguments) and its step budget; the target model, the data and the number of restarts are the
+arguments: for the optimisation attack its objects, :mod:`leakage.attacks.settings`) and its step budget; the target model, the data and the number of restarts are the
 caller's.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from leakage.attacks.settings import LBFGS, Budget, Dummies, Objective, SignedAdam
 
 
 @dataclass(frozen=True)
@@ -25,21 +27,23 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "dlg": Preset(
-        {"distance": "l2", "optimizer": "lbfgs", "lr": 1.0, "labels": "joint", "init": "uniform",
-         "lbfgs_tolerance_change": 1e-7}, 100, "cifar_dlg",
+        {"objective": Objective(distance="l2"), "optimizer": LBFGS(lr=1.0, tolerance_change=1e-7), "labels": "joint",
+         "dummies": Dummies(init="uniform")}, 100, "cifar_dlg",
         "Deep Leakage from Gradients (Zhu et al., 2019): L-BFGS on the l2 gradient distance, soft labels optimized "
         "with the images, from a uniform start in the data range (configs/cifar_dlg.yaml adds 4 restarts)"),
     "idlg": Preset(
-        {"distance": "l2", "optimizer": "lbfgs", "lr": 1.0, "labels": "idlg", "init": "randn"}, 300, "cifar_idlg",
+        {"objective": Objective(distance="l2"), "optimizer": LBFGS(lr=1.0), "labels": "idlg",
+         "dummies": Dummies(init="randn")}, 300, "cifar_idlg",
         "iDLG (Zhao et al., 2020): the label from the last layer's gradient, then DLG's L-BFGS on the images"),
     "inverting_gradients": Preset(
-        {"distance": "cosine", "tv_weight": 0.001, "optimizer": "signed_adam", "lr": 0.01, "lr_decay": True,
-         "labels": "idlg", "init": "randn", "box_constraint": True}, 4000, "cifar_cosine",
+        {"objective": Objective(distance="cosine", tv_weight=0.001), "optimizer": SignedAdam(lr=0.01, lr_decay=True),
+         "labels": "idlg", "dummies": Dummies(init="randn", box_constraint=True)}, 4000, "cifar_cosine",
         "Inverting Gradients (Geiping et al., 2020): cosine distance + total variation, signed Adam with step decay, "
         "images kept in the data range"),
     "fast": Preset(
-        {"distance": "l2", "optimizer": "lbfgs", "lr": 1.0, "labels": "idlg", "init": "constant",
-         "stop_relative": 1e-8, "stall_steps": 20, "stall_improvement": 0.3}, 300, "cifar_fast",
+        {"objective": Objective(distance="l2"), "optimizer": LBFGS(lr=1.0), "labels": "idlg",
+         "dummies": Dummies(init="constant"), "budget": Budget(stop_relative=1e-8, stall_steps=20, stall_improvement=0.3)},
+        300, "cifar_fast",
         "the recommended fast preset: iDLG labels, L-BFGS from a constant grey start in the data range, each "
         "problem stopped once its loss has converged (1e-8 of its observation's scale) or stalls (300 steps at most)"),
     "analytic": Preset(

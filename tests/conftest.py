@@ -6,6 +6,7 @@ a busy core and costs more than it gives); every output goes under pytest's tmp_
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from pathlib import Path
@@ -157,6 +158,15 @@ def mlp_mnist():
     from leakage.engine.models import build_model
 
     return build_model("mlp", (1, 28, 28), 10)
+
+
+def gradient_inversion(**options):
+    """A :class:`GradientInversion` from its arguments and, by name, its objects' settings (``lr=0.5``,
+    ``max_iter=5``, ``restarts=3``), as ``leakage.invert`` takes them (:func:`leakage.attacks.settings.apply_options`)."""
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.attacks.settings import apply_options
+
+    return GradientInversion(**apply_options({}, options, inspect.signature(GradientInversion).parameters))
 
 
 def quiet_trainer(max_steps: int, callbacks=(), root: Path | None = None, logger=False):

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 import leakage.attacks.gradient_inversion
+from leakage.attacks.settings import LBFGS, Adam, Budget, Dummies, Objective
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.reporting.callbacks import LeakageReport
 from leakage.federated.client import save_gradients
 from leakage.data.datamodule import VictimDataModule
 from leakage.engine.optim import BatchedLBFGS
 
-from conftest import assert_same_outcome, assert_same_update, quiet_trainer
+from conftest import assert_same_outcome, assert_same_update, gradient_inversion, quiet_trainer
 from leakage.data.sources import Bundled, CapturedGradients
 
 
@@ -44,7 +45,7 @@ class PointRecorder(pl.Callback):
 
 
 def attack(tmp_path, dm, steps, save=False, callbacks=(), **hparams):
-    module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **hparams)
+    module = gradient_inversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **hparams)
     report = LeakageReport(save_artifacts=save)
     trainer = quiet_trainer(steps, [report, *callbacks], root=tmp_path)
     trainer.fit(module, datamodule=dm)
@@ -75,7 +76,7 @@ def test_joint_labels_with_restarts_keep_the_best(tmp_path):
     dm = VictimDataModule(Bundled("mnist"), indices=[0, 1])
     rec = PointRecorder()
     module, report, _ = attack(
-        tmp_path, dm, 3, model="mlp", labels="joint", restarts=3, init="uniform", lbfgs_max_iter=10, callbacks=[rec]
+        tmp_path, dm, 3, model="mlp", labels="joint", restarts=3, init="uniform", max_iter=10, callbacks=[rec]
     )
     assert module.num_problems == 6
     final = module.final_evaluation()["loss"].view(2, 3)
@@ -175,7 +176,7 @@ def test_a_victim_that_goes_nan_mid_attack_is_reported_failed(tmp_path):
 def test_victim_with_overflowing_gradient_fails_alone(tmp_path, mlp_mnist):
     """A captured update so large that the l2 distance overflows fails; the other is unaffected."""
     dm = VictimDataModule(Bundled("mnist"), indices=[0, 1])
-    module = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", init="constant")
+    module = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", dummies=Dummies(init="constant"))
     obs = dm.prepare(module.target)
     clean = {k: v.clone() for k, v in obs.gradients.items()}
     for v in obs.gradients.values():
@@ -188,7 +189,7 @@ def test_victim_with_overflowing_gradient_fails_alone(tmp_path, mlp_mnist):
 
     # and victim 0 ends where it ends without the broken neighbour
     dm0 = VictimDataModule(Bundled("mnist"), indices=[0])
-    solo = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", init="constant")
+    solo = GradientInversion(model="mlp", input_shape=(1, 28, 28), num_classes=10, labels="idlg", dummies=Dummies(init="constant"))
     dm0.prepare(solo.target)
     # computed alone or beside another victim: the same update to float32 rounding (not bit for bit:
     # floating point promises no more across batch sizes or library versions)
@@ -205,7 +206,7 @@ def test_attack_source_never_mentions_the_secret():
 
 
 def test_attack_on_captured_gradients_without_victim_data(tmp_path):
-    kw = dict(model="lenet", labels="idlg", lbfgs_max_iter=5)
+    kw = dict(model="lenet", labels="idlg", max_iter=5)
     # the client side: compute and save the shared updates
     bundled = VictimDataModule(Bundled("mnist"), indices=[2, 3])
     ref_module, ref_report, _ = attack(tmp_path / "a", bundled, 2, **kw)
@@ -231,11 +232,11 @@ def test_attack_on_captured_gradients_without_victim_data(tmp_path):
 
 def test_the_secret_has_no_influence_on_the_attack(tmp_path):
     """The same observation with and without the victims' images: the same dummies, step for step."""
-    kw = dict(model="lenet", labels="idlg", lbfgs_max_iter=5)
+    kw = dict(model="lenet", labels="idlg", max_iter=5)
     seen = VictimDataModule(Bundled("mnist"), indices=[2, 3])
     ref_module, ref_report, _ = attack(tmp_path / "a", seen, 2, **kw)
     blind = VictimDataModule(Bundled("mnist"), indices=[2, 3])
-    blind.prepare(GradientInversion(input_shape=blind.input_shape, num_classes=10, **kw).target)
+    blind.prepare(gradient_inversion(input_shape=blind.input_shape, num_classes=10, **kw).target)
     blind.secret = None  # the attacker's view: the observation alone
     module, report, _ = attack(tmp_path / "b", blind, 2, **kw)
     assert torch.equal(module.dummy_data, ref_module.dummy_data)
@@ -245,21 +246,36 @@ def test_the_secret_has_no_influence_on_the_attack(tmp_path):
 
 # ------------------------------------------------------------------------------ bad settings
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(distance="l1"), "unknown distance 'l1'; choose one of l2, cosine"),
-        (dict(optimizer="sgd"), "unknown optimizer 'sgd'; choose one of lbfgs, adam, signed_adam"),
-        (dict(labels="oracle"), "unknown label strategy 'oracle'; choose one of joint, idlg"),
-        (dict(init="zeros"), "unknown init 'zeros'"),
-        (dict(restarts=0), "restarts must be >= 1"),
-        (dict(lr=0.0), "lr must be > 0"),
-        (dict(lbfgs_tolerance_change=-1.0), "lbfgs_tolerance_grad and lbfgs_tolerance_change must be >= 0"),
-        (dict(model="vgg"), "unknown model 'vgg'"),
+    "make, message",
+    [  # each settings object refuses its own bad settings
+        (lambda: Objective(distance="l1"), "unknown distance 'l1'; choose one of l2, cosine"),
+        (lambda: Objective(tv_weight=-0.1), "tv_weight must be >= 0 (0: off), got -0.1"),
+        (lambda: Objective(problems_per_chunk=0), "problems_per_chunk must be >= 1, got 0"),
+        (lambda: Dummies(init="zeros"), "unknown init 'zeros'; choose one of randn, uniform, constant"),
+        (lambda: Dummies(restarts=0), "restarts must be >= 1, got 0"),
+        (lambda: Dummies(ensemble="vote"), "unknown ensemble 'vote'; choose one of best, pool"),
+        (lambda: Adam(lr=0.0), "lr must be > 0, got 0.0"),
+        (lambda: LBFGS(tolerance_change=-1.0), "tolerance_change must be >= 0, got -1.0"),
+        (lambda: LBFGS(history_size=0), "history_size must be >= 1, got 0"),
+        (lambda: Budget(refine_steps=-1), "refine_steps must be >= 0 (0: off), got -1"),
+        (lambda: Budget(refine_steps=5).check(5), "refine_steps (5) must be below --trainer.max_steps (5)"),
+        # the attack refuses its own arguments and a combination of objects that cannot run
+        (lambda: GradientInversion(labels="oracle"), "unknown label strategy 'oracle'; choose one of joint, idlg"),
+        (lambda: GradientInversion(model="vgg"), "unknown model 'vgg'"),
+        (lambda: GradientInversion(optimizer="lbfgs"),
+         "optimizer must be a leakage.attacks.settings.Optimizer, got str"),
+        (lambda: GradientInversion(optimizer=LBFGS(), budget=Budget(refine_steps=3)),
+         "budget.refine_steps needs optimizer Adam or SignedAdam"),
+        # settings by name (the Python API's options)
+        (lambda: gradient_inversion(optimizer="sgd"), "unknown optimizer 'sgd'; choose one of lbfgs, adam, signed_adam"),
+        (lambda: gradient_inversion(optimizer="adam", max_iter=3),
+         "unknown attack option 'max_iter' (with optimizer 'adam'); the settings are: "),
     ],
 )
-def test_bad_hyperparameters(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        GradientInversion(**kwargs)
+def test_bad_hyperparameters(make, message):
+    with pytest.raises(ValueError) as err:
+        make()
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
 
 
 def test_idlg_needs_batch_size_one(tmp_path):
@@ -288,8 +304,8 @@ def test_missing_step_budget(tmp_path):
 
 def test_batched_lbfgs_is_configured_from_hparams(tmp_path):
     dm = VictimDataModule(Bundled("mnist"))
-    module, _, trainer = attack(tmp_path, dm, 1, model="mlp", lr=0.5, lbfgs_max_iter=7, lbfgs_history_size=3,
-                                lbfgs_tolerance_grad=1e-12, lbfgs_tolerance_change=0.0)
+    module, _, trainer = attack(tmp_path, dm, 1, model="mlp", lr=0.5, max_iter=7, history_size=3,
+                                tolerance_grad=1e-12, tolerance_change=0.0)
     opt = trainer.optimizers[0]
     assert isinstance(opt, BatchedLBFGS)
     group = opt.param_groups[0]
@@ -304,7 +320,7 @@ def test_chunked_evaluation_gives_the_same_losses_and_gradients(labels):
     dm = VictimDataModule(Bundled("mnist"), num_victims=3)
     results = []
     for chunk in (None, 2):
-        module = GradientInversion(input_shape=dm.input_shape, labels=labels, restarts=2, problems_per_chunk=chunk)
+        module = GradientInversion(input_shape=dm.input_shape, labels=labels, objective=Objective(problems_per_chunk=chunk), dummies=Dummies(restarts=2))
         module.attach(dm.prepare(module.target))
         subset = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool)  # problem 2 is not evaluated
         losses = module.matching_loss(subset=subset)
@@ -325,8 +341,7 @@ def test_chunks_of_consecutive_problems_give_the_losses_and_gradients_of_one_eva
     dm = VictimDataModule(Bundled("mnist"), num_victims=2)
     results = []
     for chunk in (None, 1):
-        module = GradientInversion(input_shape=dm.input_shape, labels="idlg", restarts=2, problems_per_chunk=chunk,
-                                   distance="cosine", tv_weight=1e-3)
+        module = GradientInversion(input_shape=dm.input_shape, labels="idlg", objective=Objective(problems_per_chunk=chunk, distance="cosine", tv_weight=1e-3), dummies=Dummies(restarts=2))
         module.attach(dm.prepare(module.target))
         assert module._chunks(4, None, 3) == [slice(0, 3), slice(3, 4)]
         losses = module.matching_loss()
@@ -344,8 +359,8 @@ def test_large_models_evaluate_one_problem_at_a_time_on_the_cpu():
     big = GradientInversion(model="resnet18")  # 11.2M parameters
     assert sum(p.numel() for p in big.target.parameters()) >= leakage.attacks.gradient_inversion.SERIAL_PARAMETERS
     assert big.problems_at_once() == 1 and big.problems_at_once(torch.device("cuda")) is None
-    assert GradientInversion(model="resnet18", problems_per_chunk=3).problems_at_once() == 3
-    assert GradientInversion(model="resnet18", compile="on").problems_at_once() is None
+    assert GradientInversion(model="resnet18", objective=Objective(problems_per_chunk=3)).problems_at_once() == 3
+    assert GradientInversion(model="resnet18", objective=Objective(compile="on")).problems_at_once() is None
     assert GradientInversion(model="lenet").problems_at_once() is None  # small: batched with vmap
 
 
@@ -359,7 +374,7 @@ def test_freed_memory_is_kept_in_the_process_on_linux():
 
 def test_final_evaluation_gives_each_distance_as_its_own_evaluation_would():
     dm = VictimDataModule(Bundled("mnist"), num_victims=2)
-    module = GradientInversion(input_shape=dm.input_shape, labels="joint", distance="l2", tv_weight=1e-2)
+    module = GradientInversion(input_shape=dm.input_shape, labels="joint", objective=Objective(distance="l2", tv_weight=1e-2))
     module.attach(dm.prepare(module.target))
     final = module.final_evaluation()
     x, labels = module._reported()
@@ -370,27 +385,26 @@ def test_final_evaluation_gives_each_distance_as_its_own_evaluation_would():
 
 def test_chunked_attack_follows_the_unchunked_one(tmp_path):
     dm = VictimDataModule(Bundled("mnist"), num_victims=3)
-    runs = [attack(tmp_path / str(c), dm, 4, labels="idlg", restarts=1, problems_per_chunk=c, lbfgs_max_iter=5)[1]
+    runs = [attack(tmp_path / str(c), dm, 4, labels="idlg", restarts=1, problems_per_chunk=c, max_iter=5)[1]
             for c in (None, 1)]
     assert_same_outcome(runs[0].rows, runs[1].rows)
 
 
 def test_problems_per_chunk_must_be_positive():
     with pytest.raises(ValueError, match="problems_per_chunk"):
-        GradientInversion(problems_per_chunk=0)
+        GradientInversion(objective=Objective(problems_per_chunk=0))
 
 
 # ------------------------------------------------------------------------ group consistency
 def test_group_consistency_needs_restarts():
-    with pytest.raises(ValueError, match="needs restarts >= 2"):
-        GradientInversion(group_weight=0.1, restarts=1)
+    with pytest.raises(ValueError, match=r"needs dummies.restarts >= 2"):
+        GradientInversion(objective=Objective(group_weight=0.1), dummies=Dummies(restarts=1))
 
 
 def test_consensus_aligns_restarts_by_label_before_averaging():
     # two victims' updates (batches of 3 MNIST digits, labels with a repeat), 3 restarts each
     dm = VictimDataModule(Bundled("mnist"), num_victims=2, batch_size=3)
-    module = GradientInversion(model="mlp", input_shape=dm.input_shape, num_classes=10, labels="bias_count",
-                               restarts=3, group_weight=1.0)
+    module = GradientInversion(model="mlp", input_shape=dm.input_shape, num_classes=10, labels="bias_count", objective=Objective(group_weight=1.0), dummies=Dummies(restarts=3))
     module.attach(dm.prepare(module.target))
     labels = module.recovered_labels().view(2, 3, 3)
     assert torch.equal(labels[:, 0], labels[:, 1])  # restored labels are the same for every restart

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import leakage
+from leakage.attacks.settings import Dummies
 from leakage.cli import main
 from leakage.data.datamodule import VictimDataModule
 from leakage.attacks.labels import restore_batch_labels
@@ -121,7 +122,7 @@ def test_batch_attack_recovers_two_images_with_restored_labels(tmp_path):
     from leakage.reporting.callbacks import LeakageReport
 
     dm = VictimDataModule(Bundled("mnist"), indices=[0, 1], batch_size=2)
-    module = GradientInversion(model="mlp", input_shape=dm.input_shape, labels="bias_count", init="uniform")
+    module = GradientInversion(model="mlp", input_shape=dm.input_shape, labels="bias_count", dummies=Dummies(init="uniform"))
     report = LeakageReport(save_artifacts=False)
     quiet_trainer(40, [report], root=tmp_path).fit(module, datamodule=dm)
     (row,) = report.rows

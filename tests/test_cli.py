@@ -41,7 +41,7 @@ def cifar_run(tmp_path_factory):
         "--config", str(CONFIGS / "cifar_dlg.yaml"),
         "--trainer.max_steps", "3",
         "--data.indices", "[0,3]",
-        "--model.lbfgs_max_iter", "2",
+        "--model.optimizer.max_iter", "2",
         "--trainer.log_every_n_steps", "1",
         "--report.log_every_n_steps", "1",
         "--report.image_every_n_steps", "2",
@@ -98,8 +98,9 @@ def test_cli_saved_config_holds_the_overrides(cifar_run):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["trainer"]["max_steps"] == 3
     assert cfg["data"]["indices"] == [0, 3]
-    assert cfg["model"]["lbfgs_max_iter"] == 2
-    assert cfg["model"]["labels"] == "joint" and cfg["model"]["optimizer"] == "lbfgs"  # from the yaml
+    assert cfg["model"]["optimizer"]["class_path"] == "leakage.attacks.settings.LBFGS"  # from the yaml
+    assert cfg["model"]["optimizer"]["init_args"]["max_iter"] == 2
+    assert cfg["model"]["labels"] == "joint"
     assert cfg["trainer"]["logger"]["init_args"]["save_dir"] == str(save_dir)
 
 
@@ -168,7 +169,7 @@ def test_console_script_end_to_end(tmp_path):
             "--data.num_victims", "2",
             "--model.model", "mlp",
             "--model.labels", "idlg",
-            "--model.init", "constant",
+            "--model.dummies.init", "constant",
         )],
         cwd=REPO, capture_output=True, text=True, timeout=180,
     )
@@ -203,11 +204,12 @@ def test_console_script_bad_input(tmp_path):
 def test_console_script_parser_error_is_one_line(tmp_path):
     """From the console LightningCLI reads sys.argv itself: its parser errors are one line too."""
     proc = subprocess.run(
-        [_leakage_exe(), *cli_args(tmp_path, "--model.distance", "manhattan")],
+        [_leakage_exe(), *cli_args(tmp_path, "--model.objective.distance", "manhattan")],
         cwd=tmp_path, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 2
-    assert proc.stderr == "leakage: error: model.distance: 'manhattan' is not one of l2, cosine\n"
+    assert proc.stderr == ("leakage: error: model.objective: leakage.attacks.settings.Objective: distance: 'manhattan' "
+                           "is not one of l2, cosine\n")
     assert run_dirs(tmp_path) == []
 
 
@@ -326,3 +328,64 @@ def test_one_class_help_lists_only_its_settings(capsys, section, name, shows, hi
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert shows in out and hides not in out, out
+
+
+def test_an_optimizer_class_and_its_settings_from_the_command_line(tmp_path):
+    """`--model.optimizer Adam --model.optimizer.lr 0.1` over a config's L-BFGS (with L-BFGS settings):
+    the attack runs Adam at that lr; the saved config and the flat hparams record say so."""
+    import torch
+
+    from leakage.attacks.settings import Adam, Objective
+
+    from conftest import fit_in_process
+
+    cli = fit_in_process(tmp_path, "cifar_dlg.yaml", "--model.optimizer", "Adam", "--model.optimizer.lr", "0.1",
+                         "--model.objective.tv_weight", "0.01", "--trainer.max_steps", "2", "--data.num_victims", "1")
+    assert cli.model.optimizer == Adam(lr=0.1)
+    assert cli.model.objective == Objective(distance="l2", tv_weight=0.01)
+    opt = cli.trainer.optimizers[0]
+    assert type(opt) is torch.optim.Adam and opt.param_groups[0]["lr"] == 0.1
+    assert cli.model.hparams["optimizer"] == "adam" and cli.model.hparams["lr"] == 0.1
+    assert "max_iter" not in cli.model.hparams  # only the chosen optimizer's settings
+    run = run_dirs(tmp_path)[0]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["optimizer"] == {"class_path": "leakage.attacks.settings.Adam",
+                                         "init_args": {"lr": 0.1, "lr_decay": False}}
+
+
+@pytest.mark.parametrize(
+    "key, value, place",
+    [
+        ("model.lbfgs_history_size", "3", "--model.optimizer LBFGS --model.optimizer.history_size N"),
+        ("model.restarts", "2", "--model.dummies.restarts (in a config: model.dummies.restarts)"),
+        ("model.distance", "cosine", "--model.objective.distance (in a config: model.objective.distance)"),
+        ("model.refine_steps", "20", "--model.budget.refine_steps (in a config: model.budget.refine_steps)"),
+        ("model.lr", "0.1", "--model.optimizer LBFGS|Adam|SignedAdam --model.optimizer.lr X"),
+    ],
+)
+def test_a_removed_attack_setting_is_refused_naming_its_new_place(capsys, tmp_path, key, value, place):
+    from conftest import cli_error
+
+    for args in ([f"--{key}", value], [f"--{key}={value}"]):
+        line = cli_error(capsys, cli_args(tmp_path, *args))
+        assert line.startswith(f"leakage: error: {key} has moved: {place}"), line
+    config = tmp_path / "old.yaml"
+    name = key.split(".", 1)[1]
+    config.write_text(f"model:\n  {name}: {value}\n")
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(config)))
+    assert line.startswith(f"leakage: error: {config}: {key} has moved: {place}"), line
+    assert run_dirs(tmp_path) == []
+
+
+def test_an_optimizer_by_class_name_import_path_or_mapping_is_left_to_the_parser():
+    from leakage.attacks.gradient_inversion import GradientInversion
+    from leakage.fit import check_object_names, object_choices
+
+    choices = object_choices(GradientInversion)
+    assert sorted(c.__name__ for c in choices["optimizer"]) == ["Adam", "LBFGS", "SignedAdam"]
+    for value in ("Adam", "leakage.attacks.settings.SignedAdam", '{"class_path": "Adam", "init_args": {"lr": 0.1}}'):
+        check_object_names(["--model.optimizer", value], choices)
+        check_object_names([f"--model.optimizer={value}"], choices)
+    with pytest.raises(ValueError, match=r"^--model.optimizer 'lbfgs': the optimizer is a class now: "
+                                         r"--model.optimizer LBFGS \(or Adam, SignedAdam\)$"):
+        check_object_names(["--model.optimizer", "lbfgs"], choices)

@@ -34,9 +34,9 @@ def fit_run(tmp_path_factory):
     defense.write_text("trainer:\n  callbacks:\n    - class_path: leakage.federated.defenses.NormClip\n"
                        "      init_args: {max_norm: 1000.0}\n")
     args = cli_args(save_dir, "--config", str(CONFIGS / "cifar_fast.yaml"), "--config", str(defense),
-                    "--data.source.dataset", "mnist", "--data.num_victims", "3", "--model.lbfgs_max_iter", "2",
-                    "--trainer.max_steps", str(STEPS), "--model.stall_steps", "0", "--model.stall_improvement", "0",
-                    "--model.stop_relative", "0")
+                    "--data.source.dataset", "mnist", "--data.num_victims", "3", "--model.optimizer.max_iter", "2",
+                    "--trainer.max_steps", str(STEPS), "--model.budget.stall_steps", "0", "--model.budget.stall_improvement", "0",
+                    "--model.budget.stop_relative", "0")
     with contextlib.redirect_stdout(io.StringIO()):
         main(args)
     (run,) = run_dirs(save_dir)

@@ -183,7 +183,7 @@ def test_defenses_compose_in_a_cli_run(tmp_path, capsys):
     )
     logs = tmp_path / "logs"
     main(["fit", "--config", str(CONFIGS / "cifar_dlg.yaml"), "--config", str(cfg),
-          "--trainer.max_steps", "2", "--model.lbfgs_max_iter", "2", "--data.num_victims", "4",
+          "--trainer.max_steps", "2", "--model.optimizer.max_iter", "2", "--data.num_victims", "4",
           "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(logs)])
     (run,) = run_dirs(logs)
     report = json.loads((run / "metrics.json").read_text())
@@ -219,8 +219,8 @@ def test_bad_defense_setting_in_a_fit_config_is_one_clear_line(tmp_path, capsys)
 @pytest.mark.parametrize(
     "init_args, expected",
     [
-        ("{sigma: .nan}", "trainer.callbacks[0].init_args.sigma must be a finite number, got nan"),
-        ("{sigma: .inf}", "trainer.callbacks[0].init_args.sigma must be a finite number, got inf"),
+        ("{sigma: .nan}", "trainer.callbacks[0].sigma must be a finite number, got nan"),
+        ("{sigma: .inf}", "trainer.callbacks[0].sigma must be a finite number, got inf"),
         ("{sigma: -1.0}", "noise sigma must be a finite number >= 0, got -1.0"),
     ],
 )
@@ -242,8 +242,8 @@ def test_non_finite_noise_in_a_fit_config_is_one_clear_line(tmp_path, capsys, in
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--trainer.callbacks.sigma", ".nan"], "trainer.callbacks[0].init_args.sigma must be a finite number, got nan"),
-        (["--trainer.callbacks.sigma", ".inf"], "trainer.callbacks[0].init_args.sigma must be a finite number, got inf"),
+        (["--trainer.callbacks.sigma", ".nan"], "trainer.callbacks[0].sigma must be a finite number, got nan"),
+        (["--trainer.callbacks.sigma", ".inf"], "trainer.callbacks[0].sigma must be a finite number, got inf"),
         (["--trainer.callbacks.sigma", "0.1", "--trainer.callbacks.seed", "1.5"],
          "trainer.callbacks: leakage.federated.defenses.GaussianNoise: seed: expected an int, got '1.5'"),
     ],

@@ -183,7 +183,7 @@ def test_a_rank_without_victims_and_secure_aggregation_before_sharding(tmp_path)
 SWEEP = """\
 seed_everything: 0
 trainer: {max_steps: 2}
-model: {model: lenet, labels: idlg, init: uniform, lbfgs_max_iter: 2}
+model: {model: lenet, labels: idlg, dummies: {init: uniform}, optimizer: {class_path: LBFGS, init_args: {max_iter: 2}}}
 data: {source: {class_path: leakage.data.sources.Bundled, init_args: {dataset: mnist}}, num_victims: 3, batch_size: 1}
 sweep:
   success_ssim: 0.3

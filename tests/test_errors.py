@@ -34,9 +34,9 @@ def _err(capsys, tmp_path, *args):
         (["--data.indices", "[0,1,2]", "--data.batch_size", "2"], "3 indices do not split into victims of batch_size 2"),
         (["--data.source.dataset", "cifar100"], "the package bundles cifar10 and mnist images only"),
         (["--data.source", "CapturedGradients"], "data.source: leakage.data.sources.CapturedGradients: gradient_file must be given"),
-        (["--model.restarts", "0"], "restarts must be >= 1"),
-        (["--model.lr", "-1"], "lr must be > 0"),
-        (["--model.stall_steps", "-1"], "stall_steps must be an integer >= 0 (0: off), got -1"),
+        (["--model.dummies.restarts", "0"], "restarts must be >= 1"),
+        (["--model.optimizer.lr", "-1"], "lr must be > 0"),
+        (["--model.budget.stall_steps", "-1"], "stall_steps must be an integer >= 0 (0: off), got -1"),
     ],
 )
 def test_bad_settings_fail_before_the_run(capsys, tmp_path, args, expected):
@@ -53,16 +53,42 @@ def test_an_unknown_source_class_is_one_line_naming_it(capsys, tmp_path):
 @pytest.mark.parametrize(
     "key, value, allowed",
     [
-        ("model.distance", "manhattan", "l2"),
-        ("model.optimizer", "sgd", "lbfgs"),
         ("model.labels", "oracle", "idlg"),
-        ("model.init", "zeros", "randn"),
+        # a setting of an object: named with the object's class
+        ("model.objective.distance", "manhattan", "l2"),
+        ("model.dummies.init", "zeros", "randn"),
     ],
 )
 def test_unknown_choice_is_rejected_by_the_parser(capsys, tmp_path, key, value, allowed):
     line = _sole_line(capsys, tmp_path, f"--{key}", value)
+    section, _, name = key.rpartition(".")
+    if section in ("model.objective", "model.dummies"):
+        cls = {"model.objective": "Objective", "model.dummies": "Dummies"}[section]
+        key = f"{section}: leakage.attacks.settings.{cls}: {name}"
     assert line.startswith(f"leakage: error: {key}: '{value}' is not one of ")
     assert allowed in line.split("is not one of ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model.optimizer", "adam"], "model.optimizer 'adam': the optimizer is a class now: "
+                                        "--model.optimizer Adam (or LBFGS, SignedAdam)"),
+        (["--model.optimizer=signed_adam"], "model.optimizer 'signed_adam': the optimizer is a class now: "
+                                            "--model.optimizer SignedAdam (or Adam, LBFGS)"),
+        (["--model.optimizer", "sgd"], "model.optimizer 'sgd': unknown optimizer; choose one of "),
+    ],
+)
+def test_an_optimizer_by_its_old_name_is_refused_naming_its_class(capsys, tmp_path, args, expected):
+    assert _sole_line(capsys, tmp_path, *args).startswith(f"leakage: error: {expected}")
+
+
+def test_an_optimizer_by_its_old_name_in_a_config_is_refused(capsys, tmp_path):
+    config = tmp_path / "old.yaml"
+    config.write_text("model:\n  optimizer: lbfgs\n")
+    assert _sole_line(capsys, tmp_path, "--config", str(config)) == (
+        f"leakage: error: {config}: model.optimizer 'lbfgs': the optimizer is a class now: "
+        "--model.optimizer LBFGS (or Adam, SignedAdam)")
 
 
 def _sole_line(capsys, tmp_path, *args):
@@ -82,8 +108,9 @@ def _sole_line(capsys, tmp_path, *args):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--model.lrr", "0.1"],
-         "unknown option --model.lrr (did you mean --model.lr? `leakage fit --help` lists every option)"),
+        (["--model.labelz", "idlg"],
+         "unknown option --model.labelz (did you mean --model.labels? `leakage fit --help` lists every option)"),
+        (["--model.optimizer.lrr", "0.1"], "model.optimizer: leakage.attacks.settings.LBFGS: no option 'lrr'"),
         (["--model.no_such_option", "1"], "unknown option --model.no_such_option (`leakage fit --help` lists every option)"),
         (["--data.batch_size", "two"], "data.batch_size: expected an int, got 'two'"),
         (["--data.indices", "[0,a]"], "data.indices: expected an int, got 'a'"),
@@ -161,9 +188,9 @@ def test_no_command_prints_a_short_usage(capsys):
 def test_option_before_the_command(capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        main(["--model.lr", "1", "fit"])
+        main(["--model.optimizer.lr", "1", "fit"])
     assert exc.value.code == 2
-    assert capsys.readouterr().err == "leakage: error: start with a command: `leakage fit --model.lr ...` or `leakage sweep ...`\n"
+    assert capsys.readouterr().err == "leakage: error: start with a command: `leakage fit --model.optimizer.lr ...` or `leakage sweep ...`\n"
 
 
 def test_top_level_help_lists_fit_and_sweep(capsys):
@@ -183,9 +210,34 @@ def test_fit_help_still_prints_the_full_documentation(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: leakage [options] fit ")
     assert "Run one gradient-inversion attack" in out
-    for option in ("--model.distance {l2,cosine}", "--data.source", "--trainer.max_steps", "--report.success_ssim"):
+    for option in ("--model.objective OBJECTIVE", "--model.optimizer.help", "--data.source", "--trainer.max_steps",
+                   "--report.success_ssim"):
         assert option in out, option
     assert len(out.splitlines()) > 300
+
+
+@pytest.mark.parametrize(
+    "args, present, absent",
+    [
+        (["--model.optimizer.help", "Adam"], ["--model.optimizer.lr LR", "--model.optimizer.lr_decay"],
+         ["history_size"]),
+        (["--model.optimizer.help", "LBFGS"], ["--model.optimizer.history_size", "--model.optimizer.early_exit"],
+         ["lr_decay"]),
+        (["--model.objective.help", "Objective"], ["--model.objective.distance {l2,cosine}",
+                                                   "--model.objective.tv_weight"], ["--model.objective.restarts"]),
+        (["--model.budget.help", "Budget"], ["--model.budget.refine_steps"], ["distance"]),
+    ],
+)
+def test_one_settings_class_help(capsys, args, present, absent):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *args])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for text in present:
+        assert text in out, text
+    for text in absent:
+        assert text not in out, text
 
 
 @pytest.mark.parametrize("dataset, shipped, index", [("cifar10", 20, 25), ("mnist", 1000, 1000)])
@@ -217,11 +269,11 @@ def test_missing_step_budget(capsys, tmp_path, steps):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--model.lr", ".nan"], "model.lr must be a finite number, got nan"),
-        (["--model.tv_weight", ".inf"], "model.tv_weight must be a finite number, got inf"),
+        (["--model.optimizer.lr", ".nan"], "model.optimizer.lr must be a finite number, got nan"),
+        (["--model.objective.tv_weight", ".inf"], "model.objective.tv_weight must be a finite number, got inf"),
         (["--report.success_ssim", ".nan"], "report.success_ssim must be a finite number, got nan"),
         (["--trainer.callbacks+=leakage.federated.defenses.TopK", "--trainer.callbacks.keep_ratio=-.inf"],
-         "trainer.callbacks[0].init_args.keep_ratio must be a finite number, got -inf"),
+         "trainer.callbacks[0].keep_ratio must be a finite number, got -inf"),
     ],
 )
 def test_non_finite_settings(capsys, tmp_path, args, expected):
@@ -479,16 +531,16 @@ _MLP = ("--data.source.dataset", "mnist", "--model.model", "mlp", "--trainer.max
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--model.lr", "1e39"], "model.lr must fit in float32 (|model.lr| <= 3.403e+38), got 1e+39"),
-        (["--model.tv_weight=-1e39"], "model.tv_weight must fit in float32 (|model.tv_weight| <= 3.403e+38), got -1e+39"),
-        (["--model.lbfgs_history_size", "0"], "lbfgs_history_size must be >= 1, got 0"),
-        (["--model.lbfgs_max_iter", "0"], "lbfgs_max_iter must be >= 1, got 0"),
+        (["--model.optimizer.lr", "1e39"], "model.optimizer.lr must fit in float32 (|model.optimizer.lr| <= 3.403e+38), got 1e+39"),
+        (["--model.objective.tv_weight=-1e39"], "model.objective.tv_weight must fit in float32 (|model.objective.tv_weight| <= 3.403e+38), got -1e+39"),
+        (["--model.optimizer.history_size", "0"], "history_size must be >= 1, got 0"),
+        (["--model.optimizer.max_iter", "0"], "max_iter must be >= 1, got 0"),
         (["--model.model_seed", "18446744073709551616"],
          "model.model_seed must be an integer in [0, 2**63), got 18446744073709551616"),
-        (["--model.init_seed", "-1"], "model.init_seed must be an integer in [0, 2**63), got -1"),
+        (["--model.dummies.init_seed", "-1"], "model.dummies.init_seed must be an integer in [0, 2**63), got -1"),
         (["--trainer.callbacks+=leakage.federated.defenses.SecureAggregation", "--trainer.callbacks.clients", "2",
           "--trainer.callbacks.seed", "18446744073709551616"],
-         "trainer.callbacks[0].init_args.seed must be an integer in [0, 2**63), got 18446744073709551616"),
+         "trainer.callbacks[0].seed must be an integer in [0, 2**63), got 18446744073709551616"),
         (["--report.success_ssim", "-1"], "success_ssim must be in [0, 1], got -1.0"),
         (["--report.success_ssim", "2.0"], "success_ssim must be in [0, 1], got 2.0"),
     ],

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from leakage.attacks.settings import Dummies
 from leakage.cli import main
 from leakage.federated.client import client_gradients, save_gradients
 from leakage.data.datamodule import VictimDataModule
@@ -16,7 +17,7 @@ from conftest import CONFIGS, cli_args, run_dirs
 from leakage.data.sources import Bundled
 
 FAST = ["--config", str(CONFIGS / "cifar_fast.yaml"), "--data.source.dataset", "mnist", "--trainer.max_steps", "3",
-        "--model.lbfgs_max_iter", "3"]
+        "--model.optimizer.max_iter", "3"]
 
 
 def _fit_ok(capsys, args) -> str:
@@ -72,7 +73,7 @@ def test_a_run_that_fails_early_stops_early(tmp_path):
     from conftest import quiet_trainer
 
     dm = VictimDataModule(Bundled("mnist"), indices=[0])
-    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", init="uniform")
+    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", dummies=Dummies(init="uniform"))
     trainer = quiet_trainer(50, [GaussianNoise(1e30), LeakageReport(save_artifacts=False)], root=tmp_path)
     trainer.fit(module, datamodule=dm)
     assert bool(module.failed.all())
@@ -88,7 +89,7 @@ def test_without_a_logger_artifacts_go_to_a_fresh_run_folder(capsys, tmp_path, m
     before = mine.read_text()
     for _ in range(2):
         out = _fit_ok(capsys, ["fit", "--config", "config.yaml", "--data.source.dataset", "mnist", "--trainer.max_steps", "1",
-                               "--model.lbfgs_max_iter", "2", "--trainer.logger", "false",
+                               "--model.optimizer.max_iter", "2", "--trainer.logger", "false",
                                "--trainer.enable_progress_bar", "false"])
     assert mine.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "logs"]

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from leakage.attacks.settings import LBFGS
 from leakage.federated.capture import save_capture
 from leakage.federated.client import client_gradients, load_gradients, save_gradients
 from leakage.data.datamodule import VictimDataModule, read_labelled_folder
@@ -263,7 +264,7 @@ def test_a_model_with_a_scalar_parameter_is_attacked_from_its_file(tmp_path):
     save_gradients({k: v[0] for k, v in grads.items()}, path)  # one update: 'temperature' is 0-dimensional
     assert load_gradients(path, model)["temperature"].shape == (1,)
     dm = VictimDataModule(CapturedGradients(dataset="mnist", gradient_file=str(path)))
-    module = GradientInversion(model=model, input_shape=(1, 28, 28), num_classes=10, labels="idlg", lbfgs_max_iter=2)
+    module = GradientInversion(model=model, input_shape=(1, 28, 28), num_classes=10, labels="idlg", optimizer=LBFGS(max_iter=2))
     report = LeakageReport(save_artifacts=False)
     defenses = [NormClip(1.0), TopK(0.5), GaussianNoise(0.01, relative=True)]
     quiet_trainer(2, [*defenses, report], root=tmp_path).fit(module, datamodule=dm)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from leakage.attacks.settings import Dummies
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.attacks.labels import last_linear
 from leakage.data.datamodule import VictimDataModule
@@ -37,7 +38,7 @@ def test_idlg_recovers_every_bundled_label(dataset, shape):
 def test_idlg_labels_of_the_attack_module():
     """labels='idlg' fixes each problem's label from the observation alone (restarts share it)."""
     dm = VictimDataModule(Bundled("mnist"), indices=[0, 1, 2, 3, 4])
-    module = GradientInversion(model="lenet", input_shape=dm.input_shape, num_classes=10, labels="idlg", restarts=2)
+    module = GradientInversion(model="lenet", input_shape=dm.input_shape, num_classes=10, labels="idlg", dummies=Dummies(restarts=2))
     obs = dm.prepare(module.target)
     module.attach(obs)
     labels = module.recovered_labels()

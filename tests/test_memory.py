@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import leakage.engine.memory
+from leakage.attacks.settings import Adam, Dummies
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.data.datamodule import VictimDataModule
 from leakage.engine.memory import MiB, estimate, lbfgs_state_bytes
@@ -38,7 +39,7 @@ def test_lbfgs_term_is_what_the_optimizer_allocates(history):
 
 def test_dummies_observed_and_adam_terms_are_what_the_attack_allocates():
     dm = VictimDataModule(Bundled("mnist"), num_victims=2)
-    module = GradientInversion(model="mlp", input_shape=(1, 28, 28), optimizer="adam", restarts=3)
+    module = GradientInversion(model="mlp", input_shape=(1, 28, 28), optimizer=Adam(), dummies=Dummies(restarts=3))
     module.attach(dm.prepare(module.target))
     parts = estimate(module.target, victims=2, restarts=3, batch_size=1, input_shape=(1, 28, 28), num_classes=10,
                      joint_labels=True, optimizer="adam", history_size=100)
@@ -69,10 +70,10 @@ def test_estimate_agrees_with_the_measured_cost_per_problem():
 @pytest.mark.parametrize(
     "args, advice",
     [
-        (["--data.num_victims", "100000000"], "lower --model.lbfgs_history_size, --data.num_victims or --model.restarts"),
-        (["--model.restarts", "1000000000"], "lower --model.lbfgs_history_size, --data.num_victims or --model.restarts"),
-        (["--model.restarts", "10000000", "--model.optimizer", "adam", "--model.problems_per_chunk", "10"],
-         "lower --data.num_victims or --model.restarts"),
+        (["--data.num_victims", "100000000"], "lower --model.optimizer.history_size, --data.num_victims or --model.dummies.restarts"),
+        (["--model.dummies.restarts", "1000000000"], "lower --model.optimizer.history_size, --data.num_victims or --model.dummies.restarts"),
+        (["--model.dummies.restarts", "10000000", "--model.optimizer", "Adam", "--model.objective.problems_per_chunk", "10"],
+         "lower --data.num_victims or --model.dummies.restarts"),
     ],
 )
 def test_attack_larger_than_the_machine_is_refused_before_the_run(capsys, tmp_path, args, advice):
@@ -85,10 +86,10 @@ def test_attack_larger_than_the_machine_is_refused_before_the_run(capsys, tmp_pa
 def test_refusal_names_the_number(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(leakage.engine.memory, "host_available", lambda: 4 * MiB)  # a machine with 4 MiB free
     line = cli_error(capsys, cli_args(tmp_path / "logs", "--data.source.dataset", "mnist", "--data.num_victims", "2",
-                                      "--model.restarts", "2", "--trainer.max_steps", "1"))
+                                      "--model.dummies.restarts", "2", "--trainer.max_steps", "1"))
     # LeNet on MNIST, history 100: 0.75 MiB per problem, most of it the L-BFGS history
     assert line.startswith("leakage: error: the attack needs about 4.1 MiB for 4 problems (2 victims x 2 restarts, "
                            "0.75 MiB each; most of it the optimizer), ")
     assert line.endswith("more than the 4.0 MiB this machine has free: "
-                         "lower --model.lbfgs_history_size, --data.num_victims or --model.restarts")
+                         "lower --model.optimizer.history_size, --data.num_victims or --model.dummies.restarts")
     assert run_dirs(tmp_path / "logs") == []

@@ -18,6 +18,7 @@ import yaml
 from torch import nn
 
 import leakage
+from leakage.attacks.settings import Adam, Dummies, Objective
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.federated.client import batchnorm_layers, client_gradients, client_view, per_problem_gradients
 from leakage.data.datamodule import VictimDataModule
@@ -25,6 +26,7 @@ from leakage.records import Observation
 from leakage.attacks.family import attack_class
 from leakage.engine.models import build_model, load_weights
 from leakage.presets import PRESETS
+from leakage.fit import attack_arguments
 
 from conftest import FLOAT32_UPDATE_TOLERANCE, assert_same_update, cli_error, relative_error
 from leakage.data.sources import Bundled
@@ -141,9 +143,12 @@ def test_presets_are_the_preset_configs():
         config = yaml.safe_load((ROOT / "configs" / f"{p.config}.yaml").read_text())
         model = config["model"]
         assert config.get("attack", "gradient_inversion") == p.attack, name
-        defaults = {k: v.default for k, v in inspect.signature(attack_class(p.attack)).parameters.items()}
+        arguments = attack_arguments(model, attack_class(p.attack))  # objects built as `leakage fit` builds them
         for key, value in p.settings.items():  # a key the config leaves out has the attack's default
-            assert model.get(key, defaults[key]) == value, (name, key)
+            got = arguments[key]
+            if key == "dummies":  # the restarts and their seed are the caller's (invert's restarts= and seed=)
+                got = got.replace(restarts=value.restarts, init_seed=value.init_seed)
+            assert got == value, (name, key, got, value)
         assert config["trainer"]["max_steps"] == p.steps, name
 
 
@@ -196,8 +201,7 @@ def test_an_attack_on_a_batchnorm_model_leaves_its_running_statistics_unchanged(
     model = _with_running_stats(BNNet(channels=1), channels=1)
     state = copy.deepcopy(model.state_dict())
     dm = VictimDataModule(Bundled("mnist", image_size=16), indices=[0, 1], batch_size=2)
-    module = GradientInversion(model=model, input_shape=(1, 16, 16), labels="bias_count", optimizer="adam", lr=0.1,
-                               bn_weight=0.01)
+    module = GradientInversion(model=model, input_shape=(1, 16, 16), labels="bias_count", objective=Objective(bn_weight=0.01), optimizer=Adam(lr=0.1))
     pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path).fit(module, datamodule=dm)
     assert all(torch.equal(state[k], t) for k, t in module.target.state_dict().items())
@@ -215,7 +219,7 @@ def test_dropout_is_off_in_the_client_so_its_update_is_reproducible():
 def test_bn_prior_is_the_distance_to_the_running_statistics():
     torch.manual_seed(4)
     model = _with_running_stats(BNNet())
-    module = GradientInversion(model=model, input_shape=(3, 16, 16), bn_weight=1.0)
+    module = GradientInversion(model=model, input_shape=(3, 16, 16), objective=Objective(bn_weight=1.0))
     x = torch.rand(2, 3, 3, 16, 16)
     _, moments = per_problem_gradients(module.target, x, torch.zeros(2, 3, dtype=torch.long),
                                        forward=client_view(module.target, "train"), bn_layers=batchnorm_layers(model))
@@ -229,7 +233,7 @@ def test_bn_prior_is_the_distance_to_the_running_statistics():
     assert prior.shape == (2,) and torch.allclose(prior, expected)
     assert layer.running_mean is not None
     with pytest.raises(ValueError, match="bn_weight > 0 needs a model with BatchNorm layers"):
-        GradientInversion(model=TinyNet(), input_shape=(1, 28, 28), bn_weight=0.1)
+        GradientInversion(model=TinyNet(), input_shape=(1, 28, 28), objective=Objective(bn_weight=0.1))
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
@@ -248,8 +252,7 @@ def test_one_problem_at_a_time_gives_the_objective_and_its_exact_gradient_with_b
         state = copy.deepcopy(model.state_dict())
         out = []
         for chunk in (None, 1):
-            module = GradientInversion(model=copy.deepcopy(model), input_shape=(3, 16, 16), labels="known",
-                                       distance="cosine", restarts=2, problems_per_chunk=chunk)
+            module = GradientInversion(model=copy.deepcopy(model), input_shape=(3, 16, 16), labels="known", objective=Objective(distance="cosine", problems_per_chunk=chunk), dummies=Dummies(restarts=2))
             module.attach(Observation(gradients=update, input_shape=(3, 16, 16), num_classes=10, batch_size=2,
                                       client_mode=mode, labels=y))
             losses = module.matching_loss()

@@ -8,6 +8,7 @@ import torch
 
 import leakage.attacks.gradient_inversion
 import leakage.federated.client
+from leakage.attacks.settings import LBFGS
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.reporting.callbacks import LeakageReport
 from leakage.data.datamodule import VictimDataModule
@@ -70,7 +71,7 @@ def test_attack_objective_and_client_run_in_full_precision(monkeypatch, tmp_path
     monkeypatch.setattr(leakage.federated.client, "per_problem_gradients", client_spy)
     monkeypatch.setattr(leakage.attacks.gradient_inversion, "per_problem_gradients", objective_spy)
     dm = VictimDataModule(Bundled("mnist"), indices=[3])
-    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", lbfgs_max_iter=3)
+    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", optimizer=LBFGS(max_iter=3))
     backward = BackwardPrecision()
     quiet_trainer(2, [LeakageReport(save_artifacts=False), backward], root=tmp_path).fit(module, datamodule=dm)
     assert seen["client"] == [True]  # the victim's update

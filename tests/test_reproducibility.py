@@ -12,12 +12,12 @@ from leakage.data.datamodule import VictimDataModule
 from leakage.federated.defenses import GaussianNoise
 from leakage.engine.seeding import derive_seed
 
-from conftest import assert_same_outcome, quiet_trainer
+from conftest import assert_same_outcome, gradient_inversion, quiet_trainer
 from leakage.data.sources import Bundled
 
 
 def _module(dm, **kw):
-    return GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **kw)
+    return gradient_inversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **kw)
 
 
 def _dummies(indices, restarts=1, **kw):
@@ -55,7 +55,7 @@ def test_seeds_are_stable_across_processes():
 
 def _attack(tmp_path, indices, **kw):
     dm = VictimDataModule(Bundled("mnist"), indices=indices)
-    module = _module(dm, model="lenet", lbfgs_max_iter=5, **kw)
+    module = _module(dm, model="lenet", max_iter=5, **kw)
     report = LeakageReport(save_artifacts=False)
     quiet_trainer(4, [report], root=tmp_path).fit(module, datamodule=dm)
     return {r["indices"][0]: r for r in report.rows}, module
@@ -66,7 +66,7 @@ def test_an_images_reconstruction_does_not_depend_on_the_rest_of_the_run(tmp_pat
     start gives the same objective (to float32 rounding: batched convolutions round differently),
     and the same outcome; a path that has not converged after 4 steps is not compared further."""
     def start_loss(indices, **kw):
-        module = _dummies(indices, labels="joint", lbfgs_max_iter=5, **kw)
+        module = _dummies(indices, labels="joint", max_iter=5, **kw)
         with torch.no_grad():
             return dict(zip(indices, module.matching_loss().tolist()))
 

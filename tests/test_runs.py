@@ -20,7 +20,7 @@ from leakage.cli import main
 
 from conftest import REPO, cli_args, cli_error, run_dirs
 
-TINY = ["--data.source.dataset", "mnist", "--data.num_victims", "1", "--trainer.max_steps", "2", "--model.lbfgs_max_iter", "2"]
+TINY = ["--data.source.dataset", "mnist", "--data.num_victims", "1", "--trainer.max_steps", "2", "--model.optimizer.max_iter", "2"]
 
 #: a ``leakage fit`` that waits, just before its logger picks its version, until the other run has
 #: got there too: both then look for a free ``version_N`` at the same moment

@@ -6,17 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from leakage.attacks.settings import Budget
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.data.datamodule import VictimDataModule
 from leakage.engine.metrics import ssim_per_image
 
-from conftest import quiet_trainer
+from conftest import gradient_inversion, quiet_trainer
 from leakage.data.sources import Bundled
 
 
 def _fit(tmp_path, steps, indices=(0, 3), **hparams):
     dm = VictimDataModule(Bundled("mnist"), indices=list(indices))
-    module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", init="uniform", **hparams)
+    module = gradient_inversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", init="uniform", **hparams)
     trainer = quiet_trainer(steps, [], root=tmp_path)
     trainer.fit(module, datamodule=dm)
     return module, trainer, dm
@@ -49,7 +50,7 @@ def test_a_relative_threshold_stops_each_problem_at_its_own_scale(tmp_path):
 def test_a_stalled_problem_is_stopped_where_it_stood(tmp_path):
     """Demanding a 99.99% improvement every 2 steps stalls every problem early: each is left where its
     rule stopped it (what a fixed budget of that many steps gives it) and the run ends before max_steps."""
-    kw = dict(lbfgs_max_iter=3)
+    kw = dict(max_iter=3)
     module, trainer, _ = _fit(tmp_path / "a", 40, stall_steps=2, stall_improvement=0.9999, **kw)
     at = module.stopping.stopped_at
     assert bool(module.stopping.stopped.all()) and trainer.global_step < 40
@@ -84,5 +85,5 @@ def test_adam_rows_of_stopped_problems_stay_put(tmp_path):
 ])
 def test_bad_stopping_settings_are_one_line_errors(settings, message):
     with pytest.raises(ValueError, match=None) as err:
-        GradientInversion(**settings)
+        Budget(**settings)
     assert message in str(err.value) and "\n" not in str(err.value)

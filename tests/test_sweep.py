@@ -22,7 +22,7 @@ from leakage.sweep import Sweep, parse
 
 from conftest import CONFIGS, cli_error
 
-TINY = ["--trainer.max_steps", "2", "--model.lbfgs_max_iter", "2", "--data.num_victims", "2"]
+TINY = ["--trainer.max_steps", "2", "--model.optimizer.max_iter", "2", "--data.num_victims", "2"]
 
 
 def _config(tmp_path: Path, **sweep) -> Path:
@@ -289,17 +289,17 @@ def test_study_over_batch_size_writes_rows_tables_plot_and_hparams(tmp_path, cap
 
 
 def test_study_config_applies_set_value_and_per_value_in_order(tmp_path):
-    study = {"name": "s", "key": "model.restarts", "values": [1, 3],
+    study = {"name": "s", "key": "model.dummies.restarts", "values": [1, 3],
              "set": {"data.num_victims": 5, "new_section.deep.key": "x"},
-             "per_value": {3: {"data.num_victims": 1, "model.restarts": 2}}}
+             "per_value": {3: {"data.num_victims": 1, "model.dummies.restarts": 2}}}
     sweep = parse(["--config", str(_study_config(tmp_path, [study]))])
     s = sweep.studies[0]
     one, three = sweep.study_config(s, 1), sweep.study_config(s, 3)
-    assert one["data"]["num_victims"] == 5 and one["model"]["restarts"] == 1
+    assert one["data"]["num_victims"] == 5 and one["model"]["dummies"]["restarts"] == 1
     assert one["new_section"] == {"deep": {"key": "x"}}  # sections are created on the way
-    assert three["data"]["num_victims"] == 1 and three["model"]["restarts"] == 2  # per_value wins
+    assert three["data"]["num_victims"] == 1 and three["model"]["dummies"]["restarts"] == 2  # per_value wins
     assert sweep.base["data"]["num_victims"] == 20 and "new_section" not in sweep.base  # the base is untouched
-    assert sweep.studies[0]["label"] == "model.restarts"
+    assert sweep.studies[0]["label"] == "model.dummies.restarts"
 
 
 def test_study_resumes_skipping_completed_cells_and_redoing_interrupted_ones(tmp_path):
@@ -573,7 +573,7 @@ def test_the_lock_is_released_when_a_sweep_fails(tmp_path, monkeypatch, capsys):
 
 
 # --------------------------------------------------------------------------- cell names and logger overrides
-ONE = ["--trainer.max_steps", "1", "--model.lbfgs_max_iter", "1", "--data.num_victims", "1"]
+ONE = ["--trainer.max_steps", "1", "--model.optimizer.max_iter", "1", "--data.num_victims", "1"]
 
 
 def test_a_deep_refine_keeps_every_cell_it_ran(tmp_path, capsys, monkeypatch):
@@ -623,7 +623,7 @@ def test_near_equal_grid_values_are_refused_as_duplicates(tmp_path, capsys, valu
     cfg = _one_defense(tmp_path, {**NOISE, "values": values})
     line = cli_error(capsys, ["sweep", "--config", str(cfg), *ONE])
     assert "are one setting (closer than 1e-06, relative)" in line
-    study = _study_config(tmp_path, [{"name": "lr", "key": "model.lr", "values": values}])
+    study = _study_config(tmp_path, [{"name": "lr", "key": "model.optimizer.init_args.lr", "values": values}])
     line = cli_error(capsys, ["sweep", "--config", str(study), *ONE])
     assert "are one setting" in line
 

@@ -23,8 +23,8 @@ from conftest import CONFIGS
 
 # enough L-BFGS for two MNIST digits to come back to SSIM 0.33 and 0.45 without a defense (and not under
 # sigma = 1), in seconds
-FAST = ["--trainer.max_steps", "4", "--model.lbfgs_max_iter", "10", "--data.num_victims", "2"]
-TINY = ["--trainer.max_steps", "2", "--model.lbfgs_max_iter", "2", "--data.num_victims", "3"]
+FAST = ["--trainer.max_steps", "4", "--model.optimizer.max_iter", "10", "--data.num_victims", "2"]
+TINY = ["--trainer.max_steps", "2", "--model.optimizer.max_iter", "2", "--data.num_victims", "3"]
 #: per-victim SSIM of the batched sweep versus one fit per cell: float32 rounding of a batched
 #: convolution, carried on by L-BFGS; measured up to 0.007 at FAST's settings, only where the attack
 #: fails (SSIM near 0), 0 on the full defense sweep (README, "A sweep is one batched attack")
@@ -217,7 +217,7 @@ def test_a_batched_sweep_of_tables_shares_one_fit_and_shows_tableak_s_accuracy(t
                         refine=0)
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    main(["sweep", "--config", str(path), "--data.num_victims", "2", "--data.batch_size", "2", "--model.restarts", "2",
+    main(["sweep", "--config", str(path), "--data.num_victims", "2", "--data.batch_size", "2", "--model.dummies.restarts", "2",
           "--trainer.max_steps", "20", "--report.image_every_n_steps", "0"])
     assert "failed" not in capsys.readouterr().err
     out = tmp_path / "sweep"

@@ -137,7 +137,7 @@ def test_a_csv_run_names_its_file_speaks_of_records_and_writes_strict_json(tmp_p
 
     main(cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "CSVTable",
                   "--data.source.path", str(path), "--data.source.label_column", "outcome", "--data.batch_size", "2",
-                  "--model.restarts", "2", "--trainer.max_steps", "20", "--model.refine_steps", "0",
+                  "--model.dummies.restarts", "2", "--trainer.max_steps", "20", "--model.budget.refine_steps", "0",
                   "--report.image_every_n_steps", "0"))
     out = capsys.readouterr().out
     (run,) = run_dirs(tmp_path)

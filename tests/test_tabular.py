@@ -7,13 +7,14 @@ import json
 import pytest
 import torch
 
+from leakage.attacks.settings import Adam, Budget, LBFGS
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.cli import main
 from leakage.data.datamodule import VictimDataModule
 from leakage.data.csvtable import read_csv
 from leakage.data.tables import TableSchema
 
-from conftest import CONFIGS, cli_args, cli_error, run_dirs
+from conftest import CONFIGS, cli_args, cli_error, gradient_inversion, run_dirs
 from leakage.data.sources import Bundled, BundledTable
 
 @pytest.fixture(autouse=True)
@@ -37,7 +38,7 @@ def _attack(dm: VictimDataModule, steps: int, **settings) -> tuple[GradientInver
 
     from leakage.data.datamodule import _Steps
 
-    module = GradientInversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **settings)
+    module = gradient_inversion(input_shape=dm.input_shape, num_classes=dm.num_classes, **settings)
     module.attach(dm.prepare(module.target))
     pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
                enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0).fit(
@@ -134,11 +135,10 @@ def test_refine_steps_fix_the_categories_then_refine_the_continuous_features(tmp
     line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--trainer.max_steps", "100"))
     assert line.startswith("leakage: error: refine_steps (150) must be below --trainer.max_steps (100)"), line
     assert not run_dirs(tmp_path)  # refused before a run folder is made
-    with pytest.raises(ValueError, match="refine_steps needs optimizer adam or signed_adam"):
-        GradientInversion(model="tabular_mlp", input_shape=(8,), num_classes=2, optimizer="lbfgs", refine_steps=5)
+    with pytest.raises(ValueError, match="refine_steps needs optimizer Adam or SignedAdam"):
+        GradientInversion(model="tabular_mlp", input_shape=(8,), num_classes=2, optimizer=LBFGS(), budget=Budget(refine_steps=5))
     images = VictimDataModule(Bundled("mnist"), batch_size=1)
-    attack = GradientInversion(model="mlp", input_shape=images.input_shape, num_classes=images.num_classes,
-                               optimizer="adam", refine_steps=5)
+    attack = GradientInversion(model="mlp", input_shape=images.input_shape, num_classes=images.num_classes, optimizer=Adam(), budget=Budget(refine_steps=5))
     with pytest.raises(ValueError, match="refine_steps .* applies to tables, not to image data"):
         attack.attach(images.prepare(attack.target))
 
@@ -158,7 +158,7 @@ def test_own_csv_runs_from_the_cli(tmp_path, capsys):
     path = _csv(tmp_path, OWN)
     main(cli_args(tmp_path, "--config", str(CONFIGS / "adult_tableak.yaml"), "--data.source", "CSVTable",
                   "--data.source.path", str(path), "--data.source.label_column", "outcome", "--data.batch_size", "2",
-                  "--model.restarts", "3", "--trainer.max_steps", "100", "--model.refine_steps", "40",
+                  "--model.dummies.restarts", "3", "--trainer.max_steps", "100", "--model.budget.refine_steps", "40",
                   "--report.image_every_n_steps", "0"))
     out = capsys.readouterr().out
     assert "overall accuracy" in out and "colour" in out
@@ -264,7 +264,7 @@ def test_a_batch_size_study_on_tables_writes_its_table_with_accuracies(tmp_path)
     cfg["sweep"]["output"] = str(tmp_path / "sweep")
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    main(["sweep", "--config", str(path), "--trainer.max_steps", "120", "--model.restarts", "3",
+    main(["sweep", "--config", str(path), "--trainer.max_steps", "120", "--model.dummies.restarts", "3",
           "--report.image_every_n_steps", "0"])
     out = tmp_path / "sweep"
     for b in (1, 2):

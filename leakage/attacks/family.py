@@ -105,11 +105,13 @@ class Attack(pl.LightningModule):
         self.register_buffer("failed", torch.zeros(0, dtype=torch.bool), persistent=False)
 
     def _settings_and_target(self, model: Union[nn.Module, str], input_shape: Sequence[int], num_classes: int,
-                             model_seed: int, model_weights: Optional[str]) -> None:
-        """Save the calling ``__init__``'s arguments as ``hparams`` (a module given as an object by its
-        name) and build the frozen target model."""
+                             model_seed: int, model_weights: Optional[str], record: Optional[dict] = None) -> None:
+        """Save the calling ``__init__``'s arguments (or ``record``, the settings as one flat record) as
+        ``hparams`` (a module given as an object by its name) and build the frozen target model."""
         frame = inspect.currentframe().f_back
-        if isinstance(model, nn.Module):  # the module itself is the target below, not a hyperparameter
+        if record is not None:
+            self.save_hyperparameters({**record, "model": model_name(model) if isinstance(model, nn.Module) else model})
+        elif isinstance(model, nn.Module):  # the module itself is the target below, not a hyperparameter
             self.save_hyperparameters(ignore=["model"], frame=frame)
             self.hparams["model"] = model_name(model)
         else:

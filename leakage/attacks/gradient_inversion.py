@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Sequence, Union
 
+from jsonargparse import lazy_instance
 from lightning.pytorch.utilities import rank_zero_warn
 import torch
 import torch.nn.functional as F
@@ -26,18 +27,16 @@ from leakage.federated.client import batchnorm_layers, client_view, per_problem_
 from leakage.records import Observation
 from leakage.engine.distributed import all_done
 from leakage.attacks.family import Attack
+from leakage.attacks.settings import LBFGS, Budget, Dummies, Objective, Optimizer
 from leakage.federated.fedavg import per_problem_updates, schedules
 from leakage.attacks.labels import label_gradients, observed_labels, public_labels
-from leakage.engine.losses import DISTANCES, gradient_distance, squared_norms
-from leakage.engine.optim import BatchedLBFGS, SignedAdam
+from leakage.engine.losses import gradient_distance, squared_norms
+from leakage.engine.optim import BatchedLBFGS
 from leakage.engine.precision import full_precision
 from leakage.engine.seeding import generator
 from leakage.engine.stopping import StoppingRule
 
-OPTIMIZERS = ("lbfgs", "adam", "signed_adam")
-INITS = ("randn", "uniform", "constant")
 LABELS = ("joint", "idlg", "bias_count", "weight_count", "yin", "ilrg", "known")
-ENSEMBLES = ("best", "pool")
 #: what the attack logs through ``self.log`` (what an EarlyStopping or ModelCheckpoint may monitor)
 LOGGED_METRICS = ("attack/loss",)
 #: on the CPU a model with at least this many parameters evaluates its problems one at a time unless
@@ -64,84 +63,35 @@ class GradientInversion(Attack):
         model_weights: optional weights file: a state_dict (``.pt``/``.pth``), a Lightning
             checkpoint (``.ckpt``, its ``state_dict``; a prefix such as ``model.`` is stripped when
             only one fits) or ``.safetensors``; read without unpickling.
-        distance: ``l2`` (DLG) or ``cosine`` (Inverting Gradients).
-        tv_weight: weight of the total-variation prior (0 disables it).
-        bn_weight: weight of the BatchNorm-statistics prior (``R_BN`` of Yin et al., 2021): for every
-            BatchNorm layer, the L2 distances of the dummy batch's per-channel mean and variance at
-            that layer's input to the layer's running statistics, summed. For trained models (their
-            running statistics describe real data); needs BatchNorm layers; 0 disables it.
-        optimizer: ``lbfgs`` (batched, as DLG), ``adam`` or ``signed_adam``.
-        lr: learning rate.
-        lbfgs_max_iter: L-BFGS inner iterations per step (torch's default 20, as DLG).
-        lbfgs_history_size: L-BFGS curvature pairs kept per problem (torch's default 100).
-        lbfgs_tolerance_grad: L-BFGS stops a problem whose largest gradient entry is at most this
-            (torch's default 1e-7).
-        lbfgs_tolerance_change: L-BFGS ends a step for a problem whose loss or step changes by less
-            than this (torch's default 1e-9).
-        init: dummy image init: ``randn`` (DLG), ``uniform`` (in the data range) or ``constant``
-            (the middle of the data range).
-        init_seed: seed of the dummy init; each problem draws from its own generator, seeded by
-            ``(init_seed, its update's key, its restart)``.
-        box_constraint: project the dummies after every step (images: clamp to the data range;
-            unrelaxed table rows: continuous values clamped to their bounds).
-        relax: TabLeak's relaxation of table rows: the dummy holds a softmax's logits for each
-            categorical feature and a sigmoid's argument for each continuous one (mapped into its
-            bounds). Tables only.
-        ensemble: ``best`` (the restart with the lowest matching loss) or ``pool`` (TabLeak's
-            pooled ensembling: every restart's batch slots matched to the best restart's by the
-            Hungarian algorithm, then combined by the data kind: mean of the softmaxes and median
-            for tables; it gives an entropy per reconstructed feature).
-        refine_steps: TabLeak's two-staged mode (tables): the last this many of ``max_steps`` fix
-            every categorical feature to its current argmax and optimize the continuous features
-            alone (the optimizer's state restarted), so the final loss, and the best restart, are
-            those of hard one-hot rows. 0 disables it.
+        objective: the gradient distance, the priors and how the objective is evaluated
+            (:class:`leakage.attacks.settings.Objective`).
         labels: ``joint`` (DLG: soft labels optimized with the images), ``idlg`` (analytic, from
             the last layer's gradient; batch size 1), or a batch label restoration fixed before the
             attack: ``bias_count``, ``weight_count``, ``yin``, ``ilrg`` (see :mod:`leakage.attacks.labels`), or
             ``known``: the labels are public (the data's ``public_labels``; TabLeak's setting).
-        restarts: independent dummies per victim; the one whose best iterate has the lowest
-            matching loss is kept. Every problem reports its best iterate (the dummies with the
-            lowest objective evaluated, :mod:`leakage.engine.bestiterate`), not its last.
-        group_weight: weight of group consistency (GradInversion, Yin et al., 2021): before every
-            step the restarts of a victim are aligned to its first restart (an optimal assignment
-            of batch slots with equal labels on pixel MSE) and averaged, and each restart is
-            pulled towards that consensus by ``group_weight`` x its mean squared distance. Needs
-            ``restarts >= 2``; 0 disables it.
-        lr_decay: for Adam, divide the lr by 10 at 3/8, 5/8 and 7/8 of ``max_steps`` (as
-            Inverting Gradients does).
-        problems_per_chunk: evaluate at most this many problems at once (bounds the memory of
-            the model's double backward; the result is the same to float32 rounding). None (auto):
-            one at a time on the CPU for a model of at least :data:`SERIAL_PARAMETERS` parameters
-            (batching them is slower there), all at once otherwise. One at a time, a problem's
-            gradient goes through ``torch.autograd.grad`` instead of ``vmap(grad)``.
-        compile: compile the objective and its backward with ``torch.compile`` (on CUDA in
-            ``reduce-overhead`` mode: replayed as a CUDA graph). ``auto``: on a GPU only (on the
-            CPU inductor's compile time, about a minute, outweighs its gain for short runs);
-            ``on``; ``off``. Where compiling fails the attack runs eagerly and says so in one
-            line. Compiling implies ``fixed_shape`` (unless set), so shapes never change.
-        fixed_shape: evaluate every problem at every closure, masking out the rows L-BFGS no
-            longer needs, instead of indexing the active ones (a data-dependent shape): with it an
-            iteration has fixed shapes and reads nothing back to the host, which is what lets it
-            be captured as a graph; without it converged problems cost nothing. None (auto): fixed
-            on a GPU, variable on the CPU (measured faster there: docs/benchmarks.md, Speed).
-        lbfgs_early_exit: end an L-BFGS step as soon as none of its problems is active, as
-            ``torch.optim.LBFGS`` does (one flag read back per inner iteration). False: every
-            step runs ``lbfgs_max_iter`` masked inner iterations and reads nothing back (the same
-            iterates, more arithmetic: measured 6x slower on the CPU once problems converge).
-        check_done_every: every this many steps, end the run if every problem is done: failed,
-            or (L-BFGS) left where it was by its last step, a fixed point where further steps
-            change nothing. Each check reads one flag back. None (auto): every step with
-            ``lbfgs_early_exit`` (which reads flags back anyway), else every 10 steps; 0: never
-            (always run to ``max_steps``).
-        stop_loss, stop_relative, stop_change, stall_steps, stall_improvement: a budget that adapts,
-            per problem (:class:`leakage.engine.stopping.StoppingRule`): a problem stops once its matching
-            loss is at most ``stop_loss``, or at most ``stop_relative`` times its observation's own
-            scale (``l2``: the squared norm of the observed gradient, the loss of a dummy whose
-            gradient is 0; ``cosine``: 1), or changed by less than ``stop_change`` (relative) in one step, or
-            its best loss improved by less than ``stall_improvement`` (relative) over the last
-            ``stall_steps`` steps; the run ends when every problem has stopped (``max_steps`` is
-            then a cap). 0 turns a test off; all 0 (the default): a fixed budget.
+        optimizer: :class:`~leakage.attacks.settings.LBFGS` (batched, as DLG),
+            :class:`~leakage.attacks.settings.Adam` or :class:`~leakage.attacks.settings.SignedAdam`,
+            each with its own settings.
+        dummies: restarts per victim, their start, parametrisation and ensembling
+            (:class:`leakage.attacks.settings.Dummies`).
+        budget: per-problem stopping and TabLeak's second stage (:class:`leakage.attacks.settings.Budget`).
     """
+
+    #: every flat setting that moved into an object, and its new place (``leakage fit`` refuses the old key)
+    MOVED = {
+        **{key: f"--model.objective.{key} (in a config: model.objective.{key})"
+           for key in ("distance", "tv_weight", "bn_weight", "group_weight", "problems_per_chunk", "compile",
+                       "fixed_shape")},
+        "lr": "--model.optimizer LBFGS|Adam|SignedAdam --model.optimizer.lr X (in a config: model.optimizer.init_args.lr)",
+        "lr_decay": "--model.optimizer Adam --model.optimizer.lr_decay true (in a config: model.optimizer.init_args.lr_decay)",
+        **{f"lbfgs_{key}": f"--model.optimizer LBFGS --model.optimizer.{key} N (in a config: model.optimizer.init_args.{key})"
+           for key in ("max_iter", "history_size", "tolerance_grad", "tolerance_change", "early_exit")},
+        **{key: f"--model.dummies.{key} (in a config: model.dummies.{key})"
+           for key in ("restarts", "init", "init_seed", "relax", "box_constraint", "ensemble")},
+        **{key: f"--model.budget.{key} (in a config: model.budget.{key})"
+           for key in ("stop_loss", "stop_relative", "stop_change", "stall_steps", "stall_improvement", "refine_steps",
+                       "check_done_every")},
+    }
 
     def __init__(
         self,
@@ -150,82 +100,37 @@ class GradientInversion(Attack):
         num_classes: int = 10,
         model_seed: int = 1234,
         model_weights: Optional[str] = None,
-        distance: Literal["l2", "cosine"] = "l2",
-        tv_weight: float = 0.0,
-        bn_weight: float = 0.0,
-        optimizer: Literal["lbfgs", "adam", "signed_adam"] = "lbfgs",
-        lr: float = 1.0,
-        lbfgs_max_iter: int = 20,
-        lbfgs_history_size: int = 100,
-        lbfgs_tolerance_grad: float = 1e-7,
-        lbfgs_tolerance_change: float = 1e-9,
-        init: Literal["randn", "uniform", "constant"] = "randn",
-        init_seed: int = 0,
-        box_constraint: bool = False,
+        objective: Objective = lazy_instance(Objective),
         labels: Literal["joint", "idlg", "bias_count", "weight_count", "yin", "ilrg", "known"] = "joint",
-        restarts: int = 1,
-        group_weight: float = 0.0,
-        lr_decay: bool = False,
-        problems_per_chunk: Optional[int] = None,
-        compile: Literal["auto", "on", "off"] = "auto",
-        fixed_shape: Optional[bool] = None,
-        lbfgs_early_exit: bool = True,
-        check_done_every: Optional[int] = None,
-        relax: bool = False,
-        ensemble: Literal["best", "pool"] = "best",
-        refine_steps: int = 0,
-        stop_loss: float = 0.0,
-        stop_change: float = 0.0,
-        stall_steps: int = 0,
-        stall_improvement: float = 0.0,
-        stop_relative: float = 0.0,
+        optimizer: Optimizer = lazy_instance(LBFGS),
+        dummies: Dummies = lazy_instance(Dummies),
+        budget: Budget = lazy_instance(Budget),
     ) -> None:
         super().__init__()
-        for value, allowed, what in (
-            (distance, DISTANCES, "distance"),
-            (optimizer, OPTIMIZERS, "optimizer"),
-            (init, INITS, "init"),
-            (labels, LABELS, "label strategy"),
-            (ensemble, ENSEMBLES, "ensemble"),
-            (compile, ("auto", "on", "off"), "compile setting"),
-        ):
-            if value not in allowed:
-                raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
-        if problems_per_chunk is not None and problems_per_chunk < 1:
-            raise ValueError(f"problems_per_chunk must be >= 1, got {problems_per_chunk}")
-        if compile == "on" and fixed_shape is False:
-            raise ValueError("compile 'on' needs fixed shapes: drop fixed_shape false or set compile off")
-        if check_done_every is not None and check_done_every < 0:
-            raise ValueError(f"check_done_every must be >= 0 (0: never), got {check_done_every}")
-        if restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {restarts}")
-        if refine_steps < 0:
-            raise ValueError(f"refine_steps must be >= 0 (0: off), got {refine_steps}")
-        if refine_steps > 0 and optimizer == "lbfgs":
-            raise ValueError("refine_steps needs optimizer adam or signed_adam (it restarts the optimizer's state "
-                             "mid-run, which L-BFGS's per-problem history does not support)")
-        if group_weight < 0:
-            raise ValueError(f"group_weight must be >= 0, got {group_weight}")
-        if group_weight > 0 and restarts < 2:
-            raise ValueError("group consistency (group_weight > 0) needs restarts >= 2: it pulls a victim's restarts together")
-        if lbfgs_tolerance_grad < 0 or lbfgs_tolerance_change < 0:
-            raise ValueError("lbfgs_tolerance_grad and lbfgs_tolerance_change must be >= 0")
-        for name, value in (("lr", lr), ("tv_weight", tv_weight), ("bn_weight", bn_weight),
-                            ("group_weight", group_weight), ("lbfgs_tolerance_grad", lbfgs_tolerance_grad),
-                            ("lbfgs_tolerance_change", lbfgs_tolerance_change)):
-            checks.float32_number(name, value)
-        for name, value in (("lbfgs_max_iter", lbfgs_max_iter), ("lbfgs_history_size", lbfgs_history_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        if labels not in LABELS:
+            raise ValueError(f"unknown label strategy {labels!r}; choose one of {', '.join(LABELS)}")
+        for name, value, cls in (("objective", objective, Objective), ("optimizer", optimizer, Optimizer),
+                                 ("dummies", dummies, Dummies), ("budget", budget, Budget)):
+            if not isinstance(value, cls):
+                raise ValueError(f"{name} must be a {cls.__module__}.{cls.__name__}, got {type(value).__name__}")
+            value.settings()  # a default given as lazy_instance (the CLI's) sets its attributes at its first method call
+        if budget.refine_steps > 0 and isinstance(optimizer, LBFGS):
+            raise ValueError("budget.refine_steps needs optimizer Adam or SignedAdam (it restarts the optimizer's "
+                             "state mid-run, which L-BFGS's per-problem history does not support)")
+        if objective.group_weight > 0 and dummies.restarts < 2:
+            raise ValueError("group consistency (objective.group_weight > 0) needs dummies.restarts >= 2: it pulls a "
+                             "victim's restarts together")
         checks.seed("model_seed", model_seed)
-        checks.seed("init_seed", init_seed)
-        if lr <= 0 or tv_weight < 0 or bn_weight < 0:
-            raise ValueError(f"lr must be > 0 and tv_weight, bn_weight >= 0, got lr={lr}, tv_weight={tv_weight}, "
-                             f"bn_weight={bn_weight}")
-        self.stopping = StoppingRule(stop_loss, stop_change, stall_steps, stall_improvement, stop_relative)
-        self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights)
-        self._bn_layers = batchnorm_layers(self.target) if bn_weight > 0 else []
-        if bn_weight > 0 and not self._bn_layers:
+        self.objective, self.optimizer, self.dummies, self.budget = objective, optimizer, dummies, budget
+        self.stopping = StoppingRule(budget.stop_loss, budget.stop_change, budget.stall_steps,
+                                     budget.stall_improvement, budget.stop_relative)
+        # hparams: the run's settings as one flat record (what hparams.yaml, the report and TensorBoard show)
+        record = {"model": model, "input_shape": input_shape, "num_classes": num_classes, "model_seed": model_seed,
+                  "model_weights": model_weights, "labels": labels, **objective.settings(),
+                  "optimizer": optimizer.name, **optimizer.settings(), **dummies.settings(), **budget.settings()}
+        self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights, record)
+        self._bn_layers = batchnorm_layers(self.target) if objective.bn_weight > 0 else []
+        if objective.bn_weight > 0 and not self._bn_layers:
             raise ValueError(f"bn_weight > 0 needs a model with BatchNorm layers that keep running statistics; "
                              f"model {self.hparams.model!r} has none")
         self._client_net: Optional[nn.Module] = None  # the client's forward (train or eval mode), per device
@@ -241,14 +146,16 @@ class GradientInversion(Attack):
     # -------------------------------------------------------------- set-up
     @staticmethod
     def check_budget(settings: dict, max_steps: int) -> None:
-        refine = settings.get("refine_steps") or 0
-        if isinstance(refine, int) and refine >= max_steps:
-            raise ValueError(f"refine_steps ({refine}) must be below --trainer.max_steps ({max_steps}): "
-                             f"the first stage, which finds the categorical features, needs steps")
+        """Refuse a ``budget.refine_steps`` of the config's ``model`` section that leaves no first stage."""
+        budget = settings.get("budget") if hasattr(settings, "get") else None
+        init_args = budget.get("init_args", budget) if hasattr(budget, "get") else None
+        refine = init_args.get("refine_steps") if hasattr(init_args, "get") else None
+        if isinstance(refine, int) and not isinstance(refine, bool) and refine >= max_steps:
+            Budget(refine_steps=refine).check(max_steps)
 
     def receive(self, model: nn.Module) -> None:
         super().receive(model)
-        self._bn_layers = batchnorm_layers(self.target) if self.hparams.bn_weight > 0 else []
+        self._bn_layers = batchnorm_layers(self.target) if self.objective.bn_weight > 0 else []
         self.param_names = [n for n, _ in self.target.named_parameters()]
         self._client_net = None
 
@@ -258,25 +165,25 @@ class GradientInversion(Attack):
     def _attach(self, observation: Observation) -> None:
         hp = self.hparams
         self.observation = observation
-        self.kind = observation.kind.relaxed(hp.get("relax", False))
-        unused = [w for w in ("tv_weight", "bn_weight") if hp[w] > 0 and w not in self.kind.priors]
+        self.kind = observation.kind.relaxed(self.dummies.relax)
+        unused = [w for w in ("tv_weight", "bn_weight") if getattr(self.objective, w) > 0 and w not in self.kind.priors]
         if unused:
             raise ValueError(f"{unused[0]} is a prior of images; {self.kind.name} data has none: set it to 0")
-        if hp.get("refine_steps", 0) > 0 and not self.kind.can_harden:
+        if self.budget.refine_steps > 0 and not self.kind.can_harden:
             raise ValueError(f"refine_steps (fixing categorical features, then refining the rest) applies to tables, "
                              f"not to {self.kind.name} data: set it to 0")
         self._free = None
         self._client_net = None
         self._observed_sq = None
-        V, B, R = observation.num_victims, observation.batch_size, hp.restarts
+        V, B, R = observation.num_victims, observation.batch_size, self.dummies.restarts
         P = V * R
         observed = observation.gradient_estimate()  # FedAvg: pseudo-gradient units, whichever the client shares
         for i, name in enumerate(self.param_names):
             g = observed[name].repeat_interleave(R, dim=0)
             self.register_buffer(f"observed_{i}", g, persistent=False)
-        if observation.client is not None and hp.bn_weight > 0:
+        if observation.client is not None and self.objective.bn_weight > 0:
             raise ValueError("bn_weight (the BatchNorm-statistics prior) is modelled for FedSGD updates only: "
-                             "use --model.bn_weight 0 with --data.client FedAvg")
+                             "use --model.objective.bn_weight 0 with --data.client FedAvg")
         if observation.client is not None and V > 0:  # FedAvg: each problem's public mini-batch order
             sched = schedules(observation.client, B, observation.update_keys).repeat_interleave(R, dim=0)
             self.register_buffer("schedule", sched, persistent=False)
@@ -305,19 +212,19 @@ class GradientInversion(Attack):
         B = observation.batch_size
         if not observation.update_keys:  # a process with an empty shard
             return torch.zeros(0, B, *observation.input_shape), torch.zeros(0, B, hp.num_classes)
-        kind = observation.kind.relaxed(hp.get("relax", False))
+        kind = observation.kind.relaxed(self.dummies.relax)
         xs, logits = [], []
         for key in observation.update_keys:
-            for r in range(hp.restarts):
-                gen = generator("dummy", hp.init_seed, key, r)
-                xs.append(kind.initial(B, hp.init, gen))
+            for r in range(self.dummies.restarts):
+                gen = generator("dummy", self.dummies.init_seed, key, r)
+                xs.append(kind.initial(B, self.dummies.init, gen))
                 logits.append(torch.randn((observation.batch_size, hp.num_classes), generator=gen))
         return torch.stack(xs), torch.stack(logits)
 
     @property
     def compiled(self) -> bool:
         """Whether the objective is (to be) compiled (see ``compile``)."""
-        setting = self.hparams.get("compile", "auto")
+        setting = self.objective.compile
         if setting == "auto":
             return self.device.type == "cuda" and self._compiled is not False
         return setting == "on" and self._compiled is not False
@@ -325,15 +232,15 @@ class GradientInversion(Attack):
     @property
     def fixed_shape(self) -> bool:
         """Whether iterations run with fixed shapes and no host round-trip (see ``fixed_shape``)."""
-        if self.hparams.get("fixed_shape") is not None:
-            return bool(self.hparams.fixed_shape)
-        return self.device.type == "cuda" or self.hparams.get("compile", "auto") == "on"
+        if self.objective.fixed_shape is not None:
+            return bool(self.objective.fixed_shape)
+        return self.device.type == "cuda" or self.objective.compile == "on"
 
     @property
     def done_check_interval(self) -> int:
-        every = self.hparams.check_done_every
+        every = self.budget.check_done_every
         if every is None:
-            return 1 if self.hparams.lbfgs_early_exit else 10
+            return 1 if getattr(self.optimizer, "early_exit", False) else 10
         return every
 
     def observed(self) -> list[Tensor]:
@@ -353,9 +260,9 @@ class GradientInversion(Attack):
         """The most problems one evaluation takes (None: all) on ``device`` (default: the module's):
         ``problems_per_chunk``, or by default 1 on the CPU for a model of at least
         :data:`SERIAL_PARAMETERS` parameters that is not compiled."""
-        chunk = self.hparams.get("problems_per_chunk")
+        chunk = self.objective.problems_per_chunk
         device = self.device if device is None else torch.device(device)
-        if (chunk is None and device.type == "cpu" and self.hparams.get("compile", "auto") != "on"
+        if (chunk is None and device.type == "cpu" and self.objective.compile != "on"
                 and sum(p.numel() for p in self.target.parameters()) >= SERIAL_PARAMETERS):
             return 1
         return chunk
@@ -391,7 +298,7 @@ class GradientInversion(Attack):
         is relative already (1)."""
         if self._loss_scale is None or self._loss_scale.shape[0] != self.num_problems:
             observed = self.observed()
-            if self.hparams.distance == "l2":
+            if self.objective.distance == "l2":
                 self._loss_scale = sum(o.detach().double().flatten(1).pow(2).sum(1) for o in observed)
             else:
                 self._loss_scale = torch.ones(self.num_problems, dtype=torch.float64, device=observed[0].device)
@@ -463,7 +370,7 @@ class GradientInversion(Attack):
             observed = [o[idx] for o in observed]
             targets = targets if label_logits is not None else targets[idx]
         net = self.client_net(x.device)
-        bn = any(prior for _, prior in terms) and self.hparams.bn_weight > 0
+        bn = any(prior for _, prior in terms) and self.objective.bn_weight > 0
         client = self.observation.client
         if client is not None:  # FedAvg: the client's local steps, simulated per problem
             sched = self.schedule if idx is None else self.schedule[idx]
@@ -476,27 +383,27 @@ class GradientInversion(Attack):
             grads = per_problem_gradients(self.target, x, targets, forward=net)
         mine = [grads[n] for n in self.param_names]
         norm = None
-        if any((d or self.hparams.distance) == "cosine" for d, _ in terms):
+        if any((d or self.objective.distance) == "cosine" for d, _ in terms):
             norm = self.observed_sq_norm() if idx is None else self.observed_sq_norm()[idx]
         out = []
         for distance, prior in terms:
-            kind = distance or self.hparams.distance
+            kind = distance or self.objective.distance
             loss = gradient_distance(mine, observed, kind, norm if kind == "cosine" else None)
             if prior and bn:
-                loss = loss + self.hparams.bn_weight * self.bn_prior(moments)
-            kind_prior = self.kind.prior(dummy, x, {"tv_weight": self.hparams.tv_weight}) if prior else None
+                loss = loss + self.objective.bn_weight * self.bn_prior(moments)
+            kind_prior = self.kind.prior(dummy, x, {"tv_weight": self.objective.tv_weight}) if prior else None
             if kind_prior is not None:
                 loss = loss + kind_prior
-            if prior and self.hparams.group_weight > 0 and self.consensus is not None:
+            if prior and self.objective.group_weight > 0 and self.consensus is not None:
                 target = self.consensus if idx is None else self.consensus[idx]
-                loss = loss + self.hparams.group_weight * (dummy - target).pow(2).flatten(1).mean(1)
+                loss = loss + self.objective.group_weight * (dummy - target).pow(2).flatten(1).mean(1)
             out.append(loss)
         return out
 
     @torch.no_grad()
     def update_consensus(self) -> None:
         """Group consistency: each restart's target is the mean of its victim's aligned restarts."""
-        R = self.hparams.restarts
+        R = self.dummies.restarts
         x = self.dummy_data.detach()
         P, B = x.shape[:2]
         if P == 0:
@@ -568,7 +475,7 @@ class GradientInversion(Attack):
     def _compiled_objective(self, x: Tensor, label_logits: Optional[Tensor]) -> Tensor:
         """The training objective of every problem through ``torch.compile``; eager if that fails."""
         self.client_net(x.device)  # built (a model copy) before capture, not inside the compiled graph
-        if self.hparams.distance == "cosine":
+        if self.objective.distance == "cosine":
             self.observed_sq_norm()  # computed eagerly, once: the compiled graph reads it
         if self._compiled is None:
             mode = "reduce-overhead" if x.device.type == "cuda" else None
@@ -585,16 +492,16 @@ class GradientInversion(Attack):
     def on_fit_start(self) -> None:
         if self.trainer.max_steps is None or self.trainer.max_steps < 1:
             raise ValueError("set the attack budget with --trainer.max_steps N (one step is one attack iteration)")
-        self.check_budget(self.hparams, self.trainer.max_steps)  # the API's runs too, not only the CLI's
+        self.budget.check(self.trainer.max_steps)  # the API's runs too, not only the CLI's
         self.stopping.reset()
         if self.device.type == "cpu":  # every step frees and allocates the same tensors: keep their pages
             keep_freed_memory()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        refine = self.hparams.get("refine_steps", 0)
+        refine = self.budget.refine_steps
         if refine and self._free is None and self.trainer.global_step >= self.trainer.max_steps - refine:
             self.start_refining()
-        if self.hparams.group_weight > 0:
+        if self.objective.group_weight > 0:
             with full_precision():
                 self.update_consensus()
 
@@ -652,7 +559,7 @@ class GradientInversion(Attack):
         self._evaluating = None
         if isinstance(opt, BatchedLBFGS):
             self.failed |= opt.failed.to(self.failed.device)
-        if self.hparams.box_constraint:
+        if self.dummies.box_constraint:
             with torch.no_grad():
                 self.kind.project_(self.dummy_data)
 
@@ -688,20 +595,9 @@ class GradientInversion(Attack):
             self.trainer.should_stop = True
 
     def configure_optimizers(self):
-        hp = self.hparams
-        params = [self.dummy_data] + ([self.dummy_labels] if hp.labels == "joint" else [])
-        if hp.optimizer == "lbfgs":
-            return BatchedLBFGS(params, lr=hp.lr, max_iter=hp.lbfgs_max_iter, history_size=hp.lbfgs_history_size,
-                                tolerance_grad=hp.lbfgs_tolerance_grad, tolerance_change=hp.lbfgs_tolerance_change,
-                                early_exit=hp.lbfgs_early_exit,
-                                active_only=hp.lbfgs_early_exit and not self.fixed_shape)
-        opt = (SignedAdam if hp.optimizer == "signed_adam" else torch.optim.Adam)(params, lr=hp.lr)
-        if not hp.lr_decay:
-            return opt
-        n = self.trainer.max_steps
-        milestones = [int(n * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        params = [self.dummy_data] + ([self.dummy_labels] if self.hparams.labels == "joint" else [])
+        max_steps = self.trainer.max_steps if self._trainer is not None else None  # (lr_decay reads it)
+        return self.optimizer.build(params, max_steps, self.fixed_shape)
 
     # ------------------------------------------------------------- results
     @torch.no_grad()

@@ -110,10 +110,10 @@ def _size(n: float) -> str:
 #: what shrinks each part of the estimate
 _ADVICE = {
     "victims": "lower --data.num_victims",
-    "dummies": "lower --data.num_victims or --model.restarts",
-    "observed": "lower --data.num_victims or --model.restarts",
-    "optimizer": "lower --model.lbfgs_history_size, --data.num_victims or --model.restarts",
-    "objective": "set --model.problems_per_chunk N to evaluate fewer problems at once",
+    "dummies": "lower --data.num_victims or --model.dummies.restarts",
+    "observed": "lower --data.num_victims or --model.dummies.restarts",
+    "optimizer": "lower --model.optimizer.history_size, --data.num_victims or --model.dummies.restarts",
+    "objective": "set --model.objective.problems_per_chunk N to evaluate fewer problems at once",
 }
 
 
@@ -146,7 +146,8 @@ def check_attack(module: nn.Module, victims: int, batch_size: int, local_steps: 
     processes = trainer.num_devices if trainer is not None and device.type == "cpu" else 1
     parts = estimate(module.target, victims=victims, restarts=hp.restarts, batch_size=batch_size,
                      input_shape=tuple(hp.input_shape), num_classes=hp.num_classes,
-                     joint_labels=hp.labels == "joint", optimizer=hp.optimizer, history_size=hp.lbfgs_history_size,
+                     joint_labels=hp.labels == "joint", optimizer=hp.optimizer,
+                     history_size=getattr(module.optimizer, "history_size", 0),
                      problems_per_chunk=module.problems_at_once(device), local_steps=local_steps, element=element)
     check_memory(parts, victims=victims, restarts=hp.restarts, device=device, processes=processes,
                  optimizer="adam" if hp.optimizer != "lbfgs" else "lbfgs")
