@@ -19,14 +19,6 @@ from leakage.engine.models import build_model
 from conftest import CONFIGS, cli_args, run_dirs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def strict_json(text: str):
     """``json.loads`` that refuses ``NaN``, ``Infinity`` and ``-Infinity`` (not JSON)."""
     def refuse(name):

@@ -17,14 +17,6 @@ from leakage.data.tables import TableSchema
 from leakage.data.sources import BundledTable, CSVTable, CapturedGradients
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _table(tmp_path, text: str, name: str = "t.csv", encoding: str = "utf-8"):
     path = tmp_path / name
     path.write_bytes(text.encode(encoding))
