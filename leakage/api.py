@@ -34,7 +34,7 @@ from leakage.records import InversionResult, Observation, summarize, victim_rows
 from leakage.data.kinds import DataKind, ImageKind
 from leakage.federated.defenses import Defense, SecureAggregation
 from leakage.engine.errors import LIGHTNING_HINTS
-from leakage.attacks.family import Attack, attack_class
+from leakage.attacks.family import attack_class
 from leakage.attacks.settings import Dummies, apply_options
 from leakage.federated.fedavg import FedAvg, FedAvgClient, client_updates
 from leakage.engine.models import check_weights, model_name

@@ -26,7 +26,6 @@ metrics' part.
 
 from __future__ import annotations
 
-import math
 from typing import Literal, Optional, Sequence, Union
 
 import torch

@@ -178,23 +178,25 @@ class ClosedFormAttack(Attack):
         are then proven, slot by slot), else its labels as restored and their residual."""
         obs = self.observation
         evaluation = self.residuals(x, labels)
+        rel = self._relative(evaluation)
         V, B = labels.shape[0], labels.shape[1] if labels.dim() > 1 else 1
-        if V == 0 or B == 1:
-            return labels, evaluation, self._relative(evaluation)
+        if V == 0 or B == 1 or bool((rel <= CERTIFIED_RESIDUAL).all()):  # nothing left to pair
+            return labels, evaluation, rel
         try:
             name, _ = last_linear(self.target)
         except ValueError:  # no linear classifier: the labels stay as restored
-            return labels, evaluation, self._relative(evaluation)
+            return labels, evaluation, rel
         grads = label_gradients(obs)
         bias = grads.get(f"{name}.bias")
         net = client_view(self.target.to(x.device), obs.client_mode).to(x.device)
         paired, argmax = labels.clone(), labels.clone()
         for v in range(V):
-            if torch.isfinite(x[v]).all():
+            if torch.isfinite(x[v]).all() and not rel[v] <= CERTIFIED_RESIDUAL:
                 paired[v], argmax[v] = pair_labels(net, name, x[v], labels[v], grads[f"{name}.weight"][v],
                                                    None if bias is None else bias[v])
-        rel = self._relative(evaluation)
         for candidate in (paired, argmax):  # the restored multiset paired first
+            if torch.equal(candidate, labels):  # nothing new to try: the same residuals
+                continue
             trial = self.residuals(x, candidate)
             rel_trial = self._relative(trial)
             better = (rel_trial <= CERTIFIED_RESIDUAL) & ~(rel <= CERTIFIED_RESIDUAL)

@@ -18,7 +18,7 @@ from typing import Literal, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from leakage.attacks.malicious import MIN_RELATIVE_BIAS, _MaliciousAttack, _server
+from leakage.attacks.malicious import MIN_RELATIVE_BIAS, _MaliciousAttack
 from leakage.federated.server import ImprintServer
 from leakage.records import Observation
 
@@ -43,7 +43,7 @@ class ImprintAttack(_MaliciousAttack):
         super().__init__(model, input_shape, num_classes, model_seed, model_weights, labels)
 
     def solve(self, observation: Observation) -> tuple[Tensor, Tensor, Tensor]:
-        server = _server(observation, ImprintServer, "imprint", "imprint")
+        server = self._server(observation)
         grads = observation.gradient_estimate()
         dW = grads[f"{server.layer}.weight"].to(self.device)  # [V, K, D], cumulative over the bins
         db = grads[f"{server.layer}.bias"].to(self.device)  # [V, K]

@@ -30,15 +30,6 @@ from leakage.attacks.labels import BATCH_STRATEGIES
 MIN_RELATIVE_BIAS = 1e-5
 
 
-def _server(observation: Observation, kind: type, attack: str, setting: str):
-    server = observation.server
-    if not isinstance(server, kind):
-        given = "an honest-but-curious server" if server is None or not server.malicious else server.describe()
-        raise ValueError(f"the {attack} attack reads what a malicious server planted: run it with --data.server "
-                         f"{kind.__name__} (the observation has {given})")
-    return server
-
-
 def _listed(victims: list[int], most: int = 10) -> str:
     """Victim numbers for a one-line note: the first ``most``, then how many more."""
     shown = ", ".join(map(str, victims[:most]))
@@ -63,7 +54,16 @@ class _MaliciousAttack(ClosedFormAttack):
 
     def check_observation(self, observation: Observation) -> None:
         super().check_observation(observation)
-        _server(observation, self.server_kind, self.server_name, self.server_name)
+        self._server(observation)
+
+    def _server(self, observation: Observation):
+        """The observation's server, which must be this attack's kind (else a one-line error)."""
+        server = observation.server
+        if not isinstance(server, self.server_kind):
+            given = "an honest-but-curious server" if server is None or not server.malicious else server.describe()
+            raise ValueError(f"the {self.server_name} attack reads what a malicious server planted: run it with "
+                             f"--data.server {self.server_kind.__name__} (the observation has {given})")
+        return server
 
     def _fill(self, observation: Observation, rows: list[Tensor]) -> Tensor:
         """Every victim's candidates ``[n_v, D]`` in the batch's slots ``[V, B, *input_shape]``, the rest

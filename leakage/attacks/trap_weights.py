@@ -18,7 +18,7 @@ from typing import Literal, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from leakage.attacks.malicious import MIN_RELATIVE_BIAS, _MaliciousAttack, _server
+from leakage.attacks.malicious import MIN_RELATIVE_BIAS, _MaliciousAttack
 from leakage.federated.server import TrapWeightServer
 from leakage.records import Observation
 
@@ -48,7 +48,7 @@ class TrapWeightAttack(_MaliciousAttack):
         super().__init__(model, input_shape, num_classes, model_seed, model_weights, labels)
 
     def solve(self, observation: Observation) -> tuple[Tensor, Tensor, Tensor]:
-        server = _server(observation, TrapWeightServer, "trap_weights", "trap_weights")
+        server = self._server(observation)
         grads = observation.gradient_estimate()
         dW = grads[f"{server.layer}.weight"].to(self.device)  # [V, H, D]
         db = grads[f"{server.layer}.bias"].to(self.device)  # [V, H]

@@ -25,7 +25,7 @@ from torchvision import datasets, transforms
 from leakage.federated.capture import check_settings, is_capture, load_global_weights, read_capture
 from leakage.federated.client import Client, FedSGD, client_gradients, load_gradients, validate_gradients
 from leakage.data.csvtable import drop_nonfinite, numeric_columns, read_csv
-from leakage.data.kinds import DataKind, ImageKind, TabularKind
+from leakage.data.kinds import TabularKind
 from leakage.data.tables import TableSchema, read_schema
 from leakage.federated.fedavg import client_updates
 from leakage.data.imagefolder import read_labelled_folder

@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from leakage.data.kinds.image import ImageKind
-from leakage.federated.server import HONEST
 
 #: tiles per row of the gallery at most (an update's images stay together)
 GALLERY_COLUMNS = 10

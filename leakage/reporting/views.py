@@ -11,7 +11,6 @@ import math
 
 from typing import Any, Optional, Sequence
 
-import torch
 from torch import Tensor
 
 from leakage.reporting import htmlreport as h

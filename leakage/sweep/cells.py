@@ -19,12 +19,12 @@ from typing import Any
 import yaml
 
 from leakage.engine.distributed import launched_as_rank_zero
-from leakage.reporting.runfiles import json_text
+from leakage.reporting.runfiles import atomic_write, json_text
 from leakage.sweep.config import check_sweep, defense_class, set_key
 from leakage.sweep.fitargs import SCALE_KEYS, cell_error, cell_errors, scale_free, without_logger
 from leakage.sweep.hparams import write_hparams
 from leakage.sweep.lock import SweepLock
-from leakage.sweep.paths import atomic_write, cell_id, confined, fmt, study_cell_id
+from leakage.sweep.paths import cell_id, confined, fmt, study_cell_id
 from leakage.sweep.plots import write_plots
 from leakage.sweep.report import write_report
 from leakage.sweep.search import breaking_point, breaking_points

@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from leakage.reporting.runfiles import atomic_write  # noqa: F401  (re-exported: the sweep's modules write through it)
 
 #: what a defense or study name may be (it names files: ``runs/<name>=<value>``, ``<name>.png``)
 NAME_RULE = "letters, digits, '_' and '-' only, starting with a letter or digit, at most 64 characters"

@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 
 from leakage.reporting.dashboard import figure_png
-from leakage.sweep.paths import atomic_write, confined, fmt
+from leakage.reporting.runfiles import atomic_write
+from leakage.sweep.paths import confined, fmt
 from leakage.sweep.tables import headers, metrics, study_headers, study_metrics, study_rows
 
 

@@ -3,7 +3,6 @@ total variation, matching and scoring by SSIM (:mod:`leakage.engine.metrics`), s
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import torch
