@@ -357,7 +357,7 @@ def test_chunks_of_consecutive_problems_give_the_losses_and_gradients_of_one_eva
 
 def test_large_models_evaluate_one_problem_at_a_time_on_the_cpu():
     big = GradientInversion(model="resnet18")  # 11.2M parameters
-    assert sum(p.numel() for p in big.target.parameters()) >= leakage.attacks.gradient_inversion.SERIAL_PARAMETERS
+    assert sum(p.numel() for p in big.target.parameters()) >= leakage.attacks.matching.SERIAL_PARAMETERS
     assert big.problems_at_once() == 1 and big.problems_at_once(torch.device("cuda")) is None
     assert GradientInversion(model="resnet18", objective=Objective(problems_per_chunk=3)).problems_at_once() == 3
     assert GradientInversion(model="resnet18", objective=Objective(compile="on")).problems_at_once() is None

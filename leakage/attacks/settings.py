@@ -88,7 +88,7 @@ class Objective(Settings):
         problems_per_chunk: evaluate at most this many problems at once (bounds the memory of the
             model's double backward; the result is the same to float32 rounding). None (auto): one at
             a time on the CPU for a model of at least
-            :data:`leakage.attacks.gradient_inversion.SERIAL_PARAMETERS` parameters, all at once
+            :data:`leakage.attacks.matching.SERIAL_PARAMETERS` parameters, all at once
             otherwise.
         compile: compile the objective and its backward with ``torch.compile`` (on CUDA in
             ``reduce-overhead`` mode). ``auto``: on a GPU only; ``on``; ``off``. Where compiling fails
