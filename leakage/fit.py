@@ -39,6 +39,7 @@ from leakage.reporting.callbacks import LeakageReport
 from leakage.reporting.runfiles import fresh_run_dir
 from leakage.classpaths import check_trainer_class_paths
 from leakage.engine.distributed import DDP_NAMES, ShardedDDPStrategy, launched_as_rank_zero
+from leakage.helppage import HELP_ALL, short_help
 from leakage.engine.errors import one_line, parser_error_line
 from leakage.attacks.family import ATTACKS, DEFAULT_ATTACK, attack_class, attack_path
 from leakage.reporting.loggers import CLASS_PATH as LOGGER_CLASS_PATH
@@ -350,7 +351,7 @@ class LeakageCLI(LightningCLI):
         parser.add_argument(
             "--attack", type=str, default=DEFAULT_ATTACK,
             help="the attack, whose settings are the --model.* options: "
-                 + "; ".join(f"{name} ({path})" for name, path in ATTACKS.items())
+                 + ", ".join(f"{name} ({path.rsplit('.', 1)[-1]})" for name, path in ATTACKS.items())
                  + ". `leakage fit --attack NAME --help` lists that attack's options")
         parser.add_lightning_class_args(LeakageReport, "report")
         # the data module's objects by default (a source, a client, a server), named in --help and config.yaml
@@ -368,6 +369,15 @@ class LeakageCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         if isinstance(args, (list, tuple)) or args is None:
             argv = list(sys.argv[1:] if args is None else args)
+            if HELP_ALL in argv:  # jsonargparse's full page
+                argv = [("--help" if a == HELP_ALL else a) for a in argv]
+                if args is None:
+                    sys.argv[1:] = argv
+                else:
+                    args = argv
+            elif "-h" in argv or "--help" in argv:
+                print(short_help(self._subcommand_parsers["fit"], FIT_DESCRIPTION), end="")
+                sys.exit(0)
             for value in _config_paths(argv):
                 check_config_file(value)
             # before the parser imports any class path: the trainer section names no user module

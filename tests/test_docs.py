@@ -146,7 +146,8 @@ def test_every_leakage_command_in_the_docs_parses(monkeypatch, capsys):
             if command[0] == "sweep":
                 parse(list(command[1:]))
             else:
-                args = list(command) if "--help" in command else [*command, "--print_config"]
+                helps = any(a in ("--help", "--help-all") or a.endswith(".help") for a in command)
+                args = list(command) if helps else [*command, "--print_config"]
                 with pytest.raises(SystemExit) as done:
                     main(args)
                 assert done.value.code in (0, None), f"exit status {done.value.code}"

@@ -109,9 +109,9 @@ def _sole_line(capsys, tmp_path, *args):
     "args, expected",
     [
         (["--model.labelz", "idlg"],
-         "unknown option --model.labelz (did you mean --model.labels? `leakage fit --help` lists every option)"),
+         "unknown option --model.labelz (did you mean --model.labels? `leakage fit --help-all` lists every option)"),
         (["--model.optimizer.lrr", "0.1"], "model.optimizer: leakage.attacks.settings.LBFGS: no option 'lrr'"),
-        (["--model.no_such_option", "1"], "unknown option --model.no_such_option (`leakage fit --help` lists every option)"),
+        (["--model.no_such_option", "1"], "unknown option --model.no_such_option (`leakage fit --help-all` lists every option)"),
         (["--data.batch_size", "two"], "data.batch_size: expected an int, got 'two'"),
         (["--data.indices", "[0,a]"], "data.indices: expected an int, got 'a'"),
         (["--trainer.callbacks+=no.such.Class"], "trainer.callbacks: cannot import 'no.such.Class': No module named 'no'"),
@@ -147,7 +147,7 @@ def test_corrupt_config_file(capsys, tmp_path):
          "config file {p} must hold a mapping of settings (trainer:, model:, data:, ...), got a list"),
         (lambda p: p.write_bytes(b"model: \xff\xfe\n"), "cannot read config file {p}: "),
         (lambda p: p.write_text("data:\n  no_such_key: 1\n"),
-         "unknown config key 'data.no_such_key' (`leakage fit --help` lists every option)"),
+         "unknown config key 'data.no_such_key' (`leakage fit --help-all` lists every option)"),
     ],
     ids=["missing", "directory", "list", "binary", "unknown-key"],
 )
@@ -202,18 +202,26 @@ def test_top_level_help_lists_fit_and_sweep(capsys):
     assert "validate" not in out and "predict" not in out
 
 
-def test_fit_help_still_prints_the_full_documentation(capsys):
+def test_fit_help_is_a_short_page_and_help_all_the_full_one(capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: leakage [options] fit ")
+    assert out.startswith("usage: leakage fit ")
     assert "Run one gradient-inversion attack" in out
-    for option in ("--model.objective OBJECTIVE", "--model.optimizer.help", "--data.source", "--trainer.max_steps",
-                   "--report.success_ssim"):
+    for option in ("--model.objective OBJECTIVE", "--model.optimizer.help CLASS", "Classes: Adam, LBFGS, SignedAdam",
+                   "--data.source", "ImprintServer", "--trainer.max_steps", "--report.success_ssim", "--help-all"):
         assert option in out, option
-    assert len(out.splitlines()) > 300
+    assert "--trainer.overfit_batches" not in out  # Lightning's other options are on the full page
+    assert len(out.splitlines()) < 150
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--help-all"])
+    assert exc.value.code == 0
+    full = capsys.readouterr().out
+    assert full.startswith("usage: leakage [options] fit ")
+    assert "--trainer.overfit_batches" in full and "--model.optimizer.help" in full
+    assert len(full.splitlines()) > 300
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
 """MkDocs hook: fills docs/reference.md at build time from the CLI and the package itself.
 
 The page's source holds markers; each is replaced by what the installed package says now, so the
-reference cannot drift from the code: ``leakage fit --help``, ``leakage sweep --help``, the Python
-presets (:data:`leakage.presets.PRESETS`) and the leading comment of every preset config.
+reference cannot drift from the code: ``leakage fit --help`` and ``--help-all``, ``leakage sweep
+--help``, the settings of every class an option takes (read from its signature and docstring, as
+``--data.server.help CLASS`` shows them), the Python presets (:data:`leakage.presets.PRESETS`) and
+the leading comment of every preset config.
 """
 
 from __future__ import annotations
@@ -19,6 +21,69 @@ def _help(*command: str) -> str:
     done = subprocess.run([sys.executable, "-m", "leakage.cli", *command], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, check=True)
     return "```text\n" + done.stdout.rstrip() + "\n```"
+
+
+#: the options that take one of several classes, each with its base class's import path
+OBJECTS = (
+    ("--data.source", "leakage.data.sources.Source"),
+    ("--data.client", "leakage.federated.client.Client"),
+    ("--data.server", "leakage.federated.server.Server"),
+    ("--model.objective", "leakage.attacks.settings.Objective"),
+    ("--model.optimizer", "leakage.attacks.settings.Optimizer"),
+    ("--model.dummies", "leakage.attacks.settings.Dummies"),
+    ("--model.budget", "leakage.attacks.settings.Budget"),
+    ("--trainer.callbacks+", "leakage.federated.defenses.Defense"),
+)
+#: bases that are no choice themselves (a defense must say what it does)
+BASES = ("leakage.federated.defenses.Defense",)
+
+
+def _import(path: str):
+    import importlib
+
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def _settings_table(cls: type) -> str:
+    import inspect
+
+    import docstring_parser
+
+    docs = {}
+    for klass in reversed(cls.__mro__):  # a subclass's own description wins
+        if klass.__module__.startswith("leakage."):
+            docs.update({p.arg_name: p.description for p in docstring_parser.parse(klass.__doc__ or "").params})
+    params = [p for name, p in inspect.signature(cls.__init__).parameters.items()
+              if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not params:
+        return "(no settings)"
+    rows = ["| setting | default | what it is |", "|---|---|---|"]
+    for p in params:
+        default = "required" if p.default is inspect.Parameter.empty else f"`{p.default!r}`"
+        about = " ".join((docs.get(p.name) or "").split()).replace("|", "\\|")
+        rows.append(f"| `{p.name}` | {default} | {about} |")
+    return "\n".join(rows)
+
+
+def _objects() -> str:
+    import inspect
+
+    parts = []
+    for option, base_path in OBJECTS:
+        base = _import(base_path)
+        todo, classes = [base], []
+        while todo:
+            cls = todo.pop(0)
+            todo.extend(cls.__subclasses__())
+            if (cls.__module__.startswith("leakage.") and not inspect.isabstract(cls)
+                    and getattr(cls, "name", None) != "" and not hasattr(cls, "lazy_get_init_data")
+                    and cls not in classes and not (cls is base and base_path in BASES)):
+                classes.append(cls)
+        for cls in classes:
+            summary = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+            parts.append(f"### `{option} {cls.__name__}`\n\n{summary}\n\n{_settings_table(cls)}")
+    return "\n\n".join(parts)
 
 
 def _presets() -> str:
@@ -46,6 +111,8 @@ def _configs() -> str:
 
 MARKERS = {
     "<!-- leakage fit --help -->": lambda: _help("fit", "--help"),
+    "<!-- objects -->": _objects,
+    "<!-- leakage fit --help-all -->": lambda: _help("fit", "--help-all"),
     "<!-- leakage sweep --help -->": lambda: _help("sweep", "--help"),
     "<!-- presets -->": _presets,
     "<!-- configs -->": _configs,

@@ -43,7 +43,7 @@ LIGHTNING_HINTS = (
 
 
 # ------------------------------------------------------------------------- parser errors
-HELP_HINT = "`leakage fit --help` lists every option"
+HELP_HINT = "`leakage fit --help-all` lists every option"
 
 _KEY = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
 _LITERAL = re.compile(r"^Expected a (?:typing\.)?Literal\[(.*)\]\. Got value: (.*)$")
