@@ -49,7 +49,9 @@ def test_sweep_writes_tables_plots_and_hparams(tmp_path, capsys):
         ("noise", 0.0), ("noise", 1.0), ("topk", 0.01), ("topk", 1.0)]
     assert all(r["status"] == "ok" and r["victims"] == "2" for r in rows)
     assert all(float(r["time_s"]) > 0 and float(r["entries_per_unknown"]) > 0 for r in rows)
+    assert all(r["threat_model"].startswith("honest-but-curious server") for r in rows)
     md = (out / "results.md").read_text()
+    assert md.startswith("Threat model: honest-but-curious server")
     assert "| sigma | label accuracy | MSE | SSIM | PSNR | attack success rate |" in md
     assert "| keep_ratio |" in md and "### Breaking points" in md
     assert (out / "noise.png").stat().st_size > 0 and (out / "topk.png").stat().st_size > 0

@@ -336,6 +336,7 @@ class LeakageReport(pl.Callback):
         self.summary = summarize(self.rows, self.success_ssim)
         self.summary["entries_per_unknown"] = pl_module.observation.entries_per_unknown
         self.summary["exact"] = int(joined["exact"].sum())  # victims solved exactly by construction
+        self.threat_model = pl_module.observation.threat_model  # what a sweep's table names first
         self._report(trainer, pl_module, recon, labels, metrics, partial)
 
     def _evaluate(self, recon: Tensor, secret, entropy: Optional[Tensor] = None) -> tuple[Optional[dict], Optional[str]]:

@@ -26,7 +26,7 @@ from leakage.sweep.hparams import write_hparams
 from leakage.sweep.lock import SweepLock
 from leakage.sweep.paths import cell_id, confined, fmt, study_cell_id
 from leakage.sweep.plots import write_plots
-from leakage.sweep.report import write_report
+from leakage.sweep.report import threat_model, write_report
 from leakage.sweep.search import breaking_point, breaking_points
 from leakage.sweep.tables import results_tables
 
@@ -284,6 +284,7 @@ class Sweep:
                 "time_s": elapsed, "entries_per_unknown": float(report.summary["entries_per_unknown"]),
                 # victims proven exact (a closed form's certificate, leakage.attacks.closedform; 0 for a search)
                 "exact": int(report.summary.get("exact", 0)),
+                "threat_model": getattr(report, "threat_model", ""),
                 "dataset": dataset, "model": model, "defenses": defenses}
 
     def _run(self, cid: str, cfg: dict, row: dict) -> dict:
@@ -420,7 +421,9 @@ class Sweep:
     def write_tables(self, points: list[dict] | None = None) -> str:
         """Rebuild the tables, plots and hparams view from the cell files; return the markdown table."""
         rows = self.rows()
-        table, self.table = results_tables(self.cfg, self.defenses, self.studies, rows, points)
+        table, markdown = results_tables(self.cfg, self.defenses, self.studies, rows, points)
+        # every table says first which threat model produced its numbers
+        self.table = f"Threat model: {threat_model(self.base, self.studies)}.\n\n{markdown}"
         self._write("results.csv", lambda: atomic_write(confined(self.out, "results.csv"), table))
         self._write("results.md", lambda: atomic_write(confined(self.out, "results.md"), self.table))
         self._write("plots", lambda: write_plots(self.out, self.defenses, self.studies, rows, points or []))

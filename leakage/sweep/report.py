@@ -115,10 +115,10 @@ def sweep_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies
                 f"TensorBoard: tensorboard --logdir {h.esc(out)}).</p>")
     data = {r.get("kind") for r in rows}  # what the clients held: images, table records, or both
     records = {frozenset({"image"}): "images", frozenset({"tabular"}): "records"}.get(frozenset(data), "data")
-    return h.page(f"leakage sweep: {kinds or 'no grids'} ({out.name})", body, _threat_model(base, studies), records)
+    return h.page(f"leakage sweep: {kinds or 'no grids'} ({out.name})", body, threat_model(base, studies), records)
 
 
-def _threat_model(base: dict, studies: list[dict]) -> str:
+def threat_model(base: dict, studies: list[dict]) -> str:
     """The threat model of the sweep's cells (their base config's server), or that the cells differ."""
     varied = [s["key"] for s in studies if str(s.get("key", "")).startswith(SERVER_KEYS)]
     if varied:

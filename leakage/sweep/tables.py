@@ -51,7 +51,7 @@ def study_headers(rows: list[dict]) -> dict[str, str]:
 
 
 def csv_fields(rows: list[dict]) -> tuple[str, ...]:
-    return ("defense", "param", "study", "key", "value", "status", "victims", "failed", "success", *metrics(rows),
+    return ("threat_model", "defense", "param", "study", "key", "value", "status", "victims", "failed", "success", *metrics(rows),
             "score_label", "score", "images", "image_success", "image_success_rate", "exact", "time_s", "group_time_s",
             "entries_per_unknown", "cell", "error")
 
