@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-import leakage.attacks.gradient_inversion
+import leakage.attacks.matching
 import leakage.federated.client
 from leakage.attacks.settings import LBFGS
 from leakage.attacks.gradient_inversion import GradientInversion
@@ -69,7 +69,7 @@ def test_attack_objective_and_client_run_in_full_precision(monkeypatch, tmp_path
         return real(model, x, targets, **kwargs)
 
     monkeypatch.setattr(leakage.federated.client, "per_problem_gradients", client_spy)
-    monkeypatch.setattr(leakage.attacks.gradient_inversion, "per_problem_gradients", objective_spy)
+    monkeypatch.setattr(leakage.attacks.matching, "per_problem_gradients", objective_spy)
     dm = VictimDataModule(Bundled("mnist"), indices=[3])
     module = GradientInversion(model="lenet", input_shape=(1, 28, 28), labels="idlg", optimizer=LBFGS(max_iter=3))
     backward = BackwardPrecision()
