@@ -1,4 +1,5 @@
-"""The ``leakage`` command: ``leakage fit`` (the LightningCLI of :mod:`leakage.fit`) and ``leakage sweep``.
+"""The ``leakage`` command: ``leakage fit`` (the LightningCLI of :mod:`leakage.fit`), ``leakage sweep`` and
+``leakage audit`` (:mod:`leakage.audit.command`: exit status 1 when a check fails).
 
 Bad input ends in one ``leakage: error: ...`` line on stderr and exit status 2; ``--help`` shows the
 full documentation.
@@ -16,11 +17,12 @@ from leakage.data.datamodule import VictimDataModule
 from leakage.engine.errors import LIGHTNING_HINTS, one_line, parser_error_line
 from leakage.fit import TRAINER_DEFAULTS, LeakageCLI
 
-COMMANDS = ("fit", "sweep")
+COMMANDS = ("fit", "sweep", "audit")
 
 USAGE = """\
 usage: leakage fit [--config FILE] [--section.option VALUE ...]
        leakage sweep --config FILE [--sweep.option VALUE ...] [fit options ...]
+       leakage audit --model NAME --weights FILE [--previous FILE] [--batch 0-63] [--out DIR]
 """
 
 HELP = USAGE + """
@@ -30,6 +32,7 @@ commands:
   fit     run one gradient-inversion attack (every option: leakage fit --help)
   sweep   run the attack over grids of defense strengths or of any fit setting
           (leakage sweep --help)
+  audit   check the model a server sent before training on it (leakage audit --help)
 
 On N processes, GPUs or nodes, add --trainer.strategy ddp --trainer.devices N to either command
 (each process attacks a shard of the victims; rank 0 writes the results of all).
@@ -71,6 +74,13 @@ def main(args: list[str] | None = None) -> None:
             _fail(f"start with a command: `leakage fit {command} ...` or `leakage sweep ...`")
         _fail(f"unknown command {command!r}: use `leakage fit` or `leakage sweep`")
     try:
+        if command == "audit":
+            from leakage.audit.command import main as audit_main
+
+            code = audit_main(argv[1:])
+            if code:
+                sys.exit(code)
+            return
         if command == "sweep":
             from leakage.sweep import main as sweep_main
 

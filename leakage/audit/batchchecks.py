@@ -53,8 +53,8 @@ class DSNR(Check):
     gives, beside it, the same ratio per unit (row), which a unit that fires for one sample drives up in
     honest ReLU models too, so it is reported, not judged.
 
-    Honest built-ins measured (batches of 16 and 64 bundled images, init and 5 SGD steps): layer D-SNR at
-    most 0.6. Warn at 1, fail at 2 (one sample's gradient twice the rest of the batch together)."""
+    Honest built-ins measured (the calibration of :mod:`leakage.audit.structure`): layer D-SNR at most 0.29
+    (ResNet-18 after 5 SGD steps, 16 CIFAR-10 images). Warn at 1, fail at 2 (one sample's gradient twice the rest of the batch together)."""
 
     name = "D-SNR"
     needs = ("batch",)
@@ -88,8 +88,8 @@ class SingleSampleUnits(Check):
     units. Only for a fully connected first layer fed the input (a ReLU unit fires where its
     pre-activation is positive).
 
-    Score: the fraction of the batch that some unit isolates. Honest ``mlp`` measured (batches of 16 and 64
-    MNIST images, init and 5 SGD steps): at most 0.25. Warn at 0.3, fail at 0.5."""
+    Score: the fraction of the batch that some unit isolates. Honest ``mlp`` measured (64 MNIST images, init
+    and 5 SGD steps): at most 0.047 (3 of 64); trap weights of scale 0.7 isolate 0.36. Warn at 0.3, fail at 0.5."""
 
     name = "single-sample units"
     needs = ("batch",)

@@ -36,9 +36,10 @@ class WhatLeaks(Check):
     """Run the feared closed-form attack on the client's own batch and count the samples it gives back
     exactly (module docstring). Score: the fraction of the batch isolated.
 
-    Honest ``mlp`` measured (batches of 16 and 64 MNIST images, init and 5 SGD steps): the trap-weight
-    read-out isolates at most a quarter of the batch, through units that happen to fire for one image;
-    ``lenet`` and ``resnet18`` have no fully connected first layer (nothing read). Warn at 0.3, fail at 0.5.
+    Honest ``mlp`` measured (64 MNIST images, init and 5 SGD steps): the trap-weight read-out isolates at
+    most 3 of 64 (0.047), through units that happen to fire for one image; ``lenet`` and ``resnet18`` have no
+    fully connected first layer (nothing read). Malicious: trap weights of scale 0.7 on ``mlp`` give back 21
+    of 64 (warn), an imprint module of 256 bins in front of ``lenet`` 56 of 64 (fail). Warn at 0.3, fail at 0.5.
     """
 
     name = "what would leak"

@@ -92,7 +92,7 @@ def audit(model: Union[nn.Module, Mapping[str, Tensor]], previous: Optional[Weig
         for p in received.model.parameters():
             p.requires_grad_(False)
     else:
-        received.unrunnable = "only the received state_dict was given: pass the model to run the batch checks"
+        received.unrunnable = "the received weights alone, no model that runs them: the batch checks need one"
     if batch is not None:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ValueError("batch must be the client's (x, y): inputs [B, *input_shape] and labels [B]")

@@ -1,10 +1,11 @@
 """The checks that read the received weights alone: architecture drift, imprint-like rows, trap weights,
 a class-targeted last layer and the transmit-SNR of the first layer (:mod:`leakage.audit.base`).
 
-Thresholds were calibrated on honest models: the built-in ``lenet``, ``mlp``, ``simple_cnn`` and
-``resnet18`` (MNIST and CIFAR-10 shapes) at ten random initialisations each and after 5 SGD steps (rate
-0.1, batches of 16 bundled images); the worst honest score of each check is in its docstring
-(``bench/audit_checks.py --calibrate`` prints them).
+Thresholds were calibrated on honest models: the built-in ``lenet`` and ``mlp`` (MNIST, batches of 64
+bundled images), ``simple_cnn`` and ``resnet18`` (CIFAR-10, batches of 16), four random initialisations
+each (two for ResNet-18), at init and after 5 SGD steps of rate 0.1 on that batch; the worst honest score
+of each check is in its docstring (``bench/audit_checks.py --calibrate`` prints them, with malicious
+models' scores beside them).
 """
 
 from __future__ import annotations
@@ -141,14 +142,14 @@ class TrapWeights(Check):
     Curious Abandon Honesty (:class:`leakage.federated.server.TrapWeightServer`: each row half negative, its
     positive half scaled by ``trap_scale < 1``, no bias), which make each ReLU unit fire for few inputs.
 
-    Score, per layer with fan-in >= 64 and at least 8 rows: ``|ln(b)|`` for ``b`` the median over rows of
+    Score, per layer with fan-in >= 64 and at least 32 rows (fewer rows leave the median too noisy: a last layer of 10 rows measured 0.20): ``|ln(b)|`` for ``b`` the median over rows of
     (sum of the positive weights) / (sum of the magnitudes of the negative ones); the worst layer counts.
-    Honest layers are symmetric (``b`` near 1): worst honest score measured 0.05. Trap weights of scale
+    Honest layers are symmetric (``b`` near 1): worst honest score measured 0.050 (SimpleCNN at init). Trap weights of scale
     ``s`` score ``|ln s|`` (0.36 for the default 0.7). Warn at 0.1 (a scale of 0.9), fail at 0.15 (0.86)."""
 
     name = "trap weights"
 
-    def __init__(self, warn: float = 0.1, fail: float = 0.15, min_fan_in: int = 64, min_rows: int = 8) -> None:
+    def __init__(self, warn: float = 0.1, fail: float = 0.15, min_fan_in: int = 64, min_rows: int = 32) -> None:
         super().__init__(warn, fail)
         self.min_fan_in, self.min_rows = int(min_fan_in), int(min_rows)
 
@@ -187,7 +188,7 @@ class ClassTargeted(Check):
 
     Score: the largest row norm of the last layer over the median of the other rows' norms; the bias's
     robust z-score (distance from the median in units of 1.4826 median absolute deviations) is given too
-    and fails the check above ``bias_z``. Honest last layers measured: norm ratio <= 1.3, bias z <= 3.
+    and fails the check above ``bias_z``. Honest last layers measured: norm ratio at most 1.25 (ResNet-18 after 5 SGD steps).
     Warn at 1.5, fail at 2 (a class multiplier of 2 or more); bias z: fail at 10."""
 
     name = "class-targeted last layer"
@@ -227,7 +228,7 @@ class TransmitSNR(Check):
     """The transmit-SNR of the first layer (SEER, Garov et al., ICLR 2024): its largest row norm over the sum of
     the other rows' norms. A layer that passes one input's signal through one unit has one row that
     outweighs the rest; SEER measured it below 1 on every benign ResNet-18. Honest built-ins measured:
-    at most 0.2. Warn at 0.5, fail at 1."""
+    at most 0.10 (LeNet's first convolution, 12 filters). Warn at 0.5, fail at 1."""
 
     name = "transmit-SNR"
 

@@ -1,0 +1,103 @@
+"""CPU time of the audit's model checks per round (LeNet and ResNet-18), and with --calibrate the honest
+scores each check's thresholds were set from (and malicious models' scores beside them).
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/audit_checks.py             # timing (target < 1 s per round)
+    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/audit_checks.py --calibrate # honest and malicious scores
+
+The model checks are those that read the weights alone (architecture, imprint rows, trap weights,
+class-targeted last layer, transmit-SNR), what a client runs every round before it trains; the batch
+checks (D-SNR, single-sample units, what would leak) are timed separately on a batch of 16 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+from leakage.api import bundled_images
+from leakage.audit import audit
+from leakage.audit.run import default_checks
+from leakage.engine.models import build_model
+from leakage.federated.server import ImprintServer, TrapWeightServer
+
+SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+MODELS = [("lenet", "mnist"), ("mlp", "mnist"), ("simple_cnn", "cifar10"), ("resnet18", "cifar10")]
+
+
+def trained(model, x, y, steps=5, lr=0.1):
+    """``model`` after ``steps`` SGD steps (train mode) on ``(x, y)``: an honest round's change."""
+    model = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def timing(repeats: int) -> None:
+    weight_checks = [c for c in default_checks() if not c.needs]
+    batch_checks = [c for c in default_checks() if c.needs]
+    for name, data in (("lenet", "mnist"), ("resnet18", "cifar10")):
+        model = build_model(name, SHAPES[data], 10)
+        previous = trained(model, *bundled_images(data, list(range(16))), steps=1)
+        audit(model, previous=previous, checks=weight_checks)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.process_time()
+            audit(model, previous=previous, checks=weight_checks)
+            times.append(time.process_time() - start)
+        x, y = bundled_images(data, list(range(16)))
+        start = time.process_time()
+        audit(model, batch=(x, y), checks=batch_checks)
+        batch_time = time.process_time() - start
+        print(f"{name:9s} model checks per round: {min(times):.3f} s CPU (best of {repeats}; median "
+              f"{sorted(times)[len(times) // 2]:.3f} s); batch checks on 16 images: {batch_time:.2f} s CPU")
+
+
+def calibrate(seeds: int) -> None:
+    worst: dict[str, tuple[float, str]] = {}
+    for name, data in MODELS:
+        n = 16 if data == "cifar10" else 64
+        x, y = bundled_images(data, list(range(n)))
+        for seed in range(seeds if name != "resnet18" else max(1, seeds // 2)):
+            init = build_model(name, SHAPES[data], 10, seed=seed)
+            for stage, model in (("init", init), ("5 SGD steps", trained(init, x, y))):
+                result = audit(model, previous=init, batch=(x, y))
+                for f in result.findings:
+                    if f.score == f.score and f.score > worst.get(f.check, (-1.0, ""))[0]:
+                        worst[f.check] = (f.score, f"{name} seed {seed} {stage}")
+                    if f.verdict != "pass" and f.verdict != "skipped":
+                        print(f"  honest {name} seed {seed} {stage}: {f.check} {f.verdict} ({f.reason})")
+    print("worst honest score per check (models: " + ", ".join(m for m, _ in MODELS) + f"; {seeds} seeds, init and 5 SGD steps):")
+    for check, (score, where) in worst.items():
+        print(f"  {check:27s} {score:.4g}  ({where})")
+    x, y = bundled_images("mnist", list(range(64)))
+    lenet, mlp = build_model("lenet", SHAPES["mnist"], 10), build_model("mlp", SHAPES["mnist"], 10)
+    cases = {f"imprint {k} bins (lenet)": ImprintServer(k).for_dataset("mnist").send(lenet, SHAPES["mnist"]) for k in (64, 256)}
+    cases.update({f"trap weights {s} (mlp)": TrapWeightServer(trap_scale=s).send(mlp, SHAPES["mnist"]) for s in (0.5, 0.7, 0.9)})
+    for m in (2.0, 10.0):
+        fished = copy.deepcopy(lenet)
+        with torch.no_grad():
+            fished.fc.weight[3] *= m
+            fished.fc.bias[3] *= m
+        cases[f"class 3's last row x{m:g} (lenet)"] = fished
+    print("malicious models (64 MNIST images):")
+    for what, model in cases.items():
+        result = audit(model, batch=(x, y))
+        flagged = ", ".join(f"{f.check} {f.score:.3g} {f.verdict}" for f in result.findings if f.verdict in ("fail", "warn"))
+        print(f"  {what:30s} {result.verdict:5s} {flagged}; {result.leak_line()}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calibrate", action="store_true")
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    calibrate(args.seeds) if args.calibrate else timing(args.repeats)
