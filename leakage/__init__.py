@@ -1,11 +1,13 @@
 """leakage: how much federated-learning updates leak a client's data.
 
 The command line is ``leakage fit`` / ``leakage sweep``; from Python, :func:`client_update`,
-:func:`invert` and :func:`report` drive the same engine (:mod:`leakage.api`).
+:func:`invert` and :func:`report` drive the same engine (:mod:`leakage.api`); ``leakage audit`` and
+:func:`audit` check, on the client's side, the model a server sent (:mod:`leakage.audit`; the name
+``leakage.audit`` is the function, its package is imported as ``from leakage.audit import ...``).
 """
 
 from leakage.attacks.analytic import AnalyticInversion
-from leakage.api import Report, bundled_images, client_update, invert, report
+from leakage.api import Report, audit, bundled_images, client_update, invert, report
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.attacks.cpa import CocktailPartyAttack
 from leakage.federated.fedavg import FedAvg, FedAvgClient
@@ -14,6 +16,6 @@ from leakage.attacks.trap_weights import TrapWeightAttack
 from leakage.federated.server import ImprintServer, TrapWeightServer
 from leakage.records import InversionResult
 
-__all__ = ["client_update", "invert", "report", "bundled_images", "FedAvg", "FedAvgClient", "InversionResult", "Report",
+__all__ = ["client_update", "invert", "report", "audit", "bundled_images", "FedAvg", "FedAvgClient", "InversionResult", "Report",
            "GradientInversion", "AnalyticInversion", "CocktailPartyAttack", "ImprintAttack", "TrapWeightAttack",
            "ImprintServer", "TrapWeightServer"]

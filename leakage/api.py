@@ -10,7 +10,8 @@
 :func:`invert` builds the same attack LightningModule as ``leakage fit`` (an optimisation attack,
 :class:`~leakage.attacks.gradient_inversion.GradientInversion`, or a closed-form one such as
 :class:`~leakage.attacks.analytic.AnalyticInversion`) and runs it with a Lightning ``Trainer``, as the CLI does; :func:`report` scores it with the same metrics and
-table. Only :func:`report` reads the victims' data.
+table. Only :func:`report` reads the victims' data. :func:`~leakage.audit.run.audit` is the client's side: it
+checks the model a server sent (``leakage audit`` on the command line).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from leakage.reporting.runreport import format_table
 from leakage.reporting.views import view_of
 from leakage.federated.server import HONEST, Server
 from leakage.data.sources import Bundled
+from leakage.audit.run import audit  # the client's check of the model it received (leakage.audit.run)
 
 
 def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tuple[Tensor, Tensor]:

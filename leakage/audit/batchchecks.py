@@ -53,14 +53,20 @@ class DSNR(Check):
     gives, beside it, the same ratio per unit (row), which a unit that fires for one sample drives up in
     honest ReLU models too, so it is reported, not judged.
 
-    Honest built-ins measured (the calibration of :mod:`leakage.audit.structure`): layer D-SNR at most 0.29
-    (ResNet-18 after 5 SGD steps, 16 CIFAR-10 images). Warn at 1, fail at 2 (one sample's gradient twice the rest of the batch together)."""
+    Honest built-ins measured (the calibration of :mod:`leakage.audit.structure`): layer D-SNR at most 0.58
+    (ResNet-18 after 5 SGD steps, audited on 10 CIFAR-10 images). Warn at 1, fail at 2 (one sample's gradient twice the
+    rest of the batch together). A small batch has few others to outweigh: honest ResNet-18 measured 2.3 on 4
+    CIFAR-10 images, so below ``min_batch`` (16) samples the check warns at most."""
 
     name = "D-SNR"
     needs = ("batch",)
 
-    def __init__(self, warn: float = 1.0, fail: float = 2.0) -> None:
+    def __init__(self, warn: float = 1.0, fail: float = 2.0, min_batch: int = 16) -> None:
         super().__init__(warn, fail)
+        self.min_batch = int(min_batch)
+
+    def settings(self) -> dict:
+        return {**super().settings(), "min_batch": self.min_batch}
 
     def run(self, received: Received) -> Finding:
         if received.model is None or received.x is None:
@@ -77,9 +83,13 @@ class DSNR(Check):
         worst = max(layers, key=lambda k: layers[k])
         sample = int(norms[worst].square().sum(dim=1).argmax())
         ranked = dict(sorted(layers.items(), key=lambda kv: -kv[1]))
-        return self.found(layers[worst], f"layer {worst!r}: sample {sample}'s gradient is {layers[worst]:.3g} times the "
-                          f"other {received.x.shape[0] - 1} samples' together", layer=worst, sample=sample,
-                          per_layer=ranked, per_unit=units)
+        B = received.x.shape[0]
+        found = self.found(layers[worst], f"layer {worst!r}: sample {sample}'s gradient is {layers[worst]:.3g} times the "
+                           f"other {B - 1} samples' together", layer=worst, sample=sample, per_layer=ranked, per_unit=units)
+        if B < self.min_batch and found.verdict == "fail":
+            found.verdict = "warn"
+            found.reason += f" (a batch of {B}: judged from {self.min_batch} samples, warns at most)"
+        return found
 
 
 class SingleSampleUnits(Check):
@@ -88,13 +98,16 @@ class SingleSampleUnits(Check):
     units. Only for a fully connected first layer fed the input (a ReLU unit fires where its
     pre-activation is positive).
 
-    Score: the fraction of the batch that some unit isolates. Honest ``mlp`` measured (64 MNIST images, init
-    and 5 SGD steps): at most 0.047 (3 of 64); trap weights of scale 0.7 isolate 0.36. Warn at 0.3, fail at 0.5."""
+    Score: the fraction of the batch that some unit isolates. It measures how exposed this batch is, not
+    what the server meant: it grows as the batch shrinks, for honest models too (honest ``mlp`` measured:
+    at most 3 of 64 MNIST images at init and after 5 SGD steps, but 10 of 16 after 3 steps; trap weights
+    of scale 0.7 isolate 23 of 64). So it warns (at 0.3) and never fails by default (``fail=inf``); the
+    trap-weight check judges the design."""
 
     name = "single-sample units"
     needs = ("batch",)
 
-    def __init__(self, warn: float = 0.3, fail: float = 0.5) -> None:
+    def __init__(self, warn: float = 0.3, fail: float = math.inf) -> None:
         super().__init__(warn, fail)
 
     def run(self, received: Received) -> Finding:

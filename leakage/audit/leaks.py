@@ -12,6 +12,8 @@ server could: an optimisation attack may take more.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -36,16 +38,19 @@ class WhatLeaks(Check):
     """Run the feared closed-form attack on the client's own batch and count the samples it gives back
     exactly (module docstring). Score: the fraction of the batch isolated.
 
-    Honest ``mlp`` measured (64 MNIST images, init and 5 SGD steps): the trap-weight read-out isolates at
-    most 3 of 64 (0.047), through units that happen to fire for one image; ``lenet`` and ``resnet18`` have no
-    fully connected first layer (nothing read). Malicious: trap weights of scale 0.7 on ``mlp`` give back 21
-    of 64 (warn), an imprint module of 256 bins in front of ``lenet`` 56 of 64 (fail). Warn at 0.3, fail at 0.5.
+    What comes back is the batch's exposure, which honest models have too: a fully connected first layer
+    gives back a batch of one whole (the analytic attack), and honest ``mlp`` measured 3 of 64 MNIST images
+    (init and 5 SGD steps) but 6 of 16 after 3 steps, through units that happen to fire for one image;
+    ``lenet`` and ``resnet18`` have no fully connected first layer (nothing read). Malicious: trap weights of
+    scale 0.7 on ``mlp`` give back 21 of 64, an imprint module of 256 bins in front of ``lenet`` 56 of 64. So it
+    warns at 0.25 and never fails by default (``fail=inf``): the design checks judge intent; this says what
+    it costs you.
     """
 
     name = "what would leak"
     needs = ("batch",)
 
-    def __init__(self, warn: float = 0.3, fail: float = 0.5, tolerance: float = 1e-3) -> None:
+    def __init__(self, warn: float = 0.25, fail: float = math.inf, tolerance: float = 1e-3) -> None:
         super().__init__(warn, fail)
         self.tolerance = float(tolerance)
 

@@ -20,7 +20,7 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from leakage.audit.base import Check, Received, as_batch, float_state, module_classes, shapes
+from leakage.audit.base import Check, Received, _plain, as_batch, float_state, module_classes, shapes
 from leakage.audit.batchchecks import DSNR, SingleSampleUnits
 from leakage.audit.leaks import WhatLeaks
 from leakage.audit.result import AuditResult
@@ -100,7 +100,7 @@ def audit(model: Union[nn.Module, Mapping[str, Tensor]], previous: Optional[Weig
         if received.model is not None:
             _check_runs(received)
     findings = [c.run(received) for c in checks]
-    settings = {c.name: c.settings() for c in checks}
+    settings = {c.name: _plain(c.settings()) for c in checks}
     return AuditResult(findings, model=model_name(module) if module is not None else "a state_dict", settings=settings)
 
 

@@ -1,9 +1,10 @@
 """The checks that read the received weights alone: architecture drift, imprint-like rows, trap weights,
 a class-targeted last layer and the transmit-SNR of the first layer (:mod:`leakage.audit.base`).
 
-Thresholds were calibrated on honest models: the built-in ``lenet`` and ``mlp`` (MNIST, batches of 64
-bundled images), ``simple_cnn`` and ``resnet18`` (CIFAR-10, batches of 16), four random initialisations
-each (two for ResNet-18), at init and after 5 SGD steps of rate 0.1 on that batch; the worst honest score
+Thresholds were calibrated on honest models: the built-in ``lenet`` and ``mlp`` (MNIST, the client's batch
+64 bundled images), ``simple_cnn`` and ``resnet18`` (CIFAR-10, 10 images), four random initialisations
+each (two for ResNet-18), at init and after 5 SGD steps of rate 0.1 on other bundled images (the server's
+model is trained on other clients' data); the worst honest score
 of each check is in its docstring (``bench/audit_checks.py --calibrate`` prints them, with malicious
 models' scores beside them).
 """
@@ -144,7 +145,7 @@ class TrapWeights(Check):
 
     Score, per layer with fan-in >= 64 and at least 32 rows (fewer rows leave the median too noisy: a last layer of 10 rows measured 0.20): ``|ln(b)|`` for ``b`` the median over rows of
     (sum of the positive weights) / (sum of the magnitudes of the negative ones); the worst layer counts.
-    Honest layers are symmetric (``b`` near 1): worst honest score measured 0.050 (SimpleCNN at init). Trap weights of scale
+    Honest layers are symmetric (``b`` near 1): worst honest score measured 0.066 (ResNet-18 after 5 SGD steps). Trap weights of scale
     ``s`` score ``|ln s|`` (0.36 for the default 0.7). Warn at 0.1 (a scale of 0.9), fail at 0.15 (0.86)."""
 
     name = "trap weights"
@@ -187,13 +188,16 @@ class ClassTargeted(Check):
     one class's row boosted by a multiplier against the others (or the others shrunk), or its bias set apart.
 
     Score: the largest row norm of the last layer over the median of the other rows' norms; the bias's
-    robust z-score (distance from the median in units of 1.4826 median absolute deviations) is given too
-    and fails the check above ``bias_z``. Honest last layers measured: norm ratio at most 1.25 (ResNet-18 after 5 SGD steps).
-    Warn at 1.5, fail at 2 (a class multiplier of 2 or more); bias z: fail at 10."""
+    robust z-score (distance from the median in units of 1.4826 median absolute deviations) is given too. Honest last layers measured: norm ratio at most 1.21 in the calibration
+    (ResNet-18 after 5 SGD steps), and 1.61 for ResNet-18 after 3 SGD steps of rate 0.1 on 8 CIFAR-10
+    images (its small initial rows grow fast for the batch's classes). Warn at 2, fail at 3 (a class multiplier of
+    3 or more). The bias's z fails the check at ``bias_z`` (default: only when infinite, every other class's
+    bias exactly equal and this one apart, as breaching's class attack sets them): honest trained biases of 10
+    classes measured z up to 9.6 (the median absolute deviation of 10 values is itself noisy)."""
 
     name = "class-targeted last layer"
 
-    def __init__(self, warn: float = 1.5, fail: float = 2.0, bias_z: float = 10.0) -> None:
+    def __init__(self, warn: float = 2.0, fail: float = 3.0, bias_z: float = math.inf) -> None:
         super().__init__(warn, fail)
         self.bias_z = float(bias_z)
 
