@@ -84,7 +84,8 @@ class AuditMod:
         if result.verdict != "fail":
             self.previous = state
             return call_next(msg, ctxt)
-        reason = f"leakage audit_mod: {result.headline()}" + (f"; {result.leak_line()}" if result.leak_line() else "")
+        why = "; ".join(f"{f.check}: {f.reason}" for f in result.failed)
+        reason = f"leakage audit_mod: {result.headline()} ({why})" + (f"; {result.leak_line()}" if result.leak_line() else "")
         if self.on_fail == "raise":
             raise AuditFailed(reason)
         if self.on_fail == "warn":
