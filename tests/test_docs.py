@@ -230,3 +230,36 @@ def test_the_readme_links_to_pages_that_exist():
     assert len(links) >= 12
     missing = [link for link in links if not (ROOT / link).is_file()]
     assert not missing, missing
+
+
+def test_the_audit_page_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/audit.md: its first Python block makes the files its command audits, the command fails the trap
+    weights with the table the page shows; the Python block prints the lines the page shows."""
+    import torch
+
+    from leakage.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    make, imprint, flower = _page_blocks("audit.md")
+    exec(compile(make, "docs/audit.md", "exec"), {"__name__": "docs_example"})
+    (command,) = [line for line in _blocks((ROOT / "docs" / "audit.md").read_text(), "bash")[0].splitlines()
+                  if line.startswith("leakage audit")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(SystemExit) as done:
+            main(shlex.split(command)[1:])
+        assert done.value.code == 1
+        out = capsys.readouterr().out
+        shown = _blocks(_section("From the command line", "audit.md"), "text")[0].splitlines()
+        for line in shown:
+            assert line == "..." or line in out.splitlines(), line
+        assert (tmp_path / "audit" / "metrics.json").is_file() and (tmp_path / "audit" / "audit.html").is_file()
+        exec(compile(imprint, "docs/audit.md", "exec"), {"__name__": "docs_example"})
+        out = capsys.readouterr().out.splitlines()
+        assert out == _blocks(_section("From Python", "audit.md"), "text")[0].splitlines()
+        ns: dict = {"__name__": "docs_example"}
+        exec(compile(flower, "docs/audit.md", "exec"), ns)
+        assert type(ns["app"]).__name__ == "ClientApp"
+    finally:
+        torch.set_num_threads(threads)

@@ -109,11 +109,27 @@ def _configs() -> str:
     return "\n\n".join(parts)
 
 
+def _audit_checks() -> str:
+    """Every audit check (:mod:`leakage.audit`) with its docstring's first paragraph and its settings."""
+    import inspect
+
+    from leakage.audit.run import default_checks
+
+    parts = []
+    for check in default_checks():
+        cls = type(check)
+        about = " ".join((inspect.getdoc(cls) or "").split())
+        parts.append(f"### `{cls.__name__}` ({check.name})\n\n{about}\n\n{_settings_table(cls)}")
+    return "\n\n".join(parts)
+
+
 MARKERS = {
     "<!-- leakage fit --help -->": lambda: _help("fit", "--help"),
     "<!-- objects -->": _objects,
     "<!-- leakage fit --help-all -->": lambda: _help("fit", "--help-all"),
     "<!-- leakage sweep --help -->": lambda: _help("sweep", "--help"),
+    "<!-- leakage audit --help -->": lambda: _help("audit", "--help"),
+    "<!-- audit checks -->": _audit_checks,
     "<!-- presets -->": _presets,
     "<!-- configs -->": _configs,
 }
