@@ -45,7 +45,11 @@ from leakage.reporting.runreport import format_table
 from leakage.reporting.views import view_of
 from leakage.federated.server import HONEST, Server
 from leakage.data.sources import Bundled
-from leakage.audit.run import audit  # the client's check of the model it received (leakage.audit.run)
+from leakage.audit.run import audit as _audit
+
+
+#: the client's check of the model it received (:func:`leakage.audit.run.audit`; ``leakage audit``)
+audit = _audit
 
 
 def bundled_images(dataset: str = "mnist", indices: Sequence[int] = (0,)) -> tuple[Tensor, Tensor]:
