@@ -13,9 +13,10 @@ from leakage.attacks.cpa import CocktailPartyAttack
 from leakage.federated.fedavg import FedAvg, FedAvgClient
 from leakage.attacks.imprint import ImprintAttack
 from leakage.attacks.trap_weights import TrapWeightAttack
-from leakage.federated.server import ImprintServer, TrapWeightServer
+from leakage.attacks.fishing import FishingAttack
+from leakage.federated.server import FishingServer, ImprintServer, TrapWeightServer
 from leakage.records import InversionResult
 
 __all__ = ["client_update", "invert", "report", "audit", "bundled_images", "FedAvg", "FedAvgClient", "InversionResult", "Report",
            "GradientInversion", "AnalyticInversion", "CocktailPartyAttack", "ImprintAttack", "TrapWeightAttack",
-           "ImprintServer", "TrapWeightServer"]
+           "ImprintServer", "TrapWeightServer", "FishingAttack", "FishingServer"]

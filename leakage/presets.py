@@ -63,6 +63,12 @@ PRESETS: dict[str, Preset] = {
         "a malicious server's trap weights in a fully connected first layer (Boenisch et al., 2023): inputs read "
         "off the rows that fired for one input only; needs the server that sent it (invert's server=)",
         attack="trap_weights"),
+    "fishing": Preset(
+        {"objective": Objective(distance="l2"), "optimizer": LBFGS(lr=1.0), "dummies": Dummies(init="constant"),
+         "budget": Budget(stop_relative=1e-8, stall_steps=20, stall_improvement=0.3)}, 300, "mnist_fishing",
+        "a malicious server's class fishing (Wen et al., 2022): the fast preset's L-BFGS on the gradient of the one "
+        "input of the target class the server isolated; needs the server that sent it (invert's server=)",
+        attack="fishing"),
 }
 
 

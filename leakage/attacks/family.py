@@ -58,6 +58,7 @@ ATTACKS = {
     "cpa": "leakage.attacks.cpa.CocktailPartyAttack",
     "imprint": "leakage.attacks.imprint.ImprintAttack",
     "trap_weights": "leakage.attacks.trap_weights.TrapWeightAttack",
+    "fishing": "leakage.attacks.fishing.FishingAttack",
 }
 DEFAULT_ATTACK = "gradient_inversion"
 

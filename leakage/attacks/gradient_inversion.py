@@ -125,7 +125,7 @@ class GradientInversion(GradientMatching, Attack):
             raise ValueError(f"bn_weight > 0 needs a model with BatchNorm layers that keep running statistics; "
                              f"model {self.hparams.model!r} has none")
         self._client_net: Optional[nn.Module] = None  # the client's forward (train or eval mode), per device
-        self.param_names = [n for n, _ in self.target.named_parameters()]
+        self.param_names = self.objective.matched(n for n, _ in self.target.named_parameters())
         self.consensus: Optional[Tensor] = None  # group consistency targets [P, B, ...]
         self._evaluating: Optional[Tensor] = None  # problems the optimizer asks to evaluate
         self._compiled = None  # the compiled objective, once built; False after a fallback
@@ -147,7 +147,7 @@ class GradientInversion(GradientMatching, Attack):
     def receive(self, model: nn.Module) -> None:
         super().receive(model)
         self._bn_layers = batchnorm_layers(self.target) if self.objective.bn_weight > 0 else []
-        self.param_names = [n for n, _ in self.target.named_parameters()]
+        self.param_names = self.objective.matched(n for n, _ in self.target.named_parameters())
         self._client_net = None
 
     def check_memory(self, victims: int, batch_size: int, local_steps: int = 1, trainer=None) -> None:

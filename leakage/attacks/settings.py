@@ -97,11 +97,15 @@ class Objective(Settings):
             needs, instead of indexing the active ones: fixed shapes, nothing read back to the host
             (what lets an iteration be captured as a graph). None (auto): fixed on a GPU, variable on
             the CPU (faster there: docs/benchmarks.md, Speed).
+        exclude: parameters left out of the gradient distance, each a parameter name or a module's
+            name (``fc`` leaves out ``fc.weight`` and ``fc.bias``): the adaptive attacker against a
+            defense that perturbs one layer's gradient (Soteria) matches the others. None: all.
     """
 
     def __init__(self, distance: Literal["l2", "cosine"] = "l2", tv_weight: float = 0.0, bn_weight: float = 0.0,
                  group_weight: float = 0.0, problems_per_chunk: Optional[int] = None,
-                 compile: Literal["auto", "on", "off"] = "auto", fixed_shape: Optional[bool] = None) -> None:
+                 compile: Literal["auto", "on", "off"] = "auto", fixed_shape: Optional[bool] = None,
+                 exclude: Optional[list[str]] = None) -> None:
         _choice("distance", distance, DISTANCES)
         _choice("compile setting", compile, COMPILE)
         for name, value in (("tv_weight", tv_weight), ("bn_weight", bn_weight), ("group_weight", group_weight)):
@@ -114,6 +118,29 @@ class Objective(Settings):
             raise ValueError("compile 'on' needs fixed shapes: drop fixed_shape false or set compile off")
         self.distance, self.tv_weight, self.bn_weight, self.group_weight = distance, tv_weight, bn_weight, group_weight
         self.problems_per_chunk, self.compile, self.fixed_shape = problems_per_chunk, compile, fixed_shape
+        if exclude is not None and (isinstance(exclude, str) or not all(isinstance(e, str) and e for e in exclude)):
+            raise ValueError(f"exclude must be a list of parameter or module names, got {exclude!r}")
+        self.exclude = None if exclude is None else list(exclude)
+
+    def matched(self, names: Iterable[str]) -> list[str]:
+        """The parameter ``names`` the distance reads: all but those :attr:`exclude` names (a name, or
+        a module's name and so every parameter under it). A name of ``exclude`` that leaves out no
+        parameter, or one that leaves out all of them, is refused in one line."""
+        names = list(names)
+        if not self.exclude:
+            return names
+
+        def left_out(name: str, e: str) -> bool:
+            return name == e or name.startswith(e + ".")
+
+        unknown = [e for e in self.exclude if not any(left_out(n, e) for n in names)]
+        if unknown:
+            raise ValueError(f"objective.exclude {unknown[0]!r} names no parameter of the model; its parameters are "
+                             f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
+        kept = [n for n in names if not any(left_out(n, e) for e in self.exclude)]
+        if not kept:
+            raise ValueError("objective.exclude leaves out every parameter: nothing is left to match")
+        return kept
 
 
 class Optimizer(Settings, abc.ABC):

@@ -17,6 +17,10 @@ malicious server changes the model first, so that the updates give the inputs aw
   positive weights scaled by ``trap_scale < 1``, with no bias, so each ReLU unit fires for few
   inputs; a row that fires for exactly one input gives it, ``x = dW_i / db_i``
   (:class:`leakage.attacks.trap_weights.TrapWeightAttack`).
+- :class:`FishingServer` (Wen et al., "Fishing for User Data in Large-Batch Federated Learning", ICML
+  2022) zeroes the classifier's rows of every class but one and gives them a large bias: the update of
+  every layer below the classifier is that of the batch's inputs of the target class alone
+  (:class:`leakage.attacks.fishing.FishingAttack`).
 
 The server is public to the attacker (it is the attacker): the observation records it
 (:attr:`leakage.records.Observation.server`), with the model it sent, and every report states it in its
@@ -239,8 +243,69 @@ class TrapWeightServer(Server):
         return {"server": self.name, "trap_scale": self.trap_scale}
 
 
+class FishingServer(Server):
+    """Class fishing (Wen et al., "Fishing for User Data in Large-Batch Federated Learning via Gradient
+    Magnification", ICML 2022; breaching's ``malicious-fishing`` class attack): the classifier's rows of
+    every class but ``target_class`` get zero weights and the bias ``multiplier``, the target's row is
+    kept.
+
+    Every other class then wins every input by about ``multiplier``, so the target class's probability
+    ``p_t`` is near 0 for every input. The gradient that reaches the layers below the classifier is
+    ``(p - y) W`` per input, and only the target's row of ``W`` is non-zero: an input of another class
+    passes back ``p_t W_t`` (about ``e^-multiplier``, nothing), an input of the target class
+    ``(p_t - 1) W_t``. The update of every layer below the classifier is then that of the batch's
+    target-class inputs alone, divided by ``B``; with one such input, its own gradient
+    (:class:`leakage.attacks.fishing.FishingAttack` inverts it as a batch of one). The bias gradient
+    gives the batch's label counts: ``-B db_t`` inputs of the target class.
+
+    Args:
+        target_class: the class whose input the server fishes for (0 to ``num_classes - 1``).
+        multiplier: the bias every other class gets, in logits (> 0): the margin by which it wins;
+            an input of another class leaks ``p_t``, about ``e^-multiplier / (K - 1)``, into the
+            fished gradient. breaching's class attack uses 1000.
+    """
+
+    name = "fishing"
+    malicious = True
+
+    def __init__(self, target_class: int = 0, multiplier: float = 1000.0) -> None:
+        super().__init__()
+        target_class = _positive_int("target_class", target_class)
+        if target_class < 0:
+            raise ValueError(f"target_class must be a class index >= 0, got {target_class}")
+        if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not (
+                math.isfinite(multiplier) and multiplier > 0):
+            raise ValueError(f"multiplier must be a finite number > 0 (the other classes' bias), got {multiplier!r}")
+        self.target_class, self.multiplier = target_class, float(multiplier)
+        self.layer: Optional[str] = None  # the classifier's name in the sent model, once sent
+
+    def send(self, model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+        sent = copy.deepcopy(model)
+        classifiers = [(n, m) for n, m in sent.named_modules() if isinstance(m, nn.Linear)]
+        if not classifiers or classifiers[-1][1].bias is None:
+            raise ValueError("class fishing changes the classifier: the model's last layer must be an nn.Linear with "
+                             "a bias (the class logits)")
+        self.layer, layer = classifiers[-1]
+        if not self.target_class < layer.out_features:
+            raise ValueError(f"target_class {self.target_class} is not a class of the model: its classifier "
+                             f"{self.layer!r} gives {layer.out_features} logits (0-{layer.out_features - 1})")
+        others = torch.arange(layer.out_features) != self.target_class
+        with torch.no_grad():
+            layer.weight[others] = 0.0
+            layer.bias[others] = self.multiplier
+        self.model = sent
+        return sent
+
+    def describe(self) -> str:
+        return (f"malicious server: class fishing for class {self.target_class} (Wen et al.; the other classes' "
+                f"rows zeroed, their bias {self.multiplier:g})")
+
+    def settings(self) -> dict:
+        return {"server": self.name, "target_class": self.target_class, "multiplier": self.multiplier}
+
+
 #: the servers by class name (what ``--data.server NAME`` takes)
-SERVER_CLASSES = {cls.__name__: cls for cls in (Server, ImprintServer, TrapWeightServer)}
+SERVER_CLASSES = {cls.__name__: cls for cls in (Server, ImprintServer, TrapWeightServer, FishingServer)}
 
 
 def server_from_config(value: object, dataset: Optional[str] = None) -> Server:

@@ -61,6 +61,8 @@ def batchable(defense: dict) -> bool:
     """Whether a cell with this defense (``class_path``, ``init_args``) can share a fit with others:
     every defense that keeps one update per victim of ``batch_size`` images."""
     cls = defense_class(defense["class_path"])
+    if getattr(cls, "recomputes_update", False):  # label DP: the client's step again, on its own fit's model
+        return False
     if issubclass(cls, SecureAggregation):
         return defense.get("init_args", {}).get("target", "aggregate") == "masked"
     return True
