@@ -108,6 +108,24 @@ def test_a_class_boosted_by_hand_fails_the_class_targeted_check():
     assert leakage.audit(lenet)["class-targeted last layer"].verdict == "pass"
 
 
+def test_the_fishing_servers_model_fails_the_class_check_and_its_d_snr_names_the_fished_image():
+    """FishingServer (Wen et al.'s class fishing): the other classes' rows zeroed, their bias the multiplier. On a
+    batch holding one image of the target class (image 18 of the bundled MNIST images is the only 3 of 0-19),
+    that image's gradient is the whole update below the classifier: D-SNR names it."""
+    from leakage.federated.server import FishingServer
+
+    x, y = bundled_images("mnist", list(range(20)))
+    assert y.tolist().count(3) == 1 and int(y[18]) == 3
+    lenet = build_model("lenet", MNIST, 10)
+    sent = FishingServer(target_class=3, multiplier=1000.0).send(lenet, MNIST)
+    result = leakage.audit(sent, previous=lenet, batch=(x, y))
+    targeted = result["class-targeted last layer"]
+    assert targeted.verdict == "fail" and targeted.details["target_class"] == 3
+    dsnr = result["D-SNR"]
+    assert dsnr.verdict == "fail" and dsnr.details["sample"] == 18 and dsnr.score > 1e6
+    assert leakage.audit(lenet, batch=(x, y))["D-SNR"].score < 0.2  # honest: measured 0.08
+
+
 def test_the_transmit_snr_fails_a_first_layer_that_one_unit_dominates():
     mlp = build_model("mlp", MNIST, 10)
     with torch.no_grad():
