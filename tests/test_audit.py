@@ -222,6 +222,25 @@ def test_bad_batches_and_settings_are_one_line(tmp_path, capsys):
                                                "0,5,9) nor a .safetensors/.pt file")
 
 
+def test_the_cli_reads_a_batch_file_and_refuses_one_that_does_not_fit(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from leakage.cli import main
+
+    save_file(build_model("mlp", MNIST, 10).state_dict(), str(tmp_path / "w.safetensors"))
+    x, y = bundled_images("mnist", list(range(500, 564)))
+    save_file({"x": x.contiguous(), "y": y.contiguous()}, str(tmp_path / "mine.safetensors"))
+    save_file({"x": torch.rand(4, 3, 32, 32), "y": y[:4].contiguous()}, str(tmp_path / "cifar.safetensors"))
+    args = ["audit", "--model", "mlp", "--weights", str(tmp_path / "w.safetensors"), "--out", str(tmp_path / "out")]
+    main(args + ["--batch", str(tmp_path / "mine.safetensors")])
+    out = capsys.readouterr().out
+    assert "times the other 63 samples' together" in out and out.splitlines()[0].endswith("PASS")
+    with pytest.raises(SystemExit) as done:
+        main(args + ["--batch", str(tmp_path / "cifar.safetensors")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and "cannot take inputs of shape (3, 32, 32)" in err
+
+
 def test_the_result_is_plain_data(tmp_path):
     result = leakage.audit(build_model("lenet", MNIST, 10), batch=bundled_images("mnist", [0, 1, 2, 3]))
     assert isinstance(result, AuditResult)

@@ -78,8 +78,12 @@ class DSNR(Check):
         for layer, n in norms.items():
             total = n.square().sum(dim=1).sqrt()  # [B]: each sample's gradient norm on the layer
             layers[layer], sample = row_snr(total)
-            per_unit = [row_snr(n[:, u])[0] for u in range(n.shape[1]) if float(n[:, u].sum()) > 1e-7 * float(n.max())]
-            units[layer] = max(per_unit) if per_unit else 0.0
+            n = n.double()
+            top, total_u = n.max(dim=0).values, n.sum(dim=0)  # [units]
+            live = total_u > 1e-7 * float(n.max()) if n.numel() else total_u > 0
+            rest = (total_u - top)[live]
+            snr = torch.where(rest > 0, top[live] / rest.clamp_min(1e-300), torch.full_like(rest, math.inf))
+            units[layer] = float(snr.max()) if snr.numel() else 0.0
         worst = max(layers, key=lambda k: layers[k])
         sample = int(norms[worst].square().sum(dim=1).argmax())
         ranked = dict(sorted(layers.items(), key=lambda kv: -kv[1]))

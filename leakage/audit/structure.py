@@ -18,6 +18,11 @@ import torch
 from leakage.audit.base import Check, Finding, Received, first_weight, module_classes, ratio, row_snr, shapes
 
 
+#: the imprint check compares the first this many rows of a layer pairwise (an imprint module has at most
+#: :data:`leakage.federated.server.MAX_BINS` of them)
+MAX_ROWS = 8192
+
+
 class ArchitectureDrift(Check):
     """Parameters missing, extra or reshaped against the pinned architecture (or, where none is pinned,
     the previous round's weights), and modules inserted or changed in kind; then, against the previous
@@ -80,7 +85,7 @@ class ArchitectureDrift(Check):
                     replaced.append((name, round(cos, 3)))
         details["replaced"] = replaced
         if replaced:
-            found = self.found(self.warn, f"every name and shape fits {against}, but {len(replaced)} layers were replaced, "
+            found = self.found(self.warn, f"every name and shape fits {against}, but {len(replaced)} layer{'s' if len(replaced) > 1 else ''} {'were' if len(replaced) > 1 else 'was'} replaced, "
                                f"not trained ({_few([f'{n} cosine {c}' for n, c in replaced])})", **details)
             return found
         return self.found(0, f"every name and shape fits {against}", **details)
@@ -110,6 +115,8 @@ class ImprintRows(Check):
         for name, rows, bias in received.weights(self.min_fan_in):
             if bias is None or rows.shape[0] < 2:
                 continue
+            if rows.shape[0] > MAX_ROWS:  # the cosines of every pair: at most MAX_ROWS rows (the first), no more memory
+                rows, bias = rows[:MAX_ROWS], bias[:MAX_ROWS]
             norms = rows.norm(dim=1)
             live = norms > 0
             unit = rows[live] / norms[live, None]
