@@ -242,8 +242,8 @@ def test_the_audit_page_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     make, imprint, flower = _page_blocks("audit.md")
     exec(compile(make, "docs/audit.md", "exec"), {"__name__": "docs_example"})
-    (command,) = [line for line in _blocks((ROOT / "docs" / "audit.md").read_text(), "bash")[0].splitlines()
-                  if line.startswith("leakage audit")]
+    (command,) = [line for block in _blocks((ROOT / "docs" / "audit.md").read_text(), "bash")
+                  for line in block.splitlines() if line.startswith("leakage audit")]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
