@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
-
 from leakage.audit.base import Finding
 from leakage.reporting.htmlreport import CSS, esc, table, write
 
@@ -98,6 +96,10 @@ class AuditResult:
         if leak:
             body.append(f'<p class="outcome"><b>{esc(leak)}</b></p>')
         body += ["<h2>Checks</h2>", table(["check", "score", "verdict", "reason"], self.rows(), classes, text_columns=(0, 2, 3))]
+        if self.settings:
+            body += ["<h2>Thresholds</h2>", table(["check", "settings"], [
+                [name, ", ".join(f"{k} {v}" for k, v in values.items())] for name, values in self.settings.items()],
+                text_columns=(0, 1))]
         return "\n".join(["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
                           f"<title>{esc(self.headline())}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
                           *body, "</body>", "</html>", ""])
@@ -119,6 +121,3 @@ def _score(score: float) -> str:
         return "inf"
     return f"{score:.3g}"
 
-
-def worst(findings: list[Finding]) -> Optional[Finding]:
-    return min(findings, key=lambda f: ORDER.index(f.verdict), default=None)
