@@ -241,6 +241,26 @@ def test_the_cli_reads_a_batch_file_and_refuses_one_that_does_not_fit(tmp_path, 
     assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and "cannot take inputs of shape (3, 32, 32)" in err
 
 
+def test_the_cli_pins_another_architecture(tmp_path, capsys):
+    """--architecture pins a weights file's names and shapes instead of the built-in's: received weights of
+    the built-in then differ from the pin, and the check names the reshaped layer."""
+    from safetensors.torch import save_file
+
+    from leakage.cli import main
+
+    save_file(build_model("mlp", MNIST, 10).state_dict(), str(tmp_path / "received.safetensors"))
+    pinned = build_model("mlp", MNIST, 10)
+    pinned.net[1] = torch.nn.Linear(784, 128)
+    pinned.net[3] = torch.nn.Linear(128, 10)
+    save_file(pinned.state_dict(), str(tmp_path / "pinned.safetensors"))
+    with pytest.raises(SystemExit) as done:
+        main(["audit", "--model", "mlp", "--weights", str(tmp_path / "received.safetensors"), "--architecture",
+              str(tmp_path / "pinned.safetensors"), "--out", str(tmp_path / "out")])
+    assert done.value.code == 1
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("architecture"))
+    assert "fail" in row and "net.1.weight (256, 784) not (128, 784)" in row
+
+
 def test_the_result_is_plain_data(tmp_path):
     result = leakage.audit(build_model("lenet", MNIST, 10), batch=bundled_images("mnist", [0, 1, 2, 3]))
     assert isinstance(result, AuditResult)

@@ -113,12 +113,15 @@ def _audit_checks() -> str:
     """Every audit check (:mod:`leakage.audit`) with its docstring's first paragraph and its settings."""
     import inspect
 
+    import docstring_parser
+
     from leakage.audit.run import default_checks
 
     parts = []
     for check in default_checks():
         cls = type(check)
-        about = " ".join((inspect.getdoc(cls) or "").split())
+        doc = docstring_parser.parse(inspect.getdoc(cls) or "")
+        about = " ".join(" ".join(filter(None, [doc.short_description, doc.long_description])).split())
         parts.append(f"### `{cls.__name__}` ({check.name})\n\n{about}\n\n{_settings_table(cls)}")
     return "\n\n".join(parts)
 

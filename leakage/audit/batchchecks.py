@@ -56,7 +56,13 @@ class DSNR(Check):
     Honest built-ins measured (the calibration of :mod:`leakage.audit.structure`): layer D-SNR at most 0.58
     (ResNet-18 after 5 SGD steps, audited on 10 CIFAR-10 images). Warn at 1, fail at 2 (one sample's gradient twice the
     rest of the batch together). A small batch has few others to outweigh: honest ResNet-18 measured 2.3 on 4
-    CIFAR-10 images, so below ``min_batch`` (16) samples the check warns at most."""
+    CIFAR-10 images, so below ``min_batch`` (16) samples the check warns at most.
+
+    Args:
+        warn: the score from which the check warns.
+        fail: the score from which it fails (``inf``: never).
+        min_batch: the batch size from which the check may fail.
+    """
 
     name = "D-SNR"
     needs = ("batch",)
@@ -106,7 +112,12 @@ class SingleSampleUnits(Check):
     what the server meant: it grows as the batch shrinks, for honest models too (honest ``mlp`` measured:
     at most 3 of 64 MNIST images at init and after 5 SGD steps, but 10 of 16 after 3 steps; trap weights
     of scale 0.7 isolate 23 of 64). So it warns (at 0.3) and never fails by default (``fail=inf``); the
-    trap-weight check judges the design."""
+    trap-weight check judges the design.
+
+    Args:
+        warn: the score from which the check warns.
+        fail: the score from which it fails (``inf``: never).
+    """
 
     name = "single-sample units"
     needs = ("batch",)

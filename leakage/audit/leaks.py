@@ -45,6 +45,11 @@ class WhatLeaks(Check):
     scale 0.7 on ``mlp`` give back 21 of 64, an imprint module of 256 bins in front of ``lenet`` 56 of 64. So it
     warns at 0.25 and never fails by default (``fail=inf``): the design checks judge intent; this says what
     it costs you.
+
+    Args:
+        warn: the score from which the check warns.
+        fail: the score from which it fails (``inf``: never).
+        tolerance: a sample is given back when a recovered row is within this relative l2 distance of it.
     """
 
     name = "what would leak"

@@ -32,7 +32,12 @@ class ArchitectureDrift(Check):
     an honest round changes values, never names or shapes, so one difference fails (``fail=1``). Where
     every name fits and the previous round is given, a layer whose weights have a cosine below
     ``1 - replaced`` with the previous round's is reported replaced (a warning: a server may re-initialise
-    a layer for honest reasons; honest rounds measured: cosine >= 0.98 after 5 SGD steps of rate 0.1).
+    a layer for honest reasons).
+
+    Args:
+        warn: the score from which the check warns.
+        fail: the score from which it fails (``inf``: never).
+        replaced: a layer counts as replaced when its cosine with the previous round's is below ``1 - replaced``.
     """
 
     name = "architecture"
@@ -102,7 +107,14 @@ class ImprintRows(Check):
     Score: the largest number of rows of one layer (with a bias, fan-in >= 16) whose pairwise cosine
     exceeds ``cosine`` (0.99). Honest layers measured: 1 (no two rows that close; random rows of fan-in
     >= 16 have cosines of about ``1/sqrt(fan-in)``); an imprint module of ``k`` bins scores ``k``.
-    Warn at 2 rows, fail at 4."""
+    Warn at 2 rows, fail at 4.
+
+    Args:
+        warn: the score from which the check warns.
+        fail: the score from which it fails (``inf``: never).
+        cosine: two rows share a direction above this cosine.
+        min_fan_in: layers with fewer inputs per unit are not read (their random rows can be close).
+    """
 
     name = "imprint rows"
 
@@ -153,7 +165,14 @@ class TrapWeights(Check):
     Score, per layer with fan-in >= 64 and at least 32 rows (fewer rows leave the median too noisy: a last layer of 10 rows measured 0.20): ``|ln(b)|`` for ``b`` the median over rows of
     (sum of the positive weights) / (sum of the magnitudes of the negative ones); the worst layer counts.
     Honest layers are symmetric (``b`` near 1): worst honest score measured 0.066 (ResNet-18 after 5 SGD steps). Trap weights of scale
-    ``s`` score ``|ln s|`` (0.36 for the default 0.7). Warn at 0.1 (a scale of 0.9), fail at 0.15 (0.86)."""
+    ``s`` score ``|ln s|`` (0.36 for the default 0.7). Warn at 0.1 (a scale of 0.9), fail at 0.15 (0.86).
+
+    Args:
+        warn: the score from which the check warns.
+        fail: the score from which it fails (``inf``: never).
+        min_fan_in: layers with fewer inputs per unit are not read.
+        min_rows: layers with fewer rows are not read (their median is too noisy).
+    """
 
     name = "trap weights"
 
@@ -200,7 +219,13 @@ class ClassTargeted(Check):
     images (its small initial rows grow fast for the batch's classes). Warn at 2, fail at 3 (a class multiplier of
     3 or more). The bias's z fails the check at ``bias_z`` (default: only when infinite, every other class's
     bias exactly equal and this one apart, as breaching's class attack sets them): honest trained biases of 10
-    classes measured z up to 9.6 (the median absolute deviation of 10 values is itself noisy)."""
+    classes measured z up to 9.6 (the median absolute deviation of 10 values is itself noisy).
+
+    Args:
+        warn: the score from which the check warns.
+        fail: the score from which it fails (``inf``: never).
+        bias_z: the bias's robust z-score from which the check fails (``inf``: only an infinite one).
+    """
 
     name = "class-targeted last layer"
 
@@ -239,7 +264,12 @@ class TransmitSNR(Check):
     """The transmit-SNR of the first layer (SEER, Garov et al., ICLR 2024): its largest row norm over the sum of
     the other rows' norms. A layer that passes one input's signal through one unit has one row that
     outweighs the rest; SEER measured it below 1 on every benign ResNet-18. Honest built-ins measured:
-    at most 0.10 (LeNet's first convolution, 12 filters). Warn at 0.5, fail at 1."""
+    at most 0.10 (LeNet's first convolution, 12 filters). Warn at 0.5, fail at 1.
+
+    Args:
+        warn: the score from which the check warns.
+        fail: the score from which it fails (``inf``: never).
+    """
 
     name = "transmit-SNR"
 
