@@ -64,7 +64,7 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if not argv:
         print(USAGE, file=sys.stderr, end="")
-        _fail("choose a command: `leakage fit` or `leakage sweep` (`leakage --help` says more)")
+        _fail("choose a command: `leakage fit`, `leakage sweep` or `leakage audit` (`leakage --help` says more)")
     command = argv[0]
     if command in ("-h", "--help"):
         print(HELP, end="")
@@ -72,7 +72,7 @@ def main(args: list[str] | None = None) -> None:
     if command not in COMMANDS:
         if command.startswith("-"):
             _fail(f"start with a command: `leakage fit {command} ...` or `leakage sweep ...`")
-        _fail(f"unknown command {command!r}: use `leakage fit` or `leakage sweep`")
+        _fail(f"unknown command {command!r}: use `leakage fit`, `leakage sweep` or `leakage audit`")
     try:
         if command == "audit":
             from leakage.audit.command import main as audit_main

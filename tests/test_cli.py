@@ -218,7 +218,7 @@ def test_console_script_without_a_command(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
     assert lines[0].startswith("usage: leakage fit") and len(lines) <= 4
-    assert lines[-1].startswith("leakage: error: choose a command: `leakage fit` or `leakage sweep`")
+    assert lines[-1].startswith("leakage: error: choose a command: `leakage fit`, `leakage sweep` or `leakage audit`")
 
 
 # ----------------------------------------------------------------------- captured gradients

@@ -165,7 +165,7 @@ def test_only_fit_and_sweep_are_commands(capsys, command):
     with pytest.raises(SystemExit) as exc:
         main([command])
     assert exc.value.code == 2
-    assert capsys.readouterr().err == f"leakage: error: unknown command {command!r}: use `leakage fit` or `leakage sweep`\n"
+    assert capsys.readouterr().err == f"leakage: error: unknown command {command!r}: use `leakage fit`, `leakage sweep` or `leakage audit`\n"
 
 
 def test_fit_is_the_only_lightning_command():
@@ -181,7 +181,7 @@ def test_no_command_prints_a_short_usage(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: leakage fit ") and "leakage sweep" in err
-    assert err.splitlines()[-1] == "leakage: error: choose a command: `leakage fit` or `leakage sweep` (`leakage --help` says more)"
+    assert err.splitlines()[-1] == "leakage: error: choose a command: `leakage fit`, `leakage sweep` or `leakage audit` (`leakage --help` says more)"
     assert len(err.splitlines()) <= 4
 
 
