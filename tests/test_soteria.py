@@ -51,11 +51,12 @@ def test_soteria_stops_the_honest_attack_and_falls_to_the_adaptive_one():
     model = build_model("lenet", SHAPE, 10, seed=1234)
     update = Soteria(prune_ratio=0.8).defend(model, x[:, None], leakage.client_update(model, x[:, None], y[:, None]))
     ssim = {}
-    for who, exclude in (("honest", None), ("adaptive", ["fc"])):
+    for who, exclude, steps in (("honest", None, 20), ("adaptive", ["fc"], 100)):
         result = leakage.invert(model, update, input_shape=SHAPE, num_classes=10, batch_size=1, attack="fast",
-                                objective=Objective(distance="l2", exclude=exclude), steps=100)
+                                objective=Objective(distance="l2", exclude=exclude), steps=steps)
         ssim[who] = float(ssim_per_image(result.images[:, 0].clamp(0, 1), x))
-    assert ssim["honest"] < 0.3 and ssim["adaptive"] >= 0.95, ssim  # measured: 0.023 and 0.997
+    # measured: 0.035 (the same at 30 and 100 steps: it stalls; bench/adaptive_defenses.py, 300) and 0.997
+    assert ssim["honest"] < 0.3 and ssim["adaptive"] >= 0.95, ssim
 
 
 def test_leakage_fit_runs_soteria_and_the_adaptive_attack(tmp_path):

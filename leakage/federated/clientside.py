@@ -24,6 +24,8 @@ class ClientSideDefense(Defense):
     """A defense that runs with the client's model and batch (module docstring): ``leakage fit`` gives it
     the model in ``setup``; a sweep runs each of its cells as its own fit (``needs_client_model``)."""
 
+    #: a base, not a defense of its own (the configuration reference lists the defenses)
+    name = ""
     #: a sweep cannot solve its cells as one batched fit: each needs its own fit's client
     needs_client_model = True
 

@@ -98,7 +98,7 @@ class LabelDefense(ClientSideDefense):
     are randomized, then its update is computed again on them (from Python: ``leakage.client_update(model,
     x, mechanism.privatize(y, num_classes))``). Subclasses define how a label is drawn."""
 
-    name = "label_dp"
+    name = ""  # a base: RandomizedResponse and RRWithPrior name themselves
 
     def __init__(self, epsilon: float, seed: int = 0) -> None:
         super().__init__()
