@@ -10,7 +10,8 @@ inverts one input's gradient.
 
 What the update proves, and the attack reads before it starts: the classifier's bias gradient counts
 the batch's inputs of each class (every input gives the other classes probability ``1 / (K - 1)`` and
-the target about 0, so ``n_c = B (1 / (K - 1) - db_c)`` and ``n_t = -B db_t``). A victim with no input
+the target about 0, so ``n_c = B (1 / (K - 1) - db_c)`` and ``n_t = -B db_t``, rounded: exact when the
+multiplier is large, an estimate when the target's probability is not negligible). A victim with no input
 of the target class has nothing to fish: its result is failed. With two or more, the fished gradient is
 their mean, and the reconstruction a blend of them (the notes say so; Wen et al.'s feature fishing,
 which splits them, is not implemented). The other ``B - 1`` slots of the batch hold filler, the middle
