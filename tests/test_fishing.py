@@ -65,6 +65,7 @@ def test_a_batch_without_the_target_class_is_a_failed_result():
     x, y = leakage.bundled_images("mnist", [0, 2, 3, 4])  # labels 7 1 0 4: no image of class 2
     result = _fish(1000.0, x, y, steps=5)
     assert bool(result.failed[0])
+    assert sorted(result.labels[0].tolist()) == sorted(y.tolist())  # the counted labels, no class 2 among them
     assert any("no input of class 2" in note for note in result.module.notes)
 
 

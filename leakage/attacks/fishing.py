@@ -90,7 +90,10 @@ class FishingAttack(GradientInversion):
         labels = []
         for v in range(V):
             others = counts[v].clone()
-            others[t] = max(0, int(others[t]) - 1)  # the fished input is slot 0
+            if others[t] == 0:  # nothing fished (a failed result): the counted labels as they are
+                labels.append(torch.repeat_interleave(torch.arange(K), others)[:B])
+                continue
+            others[t] -= 1  # the fished input is slot 0
             labels.append(torch.cat([torch.tensor([t]), torch.repeat_interleave(torch.arange(K), others)])[:B])
         self._batch_labels = torch.stack(labels).to(self.failed.device) if V else torch.zeros(0, B, dtype=torch.long)
         none = (counts[:, t] == 0).tolist()
