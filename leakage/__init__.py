@@ -15,8 +15,11 @@ from leakage.attacks.imprint import ImprintAttack
 from leakage.attacks.trap_weights import TrapWeightAttack
 from leakage.attacks.fishing import FishingAttack
 from leakage.federated.server import FishingServer, ImprintServer, TrapWeightServer
+from leakage.federated.labeldp import RandomizedResponse, RRWithPrior
+from leakage.federated.soteria import Soteria
 from leakage.records import InversionResult
 
 __all__ = ["client_update", "invert", "report", "audit", "bundled_images", "FedAvg", "FedAvgClient", "InversionResult", "Report",
            "GradientInversion", "AnalyticInversion", "CocktailPartyAttack", "ImprintAttack", "TrapWeightAttack",
-           "ImprintServer", "TrapWeightServer", "FishingAttack", "FishingServer"]
+           "ImprintServer", "TrapWeightServer", "FishingAttack", "FishingServer",
+           "RandomizedResponse", "RRWithPrior", "Soteria"]

@@ -323,6 +323,7 @@ def test_the_abstract_defense_is_refused_at_construction(tmp_path, capsys):
     assert exc.value.code == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert err == ["leakage: error: leakage.federated.defenses.Defense is an abstract defense and cannot be used itself (it "
-                   "defines no apply): use one of GaussianNoise, NormClip, DPGaussian, TopK, SecureAggregation, or a "
+                   "defines no apply): use one of GaussianNoise, NormClip, DPGaussian, TopK, SecureAggregation, Soteria, "
+                   "RandomizedResponse, RRWithPrior, or a "
                    "subclass that defines apply"]
     assert run_dirs(tmp_path / "logs") == []

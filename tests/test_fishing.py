@@ -54,8 +54,8 @@ def test_fishing_recovers_an_image_the_honest_attack_does_not_and_the_multiplier
     truth = x[1:2]
     honest_model = build_model("lenet", SHAPE, 10, seed=1234)
     honest = leakage.invert(honest_model, leakage.client_update(honest_model, x, y), input_shape=SHAPE,
-                            num_classes=10, batch_size=8, attack="fast", labels="bias_count", steps=50)
-    assert _fished_ssim(honest.images[0], truth) < 0.6  # measured: 0.481 (the same at 100 and 300 steps)
+                            num_classes=10, batch_size=8, attack="fast", labels="bias_count", steps=20)
+    assert _fished_ssim(honest.images[0], truth) < 0.6  # measured: 0.463 (0.481 at 50, 100 and 300 steps: it stalls)
     assert _fished_ssim(_fish(1000.0, x, y).images[0], truth) >= 0.95  # measured: 0.999
     # a small bias lets every other image leak into the fished gradient: p_t of each is not ~0
     assert _fished_ssim(_fish(1.0, x, y, steps=50).images[0], truth) < 0.3  # measured: 0.016 (100 steps)
@@ -65,6 +65,7 @@ def test_a_batch_without_the_target_class_is_a_failed_result():
     x, y = leakage.bundled_images("mnist", [0, 2, 3, 4])  # labels 7 1 0 4: no image of class 2
     result = _fish(1000.0, x, y, steps=5)
     assert bool(result.failed[0])
+    assert sorted(result.labels[0].tolist()) == sorted(y.tolist())  # the counted labels, no class 2 among them
     assert any("no input of class 2" in note for note in result.module.notes)
 
 

@@ -10,7 +10,8 @@ inverts one input's gradient.
 
 What the update proves, and the attack reads before it starts: the classifier's bias gradient counts
 the batch's inputs of each class (every input gives the other classes probability ``1 / (K - 1)`` and
-the target about 0, so ``n_c = B (1 / (K - 1) - db_c)`` and ``n_t = -B db_t``). A victim with no input
+the target about 0, so ``n_c = B (1 / (K - 1) - db_c)`` and ``n_t = -B db_t``, rounded: exact when the
+multiplier is large, an estimate when the target's probability is not negligible). A victim with no input
 of the target class has nothing to fish: its result is failed. With two or more, the fished gradient is
 their mean, and the reconstruction a blend of them (the notes say so; Wen et al.'s feature fishing,
 which splits them, is not implemented). The other ``B - 1`` slots of the batch hold filler, the middle
@@ -89,7 +90,10 @@ class FishingAttack(GradientInversion):
         labels = []
         for v in range(V):
             others = counts[v].clone()
-            others[t] = max(0, int(others[t]) - 1)  # the fished input is slot 0
+            if others[t] == 0:  # nothing fished (a failed result): the counted labels as they are
+                labels.append(torch.repeat_interleave(torch.arange(K), others)[:B])
+                continue
+            others[t] -= 1  # the fished input is slot 0
             labels.append(torch.cat([torch.tensor([t]), torch.repeat_interleave(torch.arange(K), others)])[:B])
         self._batch_labels = torch.stack(labels).to(self.failed.device) if V else torch.zeros(0, B, dtype=torch.long)
         none = (counts[:, t] == 0).tolist()

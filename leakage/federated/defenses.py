@@ -220,7 +220,12 @@ class Defense(pl.Callback):
 
     def __new__(cls, *args, **kwargs):
         if cls.apply is Defense.apply and cls.transform is Defense.transform:
-            concrete = ", ".join(c.__name__ for c in Defense.__subclasses__())
+            found, todo = [], list(Defense.__subclasses__())
+            while todo:  # every defense with a name, bases such as ClientSideDefense walked through
+                c = todo.pop(0)
+                todo.extend(c.__subclasses__())
+                found += [c.__name__] if getattr(c, "name", "") else []
+            concrete = ", ".join(found)
             raise TypeError(f"{cls.__module__}.{cls.__qualname__} is an abstract defense and cannot be used itself "
                             f"(it defines no apply): use one of {concrete}, or a subclass that defines apply")
         return super().__new__(cls)

@@ -37,7 +37,8 @@ from torch import Tensor
 
 from leakage.engine.seeding import generator
 from leakage.federated.client import client_gradients
-from leakage.federated.defenses import Defense, Grads, _finite, _integer
+from leakage.federated.clientside import ClientSideDefense
+from leakage.federated.defenses import Grads, _finite, _integer
 from leakage.federated.fedavg import client_updates
 from leakage.records import Observation, Secret
 
@@ -92,18 +93,17 @@ def rr_with_prior(labels: Tensor, prior: Tensor, epsilon: float, gen: torch.Gene
     return torch.where(keep, flat, drawn).view(labels.shape)
 
 
-class LabelDefense(Defense):
+class LabelDefense(ClientSideDefense):
     """A label-DP mechanism as a defense of ``leakage fit`` (see the module docstring): the client's labels
-    are randomized, then its update is computed again on them. Subclasses define :meth:`privatize`."""
+    are randomized, then its update is computed again on them (from Python: ``leakage.client_update(model,
+    x, mechanism.privatize(y, num_classes))``). Subclasses define how a label is drawn."""
 
-    name = "label_dp"
-    #: the update is computed again (a sweep runs each of its cells as its own fit)
-    recomputes_update = True
+    name = ""  # a base: RandomizedResponse and RRWithPrior name themselves
 
     def __init__(self, epsilon: float, seed: int = 0) -> None:
+        super().__init__()
         _check(epsilon, seed)
         self.epsilon, self.seed = float(epsilon), seed
-        self._client: Optional[tuple] = None  # (model, data module) the client computes with, from setup
 
     def privatize(self, labels: Tensor, num_classes: int, keys: Optional[Sequence[int]] = None) -> Tensor:
         """The randomized labels ``[V, B]`` of the true ``labels`` ``[V, B]``, update ``v``'s drawn from a
@@ -123,30 +123,16 @@ class LabelDefense(Defense):
         return keep_probability(self.epsilon, num_classes)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        dm = trainer.datamodule
-        if dm is not None and getattr(dm, "defenses_applied", None):
-            if any(d is self for d in dm.defenses_applied):
-                return
+        applied = getattr(trainer.datamodule, "defenses_applied", None)
+        if applied and not any(d is self for d in applied):
             raise ValueError(f"{type(self).__name__} randomizes the labels before the client computes its update: "
                              "list it first among the defenses (trainer.callbacks)")
-        if dm is not None and getattr(dm, "server", None) is not None and dm.server.malicious:
-            model = dm.server.model
-        else:
-            model = pl_module.target
-        self._client = (model, dm)
         super().setup(trainer, pl_module, stage)
 
     def transform(self, observation: Observation, secret: Optional[Secret]) -> tuple[Observation, Optional[Secret]]:
-        if secret is None:
-            raise ValueError(f"{type(self).__name__} randomizes the client's labels: it needs the victims' data, "
-                             "not captured gradients")
         if observation.labels is not None:
             raise ValueError("label DP hides labels that public_labels true gives the server: drop one of the two")
-        if self._client is None:
-            raise ValueError(f"{type(self).__name__} computes the client's update again: it runs as a callback of "
-                             "leakage fit (unbatched in a sweep: sweep.batch false); from Python, pass "
-                             "privatize(y, num_classes) to leakage.client_update")
-        model, dm = self._client
+        model, secret = self.client(observation, secret)
         noisy = self.privatize(secret.labels, observation.num_classes, observation.update_keys)
         device = next(model.parameters()).device
         x, y = secret.images.to(device), noisy.to(device)

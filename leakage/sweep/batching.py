@@ -61,7 +61,7 @@ def batchable(defense: dict) -> bool:
     """Whether a cell with this defense (``class_path``, ``init_args``) can share a fit with others:
     every defense that keeps one update per victim of ``batch_size`` images."""
     cls = defense_class(defense["class_path"])
-    if getattr(cls, "recomputes_update", False):  # label DP: the client's step again, on its own fit's model
+    if getattr(cls, "needs_client_model", False):  # label DP, Soteria: the client's model of the cell's own fit
         return False
     if issubclass(cls, SecureAggregation):
         return defense.get("init_args", {}).get("target", "aggregate") == "masked"
