@@ -112,8 +112,10 @@ class GradientMatching:
         graph = torch.is_grad_enabled()
         with torch.enable_grad():
             loss = F.cross_entropy(functional_call(net, (params, buffers), (x[0],)), targets[0])
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=graph)
-        return {k: g.unsqueeze(0) for k, g in zip(params, grads)}
+            # allow_unused: a parameter the dummy does not reach (a text model's token embedding, which
+            # an embedding dummy bypasses) has a zero gradient, as torch.func.grad gives it
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=graph, allow_unused=True)
+        return {k: (torch.zeros_like(p) if g is None else g).unsqueeze(0) for (k, p), g in zip(params.items(), grads)}
 
     def _objective(self, x: Tensor, label_logits: Optional[Tensor], idx: Optional[Union[Tensor, slice]],
                    distance: Optional[str] = None, prior: bool = True) -> Tensor:
