@@ -132,7 +132,7 @@ def test_a_text_model_for_the_wrong_data_is_one_line():
 
 def test_a_text_run_writes_its_metrics(tmp_path, capsys):
     main(cli_args(tmp_path, "--config", str(CONFIGS / "text_tag.yaml"), "--trainer.max_steps", "10",
-                  "--report.image_every_n_steps", "0"))
+                  "--model.budget.refine_steps", "2", "--report.image_every_n_steps", "0"))
     out = capsys.readouterr().out
     assert "rouge1" in out and "true 0  ... with liberty and justice for all who" in out
     (run,) = run_dirs(tmp_path)
@@ -146,3 +146,72 @@ def test_a_text_run_writes_its_metrics(tmp_path, capsys):
 def test_a_text_source_with_an_image_model_is_one_line(tmp_path, capsys):
     line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "text_tag.yaml"), "--model.model", "lenet"))
     assert "lenet" in line
+
+
+def test_tags_distance_is_l2_plus_a_tenth_of_l1():
+    from leakage.engine.losses import gradient_distance
+
+    a, b = [torch.tensor([[1.0, -2.0]])], [torch.tensor([[0.0, 1.0]])]
+    assert gradient_distance(a, b, "tag").item() == pytest.approx((1 + 9) + 0.1 * (1 + 3))
+
+
+def test_the_token_set_attack_reads_every_token_of_the_batch(tmp_path, capsys):
+    main(cli_args(tmp_path, "--config", str(CONFIGS / "text_tokens.yaml"), "--data.num_victims", "2",
+                  "--report.image_every_n_steps", "0"))
+    out = capsys.readouterr().out
+    assert "token set: non-zero rows of the token embedding's gradient (exact where the update is undefended" in out
+    (run,) = run_dirs(tmp_path)
+    summary = json.loads((run / "metrics.json").read_text())["summary"]
+    assert summary["token_precision_mean"] == 1.0 and summary["token_recall_mean"] == 1.0
+    assert summary["exact_mean"] == 0.0  # positions unknown: no sentence comes back in order
+
+
+def test_the_token_set_under_noise_needs_a_threshold():
+    from leakage.attacks.tokenset import TokenSetAttack, token_sets
+
+    dm = VictimDataModule(source=BundledText(seq_len=16), batch_size=2)
+    attack = TokenSetAttack("gpt2_tiny", dm.input_shape, dm.num_classes)
+    obs = dm.prepare(attack.target)
+    name = "model.transformer.wte.weight"
+    true = set(dm.secret.images[0][dm.secret.images[0] != 50256].long().tolist())
+    noisy = {k: v + 1e-4 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) if k == name else v
+             for k, v in obs.gradients.items()}
+    from dataclasses import replace
+
+    noisy_obs = replace(obs, gradients=noisy)
+    assert len(token_sets(noisy_obs, attack.target)[0]) == 50257  # every row non-zero: the exact rule reads nothing
+    read = set(token_sets(noisy_obs, attack.target, threshold=0.05)[0].tolist())
+    assert read == true  # rows above 5% of the largest: the tokens again (this seed's noise)
+    with pytest.raises(ValueError, match="threshold must be in"):
+        TokenSetAttack("gpt2_tiny", (16,), 2, threshold=1.5)
+
+
+def test_the_token_set_relaxation_pads_past_the_length_and_needs_the_sets():
+    model = build_model("gpt2_tiny", (4,), 2)
+    kind = TextKind(4, TextTokenizer()).bind(model).relaxed(True)
+    with pytest.raises(ValueError, match="run it with the tag attack"):
+        kind.initial(1, "randn", torch.Generator())
+    kind = kind.with_token_sets(torch.tensor([[10, 20, -1]]), torch.tensor([2]))
+    logits = kind.hard(torch.tensor([[1, 0, 0, 0]]))[None]  # [P=1, B=1, n=4, K=3]
+    x = kind.to_input(logits)
+    assert torch.equal(kind.decode(x), torch.tensor([[[20, 10, 50256, 50256]]]))
+    assert torch.equal(x[0, 0, 2], model.embedding.weight[50256])  # exactly the pad embedding: padding to the model
+
+
+def test_tag_recovers_a_sentence_exactly(tmp_path, capsys):
+    main(cli_args(tmp_path, "--config", str(CONFIGS / "text_tag.yaml"), "--data.indices", "[5]",
+                  "--data.source.seq_len", "6", "--trainer.max_steps", "60", "--model.budget.refine_steps", "15",
+                  "--report.image_every_n_steps", "0"))
+    out = capsys.readouterr().out
+    (run,) = run_dirs(tmp_path)
+    rows = json.loads((run / "metrics.json").read_text())
+    summary = rows["summary"]
+    assert summary["rouge1_mean"] == 1.0 and summary["exact_mean"] == 1.0, out
+    assert "rec 0   : is not an identifier" in out
+    assert summary["grad_l2_mean"] < 1e-6  # its update is the observed one (the token embedding's aside)
+
+
+def test_tag_refuses_images_in_one_line(tmp_path, capsys):
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "text_tag.yaml"), "--data.source", "Bundled",
+                                      "--model.model", "lenet"))
+    assert "text" in line

@@ -14,6 +14,9 @@ last real token (what ``GPT2ForSequenceClassification`` reads with its pad token
 padding mask as a 4-D additive mask, which ``transformers`` passes through without data-dependent
 checks. Attention runs eagerly (plain matrix products: the attack's double backward needs them). Dropout never runs (the inner model stays in eval mode): a client's dropout mask is a private
 random draw no attacker could reproduce (see :func:`leakage.federated.client.client_view`).
+
+Input embeddings mark padding as ids do: a position whose embedding is exactly the pad token's is
+padding (an attack that knows a sequence's length fills the rest with the pad token's embedding).
 """
 
 from __future__ import annotations
@@ -75,9 +78,9 @@ class TextClassifier(nn.Module):
             ids = x.long() if x.is_floating_point() else x
             mask = ids != self.pad_token_id
             embeds = self.embedding(ids)
-        elif x.dim() == 3:
+        elif x.dim() == 3:  # a position holding exactly the pad token's embedding is padding, as its id is
             embeds = x
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            mask = (x != self.embedding.weight[self.pad_token_id].to(x)).any(-1)
         else:
             raise ValueError(f"a text model takes token ids [B, n] or input embeddings [B, n, d], got {tuple(x.shape)}")
         if self.causal:

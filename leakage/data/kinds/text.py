@@ -11,7 +11,12 @@ data meets the model: :meth:`TextKind.bind`). Sequences are matched to the truth
 algorithm on the number of positions whose tokens differ, and scored by ROUGE-1 F (``rouge-score`` on
 the decoded text: lower-cased words; the headline score), ROUGE-2 and ROUGE-L F, token accuracy (the
 share of the true sequence's real positions recovered at their place) and exact sequences (every real
-position right).
+position right), and the token set's precision and recall (the distinct tokens recovered anywhere in
+the batch against the distinct true tokens: how a bag of tokens whose positions are unknown is scored).
+
+With ``relax`` (:class:`TokenSetText`) the dummy is instead a softmax over a candidate token set per
+problem (the update's token set, which the attack reads: :mod:`leakage.attacks.tokenset`), and the
+positions past a known length hold the pad token.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ class TextKind(DataKind):
     score_name = "rouge1"
     success_unit = "victims"
     summary_metrics = (("rouge1", "ROUGE-1", ".3f"), ("rouge2", "ROUGE-2", ".3f"), ("rougeL", "ROUGE-L", ".3f"),
-                       ("token_accuracy", "token accuracy", ".3f"), ("exact", "exact sequences", ".3f"))
+                       ("token_accuracy", "token accuracy", ".3f"), ("exact", "exact sequences", ".3f"),
+                       ("token_precision", "token-set precision", ".3f"), ("token_recall", "token-set recall", ".3f"))
     headline_metrics = ("rouge1", "rouge2", "token_accuracy")
 
     def __init__(self, seq_len: int, tokenizer: TextTokenizer, embedding: Optional[Tensor] = None) -> None:
@@ -125,6 +131,21 @@ class TextKind(DataKind):
         """Decoded text of each sequence of ids ``[N, n]`` (padding left out)."""
         return [self.tokenizer.decode(row.tolist()) for row in ids]
 
+    def relaxed(self, relax: bool) -> "TextKind":
+        """This text with the token-set relaxation (:class:`TokenSetText`: a softmax over each update's
+        token set, which an attack reading the token set fills in) or with free input embeddings."""
+        if not relax:
+            return self if type(self) is TextKind else TextKind(self.seq_len, self.tokenizer, self.embedding)
+        return TokenSetText(self.seq_len, self.tokenizer, self.embedding)
+
+    can_harden = True
+
+    def harden_(self, dummy: Tensor) -> Tensor:
+        """Every position of the embedding dummies ``[..., B, n, d]`` set to its nearest token's
+        embedding (the decoded tokens, fixed); returns the mask of the entries still free (none)."""
+        dummy.copy_(self.embed(self.decode(dummy)).to(dummy))
+        return torch.zeros_like(dummy)
+
     # ------------------------------------------------------ pooling restarts
     def combine(self, aligned: Tensor) -> tuple[Tensor, Tensor]:
         """Each position's most frequent token over the aligned restarts (``[R, B, n, d]`` embeddings or
@@ -155,8 +176,13 @@ class TextKind(DataKind):
         real = true_ids != self.pad_token_id
         keys = ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact")
         per = {k: torch.zeros(V, B) for k in keys}
+        precision, recall = torch.zeros(V), torch.zeros(V)
         perms, correct, recovered = [], [], []
         for v in range(V):
+            got = set(rec_ids[v][rec_ids[v] != self.pad_token_id].tolist())
+            true = set(true_ids[v][real[v]].tolist())
+            precision[v] = len(got & true) / len(got) if got else 0.0
+            recall[v] = len(got & true) / len(true) if true else 1.0
             cost = ((rec_ids[v][:, None, :] != true_ids[v][None, :, :]) & real[v][None]).sum(-1)
             perm = hungarian(cost)
             perms.append(perm)
@@ -173,12 +199,12 @@ class TextKind(DataKind):
                 per["exact"][v, i] = float(bool((right[i] == real[v, i]).all()))
         out: dict[str, Any] = {k: per[k].mean(1) for k in keys}
         out.update({f"sequence_{k}": per[k] for k in keys})
-        out.update(correct=torch.stack(correct), recovered=torch.stack(recovered), perm=torch.stack(perms),
+        out.update(token_precision=precision, token_recall=recall, correct=torch.stack(correct), recovered=torch.stack(recovered), perm=torch.stack(perms),
                    score=out["rouge1"])
         return out
 
     def scalar_names(self) -> tuple[str, ...]:
-        return ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact")
+        return ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact", "token_precision", "token_recall")
 
     def check_truth(self, truth: Tensor) -> None:
         """True sequences must be token ids ``[V, B, seq_len]`` of the tokenizer's vocabulary."""
@@ -193,3 +219,71 @@ class TextKind(DataKind):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "seq_len": self.seq_len, "tokenizer": self.tokenizer.name,
                 "pad_token_id": self.pad_token_id}
+
+
+class TokenSetText(TextKind):
+    """Text whose dummy is a softmax over a candidate token set per problem: logits ``[B, n, K]``, the
+    model input ``softmax(logits) @ E[candidates]``; positions at or past the problem's length hold the
+    pad token's embedding exactly (padding, to the model). The candidates and lengths are public facts
+    of each update that an attack reads (:func:`leakage.attacks.tokenset.token_sets`) and gives with
+    :meth:`with_token_sets`.
+    """
+
+    #: a fixed position's logits: its token this, the others 0 (softmax one-hot to float32 rounding)
+    HARD_LOGIT = 30.0
+
+    def __init__(self, seq_len: int, tokenizer: TextTokenizer, embedding: Optional[Tensor] = None,
+                 candidates: Optional[Tensor] = None, lengths: Optional[Tensor] = None) -> None:
+        super().__init__(seq_len, tokenizer, embedding)
+        self.candidates, self.lengths = candidates, lengths
+
+    def with_token_sets(self, candidates: Tensor, lengths: Tensor) -> "TokenSetText":
+        """This kind with every problem's candidate tokens ``[P, K]`` (-1: none) and length ``[P]``."""
+        if candidates.shape[1] == 0 or bool((candidates.max(1).values < 0).any()):
+            raise ValueError("an update's token set is empty (no row of the token embedding's gradient is non-zero): "
+                             "the token-set relaxation has nothing to choose from; use dummies.relax false")
+        return TokenSetText(self.seq_len, self.tokenizer, self.embedding, candidates.long(), lengths.long())
+
+    def select(self, problems) -> "TokenSetText":
+        return TokenSetText(self.seq_len, self.tokenizer, self.embedding, self.candidates[problems], self.lengths[problems])
+
+    def _sets(self) -> tuple[Tensor, Tensor]:
+        if self.candidates is None:
+            raise ValueError("the token-set relaxation (dummies.relax true on text) needs each update's token set: "
+                             "run it with the tag attack, which reads them")
+        return self.candidates, self.lengths
+
+    def initial(self, batch_size: int, init: str, generator: torch.Generator) -> Tensor:
+        """Logits ``[B, n, K]`` over the largest candidate set (``randn``, ``uniform`` on [-1, 1], or zeros)."""
+        K = self._sets()[0].shape[1]
+        shape = (batch_size, self.seq_len, K)
+        if init == "randn":
+            return torch.randn(shape, generator=generator)
+        if init == "uniform":
+            return 2 * torch.rand(shape, generator=generator) - 1
+        return torch.zeros(shape)
+
+    def to_input(self, dummy: Tensor) -> Tensor:
+        candidates, lengths = self._sets()
+        candidates, lengths = candidates.to(dummy.device), lengths.to(dummy.device)
+        emb = self._embedding().to(dummy)
+        valid = candidates >= 0  # [P, K]
+        weights = dummy.masked_fill(~valid[:, None, None, :], float("-inf")).softmax(-1)
+        x = torch.einsum("pbnk,pkd->pbnd", weights, emb[candidates.clamp_min(0)])
+        real = torch.arange(self.seq_len, device=dummy.device) < lengths[:, None]  # [P, n]
+        return torch.where(real[:, None, :, None], x, emb[self.pad_token_id])
+
+    def tokens(self, dummy: Tensor) -> Tensor:
+        """The candidate each position of the logits ``[P, B, n, K]`` puts first (an index into the candidates)."""
+        valid = self._sets()[0].to(dummy.device) >= 0
+        return dummy.masked_fill(~valid[:, None, None, :], float("-inf")).argmax(-1)
+
+    def hard(self, choice: Tensor) -> Tensor:
+        """Logits ``[..., K]`` that put the candidates ``choice`` ``[...]`` first, one-hot to float32 rounding."""
+        K = self._sets()[0].shape[1]
+        return torch.nn.functional.one_hot(choice, K).float() * self.HARD_LOGIT
+
+    def harden_(self, dummy: Tensor) -> Tensor:
+        """Every position fixed to its first candidate (:meth:`hard`); returns the free mask (none)."""
+        dummy.copy_(self.hard(self.tokens(dummy)).to(dummy))
+        return torch.zeros_like(dummy)
