@@ -16,7 +16,9 @@ relaxation), decoded to the nearest token embedding. Stage two (``budget.refine_
 ``dummies.relax``) is a discrete search in LAMP's spirit: every token is fixed to its most likely
 candidate, and each step evaluates, per problem, every swap of two positions of a sequence and
 every replacement of one position by another candidate of the token set, and keeps the best when it
-lowers the distance (a problem whose step finds nothing better is settled). The reported sequence
+lowers the distance; when none does, labels fixed before the attack are tried against the other
+classes (a last layer without bias leaves two classes ambiguous to iDLG), and a problem whose step
+finds nothing better is settled. The reported sequence
 is the best evaluated; a distance of 0 means its update equals the observed one, which the report's
 residuals show (a token sequence is not proven unique by it).
 """
@@ -204,5 +206,32 @@ class TAG(GradientInversion):
             best = int(losses.argmin())
             if bool(losses[best] < current[p]):
                 self.dummy_data[p] = proposals[best]
-            else:
+            elif joint or not self._relabel(p, current[p]):
                 self._settled[p] = True
+
+    def _relabel(self, p: int, loss: Tensor) -> bool:
+        """Labels fixed before the attack (iDLG, a batch restoration) tried against the others: each slot's
+        label changed to each other class, the best kept when it lowers the distance. A last layer without
+        bias leaves two classes' labels ambiguous (``dW = (p - y) h^T`` with the sign of ``h`` unknown);
+        the whole update is not. Returns whether a label changed."""
+        labels = self.fixed_labels[p]
+        B, K = labels.shape[0], self.hparams.num_classes
+        options = []
+        for b in range(B):
+            for c in range(K):
+                if c != int(labels[b]):
+                    y = labels.clone()
+                    y[b] = c
+                    options.append(y)
+        if not options:
+            return False
+        options = torch.stack(options)
+        idx = torch.full((options.shape[0],), p, dtype=torch.long, device=options.device)
+        logits = torch.nn.functional.one_hot(options, K).float() * 100.0  # a softmax one-hot to float32 rounding
+        x = self.dummy_data[p].expand(options.shape[0], *self.dummy_data.shape[1:])
+        losses = self._objective(x, logits.to(x), idx)
+        best = int(losses.argmin())
+        if bool(losses[best] < loss):
+            self.fixed_labels[p] = options[best]
+            return True
+        return False
