@@ -215,3 +215,22 @@ def test_tag_refuses_images_in_one_line(tmp_path, capsys):
     line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "text_tag.yaml"), "--data.source", "Bundled",
                                       "--model.model", "lenet"))
     assert "text" in line
+
+
+def test_your_own_model_and_tokenizer_folders_load_offline(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    from leakage.data.tokenizer import _bundled_bpe
+    from leakage.engine.textmodels import PretrainedText
+
+    built = build_model("bert_tiny", (8,), 3)
+    built.model.save_pretrained(tmp_path / "model")
+    own = PretrainedText(str(tmp_path / "model"), num_classes=3)
+    ids = torch.tensor([[464.0, 3797, 3332, 50256, 50256, 50256, 50256, 50256]])
+    with torch.no_grad():
+        assert torch.allclose(own(ids), built(ids), atol=1e-5)  # the same weights, read back
+    PreTrainedTokenizerFast(tokenizer_object=_bundled_bpe(), eos_token="<|endoftext|>").save_pretrained(tmp_path / "tok")
+    tok = TextTokenizer(str(tmp_path / "tok"))
+    assert tok.pad_token_id == 50256 and tok.decode(tok.encode("the cat sat")) == "the cat sat"
+    with pytest.raises(ValueError, match="cannot read a sequence classifier"):
+        PretrainedText(str(tmp_path / "tok"))
