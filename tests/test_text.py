@@ -234,3 +234,9 @@ def test_your_own_model_and_tokenizer_folders_load_offline(tmp_path):
     assert tok.pad_token_id == 50256 and tok.decode(tok.encode("the cat sat")) == "the cat sat"
     with pytest.raises(ValueError, match="cannot read a sequence classifier"):
         PretrainedText(str(tmp_path / "tok"))
+
+
+def test_tags_discrete_search_needs_the_token_set_relaxation(tmp_path, capsys):
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "text_tag.yaml"), "--model.dummies.relax",
+                                      "false"))
+    assert "set dummies.relax true, or budget.refine_steps 0" in line
