@@ -42,12 +42,12 @@ def test_text_kind_scores_known_sentences_and_matches_slots():
     recon = truth.clone()[:, [1, 0]]  # the slots swapped: the Hungarian algorithm pairs them back
     out = kind.evaluate(recon, truth)
     assert out["perm"].tolist() == [[1, 0]]
-    assert out["rouge1"].tolist() == [1.0] and out["exact"].tolist() == [1.0] and out["token_accuracy"].tolist() == [1.0]
+    assert out["rouge1"].tolist() == [1.0] and out["exact_sequences"].tolist() == [1.0] and out["token_accuracy"].tolist() == [1.0]
     wrong = truth.clone()
     wrong[0, 0, 1] = kind.tokenizer.encode(" dog")[0]  # "the dog sat on the mat": one word of six wrong
     out = kind.evaluate(wrong, truth)
     assert out["sequence_token_accuracy"][0, 0].item() == pytest.approx(5 / 6)  # six real tokens, two pads
-    assert out["sequence_exact"][0].tolist() == [0.0, 1.0]
+    assert out["sequence_exact_sequences"][0].tolist() == [0.0, 1.0]
     assert out["sequence_rouge1"][0, 0].item() == pytest.approx(5 / 6)
     assert out["correct"][0, 0].tolist() == [True, False, True, True, True, True, False, False]
     with pytest.raises(ValueError, match="token ids in"):
@@ -163,7 +163,7 @@ def test_the_token_set_attack_reads_every_token_of_the_batch(tmp_path, capsys):
     (run,) = run_dirs(tmp_path)
     summary = json.loads((run / "metrics.json").read_text())["summary"]
     assert summary["token_precision_mean"] == 1.0 and summary["token_recall_mean"] == 1.0
-    assert summary["exact_mean"] == 0.0  # positions unknown: no sentence comes back in order
+    assert summary["exact_sequences_mean"] == 0.0  # positions unknown: no sentence comes back in order
 
 
 def test_the_token_set_under_noise_needs_a_threshold():
@@ -206,7 +206,7 @@ def test_tag_recovers_a_sentence_exactly(tmp_path, capsys):
     (run,) = run_dirs(tmp_path)
     rows = json.loads((run / "metrics.json").read_text())
     summary = rows["summary"]
-    assert summary["rouge1_mean"] == 1.0 and summary["exact_mean"] == 1.0, out
+    assert summary["rouge1_mean"] == 1.0 and summary["exact_sequences_mean"] == 1.0, out
     assert "rec 0   : is not an identifier" in out
     assert summary["grad_l2_mean"] < 1e-6  # its update is the observed one (the token embedding's aside)
 
