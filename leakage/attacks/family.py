@@ -59,6 +59,8 @@ ATTACKS = {
     "imprint": "leakage.attacks.imprint.ImprintAttack",
     "trap_weights": "leakage.attacks.trap_weights.TrapWeightAttack",
     "fishing": "leakage.attacks.fishing.FishingAttack",
+    "token_set": "leakage.attacks.tokenset.TokenSetAttack",
+    "tag": "leakage.attacks.tag.TAG",
 }
 DEFAULT_ATTACK = "gradient_inversion"
 
