@@ -52,7 +52,6 @@ import os
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,8 +214,6 @@ def scoring_schema(schema, categories: dict, stats: dict | None = None):
 
 def score(schema, truth: list[list], recon: list[list]) -> dict:
     """TabLeak's accuracy of ``recon`` against ``truth`` (value rows), by ``leakage``'s TabularKind.evaluate."""
-    import torch
-
     from leakage.data.kinds.tabular import TabularKind
 
     header = [f.name for f in schema.features] + [schema.label]

@@ -17,7 +17,6 @@ from torch import nn
 
 import leakage
 from leakage.attacks.analytic import AnalyticInversion
-from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.records import COLUMNS
 from leakage.cli import main
 from leakage.data.datamodule import VictimDataModule

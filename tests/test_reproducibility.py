@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.reporting.callbacks import LeakageReport
 from leakage.data.datamodule import VictimDataModule
 from leakage.federated.defenses import GaussianNoise

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from leakage.attacks.settings import Budget
-from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.data.datamodule import VictimDataModule
 from leakage.engine.metrics import ssim_per_image
 
