@@ -177,14 +177,15 @@ def _accounts(rows: Tensor, span: Span, independent: bool) -> tuple[bool, int]:
 @torch.no_grad()
 def dager_decoder(model: nn.Module, gradients: Mapping[str, Tensor], batch_size: int, seq_len: int,
                   pad_token_id: Optional[int] = None, tol: float = DISTANCE_TOL, rank_tol: float = RANK_TOL,
-                  max_prefixes: int = 20000) -> DagerResult:
+                  max_prefixes: int = 20000, max_extensions: int = 200000) -> DagerResult:
     """Recover the ``batch_size`` token sequences (at most ``seq_len`` tokens each, right-padded with
     ``pad_token_id``, which is never a candidate) behind one shared update of a GPT-2 decoder.
 
     ``gradients``: the shared gradient by parameter name (the client's batch-mean gradient or any
     multiple of it; only blocks 0 and 1's ``c_attn`` weights are read). ``tol``: the span test's
-    relative distance; ``rank_tol``: the spans' rank threshold; ``max_prefixes``: the search stops (and
-    nothing is exact) when more prefixes than this survive a position."""
+    relative distance; ``rank_tol``: the spans' rank threshold; the search stops (and nothing is exact)
+    when more than ``max_prefixes`` prefixes survive a position, or when a position would test more than
+    ``max_extensions`` extensions (prefixes times candidates: the cost of a step)."""
     start = time.perf_counter()
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
@@ -226,6 +227,11 @@ def dager_decoder(model: nn.Module, gradients: Mapping[str, Tensor], batch_size:
     cut = False
     for p, cands in enumerate(candidates):
         k = len(cands)
+        if len(prefixes) * k > max_extensions:
+            notes.append(f"{len(prefixes)} prefixes x {k} candidates at position {p} exceed max_extensions="
+                         f"{max_extensions}: search stopped")
+            cut = True
+            break
         parent = torch.arange(len(prefixes), device=device).repeat_interleave(k)
         tokens = cands.repeat(len(prefixes))
         inputs, kv = layers.extend(cache, parent, tokens)
