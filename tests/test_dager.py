@@ -1,0 +1,116 @@
+"""DAGER (leakage.attacks.dager): a GPT-2 decoder's text batch comes back token for token from its shared
+gradient and is proven exact; a batch with more tokens than the hidden size, or a defended update, is
+reported not exact; a model or update it cannot read is refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leakage.attacks.dager import DecoderLayers, dager_decoder
+from leakage.attacks.spans import input_span
+
+from conftest import REPO
+
+TEXT = REPO.parent / "shared" / "data" / "text"
+SENTENCES = (TEXT / "fortunes_0_999.txt").read_text().splitlines()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import GPT2TokenizerFast
+
+    tok = GPT2TokenizerFast(vocab=str(TEXT / "encoder.json"), merges=str(TEXT / "vocab.bpe"))
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def decoder(tok, d: int = 64, layers: int = 3, seed: int = 0):
+    """A GPT-2 sequence classifier at random initialisation over the full BPE vocabulary, no dropout."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=d, n_layer=layers, n_head=2, n_positions=64, resid_pdrop=0.0,
+                     embd_pdrop=0.0, attn_pdrop=0.0, num_labels=2, pad_token_id=tok.eos_token_id)
+    return GPT2ForSequenceClassification(cfg).eval()
+
+
+def client_update(model, tok, lines):
+    """What the client shares: the batch-mean cross-entropy gradient of every parameter, and its batch."""
+    enc = tok(lines, padding=True, return_tensors="pt")
+    loss = model(**enc, labels=torch.arange(len(lines)) % 2).loss
+    names, params = zip(*model.named_parameters())
+    grads = dict(zip(names, torch.autograd.grad(loss, params)))
+    truth = [ids[m.bool()].tolist() for ids, m in zip(enc.input_ids, enc.attention_mask)]
+    return grads, truth, enc.input_ids.shape[1]
+
+
+def test_a_batch_of_two_sentences_comes_back_exactly_and_is_proven(tokenizer):
+    model = decoder(tokenizer)
+    grads, truth, n = client_update(model, tokenizer, SENTENCES[:2])
+    res = dager_decoder(model, grads, 2, n, pad_token_id=tokenizer.eos_token_id)
+    assert sorted(res.sequences) == sorted(truth) and res.exact == [True, True], res.notes
+    assert [tokenizer.decode(s) for s in sorted(res.sequences, key=truth.index)] == SENTENCES[:2]
+    assert res.ranks == (sum(map(len, truth)),) * 2 and max(res.distances) < 1e-3 and not res.notes
+
+
+def test_a_scaled_update_and_a_batch_of_eight_come_back_too(tokenizer):
+    """The test reads spans, so the update's scale (a learning rate, a sum instead of a mean) is irrelevant."""
+    model = decoder(tokenizer, d=128, seed=1)
+    grads, truth, n = client_update(model, tokenizer, SENTENCES[10:18])
+    res = dager_decoder(model, {k: -0.01 * g for k, g in grads.items()}, 8, n, pad_token_id=tokenizer.eos_token_id)
+    assert sorted(res.sequences) == sorted(truth) and all(res.exact), res.notes
+
+
+def test_more_tokens_than_the_hidden_size_is_reported_not_exact(tokenizer):
+    """d = 32 and a batch of 6 sentences (~75 tokens): both spans fill the space, every token passes, and
+    nothing is claimed."""
+    model = decoder(tokenizer, d=32)
+    grads, truth, n = client_update(model, tokenizer, SENTENCES[:6])
+    assert sum(map(len, truth)) > 32
+    res = dager_decoder(model, grads, 6, n, pad_token_id=tokenizer.eos_token_id, max_extensions=5000)
+    assert not any(res.exact) and res.ranks == (31, 31)  # an untrained LayerNorm's outputs sum to 0: 31 dimensions
+    assert any("fills all 31 dimensions" in note for note in res.notes), res.notes
+
+
+def test_a_noisy_update_is_not_proven(tokenizer):
+    """Gaussian noise on the update (a DP defense) fills the spans: what comes back is not claimed exact."""
+    model = decoder(tokenizer)
+    grads, truth, n = client_update(model, tokenizer, SENTENCES[:2])
+    gen = torch.Generator().manual_seed(0)
+    noisy = {k: g + 1e-3 * g.norm() / g.numel() ** 0.5 * torch.randn(g.shape, generator=gen) for k, g in grads.items()}
+    res = dager_decoder(model, noisy, 2, n, pad_token_id=tokenizer.eos_token_id, max_extensions=1000)
+    assert not any(res.exact) and res.notes
+
+
+def test_a_model_or_update_it_cannot_read_is_refused_in_one_line(tokenizer):
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64))
+    for model, grads, match in [
+        (bert, {}, "DAGER attacks a GPT-2 decoder .* got BertModel"),
+        (torch.nn.Linear(4, 2), {}, "got Linear"),
+        (decoder(tokenizer, layers=1), {}, "at least 2 blocks"),
+        (decoder(tokenizer), {}, r"no gradient for transformer\.h\.0\.attn\.c_attn\.weight"),
+    ]:
+        with pytest.raises(ValueError, match=match) as err:
+            dager_decoder(model, grads, 2, 8)
+        assert "\n" not in str(err.value)
+    model = decoder(tokenizer)
+    zero = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="all zeros"):
+        dager_decoder(model, zero, 2, 8)
+    with pytest.raises(ValueError, match="exceeds the model's 64 positions"):
+        dager_decoder(model, zero, 2, 65)
+    assert DecoderLayers(model).grad_names[1] == "transformer.h.1.attn.c_attn.weight"
+
+
+def test_the_span_of_a_linear_layer_is_its_inputs():
+    """nn.Linear's [out, in] gradient and Conv1D's [in, out] give the same span, that of the inputs."""
+    gen = torch.Generator().manual_seed(0)
+    X, G = torch.randn(5, 16, generator=gen, dtype=torch.float64), torch.randn(5, 40, generator=gen, dtype=torch.float64)
+    span = input_span(X.T @ G, 1e-6)
+    assert span.rank == 5 and span.distances(X).max() < 1e-10
+    assert span.distances(torch.randn(3, 16, generator=gen, dtype=torch.float64)).min() > 0.3
+    assert input_span(G.T @ X, 1e-6, rows_are_inputs=False).distances(X).max() < 1e-10
