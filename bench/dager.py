@@ -10,11 +10,13 @@ reads, blocks 0 and 1's ``c_attn``: the same values as the full update's).
 Rows:
 
 - ``--sizes`` (default 1,2,8,16,32): the first B sentences at their real lengths;
-- ``--saturation`` (default 58x12,62x12,64x12,67x12): B sentences of at least n tokens, cut to n, so the
-  batch holds exactly B*n tokens, around the hidden size d = 768 (the span test's limit).
+- ``--saturation`` (default 64x12,68x12,70x12,72x12,76x12): B sentences of at least n tokens, cut to n, so
+  the batch holds exactly B*n tokens and 680 to 819 distinct prefixes, around the hidden size d = 768 (the
+  span test's limit: block 1's inputs are one per distinct prefix, and an untrained LayerNorm's outputs
+  fill at most d - 1 = 767 dimensions).
 
-Columns: tokens in the batch; the two spans' ranks; exact: sequences recovered token for token AND proven
-exact by the attack (:func:`leakage.attacks.dager.dager_decoder`), in % of the batch; recovered: sequences
+Columns: tokens in the batch; distinct prefixes (block 1's distinct inputs); the two spans' ranks; exact:
+sequences recovered token for token AND proven exact by the attack (:func:`leakage.attacks.dager.dager_decoder`), in % of the batch; recovered: sequences
 equal to a true one, proven or not; ROUGE-1/2: F-measures (``rouge-score``) of the recovered sentences
 paired to the true ones (Hungarian algorithm), mean over the batch; seconds of the attack (one thread
 unless ``--threads``), wall and CPU.
@@ -89,15 +91,16 @@ def row(tok, model, lines: list[str], n: int | None) -> dict:
             recovered += 1
             exact += bool(proven)
     r1, r2 = rouge([tok.decode(t) for t in truth], [tok.decode(s) for s in res.sequences])
-    return dict(B=len(lines), tokens=int(enc.attention_mask.sum()), ranks=res.ranks, exact=100 * exact / len(lines),
-                recovered=100 * recovered / len(lines), r1=r1, r2=r2, wall=wall, cpu=cpu,
+    prefixes = len({tuple(t[: i + 1]) for t in truth for i in range(len(t))})
+    return dict(B=len(lines), tokens=int(enc.attention_mask.sum()), prefixes=prefixes, ranks=res.ranks,
+                exact=100 * exact / len(lines), recovered=100 * recovered / len(lines), r1=r1, r2=r2, wall=wall, cpu=cpu,
                 note=res.notes[0] if res.notes else "")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1,2,8,16,32")
-    ap.add_argument("--saturation", default="58x12,62x12,64x12,67x12")
+    ap.add_argument("--saturation", default="64x12,68x12,70x12,72x12,76x12")
     ap.add_argument("--d", type=int, default=768)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
@@ -108,16 +111,16 @@ def main() -> None:
     cases = [(int(b), None) for b in args.sizes.split(",") if b]
     cases += [tuple(int(v) for v in c.split("x")) for c in args.saturation.split(",") if c]
     print(f"GPT-2 random init: d={args.d}, {args.layers} blocks, vocabulary {len(tok)}; {args.threads} thread(s)")
-    print(f"{'B':>4} {'n':>5} {'tokens':>6} {'ranks':>10} {'exact%':>7} {'recov%':>7} {'ROUGE-1':>8} {'ROUGE-2':>8} "
-          f"{'wall s':>7} {'cpu s':>7}  note")
+    print(f"{'B':>4} {'n':>5} {'tokens':>6} {'prefix':>6} {'ranks':>10} {'exact%':>7} {'recov%':>7} {'ROUGE-1':>8} "
+          f"{'ROUGE-2':>8} {'wall s':>7} {'cpu s':>7}  note")
     for B, n in cases:
         pool = lines if n is None else [s for s in lines if len(tok(s).input_ids) >= n]
         if len(pool) < B:
             print(f"{B:>4} {n!s:>5}  only {len(pool)} sentences have {n} tokens: skipped")
             continue
         r = row(tok, model, pool[:B], n)
-        print(f"{r['B']:>4} {'real' if n is None else n:>5} {r['tokens']:>6} {str(r['ranks']):>10} {r['exact']:>7.1f} "
-              f"{r['recovered']:>7.1f} {r['r1']:>8.3f} {r['r2']:>8.3f} {r['wall']:>7.1f} {r['cpu']:>7.1f}  {r['note'][:90]}",
+        print(f"{r['B']:>4} {'real' if n is None else n:>5} {r['tokens']:>6} {r['prefixes']:>6} {str(r['ranks']):>10} "
+              f"{r['exact']:>7.1f} {r['recovered']:>7.1f} {r['r1']:>8.3f} {r['r2']:>8.3f} {r['wall']:>7.1f} {r['cpu']:>7.1f}  {r['note'][:90]}",
               flush=True)
 
 

@@ -91,7 +91,8 @@ def test_a_model_or_update_it_cannot_read_is_refused_in_one_line(tokenizer):
     for model, grads, match in [
         (bert, {}, "DAGER attacks a GPT-2 decoder .* got BertModel"),
         (torch.nn.Linear(4, 2), {}, "got Linear"),
-        (decoder(tokenizer, layers=1), {}, "at least 2 blocks"),
+        (decoder(tokenizer, layers=1), {}, "at least 3 blocks"),
+        (decoder(tokenizer, layers=2), {}, "at least 3 blocks .* block 1 must not be the last"),
         (decoder(tokenizer), {}, r"no gradient for transformer\.h\.0\.attn\.c_attn\.weight"),
     ]:
         with pytest.raises(ValueError, match=match) as err:

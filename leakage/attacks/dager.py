@@ -53,16 +53,22 @@ class DecoderLayers:
     their ``c_attn`` weight gradients. Anything else is a one-line ``ValueError``."""
 
     def __init__(self, model: nn.Module) -> None:
-        from transformers import GPT2Model
+        from transformers import GPT2LMHeadModel, GPT2Model
 
         found = [(name, m) for name, m in model.named_modules() if isinstance(m, GPT2Model)]
         if not found:
             raise ValueError(f"DAGER attacks a GPT-2 decoder (transformers' GPT2Model or a GPT-2 head model); "
                              f"got {type(model).__name__}: give it a GPT-2 model")
         name, self.body = found[0]
-        if len(self.body.h) < 2:
-            raise ValueError("DAGER needs a decoder with at least 2 blocks (it tests the inputs of blocks 0 and 1); "
-                             f"this one has {len(self.body.h)}")
+        blocks = len(self.body.h)
+        if blocks < 3 and not isinstance(model, (GPT2Model, GPT2LMHeadModel)):
+            # a sequence classifier reads its last block at the last real token only: block 1's gradient then
+            # holds that token's query and a few key/value directions, not the span of its inputs
+            raise ValueError("DAGER needs a GPT-2 classifier with at least 3 blocks (its last block is read at the "
+                             f"last token only, so block 1 must not be the last); this one has {blocks}")
+        if blocks < 2:
+            raise ValueError(f"DAGER needs a decoder with at least 2 blocks (it tests the inputs of blocks 0 and 1); "
+                             f"this one has {blocks}")
         prefix = f"{name}." if name else ""
         self.model = model
         #: the shared gradients DAGER reads: block 0's and block 1's c_attn weights ``[d, 3d]``
