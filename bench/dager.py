@@ -16,7 +16,7 @@ Rows:
   fill at most d - 1 = 767 dimensions).
 
 Columns: tokens in the batch; distinct prefixes (block 1's distinct inputs); the two spans' ranks; exact:
-sequences recovered token for token AND proven exact by the attack (:func:`leakage.attacks.dager.dager_decoder`), in % of the batch; recovered: sequences
+sequences recovered token for token AND proven exact by the attack (:func:`leakage.attacks.dager_search.dager_decoder`), in % of the batch; recovered: sequences
 equal to a true one, proven or not; ROUGE-1/2: F-measures (``rouge-score``) of the recovered sentences
 paired to the true ones (Hungarian algorithm), mean over the batch; seconds of the attack (one thread
 unless ``--threads``), wall and CPU.
@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leakage.attacks.dager import DecoderLayers, dager_decoder  # noqa: E402
+from leakage.attacks.dager_search import DecoderLayers, dager_decoder  # noqa: E402
 
 TEXT = Path("/work/shared/data/text")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leakage.attacks.dager import DecoderLayers, dager_decoder
+from leakage.attacks.dager_search import DecoderLayers, dager_decoder
 from leakage.attacks.spans import input_span
 
 from conftest import REPO
