@@ -217,8 +217,9 @@ def dager_decoder(model: nn.Module, gradients: Mapping[str, Tensor], batch_size:
     full = [span.rank >= layers.room(i) for i, span in enumerate(spans)]
     for i, span in enumerate(spans):
         if full[i]:
-            notes.append(f"block {i}'s span fills all {layers.room(i)} dimensions its inputs can take (the batch has "
-                         f"about {dim} or more tokens): the span test passes every token and proves nothing")
+            what = "(token, position) pairs" if i == 0 else "distinct prefixes"
+            notes.append(f"block {i}'s span fills all {layers.room(i)} dimensions its inputs can take (the batch holds "
+                         f"about that many {what} or more): the span test passes every token and proves nothing")
     device = next(model.parameters()).device
 
     # 1. each position's candidates: every vocabulary token against block 0's span
