@@ -169,6 +169,8 @@ COLUMNS = (
 #: cells when restarts are pooled; absent when not)
 #: (two scales: categorical 0-1, continuous in nats; see leakage.data.kinds.tabular.TabularKind.combine)
 TABLE_COLUMNS = ("accuracy", "accuracy_categorical", "accuracy_continuous", "entropy_categorical", "entropy_continuous")
+#: the columns text adds (:class:`leakage.data.kinds.text.TextKind`: ROUGE F, token accuracy, exact sequences)
+TEXT_COLUMNS = ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact", "token_precision", "token_recall")
 
 
 def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
@@ -177,6 +179,7 @@ def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
     ok = [r for r in rows if r["status"] != "failed"]
     have_images = any(not math.isnan(r["ssim"]) for r in rows)
     have_table = any(not math.isnan(r.get("accuracy", float("nan"))) for r in rows)
+    have_text = any(not math.isnan(r.get("rouge1", float("nan"))) for r in rows)
 
     def mean(key: str) -> float:
         vals = [r[key] for r in ok if not math.isnan(r[key])]
@@ -188,6 +191,9 @@ def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
                    success=sum(r["accuracy"] >= success_ssim for r in ok),
                    accuracy_categorical_mean=mean("accuracy_categorical"),
                    accuracy_continuous_mean=mean("accuracy_continuous"))
+    if have_text:  # a failed victim's sentences count as not reconstructed (0)
+        out.update({f"{k}_mean": sum(r[k] for r in ok) / n for k in TEXT_COLUMNS},
+                   label_acc=sum(r["label_acc"] for r in rows) / n, success=sum(r["rouge1"] >= success_ssim for r in ok))
     if have_images:
         out.update(
             success=sum(r["ssim"] >= success_ssim for r in ok),
@@ -242,4 +248,6 @@ def victim_rows(recon: Tensor, labels: Tensor, evaluation: dict[str, Tensor], be
         })
         if "accuracy" in metrics:  # tables: TabLeak's accuracy (and the pooled entropy)
             rows[-1].update({k: float(metrics[k][v]) for k in TABLE_COLUMNS if k in metrics})
+        if "rouge1" in metrics:  # text: ROUGE, token accuracy, exact sequences
+            rows[-1].update({k: float(metrics[k][v]) for k in TEXT_COLUMNS})
     return rows

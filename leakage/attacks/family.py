@@ -58,6 +58,8 @@ ATTACKS = {
     "cpa": "leakage.attacks.cpa.CocktailPartyAttack",
     "imprint": "leakage.attacks.imprint.ImprintAttack",
     "trap_weights": "leakage.attacks.trap_weights.TrapWeightAttack",
+    "token_set": "leakage.attacks.tokenset.TokenSetAttack",
+    "tag": "leakage.attacks.tag.TAG",
 }
 DEFAULT_ATTACK = "gradient_inversion"
 

@@ -112,8 +112,10 @@ class GradientMatching:
         graph = torch.is_grad_enabled()
         with torch.enable_grad():
             loss = F.cross_entropy(functional_call(net, (params, buffers), (x[0],)), targets[0])
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=graph)
-        return {k: g.unsqueeze(0) for k, g in zip(params, grads)}
+            # allow_unused: a parameter the dummy does not reach (a text model's token embedding, which
+            # an embedding dummy bypasses) has a zero gradient, as torch.func.grad gives it
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=graph, allow_unused=True)
+        return {k: (torch.zeros_like(p) if g is None else g).unsqueeze(0) for (k, p), g in zip(params.items(), grads)}
 
     def _objective(self, x: Tensor, label_logits: Optional[Tensor], idx: Optional[Union[Tensor, slice]],
                    distance: Optional[str] = None, prior: bool = True) -> Tensor:
@@ -125,7 +127,8 @@ class GradientMatching:
                     terms: Sequence[tuple[Optional[str], bool]]) -> list[Tensor]:
         """The objective of the problems ``idx`` once per ``(distance, prior)`` of ``terms`` (distance
         None: the attack's), all from one evaluation of the per-problem gradients."""
-        dummy, x = x, self.kind.to_input(x)
+        data_kind = self.kind if idx is None else self.kind.select(idx)  # a per-problem relaxation: these problems'
+        dummy, x = x, data_kind.to_input(x)
         observed = self.observed()
         if label_logits is not None:
             targets = F.softmax(label_logits, dim=-1)
@@ -156,7 +159,7 @@ class GradientMatching:
             loss = gradient_distance(mine, observed, kind, norm if kind == "cosine" else None)
             if prior and bn:
                 loss = loss + self.objective.bn_weight * self.bn_prior(moments)
-            kind_prior = self.kind.prior(dummy, x, {"tv_weight": self.objective.tv_weight}) if prior else None
+            kind_prior = data_kind.prior(dummy, x, {"tv_weight": self.objective.tv_weight}) if prior else None
             if kind_prior is not None:
                 loss = loss + kind_prior
             if prior and self.objective.group_weight > 0 and self.consensus is not None:

@@ -74,7 +74,7 @@ class Objective(Settings):
     """The per-problem objective: a gradient distance plus priors, and how it is evaluated.
 
     Args:
-        distance: ``l2`` (DLG) or ``cosine`` (Inverting Gradients).
+        distance: ``l2`` (DLG), ``cosine`` (Inverting Gradients) or ``tag`` (TAG: L2 plus 0.1 x L1).
         tv_weight: weight of the total-variation prior of images (0 disables it).
         bn_weight: weight of the BatchNorm-statistics prior (``R_BN`` of Yin et al., 2021): for every
             BatchNorm layer, the L2 distances of the dummy batch's per-channel mean and variance at
@@ -99,7 +99,7 @@ class Objective(Settings):
             the CPU (faster there: docs/benchmarks.md, Speed).
     """
 
-    def __init__(self, distance: Literal["l2", "cosine"] = "l2", tv_weight: float = 0.0, bn_weight: float = 0.0,
+    def __init__(self, distance: Literal["l2", "cosine", "tag"] = "l2", tv_weight: float = 0.0, bn_weight: float = 0.0,
                  group_weight: float = 0.0, problems_per_chunk: Optional[int] = None,
                  compile: Literal["auto", "on", "off"] = "auto", fixed_shape: Optional[bool] = None) -> None:
         _choice("distance", distance, DISTANCES)

@@ -198,7 +198,9 @@ class VictimDataModule(pl.LightningDataModule):
         self.source = s.name
         self.client_mode = client.client_mode
         self.public_labels = public_labels
-        self.table = self._table(s.name, s.dataset, s.path, s.label_column, s.categorical_columns, s.schema,
+        #: a text source's sequences (:class:`leakage.data.textcorpus.TextCorpus`), else None
+        self.corpus = s.open()
+        self.table = None if self.corpus is not None else self._table(s.name, s.dataset, s.path, s.label_column, s.categorical_columns, s.schema,
                                  s.standardize_onehot, s.schema_from, s.continuous_columns)
         self.dataset = s.dataset
         #: the data's name in reports, HPARAMS and metrics: the CSV file's name for a CSV table, the
@@ -241,6 +243,10 @@ class VictimDataModule(pl.LightningDataModule):
             kind = self.table.kind
             self.input_shape = kind.sample_shape
             self.num_classes = len(kind.schema.classes)
+            return
+        if self.corpus is not None:
+            self.input_shape = self.corpus.kind.sample_shape
+            self.num_classes = self.corpus.num_classes
             return
         shape, classes, _ = DATASETS[self.dataset]
         c = s.channels or shape[0]
@@ -337,6 +343,8 @@ class VictimDataModule(pl.LightningDataModule):
     def _selected(self, available: int) -> list[int]:
         wanted = self.indices if self.indices is not None else list(range(self.num_victims * self.batch_size))
         bad = [i for i in wanted if i >= available]
+        if bad and self.corpus is not None:
+            raise ValueError(f"sequence {bad[0]} is out of range: {self.corpus.name} has {available} sequences (0-{available - 1})")
         if bad and self.table is not None:
             raise ValueError(f"record {bad[0]} is out of range: the table has {available} complete records (0-{available - 1})")
         if bad and self.source == "bundled":
@@ -352,7 +360,10 @@ class VictimDataModule(pl.LightningDataModule):
     def load_victims(self) -> Secret:
         """Read the selected images and labels, or table records (the secret)."""
         size = self.input_shape[1:]
-        if self.table is not None:
+        if self.corpus is not None:
+            chosen = self._selected(len(self.corpus))
+            x, y = self.corpus.encode(chosen)
+        elif self.table is not None:
             chosen = self._selected(len(self.table))
             x, y = self.table.encode(chosen)
         elif self.source in ("bundled", "folder"):
@@ -407,6 +418,8 @@ class VictimDataModule(pl.LightningDataModule):
     def prepare(self, model: nn.Module) -> Observation:
         """Build the observation (and, for image sources, the secret) for a target model."""
         kind = self.table.kind if self.table is not None else None
+        if self.corpus is not None:  # decoding a dummy needs the model's token embedding
+            kind = self.corpus.kind.bind(model)
         if self.source == "gradients" and is_capture(self.gradient_file):  # type: ignore[arg-type]
             grads, keys = self._read_capture(model)
             self.secret = None

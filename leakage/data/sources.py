@@ -12,12 +12,20 @@ the client's batch) the data module checks.
 - :class:`Torchvision`: a full torchvision test split under ``root``;
 - :class:`ImageFolder`: your own images;
 - :class:`CSVTable`: your own table;
-- :class:`CapturedGradients`: updates you captured (no victim data).
+- :class:`CapturedGradients`: updates you captured (no victim data);
+- :class:`BundledText`: sentences shipped in the package (1,000 fortunes, the GPT-2 BPE);
+- :class:`TextFile`: your own text (``.txt`` or ``.jsonl``).
 """
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
 from typing import Optional
+
+from leakage.data.kinds.text import TextKind
+from leakage.data.textcorpus import LONG_TOKENS, TextCorpus, class_indices, length_labels, read_text
+from leakage.data.tokenizer import TextTokenizer
 
 #: name -> (input shape, classes, torchvision class)
 DATASETS: dict[str, tuple[tuple[int, int, int], int, str]] = {
@@ -97,6 +105,10 @@ class Source:
         self.categorical_columns = _columns("categorical_columns", categorical_columns)
         self.continuous_columns = _columns("continuous_columns", continuous_columns)
         self.schema, self.schema_from, self.standardize_onehot = schema, schema_from, standardize_onehot
+
+    def open(self) -> Optional[TextCorpus]:
+        """The source's own sequences and their kind (text sources), or None (the data module reads the others)."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
@@ -250,5 +262,79 @@ class CapturedGradients(Source):
         self._table_settings(None, None, schema, schema_from, standardize_onehot)
 
 
+class TextSource(Source):
+    """A source of token sequences (the text kind, :class:`leakage.data.kinds.text.TextKind`)."""
+
+    def _text_settings(self, seq_len: int, tokenizer: Optional[str]) -> None:
+        if not _is_int(seq_len) or seq_len < 1:
+            raise ValueError(f"seq_len must be an integer >= 1 (tokens per sequence), got {seq_len!r}")
+        self.seq_len, self.tokenizer = seq_len, tokenizer
+
+    def _corpus(self, texts: list[str], labels: Optional[list], where: str) -> TextCorpus:
+        tok = TextTokenizer(self.tokenizer)
+        if not texts:
+            raise ValueError(f"{where} holds no text")
+        if labels is None:
+            rule = f"label 1 when a sequence has more than {LONG_TOKENS} tokens, else 0"
+            ys, classes = length_labels(tok, texts), 2
+        else:
+            rule = "the file's labels"
+            ys, classes = class_indices(labels, where)
+        return TextCorpus(TextKind(self.seq_len, tok), texts, ys, classes, where, rule)
+
+
+class BundledText(TextSource):
+    """Sentences shipped in the package: the first 1,000 FreeBSD fortunes (``fortunes_0_999.txt``,
+    BSD licence), tokenized by the bundled GPT-2 BPE (``encoder.json`` and ``vocab.bpe``, MIT licence).
+
+    The sentences have no class: a public rule labels them, 1 when a sentence has more than 12 GPT-2
+    tokens (their median) and 0 otherwise.
+
+    Args:
+        seq_len: tokens per sequence: longer sentences are cut, shorter ones padded (``<|endoftext|>``).
+    """
+
+    name = "bundled"
+    dataset = "fortunes"
+
+    def __init__(self, seq_len: int = 16) -> None:
+        self._text_settings(seq_len, None)
+
+    def open(self) -> TextCorpus:
+        path = resources.files("leakage") / "assets" / "text" / "fortunes_0_999.txt"
+        texts = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        return self._corpus(texts, None, "fortunes")
+
+
+class TextFile(TextSource):
+    """Your own text: a ``.txt`` file (one sequence per line) or a ``.jsonl`` file (one JSON object per
+    line, with a text field and, optionally, a label field: integer class indices or class names).
+    Unlabelled text is labelled by the bundled text's public rule (more than 12 tokens: 1, else 0).
+
+    Args:
+        path: the file.
+        seq_len: tokens per sequence (cut or padded).
+        tokenizer: a ``transformers`` tokenizer folder of your own (default: the bundled GPT-2 BPE).
+        text_field: the ``.jsonl`` field holding the text.
+        label_field: the ``.jsonl`` field holding the label (None: the length rule).
+    """
+
+    name = "textfile"
+
+    def __init__(self, path: str, seq_len: int = 16, tokenizer: Optional[str] = None, text_field: str = "text",
+                 label_field: Optional[str] = "label") -> None:
+        if not path:
+            raise ValueError("a text file source needs --data.source.path FILE (.txt or .jsonl)")
+        self.path, self.dataset = str(path), Path(path).name
+        self.text_field, self.label_field = text_field, label_field
+        self._text_settings(seq_len, tokenizer)
+
+    def open(self) -> TextCorpus:
+        where = Path(self.path)
+        texts, labels = read_text(where, self.text_field, self.label_field if where.suffix == ".jsonl" else None)
+        return self._corpus(texts, labels, where.name)
+
+
 #: the sources by class name (what ``--data.source NAME`` takes)
-SOURCES = {cls.__name__: cls for cls in (Bundled, BundledTable, Torchvision, ImageFolder, CSVTable, CapturedGradients)}
+SOURCES = {cls.__name__: cls for cls in (Bundled, BundledTable, Torchvision, ImageFolder, CSVTable, CapturedGradients,
+                                          BundledText, TextFile)}

@@ -6,7 +6,9 @@ from typing import Optional, Sequence
 
 from torch import Tensor
 
-DISTANCES = ("l2", "cosine")
+DISTANCES = ("l2", "cosine", "tag")
+#: the weight of the L1 term of TAG's distance (Deng et al., 2021, as breaching runs it): L2 + TAG_ALPHA x L1
+TAG_ALPHA = 0.1
 
 
 def _per_problem(t: Tensor) -> Tensor:
@@ -31,9 +33,13 @@ def gradient_distance(dummy: Sequence[Tensor], observed: Sequence[Tensor], kind:
       (Inverting Gradients, Geiping et al. 2020). ``observed_sq_norm`` (``[P]``, from
       :func:`squared_norms` of ``observed``) saves a pass over the observed gradients, which do not
       change from one evaluation to the next; the result is the same to the bit.
+    - ``tag``: TAG's distance (Deng et al., 2021): the squared L2 distance plus :data:`TAG_ALPHA` times
+      the L1 distance, over every parameter.
     """
     if kind == "l2":
         return sum(_per_problem((g - o) ** 2) for g, o in zip(dummy, observed))
+    if kind == "tag":
+        return sum(_per_problem((g - o) ** 2) + TAG_ALPHA * _per_problem((g - o).abs()) for g, o in zip(dummy, observed))
     if kind == "cosine":
         dot = sum(_per_problem(g * o) for g, o in zip(dummy, observed))
         gn = sum(_per_problem(g * g) for g in dummy)

@@ -12,7 +12,9 @@ from torch import Tensor, nn
 
 from leakage.engine.files import read_tensors
 
-MODELS = ("lenet", "simple_cnn", "mlp", "resnet18", "resnet18_imagenet", "tabular_mlp")
+from leakage.engine.textmodels import TEXT_MODELS, text_model
+
+MODELS = ("lenet", "simple_cnn", "mlp", "resnet18", "resnet18_imagenet", "tabular_mlp", *TEXT_MODELS)
 
 
 class LeNet(nn.Module):
@@ -189,6 +191,8 @@ def build_model(
     :func:`leakage.federated.client.client_view`.
     """
     shape = tuple(input_shape)
+    if isinstance(name, str) and name.lower().replace("-", "_") in TEXT_MODELS:
+        return _built_text(name.lower().replace("-", "_"), shape, num_classes, seed, weights)
     if len(shape) not in (1, 3) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
         raise ValueError(f"input_shape must be three positive integers [C, H, W] (images) or one [D] (table rows), "
                          f"got {list(shape)}")
@@ -228,6 +232,23 @@ def build_model(
         load_weights(model, weights, label)
     check_weights(model, label)
     check_model(model, shape, num_classes, label)
+    return model.eval()
+
+
+def _built_text(name: str, shape: tuple, num_classes: int, seed: int, weights: str | None) -> nn.Module:
+    """A built-in text model (:mod:`leakage.engine.textmodels`) for token sequences ``[n]``, seeded."""
+    if len(shape) != 1 or not isinstance(shape[0], int) or isinstance(shape[0], bool) or shape[0] < 1:
+        raise ValueError(f"model {name!r} takes token sequences [seq_len], the data has samples of shape {list(shape)}: "
+                         "use a text source (--data.source BundledText or TextFile)")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = text_model(name, shape[0], num_classes)
+    if weights is not None:
+        load_weights(model, weights, name)
+    check_weights(model, name)
+    check_model(model, shape, num_classes, name)
     return model.eval()
 
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from leakage.data.kinds import DataKind, ImageKind
 from leakage.federated.server import HONEST
-from leakage.records import COLUMNS, TABLE_COLUMNS
+from leakage.records import COLUMNS, TABLE_COLUMNS, TEXT_COLUMNS
 from leakage.reporting import htmlreport
 from leakage.reporting.runfiles import RECONSTRUCTIONS, Artifacts, json_text, mark_ended
 from leakage.reporting.views import view_of
@@ -27,6 +27,8 @@ def format_table(rows: list[dict]) -> str:
     if any("accuracy" in r for r in rows):  # tables
         shown = ("victim", "indices", "true_labels", "recovered_labels", "accuracy", "accuracy_categorical",
                  "accuracy_continuous", "grad_l2", "status")
+    if any("rouge1" in r for r in rows):  # text
+        shown = ("victim", "indices", "true_labels", "recovered_labels", *TEXT_COLUMNS, "grad_l2", "status")
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
@@ -96,7 +98,8 @@ def write_run_files(run_dir: Path, rows: list[dict], summary: dict, success_ssim
         files.unwritten, files.reason = ["the run folder"], err.strerror or str(err)
     if not files.unwritten:
         table = io.StringIO(newline="")
-        w = csv.DictWriter(table, fieldnames=COLUMNS + tuple(c for c in TABLE_COLUMNS if any(c in r for r in rows)))
+        w = csv.DictWriter(table, fieldnames=COLUMNS + tuple(c for c in TABLE_COLUMNS + TEXT_COLUMNS
+                                                                     if any(c in r for r in rows)))
         w.writeheader()
         for r in rows:
             w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})

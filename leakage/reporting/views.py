@@ -17,7 +17,9 @@ from leakage.reporting import htmlreport as h
 from leakage.data.kinds.base import DataKind
 from leakage.data.kinds.image import ImageKind
 from leakage.data.kinds.tabular import ENTROPY_NOTE, TOLERANCE, TabularKind, entropy_text
+from leakage.data.kinds.text import TextKind
 from leakage.federated.server import HONEST
+from leakage.reporting.textview import TextView
 from leakage.reporting.dashboard import _plt, figure_png, gallery_png
 
 
@@ -236,7 +238,7 @@ class TableView(KindView):
 
 
 #: the view of each kind (a kind's subclasses share its view)
-VIEWS: dict[type, type] = {ImageKind: ImageView, TabularKind: TableView}
+VIEWS: dict[type, type] = {ImageKind: ImageView, TabularKind: TableView, TextKind: TextView}
 
 
 def view_of(kind: DataKind) -> KindView:

@@ -50,6 +50,11 @@ class DataKind(ABC):
             raise ValueError(f"relax (TabLeak's softmax/sigmoid relaxation) applies to tables, not to {self.name} data")
         return self
 
+    def select(self, problems) -> "DataKind":
+        """This kind for the problems ``problems`` (an index tensor or a slice of the attack's problems)
+        only: a kind whose relaxation differs per problem (text's token sets) narrows it; default: itself."""
+        return self
+
     def to_input(self, dummy: Tensor) -> Tensor:
         """The model input ``[..., B, *sample_shape]`` the dummy parameters stand for."""
         return dummy
