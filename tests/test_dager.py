@@ -1,8 +1,11 @@
-"""DAGER (leakage.attacks.dager): a GPT-2 decoder's text batch comes back token for token from its shared
-gradient and is proven exact; a batch with more tokens than the hidden size, or a defended update, is
-reported not exact; a model or update it cannot read is refused in one line."""
+"""DAGER (leakage.attacks.dager_search, leakage.attacks.dager): a GPT-2 decoder's text batch comes back token for
+token from its shared gradient and is proven exact, as a library function and through ``leakage fit``; a batch
+with more distinct inputs than the hidden size, or a defended update, is reported not exact; a model or update
+it cannot read is refused in one line."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -10,9 +13,9 @@ import torch
 from leakage.attacks.dager_search import DecoderLayers, dager_decoder
 from leakage.attacks.spans import input_span
 
-from conftest import REPO
+from conftest import CONFIGS, REPO, cli_args, cli_error, run_dirs
 
-TEXT = REPO.parent / "shared" / "data" / "text"
+TEXT = REPO / "leakage" / "assets" / "text"  # the bundled sentences and GPT-2 BPE
 SENTENCES = (TEXT / "fortunes_0_999.txt").read_text().splitlines()
 
 
@@ -115,3 +118,53 @@ def test_the_span_of_a_linear_layer_is_its_inputs():
     assert span.rank == 5 and span.distances(X).max() < 1e-10
     assert span.distances(torch.randn(3, 16, generator=gen, dtype=torch.float64)).min() > 0.3
     assert input_span(G.T @ X, 1e-6, rows_are_inputs=False).distances(X).max() < 1e-10
+
+
+def saved_gpt2(folder, d: int, layers: int = 3) -> str:
+    """A GPT-2 classifier of your own, saved as a ``transformers`` folder (config.json, model.safetensors)."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_embd=d, n_layer=layers, n_head=2, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, num_labels=2, pad_token_id=50256)
+    GPT2ForSequenceClassification(cfg).save_pretrained(folder)
+    return str(folder)
+
+
+def _fit(tmp_path, *extra: str) -> str:
+    from leakage.cli import main
+
+    main(cli_args(tmp_path, "--config", str(CONFIGS / "text_dager.yaml"), "--data.num_victims", "1",
+                  "--data.batch_size", "2", "--data.source.seq_len", "8", "--report.image_every_n_steps", "0", *extra))
+    return json.loads((run_dirs(tmp_path)[0] / "metrics.json").read_text())["summary"]
+
+
+def test_leakage_fit_recovers_a_batch_and_proves_it(tmp_path, capsys):
+    """``attack: dager`` on your own GPT-2 (width 128, 3 blocks): both sentences come back in order, their
+    labels are solved from the head, and the recovered batch reproduces the whole update."""
+    model = saved_gpt2(tmp_path / "gpt2", d=128)
+    summary = _fit(tmp_path, "--model.model", "leakage.engine.textmodels.PretrainedText", "--model.model.path", model)
+    out = capsys.readouterr().out
+    assert summary["exact_mean"] == 1.0 and summary["rouge2_mean"] == 1.0 and summary["label_acc"] == 1.0, out
+    assert "rec 1   A man who keeps stealing mopeds\n" in out  # cut to 8 tokens
+    assert "reproduces the whole observed update to relative residual <= 0.0001): 1/1 victims" in out
+
+
+def test_leakage_fit_past_the_hidden_size_is_not_exact(tmp_path, capsys):
+    """Width 32 and 4 sentences of up to 16 tokens (55 tokens): both spans fill their 31 dimensions (an untrained
+    LayerNorm's), every token passes, nothing is claimed."""
+    model = saved_gpt2(tmp_path / "gpt2", d=32)
+    summary = _fit(tmp_path, "--model.model", "leakage.engine.textmodels.PretrainedText", "--model.model.path", model,
+                   "--data.source.seq_len", "16", "--data.batch_size", "4", "--model.max_extensions", "2000")
+    out = capsys.readouterr().out
+    assert summary["exact_mean"] == 0.0 and "fills all 31 dimensions" in out, out
+    assert "0 distinct sequences recovered for a batch of 4" in out and "1 of 1 victims failed" in out
+
+
+@pytest.mark.parametrize("model, message", [
+    ("gpt2_tiny", "DAGER needs a GPT-2 classifier with at least 3 blocks"),
+    ("bert_tiny", "DAGER attacks a GPT-2 decoder"),
+])
+def test_leakage_fit_refuses_a_model_it_cannot_attack_in_one_line(tmp_path, capsys, model, message):
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "text_dager.yaml"), "--model.model", model))
+    assert message in line

@@ -58,7 +58,7 @@ class DecoderLayers:
         found = [(name, m) for name, m in model.named_modules() if isinstance(m, GPT2Model)]
         if not found:
             raise ValueError(f"DAGER attacks a GPT-2 decoder (transformers' GPT2Model or a GPT-2 head model); "
-                             f"got {type(model).__name__}: give it a GPT-2 model")
+                             f"got {type(getattr(model, 'model', model)).__name__}: give it a GPT-2 model")
         name, self.body = found[0]
         blocks = len(self.body.h)
         if blocks < 3 and not isinstance(model, (GPT2Model, GPT2LMHeadModel)):
@@ -272,7 +272,7 @@ def dager_decoder(model: nn.Module, gradients: Mapping[str, Tensor], batch_size:
             break
         if len(prefixes) == 0:
             break
-    finished += [(prefixes[i].tolist(), float(worst[i])) for i in range(len(prefixes))]
+    finished += [(prefixes[i].tolist(), float(worst[i])) for i in range(len(prefixes)) if prefixes.shape[1]]
 
     # 3. keep batch_size sequences (best first) and prove what can be proven
     finished.sort(key=lambda s: (s[1], -len(s[0])))

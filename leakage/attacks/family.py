@@ -60,6 +60,7 @@ ATTACKS = {
     "trap_weights": "leakage.attacks.trap_weights.TrapWeightAttack",
     "token_set": "leakage.attacks.tokenset.TokenSetAttack",
     "tag": "leakage.attacks.tag.TAG",
+    "dager": "leakage.attacks.dager.DagerAttack",
 }
 DEFAULT_ATTACK = "gradient_inversion"
 
