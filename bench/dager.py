@@ -2,7 +2,7 @@
 
 The client: ``transformers``' ``GPT2ForSequenceClassification`` built from a config at random
 initialisation (seed 0; d = 768, 12 blocks, 12 heads, the full 50,257-token BPE vocabulary, no dropout,
-2 classes), in eval mode; its batch: bundled sentences (``/work/shared/data/text/fortunes_0_999.txt``,
+2 classes), in eval mode; its batch: bundled sentences (``leakage/assets/text/fortunes_0_999.txt``,
 the GPT-2 BPE bundled beside it), right-padded with the end-of-text token, labels alternating 0/1; it shares
 the cross-entropy gradient averaged over the batch (the bench computes only the two weight gradients DAGER
 reads, blocks 0 and 1's ``c_attn``: the same values as the full update's).
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from leakage.attacks.dager_search import DecoderLayers, dager_decoder  # noqa: E402
 
-TEXT = Path("/work/shared/data/text")
+TEXT = Path(__file__).resolve().parents[1] / "leakage" / "assets" / "text"  # the bundled sentences and GPT-2 BPE
 
 
 def build(d: int, layers: int, seed: int = 0):
