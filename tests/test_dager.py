@@ -65,6 +65,26 @@ def test_a_scaled_update_and_a_batch_of_eight_come_back_too(tokenizer):
     assert sorted(res.sequences) == sorted(truth) and all(res.exact), res.notes
 
 
+def test_layernorms_with_their_own_scale_and_shift(tokenizer):
+    """A trained model's LayerNorms have a weight and a bias of their own (here drawn at random): the closed-form
+    screen of the vocabulary goes through both and equals the distances of the inputs themselves, and the
+    batch still comes back exactly."""
+    model = decoder(tokenizer, d=128, seed=2)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.copy_(1 + 0.5 * torch.randn(m.weight.shape, generator=gen))
+                m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=gen))
+    grads, truth, n = client_update(model, tokenizer, SENTENCES[20:24])
+    layers = DecoderLayers(model)
+    span = input_span(grads[layers.grad_names[0]], 1e-6)
+    direct = torch.stack([span.distances(layers.first_inputs(p)) for p in range(3)])
+    assert torch.allclose(layers.first_distances(span, 3), direct, atol=1e-6)
+    res = dager_decoder(model, grads, 4, n, pad_token_id=tokenizer.eos_token_id)
+    assert sorted(res.sequences) == sorted(truth) and all(res.exact), res.notes
+
+
 def test_more_tokens_than_the_hidden_size_is_reported_not_exact(tokenizer):
     """d = 32 and a batch of 6 sentences (~75 tokens): both spans fill the space, every token passes, and
     nothing is claimed."""
