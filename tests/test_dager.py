@@ -188,3 +188,41 @@ def test_leakage_fit_past_the_hidden_size_is_not_exact(tmp_path, capsys):
 def test_leakage_fit_refuses_a_model_it_cannot_attack_in_one_line(tmp_path, capsys, model, message):
     line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "text_dager.yaml"), "--model.model", model))
     assert message in line
+
+
+def encoder(d: int = 128, layers: int = 3):
+    """A BERT sequence classifier at random initialisation over the bundled BPE's vocabulary, no dropout."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50257, hidden_size=d, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=4 * d, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0, num_labels=2, pad_token_id=50256)
+    return BertForSequenceClassification(cfg).eval()
+
+
+@pytest.mark.parametrize("lines, n", [(SENTENCES[:1], None), (SENTENCES[:2], 8)])
+def test_an_encoder_batch_of_one_or_two_comes_back_exactly(tokenizer, lines, n):
+    """BERT (width 128, 3 layers), right padding under the attention mask: one whole sentence, or two cut to
+    8 tokens, tested whole against layer 1's span."""
+    from leakage.attacks.dager_encoder import dager_encoder
+
+    model = encoder()
+    enc = tokenizer(lines, padding=True, truncation=n is not None, max_length=n, return_tensors="pt")
+    loss = model(**enc, labels=torch.arange(len(lines)) % 2).loss
+    names, params = zip(*model.named_parameters())
+    grads = dict(zip(names, torch.autograd.grad(loss, params)))
+    truth = [ids[m.bool()].tolist() for ids, m in zip(enc.input_ids, enc.attention_mask)]
+    res = dager_encoder(model, grads, len(lines), enc.input_ids.shape[1], pad_token_id=tokenizer.eos_token_id)
+    assert sorted(res.sequences) == sorted(truth) and all(res.exact), res.notes
+
+
+def test_the_encoder_search_refuses_what_it_cannot_take():
+    from leakage.attacks.dager_encoder import dager_encoder
+
+    with pytest.raises(ValueError, match="batches of 1 or 2 sequences, got 3"):
+        dager_encoder(encoder(d=32), {}, 3, 8)
+    with pytest.raises(ValueError, match="at least 3 layers; this one has 2"):
+        dager_encoder(encoder(d=32, layers=2), {}, 1, 8)
+    with pytest.raises(ValueError, match="no gradient for bert.encoder.layer.0.attention.self.query.weight"):
+        dager_encoder(encoder(d=32), {}, 1, 8)

@@ -30,7 +30,7 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from leakage.attacks.spans import Span, independent_rank, input_span
+from leakage.attacks.spans import Span, independent_rank, input_span, layernorm_distances
 
 #: relative distance to a span below which a candidate passes. Measured (float32 client gradients, GPT-2
 #: random init, d = 768): the batch's own tokens at most ~1e-5, other tokens >= 0.1 while the batch's tokens
@@ -92,33 +92,8 @@ class DecoderLayers:
     @torch.no_grad()
     def first_distances(self, span: Span, positions: int) -> Tensor:
         """Every vocabulary token's distance to ``span`` as block 0's input at positions ``0..positions-1``
-        ``[positions, V]`` (float64), without forming the ``positions x V`` inputs.
-
-        Block 0's input is ``LayerNorm(e + q) = s (a + b) + beta`` with ``a = gamma * centred(e)``, ``b = gamma *
-        centred(q)`` (token and position embeddings) and the scalar ``s = 1 / sqrt(var(e + q) + eps)``; the
-        part outside the span is then ``s (Ra + Rb) + R beta``, whose squared norm is a sum of inner products
-        that ``R a`` (one pass over the vocabulary) and ``R b``, ``R beta`` give for every position at once."""
-        ln = self.body.h[0].ln_1
-        d = span.dim
-        gamma = ln.weight.double().cpu() if ln.weight is not None else torch.ones(d, dtype=torch.float64)
-        beta = ln.bias.double().cpu() if ln.bias is not None else torch.zeros(d, dtype=torch.float64)
-        Q = self.body.wpe.weight[:positions].double().cpu()
-        Qc = Q - Q.mean(1, keepdim=True)
-        b, rb, rbeta = gamma * Qc, span.outside(gamma * Qc), span.outside(beta[None])[0]
-        out = []
-        for E in self.body.wte.weight.split(8192):
-            E = E.double().cpu()
-            Ec = E - E.mean(1, keepdim=True)
-            a = gamma * Ec
-            ra = span.outside(a)
-            s2 = 1.0 / ((Ec.pow(2).sum(1, keepdim=True) + 2 * Ec @ Qc.T + Qc.pow(2).sum(1)) / d + ln.eps)  # [m, n]
-            s = s2.sqrt()
-            inside = s2 * (ra.pow(2).sum(1, keepdim=True) + 2 * ra @ rb.T + rb.pow(2).sum(1)) \
-                + 2 * s * ((ra @ rbeta)[:, None] + rb @ rbeta) + rbeta.pow(2).sum()
-            norm = s2 * (a.pow(2).sum(1, keepdim=True) + 2 * a @ b.T + b.pow(2).sum(1)) \
-                + 2 * s * ((a @ beta)[:, None] + b @ beta) + beta.pow(2).sum()
-            out.append((inside.clamp_min(0) / norm.clamp_min(1e-300)).sqrt().T)
-        return torch.cat(out, dim=1)
+        ``[positions, V]`` (float64), in closed form (:func:`leakage.attacks.spans.layernorm_distances`)."""
+        return layernorm_distances(self.body.h[0].ln_1, self.body.wte.weight, self.body.wpe.weight[:positions], span)
 
     @torch.no_grad()
     def extend(self, cache: Optional[tuple[Tensor, Tensor]], parent: Tensor, tokens: Tensor,

@@ -94,3 +94,35 @@ def independent_rank(rows: Tensor, rank_tol: float) -> int:
         return 0
     S = torch.linalg.svdvals(rows.detach().to("cpu", torch.float64))
     return int((S > rank_tol * S[0]).sum()) if S[0] > 0 else 0
+
+
+@torch.no_grad()
+def layernorm_distances(ln: torch.nn.LayerNorm, tokens: Tensor, offsets: Tensor, span: Span) -> Tensor:
+    """The distance to ``span`` of ``LayerNorm(tokens[v] + offsets[p])`` for every token embedding ``[V, d]`` and
+    every offset ``[n, d]`` (a position's embedding, plus a segment embedding where there is one) ``[n, V]``
+    (float64), without forming the ``n x V`` inputs.
+
+    ``LayerNorm(e + q) = s (a + b) + beta`` with ``a = gamma * centred(e)``, ``b = gamma * centred(q)`` and the
+    scalar ``s = 1 / sqrt(var(e + q) + eps)``; the part outside the span is ``s (Ra + Rb) + R beta``, whose
+    squared norm is a sum of inner products that ``R a`` (one pass over the vocabulary) and ``R b``,
+    ``R beta`` give for every offset at once."""
+    d = span.dim
+    gamma = ln.weight.double().cpu() if ln.weight is not None else torch.ones(d, dtype=torch.float64)
+    beta = ln.bias.double().cpu() if ln.bias is not None else torch.zeros(d, dtype=torch.float64)
+    Q = offsets.double().cpu()
+    Qc = Q - Q.mean(1, keepdim=True)
+    b, rb, rbeta = gamma * Qc, span.outside(gamma * Qc), span.outside(beta[None])[0]
+    out = []
+    for E in tokens.split(CHUNK):
+        E = E.double().cpu()
+        Ec = E - E.mean(1, keepdim=True)
+        a = gamma * Ec
+        ra = span.outside(a)
+        s2 = 1.0 / ((Ec.pow(2).sum(1, keepdim=True) + 2 * Ec @ Qc.T + Qc.pow(2).sum(1)) / d + ln.eps)  # [m, n]
+        s = s2.sqrt()
+        inside = s2 * (ra.pow(2).sum(1, keepdim=True) + 2 * ra @ rb.T + rb.pow(2).sum(1)) \
+            + 2 * s * ((ra @ rbeta)[:, None] + rb @ rbeta) + rbeta.pow(2).sum()
+        norm = s2 * (a.pow(2).sum(1, keepdim=True) + 2 * a @ b.T + b.pow(2).sum(1)) \
+            + 2 * s * ((a @ beta)[:, None] + b @ beta) + beta.pow(2).sum()
+        out.append((inside.clamp_min(0) / norm.clamp_min(1e-300)).sqrt().T)
+    return torch.cat(out, dim=1)
