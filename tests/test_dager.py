@@ -183,7 +183,7 @@ def test_leakage_fit_past_the_hidden_size_is_not_exact(tmp_path, capsys):
 
 @pytest.mark.parametrize("model, message", [
     ("gpt2_tiny", "DAGER needs a GPT-2 classifier with at least 3 blocks"),
-    ("bert_tiny", "DAGER attacks a GPT-2 decoder"),
+    ("bert_tiny", "DAGER needs a BERT classifier with at least 3 layers; this one has 2"),
 ])
 def test_leakage_fit_refuses_a_model_it_cannot_attack_in_one_line(tmp_path, capsys, model, message):
     line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "text_dager.yaml"), "--model.model", model))
@@ -226,3 +226,13 @@ def test_the_encoder_search_refuses_what_it_cannot_take():
         dager_encoder(encoder(d=32, layers=2), {}, 1, 8)
     with pytest.raises(ValueError, match="no gradient for bert.encoder.layer.0.attention.self.query.weight"):
         dager_encoder(encoder(d=32), {}, 1, 8)
+
+
+def test_leakage_fit_runs_the_encoder_search_on_your_own_bert(tmp_path, capsys):
+    """``attack: dager`` on a BERT classifier (width 128, 3 layers) of your own: 2 sentences of 8 tokens."""
+    folder = tmp_path / "bert"
+    encoder().save_pretrained(folder)
+    summary = _fit(tmp_path, "--model.model", "leakage.engine.textmodels.PretrainedText", "--model.model.path",
+                   str(folder))
+    out = capsys.readouterr().out
+    assert summary["exact_mean"] == 1.0 and "DAGER: span tests of BERT's" in out and "1/1 victims" in out, out

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from leakage.attacks.closedform import ClosedFormAttack
+from leakage.attacks.dager_encoder import EncoderLayers, dager_encoder
 from leakage.attacks.dager_search import DISTANCE_TOL, RANK_TOL, DecoderLayers, dager_decoder
 from leakage.attacks.labels import label_gradients, last_linear
 from leakage.records import Observation
@@ -59,12 +60,13 @@ def head_labels(model: nn.Module, ids: Tensor, weight_grad: Tensor, bias_grad: O
 class DagerAttack(ClosedFormAttack):
     """DAGER: a GPT-2 classifier's batch of token sequences recovered exactly from its shared update, by
     testing candidate tokens against the spans of blocks 0 and 1's attention-input gradients (see
-    :mod:`leakage.attacks.dager_search`). Honest-but-curious server, FedSGD; text data only.
+    :mod:`leakage.attacks.dager_search`); a BERT classifier's batch of 1 or 2 sequences by testing whole
+    candidate sequences (:mod:`leakage.attacks.dager_encoder`). Honest-but-curious server, FedSGD; text only.
 
     Args:
-        model: a GPT-2 sequence classifier with at least 3 blocks: the built-in ``gpt2_small``, or any
-            ``torch.nn.Module`` given by import path that holds a ``transformers`` ``GPT2Model``. Other
-            models are refused in one line.
+        model: a GPT-2 or BERT sequence classifier with at least 3 blocks: the built-in ``gpt2_small`` or
+            ``bert_base``, or any ``torch.nn.Module`` given by import path that holds a ``transformers``
+            ``GPT2Model`` or ``BertModel``. Other models are refused in one line.
         input_shape: linked from the data by the CLI (``[seq_len]``).
         num_classes: linked from the data by the CLI.
         model_seed: seed of a built-in model's weights.
@@ -72,8 +74,8 @@ class DagerAttack(ClosedFormAttack):
             without unpickling.
         tol: the span test's relative distance below which a candidate passes; in (0, 1).
         rank_tol: singular values above this fraction of the largest count towards a span's rank; in (0, 1).
-        max_extensions: the most extensions (prefixes times candidates) one position may test: beyond it the
-            search stops and the victim is not exact.
+        max_extensions: the most extensions (prefixes times candidates) one position of a decoder's search may
+            test: beyond it the search stops and the victim is not exact.
     """
 
     def __init__(
@@ -94,11 +96,22 @@ class DagerAttack(ClosedFormAttack):
         if isinstance(max_extensions, bool) or not isinstance(max_extensions, int) or max_extensions < 1:
             raise ValueError(f"max_extensions must be an integer >= 1, got {max_extensions!r}")
         self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights)
-        DecoderLayers(self.target)  # a model DAGER cannot read is refused now, in one line
+        self.encoder = self._family(self.target)  # a model DAGER cannot read is refused now, in one line
+
+    @staticmethod
+    def _family(model: nn.Module) -> bool:
+        """Whether ``model`` is a BERT encoder (else a GPT-2 decoder); anything else is a one-line ValueError."""
+        from transformers import BertModel
+
+        if any(isinstance(m, BertModel) for m in model.modules()):
+            EncoderLayers(model)
+            return True
+        DecoderLayers(model)
+        return False
 
     def receive(self, model: nn.Module) -> None:
         super().receive(model)
-        DecoderLayers(self.target)
+        self.encoder = self._family(self.target)
 
     def check_observation(self, observation: Observation) -> None:
         super().check_observation(observation)
@@ -107,6 +120,9 @@ class DagerAttack(ClosedFormAttack):
         if observation.client is not None and observation.client.local_steps != 1:
             raise ValueError("DAGER reads one gradient (FedSGD): under FedAvg the weights move between local steps "
                              "and the spans hold every step's inputs; use --data.client null")
+        if self.encoder and observation.batch_size > 2:
+            raise ValueError(f"DAGER on a BERT encoder takes batches of 1 or 2 sequences (it tests whole candidate "
+                             f"sequences), got batch_size {observation.batch_size}: use a GPT-2 model for larger batches")
 
     def _pad(self, observation: Observation) -> Optional[int]:
         pad = getattr(observation.kind, "pad_token_id", None)
@@ -121,8 +137,12 @@ class DagerAttack(ClosedFormAttack):
         labels = torch.zeros(V, B, dtype=torch.long)
         proven = torch.zeros(V, dtype=torch.bool)
         for v in range(V):
-            found = dager_decoder(self.target, {k: g[v] for k, g in grads.items()}, B, n, pad_token_id=pad,
-                                  tol=hp.tol, rank_tol=hp.rank_tol, max_extensions=hp.max_extensions)
+            mine = {k: g[v] for k, g in grads.items()}
+            if self.encoder:
+                found = dager_encoder(self.target, mine, B, n, pad_token_id=pad, tol=hp.tol, rank_tol=hp.rank_tol)
+            else:
+                found = dager_decoder(self.target, mine, B, n, pad_token_id=pad, tol=hp.tol, rank_tol=hp.rank_tol,
+                                      max_extensions=hp.max_extensions)
             for i, seq in enumerate(found.sequences):
                 x[v, i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             self.notes += [f"victim {v}: {note}" for note in found.notes]
@@ -136,4 +156,5 @@ class DagerAttack(ClosedFormAttack):
         return x.float(), labels, proven
 
     def describe(self) -> str:
-        return "DAGER: span tests of GPT-2's attention-input gradients, exact text recovery (closed form)"
+        which = "BERT" if getattr(self, "encoder", False) else "GPT-2"
+        return f"DAGER: span tests of {which}'s attention-input gradients, exact text recovery (closed form)"
