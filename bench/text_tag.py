@@ -63,9 +63,9 @@ def main_bench() -> None:
         print(f"TAG, {args.model}, seq_len {args.seq_len}, B = 1, {args.sentences} sentences (configs/text_tag.yaml)")
         for r in rows:
             print(f"  sentence {r['indices']:>3}: ROUGE-1 {float(r['rouge1']):.3f}  ROUGE-2 {float(r['rouge2']):.3f}  "
-                  f"token accuracy {float(r['token_accuracy']):.3f}  exact {int(float(r['exact']))}")
+                  f"token accuracy {float(r['token_accuracy']):.3f}  exact {int(float(r['exact_sequences']))}")
         print(f"mean ROUGE-1 {summary['rouge1_mean']:.3f}  ROUGE-2 {summary['rouge2_mean']:.3f}  token accuracy "
-              f"{summary['token_accuracy_mean']:.3f}  exact {summary['exact_mean']:.3f}; "
+              f"{summary['token_accuracy_mean']:.3f}  exact {summary['exact_sequences_mean']:.3f}; "
               f"{seconds / args.sentences:.1f} s per sentence (run total {seconds:.1f} s, one thread)")
         print("\n".join(line for line in text.splitlines() if line.startswith(("  true", "  rec"))))
         for B in (1, 4, 8):

@@ -170,7 +170,7 @@ COLUMNS = (
 #: (two scales: categorical 0-1, continuous in nats; see leakage.data.kinds.tabular.TabularKind.combine)
 TABLE_COLUMNS = ("accuracy", "accuracy_categorical", "accuracy_continuous", "entropy_categorical", "entropy_continuous")
 #: the columns text adds (:class:`leakage.data.kinds.text.TextKind`: ROUGE F, token accuracy, exact sequences)
-TEXT_COLUMNS = ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact", "token_precision", "token_recall")
+TEXT_COLUMNS = ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact_sequences", "token_precision", "token_recall")
 
 
 def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:

@@ -42,12 +42,12 @@ def test_text_kind_scores_known_sentences_and_matches_slots():
     recon = truth.clone()[:, [1, 0]]  # the slots swapped: the Hungarian algorithm pairs them back
     out = kind.evaluate(recon, truth)
     assert out["perm"].tolist() == [[1, 0]]
-    assert out["rouge1"].tolist() == [1.0] and out["exact"].tolist() == [1.0] and out["token_accuracy"].tolist() == [1.0]
+    assert out["rouge1"].tolist() == [1.0] and out["exact_sequences"].tolist() == [1.0] and out["token_accuracy"].tolist() == [1.0]
     wrong = truth.clone()
     wrong[0, 0, 1] = kind.tokenizer.encode(" dog")[0]  # "the dog sat on the mat": one word of six wrong
     out = kind.evaluate(wrong, truth)
     assert out["sequence_token_accuracy"][0, 0].item() == pytest.approx(5 / 6)  # six real tokens, two pads
-    assert out["sequence_exact"][0].tolist() == [0.0, 1.0]
+    assert out["sequence_exact_sequences"][0].tolist() == [0.0, 1.0]
     assert out["sequence_rouge1"][0, 0].item() == pytest.approx(5 / 6)
     assert out["correct"][0, 0].tolist() == [True, False, True, True, True, True, False, False]
     with pytest.raises(ValueError, match="token ids in"):
@@ -163,7 +163,7 @@ def test_the_token_set_attack_reads_every_token_of_the_batch(tmp_path, capsys):
     (run,) = run_dirs(tmp_path)
     summary = json.loads((run / "metrics.json").read_text())["summary"]
     assert summary["token_precision_mean"] == 1.0 and summary["token_recall_mean"] == 1.0
-    assert summary["exact_mean"] == 0.0  # positions unknown: no sentence comes back in order
+    assert summary["exact_sequences_mean"] == 0.0  # positions unknown: no sentence comes back in order
 
 
 def test_the_token_set_under_noise_needs_a_threshold():
@@ -206,7 +206,7 @@ def test_tag_recovers_a_sentence_exactly(tmp_path, capsys):
     (run,) = run_dirs(tmp_path)
     rows = json.loads((run / "metrics.json").read_text())
     summary = rows["summary"]
-    assert summary["rouge1_mean"] == 1.0 and summary["exact_mean"] == 1.0, out
+    assert summary["rouge1_mean"] == 1.0 and summary["exact_sequences_mean"] == 1.0, out
     assert "rec 0   : is not an identifier" in out
     assert summary["grad_l2_mean"] < 1e-6  # its update is the observed one (the token embedding's aside)
 
@@ -215,3 +215,28 @@ def test_tag_refuses_images_in_one_line(tmp_path, capsys):
     line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "text_tag.yaml"), "--data.source", "Bundled",
                                       "--model.model", "lenet"))
     assert "text" in line
+
+
+def test_your_own_model_and_tokenizer_folders_load_offline(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    from leakage.data.tokenizer import _bundled_bpe
+    from leakage.engine.textmodels import PretrainedText
+
+    built = build_model("bert_tiny", (8,), 3)
+    built.model.save_pretrained(tmp_path / "model")
+    own = PretrainedText(str(tmp_path / "model"), num_classes=3)
+    ids = torch.tensor([[464.0, 3797, 3332, 50256, 50256, 50256, 50256, 50256]])
+    with torch.no_grad():
+        assert torch.allclose(own(ids), built(ids), atol=1e-5)  # the same weights, read back
+    PreTrainedTokenizerFast(tokenizer_object=_bundled_bpe(), eos_token="<|endoftext|>").save_pretrained(tmp_path / "tok")
+    tok = TextTokenizer(str(tmp_path / "tok"))
+    assert tok.pad_token_id == 50256 and tok.decode(tok.encode("the cat sat")) == "the cat sat"
+    with pytest.raises(ValueError, match="cannot read a sequence classifier"):
+        PretrainedText(str(tmp_path / "tok"))
+
+
+def test_tags_discrete_search_needs_the_token_set_relaxation(tmp_path, capsys):
+    line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "text_tag.yaml"), "--model.dummies.relax",
+                                      "false"))
+    assert "set dummies.relax true, or budget.refine_steps 0" in line

@@ -58,6 +58,11 @@ class TAG(GradientInversion):
         dummies: Dummies = lazy_instance(Dummies, relax=True),
         budget: Budget = lazy_instance(Budget, refine_steps=20),
     ) -> None:
+        for settings in (dummies, budget):
+            settings.settings()  # a lazy_instance default sets its attributes at its first method call
+        if budget.refine_steps > 0 and not dummies.relax:
+            raise ValueError("the tag attack's discrete search (budget.refine_steps) runs on the token-set relaxation: "
+                             "set dummies.relax true, or budget.refine_steps 0")
         super().__init__(model, input_shape, num_classes, model_seed, model_weights, objective, labels, optimizer,
                          dummies, budget)
         self._settled: Optional[Tensor] = None
@@ -120,9 +125,6 @@ class TAG(GradientInversion):
 
     # ---------------------------------------------------------- stage two
     def start_refining(self) -> None:
-        if not self.dummies.relax:
-            raise ValueError("the tag attack's discrete search (budget.refine_steps) runs on the token-set relaxation: "
-                             "set dummies.relax true, or refine_steps 0")
         covered = self.cover_token_sets()  # from the relaxation's best logits, before they are hardened
         super().start_refining()
         with torch.no_grad():

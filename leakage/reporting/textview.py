@@ -24,7 +24,7 @@ class TextView:
     def outcome(self, summary: dict, success: float, style: str = "text") -> str:
         s = summary
         scores = (f"mean ROUGE-1 {s['rouge1_mean']:.3f}, ROUGE-2 {s['rouge2_mean']:.3f}, token accuracy "
-                  f"{100 * s['token_accuracy_mean']:.1f}%, exact sequences {100 * s['exact_mean']:.1f}%, token set precision "
+                  f"{100 * s['token_accuracy_mean']:.1f}%, exact sequences {100 * s['exact_sequences_mean']:.1f}%, token set precision "
                   f"{s['token_precision_mean']:.3f} and recall {s['token_recall_mean']:.3f}")
         if style == "text":
             return (f"reconstructed (ROUGE-1 >= {success}): {s['success']}/{s['victims']}  {scores}  label accuracy "

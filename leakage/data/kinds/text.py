@@ -61,7 +61,7 @@ class TextKind(DataKind):
     score_name = "rouge1"
     success_unit = "victims"
     summary_metrics = (("rouge1", "ROUGE-1", ".3f"), ("rouge2", "ROUGE-2", ".3f"), ("rougeL", "ROUGE-L", ".3f"),
-                       ("token_accuracy", "token accuracy", ".3f"), ("exact", "exact sequences", ".3f"),
+                       ("token_accuracy", "token accuracy", ".3f"), ("exact_sequences", "exact sequences", ".3f"),
                        ("token_precision", "token-set precision", ".3f"), ("token_recall", "token-set recall", ".3f"))
     headline_metrics = ("rouge1", "rouge2", "token_accuracy")
 
@@ -174,7 +174,7 @@ class TextKind(DataKind):
         true_ids = truth.detach().round().long().cpu()
         V, B, n = true_ids.shape
         real = true_ids != self.pad_token_id
-        keys = ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact")
+        keys = ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact_sequences")
         per = {k: torch.zeros(V, B) for k in keys}
         precision, recall = torch.zeros(V), torch.zeros(V)
         perms, correct, recovered = [], [], []
@@ -196,7 +196,7 @@ class TextKind(DataKind):
                     per[k][v, i] = scores[k]
                 count = int(real[v, i].sum())
                 per["token_accuracy"][v, i] = float(right[i].sum()) / count if count else 1.0
-                per["exact"][v, i] = float(bool((right[i] == real[v, i]).all()))
+                per["exact_sequences"][v, i] = float(bool((right[i] == real[v, i]).all()))
         out: dict[str, Any] = {k: per[k].mean(1) for k in keys}
         out.update({f"sequence_{k}": per[k] for k in keys})
         out.update(token_precision=precision, token_recall=recall, correct=torch.stack(correct), recovered=torch.stack(recovered), perm=torch.stack(perms),
@@ -204,7 +204,7 @@ class TextKind(DataKind):
         return out
 
     def scalar_names(self) -> tuple[str, ...]:
-        return ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact", "token_precision", "token_recall")
+        return ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact_sequences", "token_precision", "token_recall")
 
     def check_truth(self, truth: Tensor) -> None:
         """True sequences must be token ids ``[V, B, seq_len]`` of the tokenizer's vocabulary."""
