@@ -165,7 +165,7 @@ def test_leakage_fit_recovers_a_batch_and_proves_it(tmp_path, capsys):
     model = saved_gpt2(tmp_path / "gpt2", d=128)
     summary = _fit(tmp_path, "--model.model", "leakage.engine.textmodels.PretrainedText", "--model.model.path", model)
     out = capsys.readouterr().out
-    assert summary["exact_mean"] == 1.0 and summary["rouge2_mean"] == 1.0 and summary["label_acc"] == 1.0, out
+    assert summary["exact_sequences_mean"] == 1.0 and summary["rouge2_mean"] == 1.0 and summary["label_acc"] == 1.0, out
     assert "rec 1   A man who keeps stealing mopeds\n" in out  # cut to 8 tokens
     assert "reproduces the whole observed update to relative residual <= 0.0001): 1/1 victims" in out
 
@@ -177,7 +177,7 @@ def test_leakage_fit_past_the_hidden_size_is_not_exact(tmp_path, capsys):
     summary = _fit(tmp_path, "--model.model", "leakage.engine.textmodels.PretrainedText", "--model.model.path", model,
                    "--data.source.seq_len", "16", "--data.batch_size", "4", "--model.max_extensions", "2000")
     out = capsys.readouterr().out
-    assert summary["exact_mean"] == 0.0 and "fills all 31 dimensions" in out, out
+    assert summary["exact_sequences_mean"] == 0.0 and "fills all 31 dimensions" in out, out
     assert "0 distinct sequences recovered for a batch of 4" in out and "1 of 1 victims failed" in out
 
 
@@ -235,4 +235,4 @@ def test_leakage_fit_runs_the_encoder_search_on_your_own_bert(tmp_path, capsys):
     summary = _fit(tmp_path, "--model.model", "leakage.engine.textmodels.PretrainedText", "--model.model.path",
                    str(folder))
     out = capsys.readouterr().out
-    assert summary["exact_mean"] == 1.0 and "DAGER: span tests of BERT's" in out and "1/1 victims" in out, out
+    assert summary["exact_sequences_mean"] == 1.0 and "DAGER: span tests of BERT's" in out and "1/1 victims" in out, out
