@@ -236,3 +236,15 @@ def test_leakage_fit_runs_the_encoder_search_on_your_own_bert(tmp_path, capsys):
                    str(folder))
     out = capsys.readouterr().out
     assert summary["exact_sequences_mean"] == 1.0 and "DAGER: span tests of BERT's" in out and "1/1 victims" in out, out
+
+
+def test_the_docs_example_recovers_both_sentences_and_proves_them(capsys):
+    """docs/text.md's DAGER example runs as written."""
+    import re
+
+    section = (REPO / "docs" / "text.md").read_text().split("## DAGER\n", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    exec(compile(code, "docs/text.md", "exec"), {"__name__": "docs_example"})
+    assert capsys.readouterr().out.splitlines() == [
+        "True ... with liberty and justice for all who can afford it.",
+        "True A man who keeps stealing mopeds is an obvious cycle-path."]
