@@ -61,6 +61,7 @@ ATTACKS = {
     "fishing": "leakage.attacks.fishing.FishingAttack",
     "token_set": "leakage.attacks.tokenset.TokenSetAttack",
     "tag": "leakage.attacks.tag.TAG",
+    "dager": "leakage.attacks.dager.DagerAttack",
 }
 DEFAULT_ATTACK = "gradient_inversion"
 
