@@ -209,7 +209,7 @@ def test_console_script_parser_error_is_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr == ("leakage: error: model.objective: leakage.attacks.settings.Objective: distance: 'manhattan' "
-                           "is not one of l2, cosine\n")
+                           "is not one of l2, cosine, tag\n")
     assert run_dirs(tmp_path) == []
 
 

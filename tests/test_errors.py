@@ -231,7 +231,7 @@ def test_fit_help_is_a_short_page_and_help_all_the_full_one(capsys):
          ["history_size"]),
         (["--model.optimizer.help", "LBFGS"], ["--model.optimizer.history_size", "--model.optimizer.early_exit"],
          ["lr_decay"]),
-        (["--model.objective.help", "Objective"], ["--model.objective.distance {l2,cosine}",
+        (["--model.objective.help", "Objective"], ["--model.objective.distance {l2,cosine,tag}",
                                                    "--model.objective.tv_weight"], ["--model.objective.restarts"]),
         (["--model.budget.help", "Budget"], ["--model.budget.refine_steps"], ["distance"]),
     ],
