@@ -52,6 +52,7 @@ DATA = {"lenet": "mnist", "mlp": "mnist", "simple_cnn": "cifar10", "resnet18": "
 TORCHVISION = ("mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_1", "regnet_x_400mf", "efficientnet_b0")
 B = 16
 RECONSTRUCTS = 0.5
+NEAR_EXACT = 0.9
 MNIST = {}
 
 
@@ -299,16 +300,15 @@ def main() -> None:
     for server, setting, label, model, previous, batch, ssim in malicious_zoo(args.quick):
         row = scored(model, previous, previous, batch)
         bad.append({"server": server, "setting": setting, "label": label, "ssim": ssim.tolist(),
-                    "recovered": int((ssim >= RECONSTRUCTS).sum()), **row})
+                    "recovered": int((ssim >= RECONSTRUCTS).sum()), "near_exact": int((ssim >= NEAR_EXACT).sum()), **row})
     print(f"{len(bad)} malicious models attacked and audited ({time.perf_counter() - begin:.0f} s)\n", flush=True)
-    baseline = [(label, int((ssim >= RECONSTRUCTS).sum()), float(ssim.mean())) for label, ssim in honest_readout(args.quick)]
-    print("the trap-weight read-out of honest models' first layer (no trap weights): images with SSIM >= 0.5 of 16: "
-          + ", ".join(f"{n} (mean SSIM {m:.2f})" for _, n, m in baseline) + "\n")
-    report(honest, bad, out)
+    baseline = [{"label": label, "ssim": ssim.tolist(), "recovered": int((ssim >= RECONSTRUCTS).sum()),
+                 "near_exact": int((ssim >= NEAR_EXACT).sum())} for label, ssim in honest_readout(args.quick)]
+    report(honest, bad, baseline, out)
     print(f"\nwall time {time.perf_counter() - begin:.0f} s; results in {out}/results.json, plot {out}/detection.png")
 
 
-def report(honest: list, bad: list, out: Path) -> None:
+def report(honest: list, bad: list, baseline: list, out: Path) -> None:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     calib, held = honest[0::2], honest[1::2]  # calibrate on one half, report on the other
@@ -328,9 +328,12 @@ def report(honest: list, bad: list, out: Path) -> None:
     print(f"\n{len(honest)} honest models: {sum(h['verdict'] == 'fail' for h in honest)} fail the audit ({fpr_fail:.1%}); "
           f"threshold at 1% false positives set on {len(calib)} (combined score {threshold:.3g}), "
           f"false positives on the other {len(held)}: {fpr_held:.1%}\n")
-    print("| server | setting | models | images reconstructed (SSIM >= 0.5, of 16; fishing: of 1) | mean SSIM | "
+    print("| server | setting | models | images with SSIM >= 0.5 (of 16; fishing: of 1) | SSIM >= 0.9 | mean SSIM | "
           "audit fails | ROC-AUC | TPR at the 1% FPR threshold | checks that fail |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| honest mlp, the trap-weight read-out | - | {len(baseline)} | {', '.join(str(b['recovered']) for b in baseline)} | "
+          f"{', '.join(str(b['near_exact']) for b in baseline)} | "
+          f"{sum(sum(b['ssim']) / len(b['ssim']) for b in baseline) / max(1, len(baseline)):.2f} | - | - | - | - |")
     neg = [h["combined"] for h in held]
     settings: dict = {}
     for b in bad:
@@ -346,9 +349,11 @@ def report(honest: list, bad: list, out: Path) -> None:
         mean_ssim = sum(sum(r["ssim"]) / len(r["ssim"]) for r in rows) / len(rows)
         checks = sorted({c for r in rows for c in r["failed"]})
         summary.append({"server": server, "setting": setting, "models": len(rows), "recovered": recovered,
+                        "near_exact": [r["near_exact"] for r in rows],
                         "mean_ssim": mean_ssim, "audit_fails": fails, "roc_auc": auc, "tpr_at_1pct": tpr,
                         "median_combined": sorted(pos)[len(pos) // 2]})
-        print(f"| {server} | {setting} | {len(rows)} | {', '.join(map(str, recovered))} | {mean_ssim:.2f} | {fails:.2f} | "
+        exact = ", ".join(str(r["near_exact"]) for r in rows)
+        print(f"| {server} | {setting} | {len(rows)} | {', '.join(map(str, recovered))} | {exact} | {mean_ssim:.2f} | {fails:.2f} | "
               f"{auc:.3f} | {tpr:.2f} | {', '.join(checks) or '-'} |")
     print("\nper check, all honest models against each server's models (ROC-AUC):")
     print("| check | " + " | ".join(s for s in ("imprint", "trap weights", "fishing")) + " | worst honest score |")
@@ -368,11 +373,13 @@ def report(honest: list, bad: list, out: Path) -> None:
     print("\naudit CPU seconds per model (all checks, batch of 16), median: "
           + ", ".join(f"{k} {sorted(v)[len(v) // 2]:.2f}" for k, v in cpu.items()))
     (out / "results.json").write_text(json.dumps({"threshold": threshold, "honest_fpr_report_half": fpr_held,
-                                                  "settings": summary, "honest": honest, "malicious": bad}, indent=1))
-    plot(summary, out / "detection.png")
+                                                  "settings": summary, "honest": honest, "malicious": bad,
+                                                  "honest_trap_readout": baseline}, indent=1))
+    share = sum(b["recovered"] for b in baseline) / max(1, len(baseline)) / B
+    plot(summary, out / "detection.png", share if baseline else None)
 
 
-def plot(summary: list, path: Path) -> None:
+def plot(summary: list, path: Path, honest_share=None) -> None:
     try:
         import matplotlib
 
@@ -393,6 +400,8 @@ def plot(summary: list, path: Path) -> None:
     axes[1].set_yscale("log")
     axes[1].axhline(1.0, color="grey", lw=0.8, ls="--")
     for ax in axes:
+        if honest_share is not None:
+            ax.axvline(honest_share, color="tab:green", lw=0.8, ls=":", label="honest mlp, trap read-out")
         ax.set_xlabel("attack success: share of client images with SSIM >= 0.5")
         handles, labels = ax.get_legend_handles_labels()
         seen = dict(zip(labels, handles))
