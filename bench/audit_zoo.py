@@ -19,24 +19,24 @@ SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 DATA = {"lenet": "mnist", "mlp": "mnist", "simple_cnn": "cifar10", "resnet18": "cifar10"}
 TORCHVISION = ("mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_1", "regnet_x_400mf", "efficientnet_b0")
 B = 16
-MNIST = {}
+_LOADED = {}
 
 
 def images(data: str, indices) -> tuple[torch.Tensor, torch.Tensor]:
-    if data not in MNIST:
-        MNIST[data] = leakage.bundled_images(data, range(1000 if data == "mnist" else 20))
-    x, y = MNIST[data]
+    if data not in _LOADED:
+        _LOADED[data] = leakage.bundled_images(data, range(1000 if data == "mnist" else 20))
+    x, y = _LOADED[data]
     return x[list(indices)], y[list(indices)]
 
 
 def client_batch(data: str, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The client's batch of 16: MNIST test images 0-199 (never trained on), CIFAR-10 16 of the 20 bundled."""
+    """The client's batch of 16: _LOADED test images 0-199 (never trained on), CIFAR-10 16 of the 20 bundled."""
     start = (B * i) % 192 if data == "mnist" else i % 5
     return images(data, range(start, start + B))
 
 
 def train_pool(data: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the server's model is trained on: MNIST 200-999; CIFAR-10 the 20 images and their mirror images."""
+    """What the server's model is trained on: _LOADED 200-999; CIFAR-10 the 20 images and their mirror images."""
     if data == "mnist":
         return images("mnist", range(200, 1000))
     x, y = images("cifar10", range(20))
