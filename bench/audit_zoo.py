@@ -30,13 +30,13 @@ def images(data: str, indices) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def client_batch(data: str, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The client's batch of 16: _LOADED test images 0-199 (never trained on), CIFAR-10 16 of the 20 bundled."""
+    """The client's batch of 16: MNIST test images 0-199 (never trained on), CIFAR-10 16 of the 20 bundled."""
     start = (B * i) % 192 if data == "mnist" else i % 5
     return images(data, range(start, start + B))
 
 
 def train_pool(data: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the server's model is trained on: _LOADED 200-999; CIFAR-10 the 20 images and their mirror images."""
+    """What the server's model is trained on: MNIST 200-999; CIFAR-10 the 20 images and their mirror images."""
     if data == "mnist":
         return images("mnist", range(200, 1000))
     x, y = images("cifar10", range(20))
