@@ -94,7 +94,7 @@ class BottleneckInversion(ClosedFormAttack):
         labels: ``idlg`` (one image) or a batch label restoration (``bias_count``, ``weight_count``, ``yin``, ``ilrg``).
         layer: the encoder's name (an ``nn.Linear`` with a bias fed the representation); None: the encoder
             of the model's first ``VariationalBottleneck``.
-        steps: L-BFGS iterations of the input search (step 2), at least 1.
+        iterations: L-BFGS iterations of the input search (step 2), at least 1.
         min_relative_bias: encoder rows whose bias gradient is at least this fraction of the largest one
             are combined (least squares, weighted by the bias gradient); in [0, 1).
     """
@@ -108,14 +108,14 @@ class BottleneckInversion(ClosedFormAttack):
         model_weights: Optional[str] = None,
         labels: Literal["idlg", "bias_count", "weight_count", "yin", "ilrg"] = "idlg",
         layer: Optional[str] = None,
-        steps: int = 300,
+        iterations: int = 300,
         min_relative_bias: float = 1e-3,
     ) -> None:
         super().__init__()
         if labels not in LABELS:
             raise ValueError(f"unknown label strategy {labels!r}; choose one of {', '.join(LABELS)}")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"bottleneck steps must be an integer >= 1 (L-BFGS iterations), got {steps!r}")
+        if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+            raise ValueError(f"bottleneck iterations must be an integer >= 1 (L-BFGS iterations), got {iterations!r}")
         if not (isinstance(min_relative_bias, (int, float)) and 0 <= min_relative_bias < 1):
             raise ValueError(f"min_relative_bias must be in [0, 1), got {min_relative_bias!r}")
         self._settings_and_target(model, input_shape, num_classes, model_seed, model_weights)
@@ -178,7 +178,7 @@ class BottleneckInversion(ClosedFormAttack):
             g_scale = sum(float(g.square().sum()) for g in observed) or 1.0
             r_scale = float(r[v].square().sum()) or 1.0
             u = torch.zeros((1, *shape), device=r.device, requires_grad=True)
-            optimizer = torch.optim.LBFGS([u], lr=1, max_iter=self.hparams.steps, history_size=100,
+            optimizer = torch.optim.LBFGS([u], lr=1, max_iter=self.hparams.iterations, history_size=100,
                                           tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
 
             def closure(v=v, u=u, optimizer=optimizer, observed=observed, g_scale=g_scale, r_scale=r_scale) -> Tensor:
