@@ -2,6 +2,7 @@
 
     python bench/adaptive_defenses.py                      # 4 MNIST + 4 CIFAR-10 images, prune 0.8
     python bench/adaptive_defenses.py --datasets mnist --images 2 --ratios 0.4 0.8
+    python bench/adaptive_defenses.py --ratios                 # no Soteria rows: none and PRECODE
 
 Each image is one FedSGD update of LeNet (seed 1234, untrained) on the bundled test images 0 to N-1.
 Rows: no defense, then Soteria (leakage.federated.soteria: the weight gradient of the classifier ``fc``,
@@ -45,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["mnist", "cifar10"], choices=list(SHAPES))
     parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.8])
+    parser.add_argument("--ratios", type=float, nargs="*", default=[0.8], help="Soteria prune ratios (none: no Soteria rows)")
     parser.add_argument("--no-precode", action="store_true", help="leave out the PRECODE rows")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -51,7 +51,7 @@ PRESETS: dict[str, Preset] = {
         "the analytic inversion of a fully connected first layer with a bias (Phong et al., 2018): closed form, "
         "exact for one image per update", attack="analytic"),
     "bottleneck": Preset(
-        {"labels": "idlg", "iterations": 300}, 1, "mnist_precode_adaptive",
+        {"labels": "idlg", "iterations": 1000}, 1, "mnist_precode_adaptive",
         "the adaptive attack on PRECODE (Balunovic et al., 2022): the representation read off the variational "
         "bottleneck's encoder gradient in closed form, then L-BFGS on the layers below it; never reported exact",
         attack="bottleneck"),

@@ -94,7 +94,7 @@ class BottleneckInversion(ClosedFormAttack):
         labels: ``idlg`` (one image) or a batch label restoration (``bias_count``, ``weight_count``, ``yin``, ``ilrg``).
         layer: the encoder's name (an ``nn.Linear`` with a bias fed the representation); None: the encoder
             of the model's first ``VariationalBottleneck``.
-        iterations: L-BFGS iterations of the input search (step 2), at least 1.
+        iterations: L-BFGS iterations of the input search (step 2), at least 1 (it stops earlier once converged).
         min_relative_bias: encoder rows whose bias gradient is at least this fraction of the largest one
             are combined (least squares, weighted by the bias gradient); in [0, 1).
     """
@@ -108,7 +108,7 @@ class BottleneckInversion(ClosedFormAttack):
         model_weights: Optional[str] = None,
         labels: Literal["idlg", "bias_count", "weight_count", "yin", "ilrg"] = "idlg",
         layer: Optional[str] = None,
-        iterations: int = 300,
+        iterations: int = 1000,
         min_relative_bias: float = 1e-3,
     ) -> None:
         super().__init__()
