@@ -46,7 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["mnist", "cifar10"], choices=list(SHAPES))
     parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--ratios", type=float, nargs="*", default=[0.8], help="Soteria prune ratios (none: no Soteria rows)")
+    parser.add_argument("--ratios", type=float, nargs="*", default=[0.8],
+                        help="Soteria prune ratios (none: no Soteria rows)")
     parser.add_argument("--no-precode", action="store_true", help="leave out the PRECODE rows")
     args = parser.parse_args()
     torch.set_num_threads(1)

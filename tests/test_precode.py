@@ -73,5 +73,6 @@ def test_bad_bottleneck_settings_are_one_line_errors(capsys, tmp_path):
             BottleneckInversion(**kwargs)
     with pytest.raises(ValueError, match="bottleneck size must be a positive integer"):
         VariationalBottleneck(10, 0)
-    line = cli_error(capsys, cli_args(tmp_path, "--config", "configs/mnist_precode_adaptive.yaml", "--model.iterations", "0"))
+    line = cli_error(capsys, cli_args(tmp_path, "--config", "configs/mnist_precode_adaptive.yaml",
+                                      "--model.iterations", "0"))
     assert "iterations must be an integer >= 1" in line

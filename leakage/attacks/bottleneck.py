@@ -141,9 +141,10 @@ class BottleneckInversion(ClosedFormAttack):
             x = self._search(net, r, shape, observation)
         self.feature_distance = self._distance(net, x, r).cpu()
         exact_r = int((self.representation_residual <= RANK_ONE_TOLERANCE).sum()) if B == 1 else 0
+        worst = float(self.feature_distance.nan_to_num(float("inf")).max())
         self.notes.append(f"bottleneck: the representation read exactly (rank one) for {exact_r} of {V} updates; the "
-                          f"input's representation within {float(self.feature_distance.nan_to_num(float('inf')).max()):.2g} "
-                          "(relative, worst update); the noise leaves no image provably exact")
+                          f"input's representation within {worst:.2g} (relative, worst update); the noise leaves no "
+                          "image provably exact")
         labels = self.restored_labels(observation)
         x = x.view(V, 1, *shape).expand(V, B, *shape).contiguous()
         return x, labels, torch.zeros(V, dtype=torch.bool)
