@@ -50,6 +50,11 @@ PRESETS: dict[str, Preset] = {
         {"labels": "idlg"}, 1, "mnist_analytic",
         "the analytic inversion of a fully connected first layer with a bias (Phong et al., 2018): closed form, "
         "exact for one image per update", attack="analytic"),
+    "bottleneck": Preset(
+        {"labels": "idlg", "iterations": 1000}, 1, "mnist_precode_adaptive",
+        "the adaptive attack on PRECODE (Balunovic et al., 2022): the representation read off the variational "
+        "bottleneck's encoder gradient in closed form, then L-BFGS on the layers below it; never reported exact",
+        attack="bottleneck"),
     "cpa": Preset(
         {"labels": "bias_count"}, 1, "mnist_cpa",
         "the Cocktail Party Attack (Kariyappa et al., 2023): ICA unmixes a batch from a fully connected first "

@@ -55,6 +55,7 @@ from leakage.engine.precision import check_precision, full_precision
 ATTACKS = {
     "gradient_inversion": "leakage.attacks.gradient_inversion.GradientInversion",
     "analytic": "leakage.attacks.analytic.AnalyticInversion",
+    "bottleneck": "leakage.attacks.bottleneck.BottleneckInversion",
     "cpa": "leakage.attacks.cpa.CocktailPartyAttack",
     "imprint": "leakage.attacks.imprint.ImprintAttack",
     "trap_weights": "leakage.attacks.trap_weights.TrapWeightAttack",

@@ -11,10 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from leakage.engine.files import read_tensors
+from leakage.engine.precode import LeNetPrecode, MLPPrecode
 
 from leakage.engine.textmodels import TEXT_MODELS, text_model
 
-MODELS = ("lenet", "simple_cnn", "mlp", "resnet18", "resnet18_imagenet", "tabular_mlp", *TEXT_MODELS)
+MODELS = ("lenet", "simple_cnn", "mlp", "resnet18", "resnet18_imagenet", "tabular_mlp", "lenet_precode", "mlp_precode",
+          *TEXT_MODELS)
 
 
 class LeNet(nn.Module):
@@ -102,7 +104,8 @@ def tabular_mlp(input_shape: Sequence[int] = (105,), num_classes: int = 2, hidde
 
 
 BUILT_IN = {"lenet": LeNet, "simple_cnn": SimpleCNN, "mlp": MLP, "resnet18": resnet18_cifar,
-            "resnet18_imagenet": resnet18_imagenet, "tabular_mlp": tabular_mlp}
+            "resnet18_imagenet": resnet18_imagenet, "tabular_mlp": tabular_mlp,
+            "lenet_precode": LeNetPrecode, "mlp_precode": MLPPrecode}
 #: built-ins for one table row ``[D]``; the others take images ``[C, H, W]``
 ROW_MODELS = ("tabular_mlp",)
 
@@ -182,7 +185,8 @@ def build_model(
     """The target model: a built-in by name, its weights drawn from ``seed``, or any ``nn.Module``.
 
     Built-ins: ``lenet`` (DLG's, with its U(-0.5, 0.5) init), ``simple_cnn``, ``mlp``, ``resnet18``
-    (the CIFAR variant) and ``resnet18_imagenet`` (torchvision's), PyTorch's default init. A module
+    (the CIFAR variant), ``resnet18_imagenet`` (torchvision's), ``lenet_precode`` and ``mlp_precode``
+    (PRECODE's variational bottleneck: :mod:`leakage.engine.precode`), PyTorch's default init. A module
     given as an object (the CLI builds it from ``class_path`` and ``init_args``) is used as it is.
     ``weights`` (a state_dict, a Lightning checkpoint or a safetensors file, read without unpickling:
     :func:`load_weights`) replaces the weights. The model must take inputs of ``input_shape`` and
@@ -226,6 +230,8 @@ def build_model(
                 raise ValueError(f"model {name!r} cannot take inputs of shape {shape}: {_first_line(err)}") from None
             if key == "lenet":
                 _dlg_init(model)
+            elif key == "lenet_precode":  # DLG's init for LeNet's convolutions; the bottleneck and head PyTorch's
+                _dlg_init(model.body)
     else:
         raise ValueError(f"model must be a built-in name or an nn.Module, got {type(name).__name__}")
     if weights is not None:

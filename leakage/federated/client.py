@@ -127,7 +127,7 @@ def per_problem_gradients(model: nn.Module, x: Tensor, targets: Tensor, forward:
         def loss(p: dict[str, Tensor], xb: Tensor, tb: Tensor) -> Tensor:
             return F.cross_entropy(functional_call(net, (p, buffers), (xb,)), tb)
 
-        return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, targets)
+        return vmap(grad(loss), in_dims=(None, 0, 0), randomness="different")(params, x, targets)
 
     def loss_and_moments(p: dict[str, Tensor], xb: Tensor, tb: Tensor):
         moments: dict[str, tuple[Tensor, Tensor]] = {}
@@ -140,7 +140,7 @@ def per_problem_gradients(model: nn.Module, x: Tensor, targets: Tensor, forward:
                 h.remove()
         return F.cross_entropy(out, tb), moments
 
-    return vmap(grad(loss_and_moments, has_aux=True), in_dims=(None, 0, 0))(params, x, targets)
+    return vmap(grad(loss_and_moments, has_aux=True), in_dims=(None, 0, 0), randomness="different")(params, x, targets)
 
 
 def check_batch(model: nn.Module, x: Tensor, y: Tensor) -> None:

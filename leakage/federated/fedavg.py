@@ -268,4 +268,4 @@ def per_problem_updates(model: nn.Module, x: Tensor, targets: Tensor, client: Fe
             delta = {n: delta[n] - lr * g[n] for n in params}
         return {n: d / -lr for n, d in delta.items()}
 
-    return vmap(one)(x, targets, schedule)
+    return vmap(one, randomness="different")(x, targets, schedule)  # a model's own noise (PRECODE): one draw per update
