@@ -32,7 +32,7 @@ from leakage.federated.decepticons import DecepticonServer
 from leakage.records import Observation
 
 #: a bin's token and position matches must both reach this cosine similarity
-MATCH = 0.999
+MATCH = 0.9999
 #: two tokens carry the same group code (the same sequence) above this cosine similarity
 SAME_GROUP = 0.999
 
@@ -83,6 +83,38 @@ def group_tokens(tokens: Tensor, positions: Tensor, groups: Tensor) -> list[dict
     return out
 
 
+def decode_update(layout: dict, grads: dict[str, Tensor], B: int, n: int, pad: int) -> tuple[Tensor, bool, list[str]]:
+    """One victim's token ids ``[B, n]`` read off its update ``grads`` (parameter name -> gradient) by the
+    server's ``layout`` (:meth:`~leakage.federated.decepticons.DecepticonServer.layout`): whether the
+    read-out is clean (``B`` groups, every position up to each sequence's last held by one token), and notes."""
+    K = layout["bins"]
+    found = []
+    for layer, first in layout["layers"]:
+        dW = grads[f"{layer}.weight"][:, first:first + K].T.double().cpu()  # Conv1D: [d, 4d] -> the bins' [K, d]
+        db = grads[f"{layer}.bias"][first:first + K].double().cpu()
+        z, _ = read_bins(dW, db)
+        tokens, tok_sim = match(z[:, layout["token"]], layout["embedding"])
+        positions, pos_sim = match(z[:, layout["position"]], layout["codes"])
+        keep = (tok_sim > MATCH) & (pos_sim > MATCH)
+        found.append((tokens[keep], positions[keep], z[keep][:, layout["group"]]))
+    x = torch.full((B, n), pad, dtype=torch.long)
+    groups = group_tokens(torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found]),
+                          torch.cat([f[2] for f in found]))
+    groups.sort(key=lambda g: -len(g))
+    notes: list[str] = []
+    if len(groups) < B:
+        notes.append(f"{len(groups)} sequence groups for {B} sequences (sequences with the same first token share one, "
+                     f"or none was read): {B - len(groups)} slots hold padding")
+    elif len(groups) > B:
+        notes.append(f"{len(groups)} sequence groups for {B} sequences: the {len(groups) - B} smallest were dropped")
+    clean = len(groups) == B
+    for i, group in enumerate(groups[:B]):
+        clean &= all(len(group.get(p, ())) == 1 for p in range(max(group) + 1))
+        for p, toks in group.items():
+            x[i, p] = min(toks)
+    return x, clean, notes
+
+
 class DecepticonAttack(_MaliciousAttack):
     """Read a GPT-2 classifier's text batch off a :class:`~leakage.federated.decepticons.DecepticonServer`'s
     imprint layers (module docstring): per bin the isolated hidden state, matched to a token, a position
@@ -116,39 +148,14 @@ class DecepticonAttack(_MaliciousAttack):
         pad = getattr(observation.kind, "pad_token_id", None)
         pad = getattr(self.target, "pad_token_id", 0) if pad is None else pad
         grads = observation.gradient_estimate()
-        K = lay["bins"]
         x = torch.full((V, B, n), pad, dtype=torch.long)
         possible = torch.zeros(V, dtype=torch.bool)
         for v in range(V):
-            found = []
-            for layer in lay["layers"]:
-                dW = grads[f"{layer}.weight"][v][:, :K].T.double().cpu()  # Conv1D: [d, 4d] -> the bins' [K, d]
-                db = grads[f"{layer}.bias"][v][:K].double().cpu()
-                z, _ = read_bins(dW, db)
-                tokens, tok_sim = match(z[:, lay["token"]], lay["embedding"])
-                positions, pos_sim = match(z[:, lay["position"]], lay["codes"])
-                keep = (tok_sim > MATCH) & (pos_sim > MATCH)
-                found.append((tokens[keep], positions[keep], z[keep][:, lay["group"]]))
-            tokens = torch.cat([f[0] for f in found])
-            positions = torch.cat([f[1] for f in found])
-            groups = group_tokens(tokens, positions, torch.cat([f[2] for f in found]))
-            groups.sort(key=lambda g: -len(g))
-            if not groups:
+            x[v], clean, notes = decode_update(lay, {k: g[v] for k, g in grads.items()}, B, n, pad)
+            self.notes += [f"victim {v}: {note}" for note in notes]
+            if bool((x[v] == pad).all()):
                 self.unread[v] = True
                 self.notes.append(f"victim {v}: no bin holds one token alone: nothing was read")
-                continue
-            clean = len(groups) >= B
-            for i, group in enumerate(groups[:B]):
-                length = max(group) + 1
-                clean &= all(len(group.get(p, ())) == 1 for p in range(length))
-                for p, toks in group.items():
-                    x[v, i, p] = min(toks)
-            if len(groups) < B:
-                self.notes.append(f"victim {v}: {len(groups)} sequence groups for {B} sequences (sequences with the same "
-                                  f"first token share one, or none was read): {B - len(groups)} slots hold padding")
-            elif len(groups) > B:
-                self.notes.append(f"victim {v}: {len(groups)} sequence groups for {B} sequences: the {len(groups) - B} "
-                                  f"smallest were dropped")
             possible[v] = clean and observation.client is None
         labels = torch.zeros(V, B, dtype=torch.long)
         head, layer = last_linear(self.target)

@@ -16,7 +16,7 @@ Learning for Language Models", ICLR 2023): a malicious server that changes a GPT
 3. **Attention off in the other imprinted blocks** (their output projection zeroed): the hidden state of
    each position passes them unchanged, except for the sink.
 4. **Imprint (binned) feed-forward layers.** In each of the first ``blocks`` blocks, ``num_bins`` units of
-   the MLP measure one random direction ``w`` of the normalised hidden state, ``s (w . z - c_j)``, with
+   the MLP measure one random direction ``w`` of the normalised hidden state (its token and position parts), ``s (w . z - c_j)``, with
    ramped cuts ``c_j`` (quantiles of the measurement over random tokens and positions) and a large scale
    ``s`` so GPT-2's GELU acts as a step; every unit writes only the sink dimension, with the same small
    weight, so every unit passes each token the same gradient back. Unit ``j`` then fires for the tokens
@@ -45,6 +45,11 @@ from leakage.federated.server import Server
 MEASURE_SCALE = 1e6
 #: the flag's value at position 0 (what block 0's key reads)
 FLAG = 1.0
+#: what the imprint units write to the sink, in all (their outputs' mean is about 1): small, so that the
+#: sink barely moves the later blocks' layer norms (and their measurements)
+SINK = 1e-3
+#: the group code's size, in units of a token embedding's
+GROUP_SIZE = 0.5
 #: the query of block 0's copy head: the score of position 0 over the others, times the flag's normalised value
 QUERY = 100.0
 
@@ -72,20 +77,24 @@ class DecepticonServer(Server):
     and imprint (binned) feed-forward layers in the first ``blocks`` blocks.
 
     Args:
-        num_bins: imprint units per block, 2 to the MLP's width (``4 d``); None: all of them. A token is read
-            when it is alone in its bin in at least one block.
+        num_bins: bins per measured direction, at least 2; ``directions x num_bins`` must fit the MLP's width
+            (``4 d``). None: the width shared out, ``4 d // directions``. A token is read when it is alone in
+            its bin in at least one direction of one block.
         blocks: how many blocks (from the first) carry an imprint; at least one block must stay as it was
             (its attention carries every position's gradient to the classifier).
+        directions: the directions each imprinted block measures, each with its own bins (a token sharing
+            a bin in one direction is often alone in another's).
         seed: the public seed of the codes, the projections and the measured directions.
     """
 
     name = "decepticons"
     malicious = True
 
-    def __init__(self, num_bins: Optional[int] = None, blocks: int = 1, seed: int = 0) -> None:
+    def __init__(self, num_bins: Optional[int] = None, blocks: int = 1, directions: int = 2, seed: int = 0) -> None:
         super().__init__()
         self.num_bins = None if num_bins is None else _int("num_bins", num_bins, 2)
         self.blocks = _int("blocks", blocks, 1)
+        self.directions = _int("directions", directions, 1)
         self.seed = _int("seed", seed, 0)
         self._layout: Optional[dict] = None
 
@@ -93,8 +102,8 @@ class DecepticonServer(Server):
     def layout(self) -> dict:
         """What the attack needs to read the update (public: the server chose it): the subspaces' index
         tensors (``token``, ``position``, ``group``, ``sink``, ``flag``), the token embedding on the token
-        part ``[V, T]``, the position codes ``[n, P]``, the imprinted layers' parameter names and their
-        bins, once :meth:`send` ran."""
+        part ``[V, T]``, the position codes ``[n, P]``, the imprints (layer parameter name, first unit) and
+        their bins per direction, once :meth:`send` ran."""
         if self._layout is None:
             raise ValueError("the Decepticons server has not sent a model yet: run the attack on an observation "
                              "whose data used --data.server DecepticonServer")
@@ -124,9 +133,11 @@ class DecepticonServer(Server):
         cfg = base.config
         d, L = cfg.n_embd, cfg.n_layer
         width = base.h[0].mlp.c_fc.weight.shape[1]
-        K = width if self.num_bins is None else self.num_bins
-        if K > width:
-            raise ValueError(f"num_bins {K} exceeds the MLP's width {width}: use at most {width}")
+        R = self.directions
+        K = width // R if self.num_bins is None else self.num_bins
+        if K * R > width or K < 2:
+            raise ValueError(f"{R} directions of {K} bins do not fit the MLP's width {width}: use num_bins <= "
+                             f"{width // R} or fewer directions")
         if self.blocks >= L:
             raise ValueError(f"blocks {self.blocks} leaves no block of the model's {L} unchanged: use at most {L - 1}")
         if n > base.wpe.weight.shape[0]:
@@ -162,6 +173,10 @@ class DecepticonServer(Server):
             project = torch.randn(len(tok), g, generator=gen) / math.sqrt(len(tok))
             attn.c_attn.weight[tok[:, None], 2 * d + torch.arange(g)[None, :]] = project.to(wte)
             attn.c_proj.weight[torch.arange(g), grp[:g]] = 1.0
+            # the group code at GROUP_SIZE of a token's size: it marks the sequence, the measurement leaves it out
+            sample = base.wte(torch.randint(0, wte.shape[0], (2000, 1), generator=gen).to(wte.device)) + wpe[0]
+            copied = attn(block0.ln_1(sample))[0][:, 0, grp]
+            attn.c_proj.weight.mul_(GROUP_SIZE * scale / float(copied.norm(dim=1).mean()))
             # the imprinted blocks
             layers, directions, cuts = [], [], []
             for i in range(self.blocks):
@@ -169,21 +184,23 @@ class DecepticonServer(Server):
                 if i > 0:
                     block.attn.c_proj.weight.zero_(), block.attn.c_proj.bias.zero_()
                 block.ln_2.weight.fill_(1.0), block.ln_2.bias.zero_()
-                w = torch.zeros(d)
-                measured = torch.cat([tok, pos, grp])
-                w[measured] = torch.randn(len(measured), generator=gen)
-                w[measured] -= w[measured].mean()
-                w /= w.norm()
-                c = self._cuts(base, w, n, K, gen)
                 fc, proj = block.mlp.c_fc, block.mlp.c_proj
-                fc.weight[:, :K] = (MEASURE_SCALE * w)[:, None].to(fc.weight)
-                fc.bias[:K] = (-MEASURE_SCALE * c).to(fc.bias)
                 proj.weight.zero_(), proj.bias.zero_()
-                proj.weight[:K, sink] = 1.0 / (K * MEASURE_SCALE)
                 prefix = self._prefix(sent, block.mlp.c_fc)
-                layers.append(prefix)
-                directions.append(w)
-                cuts.append(c)
+                for r in range(R):
+                    w = torch.zeros(d)
+                    measured = torch.cat([tok, pos])
+                    w[measured] = torch.randn(len(measured), generator=gen)
+                    w[measured] -= w[measured].mean()
+                    w /= w.norm()
+                    c = self._cuts(base, w, n, K, gen)
+                    units = slice(r * K, (r + 1) * K)
+                    fc.weight[:, units] = (MEASURE_SCALE * w)[:, None].to(fc.weight)
+                    fc.bias[units] = (-MEASURE_SCALE * c).to(fc.bias)
+                    proj.weight[units, sink] = SINK / (R * K * MEASURE_SCALE)
+                    layers.append((prefix, r * K))
+                    directions.append(w)
+                    cuts.append(c)
         self._layout = {"token": tok, "position": pos, "group": grp, "sink": sink, "flag": flag,
                         "embedding": token_part.float(), "codes": codes.float(), "layers": layers, "bins": K,
                         "directions": directions, "cuts": cuts, "seq_len": n}
@@ -214,9 +231,10 @@ class DecepticonServer(Server):
         return torch.cat([inner[:1] - 10 * m.std() - 10, inner])
 
     def describe(self) -> str:
-        bins = "all MLP units" if self.num_bins is None else f"{self.num_bins} bins"
-        return (f"malicious server: Decepticons (token/position/group subspaces, imprint MLPs with {bins} in the first "
-                f"{self.blocks} block{'s' if self.blocks > 1 else ''}, seed {self.seed})")
+        bins = "the MLP's width shared out" if self.num_bins is None else f"{self.num_bins} bins each"
+        return (f"malicious server: Decepticons (token/position/group subspaces; imprint MLPs measuring {self.directions} "
+                f"directions, {bins}, in the first {self.blocks} block{'s' if self.blocks > 1 else ''}; seed {self.seed})")
 
     def settings(self) -> dict:
-        return {"server": self.name, "num_bins": self.num_bins, "blocks": self.blocks, "seed": self.seed}
+        return {"server": self.name, "num_bins": self.num_bins, "blocks": self.blocks, "directions": self.directions,
+                "seed": self.seed}
