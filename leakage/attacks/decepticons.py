@@ -5,15 +5,14 @@ Every imprinted block's bins are cumulative (unit ``j`` sums the tokens measurin
 with the same backward signal in every unit), so neighbouring units differ by the tokens of one bin:
 ``z = (dW_j - dW_{j+1}) / (db_j - db_{j+1})``, the normalised hidden state of the token when it is alone in
 its bin. Its token part is matched to the nearest token embedding (cosine, after centring: the layer norm
-only shifts and scales it), its position part to the nearest position code, and its group part (a
-projection of its sequence's first token, which block 0's attention copied) says which sequence it
-belongs to. A bin is kept only when both matches are near perfect (cosine above :data:`MATCH`): a bin
+only shifts and scales it), its position part to the nearest position code, and its group part (projections
+of its sequence's first two tokens, which block 0's attention copied) says which sequence it belongs to. A bin is kept only when both matches are near perfect (cosine above :data:`MATCH`): a bin
 holding two different tokens, or a token split between two bins, matches neither.
 
 Tokens are grouped into sequences by their group code, and placed by their positions. A victim is
-possibly exact when ``B`` groups were found, with no position missing or held by two tokens; it is
+possibly exact when ``B`` groups were found (the largest ``B`` kept), with no position missing or held by two tokens; it is
 reported exact only when, besides, the recovered batch reproduces the whole update
-(:mod:`leakage.attacks.closedform`). Sequences with the same first token share a group code: their
+(:mod:`leakage.attacks.closedform`). Sequences with the same first two tokens share a group code: their
 tokens cannot be told apart, and the victim is not exact.
 """
 
@@ -67,26 +66,38 @@ def match(z: Tensor, table: Tensor, chunk: int = 512) -> tuple[Tensor, Tensor]:
 
 
 def group_tokens(tokens: Tensor, positions: Tensor, groups: Tensor) -> list[dict[int, set[int]]]:
-    """Tokens ``[m]`` at ``positions`` ``[m]`` grouped into sequences by their group codes ``[m, g]``
-    (greedy: a code within :data:`SAME_GROUP` of a group's first joins it): per group, position -> tokens."""
-    centres: list[Tensor] = []
+    """Tokens ``[m]`` at ``positions`` ``[m]`` grouped into sequences by their group codes ``[m, 2 g]`` (a
+    projection of the sequence's first token, then of its second): the tokens from position 1 on by the
+    whole code (greedy: a code within :data:`SAME_GROUP` of a group's first joins it), then each token at
+    position 0 joins every group whose first half its own first half matches (else it is a sequence of one
+    token). Per group, position -> tokens."""
+    half = groups.shape[1] // 2
+    first, second = _unit(groups[:, :half].float()), _unit(groups[:, half:].float())
+    centres: list[tuple[Tensor, Tensor]] = []
     out: list[dict[int, set[int]]] = []
-    codes = _unit(groups.float())
-    for t, p, c in zip(tokens.tolist(), positions.tolist(), codes):
-        for k, centre in enumerate(centres):
-            if float(centre @ c) > SAME_GROUP:
+    for i in (positions > 0).nonzero().flatten().tolist():
+        t, p = int(tokens[i]), int(positions[i])
+        for k, (a, b) in enumerate(centres):
+            if float(a @ first[i]) > SAME_GROUP and float(b @ second[i]) > SAME_GROUP:
                 out[k].setdefault(p, set()).add(t)
                 break
         else:
-            centres.append(c)
+            centres.append((first[i], second[i]))
             out.append({p: {t}})
+    for i in (positions == 0).nonzero().flatten().tolist():
+        joined = [k for k, (a, _) in enumerate(centres) if float(a @ first[i]) > SAME_GROUP]
+        for k in joined:
+            out[k].setdefault(0, set()).add(int(tokens[i]))
+        if not joined:
+            centres.append((first[i], second[i]))
+            out.append({0: {int(tokens[i])}})
     return out
 
 
 def decode_update(layout: dict, grads: dict[str, Tensor], B: int, n: int, pad: int) -> tuple[Tensor, bool, list[str]]:
     """One victim's token ids ``[B, n]`` read off its update ``grads`` (parameter name -> gradient) by the
     server's ``layout`` (:meth:`~leakage.federated.decepticons.DecepticonServer.layout`): whether the
-    read-out is clean (``B`` groups, every position up to each sequence's last held by one token), and notes."""
+    read-out is clean (at least ``B`` groups, every position up to each sequence's last held by one token), and notes."""
     K = layout["bins"]
     found = []
     for layer, first in layout["layers"]:
@@ -103,11 +114,11 @@ def decode_update(layout: dict, grads: dict[str, Tensor], B: int, n: int, pad: i
     groups.sort(key=lambda g: -len(g))
     notes: list[str] = []
     if len(groups) < B:
-        notes.append(f"{len(groups)} sequence groups for {B} sequences (sequences with the same first token share one, "
+        notes.append(f"{len(groups)} sequence groups for {B} sequences (sequences with the same first two tokens share one, "
                      f"or none was read): {B - len(groups)} slots hold padding")
     elif len(groups) > B:
         notes.append(f"{len(groups)} sequence groups for {B} sequences: the {len(groups) - B} smallest were dropped")
-    clean = len(groups) == B
+    clean = len(groups) >= B  # groups beyond B: bins mixing a token shared by two sequences (the residual decides)
     for i, group in enumerate(groups[:B]):
         clean &= all(len(group.get(p, ())) == 1 for p in range(max(group) + 1))
         for p, toks in group.items():

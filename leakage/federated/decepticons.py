@@ -7,12 +7,14 @@ Learning for Language Models", ICLR 2023): a malicious server that changes a GPT
 1. **Embeddings in separate subspaces.** The width ``d`` is cut into four parts: one "sink" dimension
    (where the imprint modules write, see 4), a *group* part, a *position* part and a *token* part. Every
    token embedding is kept on the token part only (its first coordinates, centred), every position
-   embedding is a random code on the position part (centred) plus, for position 0, a flag dimension. A
+   embedding is a random code on the position part (centred) plus, for positions 0 and 1, a flag dimension each. A
    hidden state ``wte[t] + wpe[p]`` then carries its token and its position side by side.
-2. **Block 0's attention copies the first token.** One head has a constant query, a key that reads the
-   position-0 flag and a value that projects the token part: every position attends to position 0 alone
-   and writes a projection of its sequence's first token into the group part: a sentence-level code that
-   every token of the sequence carries (breaching groups tokens by a sentence-level signal too).
+2. **Block 0's attention copies the first two tokens.** Head ``k`` (``k`` = 0, 1) has a constant query, a
+   key that reads a flag dimension set at position ``k`` only, and a value that projects the token part:
+   every position from ``k`` on attends to position ``k`` alone and writes a projection of its
+   sequence's token ``k`` into half ``k`` of the group part: a sentence-level code that every token of the
+   sequence from position 1 on carries (position 0 sees only itself; it carries the first half).
+   breaching groups tokens by a sentence-level signal too.
 3. **Attention off in the other imprinted blocks** (their output projection zeroed): the hidden state of
    each position passes them unchanged, except for the sink.
 4. **Imprint (binned) feed-forward layers.** In each of the first ``blocks`` blocks, ``num_bins`` units of
@@ -73,7 +75,7 @@ def _gpt2(model: nn.Module):
 
 class DecepticonServer(Server):
     """Decepticons' malicious server for a GPT-2 text classifier (see the module docstring): embeddings in
-    separate token, position and group subspaces, block 0's attention copying each sequence's first token,
+    separate token, position and group subspaces, block 0's attention copying each sequence's first two tokens,
     and imprint (binned) feed-forward layers in the first ``blocks`` blocks.
 
     Args:
@@ -112,12 +114,12 @@ class DecepticonServer(Server):
     @staticmethod
     def parts(d: int) -> dict[str, Tensor]:
         """The split of the width ``d``: sink (dim 0), flag, group, position, token dimensions."""
-        group = max(4, d // 8)
-        position = max(8, d // 4)
-        if d < 1 + 1 + group + position + 16:
-            raise ValueError(f"the Decepticons server needs a model width of at least 32, got {d}")
-        start = 2
-        out = {"sink": torch.tensor([0]), "flag": torch.tensor([1])}
+        group = max(16, d // 8)
+        position = max(16, d // 4)
+        if d < 3 + group + position + 16:
+            raise ValueError(f"the Decepticons server needs a model width of at least 51, got {d}")
+        start = 3
+        out = {"sink": torch.tensor([0]), "flag": torch.tensor([1, 2])}
         for name, size in (("group", group), ("position", position)):
             out[name] = torch.arange(start, start + size)
             start += size
@@ -145,7 +147,10 @@ class DecepticonServer(Server):
         gen = torch.Generator().manual_seed(self.seed)
         parts = self.parts(d)
         tok, pos, grp = parts["token"], parts["position"], parts["group"]
-        sink, flag = int(parts["sink"]), int(parts["flag"])
+        sink, flag = int(parts["sink"]), parts["flag"].tolist()
+        if cfg.n_head < 2:
+            raise ValueError("the Decepticons server needs a GPT-2 with at least 2 attention heads (block 0 copies the "
+                             "first two tokens, one head each)")
         with torch.no_grad():
             wte = base.wte.weight
             token_part = wte[:, : len(tok)].clone()
@@ -159,26 +164,29 @@ class DecepticonServer(Server):
             wpe = base.wpe.weight
             wpe.zero_()
             wpe[:n, pos] = codes.to(wpe)
-            wpe[0, flag] = FLAG
-            # block 0: head 0 copies a projection of the first token's token part into the group part
+            # block 0: head k (k = 0, 1) copies a projection of token k's token part into half k of the group part
             attn = base.h[0].attn
             dh = d // cfg.n_head
-            g = min(dh, len(grp))
+            g = min(dh, len(grp) // 2)
             for p in (attn.c_attn.weight, attn.c_attn.bias, attn.c_proj.weight, attn.c_proj.bias):
                 p.zero_()
             block0 = base.h[0]
             block0.ln_1.weight.fill_(1.0), block0.ln_1.bias.zero_()
-            attn.c_attn.bias[0] = QUERY * math.sqrt(dh)  # the query, head 0's first dimension
-            attn.c_attn.weight[flag, d] = 1.0  # the key reads the flag
-            project = torch.randn(len(tok), g, generator=gen) / math.sqrt(len(tok))
-            attn.c_attn.weight[tok[:, None], 2 * d + torch.arange(g)[None, :]] = project.to(wte)
-            attn.c_proj.weight[torch.arange(g), grp[:g]] = 1.0
+            for k in range(2):
+                if k < n:
+                    wpe[k, flag[k]] = FLAG
+                attn.c_attn.bias[k * dh] = QUERY * math.sqrt(dh)  # head k's query
+                attn.c_attn.weight[flag[k], d + k * dh] = 1.0  # its key reads flag k
+                project = torch.randn(len(tok), g, generator=gen) / math.sqrt(len(tok))
+                attn.c_attn.weight[tok[:, None], 2 * d + k * dh + torch.arange(g)[None, :]] = project.to(wte)
+                attn.c_proj.weight[k * dh + torch.arange(g), grp[k * g:(k + 1) * g]] = 1.0
             # the group code at GROUP_SIZE of a token's size: it marks the sequence, the measurement leaves it out
             sample = base.wte(torch.randint(0, wte.shape[0], (2000, 1), generator=gen).to(wte.device)) + wpe[0]
             copied = attn(block0.ln_1(sample))[0][:, 0, grp]
             attn.c_proj.weight.mul_(GROUP_SIZE * scale / float(copied.norm(dim=1).mean()))
             # the imprinted blocks
             layers, directions, cuts = [], [], []
+            sample = self._sample(base, n, gen)
             for i in range(self.blocks):
                 block = base.h[i]
                 if i > 0:
@@ -193,7 +201,7 @@ class DecepticonServer(Server):
                     w[measured] = torch.randn(len(measured), generator=gen)
                     w[measured] -= w[measured].mean()
                     w /= w.norm()
-                    c = self._cuts(base, w, n, K, gen)
+                    c = self._cuts(sample, w, K)
                     units = slice(r * K, (r + 1) * K)
                     fc.weight[:, units] = (MEASURE_SCALE * w)[:, None].to(fc.weight)
                     fc.bias[units] = (-MEASURE_SCALE * c).to(fc.bias)
@@ -201,7 +209,7 @@ class DecepticonServer(Server):
                     layers.append((prefix, r * K))
                     directions.append(w)
                     cuts.append(c)
-        self._layout = {"token": tok, "position": pos, "group": grp, "sink": sink, "flag": flag,
+        self._layout = {"token": tok, "position": pos, "group": grp[: 2 * g], "sink": sink, "flag": flag,
                         "embedding": token_part.float(), "codes": codes.float(), "layers": layers, "bins": K,
                         "directions": directions, "cuts": cuts, "seq_len": n}
         self.model = sent
@@ -212,21 +220,24 @@ class DecepticonServer(Server):
         return next(name for name, m in model.named_modules() if m is layer)
 
     @staticmethod
-    def _cuts(base: nn.Module, w: Tensor, n: int, K: int, gen: torch.Generator) -> Tensor:
-        """The ``K`` cuts: the first far below every measurement, the rest the quantiles ``1/K .. (K-1)/K``
-        of ``w . LN(h)`` over random tokens at random positions (the server's public estimate)."""
-        samples = 20000
-        ids = torch.randint(0, base.wte.weight.shape[0], (samples,), generator=gen)
-        first = torch.randint(0, base.wte.weight.shape[0], (samples, 1), generator=gen)
-        where = torch.randint(0, n, (samples,), generator=gen)
+    def _sample(base: nn.Module, n: int, gen: torch.Generator, samples: int = 20000) -> Tensor:
+        """Normalised hidden states ``[samples, d]`` of random tokens at random positions after random first
+        tokens, as block 0's MLP sees them: the server's public estimate of what its imprints measure."""
+        V = base.wte.weight.shape[0]
+        ids = torch.randint(0, V, (samples, 2), generator=gen).to(base.wte.weight.device)
+        where = torch.randint(1, max(n, 2), (samples,), generator=gen).clamp_max(n - 1 if n > 1 else 0)
         with torch.no_grad():
-            seqs = torch.cat([first, ids[:, None]], dim=1)  # a first token, then the measured one at `where`
-            h = base.wte(seqs.to(base.wte.weight.device))
+            h = base.wte(ids)  # a first token at position 0, then the measured one at `where`
             h[:, 0] += base.wpe.weight[0]
-            h[:, 1] += base.wpe.weight[where.clamp_min(1)]
+            h[:, 1] += base.wpe.weight[where.to(h.device)]
             h = h + base.h[0].attn(base.h[0].ln_1(h))[0]
-            z = torch.nn.functional.layer_norm(h[:, 1].float(), h.shape[-1:])
-            m = (z @ w.to(z)).cpu()
+            return torch.nn.functional.layer_norm(h[:, 1].float(), h.shape[-1:]).cpu()
+
+    @staticmethod
+    def _cuts(sample: Tensor, w: Tensor, K: int) -> Tensor:
+        """The ``K`` cuts of direction ``w``: the first far below every measurement, the rest the quantiles
+        ``1/K .. (K-1)/K`` of ``w . z`` over the ``sample``."""
+        m = sample @ w
         inner = torch.quantile(m.double(), torch.arange(1, K, dtype=torch.double) / K).float()
         return torch.cat([inner[:1] - 10 * m.std() - 10, inner])
 
