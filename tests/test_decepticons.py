@@ -75,3 +75,12 @@ def test_honest_server_update_is_refused_in_one_line(tmp_path, capsys):
 def test_bad_settings_give_one_line(tmp_path, capsys, extra, message):
     line = cli_error(capsys, cli_args(tmp_path, "--config", CONFIG, *extra))
     assert message in line
+
+
+def test_a_noisy_update_is_not_proven(tmp_path, capsys):
+    """Gaussian noise on the update (a DP defense): whatever is read, nothing is claimed exact."""
+    extra = tmp_path / "noise.yaml"
+    extra.write_text("trainer:\n  callbacks:\n    - class_path: leakage.federated.defenses.GaussianNoise\n"
+                     "      init_args: {sigma: 1.0e-6}\n")
+    summary = _fit(tmp_path, "--config", str(extra))
+    assert summary["exact"] == 0, capsys.readouterr().out
