@@ -1,5 +1,5 @@
 """Decepticons (leakage.federated.decepticons, leakage.attacks.decepticons): a malicious server rewrites a GPT-2
-classifier so that its imprint MLPs isolate each token's hidden state; the attack reads bundled sentences back
+(or BERT) classifier so that its imprint MLPs isolate each token's hidden state; the attack reads bundled sentences back
 from one update and proves them exact, through ``leakage fit`` and as a library function; the same attack on an
 honest server's update, or on settings or models it cannot use, is refused in one line."""
 
@@ -70,11 +70,22 @@ def test_honest_server_update_is_refused_in_one_line(tmp_path, capsys):
     (("--data.server.init_args.num_bins", "200"), "4 directions of 200 bins do not fit the MLP's width 256"),
     (("--data.server.init_args.blocks", "2"), "blocks 2 leaves no block of the model's 2 unchanged"),
     (("--data.server.init_args.num_bins", "1"), "num_bins must be an integer >= 2"),
-    (("--model.model", "bert_tiny"), "the Decepticons server rewrites a GPT-2 classifier"),
 ])
 def test_bad_settings_give_one_line(tmp_path, capsys, extra, message):
     line = cli_error(capsys, cli_args(tmp_path, "--config", CONFIG, *extra))
     assert message in line
+
+
+def test_a_model_without_a_transformer_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="rewrites a GPT-2 or BERT classifier .* got Linear"):
+        DecepticonServer().send(torch.nn.Linear(8, 2), (8,))
+
+
+def test_leakage_fit_reads_a_bert_batch_and_proves_it(tmp_path, capsys):
+    """The same server and attack on a tiny BERT classifier (post-LN blocks, bidirectional attention)."""
+    summary = _fit(tmp_path, "--model.model", "bert_tiny")
+    out = capsys.readouterr().out
+    assert summary["rouge1_mean"] > 0.95 and summary["exact"] == 1, out
 
 
 def test_a_noisy_update_is_not_proven(tmp_path, capsys):

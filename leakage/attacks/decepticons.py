@@ -1,5 +1,5 @@
 """The Decepticons attack (Fowl, Geiping et al., ICLR 2023): text read off the imprint layers a
-:class:`~leakage.federated.decepticons.DecepticonServer` planted in a GPT-2 classifier.
+:class:`~leakage.federated.decepticons.DecepticonServer` planted in a GPT-2 or BERT classifier.
 
 Every imprinted block's bins are cumulative (unit ``j`` sums the tokens measuring above cut ``j``, each
 with the same backward signal in every unit), so neighbouring units differ by the tokens of one bin:
@@ -101,7 +101,8 @@ def decode_update(layout: dict, grads: dict[str, Tensor], B: int, n: int, pad: i
     K = layout["bins"]
     found = []
     for layer, first in layout["layers"]:
-        dW = grads[f"{layer}.weight"][:, first:first + K].T.double().cpu()  # Conv1D: [d, 4d] -> the bins' [K, d]
+        weight = grads[f"{layer}.weight"]  # nn.Linear: [4d, d]; Conv1D (GPT-2): [d, 4d]
+        dW = (weight[first:first + K] if layout["rows"] else weight[:, first:first + K].T).double().cpu()
         db = grads[f"{layer}.bias"][first:first + K].double().cpu()
         z, _ = read_bins(dW, db)
         tokens, tok_sim = match(z[:, layout["token"]], layout["embedding"])
@@ -127,13 +128,13 @@ def decode_update(layout: dict, grads: dict[str, Tensor], B: int, n: int, pad: i
 
 
 class DecepticonAttack(_MaliciousAttack):
-    """Read a GPT-2 classifier's text batch off a :class:`~leakage.federated.decepticons.DecepticonServer`'s
+    """Read a GPT-2 or BERT classifier's text batch off a :class:`~leakage.federated.decepticons.DecepticonServer`'s
     imprint layers (module docstring): per bin the isolated hidden state, matched to a token, a position
     and a sequence. Text only, closed form.
 
     Args:
-        model: the global GPT-2 classifier (the server rewrites it): ``gpt2_tiny``, ``gpt2_small`` or a
-            module by import path holding a ``transformers`` GPT2Model.
+        model: the global GPT-2 or BERT classifier (the server rewrites it): ``gpt2_tiny``, ``gpt2_small``,
+            ``bert_tiny``, ``bert_base`` or a module by import path holding a ``transformers`` GPT2Model or BertModel.
         input_shape, num_classes: linked from the data by the CLI (``[seq_len]``).
         model_seed, model_weights: the global model's weights.
     """
@@ -150,7 +151,7 @@ class DecepticonAttack(_MaliciousAttack):
         super().check_observation(observation)
         if getattr(observation.kind, "name", None) != "text":
             raise ValueError("the Decepticons attack reads text: give it a text source (BundledText or TextFile) "
-                             "and a GPT-2 model")
+                             "and a GPT-2 or BERT model")
 
     def solve(self, observation: Observation) -> tuple[Tensor, Tensor, Tensor]:
         server = self._server(observation)
@@ -178,4 +179,4 @@ class DecepticonAttack(_MaliciousAttack):
         return x.float(), labels, possible
 
     def describe(self) -> str:
-        return "Decepticons: tokens read off a malicious server's imprint MLPs in GPT-2 (closed form)"
+        return "Decepticons: tokens read off a malicious server's imprint MLPs (closed form)"

@@ -1,6 +1,6 @@
 """Decepticons (Fowl, Geiping et al., "Decepticons: Corrupted Transformers Breach Privacy in Federated
-Learning for Language Models", ICLR 2023): a malicious server that changes a GPT-2 classifier's weights
-(not its architecture) so that one update gives its text away.
+Learning for Language Models", ICLR 2023): a malicious server that changes a GPT-2 or BERT classifier's
+weights (not its architecture) so that one update gives its text away.
 
 :class:`DecepticonServer` rewrites the model it sends:
 
@@ -13,7 +13,7 @@ Learning for Language Models", ICLR 2023): a malicious server that changes a GPT
    key that reads a flag dimension set at position ``k`` only, and a value that projects the token part:
    every position from ``k`` on attends to position ``k`` alone and writes a projection of its
    sequence's token ``k`` into half ``k`` of the group part: a sentence-level code that every token of the
-   sequence from position 1 on carries (position 0 sees only itself; it carries the first half).
+   sequence from position 1 on carries (in GPT-2, position 0 sees only itself: it carries the first half).
    breaching groups tokens by a sentence-level signal too.
 3. **Attention off in the other imprinted blocks** (their output projection zeroed): the hidden state of
    each position passes them unchanged, except for the sink.
@@ -25,7 +25,9 @@ Learning for Language Models", ICLR 2023): a malicious server that changes a GPT
    measuring above ``c_j``, and ``(dW_j - dW_{j+1}) / (db_j - db_{j+1})`` is the normalised hidden state
    of the token alone in bin ``j`` (:class:`leakage.attacks.decepticons.DecepticonAttack` matches it to
    a token, a position and a group). The blocks after them are left as they were: their attention is
-   what carries every position's gradient to the classifier, read at the last token.
+   what carries every position's gradient to the classifier (read at GPT-2's last token, BERT's first).
+   BERT's blocks are post-LN: the imprint reads the attention's layer norm's output, and the layer norms
+   of the embeddings and of the imprinted blocks are set to weight 1, bias 0 (its segment embeddings to 0).
 
 The server is public to the attacker (it is the attacker): :meth:`DecepticonServer.layout` gives the
 attack the subspaces, the codes and the layers.
@@ -62,19 +64,60 @@ def _int(name: str, value: object, low: int) -> int:
     return value
 
 
-def _gpt2(model: nn.Module):
-    """The ``transformers`` GPT2Model inside ``model``, or a one-line ValueError."""
-    from transformers import GPT2Model
+def _io(layer: nn.Module) -> Tensor:
+    """A linear layer's weight as ``[in, out]`` (a view: ``transformers``' Conv1D stores it so, nn.Linear transposed)."""
+    return layer.weight.T if isinstance(layer, nn.Linear) else layer.weight
 
-    found = [m for m in model.modules() if isinstance(m, GPT2Model)]
-    if not found:
-        raise ValueError(f"the Decepticons server rewrites a GPT-2 classifier (gpt2_tiny, gpt2_small or a model holding a "
-                         f"transformers GPT2Model), got {type(model).__name__}")
-    return found[0]
+
+class _Family:
+    """Where a ``transformers`` GPT2Model or BertModel keeps what the server rewrites."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from transformers import BertModel, GPT2Model
+
+        found = [m for m in model.modules() if isinstance(m, (GPT2Model, BertModel))]
+        if not found:
+            raise ValueError(f"the Decepticons server rewrites a GPT-2 or BERT classifier (gpt2_tiny, gpt2_small, bert_tiny, "
+                             f"bert_base or a model holding a transformers GPT2Model or BertModel), got {type(model).__name__}")
+        base = self.base = found[0]
+        self.bert = isinstance(base, BertModel)
+        cfg = base.config
+        self.d, self.heads = cfg.hidden_size, cfg.num_attention_heads
+        if self.bert:
+            emb = base.embeddings
+            self.wte, self.wpe = emb.word_embeddings.weight, emb.position_embeddings.weight
+            self.blocks = list(base.encoder.layer)
+            self.zeroed = [emb.token_type_embeddings.weight]  # segment embeddings: off
+            self.unit_norms = [emb.LayerNorm]  # the embedding's layer norm: weight 1, bias 0
+        else:
+            self.wte, self.wpe = base.wte.weight, base.wpe.weight
+            self.blocks, self.zeroed, self.unit_norms = list(base.h), [], []
+
+    def qkv(self, i: int) -> list[tuple[Tensor, Tensor]]:
+        """Block ``i``'s query, key and value weights ``[d, d]`` (views, ``[in, out]``) and biases."""
+        block, d = self.blocks[i], self.d
+        if self.bert:
+            att = block.attention.self
+            return [(_io(m), m.bias) for m in (att.query, att.key, att.value)]
+        c = block.attn.c_attn
+        return [(c.weight[:, k * d:(k + 1) * d], c.bias[k * d:(k + 1) * d]) for k in range(3)]
+
+    def attn_out(self, i: int) -> nn.Module:
+        return self.blocks[i].attention.output.dense if self.bert else self.blocks[i].attn.c_proj
+
+    def norms(self, i: int) -> list[nn.Module]:
+        """Block ``i``'s layer norms the imprint needs at weight 1, bias 0."""
+        b = self.blocks[i]
+        return [b.attention.output.LayerNorm, b.output.LayerNorm] if self.bert else [b.ln_1, b.ln_2]
+
+    def mlp(self, i: int) -> tuple[nn.Module, nn.Module]:
+        """Block ``i``'s feed-forward layers: the one into the units, the one out of them."""
+        b = self.blocks[i]
+        return (b.intermediate.dense, b.output.dense) if self.bert else (b.mlp.c_fc, b.mlp.c_proj)
 
 
 class DecepticonServer(Server):
-    """Decepticons' malicious server for a GPT-2 text classifier (see the module docstring): embeddings in
+    """Decepticons' malicious server for a GPT-2 or BERT text classifier (see the module docstring): embeddings in
     separate token, position and group subspaces, block 0's attention copying each sequence's first two tokens,
     and imprint (binned) feed-forward layers in the first ``blocks`` blocks.
 
@@ -131,10 +174,9 @@ class DecepticonServer(Server):
             raise ValueError(f"the Decepticons server attacks text (token ids [n]), got inputs of shape {tuple(input_shape)}")
         n = int(input_shape[0])
         sent = copy.deepcopy(model)
-        base = _gpt2(sent)
-        cfg = base.config
-        d, L = cfg.n_embd, cfg.n_layer
-        width = base.h[0].mlp.c_fc.weight.shape[1]
+        fam = _Family(sent)
+        d, L, heads = fam.d, len(fam.blocks), fam.heads
+        width = _io(fam.mlp(0)[0]).shape[1]
         R = self.directions
         K = width // R if self.num_bins is None else self.num_bins
         if K * R > width or K < 2:
@@ -142,17 +184,17 @@ class DecepticonServer(Server):
                              f"{width // R} or fewer directions")
         if self.blocks >= L:
             raise ValueError(f"blocks {self.blocks} leaves no block of the model's {L} unchanged: use at most {L - 1}")
-        if n > base.wpe.weight.shape[0]:
-            raise ValueError(f"sequences of {n} tokens exceed the model's {base.wpe.weight.shape[0]} positions")
+        if n > fam.wpe.shape[0]:
+            raise ValueError(f"sequences of {n} tokens exceed the model's {fam.wpe.shape[0]} positions")
+        if heads < 2:
+            raise ValueError("the Decepticons server needs a model with at least 2 attention heads (block 0 copies the "
+                             "first two tokens, one head each)")
         gen = torch.Generator().manual_seed(self.seed)
         parts = self.parts(d)
         tok, pos, grp = parts["token"], parts["position"], parts["group"]
         sink, flag = int(parts["sink"]), parts["flag"].tolist()
-        if cfg.n_head < 2:
-            raise ValueError("the Decepticons server needs a GPT-2 with at least 2 attention heads (block 0 copies the "
-                             "first two tokens, one head each)")
         with torch.no_grad():
-            wte = base.wte.weight
+            wte, wpe = fam.wte, fam.wpe
             token_part = wte[:, : len(tok)].clone()
             token_part -= token_part.mean(dim=1, keepdim=True)
             wte.zero_()
@@ -161,40 +203,50 @@ class DecepticonServer(Server):
             codes = torch.randn(n, len(pos), generator=gen)
             codes -= codes.mean(dim=1, keepdim=True)
             codes *= scale / codes.norm(dim=1, keepdim=True)
-            wpe = base.wpe.weight
             wpe.zero_()
             wpe[:n, pos] = codes.to(wpe)
-            # block 0: head k (k = 0, 1) copies a projection of token k's token part into half k of the group part
-            attn = base.h[0].attn
-            dh = d // cfg.n_head
-            g = min(dh, len(grp) // 2)
-            for p in (attn.c_attn.weight, attn.c_attn.bias, attn.c_proj.weight, attn.c_proj.bias):
+            for p in fam.zeroed:
                 p.zero_()
-            block0 = base.h[0]
-            block0.ln_1.weight.fill_(1.0), block0.ln_1.bias.zero_()
+            for norm in fam.unit_norms + fam.norms(0):
+                norm.weight.fill_(1.0), norm.bias.zero_()
+            # block 0: head k (k = 0, 1) copies a projection of token k's token part into half k of the group part
+            dh = d // heads
+            g = min(dh, len(grp) // 2)
+            (q, qb), (k_, kb), (v, vb) = fam.qkv(0)
+            out = fam.attn_out(0)
+            for p in (q, qb, k_, kb, v, vb, _io(out), out.bias):
+                p.zero_()
             for k in range(2):
                 if k < n:
                     wpe[k, flag[k]] = FLAG
-                attn.c_attn.bias[k * dh] = QUERY * math.sqrt(dh)  # head k's query
-                attn.c_attn.weight[flag[k], d + k * dh] = 1.0  # its key reads flag k
+                qb[k * dh] = QUERY * math.sqrt(dh)  # head k's query
+                k_[flag[k], k * dh] = 1.0  # its key reads flag k
                 project = torch.randn(len(tok), g, generator=gen) / math.sqrt(len(tok))
-                attn.c_attn.weight[tok[:, None], 2 * d + k * dh + torch.arange(g)[None, :]] = project.to(wte)
-                attn.c_proj.weight[k * dh + torch.arange(g), grp[k * g:(k + 1) * g]] = 1.0
+                v[tok[:, None], k * dh + torch.arange(g)[None, :]] = project.to(wte)
+                _io(out)[k * dh + torch.arange(g), grp[k * g:(k + 1) * g]] = 1.0
             # the group code at GROUP_SIZE of a token's size: it marks the sequence, the measurement leaves it out
-            sample = base.wte(torch.randint(0, wte.shape[0], (2000, 1), generator=gen).to(wte.device)) + wpe[0]
-            copied = attn(block0.ln_1(sample))[0][:, 0, grp]
-            attn.c_proj.weight.mul_(GROUP_SIZE * scale / float(copied.norm(dim=1).mean()))
+            pair = torch.randint(0, wte.shape[0], (4000, 2), generator=gen)
+            h = wte[pair.to(wte.device)] + wpe[:2]
+            z = torch.nn.functional.layer_norm(h.float(), (d,))
+            heads_out = torch.stack([(z[:, k] @ v.float())[:, k * dh:(k + 1) * dh] for k in range(2)], 1)
+            copied = (heads_out.flatten(1) @ _io(out).float()[: 2 * dh])
+            norm = float(copied[:, grp].norm(dim=1).mean())
+            _io(out).mul_(GROUP_SIZE * scale / norm)
+            copied *= GROUP_SIZE * scale / norm
             # the imprinted blocks
             layers, directions, cuts = [], [], []
-            sample = self._sample(base, n, gen)
+            where = torch.randint(0, n, (len(pair),), generator=gen)
+            sample = torch.nn.functional.layer_norm(
+                (wte[torch.randint(0, wte.shape[0], (len(pair),), generator=gen)] + wpe[where]).float().cpu()
+                + copied.cpu(), (d,))
             for i in range(self.blocks):
-                block = base.h[i]
                 if i > 0:
-                    block.attn.c_proj.weight.zero_(), block.attn.c_proj.bias.zero_()
-                block.ln_2.weight.fill_(1.0), block.ln_2.bias.zero_()
-                fc, proj = block.mlp.c_fc, block.mlp.c_proj
-                proj.weight.zero_(), proj.bias.zero_()
-                prefix = self._prefix(sent, block.mlp.c_fc)
+                    _io(fam.attn_out(i)).zero_(), fam.attn_out(i).bias.zero_()
+                for norm_layer in fam.norms(i):
+                    norm_layer.weight.fill_(1.0), norm_layer.bias.zero_()
+                fc, proj = fam.mlp(i)
+                _io(proj).zero_(), proj.bias.zero_()
+                prefix = self._prefix(sent, fc)
                 for r in range(R):
                     w = torch.zeros(d)
                     measured = torch.cat([tok, pos])
@@ -203,35 +255,22 @@ class DecepticonServer(Server):
                     w /= w.norm()
                     c = self._cuts(sample, w, K)
                     units = slice(r * K, (r + 1) * K)
-                    fc.weight[:, units] = (MEASURE_SCALE * w)[:, None].to(fc.weight)
+                    _io(fc)[:, units] = (MEASURE_SCALE * w)[:, None].to(fc.weight)
                     fc.bias[units] = (-MEASURE_SCALE * c).to(fc.bias)
-                    proj.weight[units, sink] = SINK / (R * K * MEASURE_SCALE)
+                    _io(proj)[units, sink] = SINK / (R * K * MEASURE_SCALE)
                     layers.append((prefix, r * K))
                     directions.append(w)
                     cuts.append(c)
         self._layout = {"token": tok, "position": pos, "group": grp[: 2 * g], "sink": sink, "flag": flag,
                         "embedding": token_part.float(), "codes": codes.float(), "layers": layers, "bins": K,
-                        "directions": directions, "cuts": cuts, "seq_len": n}
+                        "directions": directions, "cuts": cuts, "seq_len": n,
+                        "rows": isinstance(fam.mlp(0)[0], nn.Linear)}
         self.model = sent
         return sent
 
     @staticmethod
     def _prefix(model: nn.Module, layer: nn.Module) -> str:
         return next(name for name, m in model.named_modules() if m is layer)
-
-    @staticmethod
-    def _sample(base: nn.Module, n: int, gen: torch.Generator, samples: int = 20000) -> Tensor:
-        """Normalised hidden states ``[samples, d]`` of random tokens at random positions after random first
-        tokens, as block 0's MLP sees them: the server's public estimate of what its imprints measure."""
-        V = base.wte.weight.shape[0]
-        ids = torch.randint(0, V, (samples, 2), generator=gen).to(base.wte.weight.device)
-        where = torch.randint(1, max(n, 2), (samples,), generator=gen).clamp_max(n - 1 if n > 1 else 0)
-        with torch.no_grad():
-            h = base.wte(ids)  # a first token at position 0, then the measured one at `where`
-            h[:, 0] += base.wpe.weight[0]
-            h[:, 1] += base.wpe.weight[where.to(h.device)]
-            h = h + base.h[0].attn(base.h[0].ln_1(h))[0]
-            return torch.nn.functional.layer_norm(h[:, 1].float(), h.shape[-1:]).cpu()
 
     @staticmethod
     def _cuts(sample: Tensor, w: Tensor, K: int) -> Tensor:
