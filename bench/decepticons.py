@@ -2,7 +2,7 @@
 
 The client: the package's GPT-2 classifier (:func:`leakage.engine.textmodels.text_model`, random init from seed
 0, 2 classes, the bundled GPT-2 BPE's 50,257 tokens; ``--model gpt2_small``: width 768, 12 blocks, 12
-heads), rewritten by :class:`leakage.federated.decepticons.DecepticonServer` (imprints in the first
+heads; ``bert_base``: BERT base's size), rewritten by :class:`leakage.federated.decepticons.DecepticonServer` (imprints in the first
 ``--blocks`` blocks, ``--directions`` directions each, the MLP's width shared out as bins). Its batch: B
 rows of n tokens, each filled with consecutive bundled fortunes (``leakage/assets/text/fortunes_0_999.txt``)
 joined by spaces and cut to n tokens (so every row holds n real tokens, as breaching's 512-token
@@ -18,6 +18,7 @@ breaching's saved Decepticons figures (Fowl, Geiping et al., ICLR 2023: GPT-2, w
 0.87, ROUGE-2 0.72; BERT 1 x 512: 0.97 / 0.85).
 
     python bench/decepticons.py [--model gpt2_small] [--sizes 1x32,1x128,8x128,8x512] [--blocks 11]
+    python bench/decepticons.py --model bert_base --sizes 1x128,1x512
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from leakage.engine.textmodels import GPT2_PAD, text_model  # noqa: E402
 from leakage.federated.decepticons import DecepticonServer  # noqa: E402
 
 TEXT = Path(__file__).resolve().parents[1] / "leakage" / "assets" / "text" / "fortunes_0_999.txt"
-BREACHING = {"8x512": (0.87, 0.72)}
+BREACHING = {"gpt2 8x512": (0.87, 0.72), "bert 1x512": (0.97, 0.85)}
 
 
 def rows(tok: TextTokenizer, B: int, n: int) -> torch.Tensor:
@@ -86,7 +87,7 @@ def run(model_name: str, B: int, n: int, blocks: int, directions: int) -> None:
     got, clean, notes = decode_update(lay, grads, B, n, GPT2_PAD)
     c3 = time.process_time()
     r1, r2, recall = paired_scores(tok, ids, got)
-    ref = BREACHING.get(f"{B}x{n}")
+    ref = BREACHING.get(f"{model_name[:4]} {B}x{n}")
     ref_txt = f"{ref[0]:.2f} / {ref[1]:.2f}" if ref else "-"
     print(f"| {B} x {n} | {B * n} | {r1:.3f} | {r2:.3f} | {recall:.3f} | {clean} | {c1 - c0:.1f} | {c2 - c1:.1f} | "
           f"{c3 - c2:.1f} | {ref_txt} |", flush=True)
