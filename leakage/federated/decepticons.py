@@ -52,6 +52,8 @@ FLAG = 1.0
 #: what the imprint units write to the sink, in all (their outputs' mean is about 1): small, so that the
 #: sink barely moves the later blocks' layer norms (and their measurements)
 SINK = 1e-3
+#: random (token, position) samples per bin that the cuts are estimated from
+SAMPLES_PER_BIN = 16
 #: the group code's size, in units of a token embedding's
 GROUP_SIZE = 0.5
 #: the query of block 0's copy head: the score of position 0 over the others, times the flag's normalised value
@@ -225,7 +227,8 @@ class DecepticonServer(Server):
                 v[tok[:, None], k * dh + torch.arange(g)[None, :]] = project.to(wte)
                 _io(out)[k * dh + torch.arange(g), grp[k * g:(k + 1) * g]] = 1.0
             # the group code at GROUP_SIZE of a token's size: it marks the sequence, the measurement leaves it out
-            pair = torch.randint(0, wte.shape[0], (4000, 2), generator=gen)
+            # the sample the cuts are quantiles of: SAMPLES_PER_BIN per bin (quantiles of too few samples bunch the bins)
+            pair = torch.randint(0, wte.shape[0], (min(max(4000, SAMPLES_PER_BIN * K), 65536), 2), generator=gen)
             h = wte[pair.to(wte.device)] + wpe[:2]
             z = torch.nn.functional.layer_norm(h.float(), (d,))
             heads_out = torch.stack([(z[:, k] @ v.float())[:, k * dh:(k + 1) * dh] for k in range(2)], 1)
