@@ -3,17 +3,18 @@
 
 Every imprinted block's bins are cumulative (unit ``j`` sums the tokens measuring above cut ``j``, each
 with the same backward signal in every unit), so neighbouring units differ by the tokens of one bin:
-``z = (dW_j - dW_{j+1}) / (db_j - db_{j+1})``, the normalised hidden state of the token when it is alone in
-its bin. Its token part is matched to the nearest token embedding (cosine, after centring: the layer norm
-only shifts and scales it), its position part to the nearest position code, and its group part (projections
-of its sequence's first two tokens, which block 0's attention copied) says which sequence it belongs to. A bin is kept only when both matches are near perfect (cosine above :data:`MATCH`): a bin
-holding two different tokens, or a token split between two bins, matches neither.
+``z = (dW_j - dW_{j+1}) / (db_j - db_{j+1})``, the normalised hidden state of the token when it is alone
+in its bin. Its token part is matched to the nearest token embedding (cosine, after centring: the layer
+norm only shifts and scales it), its position part to the nearest position code, and its group part
+(projections of its sequence's first two tokens, which block 0's attention copied) says which sequence
+it belongs to. A bin is kept only when both matches are near perfect (cosine above :data:`MATCH`): a
+bin holding two different tokens, or a token split between two bins, matches neither.
 
 Tokens are grouped into sequences by their group code, and placed by their positions. A victim is
-possibly exact when ``B`` groups were found (the largest ``B`` kept), with no position missing or held by two tokens; it is
-reported exact only when, besides, the recovered batch reproduces the whole update
-(:mod:`leakage.attacks.closedform`). Sequences with the same first two tokens share a group code: their
-tokens cannot be told apart, and the victim is not exact.
+possibly exact when at least ``B`` groups were found (the largest ``B`` kept), with no position missing
+or held by two tokens; it is reported exact only when, besides, the recovered batch reproduces the
+whole update (:mod:`leakage.attacks.closedform`). Sequences with the same first two tokens share a
+group code: their tokens cannot be told apart, and the victim is not exact.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ weights (not its architecture) so that one update gives its text away.
    breaching groups tokens by a sentence-level signal too.
 3. **Attention off in the other imprinted blocks** (their output projection zeroed): the hidden state of
    each position passes them unchanged, except for the sink.
-4. **Imprint (binned) feed-forward layers.** In each of the first ``blocks`` blocks, ``num_bins`` units of
-   the MLP measure one random direction ``w`` of the normalised hidden state (its token and position parts), ``s (w . z - c_j)``, with
-   ramped cuts ``c_j`` (quantiles of the measurement over random tokens and positions) and a large scale
-   ``s`` so GPT-2's GELU acts as a step; every unit writes only the sink dimension, with the same small
+4. **Imprint (binned) feed-forward layers.** In each of the first ``blocks`` blocks, ``directions`` groups
+   of ``num_bins`` units of the MLP each measure one random direction ``w`` of the normalised hidden state
+   (its token and position parts), ``s (w . z - c_j)``, with ramped cuts ``c_j`` (quantiles of the
+   measurement over random tokens and positions) and a large scale ``s`` so the GELU acts as a step; every unit writes only the sink dimension, with the same small
    weight, so every unit passes each token the same gradient back. Unit ``j`` then fires for the tokens
    measuring above ``c_j``, and ``(dW_j - dW_{j+1}) / (db_j - db_{j+1})`` is the normalised hidden state
    of the token alone in bin ``j`` (:class:`leakage.attacks.decepticons.DecepticonAttack` matches it to

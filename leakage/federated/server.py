@@ -325,7 +325,7 @@ def server_from_config(value: object, dataset: Optional[str] = None) -> Server:
     if name in LATER_SERVERS and name not in SERVER_CLASSES:  # imported here: their modules import this one
         SERVER_CLASSES[name] = getattr(importlib.import_module(LATER_SERVERS[name]), name)
     if name not in SERVER_CLASSES and name not in LATER_SERVERS:
-        raise ValueError(f"unknown server {value!r}; choose one of {', '.join([*SERVER_CLASSES, *LATER_SERVERS])}")
+        raise ValueError(f"unknown server {value!r}; choose one of {', '.join(dict.fromkeys([*SERVER_CLASSES, *LATER_SERVERS]))}")
     try:
         server = SERVER_CLASSES[name](**init_args)
     except TypeError as err:
