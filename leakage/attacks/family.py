@@ -63,6 +63,7 @@ ATTACKS = {
     "token_set": "leakage.attacks.tokenset.TokenSetAttack",
     "tag": "leakage.attacks.tag.TAG",
     "dager": "leakage.attacks.dager.DagerAttack",
+    "decepticons": "leakage.attacks.decepticons.DecepticonAttack",
 }
 DEFAULT_ATTACK = "gradient_inversion"
 

@@ -31,6 +31,7 @@ from leakage.federated.fedavg import client_updates
 from leakage.data.imagefolder import read_labelled_folder
 from leakage.engine.seeding import update_key
 from leakage.federated.server import ImprintServer, Server
+from leakage.federated.decepticons import DecepticonServer  # noqa: F401  (imported: --data.server DecepticonServer resolves)
 from leakage.data.sources import DATASETS, TABLES, Bundled, Source
 from leakage.records import Observation, Secret
 

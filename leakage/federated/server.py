@@ -31,6 +31,7 @@ first line (:meth:`Server.describe`). The change is made before the client compu
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 from statistics import NormalDist
 from typing import Optional, Sequence
@@ -306,6 +307,8 @@ class FishingServer(Server):
 
 #: the servers by class name (what ``--data.server NAME`` takes)
 SERVER_CLASSES = {cls.__name__: cls for cls in (Server, ImprintServer, TrapWeightServer, FishingServer)}
+#: servers of their own modules (which import this one), by class name -> module
+LATER_SERVERS = {"DecepticonServer": "leakage.federated.decepticons"}
 
 
 def server_from_config(value: object, dataset: Optional[str] = None) -> Server:
@@ -319,8 +322,10 @@ def server_from_config(value: object, dataset: Optional[str] = None) -> Server:
         init_args = dict(value.get("init_args") or {})
         value = value.get("class_path")
     name = str(value).rpartition(".")[2]
-    if name not in SERVER_CLASSES:
-        raise ValueError(f"unknown server {value!r}; choose one of {', '.join(SERVER_CLASSES)}")
+    if name in LATER_SERVERS and name not in SERVER_CLASSES:  # imported here: their modules import this one
+        SERVER_CLASSES[name] = getattr(importlib.import_module(LATER_SERVERS[name]), name)
+    if name not in SERVER_CLASSES and name not in LATER_SERVERS:
+        raise ValueError(f"unknown server {value!r}; choose one of {', '.join(dict.fromkeys([*SERVER_CLASSES, *LATER_SERVERS]))}")
     try:
         server = SERVER_CLASSES[name](**init_args)
     except TypeError as err:
