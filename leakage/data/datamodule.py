@@ -31,9 +31,12 @@ from leakage.federated.fedavg import client_updates
 from leakage.data.imagefolder import read_labelled_folder
 from leakage.engine.seeding import update_key
 from leakage.federated.server import ImprintServer, Server
-from leakage.federated.decepticons import DecepticonServer  # noqa: F401  (imported: --data.server DecepticonServer resolves)
+from leakage.federated.decepticons import DecepticonServer
 from leakage.data.sources import DATASETS, TABLES, Bundled, Source
 from leakage.records import Observation, Secret
+
+#: servers defined outside federated/server.py, imported so that ``--data.server NAME`` resolves them
+EXTRA_SERVERS = (DecepticonServer,)
 
 #: bundled image sets stored as one array file under leakage/assets/<dataset>/ (uint8 ``images``
 #: ``[N, H, W]`` or ``[N, H, W, C]`` and ``labels`` ``[N]``, test-split indices 0 to N-1); the others
