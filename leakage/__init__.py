@@ -17,9 +17,16 @@ from leakage.attacks.fishing import FishingAttack
 from leakage.federated.server import FishingServer, ImprintServer, TrapWeightServer
 from leakage.federated.labeldp import RandomizedResponse, RRWithPrior
 from leakage.federated.soteria import Soteria
+from leakage.attacks.tokenset import TokenSetAttack
+from leakage.attacks.tag import TAG
+from leakage.attacks.dager import DagerAttack
+from leakage.attacks.decepticons import DecepticonAttack
+from leakage.federated.decepticons import DecepticonServer
+from leakage.attacks.bottleneck import BottleneckInversion
 from leakage.records import InversionResult
 
 __all__ = ["client_update", "invert", "report", "audit", "bundled_images", "FedAvg", "FedAvgClient", "InversionResult", "Report",
            "GradientInversion", "AnalyticInversion", "CocktailPartyAttack", "ImprintAttack", "TrapWeightAttack",
            "ImprintServer", "TrapWeightServer", "FishingAttack", "FishingServer",
-           "RandomizedResponse", "RRWithPrior", "Soteria"]
+           "RandomizedResponse", "RRWithPrior", "Soteria", "TokenSetAttack", "TAG", "DagerAttack", "DecepticonAttack",
+           "DecepticonServer", "BottleneckInversion"]

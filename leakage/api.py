@@ -257,7 +257,7 @@ def invert(
                         f"got {type(update).__name__}")
     trainer_settings = _trainer_settings(trainer_options)
     if server is not None and not isinstance(server, Server):
-        raise TypeError(f"server must be a leakage.federated.server.Server (ImprintServer, TrapWeightServer), got {type(server).__name__}")
+        raise TypeError(f"server must be a leakage.federated.server.Server (ImprintServer, TrapWeightServer, FishingServer, DecepticonServer), got {type(server).__name__}")
     if server is not None and server.malicious and server.model is not model:
         raise ValueError("server= is the malicious server whose send(global_model, input_shape) returned the model "
                          "the client trained: pass that model as model=")
