@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     job = json.loads((job_dir / "hf.json").read_text()) | {"steps": a.breaching_steps, "seed": 0}
     (job_dir / "job.json").write_text(json.dumps(job))
     print(f"sentences {indices}, {a.seq_len} tokens, B = 1; breaching tag ({a.breaching_steps} steps) ...", flush=True)
-    run([str(a.venv.expanduser() / "bin" / "python"), str(WORKER), str(job_dir)], job_dir, "breaching", {"PYTHONPATH": ""})
+    run([str(python), str(WORKER), str(job_dir)], job_dir, "breaching", {"PYTHONPATH": ""})
     print(f"leakage configs/{CONFIG}.yaml ...", flush=True)
     run([sys.executable, str(Path(__file__).resolve()), "--leakage-job", str(job_dir), "--seq-len", str(a.seq_len),
          "--indices", ",".join(map(str, indices))], job_dir, "leakage", {"PYTHONPATH": str(ROOT)})
