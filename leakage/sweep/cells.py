@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import shutil
 import sys
@@ -170,7 +171,11 @@ class Sweep:
 
     @staticmethod
     def defense_spec(defense: dict, value: float) -> dict:
-        """The callback entry a defense cell appends to ``trainer.callbacks``."""
+        """The callback entry a defense cell appends to ``trainer.callbacks``; a whole-number value of a
+        parameter the defense takes as an integer (``SecureAggregation``'s ``clients``) is given as one."""
+        param = inspect.signature(defense_class(defense["class_path"])).parameters.get(defense["param"])
+        if param is not None and param.annotation in (int, "int") and float(value).is_integer():
+            value = int(value)
         return {"class_path": defense["class_path"], "init_args": {**defense["init_args"], defense["param"]: value}}
 
     def defense_config(self, defense: dict, value: float) -> dict:

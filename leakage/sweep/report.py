@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from leakage.data.kinds import kind_class
 from leakage.reporting import htmlreport as h
 from leakage.federated.server import PUBLIC_LABELS, server_from_config
 from leakage.sweep.paths import confined, fmt
@@ -113,8 +114,9 @@ def sweep_report(out: Path, cfg: dict, base: dict, defenses: list[dict], studies
         body.append(_plot(out, s["name"], f"{s['name']}: each metric against {s['key']}."))
     body.append(f'<p class="meta">Sweep folder: {h.esc(out)} (results.csv, results.md, plots, cells/, runs/; '
                 f"TensorBoard: tensorboard --logdir {h.esc(out)}).</p>")
-    data = {r.get("kind") for r in rows}  # what the clients held: images, table records, or both
-    records = {frozenset({"image"}): "images", frozenset({"tabular"}): "records"}.get(frozenset(data), "data")
+    # what the clients held, in their kind's words (images, records, sentences); "data" for a mix
+    data = {kind_class(r.get("kind") or "image").records for r in rows if r.get("status") == "ok"}
+    records = data.pop() if len(data) == 1 else "data"
     return h.page(f"leakage sweep: {kinds or 'no grids'} ({out.name})", body, threat_model(base, studies), records)
 
 
