@@ -52,6 +52,7 @@ def main_bench() -> None:
     ap.add_argument("--steps", type=int, default=None, help="trainer.max_steps (default the preset's)")
     ap.add_argument("--attack", choices=("tag", "lamp"), default="tag", help="configs/text_<attack>.yaml")
     ap.add_argument("--batch-size", type=int, default=1, help="sentences per update (--sentences updates)")
+    ap.add_argument("--prior-weight", type=float, default=None, help="lamp: objective.prior_weight (default the preset's)")
     ap.add_argument("--no-token-set", action="store_true", help="skip the token set's precision and recall")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -59,13 +60,17 @@ def main_bench() -> None:
              "--data.num_victims", str(args.sentences), "--data.batch_size", str(args.batch_size)]
     if args.steps:
         extra += ["--trainer.max_steps", str(args.steps)]
+    if args.prior_weight is not None:
+        extra += ["--model.objective.prior_weight", str(args.prior_weight)]
+    if args.batch_size > 1:  # iDLG reads one label: at B > 1 the labels are given (public), the text is attacked
+        extra += ["--model.labels", "known", "--data.public_labels", "true"]
     with tempfile.TemporaryDirectory() as tmp:
         run, seconds = _fit(f"text_{args.attack}.yaml", Path(tmp) / args.attack, *extra)
         rows = list(csv.DictReader((run / "metrics.csv").open()))
         summary = json.loads((run / "metrics.json").read_text())["summary"]
         text = (run / "metrics.txt").read_text()
         print(f"{args.attack.upper()}, {args.model}, seq_len {args.seq_len}, B = {args.batch_size}, {args.sentences} "
-              f"updates (configs/text_{args.attack}.yaml)")
+              f"updates (configs/text_{args.attack}.yaml{', labels known' if args.batch_size > 1 else ''})")
         for r in rows:
             print(f"  sentence {r['indices']:>3}: ROUGE-1 {float(r['rouge1']):.3f}  ROUGE-2 {float(r['rouge2']):.3f}  "
                   f"token accuracy {float(r['token_accuracy']):.3f}  exact {int(float(r['exact_sequences']))}")
