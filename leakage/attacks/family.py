@@ -62,6 +62,7 @@ ATTACKS = {
     "fishing": "leakage.attacks.fishing.FishingAttack",
     "token_set": "leakage.attacks.tokenset.TokenSetAttack",
     "tag": "leakage.attacks.tag.TAG",
+    "lamp": "leakage.attacks.lamp.LAMP",
     "dager": "leakage.attacks.dager.DagerAttack",
     "decepticons": "leakage.attacks.decepticons.DecepticonAttack",
 }

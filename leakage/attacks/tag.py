@@ -198,18 +198,25 @@ class TAG(GradientInversion):
             if self._settled[p] or self.failed[p] or not torch.isfinite(current[p]):
                 continue
             k = int((kind.candidates[p] >= 0).sum())
-            proposals = kind.hard(self._proposals(choice[p].cpu(), int(kind.lengths[p]), k)).to(self.dummy_data)
+            moves = self._proposals(choice[p].cpu(), int(kind.lengths[p]), k)
+            proposals = kind.hard(moves).to(self.dummy_data)
             losses = []
             for part in proposals.split(chunk):
                 idx = torch.full((part.shape[0],), p, dtype=torch.long, device=part.device)
                 labels = self.dummy_labels[idx] if joint else None
                 losses.append(self._objective(part, labels, idx))
-            losses = torch.cat(losses)
+            losses = torch.cat(losses) + self.sequence_penalty(p, moves).to(current)
+            score = current[p] + self.sequence_penalty(p, choice[p][None].cpu())[0].to(current)
             best = int(losses.argmin())
-            if bool(losses[best] < current[p]):
+            if bool(losses[best] < score):
                 self.dummy_data[p] = proposals[best]
             elif joint or not self._relabel(p, current[p]):
                 self._settled[p] = True
+
+    def sequence_penalty(self, p: int, choice: Tensor) -> Tensor:
+        """What the discrete search adds to the distance of problem ``p``'s sequences ``choice`` ``[N, B, n]``
+        (candidate indices): nothing here; LAMP adds its language-model prior."""
+        return torch.zeros(choice.shape[0])
 
     def _relabel(self, p: int, loss: Tensor) -> bool:
         """Labels fixed before the attack (iDLG, a batch restoration) tried against the others: each slot's
