@@ -55,3 +55,29 @@ def test_weight_only_rule_on_a_hand_made_gradient():
     grad_w = (p - torch.nn.functional.one_hot(torch.tensor(y), 3))[:, None] * h[None]
     assert idlg_labels(grad_w[None]).tolist() == [y]
     assert idlg_labels(grad_w[None], (p - torch.nn.functional.one_hot(torch.tensor(y), 3))[None]).tolist() == [y]
+
+
+def test_an_estimate_far_above_the_batch_is_trimmed_as_one_label_at_a_time_would_be():
+    """Counts far above the batch (a text model's weight_count estimate) are trimmed in closed form to
+    what taking one label at a time from the smallest remainder gives, and sum to the batch."""
+    from leakage.attacks.labels import _round_to_total
+
+    def one_at_a_time(estimate, total):
+        est = estimate.clamp(min=0)
+        counts = est.floor()
+        for v in range(est.shape[0]):
+            frac = torch.where(counts[v] > 0, est[v] - counts[v], torch.full_like(est[v], float("inf")))
+            for _ in range(int(counts[v].sum()) - total):
+                c = int(frac.argmin())
+                counts[v, c] -= 1
+                frac[c] = float("inf") if counts[v, c] == 0 else frac[c] + 1
+        return counts.long()
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        K = int(torch.randint(2, 10, (1,), generator=gen))
+        total = int(torch.randint(1, 20, (1,), generator=gen))
+        est = torch.rand(2, K, generator=gen) * 40 + total  # every class alone above the batch
+        assert torch.equal(_round_to_total(est.clone(), total), one_at_a_time(est.clone(), total))
+    far = _round_to_total(torch.tensor([[2.5e6, 1.25e6 + 0.5]]), 4)
+    assert far.tolist() == [[4, 0]]

@@ -112,6 +112,8 @@ def _round_to_total(estimate: Tensor, total: int) -> Tensor:
             counts[v] += missing // K  # a defended update's counts can fall short by more than K labels
             order = (est[v] - counts[v]).argsort(descending=True)
             counts[v, order[:missing % K]] += 1
+        elif missing < -K:  # far too many (an estimate that overshoots the batch): _trim in closed form
+            counts[v] = _trim(counts[v], est[v] - counts[v], -missing)
         elif missing < 0:  # too many: take from the smallest remainders among non-zero counts
             frac = torch.where(counts[v] > 0, est[v] - counts[v], torch.full_like(est[v], float("inf")))
             for _ in range(-missing):
@@ -119,6 +121,27 @@ def _round_to_total(estimate: Tensor, total: int) -> Tensor:
                 counts[v, c] -= 1
                 frac[c] = float("inf") if counts[v, c] == 0 else frac[c] + 1
     return counts.long()
+
+
+def _trim(counts: Tensor, frac: Tensor, surplus: int) -> Tensor:
+    """``counts`` ``[K]`` less ``surplus`` labels taken as the one-at-a-time rule above takes them (a label
+    from the class of smallest remainder ``frac`` among non-zero counts, that class's remainder then one
+    more), without a step per label: every class gives ``r`` labels (or all it has) in ``r`` whole
+    rounds, ``r`` the most rounds the surplus covers, then the rest go one each in order of remainder."""
+    n = counts.long()
+    lo, hi = 0, int(n.max())
+    while lo < hi:  # the largest r with sum(min(n, r)) <= surplus
+        mid = (lo + hi + 1) // 2
+        if int(n.clamp(max=mid).sum()) <= surplus:
+            lo = mid
+        else:
+            hi = mid - 1
+    left = surplus - int(n.clamp(max=lo).sum())
+    out = (n - n.clamp(max=lo)).to(counts.dtype)
+    if left:
+        order = torch.argsort(torch.where(n > lo, frac, torch.full_like(frac, float("inf"))), stable=True)
+        out[order[:left]] -= 1
+    return out
 
 
 def _shortfall_notes(estimate: Tensor, total: int, strategy: str, notes: Optional[list]) -> None:
