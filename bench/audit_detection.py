@@ -26,7 +26,9 @@ that can fail (the audit fails at 1). The threshold at 1% false positives is set
 zoo (calibration) and the rates are reported on the other half; ROC-AUC is the report half against each
 setting. Every model is audited twice: with the previous round the client trained (malicious: the model the
 server modified, or the round before the server's honest FedAvg round; honest: its real previous round, none for
-a random initialisation) and without it (the checks that read it skipped), each with its own threshold. Writes ``results.json`` (every model's scores) and ``detection.png``
+a random initialisation) and without it (the checks that read it skipped), each with its own threshold. Two probes
+beside the zoo: honest rounds at high learning rates (audited, not in the threshold), and a test of the client's
+batch the audit does not run (first-layer units against their sign-flipped rows). Writes ``results.json`` (every model's scores) and ``detection.png``
 (detection against the share of images reconstructed at SSIM >= 0.9) to ``--out``.
 """
 
@@ -202,7 +204,8 @@ def report(honest: list, bad: list, baseline: list, out: Path, fast: list) -> No
         summary.append({"server": server, "setting": setting, "models": len(rows), "recovered": recovered,
                         "near_exact": [r["near_exact"] for r in rows],
                         "mean_ssim": mean_ssim, "audit_fails": fails, "roc_auc": auc, "tpr_at_1pct": tpr,
-                        "without_previous": {"audit_fails": fails_alone, "roc_auc": auc_alone, "tpr_at_1pct": tpr_alone},
+                        "without_previous": {"audit_fails": fails_alone, "roc_auc": auc_alone, "tpr_at_1pct": tpr_alone,
+                                             "median_combined": sorted(pos_alone)[len(pos_alone) // 2]},
                         "median_combined": sorted(pos)[len(pos) // 2]})
         exact = ", ".join(str(r["near_exact"]) for r in rows)
         print(f"| {server} | {setting} | {len(rows)} | {', '.join(map(str, recovered))} | {exact} | {mean_ssim:.2f} | {fails:.2f} | "
@@ -273,12 +276,17 @@ def plot(summary: list, path: Path, honest_share=None) -> None:
     colors = {"imprint": "tab:blue", "trap weights": "tab:orange", "fishing": "tab:purple"}
     for s in summary:
         success = sum(s["near_exact"]) / len(s["near_exact"]) / (1 if s["server"] == "fishing" else B)
-        for ax, y in ((axes[0], s["tpr_at_1pct"]), (axes[1], min(s["median_combined"], 1e3))):
+        alone = s["without_previous"]
+        for ax, y, y_alone in ((axes[0], s["tpr_at_1pct"], alone["tpr_at_1pct"]),
+                               (axes[1], min(s["median_combined"], 1e3), min(alone["median_combined"], 1e3))):
             ax.scatter(success, y, marker=markers[s["server"]], color=colors[s["server"]], label=s["server"])
-            ax.annotate(s["setting"].replace(", after a FedAvg round", "+"), (success, y), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-        axes[0].scatter(success, s["without_previous"]["tpr_at_1pct"], marker=markers[s["server"]], facecolors="none",
-                        edgecolors=colors[s["server"]], label=f"{s['server']}, without the previous round")
+            ax.scatter(success, y_alone, marker=markers[s["server"]], facecolors="none", edgecolors=colors[s["server"]],
+                       label=f"{s['server']}, without the previous round")
+            if s["server"] == "trap weights":  # the settings the previous round decides: named where they sit without it
+                name = s["setting"].replace("scale ", "").replace(", after a FedAvg round", "+")
+                ax.annotate(name, (success, y_alone), fontsize=7, xytext=(3, -9), textcoords="offset points")
+            elif ax is axes[1]:
+                ax.annotate(s["setting"], (success, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axes[0].set_ylabel("true-positive rate at 1% false positives")
     axes[1].set_ylabel("median combined detection score (audit fails at 1)")
     axes[1].set_yscale("log")
@@ -290,7 +298,8 @@ def plot(summary: list, path: Path, honest_share=None) -> None:
         handles, labels = ax.get_legend_handles_labels()
         seen = dict(zip(labels, handles))
         ax.legend(seen.values(), seen.keys(), fontsize=7, loc=corner, framealpha=0.9)
-    fig.suptitle("Client-side audit: detection against attack success on the same round")
+    fig.suptitle("Client-side audit: detection against attack success on the same round\n(hollow: without the previous "
+                 "round; trap scales named, +: planted after an honest FedAvg round)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -26,14 +26,14 @@ class ReplacedLayers(Check):
     near 0 even where the update is as large as ``P`` (weight decay drops ``lr * decay`` per step). A layer
     replaced by weights of its own, which owe nothing to ``P``, scores about 1, whatever their scale.
 
-    Measured (``bench/audit_detection.py``, each model against the round before it): honest rounds of the
-    benchmark's zoo (SGD epochs and steps, FedAvg rounds, Opacus DP-SGD, at rate 0.1) at most 0.10; at rates ten
-    and five times that (SGD at rate 1 from initialisation, FedAvg at local rate 0.5) at most 0.71 (a simple CNN's
-    classifier after 3 SGD steps at rate 1); trap weights of every scale from 0.5 to 0.99, planted in a fresh
-    ``mlp`` or in one after an honest FedAvg round, at least 0.99. Warn at 0.5, fail at 0.9. A server that adds
-    its weights to the previous ones instead of replacing them keeps this share near 0; the size of such a change
-    shows as a low cosine with the previous round (``cosine`` in the details; :class:`~leakage.audit.ArchitectureDrift`
-    warns below 0.5).
+    Measured (``bench/audit_detection.py``, each model against the round before it): the benchmark's 115 honest
+    rounds (SGD epochs and steps, FedAvg rounds, Opacus DP-SGD, at rate 0.1 or 0.05) at most 0.056 (ResNet-18
+    after an epoch of SGD); rounds at rates five and ten times that (SGD at rate 1 from initialisation, FedAvg at
+    local rate 0.5) at most 0.71 (a simple CNN after 3 SGD steps at rate 1); trap weights of every scale from 0.5
+    to 0.99, planted in a fresh ``mlp`` or after an honest FedAvg round, at least 0.997. Warn at 0.5, fail at 0.9.
+    A server that adds its weights to the previous ones instead of replacing them keeps this share near 0; the
+    size of such a change shows as a low cosine with the previous round (``cosine`` in the details;
+    :class:`~leakage.audit.ArchitectureDrift` warns below 0.5).
 
     Args:
         warn: the score from which the check warns.
