@@ -322,3 +322,15 @@ def test_a_re_initialised_convolution_is_named_and_nothing_to_compare_is_skipped
     skipped = leakage.audit(lenet, previous=other)["replaced layers"]
     assert skipped.verdict == "skipped" and "no weight matrix" in skipped.reason
     assert leakage.audit(lenet)["replaced layers"].reason.startswith("no previous round given")
+
+
+def test_a_layer_that_lost_part_of_its_previous_weights_warns_without_saying_replaced():
+    from leakage.audit import ReplacedLayers
+
+    previous = build_model("mlp", MNIST, 10, seed=2)
+    shrunk = copy.deepcopy(previous)
+    with torch.no_grad():
+        shrunk.net[3].weight.mul_(0.3)  # 70% of the classifier's previous weights dropped, the direction kept
+    finding = leakage.audit(shrunk, previous=previous, checks=[ReplacedLayers()])["replaced layers"]
+    assert finding.verdict == "warn" and abs(finding.score - 0.7) < 1e-6 and finding.details["cosine"] > 0.999
+    assert finding.reason.endswith("trained hard, or partly replaced") and "replaced, not trained" not in finding.reason

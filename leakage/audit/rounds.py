@@ -33,7 +33,8 @@ class ReplacedLayers(Check):
     to 0.99, planted in a fresh ``mlp`` or after an honest FedAvg round, at least 0.997. Warn at 0.5, fail at 0.9.
     A server that adds its weights to the previous ones instead of replacing them keeps this share near 0; the
     size of such a change shows as a low cosine with the previous round (``cosine`` in the details;
-    :class:`~leakage.audit.ArchitectureDrift` warns below 0.5).
+    :class:`~leakage.audit.ArchitectureDrift` warns below 0.5). A federation that re-initialises a layer on purpose
+    (a new classifier head) fails it too: such a client passes ``ReplacedLayers(fail=math.inf)`` among its checks.
 
     Args:
         warn: the score from which the check warns.
@@ -73,5 +74,8 @@ class ReplacedLayers(Check):
         if self.verdict(share) == "pass":
             return self.found(share, f"every layer of {len(dropped)} kept its previous weights: the most changed, " + what,
                               **details)
-        many = f"{len(replaced)} layers replaced, not trained" if len(replaced) > 1 else "a layer replaced, not trained"
+        if self.verdict(share) == "warn":
+            return self.found(share, f"{what}: trained hard, or partly replaced", **details)
+        gone = [k for k in replaced if dropped[k][0] >= self.fail]
+        many = f"{len(gone)} layers replaced, not trained" if len(gone) > 1 else "a layer replaced, not trained"
         return self.found(share, f"{many}: {what}", **details)
