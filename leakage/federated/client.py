@@ -62,7 +62,7 @@ class Client:
         matches nothing or nothing is left)."""
         return trained_names((n for n, _ in model.named_parameters()), self.trainable, self.freeze)
 
-    def share(self, update: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    def shared_update(self, update: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
         """The part of a full ``update`` this client shares: the entries of the parameters it trains."""
         return dict(update) if self.trains_all else only(update, self.trained(model))
 
