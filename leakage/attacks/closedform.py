@@ -187,6 +187,8 @@ class ClosedFormAttack(Attack):
         except ValueError:  # no linear classifier: the labels stay as restored
             return labels, evaluation, rel
         grads = label_gradients(obs)
+        if f"{name}.weight" not in grads:  # a client that did not train the head: nothing to pair the labels with
+            return labels, evaluation, rel
         bias = grads.get(f"{name}.bias")
         net = client_view(self.target.to(x.device), obs.client_mode).to(x.device)
         paired, argmax = labels.clone(), labels.clone()
