@@ -15,8 +15,10 @@ Sections (``--sections``, default all):
   and the head: DAGER's span test on block 0 and 1's LoRA A gradients, exact sequences at ``--sizes``.
   The adapters are "trained": ``B`` drawn at random (std ``--b-std``), as after earlier rounds; at PEFT's own
   initialisation (``B = 0``) the A gradient is exactly zero, which the first row shows.
+- ``lora_tag``: TAG and the free-embedding search on ``LoraText`` (``gpt2_tiny``, rank 8, trained adapters): the
+  full update, and the adapters and head only (``trainable [lora_, score]``).
 
-    python bench/text_clients.py [--sections tied,frozen,lora] [--sizes 1,8,32] [--ranks 8,64,256]
+    python bench/text_clients.py [--sections tied,frozen,lora_tag,lora] [--sizes 1,8,32] [--ranks 8,64,256]
 """
 
 from __future__ import annotations
@@ -112,6 +114,22 @@ def frozen(args) -> None:
                                                                   "--model.dummies.relax", "false",
                                                                   "--model.budget.refine_steps", "0",
                                                                   "--data.client.freeze", "[wte, wpe]"])]
+    tag_table(args, rows)
+
+
+def lora_tag(args) -> None:
+    lora = ["--model.model", "leakage.engine.lora.LoraText", "--model.model.base", "gpt2_tiny", "--model.model.seq_len",
+            str(args.tag_len), "--model.model.rank", "8", "--model.model.adapter_std", str(args.b_std)]
+    free = ["--attack", "gradient_inversion", "--model.dummies.relax", "false", "--model.budget.refine_steps", "0"]
+    print(f"gpt2_tiny with LoRA (rank 8, B ~ N(0, {args.b_std})) on c_attn, B = 1, sentences {args.tag_indices} cut to "
+          f"{args.tag_len} tokens, {args.tag_steps} steps")
+    tag_table(args, [("TAG, LoRA model, full update", lora),
+                     ("free embeddings, LoRA model, full update", [*lora, *free]),
+                     ("free embeddings, adapters + head only", [*lora, *free, "--data.client.trainable",
+                                                                "[lora_, score]"])])
+
+
+def tag_table(args, rows) -> None:
     print(f"{'run':<52} {'ROUGE-1':>8} {'token acc':>9} {'exact':>6}  per sentence")
     for label, extra in rows:
         got = [fit(args, [*extra, "--data.indices", f"[{i}]"]) for i in args.tag_indices.split(",")]
@@ -178,7 +196,7 @@ def lora(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="tied,frozen,lora")
+    ap.add_argument("--sections", default="tied,frozen,lora_tag,lora")
     ap.add_argument("--seq-len", type=int, default=16)
     ap.add_argument("--victims", type=int, default=5)
     ap.add_argument("--tied-sizes", default="1,4,8")
@@ -195,7 +213,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sections = args.sections.split(",")
-    for name in ("tied", "frozen", "lora"):
+    for name in ("tied", "frozen", "lora_tag", "lora"):
         if name in sections:
             globals()[name](args)
             print()
