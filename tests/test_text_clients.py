@@ -118,3 +118,15 @@ def test_the_tied_embeddings_thresholded_rule_reads_the_tokens_and_the_label_tok
     assert len(token_sets(obs, model, 0.0)[0]) == 50257
     assert TokenSetAttack(model, (8,), 50257).threshold == TIED_THRESHOLD
     assert TokenSetAttack("gpt2_tiny", (8,), 2).threshold == 0.0
+
+
+def test_dager_still_reads_an_update_whose_embeddings_are_frozen():
+    from leakage.engine.textmodels import text_model
+
+    torch.manual_seed(0)
+    model = text_model("gpt2_tiny", 8, 2, layers=3)  # DAGER needs >= 3 blocks
+    x, y = BundledText(seq_len=8).open().encode([2, 3])
+    update = FedSGD(freeze=["wte", "wpe"]).shared_update(client_gradients(model, x[None], y[None]), model)
+    assert WTE not in update and WPE not in update  # no token set, no length
+    found = dager_decoder(model, {k: v[0] for k, v in update.items()}, 2, 8, pad_token_id=50256)
+    assert sorted(found.sequences) == sorted([int(t) for t in row if t != 50256] for row in x) and all(found.exact)
