@@ -200,7 +200,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=16)
     ap.add_argument("--victims", type=int, default=5)
     ap.add_argument("--tied-sizes", default="1,4,8")
-    ap.add_argument("--thresholds", default="0,0.001,0.01,0.05,0.1,0.2")
+    ap.add_argument("--thresholds", default="0,0.0001,0.001,0.003,0.01,0.05")
     ap.add_argument("--sizes", default="1,8,32")
     ap.add_argument("--ranks", default="8,64,256")
     ap.add_argument("--d", type=int, default=768)
