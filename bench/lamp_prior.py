@@ -5,7 +5,7 @@ the true batch from its neighbours, one thread, no search.
     python bench/lamp_prior.py --updates 10 --batch-sizes 1
 
 For each update of B bundled sentences (sentences 0 onward, consecutive, as bench/text_tag.py takes
-them; an update holding a sentence shorter than the others is left out, as the search cannot write
+them; first, how many of the victims' bigrams the prior's text holds; an update holding a sentence shorter than the others is left out, as the search cannot write
 its padding) it takes the true batch as candidate indices of the update's token set and every sequence one
 discrete move away (TAG's and LAMP's swaps and replacements), and prints: the true batch's NLL per
 token and log V (a uniform model's); the share of neighbours the prior scores at least as likely as
@@ -29,8 +29,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from leakage.attacks.lamp import LAMP, LampObjective  # noqa: E402
+from leakage.attacks.ngram import BigramPrior, prior_lines  # noqa: E402
 from leakage.data.datamodule import VictimDataModule  # noqa: E402
 from leakage.data.sources import BundledText  # noqa: E402
+from leakage.data.tokenizer import TextTokenizer  # noqa: E402
+
+
+def coverage(seq_len: int, victims: int = 100) -> None:
+    """The prior's text in tokens, and how many bigrams of the first ``victims`` sentences it holds."""
+    tok = TextTokenizer()
+    prior = BigramPrior([tok.encode(line) for line in prior_lines(None)], tok.vocab_size)
+    size = sum(len(tok.encode(line)) for line in prior_lines(None))
+    text = (Path(__file__).resolve().parents[1] / "leakage" / "assets" / "text" / "fortunes_0_999.txt").read_text()
+    seen = total = 0
+    for line in [ln for ln in text.splitlines() if ln.strip()][:victims]:
+        ids = tok.encode(line)[:seq_len]
+        for prev, nxt in zip([prior.start] + ids[:-1], ids):
+            key = torch.tensor(prev * (prior.V + 1) + nxt)
+            i = int(torch.searchsorted(prior.keys, key))
+            seen, total = seen + int(i < prior.keys.numel() and bool(prior.keys[i] == key)), total + 1
+    print(f"prior text: fortunes 500-999, {size} tokens, {prior.keys.numel()} distinct bigrams; of the {total} bigrams "
+          f"of sentences 0-{victims - 1} cut to {seq_len} tokens (the start included), {seen} occur in it")
 
 
 def main() -> None:
@@ -41,6 +60,7 @@ def main() -> None:
     ap.add_argument("--weights", type=float, nargs="+", default=[0.001, 0.01, 0.1])
     args = ap.parse_args()
     torch.set_num_threads(1)
+    coverage(args.seq_len)
     for B in args.batch_sizes:
         dm = VictimDataModule(source=BundledText(seq_len=args.seq_len), num_victims=args.updates, batch_size=B,
                               public_labels=True)

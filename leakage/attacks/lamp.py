@@ -38,7 +38,7 @@ from leakage.engine.losses import gradient_distance
 from leakage.records import Observation
 
 #: a relative distance at or below this is float32 rounding: the sequence's update reproduces the observed one
-REPRODUCES = 1e-6
+REPRODUCES = 1e-5
 
 
 class LampObjective(Objective):
