@@ -145,7 +145,7 @@ class LAMP(TAG):
     def reported_score(self, loss: Tensor, point: tuple[Tensor, ...]) -> Tensor:
         """The score ``[P]`` the reported iterate is chosen by: the distance in the continuous stage (soft
         tokens have no sequence to score), :meth:`sequence_score` of the hard sequences in the discrete one."""
-        if self._free is None or self.objective.prior_weight == 0:
+        if self._free is None or self.objective.prior_weight == 0 or loss.shape[0] == 0:
             return loss
         choice = self.kind.tokens(point[0]).cpu()  # [P, B, n]
         return torch.stack([self.sequence_score(p, loss[p:p + 1], choice[p][None])[0] for p in range(loss.shape[0])])
