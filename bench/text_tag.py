@@ -73,7 +73,7 @@ def main_bench() -> None:
               f"updates (configs/text_{args.attack}.yaml{', labels known' if args.batch_size > 1 else ''})")
         for r in rows:
             print(f"  sentence {r['indices']:>3}: ROUGE-1 {float(r['rouge1']):.3f}  ROUGE-2 {float(r['rouge2']):.3f}  "
-                  f"token accuracy {float(r['token_accuracy']):.3f}  exact {int(float(r['exact_sequences']))}")
+                  f"token accuracy {float(r['token_accuracy']):.3f}  exact {float(r['exact_sequences']):.2f}")
         print(f"mean ROUGE-1 {summary['rouge1_mean']:.3f}  ROUGE-2 {summary['rouge2_mean']:.3f}  token accuracy "
               f"{summary['token_accuracy_mean']:.3f}  exact {summary['exact_sequences_mean']:.3f}; "
               f"{seconds / args.sentences:.1f} s per update (run total {seconds:.1f} s, one thread)")

@@ -1,7 +1,17 @@
 """LAMP on text (Balunovic et al., NeurIPS 2022): TAG's continuous matching on the token set, then a
 discrete search whose moves (swaps of two positions, replacements from the token set) are scored by
-the gradient distance plus a language-model prior, ``distance + prior_weight x NLL``, the negative
-log-likelihood per token of the batch's sequences.
+the gradient distance plus a language-model prior, and the reported sequence is the one of best score:
+
+    score = distance / distance_of_a_zero_update + prior_weight x NLL
+
+(the NLL: the negative log-likelihood per token of the batch's sequences, nats). The distance is
+divided by the problem's own scale, the distance a zero update would have, so ``prior_weight`` means
+the same on every model and batch size (its value: how much relative distance one nat per token is
+worth). The update stays the evidence: a sequence whose update reproduces the observed one (relative
+distance at most :data:`REPRODUCES`, float32 rounding) is preferred to every sequence whose update
+does not, whatever the prior says; among those, and among the others, the score decides. A score is
+kept in the distance's units (the bracket above times the scale), so the report's losses and the
+choice of restarts read it as they read TAG's distance.
 
 The paper's prior is GPT-2's perplexity. No pretrained language model is at hand offline here, so the
 prior is a bigram model (:class:`leakage.attacks.ngram.BigramPrior`) fitted on public text that is
@@ -15,13 +25,20 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Sequence, Union
 
+import torch
 from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from leakage.attacks.ngram import BigramPrior, prior_lines
 from leakage.attacks.settings import Adam, Budget, Dummies, Objective, Optimizer
-from leakage.engine import checks
 from leakage.attacks.tag import TAG
+from leakage.engine import checks
+from leakage.engine.bestiterate import BestIterate
+from leakage.engine.losses import gradient_distance
+from leakage.records import Observation
+
+#: a relative distance at or below this is float32 rounding: the sequence's update reproduces the observed one
+REPRODUCES = 1e-5
 
 
 class LampObjective(Objective):
@@ -32,7 +49,8 @@ class LampObjective(Objective):
         prior_text: a UTF-8 text file (one sequence per line) the bigram prior is fitted on; None: the
             bundled fortunes 500-999 (disjoint from the default victims, fortunes 0 onward).
         prior_weight: weight of the prior's negative log-likelihood per token (nats) added to the
-            distance of every sequence the discrete search evaluates (0: TAG's search).
+            relative distance (the distance over that of a zero update) of every sequence the discrete
+            search evaluates and of the one reported (0: TAG's search and report).
         (the other arguments: :class:`~leakage.attacks.settings.Objective`)
     """
 
@@ -51,10 +69,11 @@ class LampObjective(Objective):
 
 
 class LAMP(TAG):
-    """LAMP on text: TAG's continuous search, then a discrete search scored by the gradient distance plus
-    ``objective.prior_weight`` x a bigram language model's negative log-likelihood per token, fitted on
-    ``objective.prior_text`` (see :mod:`leakage.attacks.lamp`). Its settings are TAG's, with the
-    objective a :class:`LampObjective`."""
+    """LAMP on text: TAG's continuous search, then a discrete search, and the reported sequence, scored by
+    the relative gradient distance plus ``objective.prior_weight`` x a bigram language model's negative
+    log-likelihood per token, fitted on ``objective.prior_text``; a sequence whose update reproduces the
+    observed one is preferred to any that does not (see :mod:`leakage.attacks.lamp`). Its settings are
+    TAG's, with the objective a :class:`LampObjective`."""
 
     def __init__(
         self,
@@ -69,7 +88,8 @@ class LAMP(TAG):
         dummies: Dummies = lazy_instance(Dummies, relax=True),
         budget: Budget = lazy_instance(Budget, refine_steps=20),
     ) -> None:
-        objective.settings()  # a lazy_instance default sets its attributes at its first method call
+        for settings in (objective, budget):
+            settings.settings()  # a lazy_instance default sets its attributes at its first method call
         if not isinstance(objective, LampObjective):
             raise ValueError("the lamp attack's objective is a LampObjective (its prior_text and prior_weight): "
                              "give objective.prior_weight, not another objective class")
@@ -79,6 +99,12 @@ class LAMP(TAG):
         super().__init__(model, input_shape, num_classes, model_seed, model_weights, objective, labels, optimizer,
                          dummies, budget)
         self._prior: Optional[BigramPrior] = None
+        self._scale: Optional[Tensor] = None
+        self.best = ScoredBest(self.reported_score)
+
+    def _attach(self, observation: Observation) -> None:
+        self._scale = None
+        super()._attach(observation)
 
     def language_prior(self) -> BigramPrior:
         """The bigram prior, fitted once on ``objective.prior_text`` with the run's tokenizer."""
@@ -88,12 +114,50 @@ class LAMP(TAG):
                                       tok.vocab_size)
         return self._prior
 
-    def sequence_penalty(self, p: int, choice: Tensor) -> Tensor:
-        """``prior_weight`` x the mean over the batch's sequences of their NLL per token (the real positions)."""
+    @torch.no_grad()
+    def distance_scale(self) -> Tensor:
+        """Each problem's distance of a zero update ``[P]`` (for ``cosine``, 1): what a relative distance divides by."""
+        if self._scale is None or self._scale.shape[0] != self.num_problems:
+            observed = [o.detach().double() for o in self.observed()]
+            zero = gradient_distance([torch.zeros_like(o) for o in observed], observed, self.objective.distance)
+            self._scale = zero.clamp_min(torch.finfo(torch.float64).tiny).float()
+        return self._scale
+
+    def sequence_score(self, p: int, distance: Tensor, choice: Tensor) -> Tensor:
+        """LAMP's score ``[N]`` of problem ``p``'s sequences ``choice`` ``[N, B, n]`` (candidate indices) at their
+        distances ``[N]``, in the distance's units: ``scale x (relative distance + prior_weight x NLL)``, the NLL
+        the mean over the batch's sequences of their NLL per token (the real positions). A sequence whose
+        relative distance exceeds :data:`REPRODUCES` also pays ``prior_weight x`` the largest NLL the prior can
+        give, so one whose update reproduces the observed one scores lower, whatever the prior says."""
         weight = self.objective.prior_weight
         if weight == 0:
-            return super().sequence_penalty(p, choice)
+            return distance
         kind = self.kind
         ids = kind.candidates[p].cpu()[choice.clamp_min(0)]  # [N, B, n] token ids
         length = kind.lengths[p].cpu().expand(choice.shape[:-1])
-        return weight * self.language_prior().nll(ids, length).mean(-1).float()
+        prior = self.language_prior()
+        nll = prior.nll(ids, length).mean(-1).to(distance)
+        scale = self.distance_scale()[p].to(distance)
+        short = (distance > REPRODUCES * scale).to(distance) * prior.max_nll  # its update does not reproduce the observed
+        return distance + weight * scale * (nll + short)
+
+    @torch.no_grad()
+    def reported_score(self, loss: Tensor, point: tuple[Tensor, ...]) -> Tensor:
+        """The score ``[P]`` the reported iterate is chosen by: the distance in the continuous stage (soft
+        tokens have no sequence to score), :meth:`sequence_score` of the hard sequences in the discrete one."""
+        if self._free is None or self.objective.prior_weight == 0 or loss.shape[0] == 0:
+            return loss
+        choice = self.kind.tokens(point[0]).cpu()  # [P, B, n]
+        return torch.stack([self.sequence_score(p, loss[p:p + 1], choice[p][None])[0] for p in range(loss.shape[0])])
+
+
+class ScoredBest(BestIterate):
+    """A :class:`~leakage.engine.bestiterate.BestIterate` that keeps each problem's point of lowest
+    ``score(loss, point)`` ``[P]`` instead of lowest loss (LAMP: the distance plus its prior)."""
+
+    def __init__(self, score) -> None:
+        super().__init__()
+        self.score = score
+
+    def offer(self, loss: Tensor, point) -> Tensor:
+        return super().offer(self.score(loss.detach(), tuple(point)), point)

@@ -39,7 +39,7 @@ class BigramPrior:
     """A bigram model of token ids, its counts smoothed toward the add-one unigram model
     ``U(w) = (c(w) + 1) / (N + V)``: ``P(w | v) = (c(v, w) + k U(w)) / (c(v) + k)`` (``v`` the previous
     token, a start symbol before the first; add-k smoothing with the unigram as its base, so a pair never
-    seen still prefers frequent tokens), scored as the negative log-likelihood per token (nats).
+    seen still prefers frequent tokens), scored as the negative log-likelihood per token (nats), at most ``max_nll``.
 
     Args:
         sequences: the training text as token-id lists.
@@ -64,6 +64,8 @@ class BigramPrior:
         self.context_counts = torch.bincount(torch.tensor(prev, dtype=torch.long), minlength=self.V + 1)
         uni = torch.bincount(torch.tensor(nxt, dtype=torch.long), minlength=self.V + 1)[: self.V].double()
         self.unigram = torch.cat([(uni + 1) / (uni.sum() + self.V), torch.ones(1)])
+        # no token's NLL exceeds this: an unseen pair after the most frequent context, the rarest unigram
+        self.max_nll = float(-(self.k * self.unigram[: self.V].min() / (self.context_counts.max() + self.k)).log())
 
     def nll(self, tokens: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         """Mean negative log-likelihood per token of each sequence of ``tokens`` ``[..., n]`` over its first

@@ -205,18 +205,18 @@ class TAG(GradientInversion):
                 idx = torch.full((part.shape[0],), p, dtype=torch.long, device=part.device)
                 labels = self.dummy_labels[idx] if joint else None
                 losses.append(self._objective(part, labels, idx))
-            losses = torch.cat(losses) + self.sequence_penalty(p, moves).to(current)
-            score = current[p] + self.sequence_penalty(p, choice[p][None].cpu())[0].to(current)
+            losses = self.sequence_score(p, torch.cat(losses), moves)
+            score = self.sequence_score(p, current[p:p + 1], choice[p][None].cpu())[0]
             best = int(losses.argmin())
             if bool(losses[best] < score):
                 self.dummy_data[p] = proposals[best]
             elif joint or not self._relabel(p, current[p]):
                 self._settled[p] = True
 
-    def sequence_penalty(self, p: int, choice: Tensor) -> Tensor:
-        """What the discrete search adds to the distance of problem ``p``'s sequences ``choice`` ``[N, B, n]``
-        (candidate indices): nothing here; LAMP adds its language-model prior."""
-        return torch.zeros(choice.shape[0])
+    def sequence_score(self, p: int, distance: Tensor, choice: Tensor) -> Tensor:
+        """The discrete search's score ``[N]`` (lower is better) of problem ``p``'s sequences ``choice``
+        ``[N, B, n]`` (candidate indices) at their distances ``[N]``: the distance; LAMP adds its prior."""
+        return distance
 
     def _relabel(self, p: int, loss: Tensor) -> bool:
         """Labels fixed before the attack (iDLG, a batch restoration) tried against the others: each slot's
