@@ -36,6 +36,8 @@ from torch.func import functional_call, grad, vmap
 from leakage.attacks.gradient_inversion import GradientInversion
 from leakage.attacks.matching import SERIAL_PARAMETERS
 from leakage.attacks.settings import Adam, Budget, Dummies, Objective, Optimizer
+from leakage.engine.losses import gradient_distance
+from leakage.federated.fedavg import per_problem_updates
 from leakage.attacks.tokenset import embedding_names, sequence_lengths, token_sets
 from leakage.engine.seeding import generator
 from leakage.records import Observation
@@ -72,6 +74,7 @@ class TAG(GradientInversion):
         self._stable = 0  # steps of stage one over which no problem's most likely tokens changed
         self._last_tokens: Optional[Tensor] = None
         self._discrete_steps = 0
+        self._longest: Optional[Tensor] = None  # [P]: each update's longest sequence (the position embedding's)
         self._match_without_token_embedding()
 
     def _match_without_token_embedding(self) -> None:
@@ -171,6 +174,10 @@ class TAG(GradientInversion):
         super().start_refining()
         with torch.no_grad():
             self.dummy_data.copy_(covered.to(self.dummy_data))
+        kind = self.kind  # each sequence's own length from here on, searched at B > 1 (the longest at first)
+        self._longest = kind.lengths.clone()
+        B = self.dummy_data.shape[1]
+        self.kind = kind.with_token_sets(kind.candidates, kind.lengths[:, None].repeat(1, B))
 
     @torch.no_grad()
     def cover_token_sets(self) -> Tensor:
@@ -234,12 +241,16 @@ class TAG(GradientInversion):
                 done |= True
         return done
 
-    def _proposals(self, choice: Tensor, length: int, k: int) -> Tensor:
-        """Every sequence of ``choice`` ``[B, n]`` (candidate indices) one move away: two positions of a
-        sequence swapped (different tokens only), or one position given another of the ``k`` candidates."""
-        out = []
+    def _proposals(self, choice: Tensor, k: int, longest: int) -> Tensor:
+        """The sequences ``choice`` ``[B, n]`` (candidate indices, -1 past each sequence's length) first, then
+        every one a move away: two positions swapped (different tokens; at B > 1 also across sequences), or one position
+        given another of the ``k`` candidates; at B > 1 also a sequence cut short, or made one longer by any
+        candidate, as long as the longest stays ``longest`` (what the position embedding's update proves)."""
+        out = [choice]
         B = choice.shape[0]
+        lengths = [int((choice[b] >= 0).sum()) for b in range(B)]
         for b in range(B):
+            length = lengths[b]
             for i in range(length):
                 for j in range(i + 1, length):
                     if choice[b, i] != choice[b, j]:
@@ -251,34 +262,79 @@ class TAG(GradientInversion):
                         c = choice.clone()
                         c[b, i] = t
                         out.append(c)
-        return torch.stack(out) if out else choice[None]
+            if B == 1:
+                continue
+            for b2 in range(b + 1, B):  # a token of this sequence and one of another exchanged
+                for i in range(length):
+                    for j in range(lengths[b2]):
+                        if choice[b, i] != choice[b2, j]:
+                            c = choice.clone()
+                            c[b, i], c[b2, j] = choice[b2, j], choice[b, i]
+                            out.append(c)
+            others = max((lengths[o] for o in range(B) if o != b), default=0)
+            for cut in range(1 if others == longest else length, length):  # shorter (positions past: padding)
+                c = choice.clone()
+                c[b, cut:] = -1
+                out.append(c)
+            if length < longest:  # one longer
+                for t in range(k):
+                    c = choice.clone()
+                    c[b, length] = t
+                    out.append(c)
+        return torch.stack(out)
+
+    def _move_losses(self, p: int, moves: Tensor) -> Tensor:
+        """The distance of problem ``p``'s update to the update of each of ``moves`` ``[M, B, n]`` (candidate
+        indices, -1: padding), its labels as the problem's, in chunks of :meth:`problems_at_once` (or 256)."""
+        kind, joint = self.kind, self.hparams.labels == "joint"
+        observed = [o[p:p + 1] for o in self.observed()]  # broadcast over the moves, not copied
+        norm = self.observed_sq_norm()[p:p + 1] if self.objective.distance == "cosine" else None
+        net = self.client_net(self.dummy_data.device)
+        client = self.observation.client
+        losses = []
+        for part in moves.split(self.problems_at_once() or 256):
+            M = part.shape[0]
+            idx = torch.full((M,), p, dtype=torch.long)
+            x = kind.select(idx).with_token_sets(kind.candidates[idx], (part >= 0).sum(-1)).to_input(
+                kind.hard(part.clamp_min(0)).to(self.dummy_data))
+            targets = (self.dummy_labels[idx].softmax(-1) if joint else self.fixed_labels[idx.to(self.fixed_labels.device)])
+            if client is not None:  # FedAvg: the client's local steps, as the objective simulates them
+                grads = per_problem_updates(self.target, x, targets, client, self.schedule[idx], forward=net)
+            else:
+                grads = self.problem_gradients(x, targets, net)
+            losses.append(gradient_distance([grads[n] for n in self.param_names], observed, self.objective.distance,
+                                            norm))
+        return torch.cat(losses)
 
     @torch.no_grad()
     def discrete_step(self) -> None:
-        """One step of the discrete search: per problem not settled, the best sequence one move away
-        replaces the current one when its distance is lower; otherwise the problem is settled."""
+        """One step of the discrete search: per problem not settled, the best sequences one move away
+        replace the current ones when their distance (plus :meth:`sequence_penalty`) is lower; otherwise
+        the problem is settled."""
         kind, joint = self.kind, self.hparams.labels == "joint"
         current = self.matching_loss()
-        choice = kind.tokens(self.dummy_data)  # [P, B, n]
-        chunk = self.problems_at_once() or 256
+        n = kind.seq_len
+        real = torch.arange(n) < kind.lengths.cpu()[..., None]  # [P, B, n]
+        choice = torch.where(real, kind.tokens(self.dummy_data).cpu(), -1)
         for p in range(self.num_problems):
             if self._settled[p] or self.failed[p] or not torch.isfinite(current[p]):
                 continue
             k = int((kind.candidates[p] >= 0).sum())
-            moves = self._proposals(choice[p].cpu(), int(kind.lengths[p]), k)
-            proposals = kind.hard(moves).to(self.dummy_data)
-            losses = []
-            for part in proposals.split(chunk):
-                idx = torch.full((part.shape[0],), p, dtype=torch.long, device=part.device)
-                labels = self.dummy_labels[idx] if joint else None
-                losses.append(self._objective(part, labels, idx))
-            losses = torch.cat(losses) + self.sequence_penalty(p, moves).to(current)
-            score = current[p] + self.sequence_penalty(p, choice[p][None].cpu())[0].to(current)
+            moves = self._proposals(choice[p], k, int(self._longest[p]))
+            losses = self._move_losses(p, moves) + self.sequence_penalty(p, moves).to(current)
             best = int(losses.argmin())
-            if bool(losses[best] < score):
-                self.dummy_data[p] = proposals[best]
+            if best != 0 and bool(losses[best] < losses[0]):
+                self.dummy_data[p] = kind.hard(moves[best].clamp_min(0)).to(self.dummy_data)
+                kind.lengths[p] = (moves[best] >= 0).sum(-1).to(kind.lengths)
             elif joint or not self._relabel(p, current[p]):
                 self._settled[p] = True
+
+    def _reported(self) -> tuple[Tensor, ...]:
+        """In the discrete search, the current sequences: the search moves only to a lower distance, and
+        each sequence's length (at B > 1) belongs to them, not to an earlier iterate."""
+        if self._free is not None:
+            return tuple(t.detach() for t in self.point())
+        return super()._reported()
 
     def sequence_penalty(self, p: int, choice: Tensor) -> Tensor:
         """What the discrete search adds to the distance of problem ``p``'s sequences ``choice`` ``[N, B, n]``
