@@ -7,20 +7,26 @@ What the attack reads from the update before it searches (:mod:`leakage.attacks.
 - each update's **token set**, the non-zero rows of the token embedding's gradient (when more rows are
   non-zero than the batch has positions, a defended update, the ``B x n`` rows of largest norm);
 - each update's **length**, the non-zero rows of the position embedding's gradient: positions past it
-  hold the pad token exactly (padding, to the model), and are never searched.
+  hold the pad token exactly (padding, to the model), and are never searched. In a batch (B > 1) it
+  is the longest sequence's length; each sequence's own is searched (stage two).
 
-Stage one (``max_steps - refine_steps`` steps) is TAG's continuous search. With ``dummies.relax``
-(the default here) the dummy is a softmax over the update's token set at every position
-(:class:`leakage.data.kinds.text.TokenSetText`); without it, free input embeddings (TAG's own
-relaxation), decoded to the nearest token embedding. Stage two (``budget.refine_steps``, with
-``dummies.relax``) is a discrete search in LAMP's spirit: every token is fixed to its most likely
-candidate, and each step evaluates, per problem, every swap of two positions of a sequence and
-every replacement of one position by another candidate of the token set, and keeps the best when it
-lowers the distance; when none does, labels fixed before the attack are tried against the other
-classes (a last layer without bias leaves two classes ambiguous to iDLG), and a problem whose step
-finds nothing better is settled. The reported sequence
-is the best evaluated; a distance of 0 means its update equals the observed one, which the report's
-residuals show (a token sequence is not proven unique by it).
+Stage one (at most ``max_steps - refine_steps`` steps) is TAG's continuous search. With
+``dummies.relax`` (the default here) the dummy is a softmax over the update's token set at every
+position (:class:`leakage.data.kinds.text.TokenSetText`); without it, free input embeddings (TAG's
+own relaxation), decoded to the nearest token embedding. With ``dummies.relax``, stage one ends
+early once no problem's most likely tokens have changed for :attr:`TAG.SETTLE_STEPS` steps. Stage
+two (at most ``budget.refine_steps`` steps, with ``dummies.relax``) is a discrete search in LAMP's
+spirit: every token is fixed to its most likely candidate, and each step evaluates, per problem,
+every swap of two positions (at B > 1 also across sequences), every replacement of one position by
+another candidate of the token set and, at B > 1, every cut of a sequence (the positions past it
+padding) and every one-token extension, the longest kept at the update's length; it keeps the best
+when it lowers the distance. When none does, labels fixed before the attack are tried against the
+other classes (a last layer without bias leaves two classes ambiguous to iDLG), and a problem whose
+step finds nothing better is settled. The sequences a step evaluates go through the model at once
+(``vmap``), and only the matched parameters are differentiated (:meth:`TAG.problem_gradients`).
+The reported sequence is the lowest-distance one (stage two moves only downhill); a distance of 0
+means its update equals the observed one, which the report's residuals show (a token sequence is
+not proven unique by it).
 """
 
 from __future__ import annotations
@@ -243,9 +249,10 @@ class TAG(GradientInversion):
 
     def _proposals(self, choice: Tensor, k: int, longest: int) -> Tensor:
         """The sequences ``choice`` ``[B, n]`` (candidate indices, -1 past each sequence's length) first, then
-        every one a move away: two positions swapped (different tokens; at B > 1 also across sequences), or one position
-        given another of the ``k`` candidates; at B > 1 also a sequence cut short, or made one longer by any
-        candidate, as long as the longest stays ``longest`` (what the position embedding's update proves)."""
+        every one a move away: two positions swapped (different tokens; at B > 1 also across sequences),
+        or one position given another of the ``k`` candidates; at B > 1 also a sequence cut short, or made
+        one longer by any candidate, the longest kept at ``longest`` (what the position embedding's
+        update proves)."""
         out = [choice]
         B = choice.shape[0]
         lengths = [int((choice[b] >= 0).sum()) for b in range(B)]
@@ -338,7 +345,8 @@ class TAG(GradientInversion):
 
     def sequence_penalty(self, p: int, choice: Tensor) -> Tensor:
         """What the discrete search adds to the distance of problem ``p``'s sequences ``choice`` ``[N, B, n]``
-        (candidate indices): nothing here; LAMP adds its language-model prior."""
+        (candidate indices; -1: padding past a sequence's length, at B > 1): nothing here; LAMP adds its
+        language-model prior."""
         return torch.zeros(choice.shape[0])
 
     def _relabel(self, p: int, loss: Tensor) -> bool:
