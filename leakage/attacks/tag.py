@@ -181,6 +181,8 @@ class TAG(GradientInversion):
         with torch.no_grad():
             self.dummy_data.copy_(covered.to(self.dummy_data))
         kind = self.kind  # each sequence's own length from here on, searched at B > 1 (the longest at first)
+        if kind.lengths is None:  # a process with an empty shard: no problem, no token set
+            return
         self._longest = kind.lengths.clone()
         B = self.dummy_data.shape[1]
         self.kind = kind.with_token_sets(kind.candidates, kind.lengths[:, None].repeat(1, B))
@@ -304,7 +306,7 @@ class TAG(GradientInversion):
             idx = torch.full((M,), p, dtype=torch.long)
             x = kind.select(idx).with_token_sets(kind.candidates[idx], (part >= 0).sum(-1)).to_input(
                 kind.hard(part.clamp_min(0)).to(self.dummy_data))
-            targets = (self.dummy_labels[idx].softmax(-1) if joint else self.fixed_labels[idx.to(self.fixed_labels.device)])
+            targets = self.dummy_labels[idx].softmax(-1) if joint else self.fixed_labels[idx.to(self.fixed_labels.device)]
             if client is not None:  # FedAvg: the client's local steps, as the objective simulates them
                 grads = per_problem_updates(self.target, x, targets, client, self.schedule[idx], forward=net)
             else:
@@ -319,6 +321,8 @@ class TAG(GradientInversion):
         replace the current ones when their distance (plus :meth:`sequence_penalty`) is lower; otherwise
         the problem is settled."""
         kind, joint = self.kind, self.hparams.labels == "joint"
+        if self.num_problems == 0:
+            return
         current = self.matching_loss()
         n = kind.seq_len
         real = torch.arange(n) < kind.lengths.cpu()[..., None]  # [P, B, n]
