@@ -4,8 +4,8 @@ scores each check's thresholds were set from (and malicious models' scores besid
     PYTHONPATH=. OMP_NUM_THREADS=1 python bench/audit_checks.py             # timing (target < 1 s per round)
     PYTHONPATH=. OMP_NUM_THREADS=1 python bench/audit_checks.py --calibrate # honest and malicious scores
 
-The model checks are those that read the weights alone (architecture, imprint rows, trap weights,
-class-targeted last layer, transmit-SNR), what a client runs every round before it trains; the batch
+The model checks are those that read the weights alone (architecture, replaced layers, imprint rows, trap
+weights, class-targeted last layer, transmit-SNR), what a client runs every round before it trains; the batch
 checks (D-SNR, single-sample units, what would leak) are timed separately on a batch of 16 images.
 """
 
@@ -60,7 +60,7 @@ def timing(repeats: int) -> None:
 
 
 #: which malicious models each check is meant to catch (the ROC-AUC below is honest against these)
-TARGETS = {"architecture": ("imprint",), "imprint rows": ("imprint",), "trap weights": ("trap",),
+TARGETS = {"architecture": ("imprint",), "replaced layers": ("trap",), "imprint rows": ("imprint",), "trap weights": ("trap",),
            "class-targeted last layer": ("fishing",), "transmit-SNR": ("imprint", "trap", "fishing"),
            "D-SNR": ("fishing",), "single-sample units": ("trap",), "what would leak": ("imprint", "trap")}
 

@@ -92,12 +92,12 @@ def sgd_steps(name: str, seed: int, steps=(1, 3, 10), lr: float = 0.1):
         yield f"{name} seed {seed} {target} SGD steps", snapshot(name, model), init
 
 
-def fedavg_rounds(name: str, seed: int, rounds: int, clients: int = 4):
-    """FedAvg: each round, ``clients`` clients run one local epoch (the package's FedAvg client) on their own
-    images; the global model moves by their mean update."""
+def fedavg_rounds(name: str, seed: int, rounds: int, clients: int = 4, lr: float = 0.1):
+    """FedAvg: each round, ``clients`` clients run one local epoch (the package's FedAvg client, local rate
+    ``lr``) on their own images; the global model moves by their mean update."""
     x, y = train_pool(DATA[name])
     per = 32 if DATA[name] == "mnist" else 8
-    client = FedAvg(local_epochs=1, local_batch_size=per // 4, local_lr=0.1)
+    client = FedAvg(local_epochs=1, local_batch_size=per // 4, local_lr=lr)
     model = fresh(name, seed)
     for r in range(1, rounds + 1):
         start = (r * clients * per) % (x.shape[0] - clients * per + 1)
@@ -168,6 +168,17 @@ def honest_zoo(quick: bool):
                     yield "DP-SGD (Opacus)", label, model, previous
 
 
+def high_rate_zoo(quick: bool):
+    """``(family, label, model, previous)``: honest rounds at learning rates ten and five times the zoo's (SGD at
+    rate 1 from initialisation, FedAvg at local rate 0.5), a probe of the checks that read the previous round;
+    not part of the honest zoo the 1% threshold is set on."""
+    for name in ("mlp", "simple_cnn") if quick else ("lenet", "mlp", "simple_cnn"):
+        for label, model, previous in sgd_steps(name, 500, steps=(1, 3, 10), lr=1.0):
+            yield "high learning rates", label.replace("SGD steps", "SGD steps at rate 1"), model, previous
+        for label, model, previous in fedavg_rounds(name, 600, 1 if quick else 3, lr=0.5):
+            yield "high learning rates", label + " at local rate 0.5", model, previous
+
+
 def matched_ssim(recon: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """``[B]``: each client image's SSIM with the reconstruction the Hungarian matching (l2) gives it."""
     recon = recon.clamp(0, 1)
@@ -178,7 +189,8 @@ def matched_ssim(recon: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 
 def malicious_zoo(quick: bool):
-    """``(server, setting, label, model, previous, batch, ssim per client image)``."""
+    """``(server, setting, label, model, previous, batch, ssim per client image)``: ``previous`` is the round the
+    client trained last (the model the server modified, or the one before the server's honest FedAvg round)."""
     bases = [("lenet", 0), ("mlp", 0), ("lenet", 1), ("mlp", 1)][: 2 if quick else 4]
     for bins in (8, 64) if quick else (2, 8, 32, 128, 512):
         for i, (name, seed) in enumerate(bases):
@@ -195,6 +207,14 @@ def malicious_zoo(quick: bool):
             sent = server.send(base, SHAPES["mnist"])
             yield "trap weights", f"scale {scale:g}", f"trap weights {scale:g} (mlp seed {i})", sent, base, (x, y), \
                 _attack(sent, server, x, y, "trap_weights")
+    for scale in (0.95,) if quick else (0.95, 0.98, 0.99):  # planted after an honest FedAvg round the server ran
+        for i in range(2 if quick else 4):
+            x, y = client_batch("mnist", 30 + i)
+            _, base, previous = next(fedavg_rounds("mlp", 700 + i, 1))
+            server = TrapWeightServer(trap_scale=scale, seed=i)
+            sent = server.send(base, SHAPES["mnist"])
+            yield "trap weights", f"scale {scale:g}, after a FedAvg round", f"trap weights {scale:g} after FedAvg (mlp seed {700 + i})", \
+                sent, previous, (x, y), _attack(sent, server, x, y, "trap_weights")
     xs, ys = images("mnist", range(200))
     for m in (1, 1000) if quick else (0.5, 1, 2, 4, 8, 1000):
         for target in (7,) if quick else (2, 7, 9):

@@ -19,7 +19,7 @@ from leakage.federated.server import ImprintServer, TrapWeightServer
 
 MNIST, CIFAR = (1, 28, 28), (3, 32, 32)
 #: the checks that judge the model's design (the others measure the batch's exposure)
-DESIGN = ("architecture", "imprint rows", "trap weights", "class-targeted last layer", "transmit-SNR")
+DESIGN = ("architecture", "replaced layers", "imprint rows", "trap weights", "class-targeted last layer", "transmit-SNR")
 
 
 def _trained(model, x, y, steps=3, lr=0.1):
@@ -136,7 +136,7 @@ def test_the_transmit_snr_fails_a_first_layer_that_one_unit_dominates():
 
 def test_checks_without_what_they_read_are_skipped_not_passed():
     result = leakage.audit(build_model("mlp", MNIST, 10))
-    for check in ("architecture", "D-SNR", "single-sample units", "what would leak"):
+    for check in ("architecture", "replaced layers", "D-SNR", "single-sample units", "what would leak"):
         assert result[check].verdict == "skipped", check
     assert result.verdict == "pass"
 
@@ -158,7 +158,7 @@ def test_the_cli_exits_non_zero_with_a_readable_table_and_writes_its_files(tmp_p
               str(tmp_path / "honest.safetensors"), "--batch", "0-15", "--out", str(tmp_path / "bad")])
     assert done.value.code == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("audit of the received model (leakage.engine.models.MLP): FAIL; failed: trap weights")
+    assert lines[0].startswith("audit of the received model (leakage.engine.models.MLP): FAIL; failed: replaced layers, trap weights")
     assert lines[1].split() == ["check", "score", "verdict", "reason"]
     row = next(line for line in lines if line.startswith("trap weights"))
     assert row.split()[2:4] == ["0.36", "fail"]
@@ -268,3 +268,69 @@ def test_the_result_is_plain_data(tmp_path):
     data = json.loads(paths["metrics"].read_text())
     assert data["verdict"] == "pass" and len(data["checks"]) == len(result.findings)
     assert data["checks"][0]["check"] == "architecture" and data["checks"][0]["score"] is None  # skipped
+
+
+@pytest.mark.parametrize("trained_first", [False, True])
+def test_trap_weights_too_close_to_symmetric_for_the_weight_check_fail_as_a_replaced_layer(trained_first):
+    """Trap weights of scale 0.98 sit inside the honest spread of the rows' balance, but the server threw the
+    first layer's previous weights away: against the round the client trained last, that layer fails, named.
+    Also when the server trained the model honestly (here 3 SGD steps on other images) before planting them."""
+    from leakage.audit import ReplacedLayers
+
+    x, y = bundled_images("mnist", list(range(16)))
+    previous = build_model("mlp", MNIST, 10, seed=3)
+    base = _trained(previous, *bundled_images("mnist", list(range(500, 532)))) if trained_first else previous
+    sent = TrapWeightServer(trap_scale=0.98, seed=1).send(base, MNIST)
+    result = leakage.audit(sent, previous=previous, batch=(x, y))
+    replaced = result["replaced layers"]
+    assert replaced.verdict == "fail" and result.verdict == "fail" and result.exit_code == 1
+    assert replaced.details["layer"] == "net.1.weight" and replaced.details["replaced"] == ["net.1.weight"]
+    assert replaced.score > 0.95 and abs(replaced.details["cosine"]) < 0.05  # none of the previous layer is left
+    assert replaced.reason.startswith("a layer replaced, not trained: 'net.1.weight' dropped")
+    assert result["trap weights"].verdict == "pass"  # |ln 0.98| = 0.02: the weights alone do not show it
+    assert replaced.score == ReplacedLayers().run(_received(sent, previous)).score
+
+
+def _received(model, previous):
+    from leakage.audit import Received
+    from leakage.audit.base import float_state
+
+    return Received(float_state(model.state_dict()), previous=float_state(previous.state_dict()))
+
+
+@pytest.mark.parametrize("name,lr", [("mlp", 0.1), ("mlp", 1.0), ("lenet", 0.5)])
+def test_honest_rounds_keep_their_previous_weights_even_at_high_learning_rates(name, lr):
+    """An honest round moves every layer by an update nearly orthogonal to its weights: the share dropped stays
+    near 0 however large the step (measured at most 0.10 in the benchmark's zoo)."""
+    previous = build_model(name, MNIST, 10, seed=4)
+    trained = _trained(previous, *bundled_images("mnist", list(range(500, 564))), steps=5, lr=lr)
+    finding = leakage.audit(trained, previous=previous)["replaced layers"]
+    assert finding.verdict == "pass", finding.reason
+    assert finding.score < 0.2 and finding.details["layers"] == (2 if name == "mlp" else 4)
+    assert finding.reason.startswith(f"every layer of {finding.details['layers']} kept its previous weights")
+
+
+def test_a_re_initialised_convolution_is_named_and_nothing_to_compare_is_skipped():
+    lenet = build_model("lenet", MNIST, 10, seed=1)
+    swapped = copy.deepcopy(lenet)
+    torch.nn.init.kaiming_uniform_(swapped.body[0].weight)  # a fresh draw: the previous filters are gone
+    finding = leakage.audit(swapped, previous=lenet)["replaced layers"]
+    assert finding.verdict == "fail" and finding.details["replaced"] == ["body.0.weight"]
+    assert leakage.audit(lenet, previous=lenet)["replaced layers"].score == 0.0
+    # a previous round with no layer of the same name and shape: nothing to read, skipped (never passed)
+    other = {"other.weight": torch.ones(3, 3)}
+    skipped = leakage.audit(lenet, previous=other)["replaced layers"]
+    assert skipped.verdict == "skipped" and "no weight matrix" in skipped.reason
+    assert leakage.audit(lenet)["replaced layers"].reason.startswith("no previous round given")
+
+
+def test_a_layer_that_lost_part_of_its_previous_weights_warns_without_saying_replaced():
+    from leakage.audit import ReplacedLayers
+
+    previous = build_model("mlp", MNIST, 10, seed=2)
+    shrunk = copy.deepcopy(previous)
+    with torch.no_grad():
+        shrunk.net[3].weight.mul_(0.3)  # 70% of the classifier's previous weights dropped, the direction kept
+    finding = leakage.audit(shrunk, previous=previous, checks=[ReplacedLayers()])["replaced layers"]
+    assert finding.verdict == "warn" and abs(finding.score - 0.7) < 1e-6 and finding.details["cosine"] > 0.999
+    assert finding.reason.endswith("trained hard, or partly replaced") and "replaced, not trained" not in finding.reason

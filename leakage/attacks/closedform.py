@@ -187,6 +187,8 @@ class ClosedFormAttack(Attack):
         except ValueError:  # no linear classifier: the labels stay as restored
             return labels, evaluation, rel
         grads = label_gradients(obs)
+        if f"{name}.weight" not in grads:  # a client that did not train the head: nothing to pair the labels with
+            return labels, evaluation, rel
         bias = grads.get(f"{name}.bias")
         net = client_view(self.target.to(x.device), obs.client_mode).to(x.device)
         paired, argmax = labels.clone(), labels.clone()
@@ -207,8 +209,8 @@ class ClosedFormAttack(Attack):
 
     def _relative(self, evaluation: dict[str, Tensor]) -> Tensor:
         """``|g(x, y) - g_obs| / |g_obs|`` ``[V]`` from a residual's squared l2 distance."""
-        names = [n for n, _ in self.target.named_parameters()]
         shared = self.observation.gradient_estimate()
+        names = [n for n, _ in self.target.named_parameters() if n in shared]  # what the client shared
         observed = squared_norms([shared[n].double() for n in names])
         l2, observed = evaluation["loss"].double().cpu(), observed.cpu()
         # an all-zero update proves nothing about its batch: NaN, never certified
@@ -231,8 +233,8 @@ class ClosedFormAttack(Attack):
         else:
             sched = schedules(obs.client, obs.batch_size, obs.update_keys).to(x.device)
             grads = per_problem_updates(target, clean, labels, obs.client, sched, forward=net)
-        names = [n for n, _ in target.named_parameters()]
         shared = obs.gradient_estimate()  # FedAvg: pseudo-gradient units, as per_problem_updates gives
+        names = [n for n, _ in target.named_parameters() if n in shared]  # what the client shared
         observed = [shared[n].to(x.device) for n in names]
         mine = [grads[n].detach() for n in names]
         nan = torch.where(torch.isfinite(x.flatten(1)).all(dim=1), 0.0, float("nan"))

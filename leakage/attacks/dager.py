@@ -150,6 +150,10 @@ class DagerAttack(ClosedFormAttack):
                 self.unread[v] = True
                 continue
             proven[v] = all(found.exact)
+            if f"{head}.weight" not in grads:  # a client that did not train the head (its trainable patterns)
+                self.notes.append(f"victim {v}: labels not read: the update has no gradient for {head}.weight "
+                                  "(the client did not train the classifier head); reported as class 0")
+                continue
             bias = grads.get(f"{head}.bias") if layer.bias is not None else None
             labels[v] = head_labels(self.target, x[v].to(self.device), grads[f"{head}.weight"][v],
                                     None if bias is None else bias[v], pad).cpu()

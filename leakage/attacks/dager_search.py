@@ -69,12 +69,40 @@ class DecoderLayers:
         if blocks < 2:
             raise ValueError(f"DAGER needs a decoder with at least 2 blocks (it tests the inputs of blocks 0 and 1); "
                              f"this one has {blocks}")
-        prefix = f"{name}." if name else ""
         self.model = model
-        #: the shared gradients DAGER reads: block 0's and block 1's c_attn weights ``[d, 3d]``
-        self.grad_names = (f"{prefix}h.0.attn.c_attn.weight", f"{prefix}h.1.attn.c_attn.weight")
+        names: dict[int, str] = {}
+        for n, p in model.named_parameters():
+            names.setdefault(id(p), n)
+        attn = [self.body.h[i].attn.c_attn for i in (0, 1)]
+        #: the shared gradients DAGER reads: block 0's and block 1's c_attn weights ``[d, 3d]`` (a LoRA-wrapped
+        #: layer's is its ``base_layer.weight``)
+        self.grad_names = tuple(names[id(getattr(a, "base_layer", a).weight)] for a in attn)
+        #: or, where a client trains only LoRA adapters (:mod:`leakage.engine.lora`), the adapters' A weights
+        #: ``[r, d]`` of each block's c_attn (empty without adapters)
+        self.lora_names = tuple(tuple(names[id(m.weight)] for m in getattr(a, "lora_A", {}).values()) for a in attn)
         self.vocab_size = self.body.wte.weight.shape[0]
         self.max_positions = self.body.wpe.weight.shape[0]
+
+    def span_gradients(self, gradients: Mapping[str, Tensor]) -> list[tuple[Tensor, bool, str]]:
+        """Block 0's and block 1's gradient whose columns span the attention inputs, with ``rows_are_inputs``
+        and where it comes from: the c_attn weight's ``[d, 3d]``, else (a client that trains only LoRA adapters)
+        the adapters' A weights ``[r, d]`` stacked: ``dL/dA = s (G B^T)^T X`` lies in the inputs' span as well,
+        with rank at most ``r``. Neither shared: a one-line ValueError."""
+        out = []
+        for name, lora in zip(self.grad_names, self.lora_names):
+            if name in gradients:
+                out.append((gradients[name], True, "c_attn"))
+            elif lora and all(n in gradients for n in lora):
+                A = torch.cat([gradients[n] for n in lora])
+                if not bool(A.ne(0).any()):
+                    raise ValueError(f"the LoRA A gradient of {name.rsplit('.', 2)[0]} is all zeros (a fresh adapter: "
+                                     "B = 0 makes dL/dA = 0): DAGER has no span to read until B has been trained")
+                out.append((A, False, "LoRA A"))
+            else:
+                raise ValueError(f"the shared update has no gradient for {name}" + (" nor its LoRA A adapter" if lora else "")
+                                 + ": DAGER reads blocks 0 and 1's attention-input gradients (share them, or attack a "
+                                 "model that trains them)")
+        return out
 
     def room(self, block: int) -> int:
         """The dimension of the space block ``block``'s attention inputs can fill: ``d``, or ``d - 1`` when its
@@ -182,13 +210,15 @@ def dager_decoder(model: nn.Module, gradients: Mapping[str, Tensor], batch_size:
     layers = DecoderLayers(model)
     if seq_len > layers.max_positions:
         raise ValueError(f"seq_len {seq_len} exceeds the model's {layers.max_positions} positions")
-    missing = [n for n in layers.grad_names if n not in gradients]
-    if missing:
-        raise ValueError(f"the shared update has no gradient for {missing[0]}: DAGER reads blocks 0 and 1's "
-                         "c_attn weight gradients (share them, or attack a model that trains them)")
-    spans = [input_span(gradients[n], rank_tol) for n in layers.grad_names]
+    sources = layers.span_gradients(gradients)
+    spans = [input_span(g, rank_tol, rows) for g, rows, _ in sources]
     dim = spans[0].dim
     notes: list[str] = []
+    for i, ((g, _, where), span) in enumerate(zip(sources, spans)):
+        if where == "LoRA A" and span.rank >= g.shape[0]:
+            notes.append(f"block {i}'s span is read from its LoRA A gradient, whose rank {span.rank} is the adapter's "
+                         "full rank: where the batch has more independent inputs than that, the span holds only part "
+                         "of them and their tokens fail the test")
     full = [span.rank >= layers.room(i) for i, span in enumerate(spans)]
     for i, span in enumerate(spans):
         if full[i]:

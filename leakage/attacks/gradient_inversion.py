@@ -20,6 +20,7 @@ from leakage.engine import memory
 from leakage.engine.allocator import keep_freed_memory
 from leakage.engine.bestiterate import BestIterate
 from leakage.federated.client import batchnorm_layers
+from leakage.federated.trainable import shared_names
 from leakage.records import Observation
 from leakage.engine.distributed import all_done
 from leakage.attacks.family import Attack
@@ -169,6 +170,7 @@ class GradientInversion(GradientMatching, Attack):
         V, B, R = observation.num_victims, observation.batch_size, self.dummies.restarts
         P = V * R
         observed = observation.gradient_estimate()  # FedAvg: pseudo-gradient units, whichever the client shares
+        self.param_names = shared_names(self.param_names, observed)  # a client that trains part of the model
         for i, name in enumerate(self.param_names):
             g = observed[name].repeat_interleave(R, dim=0)
             self.register_buffer(f"observed_{i}", g, persistent=False)

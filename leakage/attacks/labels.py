@@ -257,6 +257,14 @@ def observed_labels(model: torch.nn.Module, gradients: dict[str, Tensor], batch_
                          f"labels 'joint' or a batch strategy ({', '.join(BATCH_STRATEGIES)})")
     if V == 0:  # a process with an empty shard: nothing to restore
         return torch.zeros(0, batch_size, dtype=torch.long)
+    try:
+        head = f"{last_linear(model)[0]}.weight"
+    except ValueError:  # no linear classifier: the strategy says so itself
+        head = None
+    if head is not None and head not in gradients:  # a client that trained only part of the model (its trainable)
+        raise ValueError(f"the update has no gradient for {head} (the client did not train the classifier head): "
+                         f"label strategy {strategy!r} reads it; use labels 'joint' or 'known', or a client that "
+                         "trains the head")
     if strategy == "idlg":
         name, layer = last_linear(model)
         bias = gradients[f"{name}.bias"] if layer.bias is not None else None

@@ -32,7 +32,8 @@ _RANGE = re.compile(r"^(\d+)-(\d+)$")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leakage audit", description="Check the model a federated-learning server sent "
-                                "before training on it: architecture drift, imprint rows, trap weights, a class-targeted "
+                                "before training on it: architecture drift, layers replaced since the previous round, "
+                                "imprint rows, trap weights, a class-targeted "
                                 "last layer, transmit-SNR, D-SNR on your batch, and what a malicious read-out takes from it.",
                                 exit_on_error=False)
     p.add_argument("--model", required=True, help="the architecture you run: a built-in name (lenet, mlp, simple_cnn, resnet18)")

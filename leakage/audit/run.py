@@ -24,6 +24,7 @@ from leakage.audit.base import Check, Received, _plain, as_batch, float_state, m
 from leakage.audit.batchchecks import DSNR, SingleSampleUnits
 from leakage.audit.leaks import WhatLeaks
 from leakage.audit.result import AuditResult
+from leakage.audit.rounds import ReplacedLayers
 from leakage.audit.structure import ArchitectureDrift, ClassTargeted, ImprintRows, TransmitSNR, TrapWeights
 from leakage.engine.files import read_tensors
 from leakage.engine.models import model_name
@@ -33,7 +34,7 @@ Weights = Union[nn.Module, Mapping[str, Tensor], str, Path]
 
 def default_checks() -> list[Check]:
     """Every check with its calibrated thresholds, in the order the table shows them."""
-    return [ArchitectureDrift(), ImprintRows(), TrapWeights(), ClassTargeted(), TransmitSNR(), DSNR(),
+    return [ArchitectureDrift(), ReplacedLayers(), ImprintRows(), TrapWeights(), ClassTargeted(), TransmitSNR(), DSNR(),
             SingleSampleUnits(), WhatLeaks()]
 
 
@@ -69,7 +70,7 @@ def audit(model: Union[nn.Module, Mapping[str, Tensor]], previous: Optional[Weig
         model: the received model (an ``nn.Module`` with the received weights: every check runs), or its
             state_dict alone (the weight checks run; those on the batch are skipped).
         previous: the previous round's weights (a module, a state_dict or a weights file): the architecture
-            check compares names and shapes, and finds layers replaced rather than trained.
+            check compares names and shapes, and the replaced-layers check finds layers replaced rather than trained.
         batch: the client's own ``(x, y)``, ``x`` ``[B, *input_shape]``, ``y`` ``[B]``: D-SNR, single-sample
             units and what would leak run on it, on this machine (nothing is sent anywhere).
         architecture: the architecture the client pinned: a module (names, shapes and submodule classes), a

@@ -440,6 +440,7 @@ class VictimDataModule(pl.LightningDataModule):
             else:
                 grads = client_updates(model, self.secret.images, self.secret.labels, self.client, keys,
                                        self.client_mode)
+            grads = self.client_protocol.shared_update(grads, model)  # only what the client trains (its trainable/freeze)
         labels = None
         if self.public_labels:
             if self.secret is None:

@@ -86,7 +86,8 @@ class TextClassifier(nn.Module):
         if self.causal:
             base = self.model.base_model
             hidden = base(inputs_embeds=embeds).last_hidden_state
-            head = getattr(self.model, "score", None) or getattr(self.model, "classifier")
+            head = next(h for h in (getattr(self.model, k, None) for k in ("score", "classifier", "lm_head"))
+                        if h is not None)  # lm_head: a language model's tied head (:func:`tied_text_model`)
             logits = head(hidden)  # [B, n, K]
             last = (mask.long().sum(-1) - 1).clamp_min(0)
             return logits.gather(1, last[:, None, None].expand(-1, 1, logits.shape[-1])).squeeze(1)
@@ -117,12 +118,15 @@ def _config(name: str, num_classes: int, seq_len: int):
 ATTENTION = "eager"
 
 
-def text_model(name: str, seq_len: int, num_classes: int) -> TextClassifier:
+def text_model(name: str, seq_len: int, num_classes: int, layers: Optional[int] = None) -> TextClassifier:
     """A built-in text model (:data:`TEXT_MODELS`) at random initialisation from the global RNG (the
-    caller seeds it), for sequences of ``seq_len`` tokens."""
+    caller seeds it), for sequences of ``seq_len`` tokens; ``layers``: that many blocks instead of the
+    built-in's."""
     if seq_len > MAX_POSITIONS:
         raise ValueError(f"the built-in text models take sequences of up to {MAX_POSITIONS} tokens, got seq_len {seq_len}")
     config = _config(name, num_classes, seq_len)
+    if layers is not None:
+        config.num_hidden_layers = layers  # GPT-2's n_layer is an alias of it
     config._attn_implementation = ATTENTION
     if TEXT_MODELS[name][0] == "gpt2":
         from transformers import GPT2ForSequenceClassification as cls
@@ -160,3 +164,23 @@ class PretrainedText(TextClassifier):
                              "config.json and model.safetensors, or local_only false and a hub name)") from None
         pad = pad_token_id if pad_token_id is not None else getattr(model.config, "pad_token_id", None)
         super().__init__(model, GPT2_PAD if pad is None else int(pad))
+
+
+def tied_text_model(name: str, seq_len: int) -> TextClassifier:
+    """A GPT-2 built-in (``gpt2_tiny`` or ``gpt2_small``) whose output layer is its token embedding, tied
+    (``GPT2LMHeadModel``, ``tie_word_embeddings``): it classifies a sequence by the next token it predicts at
+    the last real token, so its logits are the whole vocabulary's (class ``k`` is token ``k``) and, unlike a
+    sequence classifier's untied embedding, every row of the embedding's gradient is non-zero (the output
+    layer's part). At random initialisation from the global RNG (the caller seeds it); built for the token
+    set's thresholded rule (:mod:`leakage.attacks.tokenset`), not a built-in name of ``--model.model``."""
+    if TEXT_MODELS.get(name, ("",))[0] != "gpt2":
+        raise ValueError(f"a tied text model is built from gpt2_tiny or gpt2_small, got {name!r}")
+    from transformers import GPT2LMHeadModel
+
+    config = _config(name, 2, seq_len)
+    config.tie_word_embeddings = True
+    config._attn_implementation = ATTENTION
+    model = GPT2LMHeadModel(config)
+    if model.lm_head.weight is not model.transformer.wte.weight:
+        model.tie_weights()
+    return TextClassifier(model, GPT2_PAD)

@@ -15,6 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from leakage.engine.files import read_tensors
 from leakage.engine.models import num_logits
 from leakage.engine.precision import full_precision
+from leakage.federated.trainable import check_patterns, only, trained_names
 
 #: how a client runs its model for its update: ``train`` (what FL clients do: BatchNorm normalises
 #: with the batch's own statistics) or ``eval`` (running statistics)
@@ -33,15 +34,37 @@ class Client:
             clients do: BatchNorm normalises with the batch's own statistics; dropout off) or ``eval``
             (running statistics). The attack simulates the same mode. Models without BatchNorm give
             the same update either way.
+        trainable: the parameters the client trains and shares, as regular expressions searched in their
+            names (``[lora_, score]``: LoRA adapters and GPT-2's classifier head); None (the default): every
+            parameter. See :mod:`leakage.federated.trainable`.
+        freeze: parameters the client does not train, and so never shares (``[wte, wpe]``: GPT-2's token
+            and position embeddings), as regular expressions; applied after ``trainable``.
     """
 
     #: the protocol's name in reports
     name = ""
 
-    def __init__(self, client_mode: str = "train") -> None:
+    def __init__(self, client_mode: str = "train", trainable: Optional[list[str]] = None,
+                 freeze: Optional[list[str]] = None) -> None:
         if client_mode not in CLIENT_MODES:
             raise ValueError(f"unknown client_mode {client_mode!r}; choose one of {', '.join(CLIENT_MODES)}")
         self.client_mode = client_mode
+        self.trainable = check_patterns(trainable, "client.trainable")
+        self.freeze = check_patterns(freeze, "client.freeze") or ()
+
+    @property
+    def trains_all(self) -> bool:
+        """Whether the client trains (and shares) every parameter: no ``trainable`` or ``freeze`` pattern."""
+        return self.trainable is None and not self.freeze
+
+    def trained(self, model: nn.Module) -> list[str]:
+        """The names of ``model``'s parameters this client trains and shares (checked: one line when a pattern
+        matches nothing or nothing is left)."""
+        return trained_names((n for n, _ in model.named_parameters()), self.trainable, self.freeze)
+
+    def shared_update(self, update: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+        """The part of a full ``update`` this client shares: the entries of the parameters it trains."""
+        return dict(update) if self.trains_all else only(update, self.trained(model))
 
     def for_batch(self, batch_size: int):
         """The FedAvg client's public settings for a batch of ``batch_size`` images
@@ -49,7 +72,8 @@ class Client:
         return None
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(client_mode={self.client_mode!r})"
+        parts = "" if self.trains_all else f", trainable={self.trainable!r}, freeze={list(self.freeze)!r}"
+        return f"{type(self).__name__}(client_mode={self.client_mode!r}{parts})"
 
 
 class FedSGD(Client):
@@ -57,12 +81,15 @@ class FedSGD(Client):
 
     Args:
         client_mode: ``train`` or ``eval`` (see :class:`Client`).
+        trainable: the parameters it trains and shares, as name patterns; None: all (see :class:`Client`).
+        freeze: parameters it does not train nor share, as name patterns (see :class:`Client`).
     """
 
     name = "fedsgd"
 
-    def __init__(self, client_mode: Literal["train", "eval"] = "train") -> None:
-        super().__init__(client_mode)
+    def __init__(self, client_mode: Literal["train", "eval"] = "train", trainable: Optional[list[str]] = None,
+                 freeze: Optional[list[str]] = None) -> None:
+        super().__init__(client_mode, trainable, freeze)
 
 
 def client_view(model: nn.Module, mode: str = "train") -> nn.Module:
@@ -78,9 +105,9 @@ def client_view(model: nn.Module, mode: str = "train") -> nn.Module:
     """
     if mode not in CLIENT_MODES:
         raise ValueError(f"unknown client mode {mode!r}; choose one of {', '.join(CLIENT_MODES)}")
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under each of its names
     view = copy.deepcopy(model)
-    for name, _ in list(view.named_parameters()):  # share the parameters, do not copy them
+    for name, _ in list(view.named_parameters(remove_duplicate=False)):  # share the parameters, do not copy them
         owner, _, leaf = name.rpartition(".")
         setattr(view.get_submodule(owner) if owner else view, leaf, params[name])
     if mode == "train":

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from leakage.federated.client import Client, check_batch, client_view
+from leakage.federated.trainable import trained_names
 from leakage.engine.precision import full_precision
 from leakage.engine.seeding import generator
 
@@ -54,6 +55,9 @@ class FedAvgClient:
         shuffle_seed: the public seed of the mini-batch order.
         share: ``delta`` (``w_K - w_0``, what FedAvg sends) or ``pseudo_gradient``
             (``(w_0 - w_K) / local_lr``).
+        trainable: the parameters the client trains and shares (name patterns, :mod:`leakage.federated.trainable`);
+            None: all.
+        freeze: parameters it leaves as received and does not share (name patterns).
     """
 
     local_steps: int = 1
@@ -62,6 +66,13 @@ class FedAvgClient:
     shuffle: bool = True
     shuffle_seed: int = 0
     share: Literal["delta", "pseudo_gradient"] = "delta"
+    trainable: Optional[tuple[str, ...]] = None
+    freeze: tuple[str, ...] = ()
+
+    def trained(self, model: nn.Module) -> list[str]:
+        """The names of ``model``'s parameters the client trains (all, unless ``trainable``/``freeze`` say otherwise)."""
+        names = [n for n, _ in model.named_parameters()]
+        return names if self.trainable is None and not self.freeze else trained_names(names, self.trainable, self.freeze)
 
     def __post_init__(self) -> None:
         if not isinstance(self.local_steps, int) or isinstance(self.local_steps, bool) or self.local_steps < 1:
@@ -118,6 +129,9 @@ class FedAvg(Client):
         shuffle_seed: the public seed of the mini-batch order (with each update's key).
         share: ``delta`` (``w_K - w_0``) or ``pseudo_gradient`` (``(w_0 - w_K) / local_lr``).
         client_mode: ``train`` or ``eval`` (see :class:`leakage.federated.client.Client`).
+        trainable: the parameters it trains and shares, as name patterns; None: all (see
+            :class:`leakage.federated.client.Client`).
+        freeze: parameters it leaves as received and does not share, as name patterns.
     """
 
     name = "fedavg"
@@ -125,8 +139,9 @@ class FedAvg(Client):
     def __init__(self, local_steps: int = 1, local_epochs: Optional[int] = None, local_lr: float = 0.1,
                  local_batch_size: Optional[int] = None, shuffle: bool = True, shuffle_seed: int = 0,
                  share: Literal["delta", "pseudo_gradient"] = "delta",
-                 client_mode: Literal["train", "eval"] = "train") -> None:
-        super().__init__(client_mode)
+                 client_mode: Literal["train", "eval"] = "train", trainable: Optional[list[str]] = None,
+                 freeze: Optional[list[str]] = None) -> None:
+        super().__init__(client_mode, trainable, freeze)
         if local_epochs is not None:
             if local_steps != 1:
                 raise ValueError("set local_steps or local_epochs, not both")
@@ -146,13 +161,15 @@ class FedAvg(Client):
         steps = (self.local_steps if self.local_epochs is None
                  else epochs_to_steps(self.local_epochs, batch_size, self.local_batch_size))
         client = FedAvgClient(local_steps=steps, local_lr=self.local_lr, local_batch_size=self.local_batch_size,
-                              shuffle=self.shuffle, shuffle_seed=self.shuffle_seed, share=self.share)
+                              shuffle=self.shuffle, shuffle_seed=self.shuffle_seed, share=self.share,
+                              trainable=self.trainable, freeze=self.freeze)
         client.mini_batch(batch_size)
         return client
 
     def __repr__(self) -> str:
         return (f"FedAvg(local_steps={self.local_steps}, local_epochs={self.local_epochs}, local_lr={self.local_lr}, "
-                f"local_batch_size={self.local_batch_size}, share={self.share!r}, client_mode={self.client_mode!r})")
+                f"local_batch_size={self.local_batch_size}, share={self.share!r}, client_mode={self.client_mode!r}"
+                + ("" if self.trains_all else f", trainable={self.trainable!r}, freeze={list(self.freeze)!r}") + ")")
 
 
 def epochs_to_steps(local_epochs: int, batch_size: int, local_batch_size: Optional[int]) -> int:
@@ -197,7 +214,8 @@ def train_locally(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, 
     ``y`` ``[B]``. ``forward`` is the module whose forward pass runs with ``model``'s parameters
     (:func:`leakage.federated.client.client_view`); default: ``model`` itself, in its own train/eval mode."""
     net = model if forward is None else forward
-    params = [p for p in model.parameters()]
+    named = dict(model.named_parameters())
+    params = [named[n] for n in client.trained(model)]  # a frozen parameter stays as received
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.SGD(params, lr=client.local_lr)
@@ -219,7 +237,8 @@ def fedavg_update(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, 
     local = copy.deepcopy(model)
     start = {n: p.detach().clone() for n, p in local.named_parameters()}
     train_locally(local, x, y, client, key, forward=client_view(local, mode))
-    return {n: _shared(client, p.detach() - start[n]) for n, p in local.named_parameters()}
+    params = dict(local.named_parameters())
+    return {n: _shared(client, params[n].detach() - start[n]) for n in client.trained(local)}
 
 
 def client_updates(model: nn.Module, x: Tensor, y: Tensor, client: FedAvgClient, keys: Sequence[int],
@@ -253,19 +272,21 @@ def per_problem_updates(model: nn.Module, x: Tensor, targets: Tensor, client: Fe
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in net.named_buffers()}
     lr = client.local_lr
+    trained = client.trained(model)  # the others stay as received (a client that freezes some)
+    frozen = {n: v for n, v in params.items() if n not in set(trained)}
 
     def loss(p: dict[str, Tensor], xb: Tensor, tb: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(net, (p, buffers), (xb,)), tb)
+        return F.cross_entropy(functional_call(net, ({**p, **frozen}, buffers), (xb,)), tb)
 
     step_grad = grad(loss)
 
     def one(xp: Tensor, tp: Tensor, sched: Tensor) -> dict[str, Tensor]:
-        delta = {n: torch.zeros_like(v) for n, v in params.items()}
+        delta = {n: torch.zeros_like(params[n]) for n in trained}
         for k in range(sched.shape[0]):
             idx = sched[k]
-            w = {n: params[n] + delta[n] for n in params}
+            w = {n: params[n] + delta[n] for n in trained}
             g = step_grad(w, xp[idx], tp[idx])
-            delta = {n: delta[n] - lr * g[n] for n in params}
+            delta = {n: delta[n] - lr * g[n] for n in trained}
         return {n: d / -lr for n, d in delta.items()}
 
     return vmap(one, randomness="different")(x, targets, schedule)  # a model's own noise (PRECODE): one draw per update
