@@ -75,14 +75,13 @@ def main() -> None:
             ids = dm.secret.images[p].long()[:, :L]
             if not all(int(t) in cand.tolist() for t in ids.flatten()):  # a padded sequence: the search cannot write it
                 continue
-            truth = torch.zeros(B, args.seq_len, dtype=torch.long)  # past the length: padding, whatever the index
+            truth = torch.full((B, args.seq_len), -1, dtype=torch.long)  # past the length: padding
             truth[:, :L] = torch.tensor([[cand.tolist().index(int(t)) for t in seq] for seq in ids])
-            moves = torch.cat([truth[None], attack._proposals(truth, L, K)])
+            moves = attack._proposals(truth, K, L)  # the truth first, then every sequence a move away
             with torch.no_grad():
-                d = torch.cat([attack._objective(part, None, torch.full((part.shape[0],), p))
-                               for part in kind.hard(moves).split(128)]).double()
+                d = attack._move_losses(p, moves).double()
             rel = d / attack.distance_scale()[p].double()
-            nll = prior.nll(cand[moves.clamp_min(0)], torch.full(moves.shape[:-1], L)).mean(-1)
+            nll = prior.nll(cand[moves.clamp_min(0)], (moves >= 0).sum(-1)).mean(-1)
             rows.append((float(nll[0]), float(rel[0]), nll[1:], rel[1:]))
         n = sum(r[2].numel() for r in rows)
         likelier = sum(int((r[2] <= r[0]).sum()) for r in rows) / n

@@ -22,8 +22,9 @@ the same inputs, and the script checks that they are the same:
 breaching runs its ``tag`` attack config as shipped (TAG's objective, joint optimisation of the
 embeddings and labels with its BERT-Adam, 1,000 steps, tokens read back as the nearest embedding over
 the whole vocabulary; ``--breaching-steps`` changes the budget); leakage runs ``configs/text_tag.yaml``
-(the token set and length read from the update, a softmax over the set per position, 200 continuous
-steps, then 20 of discrete search) as ``leakage fit`` runs it. Each tool runs in its own process, one
+(the token set and length read from the update, a softmax over the set per position, continuous
+steps until no position's most likely token changes for 10 steps (200 at most), then at most 20 of
+discrete search) as ``leakage fit`` runs it. Each tool runs in its own process, one
 thread. Both are scored by the same function (``TextKind.evaluate``: ROUGE-1/2 F of the decoded
 text, token accuracy, exact sequences) and timed (the attack alone: process start and imports left out).
 """
@@ -139,7 +140,7 @@ def leakage_job(job_dir: Path, seq_len: int, indices: list[int]) -> None:
     recon = dm.observation.kind.decode(result["recon"].detach().cpu())
     torch.save({"recon": recon.view(inputs["ids"].shape)}, job_dir / "leakage.pt")
     (job_dir / "leakage.json").write_text(json.dumps(
-        {"seconds": seconds, "cpu_seconds": cpu_seconds, "steps": cfg["trainer"]["max_steps"],
+        {"seconds": seconds, "cpu_seconds": cpu_seconds, "steps": trainer.global_step, "max_steps": cfg["trainer"]["max_steps"],
          "update_sha256": update_sha(dm.observation.gradients), "threads": torch.get_num_threads()}))
 
 
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
           f"breaching's own client gives the update to within {b['client_max_diff']:.1e} of its largest entry\n")
     rows = []
     for tool, r, run_name in (("breaching", b, f"`tag` ({b['steps']} steps, joint labels, {b['token_recovery']})"),
-                              ("leakage", lk, f"`configs/{CONFIG}.yaml` ({lk['steps']} steps)")):
+                              ("leakage", lk, f"`configs/{CONFIG}.yaml` ({lk['steps']} of {lk['max_steps']} steps run)")):
         m = kind.evaluate(r["recon"].float(), truth)
         rows.append((tool, run_name, m, r))
         for v in range(n):

@@ -71,6 +71,7 @@ def _attached_lamp(prior_weight: float, sentence: int = 0):
     with torch.no_grad():
         attack.dummy_data.copy_(kind.hard(truth)[None])
         attack._free = kind.harden_(attack.dummy_data)  # the discrete stage: hard tokens, nothing free (as start_refining)
+    attack.own_lengths()
     return attack, truth
 
 
@@ -98,7 +99,7 @@ def test_the_prior_decides_which_of_two_near_equal_sequences_is_reported(prior_w
 def test_a_sequence_whose_update_reproduces_the_observed_one_beats_any_the_prior_prefers():
     attack, truth = _attached_lamp(10.0)  # a weight at which the prior would outweigh any relative distance
     prior, ids, L = attack.language_prior(), attack.kind.candidates[0], 8
-    moves = attack._proposals(truth, L, int((ids >= 0).sum()))  # [N, B, n]
+    moves = attack._proposals(truth, int((ids >= 0).sum()), L)  # [N, B, n]
     nll = prior.nll(ids[moves])[:, 0]
     better = moves[int(nll.argmin())]  # the truth one move away, that the prior likes better
     assert float(nll.min()) < float(prior.nll(ids[truth]))

@@ -240,3 +240,20 @@ def test_tags_discrete_search_needs_the_token_set_relaxation(tmp_path, capsys):
     line = cli_error(capsys, cli_args(tmp_path, "--config", str(CONFIGS / "text_tag.yaml"), "--model.dummies.relax",
                                       "false"))
     assert "set dummies.relax true, or budget.refine_steps 0" in line
+
+
+
+def test_tag_at_two_sentences_finds_each_ones_length(tmp_path, capsys):
+    # a batch's position embedding gives only its longest length (5): the discrete search cuts the
+    # shorter sentence (2 tokens) and exchanges tokens between the two
+    text = tmp_path / "two.txt"
+    text.write_text("the quick brown fox jumps\ngood morning\n")
+    main(cli_args(tmp_path, "--config", str(CONFIGS / "text_tag.yaml"), "--data.source", "TextFile",
+                  "--data.source.path", str(text), "--data.source.seq_len", "5", "--data.batch_size", "2",
+                  "--model.labels", "known", "--data.public_labels", "true", "--trainer.max_steps", "60",
+                  "--report.image_every_n_steps", "0"))
+    out = capsys.readouterr().out
+    (run,) = run_dirs(tmp_path)
+    summary = json.loads((run / "metrics.json").read_text())["summary"]
+    assert summary["exact_sequences_mean"] == 1.0, out
+    assert "good morning" in out.split("rec 0")[-1], out

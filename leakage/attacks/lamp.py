@@ -134,7 +134,7 @@ class LAMP(TAG):
             return distance
         kind = self.kind
         ids = kind.candidates[p].cpu()[choice.clamp_min(0)]  # [N, B, n] token ids
-        length = kind.lengths[p].cpu().expand(choice.shape[:-1])
+        length = (choice >= 0).sum(-1)  # each sequence's own length (the search may cut or extend it at B > 1)
         prior = self.language_prior()
         nll = prior.nll(ids, length).mean(-1).to(distance)
         scale = self.distance_scale()[p].to(distance)
@@ -147,7 +147,9 @@ class LAMP(TAG):
         tokens have no sequence to score), :meth:`sequence_score` of the hard sequences in the discrete one."""
         if self._free is None or self.objective.prior_weight == 0 or loss.shape[0] == 0:
             return loss
-        choice = self.kind.tokens(point[0]).cpu()  # [P, B, n]
+        kind = self.kind
+        real = torch.arange(kind.seq_len) < kind.lengths.cpu().reshape(loss.shape[0], -1)[..., None]
+        choice = torch.where(real, kind.tokens(point[0]).cpu(), -1)  # [P, B, n], -1 past each length
         return torch.stack([self.sequence_score(p, loss[p:p + 1], choice[p][None])[0] for p in range(loss.shape[0])])
 
 

@@ -117,6 +117,14 @@ class GradientMatching:
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=graph, allow_unused=True)
         return {k: (torch.zeros_like(p) if g is None else g).unsqueeze(0) for (k, p), g in zip(params.items(), grads)}
 
+    def problem_gradients(self, x: Tensor, targets: Tensor, net: nn.Module) -> dict[str, Tensor]:
+        """Every problem's FedSGD update ``{name: [N, *shape]}`` of the dummies ``x`` ``[N, B, ...]`` (at least
+        the matched parameters'): one problem through :meth:`_one_problem_gradients` when the problems
+        run one at a time, else :func:`~leakage.federated.client.per_problem_gradients`."""
+        if x.shape[0] == 1 and self.problems_at_once() == 1:
+            return self._one_problem_gradients(x, targets, net)
+        return per_problem_gradients(self.target, x, targets, forward=net)
+
     def _objective(self, x: Tensor, label_logits: Optional[Tensor], idx: Optional[Union[Tensor, slice]],
                    distance: Optional[str] = None, prior: bool = True) -> Tensor:
         """Objective of the problems ``idx`` (all when None; an index tensor or a slice) at dummies
@@ -145,10 +153,8 @@ class GradientMatching:
             grads = per_problem_updates(self.target, x, targets, client, sched, forward=net)
         elif bn:
             grads, moments = per_problem_gradients(self.target, x, targets, forward=net, bn_layers=self._bn_layers)
-        elif x.shape[0] == 1 and self.problems_at_once() == 1:
-            grads = self._one_problem_gradients(x, targets, net)
         else:
-            grads = per_problem_gradients(self.target, x, targets, forward=net)
+            grads = self.problem_gradients(x, targets, net)
         mine = [grads[n] for n in self.param_names]
         norm = None
         if any((d or self.objective.distance) == "cosine" for d, _ in terms):

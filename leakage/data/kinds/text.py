@@ -223,7 +223,8 @@ class TextKind(DataKind):
 
 class TokenSetText(TextKind):
     """Text whose dummy is a softmax over a candidate token set per problem: logits ``[B, n, K]``, the
-    model input ``softmax(logits) @ E[candidates]``; positions at or past the problem's length hold the
+    model input ``softmax(logits) @ E[candidates]``; positions at or past the problem's length (or each
+    sequence's own, an attack's search at B > 1) hold the
     pad token's embedding exactly (padding, to the model). The candidates and lengths are public facts
     of each update that an attack reads (:func:`leakage.attacks.tokenset.token_sets`) and gives with
     :meth:`with_token_sets`.
@@ -238,7 +239,8 @@ class TokenSetText(TextKind):
         self.candidates, self.lengths = candidates, lengths
 
     def with_token_sets(self, candidates: Tensor, lengths: Tensor) -> "TokenSetText":
-        """This kind with every problem's candidate tokens ``[P, K]`` (-1: none) and length ``[P]``."""
+        """This kind with every problem's candidate tokens ``[P, K]`` (-1: none) and length ``[P]`` (or each
+        sequence's, ``[P, B]``)."""
         if candidates.shape[1] == 0 or bool((candidates.max(1).values < 0).any()):
             raise ValueError("an update's token set is empty (no row of the token embedding's gradient is non-zero): "
                              "the token-set relaxation has nothing to choose from; use dummies.relax false")
@@ -270,8 +272,9 @@ class TokenSetText(TextKind):
         valid = candidates >= 0  # [P, K]
         weights = dummy.masked_fill(~valid[:, None, None, :], float("-inf")).softmax(-1)
         x = torch.einsum("pbnk,pkd->pbnd", weights, emb[candidates.clamp_min(0)])
-        real = torch.arange(self.seq_len, device=dummy.device) < lengths[:, None]  # [P, n]
-        return torch.where(real[:, None, :, None], x, emb[self.pad_token_id])
+        per_sequence = lengths if lengths.dim() == 2 else lengths[:, None]  # [P, B] or [P, 1]
+        real = torch.arange(self.seq_len, device=dummy.device) < per_sequence[..., None]  # [P, B or 1, n]
+        return torch.where(real[..., None], x, emb[self.pad_token_id])
 
     def tokens(self, dummy: Tensor) -> Tensor:
         """The candidate each position of the logits ``[P, B, n, K]`` puts first (an index into the candidates)."""
