@@ -160,24 +160,31 @@ class InversionResult:
                 f"failed {int(self.failed.sum())})")
 
 
-#: the columns of a per-victim result row (:func:`victim_rows`; ``metrics.csv``)
-COLUMNS = (
-    "victim", "indices", "true_labels", "recovered_labels", "label_acc", "ssim", "psnr", "mse",
-    "grad_l2", "grad_cosine", "final_loss", "best_restart", "status", "ssim_images",
-)
+#: the columns of every per-victim result row (:func:`victim_rows`; ``metrics.csv``), before and after the
+#: kind's own (:attr:`leakage.data.kinds.DataKind.columns`: images SSIM, PSNR, MSE, each image's SSIM)
+HEAD_COLUMNS = ("victim", "indices", "true_labels", "recovered_labels", "label_acc")
+TAIL_COLUMNS = ("grad_l2", "grad_cosine", "final_loss", "best_restart", "status")
+#: an image run's columns
+COLUMNS = HEAD_COLUMNS + ImageKind.columns + TAIL_COLUMNS
 #: the columns tables add (TabLeak's accuracy, and the mean entropy of the categorical and of the continuous
-#: cells when restarts are pooled; absent when not)
-#: (two scales: categorical 0-1, continuous in nats; see leakage.data.kinds.tabular.TabularKind.combine)
+#: cells when restarts are pooled; absent when not): :class:`leakage.data.kinds.tabular.TabularKind`'s
 TABLE_COLUMNS = ("accuracy", "accuracy_categorical", "accuracy_continuous", "entropy_categorical", "entropy_continuous")
 #: the columns text adds (:class:`leakage.data.kinds.text.TextKind`: ROUGE F, token accuracy, exact sequences)
 TEXT_COLUMNS = ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact_sequences", "token_precision", "token_recall")
+
+
+def row_columns(kind: DataKind, rows: Sequence[dict] = ()) -> tuple[str, ...]:
+    """The columns of ``kind``'s result rows (``metrics.csv``'s header): the common ones, the kind's own, and
+    its measured ones that ``rows`` hold."""
+    measured = tuple(c for c in kind.measured_columns if any(c in r for r in rows))
+    return HEAD_COLUMNS + kind.columns + measured + TAIL_COLUMNS
 
 
 def summarize(rows: list[dict], success_ssim: float) -> dict[str, float]:
     """Aggregate numbers over victims: success count, means of the metrics, label accuracy."""
     n = len(rows)
     ok = [r for r in rows if r["status"] != "failed"]
-    have_images = any(not math.isnan(r["ssim"]) for r in rows)
+    have_images = any(not math.isnan(r.get("ssim", float("nan"))) for r in rows)
     have_table = any(not math.isnan(r.get("accuracy", float("nan"))) for r in rows)
     have_text = any(not math.isnan(r.get("rouge1", float("nan"))) for r in rows)
 
@@ -220,12 +227,13 @@ def victim_rows(recon: Tensor, labels: Tensor, evaluation: dict[str, Tensor], be
     marks victims whose every restart failed numerically. ``metrics`` (from
     :func:`leakage.engine.metrics.reconstruction_metrics`), ``true_labels`` and ``indices`` come from the
     secret and are left out (NaN, empty) when the victims' data is unknown. Labels are shown as
-    ``kind`` names them (a table's own class values; images: class indices).
+    ``kind`` names them (a table's own class values; images: class indices). A row holds the common
+    columns and ``kind``'s own (:meth:`leakage.data.kinds.DataKind.row_values`; default images'), no other.
     """
-    names = kind.label_names if kind is not None else (lambda labels: labels)
+    kind = kind if kind is not None else ImageKind()
+    names = kind.label_names
     acc = label_accuracy(labels, true_labels) if true_labels is not None else None
     rows = []
-    nan = float("nan")
     metrics = metrics or {}
     for v in range(recon.shape[0]):
         bad = bool(failed[v]) or not bool(torch.isfinite(recon[v]).all())
@@ -235,19 +243,11 @@ def victim_rows(recon: Tensor, labels: Tensor, evaluation: dict[str, Tensor], be
             "true_labels": names(true_labels[v].tolist()) if true_labels is not None else [],
             "recovered_labels": names(labels[v].tolist()),
             "label_acc": float(acc[v]) if acc is not None else float("nan"),
-            "ssim": float(metrics["ssim"][v]) if "ssim" in metrics else nan,
-            "psnr": float(metrics["psnr"][v]) if "psnr" in metrics else nan,
-            "mse": float(metrics["mse"][v]) if "mse" in metrics else nan,
+            **kind.row_values(metrics, v),
             "grad_l2": float(evaluation["grad_l2"][v]),
             "grad_cosine": float(evaluation["grad_cosine"][v]),
             "final_loss": float(evaluation["loss"][v]),
             "best_restart": int(best_restart[v]),
             "status": "failed" if bad else "ok",
-            # each victim image's SSIM against its matched reconstruction (B > 1: after assignment)
-            "ssim_images": [float(x) for x in metrics["ssim_images"][v]] if "ssim_images" in metrics else [],
         })
-        if "accuracy" in metrics:  # tables: TabLeak's accuracy (and the pooled entropy)
-            rows[-1].update({k: float(metrics[k][v]) for k in TABLE_COLUMNS if k in metrics})
-        if "rouge1" in metrics:  # text: ROUGE, token accuracy, exact sequences
-            rows[-1].update({k: float(metrics[k][v]) for k in TEXT_COLUMNS})
     return rows

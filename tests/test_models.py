@@ -30,6 +30,26 @@ def test_seed_decides_the_weights_and_leaves_global_rng_alone():
         assert not torch.equal(pa, pc), n
 
 
+@pytest.mark.parametrize("name, shape, pinned", [
+    # the first two entries and the sum of each tensor, drawn from seed 1234 before LeNet and LeNetPrecode
+    # shared one body (leakage.engine.lenet): the same module order draws the same weights
+    ("lenet", (3, 32, 32), {"body.0.weight": (0.020912, -0.320242, 8.85308), "body.4.bias": (0.421164, -0.46469, -0.17057),
+                            "fc.weight": (-0.280539, -0.00539, 2.21849)}),
+    ("lenet", (1, 28, 28), {"body.0.weight": (-0.46392, 0.47905, 12.96009), "fc.weight": (-0.231579, -0.349882, -2.44936)}),
+    ("lenet_precode", (1, 28, 28), {"body.0.weight": (-0.222606, -0.445447, 4.98268),
+                                    "body.4.bias": (-0.469559, -0.084378, 0.83718),
+                                    "bottleneck.encoder.weight": (0.030135, 0.035938, 7.14057),
+                                    "fc.weight": (0.016796, 0.039732, -0.53219)}),
+])
+def test_a_seeded_lenet_draws_the_weights_it_always_drew(name, shape, pinned):
+    state = build_model(name, shape, 10, seed=1234).state_dict()
+    assert [k for k in state if k.startswith("body.")] == [f"body.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+    for key, (first, second, total) in pinned.items():
+        t = state[key].double()
+        assert t.flatten()[:2].tolist() == pytest.approx([first, second], abs=1e-6), key
+        assert float(t.sum()) == pytest.approx(total, abs=1e-4), key
+
+
 def test_lenet_uses_dlg_uniform_init():
     model = build_model("lenet", (3, 32, 32), 10)
     for n, p in model.named_parameters():

@@ -110,18 +110,24 @@ def test_breaking_points_are_searched_in_rounds_that_ask_for_all_their_cells_at_
 
     def results(requests):
         rounds.append([(d["name"], v) for d, v in requests])
-        leaks = {"a": lambda v: v < 0.3, "b": lambda v: v > 0.2, "c": lambda v: False}
-        return [{"status": "ok", "success_rate": 1.0 if leaks[d["name"]](v) else 0.0} for d, v in requests]
+        leaks = {"a": lambda v: v < 0.3, "b": lambda v: v > 0.2, "c": lambda v: False, "e": lambda v: True}
+        return [{"status": "failed", "error": "out of memory"} if d["name"] == "d" or v == 9.0 else
+                {"status": "ok", "success_rate": 1.0 if leaks[d["name"]](v) else 0.0} for d, v in requests]
 
     a = {"name": "a", "param": "sigma", "values": [0.0, 0.1, 1.0]}
     b = {"name": "b", "param": "keep_ratio", "values": [1.0, 0.1], "stronger": "smaller"}
     c = {"name": "c", "param": "sigma", "values": [5.0]}  # holds at once: no bisection
-    points = breaking_points([a, b, c], results, lambda r: r["success_rate"] <= 0.1, refine=2)
-    assert rounds[0] == [("a", 0.0), ("a", 0.1), ("a", 1.0), ("b", 1.0), ("b", 0.1), ("c", 5.0)]
-    assert [len(r) for r in rounds] == [6, 2, 2] and [n for n, _ in rounds[1]] == ["a", "b"]
+    d = {"name": "d", "param": "clients", "values": [4]}  # its only cell fails: nothing is known
+    e = {"name": "e", "param": "clients", "values": [2, 9.0]}  # leaks where it ran
+    points = breaking_points([a, b, c, d, e], results, lambda r: r["success_rate"] <= 0.1, refine=2)
+    assert rounds[0][:6] == [("a", 0.0), ("a", 0.1), ("a", 1.0), ("b", 1.0), ("b", 0.1), ("c", 5.0)]
+    assert [len(r) for r in rounds] == [9, 2, 2] and [n for n, _ in rounds[1]] == ["a", "b"]
     assert rounds[1][0][1] == pytest.approx(0.1 ** 0.5) and rounds[1][1][1] == pytest.approx(0.1 ** 0.5)
     assert points[0]["breaking_point"] == pytest.approx(0.1 ** 0.5)
-    assert points[2]["breaking_point"] == 5.0 and "already holds" in points[2]["note"]
+    assert points[2]["breaking_point"] == 5.0 and points[2]["note"] == "already holds at the weakest setting tested (sigma = 5)"
+    assert points[3]["breaking_point"] is None and points[3]["note"] == "not known: its only cell (clients = 4) could not run"
+    assert points[4]["breaking_point"] is None
+    assert points[4]["note"] == "leaks at every setting tested, up to clients = 2 (1 of its 2 cells could not run)"
 
 
 def test_a_batched_sweep_reruns_only_the_missing_cells_and_reuses_completed_ones(tmp_path):

@@ -135,6 +135,12 @@ def test_a_csv_run_names_its_file_speaks_of_records_and_writes_strict_json(tmp_p
     (run,) = run_dirs(tmp_path)
     report = strict_json((run / "metrics.json").read_text())
     assert report["summary"]["accuracy_continuous_mean"] is None and report["victims"][0]["accuracy_continuous"] is None
+    # the table's own columns, not an image's (no NaN SSIM, PSNR, MSE): metrics.csv and metrics.json alike
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == ["victim", "indices", "true_labels", "recovered_labels", "label_acc", "accuracy",
+                      "accuracy_categorical", "accuracy_continuous", "entropy_categorical", "entropy_continuous",
+                      "grad_l2", "grad_cosine", "final_loss", "best_restart", "status"]
+    assert list(report["victims"][0]) == header
     strict_json((run / "schema.json").read_text())
     first = "threat model: honest-but-curious server; the labels are public (known to the server)"
     assert out.split("\n\n", 1)[1].splitlines()[0] == first

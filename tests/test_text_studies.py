@@ -73,6 +73,12 @@ def test_a_text_fits_tensorboard_events_and_report_hold_the_sentences(tmp_path, 
     capsys.readouterr()
     (run,) = run_dirs(tmp_path)
     summary = json.loads((run / "metrics.json").read_text())["summary"]
+    # the text kind's own columns, not an image's (no NaN SSIM, PSNR, MSE)
+    (row,) = csv.DictReader(open(run / "metrics.csv", newline=""))
+    assert list(row) == ["victim", "indices", "true_labels", "recovered_labels", "label_acc", "rouge1", "rouge2",
+                         "rougeL", "token_accuracy", "exact_sequences", "token_precision", "token_recall", "grad_l2",
+                         "grad_cosine", "final_loss", "best_restart", "status"]
+    assert float(row["rouge1"]) == pytest.approx(summary["rouge1_mean"])
     acc = EventAccumulator(str(run), size_guidance={"tensors": 0, "scalars": 0})
     acc.Reload()
     texts = [t for t in acc.Tags()["tensors"] if acc.SummaryMetadata(t).plugin_data.plugin_name == "text"]

@@ -9,18 +9,35 @@ the leading comment of every preset config.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _help(*command: str) -> str:
-    """One ``leakage`` command's output, run from the repository root as the docs' commands are."""
-    done = subprocess.run([sys.executable, "-m", "leakage.cli", *command], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, check=True)
-    return "```text\n" + done.stdout.rstrip() + "\n```"
+    """One ``leakage`` command's output, run from the repository root as the docs' commands are, in this
+    process (the package is imported here anyway; a process of its own costs seconds to start), 80 columns
+    wide as in a pipe unless ``COLUMNS`` says otherwise."""
+    import contextlib
+    import io
+    import os
+
+    from leakage.cli import main
+
+    out, cwd, columns = io.StringIO(), os.getcwd(), os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = columns or "80"
+    try:
+        os.chdir(ROOT)
+        with contextlib.redirect_stdout(out):
+            main(list(command))
+    except SystemExit as done:
+        if done.code not in (0, None):
+            raise RuntimeError(f"leakage {' '.join(command)} exited with {done.code}") from None
+    finally:
+        os.chdir(cwd)
+        if columns is None:
+            del os.environ["COLUMNS"]
+    return "```text\n" + out.getvalue().rstrip() + "\n```"
 
 
 #: the options that take one of several classes, each with its base class's import path

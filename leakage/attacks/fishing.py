@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional, Sequence, Union
 
-from jsonargparse import lazy_instance
+from leakage.attacks.settings import lazy_instance  # jsonargparse's, without its stack walk
 import torch
 from torch import Tensor, nn
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Sequence, Union
 
-from jsonargparse import lazy_instance
+from leakage.attacks.settings import lazy_instance  # jsonargparse's, without its stack walk
 import torch
 from torch import Tensor, nn
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Literal, Optional, Sequence, Union
 
 import torch
-from jsonargparse import lazy_instance
+from leakage.attacks.settings import lazy_instance  # jsonargparse's, without its stack walk
 from torch import Tensor, nn
 
 from leakage.attacks.ngram import BigramPrior, prior_lines

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import abc
 import inspect
+import sys
 from typing import Any, Iterable, Literal, Optional
 
+import jsonargparse
 import torch
 
 from leakage.engine import checks
@@ -43,6 +45,20 @@ COMPILE = ("auto", "on", "off")
 def _choice(what: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+
+
+def lazy_instance(class_type: type, **kwargs: Any) -> Any:
+    """jsonargparse's ``lazy_instance``: a settings default the CLI shows and saves as ``class_path`` and
+    ``init_args``, built at its first use, made for the calling module, as jsonargparse makes it. jsonargparse
+    finds that module with ``inspect.stack()``, which reads every frame's source up the stack (at import time
+    importlib's too, each a scan of ``sys.modules``): about 0.4 s of CPU a default, 5 s of every process's start.
+    Here ``inspect.stack`` gives it only the caller's frame while it runs."""
+    caller, stack = sys._getframe(1), inspect.stack
+    inspect.stack = lambda context=1: [None, (caller,)]
+    try:
+        return jsonargparse.lazy_instance(class_type, **kwargs)
+    finally:
+        inspect.stack = stack
 
 
 def settings_class(obj: Any) -> type:

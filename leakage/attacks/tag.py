@@ -35,7 +35,7 @@ from typing import Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from jsonargparse import lazy_instance
+from leakage.attacks.settings import lazy_instance  # jsonargparse's, without its stack walk
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from leakage.engine.files import read_tensors
+from leakage.engine.lenet import lenet_body, lenet_features
 from leakage.engine.precode import LeNetPrecode, MLPPrecode
 
 from leakage.engine.textmodels import TEXT_MODELS, text_model
@@ -25,17 +26,8 @@ class LeNet(nn.Module):
 
     def __init__(self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10) -> None:
         super().__init__()
-        c, h, w = input_shape
-        self.body = nn.Sequential(
-            nn.Conv2d(c, 12, kernel_size=5, padding=2, stride=2),
-            nn.Sigmoid(),
-            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=2),
-            nn.Sigmoid(),
-            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=1),
-            nn.Sigmoid(),
-        )
-        h, w = math.ceil(h / 4), math.ceil(w / 4)
-        self.fc = nn.Linear(12 * h * w, num_classes)
+        self.body = lenet_body(input_shape[0])
+        self.fc = nn.Linear(lenet_features(input_shape), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.body(x).flatten(1))

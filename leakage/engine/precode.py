@@ -26,6 +26,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from leakage.engine.lenet import lenet_body, lenet_features
+
 
 class VariationalBottleneck(nn.Module):
     """PRECODE's variational bottleneck: ``encoder`` (``nn.Linear(features, 2 * size)``) to ``mu`` and
@@ -53,17 +55,8 @@ class LeNetPrecode(nn.Module):
 
     def __init__(self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, size: int = 256) -> None:
         super().__init__()
-        c, h, w = input_shape
-        self.body = nn.Sequential(
-            nn.Conv2d(c, 12, kernel_size=5, padding=2, stride=2),
-            nn.Sigmoid(),
-            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=2),
-            nn.Sigmoid(),
-            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=1),
-            nn.Sigmoid(),
-            nn.Flatten(),
-        )
-        features = 12 * math.ceil(h / 4) * math.ceil(w / 4)
+        self.body = lenet_body(input_shape[0]).append(nn.Flatten())
+        features = lenet_features(input_shape)
         self.bottleneck = VariationalBottleneck(features, size)
         self.fc = nn.Linear(features, num_classes)
 

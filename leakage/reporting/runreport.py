@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from leakage.data.kinds import DataKind, ImageKind
 from leakage.federated.server import HONEST
-from leakage.records import COLUMNS, TABLE_COLUMNS, TEXT_COLUMNS
+from leakage.records import TEXT_COLUMNS, row_columns
 from leakage.reporting import htmlreport
 from leakage.reporting.runfiles import RECONSTRUCTIONS, Artifacts, json_text, mark_ended
 from leakage.reporting.views import view_of
@@ -98,8 +98,7 @@ def write_run_files(run_dir: Path, rows: list[dict], summary: dict, success_ssim
         files.unwritten, files.reason = ["the run folder"], err.strerror or str(err)
     if not files.unwritten:
         table = io.StringIO(newline="")
-        w = csv.DictWriter(table, fieldnames=COLUMNS + tuple(c for c in TABLE_COLUMNS + TEXT_COLUMNS
-                                                                     if any(c in r for r in rows)))
+        w = csv.DictWriter(table, fieldnames=row_columns(kind, rows))  # the kind's own columns, no other's
         w.writeheader()
         for r in rows:
             w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})

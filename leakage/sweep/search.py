@@ -17,6 +17,18 @@ def apart(a: float, b: float) -> tuple[str, str]:
     return fmt(a), fmt(b)
 
 
+def _no_breaking_point(param: str, tried: list[float], ran: list[float]) -> str:
+    """Why a defense has no breaking point: no cell of it ran (``ran`` empty), or it leaked at every
+    value that ran; ``tried`` are its grid's values, ``ran`` those whose cells ran."""
+    values = ", ".join(fmt(v) for v in tried)
+    if not ran:
+        return (f"not known: its only cell ({param} = {values}) could not run" if len(tried) == 1 else
+                f"not known: none of its {len(tried)} cells ({param} = {values}) could run")
+    skipped = len(tried) - len(ran)
+    return (f"leaks at every setting tested, up to {param} = {fmt(ran[-1])}"
+            + (f" ({skipped} of its {len(tried)} cells could not run)" if skipped else ""))
+
+
 def search(defense: dict, holds: Callable[[dict], bool], refine: int) -> Generator[list[float], list[dict], dict]:
     """The search for one defense's breaking point, as a generator: it yields the values whose cells
     it needs next (the grid, then one bisection value at a time), is sent their rows, and returns the
@@ -36,10 +48,10 @@ def search(defense: dict, holds: Callable[[dict], bool], refine: int) -> Generat
     first = next((i for i, r in enumerate(rows) if holds(r)), None)
     if first is None:
         return {"defense": defense["name"], "param": defense["param"], "breaking_point": None,
-                "note": f"no tested {defense['param']} holds" + (f" (up to {fmt(values[-1])})" if values else "")}
+                "note": _no_breaking_point(defense["param"], [v for v, _ in done], values)}
     if first == 0:
         return {"defense": defense["name"], "param": defense["param"], "breaking_point": values[0],
-                "note": f"the weakest tested {defense['param']} ({fmt(values[0])}) already holds"}
+                "note": f"already holds at the weakest setting tested ({defense['param']} = {fmt(values[0])})"}
     leak, hold = values[first - 1], values[first]
     steps = 0
     for _ in range(refine):

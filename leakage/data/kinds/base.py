@@ -35,6 +35,11 @@ class DataKind(ABC):
     summary_metrics: tuple[tuple[str, str, str], ...] = ()
     #: the keys of those a compact table shows (a study's table and plot, the summary card), the score first
     headline_metrics: tuple[str, ...] = ()
+    #: this kind's own columns of a per-victim result row (``metrics.csv``, ``metrics.json``), in order: NaN
+    #: where the victims are not scored; a row holds no other kind's columns
+    columns: tuple[str, ...] = ()
+    #: further columns of its own a row holds only where they are measured (a table's pooled entropies)
+    measured_columns: tuple[str, ...] = ()
 
     def __init__(self, sample_shape: tuple[int, ...]) -> None:
         self.sample_shape = tuple(int(s) for s in sample_shape)
@@ -120,6 +125,14 @@ class DataKind(ABC):
     def scalar_names(self) -> tuple[str, ...]:
         """Per-victim metrics logged as scalars (each ``[V]`` in :meth:`evaluate`'s result)."""
         return (self.score_name,)
+
+    def row_values(self, metrics: dict[str, Any], v: int) -> dict[str, Any]:
+        """Victim ``v``'s values of this kind's :attr:`columns` (NaN where ``metrics``, :meth:`evaluate`'s
+        result or empty when the victims are not scored, lacks one) and of its measured columns."""
+        nan = float("nan")
+        out = {k: float(metrics[k][v]) if k in metrics else nan for k in self.columns}
+        out.update({k: float(metrics[k][v]) for k in self.measured_columns if k in metrics})
+        return out
 
     def scalar_headers(self) -> dict[str, str]:
         """How tables head the per-victim scalars (:meth:`scalar_names`)."""

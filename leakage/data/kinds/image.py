@@ -22,6 +22,8 @@ class ImageKind(DataKind):
     priors = ("tv_weight", "bn_weight")
     summary_metrics = (("mse", "MSE", ".4f"), ("ssim", "SSIM", ".3f"), ("psnr", "PSNR", ".2f"))
     headline_metrics = ("ssim", "psnr")
+    #: ``ssim_images``: each image's SSIM against its matched reconstruction (a batch: after assignment)
+    columns = ("ssim", "psnr", "mse", "ssim_images")
 
     def __init__(self, sample_shape: tuple[int, ...] = (3, 32, 32), data_range: tuple[float, float] = (0.0, 1.0),
                  metric_range: Optional[float] = None):
@@ -54,6 +56,13 @@ class ImageKind(DataKind):
         metrics = reconstruction_metrics(recon, truth, self.metric_range)
         metrics["score"] = metrics["ssim"]
         return metrics
+
+    def row_values(self, metrics: dict[str, Any], v: int) -> dict[str, Any]:
+        """Victim ``v``'s SSIM, PSNR and MSE (NaN when not scored) and each of its images' SSIM (a list,
+        empty when not scored)."""
+        out = super().row_values({k: t for k, t in metrics.items() if k != "ssim_images"}, v)
+        out["ssim_images"] = [float(x) for x in metrics["ssim_images"][v]] if "ssim_images" in metrics else []
+        return out
 
     def scalar_names(self) -> tuple[str, ...]:
         return ("ssim", "psnr", "mse")

@@ -52,6 +52,10 @@ class TabularKind(DataKind):
     summary_metrics = (("accuracy", "accuracy", ".3f"), ("accuracy_categorical", "categorical accuracy", ".3f"),
                        ("accuracy_continuous", "continuous accuracy", ".3f"))
     headline_metrics = ("accuracy", "accuracy_categorical", "accuracy_continuous")
+    columns = ("accuracy", "accuracy_categorical", "accuracy_continuous")
+    #: the mean entropy of the categorical and of the continuous cells, when restarts are pooled (two scales:
+    #: categorical 0-1, continuous in nats; see :meth:`combine`)
+    measured_columns = ("entropy_categorical", "entropy_continuous")
 
     def __init__(self, schema: TableSchema, relax: bool = True) -> None:
         super().__init__((schema.width,))

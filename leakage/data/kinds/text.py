@@ -64,6 +64,7 @@ class TextKind(DataKind):
                        ("token_accuracy", "token accuracy", ".3f"), ("exact_sequences", "exact sequences", ".3f"),
                        ("token_precision", "token-set precision", ".3f"), ("token_recall", "token-set recall", ".3f"))
     headline_metrics = ("rouge1", "rouge2", "token_accuracy")
+    columns = ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact_sequences", "token_precision", "token_recall")
 
     def __init__(self, seq_len: int, tokenizer: TextTokenizer, embedding: Optional[Tensor] = None) -> None:
         super().__init__((seq_len,))
