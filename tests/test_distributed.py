@@ -235,3 +235,19 @@ def test_sweep_on_two_processes_resumes_after_a_kill_and_on_one_process(tmp_path
     assert not (tmp_path / "two" / "sweep.lock").exists()
     assert "noise" in (tmp_path / "two" / "results.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "sweep.yaml", "two"]
+
+
+def test_text_on_two_processes_recovers_every_sentence_as_one_process_does(tmp_path):
+    """TAG on text, 3 sentences on 2 ranks (2 + 1): the ranks switch to the discrete search at the same
+    step (a rank's relaxation settles on its own: deciding alone would leave the other waiting in a
+    collective), and every sentence comes back, in order, as on one process."""
+    runs = []
+    for name, extra in (("one", []), ("two", TWO)):
+        leakage(tmp_path, "fit", "--config", str(CONFIGS / "text_tag.yaml"), "--data.num_victims", "3",
+                "--trainer.logger.init_args.save_dir", str(tmp_path / name), "--trainer.enable_progress_bar", "false",
+                *extra)
+        (run,) = run_dirs(tmp_path / name)
+        runs.append(rows(run))
+    one, two = runs
+    assert [r["exact_sequences"] for r in two] == [r["exact_sequences"] for r in one] == ["1.0"] * 3
+    assert [r["rouge1"] for r in two] == [r["rouge1"] for r in one]

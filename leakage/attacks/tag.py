@@ -223,8 +223,12 @@ class TAG(GradientInversion):
     SETTLE_STEPS = 10
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if self._free is None and self.budget.refine_steps and self.dummies.relax and self._stable >= self.SETTLE_STEPS:
-            self.start_refining()
+        if self._free is None and self.budget.refine_steps and self.dummies.relax:
+            settled = self._stable >= self.SETTLE_STEPS or not self.num_problems
+            if self._trainer is not None:  # several processes: every one switches at the same step, or none
+                settled = self.trainer.strategy.reduce_boolean_decision(settled, all=True)
+            if settled:
+                self.start_refining()
         super().on_train_batch_start(batch, batch_idx)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
