@@ -15,14 +15,7 @@ from leakage.federated.fedavg import (FedAvgClient, batch_schedule, client_updat
                             per_problem_updates, schedules)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small ops: on a busy 2-core machine a second intra-op thread made the unrolled attack
-    8x slower (measured), so these tests use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(V=2, B=4, seed=0):

@@ -14,14 +14,7 @@ from leakage.data.sources import Bundled
 flwr = pytest.importorskip("flwr")  # installed by the test extra
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The unrolled local steps are many small ops: on a busy 2-core machine a second intra-op
-    thread made the attack 8x slower (measured: 70 s against 8.5 s), so these tests use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(indices):

@@ -17,15 +17,7 @@ from leakage.data.tables import TableSchema
 from conftest import CONFIGS, cli_args, cli_error, gradient_inversion, run_dirs
 from leakage.data.sources import Bundled, BundledTable
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These attacks' tensors are small: one thread runs them fastest, and two threads' synchronisation
-    on a loaded machine made them many times slower (the 2-cell study below: 75.6 s with the suite's
-    2 threads, 4.9 s with 1, on the shared 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TABLEAK = dict(model="tabular_mlp", distance="cosine", optimizer="signed_adam", lr=0.06, init="uniform",

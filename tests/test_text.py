@@ -19,12 +19,7 @@ from leakage.federated.client import client_gradients
 from conftest import CONFIGS, cli_args, cli_error, run_dirs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ids(kind: TextKind, texts: list[str]) -> torch.Tensor:

@@ -20,12 +20,7 @@ from leakage.records import Observation
 WTE, WPE = "model.transformer.wte.weight", "model.transformer.wpe.weight"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_frozen_embedding_is_not_shared_and_the_token_set_says_so_in_one_line():

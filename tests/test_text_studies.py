@@ -8,7 +8,6 @@ import csv
 import json
 
 import pytest
-import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -17,12 +16,7 @@ from leakage.cli import main
 from conftest import CONFIGS, cli_args, run_dirs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_text_sweep_writes_its_tables_with_rouge(tmp_path, capsys):

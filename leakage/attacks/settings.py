@@ -57,6 +57,9 @@ def lazy_instance(class_type: type, **kwargs: Any) -> Any:
     inspect.stack = lambda context=1: [None, (caller,)]
     try:
         return jsonargparse.lazy_instance(class_type, **kwargs)
+    except (IndexError, TypeError):  # a jsonargparse that reads the stack otherwise: its own walk, as before
+        inspect.stack = stack
+        return jsonargparse.lazy_instance(class_type, **kwargs)
     finally:
         inspect.stack = stack
 
