@@ -37,6 +37,7 @@ from leakage.federated.client import client_view, per_problem_gradients
 from leakage.records import Observation
 from leakage.attacks.family import Attack
 from leakage.federated.fedavg import per_problem_updates, schedules
+from leakage.federated.trainable import shared_names
 from leakage.attacks.labels import label_gradients, last_linear, observed_labels
 from leakage.engine.losses import gradient_distance, squared_norms
 from leakage.engine.precision import full_precision
@@ -210,7 +211,7 @@ class ClosedFormAttack(Attack):
     def _relative(self, evaluation: dict[str, Tensor]) -> Tensor:
         """``|g(x, y) - g_obs| / |g_obs|`` ``[V]`` from a residual's squared l2 distance."""
         shared = self.observation.gradient_estimate()
-        names = [n for n, _ in self.target.named_parameters() if n in shared]  # what the client shared
+        names = shared_names([n for n, _ in self.target.named_parameters()], shared)  # what the client shared
         observed = squared_norms([shared[n].double() for n in names])
         l2, observed = evaluation["loss"].double().cpu(), observed.cpu()
         # an all-zero update proves nothing about its batch: NaN, never certified
@@ -234,7 +235,7 @@ class ClosedFormAttack(Attack):
             sched = schedules(obs.client, obs.batch_size, obs.update_keys).to(x.device)
             grads = per_problem_updates(target, clean, labels, obs.client, sched, forward=net)
         shared = obs.gradient_estimate()  # FedAvg: pseudo-gradient units, as per_problem_updates gives
-        names = [n for n, _ in target.named_parameters() if n in shared]  # what the client shared
+        names = shared_names([n for n, _ in target.named_parameters()], shared)  # what the client shared
         observed = [shared[n].to(x.device) for n in names]
         mine = [grads[n].detach() for n in names]
         nan = torch.where(torch.isfinite(x.flatten(1)).all(dim=1), 0.0, float("nan"))
